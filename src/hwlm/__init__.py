@@ -1,0 +1,2 @@
+"""hwlm: hardware-aware language models."""
+__version__ = "0.1.0"

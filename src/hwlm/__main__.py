@@ -1,0 +1,6 @@
+"""``python -m hwlm`` is the ``hwlm`` command."""
+import sys
+
+from hwlm.cli import main
+
+sys.exit(main())
