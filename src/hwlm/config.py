@@ -174,6 +174,9 @@ def resolve(cls: type[T], file: str | Path | None = None, overrides: dict[str, A
             raw = raw.get(section, {})
             if not isinstance(raw, dict):
                 raise ConfigError(f"[{section}] in {file} must be a table")
+        else:
+            # Top-level tables belong to other stages of a shared recipe ([model], [train], ...).
+            raw = {k: v for k, v in raw.items() if not isinstance(v, dict)}
         data.update(raw)
         _check_keys(cls, data.keys(), str(file))
     if overrides:
