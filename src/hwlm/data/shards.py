@@ -1,0 +1,143 @@
+"""Token shards on disk and the manifest that lists them.
+
+A shard is raw little-endian token ids (``uint16`` when the vocabulary fits, else ``uint32``),
+``tokens_per_shard`` of them except the last of a split. Shards are written atomically as soon
+as they fill, so a preparation streams: memory holds one shard buffer per split, never the corpus.
+``manifest.json`` is written last (see docs/architecture.md for its fields); a folder without it
+is not a finished data set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from hwlm.errors import DataError
+from hwlm.io import atomic_write_bytes, sha256_file
+
+__all__ = ["ShardWriter", "dtype_for_vocab", "load_manifest", "shard_arrays", "MANIFEST_FILE", "SPLITS",
+           "MANIFEST_VERSION"]
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+SPLITS = ("train", "val")
+
+
+def dtype_for_vocab(vocab_size: int) -> str:
+    """``"uint16"`` when every id fits in 16 bits (vocab <= 65536), else ``"uint32"``."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def _np_dtype(name: str) -> np.dtype:
+    return np.dtype({"uint16": "<u2", "uint32": "<u4"}[name])
+
+
+class ShardWriter:
+    """Append token ids of one split; every full buffer becomes ``<split>/shard-NNNNN.bin``."""
+
+    def __init__(self, root: Path, split: str, dtype: str, tokens_per_shard: int,
+                 on_shard: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.root, self.split, self.dtype = Path(root), split, dtype
+        self.buf = np.empty(tokens_per_shard, dtype=_np_dtype(dtype))
+        self.fill = 0
+        self.shards: list[dict[str, Any]] = []
+        self.tokens = self.bytes = self.documents = 0
+        self.on_shard = on_shard
+
+    def add(self, ids: np.ndarray, nbytes: int) -> None:
+        """Append one document's ids (already ending in end-of-text) and its UTF-8 byte count."""
+        self.tokens += len(ids)
+        self.bytes += nbytes
+        self.documents += 1
+        pos = 0
+        while pos < len(ids):
+            take = min(len(ids) - pos, len(self.buf) - self.fill)
+            self.buf[self.fill:self.fill + take] = ids[pos:pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == len(self.buf):
+                self._flush()
+
+    def _flush(self) -> None:
+        data = self.buf[:self.fill].tobytes()
+        name = f"{self.split}/shard-{len(self.shards):05d}.bin"
+        atomic_write_bytes(self.root / name, data)
+        entry = {"file": name, "tokens": self.fill, "sha256": hashlib.sha256(data).hexdigest()}
+        self.shards.append(entry)
+        self.fill = 0
+        if self.on_shard is not None:
+            self.on_shard(entry)
+
+    def close(self) -> None:
+        """Write the last, shorter shard (if any tokens are left)."""
+        if self.fill:
+            self._flush()
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest's entry for this split."""
+        return {"tokens": self.tokens, "bytes": self.bytes, "documents": self.documents, "shards": list(self.shards)}
+
+    # --- resume support: the unfinished buffer is saved at document boundaries -------------------
+    def save_pending(self, tag: int) -> str:
+        """Write the unfinished buffer to ``<split>/.pending-<tag>.bin``; return that relative name.
+
+        A new name per checkpoint means a crash mid-checkpoint leaves the previous one intact.
+        """
+        name = f"{self.split}/.pending-{tag:012d}.bin"
+        atomic_write_bytes(self.root / name, self.buf[:self.fill].tobytes())
+        return name
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back counts, finished shards and the pending buffer saved by a checkpoint."""
+        self.tokens, self.bytes, self.documents = state["tokens"], state["bytes"], state["documents"]
+        self.shards = list(state["shards"])
+        for entry in self.shards:
+            path = self.root / entry["file"]
+            if not path.is_file() or sha256_file(path) != entry["sha256"]:
+                raise DataError(f"cannot resume: shard {path} is missing or changed; rerun without --resume")
+        path = self.root / state["pending_file"]
+        pending = np.fromfile(path, dtype=self.buf.dtype) if path.is_file() else None
+        if pending is None or len(pending) != state["pending"]:
+            raise DataError(f"cannot resume: {path} is missing or truncated; rerun without --resume")
+        self.buf[:len(pending)] = pending
+        self.fill = len(pending)
+
+
+def load_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``manifest.json`` of a prepared data folder."""
+    path = Path(data_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise DataError(f"no {MANIFEST_FILE} in {data_dir}: run `hwlm prepare --out {data_dir}` first "
+                        "(or finish an interrupted one with --resume)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); rerun hwlm prepare") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        raise DataError(f"{path} has version {manifest.get('version') if isinstance(manifest, dict) else None!r}, "
+                        f"this hwlm reads version {MANIFEST_VERSION}; rerun hwlm prepare")
+    return manifest
+
+
+def shard_arrays(data_dir: str | Path, manifest: dict[str, Any], split: str, verify: bool = True) -> list[np.ndarray]:
+    """Memory-map every shard of ``split``, checking presence, size and (if ``verify``) sha256."""
+    if split not in manifest["splits"]:
+        raise DataError(f"split {split!r} is not in {data_dir}; choose one of {', '.join(manifest['splits'])}")
+    dtype = _np_dtype(manifest["dtype"])
+    arrays = []
+    for entry in manifest["splits"][split]["shards"]:
+        path = Path(data_dir) / entry["file"]
+        if not path.is_file():
+            raise DataError(f"shard {path} listed in the manifest is missing; rerun hwlm prepare")
+        if path.stat().st_size != entry["tokens"] * dtype.itemsize:
+            raise DataError(f"shard {path} has {path.stat().st_size} bytes, expected "
+                            f"{entry['tokens'] * dtype.itemsize}; it is damaged: rerun hwlm prepare")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise DataError(f"shard {path} does not match its sha256 in the manifest; it is damaged: "
+                            "rerun hwlm prepare")
+        arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+    return arrays
