@@ -1,0 +1,94 @@
+"""Tests for hwlm.bench.calibrate: efficiencies from records, against a datasheet or this machine's peaks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hwlm.bench.calibrate import Datasheet, calibrate, calibrate_files, write_calibration
+from hwlm.bench.records import make_record, write_record
+from hwlm.cli import main
+from hwlm.errors import DataError
+
+M = {"cpu": {"model": "Test CPU"}, "gpus": [{"name": "Test GPU"}]}
+
+
+def _records():
+    peak = make_record("peak", {"device": "cuda"}, [], {"matmul_bf16_flops": 500e12, "matmul_fp32_flops": 50e12,
+                                                         "membw_bytes_per_s": 3e12}, machine=M)
+    train = make_record("train", {"precision": "bf16"}, [], {"achieved_flops_per_s": 250e12}, machine=M)
+    infer = make_record("infer", {"precision": "bf16"}, [], {"max_prefill_flops_per_s": 400e12,
+                                                             "max_decode_bytes_per_s": 1.5e12}, machine=M)
+    return [("peak.json", peak), ("train.json", train), ("infer.json", infer)]
+
+
+def _by(doc, phase, dtype):
+    return next(e for e in doc["entries"] if e["phase"] == phase and e["dtype"] == dtype)
+
+
+def test_this_machine_is_relative_to_measured_peaks():
+    doc = calibrate(_records(), "this-machine")
+    assert doc["kind"] == "hwlm-calibration" and doc["version"] == 1
+    assert _by(doc, "matmul", "bf16")["efficiency"] == 1.0
+    assert _by(doc, "matmul", "bf16")["measured"] == 500e12
+    assert _by(doc, "train", "bf16")["efficiency"] == pytest.approx(0.5)
+    assert _by(doc, "prefill", "bf16")["efficiency"] == pytest.approx(0.8)
+    assert _by(doc, "decode", "bf16")["efficiency"] == pytest.approx(0.5)
+    assert _by(doc, "membw", "fp8")["reference"] == "measured-peak"
+
+
+def test_datasheet_efficiency_and_out_of_range_is_dropped():
+    sheet = Datasheet({"bf16": 1000e12, "fp32": 40e12}, 4e12)
+    doc = calibrate(_records(), "h100-sxm", sheet)
+    assert _by(doc, "matmul", "bf16")["efficiency"] == pytest.approx(0.5)
+    assert _by(doc, "train", "bf16")["efficiency"] == pytest.approx(0.25)
+    assert _by(doc, "decode", "bf16")["efficiency"] == pytest.approx(0.375)
+    assert _by(doc, "membw", "bf16")["reference_value"] == 4e12
+    assert _by(doc, "matmul", "fp32")["efficiency"] == pytest.approx(1.25)  # allowed up to 1.5
+    doc = calibrate(_records(), "x", Datasheet({"bf16": 1000e12, "fp32": 20e12}, 4e12))
+    assert not [e for e in doc["entries"] if e["dtype"] == "fp32" and e["phase"] == "matmul"]
+    assert any("2.50x the datasheet reference" in n for n in doc["notes"])
+
+
+def test_output_is_accepted_by_the_planner(tmp_path):
+    from hwlm.plan.efficiency import load_calibration
+    path = write_calibration(calibrate(_records(), "this-machine"), tmp_path / "cal.json")
+    cal = load_calibration(path)
+    assert cal.lookup("anything", "bf16", "train").efficiency == pytest.approx(0.5)
+
+
+def test_errors():
+    with pytest.raises(DataError, match="no bench records given"):
+        calibrate([], "this-machine")
+    with pytest.raises(DataError, match="device 'h100-sxm' needs datasheet peaks"):
+        calibrate(_records(), "h100-sxm")
+    other = make_record("peak", {}, [], {"matmul_bf16_flops": 1e12}, machine={"cpu": {"model": "Other"}, "gpus": []})
+    with pytest.raises(DataError, match="the records come from 2 different machines"):
+        calibrate(_records() + [("o.json", other)], "this-machine")
+
+
+def test_cli_calibrate(tmp_path, capsys):
+    paths = [str(write_record(r, tmp_path / name)) for name, r in _records()]
+    out = tmp_path / "cal.json"
+    assert main(["bench", "calibrate", *paths, "--device", "this-machine", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["entries"]
+    assert main(["bench", "calibrate", *paths, "--device", "mybox", "--datasheet-flops", "bf16=1e15",
+                 "--datasheet-bw", "4e12", "--out", str(out)]) == 0
+    assert calibrate_files(paths, "mybox", Datasheet({"bf16": 1e15}, 4e12))["entries"]
+    capsys.readouterr()
+    assert main(["bench", "calibrate", *paths, "--device", "x", "--datasheet-flops", "bf16:1", "--out",
+                 str(out)]) == 1
+    assert "--datasheet-flops item 'bf16:1' is not DTYPE=FLOPS" in capsys.readouterr().err
+
+
+def test_cli_calibrate_reads_the_catalog(tmp_path, capsys):
+    paths = [str(write_record(r, tmp_path / name)) for name, r in _records()]
+    out = tmp_path / "cal.json"
+    assert main(["bench", "calibrate", *paths, "--device", "h200", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert {e["reference"] for e in doc["entries"]} == {"datasheet"}
+    capsys.readouterr()
+    assert main(["bench", "calibrate", *paths, "--device", "no-such-gpu-9000", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hwlm: error:") and err.count("\n") == 1
