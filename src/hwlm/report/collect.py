@@ -1,0 +1,191 @@
+"""Reading the report's inputs: training run folders and bench records, strictly.
+
+A run folder must hold ``log.jsonl`` (``hwlm train`` writes it from the first log step);
+``config.json`` is read when present (model shape, device, precision, peak FLOP/s). Bench
+inputs are record files or folders of them; records are read by
+:func:`hwlm.bench.records.load_record`, which rejects other kinds and versions. In a folder,
+JSON files of another kind (a calibration file, say) are skipped with a note, but a
+``hwlm-bench`` file of the wrong version or one that is not JSON is an error: it was meant
+to be read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwlm.bench.records import RECORD_KIND, load_record
+from hwlm.errors import DataError
+
+__all__ = ["RunData", "BenchRecord", "ReportInputs", "load_run", "load_bench", "collect_inputs"]
+
+LOG_FILE = "log.jsonl"
+RUN_CONFIG = "config.json"
+
+
+@dataclass
+class RunData:
+    """One training run: its log lines and (when present) its saved config."""
+
+    path: Path
+    name: str
+    log: list[dict[str, Any]]
+    config: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> dict[str, Any] | None:
+        return (self.config or {}).get("model")
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        return (self.config or {}).get("runtime") or {}
+
+    def series(self, key: str) -> tuple[list[float], list[float], list[float]]:
+        """(steps, tokens, values) of the log lines that hold a number under ``key``."""
+        rows = [r for r in self.log if isinstance(r.get(key), (int, float))]
+        return ([float(r.get("step", 0)) for r in rows], [float(r.get("tokens", 0)) for r in rows],
+                [float(r[key]) for r in rows])
+
+
+@dataclass
+class BenchRecord:
+    """A bench record and the file it came from."""
+
+    path: Path
+    record: dict[str, Any]
+
+    @property
+    def benchmark(self) -> str:
+        return str(self.record.get("benchmark"))
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.record.get("summary") or {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.record.get("config") or {}
+
+    @property
+    def device(self) -> str:
+        return str(self.config.get("device") or self.summary.get("device") or "unknown")
+
+    @property
+    def created(self) -> str:
+        return str(self.record.get("created") or "")
+
+
+@dataclass
+class ReportInputs:
+    """Everything read from disk, grouped by what the report does with it."""
+
+    runs: list[RunData] = field(default_factory=list)
+    records: list[BenchRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def bench(self, benchmark: str) -> list[BenchRecord]:
+        """Records of one benchmark (``peak``, ``train``, ``infer``), oldest first."""
+        return sorted((r for r in self.records if r.benchmark == benchmark), key=lambda r: r.created)
+
+
+def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Parse ``log.jsonl``; a torn *last* line (a run writing right now) is skipped with a note."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    for pos, (lineno, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if pos == len(numbered) - 1:
+                notes.append(f"{path}: skipped an incomplete last line {lineno} (the run may still be writing)")
+                continue
+            raise DataError(f"{path} line {lineno} is not a JSON object; the log is damaged: "
+                            f"remove that line or re-run training") from None
+        rows.append(row)
+    return rows, notes
+
+
+def load_run(path: str | Path) -> RunData:
+    """Read one run folder; a missing folder or one without ``log.jsonl`` is a DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"run folder {path} does not exist: pass a folder written by `hwlm train --out`")
+    if not path.is_dir():
+        raise DataError(f"run {path} is not a folder: pass the run folder (the one holding log.jsonl)")
+    if not (path / LOG_FILE).is_file():
+        raise DataError(f"{path} has no {LOG_FILE}: it is not a training run folder; pass one written by "
+                        f"`hwlm train --out`")
+    log, notes = _read_log(path / LOG_FILE)
+    if not log:
+        notes.append(f"{path / LOG_FILE} has no log lines yet")
+    config = None
+    if (path / RUN_CONFIG).is_file():
+        try:
+            config = json.loads((path / RUN_CONFIG).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise DataError(f"{path / RUN_CONFIG} is not readable JSON ({exc}); restore it or re-run training"
+                            ) from None
+        if not isinstance(config, dict):
+            raise DataError(f"{path / RUN_CONFIG} is not a JSON object; restore it or re-run training")
+    else:
+        notes.append(f"{path} has no {RUN_CONFIG}: model shape unknown, so no FLOP figures for this run")
+    return RunData(path=path, name=path.resolve().name, log=log, config=config, notes=notes)
+
+
+def _kind_of(path: Path) -> Any:
+    """The ``kind`` of a JSON file, or None when it is not a JSON object (load_record then explains)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def load_bench(paths: list[Path]) -> tuple[list[BenchRecord], list[str]]:
+    """Records from files and folders (``*.json`` directly inside); returns (records, notes)."""
+    records: list[BenchRecord] = []
+    notes: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(p.glob("*.json"))
+            found = 0
+            for f in files:
+                kind = _kind_of(f)
+                if kind is not None and kind != RECORD_KIND:
+                    notes.append(f"skipped {f}: a {kind!r} file, not a bench record")
+                    continue
+                records.append(BenchRecord(f, load_record(f)))
+                found += 1
+            if not found:
+                raise DataError(f"bench folder {p} holds no bench records (*.json): run `hwlm bench peak` "
+                                f"(or train/infer) with --out inside it, or pass record files")
+        elif p.exists():
+            records.append(BenchRecord(p, load_record(p)))
+        else:
+            raise DataError(f"bench record {p} does not exist: pass a file or folder written by `hwlm bench`")
+    return records, notes
+
+
+def collect_inputs(runs: list[Path], bench: list[Path]) -> ReportInputs:
+    """Read every run folder and bench input; run names are made unique for the legends."""
+    loaded = [load_run(p) for p in runs]
+    seen: dict[str, int] = {}
+    for run in loaded:
+        seen[run.name] = seen.get(run.name, 0) + 1
+    for run in loaded:
+        if seen[run.name] > 1:  # two runs called "run": show parent/run so the legend tells them apart
+            run.name = f"{run.path.resolve().parent.name}/{run.name}"
+    records, notes = load_bench(bench)
+    for run in loaded:
+        notes.extend(run.notes)
+    return ReportInputs(runs=loaded, records=records, notes=notes)
