@@ -1,0 +1,149 @@
+"""``hwlm train``, ``hwlm eval``, ``hwlm generate`` and ``hwlm export``: thin layers over the library.
+
+    hwlm train --data runs/data --out runs/train --model tiny --max-steps 500
+    hwlm train --config recipe.toml --model-n-layer 6          # [train] and [model] tables
+    hwlm eval --run runs/train --json
+    hwlm generate --run runs/train --prompt "The" --max-new-tokens 100
+    hwlm export --run runs/train --format hf --out runs/hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hwlm.config import add_arguments, load_toml, overrides_from_args, resolve
+from hwlm.errors import ConfigError
+from hwlm.model.config import ModelConfig
+from hwlm.train.config import TrainConfig
+
+MODEL_PREFIX = "model-"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_train(subparsers)
+    _register_eval(subparsers)
+    _register_generate(subparsers)
+    _register_export(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model on prepared data",
+        description="Train a decoder-only Transformer on a folder made by `hwlm prepare`. The model is a preset "
+                    "(--model) whose fields a [model] TOML table or --model-* flags override. The run stops at the "
+                    "first of --max-steps, --max-tokens, --time-budget. Logs: OUT/log.jsonl and OUT/tb.")
+    p.add_argument("--config", metavar="RECIPE.toml", help="TOML recipe: a [train] table and a [model] table")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_arguments(p, TrainConfig)
+    group = p.add_argument_group("model overrides (replace fields of the --model preset)")
+    add_arguments(group, ModelConfig, prefix=MODEL_PREFIX)  # type: ignore[arg-type]
+    p.set_defaults(func=run_train)
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe's [model] table, then --model-* flags on top."""
+    table = load_toml(args.config).get("model", {}) if args.config else {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"[model] in {args.config} must be a table")
+    return {**table, **overrides_from_args(args, ModelConfig, prefix=MODEL_PREFIX)}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from hwlm.train.loop import build_model_config, train
+
+    cfg = resolve(TrainConfig, file=args.config, overrides=overrides_from_args(args, TrainConfig), section="train")
+    model_cfg = build_model_config(cfg, model_overrides(args))
+    result = train(cfg, model_cfg)
+    if args.json:
+        print(json.dumps({k: (str(v) if isinstance(v, Path) else v)
+                          for k, v in dataclasses.asdict(result).items()}, indent=2))
+        return 0
+    mfu = "n/a (peak unknown)" if result.mfu is None else f"{100 * result.mfu:.1f}%"
+    val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
+    print(f"trained {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.1f} s "
+          f"({result.tokens_per_s:,.0f} tokens/s, MFU {mfu}, {result.precision} on {result.device})")
+    print(f"  train loss {result.train_loss:.4f}, val loss {val}")
+    print(f"  run folder {result.run_dir}; last checkpoint {result.last_checkpoint}")
+    return 0
+
+
+def _register_eval(subparsers: argparse._SubParsersAction) -> None:
+    from hwlm.evaluate import EvalConfig
+
+    p = subparsers.add_parser(
+        "eval", help="loss, perplexity and bits per byte of a trained run",
+        description="Evaluate a run's newest checkpoint on a prepared split (default: the run's own data, "
+                    "val split) or on raw text FILES tokenized like the run's data.")
+    p.add_argument("files", nargs="*", metavar="FILES", default=argparse.SUPPRESS,
+                   help="raw text or .jsonl files to evaluate on")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_arguments(p, EvalConfig, skip=("files",))
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from hwlm.evaluate import EvalConfig, evaluate
+
+    cfg = resolve(EvalConfig, overrides=overrides_from_args(args, EvalConfig))
+    r = evaluate(cfg)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(r), indent=2))
+        return 0
+    print(f"{cfg.run} (step {r.step}) on {r.source}: loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, "
+          f"{r.bits_per_byte:.4f} bits/byte over {r.tokens:,} tokens, {r.bytes:,} bytes")
+    return 0
+
+
+def _register_generate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate", help="sample text from a trained run, streamed to stdout",
+                              description="Continue --prompt with the run's newest checkpoint (KV cache).")
+    p.add_argument("--run", required=True, type=Path, help="run folder or checkpoint folder")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this much mass")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or xla (default: auto)")
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from hwlm.device import select_device
+    from hwlm.train.load import load_model, stream_text
+
+    loaded = load_model(args.run, select_device(args.device).device)
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    for piece in stream_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                             args.top_p, args.seed):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return 0
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="write a trained run in another format (Hugging Face)",
+                              description="Export a run's newest checkpoint; hf writes a folder that "
+                                          "transformers' AutoModelForCausalLM.from_pretrained loads.")
+    p.add_argument("--run", required=True, type=Path, help="run folder or checkpoint folder")
+    p.add_argument("--format", choices=["hf"], default="hf", help="output format (default: hf)")
+    p.add_argument("--out", required=True, type=Path, help="folder to write")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from hwlm.export.hf import export_hf
+    from hwlm.train.load import load_model
+
+    loaded = load_model(args.run, "cpu")
+    out = export_hf(loaded.model, loaded.model_cfg, loaded.path / "tokenizer.json", args.out)
+    print(f"exported {loaded.path} (step {loaded.step}) as a Hugging Face folder: {out}")
+    return 0

@@ -1,0 +1,239 @@
+"""``hwlm quickstart`` (what ``make demo`` runs): the whole flow on this machine in a few minutes.
+
+    hardware summary -> prepare the built-in corpus (cached) -> quick matmul peak -> train a
+    small model for a time budget -> evaluate -> generate a sample -> summary table
+
+The corpus is Python's own ``pydoc_data`` topics (in every Python install: nothing is
+downloaded). The summary puts the validation loss beside the *unigram entropy* of the
+training tokens, the loss of a model that knows only token frequencies: a model that has
+learned anything from context lands clearly below it.
+
+Artifacts live under ``--out`` (default ``runs/quickstart``): ``data/`` (reused when its
+manifest matches the settings) and ``train/`` (a fresh run each time).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from hwlm.config import option, to_dict
+from hwlm.errors import ConfigError
+
+__all__ = ["QuickstartConfig", "QuickstartResult", "quickstart", "render_summary", "unigram_entropy"]
+
+
+@dataclass
+class QuickstartConfig:
+    """Settings of the demo; the defaults finish in about two minutes on two CPU cores."""
+
+    out: Path = option(Path("runs/quickstart"), "folder for data/ and train/")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N, mps or xla")
+    vocab_size: int = option(2048, "BPE vocabulary trained on the corpus")
+    model: str = option("tiny", "model preset")
+    batch_size: int = option(16, "sequences per step")
+    dropout: float = option(0.0, "dropout while training (the corpus is small: a long run can overfit)")
+    lr: float = option(2e-3, "peak learning rate")
+    warmup: int = option(50, "warm-up steps")
+    time_budget: float | None = option(100.0, "seconds of training")
+    max_steps: int | None = option(None, "stop after this many steps (first of this and the time budget)")
+    eval_interval: int = option(250, "evaluate every N steps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "compute precision")
+    prompt: str = option("The for statement", "prompt of the generated sample")
+    max_new_tokens: int = option(60, "tokens in the generated sample")
+    seed: int = option(1337, "seed of training and sampling")
+    progress: bool = option(True, "show the training progress bar")
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.time_budget is None and self.max_steps is None:
+            raise ConfigError("quickstart needs time_budget or max_steps to end the run")
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens is {self.max_new_tokens}; it must be zero or more")
+
+
+@dataclass
+class QuickstartResult:
+    """Every number of the summary table."""
+
+    hardware: str
+    device: str
+    precision: str
+    params: int
+    steps: int
+    tokens: int
+    train_seconds: float
+    total_seconds: float
+    tokens_per_s: float
+    peak_flops: float | None
+    mfu: float | None
+    val_loss: float
+    perplexity: float
+    bits_per_byte: float
+    unigram_entropy: float
+    peak_memory_bytes: int | None
+    sample: str
+    data_dir: Path
+    run_dir: Path
+    data_cached: bool
+    predicted: dict[str, Any] | None = None  # the planner's prediction for this run (issue 4)
+    notes: list[str] = field(default_factory=list)
+
+
+def unigram_entropy(data_dir: Path) -> float:
+    """Entropy in nats/token of the train split's token frequencies: the loss of the best
+    context-free model, a baseline any trained model must beat."""
+    import numpy as np
+
+    from hwlm.data.shards import load_manifest, shard_arrays
+
+    manifest = load_manifest(data_dir)
+    counts = np.zeros(manifest["vocab_size"], dtype=np.int64)
+    for arr in shard_arrays(data_dir, manifest, "train"):
+        counts += np.bincount(arr, minlength=len(counts))[: len(counts)]
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _hardware(say: Callable[[str], None]) -> str:
+    try:
+        from hwlm.hw import detect, render
+    except ImportError:
+        return "unknown (hwlm.hw is not available)"
+    info = detect()
+    for line in render(info).splitlines():
+        say("  " + line)
+    gpu = f", {info.gpus[0].name}" if info.gpus else ""
+    return f"{info.cpu.model} ({info.cpu.logical_cores} logical cores){gpu}"
+
+
+def _prepare(cfg: QuickstartConfig) -> tuple[Path, bool]:
+    """The built-in corpus, prepared under out/data unless a matching preparation is there."""
+    from hwlm.data import PrepareConfig, load_manifest, prepare
+    from hwlm.errors import DataError
+
+    pcfg = PrepareConfig(out=cfg.out / "data", vocab_size=cfg.vocab_size, seed=0)
+    try:
+        if load_manifest(pcfg.out).get("config") == to_dict(pcfg):
+            return pcfg.out, True
+    except DataError:
+        pass  # nothing usable there yet
+    prepare(pcfg)
+    return pcfg.out, False
+
+
+def _peak_memory(device: str) -> int | None:
+    """Peak memory of this process: GPU allocator peak on CUDA, else peak resident set size."""
+    if device.startswith("cuda"):
+        import torch
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+        import sys
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
+def _planner_prediction(cfg: QuickstartConfig, result: Any) -> dict[str, Any] | None:
+    # ISSUE 4 -- PLANNER PREDICTION GOES HERE. Return {"seconds": ..., "memory_bytes": ...} predicted
+    # by hwlm.plan for this exact run (model, batch, steps, device); render_summary prints it beside
+    # the measured time and memory. None until the planner is wired in.
+    return None
+
+
+def _train(cfg: QuickstartConfig, data_dir: Path, peak: float | None, say: Callable[[str], None]) -> Any:
+    from hwlm.train.config import TrainConfig
+    from hwlm.train.loop import build_model_config, train
+
+    run_dir = cfg.out / "train"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # quickstart's own folder: every demo is a fresh run
+    tcfg = TrainConfig(data=data_dir, out=run_dir, model=cfg.model, batch_size=cfg.batch_size, lr=cfg.lr,
+                       min_lr=cfg.lr / 10, warmup=cfg.warmup, time_budget=cfg.time_budget, max_steps=cfg.max_steps,
+                       eval_interval=cfg.eval_interval, eval_batches=10, log_interval=10, ckpt_interval=0,
+                       precision=cfg.precision, seed=cfg.seed, device=cfg.device, progress=cfg.progress,
+                       peak_flops=peak, weight_decay=0.1)
+    model_cfg = build_model_config(tcfg, {"dropout": cfg.dropout}) if cfg.dropout else None
+    return train(tcfg, model_cfg, say=say)
+
+
+def quickstart(cfg: QuickstartConfig, say: Callable[[str], None] = print) -> QuickstartResult:
+    """Run the demo; ``say`` gets each step's headline and details."""
+    from hwlm.device import select_device
+    from hwlm.evaluate import EvalConfig, evaluate
+    from hwlm.train.load import load_model, stream_text
+    from hwlm.train.loop import peak_flops_for
+
+    t0 = time.perf_counter()
+    say("[1/6] hardware")
+    hardware = _hardware(say)
+    say(f"[2/6] preparing the built-in corpus (Python's pydoc topics) in {cfg.out / 'data'}")
+    data_dir, cached = _prepare(cfg)
+    say(f"  {'reused the cached preparation' if cached else 'prepared'}; unigram entropy ...")
+    entropy = unigram_entropy(data_dir)
+    device = select_device(cfg.device).device
+    guess = "bf16" if device.startswith("cuda") and cfg.precision in ("auto", "bf16") else (
+        "fp32" if cfg.precision == "auto" else cfg.precision)
+    say(f"[3/6] measuring the {guess} matmul peak on {device}")
+    peak = peak_flops_for(device, guess)
+    say(f"  {peak / 1e9:,.1f} GFLOP/s" if peak else "  unknown: MFU will show n/a")
+    say(f"[4/6] training a {cfg.model} model" + (f" for {cfg.time_budget:.0f} s" if cfg.time_budget else ""))
+    tr = _train(cfg, data_dir, peak, say)
+    mfu, peak_used = tr.mfu, peak
+    if tr.precision != guess:  # auto picked another precision: measure the matching peak
+        peak_used = peak_flops_for(device, tr.precision)
+        mfu = tr.mfu * peak / peak_used if (tr.mfu and peak and peak_used) else None
+    say("[5/6] evaluating on the whole val split")
+    ev = evaluate(EvalConfig(run=tr.run_dir, device=cfg.device))
+    say("[6/6] generating a sample")
+    loaded = load_model(tr.run_dir, device)
+    sample = "".join(stream_text(loaded, cfg.prompt, cfg.max_new_tokens, temperature=0.8, top_k=50, seed=cfg.seed))
+    result = QuickstartResult(
+        hardware=hardware, device=device, precision=tr.precision, params=tr.params, steps=tr.steps,
+        tokens=tr.tokens, train_seconds=tr.seconds, total_seconds=time.perf_counter() - t0,
+        tokens_per_s=tr.tokens_per_s, peak_flops=peak_used, mfu=mfu, val_loss=ev.loss, perplexity=ev.perplexity,
+        bits_per_byte=ev.bits_per_byte, unigram_entropy=entropy, peak_memory_bytes=_peak_memory(device),
+        sample=cfg.prompt + sample, data_dir=data_dir, run_dir=tr.run_dir, data_cached=cached)
+    result.predicted = _planner_prediction(cfg, result)
+    if ev.loss >= entropy:
+        result.notes.append("val loss is not below the unigram entropy: the model learned no context; "
+                            "train longer (--time-budget) or check the data")
+    return result
+
+
+def render_summary(r: QuickstartResult) -> str:
+    """The summary table as text."""
+    mfu = "n/a (peak unknown)" if r.mfu is None else f"{100 * r.mfu:.2f}% of {r.peak_flops / 1e9:,.1f} GFLOP/s measured"
+    mem = "unknown" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:,.0f} MiB"
+    pred = r.predicted or {}
+    pred_time = f"{pred['seconds']:.1f} s" if "seconds" in pred else "(planner: not yet wired in)"
+    pred_mem = f"{pred['memory_bytes'] / 2**20:,.0f} MiB" if "memory_bytes" in pred else "(planner: not yet wired in)"
+    margin = r.unigram_entropy - r.val_loss
+    rows = [
+        ("hardware", f"{r.hardware}; ran on {r.device}, {r.precision}"),
+        ("parameters", f"{r.params:,}"),
+        ("tokens seen", f"{r.tokens:,} in {r.steps:,} steps"),
+        ("train time", f"{r.train_seconds:.1f} s measured | predicted {pred_time}"),
+        ("peak memory", f"{mem} measured | predicted {pred_mem}"),
+        ("throughput", f"{r.tokens_per_s:,.0f} tokens/s"),
+        ("MFU", mfu),
+        ("val loss", f"{r.val_loss:.4f} nats/token vs unigram entropy {r.unigram_entropy:.4f} "
+                     f"({'below by' if margin > 0 else 'ABOVE by'} {abs(margin):.3f})"),
+        ("perplexity", f"{r.perplexity:.2f}"),
+        ("bits per byte", f"{r.bits_per_byte:.4f}"),
+        ("total time", f"{r.total_seconds:.1f} s"),
+        ("data", f"{r.data_dir}{' (cached)' if r.data_cached else ''}"),
+        ("run", f"{r.run_dir} (log.jsonl, tb/, checkpoints/)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = ["", "quickstart summary", "-" * 60]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    lines += ["-" * 60, "sample:", r.sample, ""]
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)
+

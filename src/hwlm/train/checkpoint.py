@@ -1,0 +1,207 @@
+"""Checkpoints: write atomically, keep the newest K, verify and restore exactly.
+
+A checkpoint is a folder ``RUN/checkpoints/step-NNNNNNN/`` holding
+
+    model.safetensors   weights (``safetensors.torch.save_model``: tied tensors stored once)
+    optimizer.pt        ``optimizer.state_dict()``
+    trainer_state.pt    {"rng": RNG states (Python, NumPy, torch CPU, every CUDA device)} (+ fp16 loss scaler)
+    state.json          step, tokens, data loader position, seconds trained, chosen precision
+    config.json         train + model config and the data's tokenizer facts
+    tokenizer.json      copy of the data's tokenizer, so the run folder is self-contained
+    COMPLETE            written last: {"version", "step", "files": {name: sha256}}
+
+The folder is built under a temp name and renamed into place (:func:`hwlm.io.atomic_dir`),
+so a crash or a full disk while saving leaves the previous checkpoints as they were.
+Loading checks ``COMPLETE`` and every file's sha256 before touching the model. Every
+file loads with ``torch.load(weights_only=True)``: nothing in a checkpoint runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwlm.errors import CheckpointError, ResourceError
+from hwlm.io import atomic_dir, atomic_write_json, sha256_file
+
+__all__ = ["CKPT_VERSION", "save_checkpoint", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint",
+           "verify_checkpoint", "read_json", "restore_training", "capture_rng", "restore_rng",
+           "check_same_model", "prune_checkpoints"]
+
+CKPT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+_STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+def _step_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG state a run draws from, as tensors and ints (so ``weights_only`` loading works)."""
+    py = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so that a full disk surfaces as OSError(ENOSPC)
+    (given a path, torch reports it as an opaque RuntimeError from its C++ writer)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], config: dict[str, Any], tokenizer_file: Path,
+                    keep: int, trainer_extra: dict[str, Any] | None = None) -> Path:
+    """Write checkpoint ``step`` of ``run_dir`` atomically, then drop all but the newest ``keep``.
+
+    ``trainer_extra`` (e.g. the fp16 loss scaler's state) is stored beside the RNG states."""
+    from safetensors.torch import save_model
+
+    final = Path(run_dir) / "checkpoints" / _step_name(step)
+    with atomic_dir(final) as tmp:
+        try:
+            save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+        except Exception as exc:  # safetensors reports write failures as its own error type
+            if isinstance(exc, OSError):
+                raise
+            raise ResourceError(f"cannot write {final / MODEL_FILE}: {exc}; check free disk space") from None
+        _save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
+        _save_torch({"rng": capture_rng(), **(trainer_extra or {})}, tmp / "trainer_state.pt")
+        atomic_write_json(tmp / "state.json", {"version": CKPT_VERSION, **state, "step": step})
+        atomic_write_json(tmp / "config.json", config)
+        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        atomic_write_json(tmp / "COMPLETE", {"version": CKPT_VERSION, "step": step, "files": files})
+    prune_checkpoints(run_dir, keep)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of ``run_dir``, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if p.is_dir() and (m := _STEP_DIR.match(p.name)) and (p / "COMPLETE").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of ``run_dir``, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` complete checkpoints (never fewer than one)."""
+    for old in list_checkpoints(run_dir)[:-max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder, or the newest complete checkpoint of a run folder."""
+    path = Path(path)
+    if (path / "COMPLETE").is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: give a run folder or a checkpoint folder")
+    if _STEP_DIR.match(path.name):
+        raise CheckpointError(f"checkpoint {path} is incomplete (no COMPLETE file): it was interrupted while "
+                              "saving; use an older checkpoint or the run folder")
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"{path} holds no complete checkpoint (looked in {path / 'checkpoints'}); "
+                              "train first or give a checkpoint folder")
+    return latest
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of a checkpoint; a missing or broken one is a CheckpointError."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} is missing; the checkpoint is incomplete") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint file {path} cannot be read: {exc}") from None
+
+
+def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Check COMPLETE's version and every file's sha256; return COMPLETE's contents."""
+    done = read_json(ckpt / "COMPLETE")
+    if done.get("version") != CKPT_VERSION:
+        raise CheckpointError(f"checkpoint {ckpt} has format version {done.get('version')}; "
+                              f"this hwlm reads version {CKPT_VERSION}")
+    for name, digest in done.get("files", {}).items():
+        f = ckpt / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {ckpt} lacks {name}; it is damaged, use an older one")
+        if sha256_file(f) != digest:
+            raise CheckpointError(f"checkpoint file {f} does not match its sha256 in COMPLETE; it is corrupt, "
+                                  "use an older checkpoint")
+    return done
+
+
+def check_same_model(ckpt: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise CheckpointError naming every model setting that differs between checkpoint and config."""
+    diffs = [f"{k}={saved.get(k)!r} vs {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+             if saved.get(k) != current.get(k)]
+    if diffs:
+        raise CheckpointError(f"checkpoint {ckpt} is from another model config (checkpoint vs now: "
+                              f"{', '.join(diffs)}); use the same model settings or another --out folder")
+
+
+def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu") -> None:
+    """Load ``model.safetensors`` into ``model`` strictly; mismatches become a one-line CheckpointError."""
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(ckpt / MODEL_FILE), strict=True, device=str(device))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"weights in {ckpt} do not fit this model: {first}") from None
+
+
+def restore_training(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     device: str | torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load weights, optimizer and RNG states from a verified checkpoint.
+
+    Returns state.json and the rest of trainer_state.pt (what ``trainer_extra`` saved)."""
+    load_weights(ckpt, model, device)
+    try:
+        opt_state = torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True)
+        trainer = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(opt_state)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"optimizer state in {ckpt} does not fit this run: {first}") from None
+    restore_rng(trainer.pop("rng"))
+    return read_json(ckpt / "state.json"), trainer

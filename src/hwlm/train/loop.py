@@ -1,0 +1,393 @@
+"""The training loop: ``train(cfg, model_cfg) -> TrainResult``.
+
+One process today (``hwlm train ...``); the places where ``torchrun`` data parallelism
+slots in are in :mod:`hwlm.train.parallel`. Per optimizer step:
+
+    lr <- warm-up/cosine schedule
+    for each of grad_accum micro-batches:      # (B, T) token windows from TokenLoader
+        forward under autocast, backward of loss / grad_accum   (DDP: no_sync but on the last)
+    unscale (fp16) -> clip grad norm -> AdamW step -> zero grads
+    every log_interval: log.jsonl + TensorBoard; every eval_interval: val loss;
+    every ckpt_interval and at the end: an atomic checkpoint (see checkpoint.py)
+
+Resuming (``resume=auto`` or a path) restores weights, optimizer, every RNG, the data
+loader's position and the step counter, so a resumed CPU fp32 run is bit-identical to
+one that never stopped (tests/test_train_resume.py checks this).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hwlm.config import to_dict
+from hwlm.device import select_device
+from hwlm.errors import CheckpointError, ConfigError, DataError
+from hwlm.formulas import train_flops_per_token
+from hwlm.io import atomic_write_json
+from hwlm.model import ModelConfig
+from hwlm.train import checkpoint as ckpt_io
+from hwlm.train.config import TrainConfig
+from hwlm.train.logs import RunLogger, info
+from hwlm.train.optim import build_optimizer, lr_at
+from hwlm.train.parallel import World, current_world, grad_sync, mean_across, wrap_model
+from hwlm.train.progress import Progress
+from hwlm.train.runtime import autocast, choose_precision, loss_sums, seed_everything
+
+__all__ = ["TrainResult", "train", "build_model_config", "model_config_for", "peak_flops_for"]
+
+RUN_CONFIG_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """What a run did. ``mfu`` is None when the device's peak FLOP/s is unknown."""
+
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    mfu: float | None
+    train_loss: float | None
+    val_loss: float | None
+    run_dir: Path
+    last_checkpoint: Path | None
+    params: int
+    precision: str
+    device: str
+    peak_flops: float | None
+
+
+def _data_facts(data_dir: Path | None) -> dict[str, Any]:
+    """The manifest of a prepared data folder, checked for a usable train and val split."""
+    from hwlm.data import load_manifest
+
+    if data_dir is None:
+        raise ConfigError("no data folder given: pass --data DIR (made by `hwlm prepare`)")
+    manifest = load_manifest(data_dir)
+    for split in ("train", "val"):
+        if manifest.get("splits", {}).get(split, {}).get("tokens", 0) <= 0:
+            raise DataError(f"the {split} split of {data_dir} is empty: prepare more text "
+                            "(or a larger val_fraction) with `hwlm prepare`")
+    return manifest
+
+
+def model_config_for(cfg: TrainConfig, manifest: dict[str, Any], model_cfg: ModelConfig | None) -> ModelConfig:
+    """The run's model: ``model_cfg`` or the preset ``cfg.model``, sized to the data's vocabulary."""
+    if model_cfg is None:
+        return ModelConfig.from_name(cfg.model, vocab_size=manifest["vocab_size"])
+    if model_cfg.vocab_size < manifest["vocab_size"]:
+        raise ConfigError(f"model vocab_size {model_cfg.vocab_size} is smaller than the data's vocabulary "
+                          f"({manifest['vocab_size']}); leave vocab_size unset or raise it")
+    return model_cfg
+
+
+def build_model_config(cfg: TrainConfig, overrides: dict[str, Any] | None = None) -> ModelConfig | None:
+    """The preset ``cfg.model`` with ``overrides`` (a [model] table, --model-* flags), sized to the data's
+    vocabulary unless ``vocab_size`` is among them. None without overrides: :func:`train` builds the preset."""
+    if not overrides:
+        ModelConfig.from_name(cfg.model, vocab_size=512)  # fail fast on an unknown preset name
+        return None
+    vocab = overrides.get("vocab_size") or _data_facts(cfg.data)["vocab_size"]
+    return ModelConfig.from_name(cfg.model, **{**overrides, "vocab_size": vocab})
+
+
+def peak_flops_for(device: str, precision: str) -> float | None:
+    """Measured matmul peak in FLOP/s for MFU, or None when it cannot be measured (never guessed)."""
+    try:
+        from hwlm.hw import quick_matmul_peak
+    except ImportError:
+        return None
+    try:
+        return quick_matmul_peak(device, precision)
+    except Exception as exc:  # a failed probe only costs the MFU column
+        info(f"could not measure the matmul peak on {device} ({exc}); MFU will show n/a")
+        return None
+
+
+def _resume_from(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run."""
+    existing = ckpt_io.latest_checkpoint(cfg.out)
+    if cfg.resume == "none":
+        if existing is not None:
+            raise ConfigError(f"{cfg.out} already holds checkpoints (newest {existing.name}): pass --resume auto "
+                              "to continue that run, or choose another --out folder")
+        return None
+    if cfg.resume == "auto":
+        return existing
+    return ckpt_io.resolve_checkpoint(Path(cfg.resume))
+
+
+def _horizon(cfg: TrainConfig, tokens_per_step: int) -> int | None:
+    """Steps until max_steps or max_tokens, whichever is first (None: only a time budget)."""
+    limits = []
+    if cfg.max_steps is not None:
+        limits.append(cfg.max_steps)
+    if cfg.max_tokens is not None:
+        limits.append(-(-cfg.max_tokens // tokens_per_step))
+    return min(limits) if limits else None
+
+
+@dataclass
+class _Run:
+    """Everything the loop body needs, built once by :func:`_setup`."""
+
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    world: World
+    device: str
+    model: torch.nn.Module      # the raw module: what checkpoints save
+    step_model: torch.nn.Module  # what the step calls (compiled / wrapped)
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    loader: Any
+    precision: str
+    run_config: dict[str, Any]
+    tokenizer_file: Path
+    total_steps: int | None
+    tokens_per_step: int
+    flops_per_token: float
+    peak: float | None
+    step: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0        # wall seconds inside the loop, over all resumes
+    train_seconds: float = 0.0  # seconds in training steps only (throughput)
+    last_ckpt: Path | None = None
+
+
+def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str], None]) -> tuple[_Run, int | None]:
+    """Build everything the loop needs; returns the run and the step resumed from (None: fresh)."""
+    from hwlm.data import TokenLoader
+    from hwlm.model import Transformer
+
+    world = current_world()
+    manifest = _data_facts(cfg.data)
+    model_cfg = model_config_for(cfg, manifest, model_cfg)
+    if not cfg.horizon_given:
+        raise ConfigError("the run has no end: set max_steps, max_tokens or time_budget")
+    choice = select_device(cfg.device)
+    say(f"device {choice.device}: {choice.reason}")
+    resume = _resume_from(cfg)
+    saved = ckpt_io.read_json(resume / "config.json") if resume is not None else None
+    if saved is not None:
+        ckpt_io.verify_checkpoint(resume)
+        ckpt_io.check_same_model(resume, saved.get("model", {}), to_dict(model_cfg))
+
+    seed_everything(cfg.seed)
+    model = Transformer(model_cfg).to(choice.device)
+    optimizer, opt_text = build_optimizer(model, cfg, choice.type)
+    say(opt_text)
+    if saved is not None:
+        precision, why = saved["runtime"]["precision"], "kept from the checkpoint being resumed"
+    else:
+        pc = choose_precision(cfg.precision, choice.type, model, cfg.batch_size, model_cfg.block_size)
+        precision, why = pc.name, pc.reason
+    say(f"precision {precision}: {why}")
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    loader = TokenLoader(cfg.data, "train", cfg.batch_size, model_cfg.block_size, seed=cfg.seed,
+                         rank=world.rank, world_size=world.world_size)
+    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum * world.world_size
+    peak = cfg.peak_flops or peak_flops_for(choice.device, precision)
+    runtime = {"device": choice.device, "device_reason": choice.reason, "precision": precision,
+               "precision_reason": why, "optimizer": opt_text, "world_size": world.world_size,
+               "peak_flops": peak, "params": sum(p.numel() for p in model.parameters())}
+    run = _Run(cfg=cfg, model_cfg=model_cfg, world=world, device=choice.device, model=model,
+               step_model=model, optimizer=optimizer, scaler=scaler, loader=loader, precision=precision,
+               run_config=_run_config(cfg, model_cfg, manifest, runtime),
+               tokenizer_file=Path(cfg.data) / "tokenizer.json",
+               total_steps=_horizon(cfg, tokens_per_step), tokens_per_step=tokens_per_step,
+               flops_per_token=train_flops_per_token(model_cfg.to_arch(), model_cfg.block_size), peak=peak)
+    if resume is not None:
+        _restore(run, resume, say)
+    run.step_model = wrap_model(model, cfg.compile, world)
+    if world.is_main:
+        atomic_write_json(cfg.out / "config.json", run.run_config)
+    return run, (run.step if resume is not None else None)
+
+
+def _run_config(cfg: TrainConfig, model_cfg: ModelConfig, manifest: dict[str, Any],
+                runtime: dict[str, Any]) -> dict[str, Any]:
+    """What config.json (run folder and every checkpoint) records: enough to rebuild and judge the run."""
+    data = {k: manifest.get(k) for k in ("vocab_size", "eot_id", "dtype", "tokenizer_sha256")}
+    data |= {"dir": str(Path(cfg.data).resolve()), "prepare": manifest.get("config", {})}
+    return {"version": RUN_CONFIG_VERSION, "train": to_dict(cfg), "model": to_dict(model_cfg), "data": data,
+            "runtime": runtime}
+
+
+def _restore(run: _Run, ckpt: Path, say: Callable[[str], None]) -> None:
+    """Continue exactly where checkpoint ``ckpt`` stopped."""
+    state, extra = ckpt_io.restore_training(ckpt, run.model, run.optimizer, run.device)
+    if run.scaler is not None and "scaler" in extra:
+        run.scaler.load_state_dict(extra["scaler"])
+    run.loader.load_state_dict(state["loader"])
+    run.step, run.tokens = int(state["step"]), int(state["tokens"])
+    run.elapsed, run.train_seconds = float(state["elapsed"]), float(state["train_seconds"])
+    run.last_ckpt = ckpt
+    say(f"resumed from {ckpt} at step {run.step}")
+
+
+def _save(run: _Run) -> None:
+    if not run.world.is_main:
+        return
+    state = {"tokens": run.tokens, "elapsed": run.elapsed, "train_seconds": run.train_seconds,
+             "loader": run.loader.state_dict(), "precision": run.precision}
+    extra = {"scaler": run.scaler.state_dict()} if run.scaler is not None else {}
+    run.last_ckpt = ckpt_io.save_checkpoint(run.cfg.out, run.step, run.model, run.optimizer, state,
+                                            run.run_config, run.tokenizer_file, run.cfg.keep_checkpoints,
+                                            trainer_extra=extra)
+
+
+def _val_loss(run: _Run) -> float:
+    from hwlm.data import eval_batches
+
+    batches = eval_batches(run.cfg.data, "val", run.cfg.batch_size, run.model_cfg.block_size,
+                           max_batches=run.cfg.eval_batches)
+    nats, n = loss_sums(run.step_model, batches, run.device, run.precision)
+    return mean_across(nats / max(n, 1), run.world)
+
+
+def _train_step(run: _Run, lr: float) -> torch.Tensor:
+    """One optimizer step over grad_accum micro-batches; returns the mean loss (a device tensor)."""
+    cfg, dev_type = run.cfg, run.device.split(":")[0]
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=run.device)
+    for micro in range(cfg.grad_accum):
+        x, y = run.loader.next_batch()  # (B, T) int64 on the CPU
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        with grad_sync(run.step_model, micro == cfg.grad_accum - 1):
+            with autocast(dev_type, run.precision):
+                _, loss = run.step_model(x, y)
+            scaled = loss / cfg.grad_accum
+            (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+        loss_sum += loss.detach()
+    if cfg.grad_clip > 0:
+        if run.scaler:
+            run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum / cfg.grad_accum
+
+
+def _progress_fraction(run: _Run) -> float:
+    fracs = [run.step / run.total_steps] if run.total_steps else []
+    if run.cfg.time_budget:
+        fracs.append(run.elapsed / run.cfg.time_budget)
+    return min(max(fracs, default=0.0), 1.0)
+
+
+def _done(run: _Run, stop_at_step: int | None, elapsed: float) -> str | None:
+    """'end' when the run is over, 'pause' at ``stop_at_step`` (checkpoint only, like a preemption), else None."""
+    if run.total_steps is not None and run.step >= run.total_steps:
+        return "end"
+    if run.cfg.time_budget is not None and elapsed >= run.cfg.time_budget:
+        return "end"
+    return "pause" if stop_at_step is not None and run.step >= stop_at_step else None
+
+
+def _eta(run: _Run, steps_per_s: float) -> float | None:
+    etas = []
+    if run.total_steps and steps_per_s > 0:
+        etas.append((run.total_steps - run.step) / steps_per_s)
+    if run.cfg.time_budget:
+        etas.append(max(run.cfg.time_budget - run.elapsed, 0.0))
+    return min(etas) if etas else None
+
+
+@dataclass
+class _Window:
+    """Sums since the last log line (loss stays on the device: reading it forces a sync)."""
+
+    loss: torch.Tensor
+    steps: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def _log_line(run: _Run, win: _Window, lr: float, bar: Progress) -> dict[str, Any]:
+    """The log record for the window that just ended; resets the window."""
+    loss = mean_across(float(win.loss) / win.steps, run.world)
+    if loss != loss or abs(loss) == float("inf"):
+        raise ConfigError(f"training loss became {loss} at step {run.step}: lower --lr or use --precision fp32")
+    tps = win.tokens / max(win.seconds, 1e-9)
+    mfu = tps * run.flops_per_token / run.peak if run.peak else None
+    bar.update(run.step, loss, tps, mfu, _eta(run, win.steps / max(win.seconds, 1e-9)))
+    win.loss.zero_()
+    win.steps, win.seconds, win.tokens = 0, 0.0, 0
+    return {"step": run.step, "tokens": run.tokens, "loss": loss, "lr": lr, "tokens_per_s": tps, "mfu": mfu}
+
+
+def _loop(run: _Run, logger: RunLogger, bar: Progress, stop_at_step: int | None) -> tuple[float | None, float | None]:
+    """Step until done; returns the last logged train loss and the last val loss."""
+    cfg = run.cfg
+    win = _Window(loss=torch.zeros((), device=run.device))
+    train_loss = val_loss = None
+    finishing = _done(run, stop_at_step, run.elapsed)
+    while not finishing:
+        t0 = time.perf_counter()
+        lr = lr_at(run.step, cfg, _progress_fraction(run), run.total_steps)
+        loss = _train_step(run, lr)
+        run.step += 1
+        run.tokens += run.tokens_per_step
+        win.loss += loss
+        win.steps += 1
+        win.tokens += run.tokens_per_step
+        finishing = _done(run, stop_at_step, run.elapsed + time.perf_counter() - t0)
+        log_now = run.step % cfg.log_interval == 0 or finishing == "end"
+        if log_now:
+            float(win.loss)  # wait for the device so that the step's time is honest
+        dt = time.perf_counter() - t0
+        win.seconds += dt
+        run.train_seconds += dt
+        record: dict[str, Any] = _log_line(run, win, lr, bar) if log_now else {}
+        train_loss = record.get("loss", train_loss)
+        if (cfg.eval_interval and run.step % cfg.eval_interval == 0) or finishing == "end":
+            val_loss = _val_loss(run)
+            record = (record or {"step": run.step, "tokens": run.tokens}) | {"val_loss": val_loss}
+        if record:
+            logger.log(record)
+        run.elapsed += time.perf_counter() - t0  # before saving, so a resumed time budget is right
+        if (cfg.ckpt_interval and run.step % cfg.ckpt_interval == 0) or finishing:
+            t_save = time.perf_counter()
+            _save(run)
+            run.elapsed += time.perf_counter() - t_save
+    return train_loss, val_loss
+
+
+def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_step: int | None = None,
+          say: Callable[[str], None] | None = None) -> TrainResult:
+    """Train (or resume) a model on ``cfg.data``, writing the run folder ``cfg.out``.
+
+    ``model_cfg`` defaults to the preset ``cfg.model`` sized to the data's vocabulary.
+    ``stop_at_step`` pauses the run after that step (a checkpoint is written) as a
+    preemption would, leaving the schedule as if it ran to the end: used to test resuming.
+    ``say`` receives one-line progress notes (default: stderr on rank 0).
+    """
+    if say is None:
+        say = info if current_world().is_main else (lambda _msg: None)  # other ranks stay quiet
+    run, resume_step = _setup(cfg, model_cfg, say)
+    logger = RunLogger(cfg.out, resume_step, cfg.tensorboard, enabled=run.world.is_main)
+    bar = Progress(run.total_steps, run.step, cfg.progress and run.world.is_main)
+    start_step = run.step
+    try:
+        train_loss, val_loss = _loop(run, logger, bar, stop_at_step)
+    finally:
+        bar.close()
+        logger.close()
+    if run.step == start_step and val_loss is None:
+        val_loss = _val_loss(run)  # nothing left to train (resumed a finished run): still report val loss
+    tps = (run.tokens / run.train_seconds) if run.train_seconds > 0 else 0.0
+    mfu = tps * run.flops_per_token / run.peak if run.peak and tps else None
+    return TrainResult(steps=run.step, tokens=run.tokens, seconds=run.elapsed, tokens_per_s=tps, mfu=mfu,
+                       train_loss=train_loss, val_loss=val_loss, run_dir=cfg.out, last_checkpoint=run.last_ckpt,
+                       params=run.run_config["runtime"]["params"], precision=run.precision, device=run.device,
+                       peak_flops=run.peak)
