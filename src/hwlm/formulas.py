@@ -56,6 +56,14 @@ class ArchSpec:
     # Encoders (BERT style): extra embeddings and heads counted as-is.
     causal: bool = True
     extra_params: int = 0                  # parameters outside the blocks (token types, pooler, heads)
+    final_norm: bool = True                # a norm after the last block (BERT has none: post-LN)
+    # Multi-head latent attention (DeepSeek-V2, arXiv:2405.04434), on when kv_lora_rank > 0:
+    # keys/values pass through a rank-kv_lora_rank bottleneck that is what the KV cache stores;
+    # head_dim is then the non-rotary query/key part and qk_rope_head_dim the rotary part.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0                   # 0: queries projected straight from d_model
+    qk_rope_head_dim: int = 0
+    v_head_dim: int | None = None          # None: head_dim
 
     @property
     def kv_heads(self) -> int:
@@ -68,6 +76,16 @@ class ArchSpec:
     @property
     def ff(self) -> int:
         return self.d_ff or 4 * self.d_model
+
+    @property
+    def vd(self) -> int:
+        """Value head width (differs from the query/key width only under MLA)."""
+        return self.v_head_dim or self.hd
+
+    @property
+    def qk_dim(self) -> int:
+        """Query/key head width used in the score product."""
+        return self.hd + self.qk_rope_head_dim
 
     @property
     def has_norm_bias(self) -> bool:
@@ -95,13 +113,29 @@ def _mlp_params(d: int, ff: int, gated: bool, bias: bool) -> int:
     return mats * d * ff + b
 
 
+def _attn_params(spec: ArchSpec) -> tuple[int, int]:
+    """(all parameters, matrix-product weights) of one attention block."""
+    d, hd, H, K = spec.d_model, spec.hd, spec.n_heads, spec.kv_heads
+    out_b = d if spec.out_bias else 0
+    if spec.kv_lora_rank <= 0:
+        mm = d * H * hd + 2 * d * K * hd + H * hd * d
+        return mm + ((H * hd + 2 * K * hd) if spec.qkv_bias else 0) + out_b, mm
+    # MLA (HF DeepseekV2Attention): q (optionally through a q_lora bottleneck with its norm),
+    # kv_a: d -> kv_lora + rope, kv norm, kv_b: kv_lora -> H*(nope+v), o: H*v -> d.
+    r, qr, q_hd = spec.kv_lora_rank, spec.q_lora_rank, spec.qk_dim
+    q_mm = (d * qr + qr * H * q_hd) if qr else d * H * q_hd
+    mm = q_mm + d * (r + spec.qk_rope_head_dim) + r * H * (hd + spec.vd) + H * spec.vd * d
+    extra = r + (qr if qr else 0)  # the bottleneck RMSNorms
+    if spec.qkv_bias:
+        extra += (r + spec.qk_rope_head_dim) + (qr if qr else 0)
+    return mm + extra + out_b, mm
+
+
 def param_count(spec: ArchSpec) -> ParamCount:
     """Count parameters exactly as the PyTorch / Hugging Face module would."""
-    d, hd, H, K = spec.d_model, spec.hd, spec.n_heads, spec.kv_heads
+    d = spec.d_model
     gated = spec.mlp == "swiglu"
-    attn = d * H * hd + 2 * d * K * hd + H * hd * d
-    attn += (H * hd + 2 * K * hd) if spec.qkv_bias else 0
-    attn += d if spec.out_bias else 0
+    attn, attn_mm = _attn_params(spec)
     norms = 2 * d * (2 if spec.has_norm_bias else 1)
     dense_mlp = _mlp_params(d, spec.ff, gated, spec.mlp_bias)
     n_moe = spec.n_layers - spec.first_dense_layers if spec.n_experts > 1 else 0
@@ -114,13 +148,12 @@ def param_count(spec: ArchSpec) -> ParamCount:
 
     embedding = spec.vocab_size * d + (spec.max_positions * d if spec.pos == "learned" else 0)
     lm_head = 0 if spec.tied_embeddings else spec.vocab_size * d
-    final_norm = d * (2 if spec.has_norm_bias else 1)
+    final_norm = d * (2 if spec.has_norm_bias else 1) if spec.final_norm else 0
     common = spec.n_layers * (attn + norms) + n_dense * dense_mlp + embedding + lm_head + final_norm
     total = common + n_moe * moe_total + spec.extra_params
     active = common + n_moe * moe_active + spec.extra_params
 
     # Weights in matrix products per token: attention projections, MLP matrices, LM head.
-    attn_mm = d * H * hd + 2 * d * K * hd + H * hd * d
     mats = 3 if gated else 2
     mlp_mm = n_dense * mats * d * spec.ff + n_moe * (
         (spec.experts_per_token + spec.n_shared_experts) * mats * d * eff + router)
@@ -133,10 +166,11 @@ def param_count(spec: ArchSpec) -> ParamCount:
 def forward_flops_per_token(spec: ArchSpec, seq_len: int) -> float:
     """Forward FLOPs per token at context ``seq_len``: 2 x matmul weights + attention scores.
 
-    Attention per layer and token: QK^T and AV each cost 2 * seq_len * n_heads * head_dim.
+    Attention per layer and token: QK^T costs 2 * seq_len * n_heads * qk_head_dim and AV
+    2 * seq_len * n_heads * v_head_dim (both head_dim unless MLA).
     """
     pc = param_count(spec)
-    attn_scores = spec.n_layers * 4 * seq_len * spec.n_heads * spec.hd
+    attn_scores = spec.n_layers * 2 * seq_len * spec.n_heads * (spec.qk_dim + spec.vd)
     return float(2 * pc.matmul_active + attn_scores)
 
 
@@ -146,5 +180,11 @@ def train_flops_per_token(spec: ArchSpec, seq_len: int) -> float:
 
 
 def kv_cache_bytes_per_token(spec: ArchSpec, bytes_per_elem: float = 2.0) -> float:
-    """Bytes of K and V cache one token occupies across all layers."""
-    return 2.0 * spec.n_layers * spec.kv_heads * spec.hd * bytes_per_elem
+    """Bytes of K and V cache one token occupies across all layers.
+
+    Grouped-query attention stores n_kv_heads (not n_heads) keys and values; MLA stores
+    the compressed latent (kv_lora_rank) plus the shared rotary key, as vLLM/SGLang do.
+    """
+    if spec.kv_lora_rank > 0:
+        return float(spec.n_layers * (spec.kv_lora_rank + spec.qk_rope_head_dim) * bytes_per_elem)
+    return float(spec.n_layers * spec.kv_heads * (spec.hd + spec.vd) * bytes_per_elem)

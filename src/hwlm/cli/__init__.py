@@ -23,6 +23,12 @@ from hwlm.errors import HwlmError
 # Command-group modules, in the order of the flow. Each has register(subparsers).
 COMMAND_MODULES = (
     "hwlm.cli.hw",
+    "hwlm.cli.data",
+    "hwlm.cli.train",
+    "hwlm.cli.quickstart",
+    "hwlm.cli.bench",
+    "hwlm.cli.plan",
+    "hwlm.cli.report",
 )
 
 

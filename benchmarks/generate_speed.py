@@ -1,0 +1,122 @@
+"""Batch-1 decoding speed of ``hwlm.model.generate`` against ``transformers`` ``generate``.
+
+1. ``tiny`` (4L/4H/128): tokens/s of hwlm's KV-cache loop and of HF ``GPT2LMHeadModel.generate``
+   (``use_cache=True``, greedy), with the *same weights* (copied through hwlm's HF export
+   mapping), so the two must emit the same tokens, which is checked.
+2. ``gpt2-124m``: hwlm's decode tokens/s and the memory bandwidth it achieves: bytes of weights
+   read per token (every parameter once, float32) x tokens/s, as a fraction of the copy
+   bandwidth measured here (a large tensor copy, bytes read + written).
+
+Runs are interleaved and the median is shown. Times include the prompt's prefill.
+
+    python benchmarks/generate_speed.py
+    python benchmarks/generate_speed.py --threads 1 --new-tokens 48 --skip-124m
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from hwlm.export.hf import hf_state_dict
+from hwlm.model import ModelConfig, Transformer, generate
+
+
+def copy_bandwidth(n_bytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Median bytes/s of ``dst.copy_(src)`` counting bytes read plus bytes written."""
+    src = torch.ones(n_bytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return 2 * n_bytes / statistics.median(times)
+
+
+def hf_twin(model: Transformer) -> torch.nn.Module:
+    """A GPT2LMHeadModel holding exactly ``model``'s weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = model.cfg
+    hc = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                    n_head=cfg.n_head, n_inner=cfg.d_ff, layer_norm_epsilon=cfg.norm_eps, resid_pdrop=0.0,
+                    embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=None,
+                    tie_word_embeddings=cfg.tie_embeddings)
+    hf = GPT2LMHeadModel(hc).eval()
+    missing, unexpected = hf.load_state_dict(hf_state_dict(model, cfg), strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
+    return hf
+
+
+def timed(fn: Callable[[], list[int]], repeats: int, runs: dict[str, list[float]], name: str) -> list[int]:
+    t = time.perf_counter()
+    out = fn()
+    runs.setdefault(name, []).append(time.perf_counter() - t)
+    return out
+
+
+def bench_pair(model: Transformer, hf: torch.nn.Module | None, prompt: list[int], new: int,
+               repeats: int) -> dict[str, float]:
+    def ours() -> list[int]:
+        return list(generate(model, prompt, new, temperature=0))
+
+    def theirs() -> list[int]:
+        with torch.inference_mode():
+            out = hf.generate(torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                              use_cache=True, pad_token_id=0)
+        return out[0, len(prompt):].tolist()
+
+    fns = {"hwlm": ours} | ({"HF": theirs} if hf is not None else {})
+    outs = {name: fn() for name, fn in fns.items()}  # warm-up, and the tokens to compare
+    if "HF" in outs and outs["HF"] != outs["hwlm"]:
+        print("warning: hwlm and HF greedy tokens differ (float round-off can flip near-ties)")
+    runs: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            timed(fn, repeats, runs, name)
+    return {name: new / statistics.median(times) for name, times in runs.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--vocab", type=int, default=4096, help="vocabulary of the tiny model")
+    p.add_argument("--prompt", type=int, default=16, help="prompt length in tokens")
+    p.add_argument("--new-tokens", type=int, default=48)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--skip-124m", action="store_true", help="only the tiny comparison")
+    p.add_argument("--hf-124m", action="store_true", help="also time HF generate on gpt2-124m")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    tiny = Transformer(ModelConfig.from_name("tiny", vocab_size=args.vocab)).eval()
+    prompt = torch.randint(0, args.vocab, (args.prompt,)).tolist()
+    r = bench_pair(tiny, hf_twin(tiny), prompt, args.new_tokens, args.repeats)
+    print(f"\nBatch-1 greedy decode, prompt {args.prompt}, {args.new_tokens} new tokens, {args.threads} threads, "
+          f"torch {torch.__version__}, median of {args.repeats}\n")
+    print("| model | hwlm tok/s | HF tok/s | ratio |\n|---|---:|---:|---:|")
+    print(f"| tiny (vocab {args.vocab}) | {r['hwlm']:,.0f} | {r['HF']:,.0f} | {r['hwlm'] / r['HF']:.2f}x |")
+    if args.skip_124m:
+        return
+    big = Transformer(ModelConfig.from_name("gpt2-124m")).eval()
+    prompt = torch.randint(0, big.cfg.vocab_size, (args.prompt,)).tolist()
+    r = bench_pair(big, hf_twin(big) if args.hf_124m else None, prompt, args.new_tokens, max(3, args.repeats // 2))
+    weight_bytes = sum(p.numel() * p.element_size() for p in big.parameters())  # tied matrix read once
+    bw = copy_bandwidth()
+    achieved = weight_bytes * r["hwlm"]
+    hf_col = f"{r['HF']:,.1f}" if "HF" in r else "n/a"
+    print(f"\n| gpt2-124m fp32 | hwlm tok/s | HF tok/s | weight bytes/token | achieved GB/s | copy GB/s | fraction |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| batch 1 | {r['hwlm']:,.1f} | {hf_col} | {weight_bytes / 1e6:,.0f} MB | {achieved / 1e9:.1f} | "
+          f"{bw / 1e9:.1f} | {achieved / bw:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

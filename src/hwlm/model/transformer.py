@@ -1,0 +1,325 @@
+"""The decoder-only Transformer of hwlm, in one file (nanoGPT style).
+
+One module serves both flavours of :class:`~hwlm.model.config.ModelConfig`:
+
+* ``gpt2``: LayerNorm, learned positions, GELU with the tanh approximation (what Hugging Face
+  calls ``gelu_new``), biases. Same maths as ``transformers.GPT2LMHeadModel``.
+* ``llama``: RMSNorm, rotary positions in the *half-split* convention (``rotate_half``, as
+  ``transformers.LlamaForCausalLM``), SwiGLU, grouped-query attention, no biases.
+
+So that an export to Hugging Face is a renaming and a transpose, never a permutation.
+
+Speed choices (measured in ``benchmarks/train_speed.py``): one fused q/k/v projection and one
+fused gate/up projection (fewer, larger matmuls); ``scaled_dot_product_attention`` with
+``is_causal`` (no mask tensor); ``F.gelu(approximate="tanh")`` as one kernel instead of
+the six-op formula; no dropout calls at all when ``dropout == 0``.
+
+Shapes in comments: B batch, T tokens, C = n_embd, H query heads, K key/value heads,
+D head size, V vocabulary, L cached length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwlm.model.config import ModelConfig
+
+__all__ = ["Transformer", "KVCache"]
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: ``k[layer]`` is (B, K, max_len, D).
+
+    Generation writes the new positions in place (``update``) and attends to the prefix
+    ``[:start_pos + T]``, so decoding allocates nothing per token.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.max_len = max_len or cfg.block_size
+        self.batch_size = batch_size
+        shape = (batch_size, cfg.n_kv_head, self.max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+
+    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, K, T, D) at ``start_pos`` and return views of the whole prefix (B, K, L, D)."""
+        end = start_pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked to write up to {end}")
+        self.k[layer][:, :, start_pos:end] = k
+        self.v[layer][:, :, start_pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class FusedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy whose gradient is computed in the forward pass, from one softmax.
+
+    ``F.cross_entropy`` makes about seven passes over the (N, V) logits in training
+    (log_softmax, a zero-filled gradient, a scatter, log_softmax's backward with a second exp).
+    Here the forward makes one exp pass, turns it into ``softmax - onehot`` in place and keeps
+    that as the gradient (the same trick as llm.c's fused classifier). Rows whose target is
+    -1 are ignored. Used only when a gradient is needed; it equals ``F.cross_entropy`` (tested).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # (N, V), (N,)
+        ctx.dtype = logits.dtype
+        logits = logits.detach()
+        if logits.element_size() < 4:
+            logits = logits.float()  # bf16 / fp16 logits (autocast) are reduced in float32
+        valid = targets != -1
+        n = valid.sum().clamp(min=1)
+        grad = logits.clone()
+        loss = _softmax_grad_(grad, targets, valid, n)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss).to(ctx.dtype), None
+
+
+def _softmax_grad_(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Turn logits (N, V) into d(sum of losses / n)/d logits in place; return that loss sum / n."""
+    safe = targets.clamp(min=0).unsqueeze(1)  # (N, 1)
+    picked = logits.gather(1, safe)  # (N, 1) logit of the target
+    row_max = logits.amax(dim=1, keepdim=True)  # (N, 1)
+    total = logits.sub_(row_max).exp_().sum(dim=1, keepdim=True)  # (N, 1); logits now exp(l - max)
+    loss = ((row_max + total.log() - picked).squeeze(1) * valid).sum() / n  # log-sum-exp - target logit
+    # (softmax - onehot(target)) / n, zero on ignored rows.
+    logits.div_(total * n).scatter_add_(1, safe, -valid.unsqueeze(1).to(logits.dtype) / n)
+    if not bool(valid.all()):
+        logits.mul_(valid.unsqueeze(1))
+    return loss
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Output layer and mean cross-entropy in one pass over row chunks, never holding (N, V) logits.
+
+    Each chunk of rows gets its logits in one reused buffer, turned in place into the gradient
+    (``_softmax_grad_``), which is immediately multiplied back into the input and weight
+    gradients. On a CPU a chunk fits in the L2 cache, so the softmax passes never touch DRAM,
+    and no large buffer is allocated per step (fresh large allocations cost page faults: see
+    benchmarks/train_speed.py). Same matmul FLOPs as the unfused layer.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # x (N, C), weight (V, C), targets (N,)
+        x, weight = x.detach(), weight.detach()
+        N, V = x.size(0), weight.size(0)
+        rows = max(64, (2 << 20) // (4 * V)) if x.device.type == "cpu" else max(1024, (64 << 20) // (4 * V))
+        valid = targets != -1
+        n = valid.sum().clamp(min=1)
+        grad_x, grad_w = torch.empty_like(x), torch.empty_like(weight)
+        buf = torch.empty(min(rows, N), V, dtype=x.dtype, device=x.device)
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        for s in range(0, N, rows):
+            e = min(s + rows, N)
+            logits = torch.mm(x[s:e], weight.t(), out=buf[:e - s])  # (rows, V)
+            loss += _softmax_grad_(logits, targets[s:e], valid[s:e], n)
+            torch.mm(logits, weight, out=grad_x[s:e])  # (rows, C)
+            if s == 0:
+                torch.mm(logits.t(), x[s:e], out=grad_w)  # (V, C); no zero-fill pass
+            else:
+                grad_w.addmm_(logits.t(), x[s:e])
+        ctx.save_for_backward(grad_x, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, None
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (max_len, D) for rotary positions, half-split as in HF Llama (RoFormer, Su et al. 2021)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (D/2,)
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (max_len, D): the same angle for i and i + D/2
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, D) by cos/sin (T, D): pairs are (i, i + D/2), not neighbours."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.q_size, self.kv_size = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        # One matmul for q, k and v: rows [0, q_size) are q, then k, then v.
+        self.c_attn = nn.Linear(cfg.n_embd, self.q_size + 2 * self.kv_size, bias=cfg.bias)
+        self.c_proj = nn.Linear(self.q_size, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.rope = cfg.flavour == "llama"
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None, layer: int, start_pos: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, K = self.n_head, self.n_kv_head
+        if T == 1:
+            # Decoding: (B, 1, (H+2K)*D) already is (B, H+2K, 1, D) in memory; 3 slices instead of 7 ops.
+            qkv = self.c_attn(x).view(B, H + 2 * K, 1, self.head_dim)
+            q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]
+        else:
+            q, k, v = self.c_attn(x).split((self.q_size, self.kv_size, self.kv_size), dim=2)
+            q = q.view(B, T, H, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = k.view(B, T, K, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+            v = v.view(B, T, K, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        mask, causal = None, T > 1
+        if cache is not None:
+            k, v = cache.update(layer, start_pos, k, v)  # (B, K, L, D), L = start_pos + T
+            if start_pos > 0 and T > 1:
+                # Chunked prefill: SDPA's is_causal aligns the triangle top-left, we need it
+                # bottom-right (query t sees keys up to start_pos + t).
+                L = start_pos + T
+                mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+                causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=K != H,
+            dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, self.q_size)  # (B, T, H*D)
+        y = self.c_proj(y)  # (B, T, C)
+        if self.dropout and self.training:
+            y = F.dropout(y, self.dropout, training=True)
+        return y
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gated = cfg.flavour == "llama"
+        # SwiGLU fuses gate and up projections into one matmul: rows [0, d_ff) gate, then up.
+        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.gated else 1) * cfg.d_ff, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.d_ff, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)  # (B, T, d_ff) or (B, T, 2*d_ff)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up  # SwiGLU (Shazeer 2020)
+        else:
+            h = F.gelu(h, approximate="tanh")  # GPT-2's gelu_new
+        y = self.c_proj(h)  # (B, T, C)
+        if self.dropout and self.training:
+            y = F.dropout(y, self.dropout, training=True)
+        return y
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.flavour == "gpt2":
+        return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=bool(cfg.bias))
+    return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.ln_1 = make_norm(cfg)
+        self.attn = Attention(cfg)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None, start_pos: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, self.layer, start_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model. ``forward(idx, targets, cache, start_pos) -> (logits, loss)``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.flavour == "gpt2" else None
+        self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            # One Parameter under two names; safetensors' save_model/load_model keep one copy.
+            self.lm_head.weight = self.wte.weight
+        if cfg.flavour == "llama":
+            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            # Not persistent: recomputed from the config, never saved with the weights.
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: normal(0, 0.02); residual output projections scaled by 1/sqrt(2 n_layer)."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                # Norm gains start at 1, biases at 0.
+                nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
+            elif name.endswith("c_proj.weight"):
+                # Each block adds two outputs to the residual stream (Radford et al. 2019, sec. 2.3).
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def num_params(self) -> int:
+        """Parameters counted once each (a tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                start_pos: int = 0, *, last_only: bool = False, return_logits: bool = True
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits (B, T, V) for tokens ``idx`` (B, T) at positions ``start_pos ...``.
+
+        ``targets`` (B, T), -1 = ignore, gives the mean cross-entropy loss. With ``cache``
+        the new keys/values are stored at ``start_pos`` and attention sees the whole prefix.
+        ``last_only`` computes logits for the last position only (B, 1, V): what generation needs.
+        ``return_logits=False`` with ``targets`` returns ``(None, loss)``; while training (a gradient
+        is needed, no autocast) the output layer and loss then run fused in chunks
+        (``LinearCrossEntropy``): faster and without the (B, T, V) logits in memory.
+        """
+        B, T = idx.shape
+        if start_pos + T > self.cfg.block_size:
+            raise ValueError(f"positions up to {start_pos + T} exceed block_size {self.cfg.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe.weight[start_pos:start_pos + T]  # (T, C) broadcast over B
+        else:
+            rope = (self.rope_cos[start_pos:start_pos + T], self.rope_sin[start_pos:start_pos + T])  # (T, D)
+        if self.cfg.dropout and self.training:
+            x = F.dropout(x, self.cfg.dropout, training=True)
+        for block in self.h:
+            x = block(x, rope, cache, start_pos)
+        x = self.ln_f(x)
+        if targets is None:
+            logits = self.lm_head(x[:, -1:] if last_only else x)  # (B, T or 1, V)
+            return logits, None
+        fused = (not return_logits and torch.is_grad_enabled() and self.lm_head.weight.requires_grad
+                 and not torch.is_autocast_enabled(x.device.type))
+        if fused:
+            loss = LinearCrossEntropy.apply(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
+            return None, loss
+        logits = self.lm_head(x)  # (B, T, V)
+        flat_logits, flat_targets = logits.view(B * T, -1), targets.reshape(B * T)
+        if torch.is_grad_enabled() and logits.requires_grad:
+            loss = FusedCrossEntropy.apply(flat_logits, flat_targets)
+        else:
+            loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1)
+        return (logits if return_logits else None), loss

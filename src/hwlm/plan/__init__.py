@@ -1,0 +1,26 @@
+"""hwlm plan: a torch-free estimator of training and serving time, memory, energy, CO2 and cost.
+
+    >>> from hwlm.plan import estimate_training, estimate_inference  # doctest: +SKIP
+    >>> estimate_training("llama-2-7b", tokens=2e12, hardware="a100-80gb", devices=256).time_s  # doctest: +SKIP
+
+Modules: ``catalog`` (hardware), ``models`` (model shapes), ``parallel`` (layouts, memory,
+communication), ``efficiency`` (priors, calibration), ``training``, ``inference``,
+``recommend``, ``scaling`` (compute-optimal sizing), ``explain`` (the terms of an estimate).
+"""
+
+from hwlm.plan.catalog import Device, format_device, get_device, list_devices, load_catalog
+from hwlm.plan.efficiency import Calibration, load_calibration
+from hwlm.plan.explain import Term, format_terms
+from hwlm.plan.inference import InferenceEstimate, estimate_inference
+from hwlm.plan.models import Model, get_model, list_models
+from hwlm.plan.parallel import Layout, MemoryBreakdown
+from hwlm.plan.recommend import Option, Recommendation, recommend
+from hwlm.plan.scaling import LAWS, OptimalSize, compute_optimal
+from hwlm.plan.training import TrainingEstimate, estimate_training
+
+__all__ = [
+    "Device", "format_device", "get_device", "list_devices", "load_catalog",
+    "Calibration", "load_calibration", "Term", "format_terms", "InferenceEstimate", "estimate_inference",
+    "Model", "get_model", "list_models", "Layout", "MemoryBreakdown", "Option", "Recommendation", "recommend",
+    "LAWS", "OptimalSize", "compute_optimal", "TrainingEstimate", "estimate_training",
+]

@@ -1,0 +1,169 @@
+"""Efficiency priors (what fraction of a datasheet peak real runs reach) and calibration files.
+
+The planner never uses a per-run constant. Time comes from a small roofline model whose
+few parameters depend only on the hardware kind, the data type and the phase:
+
+* training and prefill compute: matrix products at ``matmul_eff`` x dense peak FLOP/s,
+  plus the element-wise traffic of each layer (norms, activations, residuals, softmax
+  statistics; ``act_traffic`` x 34·h bytes per token per layer, the activation size of
+  Korthikanti et al. 2022, arXiv:2205.05198, eq. 1) at memory bandwidth. Small models lose
+  more to the second term, which is how MFU grows with width;
+* decode: bytes read per step at ``decode_bw_eff`` x bandwidth, plus a fixed
+  ``layer_overhead_s`` per layer and step (kernel launches and synchronisation), which is
+  why small models reach a lower fraction of bandwidth;
+* ``train_overhead``: time lost outside the step loop in long runs (evaluation,
+  checkpoints, restarts); reported GPU-hours include it.
+
+The numbers are fitted on the *fit* half of ``benchmarks/planner_cases.toml`` (published
+measurements, each with its source) by ``benchmarks/planner_validation.py --fit``; the
+other half is held out and reported in ``docs/planner-validation.md``.
+
+A calibration file (``hwlm bench calibrate``; schema in ``docs/architecture.md``) replaces
+a prior with a measured efficiency for a (device, dtype, phase).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from hwlm.errors import PlanError
+
+__all__ = ["Priors", "priors_for", "Calibration", "load_calibration", "BYTES_PER_PARAM", "DEFAULT_PUE",
+           "DEFAULT_GRID_KG_PER_KWH", "PUE_SOURCE", "GRID_SOURCE", "PRIOR_SOURCE", "PHASES"]
+
+BYTES_PER_PARAM = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+DEFAULT_PUE = 1.2
+PUE_SOURCE = "PUE 1.2: Luccioni et al. 2022, arXiv:2211.02001 (BLOOM's Jean Zay data centre)"
+DEFAULT_GRID_KG_PER_KWH = 0.475
+GRID_SOURCE = "475 gCO2/kWh: IEA Global Energy & CO2 Status Report 2019 (world average of power generation)"
+PRIOR_SOURCE = "fitted on the fit split of benchmarks/planner_cases.toml (see docs/planner-validation.md)"
+PHASES = ("matmul", "train", "prefill", "decode", "membw")
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Efficiency parameters for one hardware kind and data type."""
+
+    matmul_eff: float        # achieved / dense peak FLOP/s for large matrix products
+    act_traffic: float       # element-wise bytes moved per token-layer, in units of 34·h·2 bytes (fwd+bwd each)
+    decode_bw_eff: float     # achieved / peak memory bandwidth when streaming weights and KV cache
+    layer_overhead_s: float  # fixed seconds per layer per forward step (launches, syncs)
+    train_overhead: float    # fraction of wall time outside the training step in long runs
+    comm_eff: float          # achieved / link bandwidth for collectives (NCCL bus bandwidth)
+    power_fraction: float    # average draw / TDP under load
+    allreduce_latency_s: float = 10e-6  # fixed cost of one small all-reduce (decode under tensor parallelism)
+    ridge_exponent: float = 0.0  # matmul_eff scales as (REF_RIDGE / (peak/bandwidth))^ridge_exponent
+    int8_decode: float = 1.0     # decode bandwidth efficiency multiplier for int8 weight-only kernels
+    int4_decode: float = 1.0     # ... and for int4 (group-wise scales, dequantisation in the kernel)
+    source: str = PRIOR_SOURCE
+
+
+# Per hardware kind. Fitted values (see module docstring); the constants marked as
+# assumptions are not identifiable from the cases and come from the cited measurements.
+_KIND_PRIORS: dict[str, Priors] = {
+    "gpu": Priors(matmul_eff=0.597, act_traffic=2.60, decode_bw_eff=0.790, layer_overhead_s=40e-6,
+                  train_overhead=0.152, comm_eff=0.972, power_fraction=1.0, allreduce_latency_s=10e-6,
+                  ridge_exponent=0.380, int8_decode=0.615, int4_decode=0.578),
+    # TPU: no case in the fit split (PaLM is held out), so it takes the GPU's fitted values;
+    # a smaller launch cost per layer (XLA compiles the whole step).
+    "tpu": Priors(matmul_eff=0.597, act_traffic=2.60, decode_bw_eff=0.790, layer_overhead_s=10e-6,
+                  train_overhead=0.152, comm_eff=0.972, power_fraction=1.0, allreduce_latency_s=10e-6,
+                  ridge_exponent=0.380, int8_decode=0.615, int4_decode=0.578),
+    # CPU: not fitted (no published CPU cases); assumptions: oneDNN GEMMs reach about half of
+    # peak, STREAM-like decode about 60% of bandwidth, a launch cost per layer of ~50 us.
+    "cpu": Priors(matmul_eff=0.50, act_traffic=2.60, decode_bw_eff=0.60, layer_overhead_s=50e-6,
+                  train_overhead=0.152, comm_eff=0.5, power_fraction=1.0, allreduce_latency_s=50e-6),
+}
+_DEFAULT_KIND = "gpu"
+# The hardware generation enters through the device's balance, its ridge point peak/bandwidth
+# (Williams et al. 2009, roofline): the higher it is, the larger the tiles and the more reuse a
+# kernel needs to reach peak, so the smaller the share of peak real runs reach (A100 bf16: ~153
+# FLOP/byte; H100 SXM bf16: ~295; H100 fp8: ~590). REF_RIDGE is the A100's.
+REF_RIDGE = 153.0
+
+
+def priors_for(kind: str, dtype: str, peak: float | None = None, bandwidth: float | None = None,
+               weight_dtype: str | None = None) -> Priors:
+    """The prior parameters for a hardware kind, compute data type and (optionally) balance."""
+    p = _KIND_PRIORS.get(kind, _KIND_PRIORS[_DEFAULT_KIND])
+    mm = p.matmul_eff
+    if peak and bandwidth and p.ridge_exponent:
+        # Only penalise: below the reference ridge, other limits (launches, small tiles) dominate.
+        mm *= min(1.0, (REF_RIDGE / (peak / bandwidth)) ** p.ridge_exponent)
+    bw = p.decode_bw_eff * {"int8": p.int8_decode, "int4": p.int4_decode}.get(weight_dtype or "", 1.0)
+    return replace(p, matmul_eff=mm, decode_bw_eff=bw)
+
+
+def set_kind_priors(kind: str, priors: Priors) -> None:
+    """Replace the priors of one kind (used by the validation script's fit and leave-one-out)."""
+    _KIND_PRIORS[kind] = priors
+
+
+def kind_priors(kind: str) -> Priors:
+    return _KIND_PRIORS.get(kind, _KIND_PRIORS[_DEFAULT_KIND])
+
+
+@dataclass(frozen=True)
+class CalibrationEntry:
+    device: str
+    dtype: str
+    phase: str
+    efficiency: float
+    source: str
+
+
+class Calibration:
+    """Measured efficiencies that replace the priors for matching (device, dtype, phase)."""
+
+    def __init__(self, entries: list[CalibrationEntry], path: str = "") -> None:
+        self.entries = entries
+        self.path = path
+
+    def lookup(self, device_id: str, dtype: str, phase: str) -> CalibrationEntry | None:
+        """Exact device first, then entries for ``this-machine``."""
+        for dev in (device_id, "this-machine"):
+            for e in self.entries:
+                if e.device == dev and e.dtype == dtype and e.phase == phase:
+                    return e
+        return None
+
+
+def _entry(path: Path, i: int, raw: Any) -> CalibrationEntry:
+    where = f"calibration file {path}: entry {i}"
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where} is not an object; see the schema in docs/architecture.md")
+    for key in ("device", "dtype", "phase", "efficiency"):
+        if key not in raw:
+            raise PlanError(f"{where} lacks '{key}'; see the schema in docs/architecture.md")
+    if raw["phase"] not in PHASES:
+        raise PlanError(f"{where} has phase {raw['phase']!r}; use one of {', '.join(PHASES)}")
+    eff = raw["efficiency"]
+    if isinstance(eff, bool) or not isinstance(eff, (int, float)) or not 0 < eff <= 1.5:
+        raise PlanError(f"{where} has efficiency {eff!r}; it must be measured/peak, a number in (0, 1.5]")
+    return CalibrationEntry(device=str(raw["device"]).lower(), dtype=str(raw["dtype"]).lower(),
+                            phase=raw["phase"], efficiency=float(eff),
+                            source=str(raw.get("source") or f"calibration file {path}"))
+
+
+def load_calibration(path: str | Path | None) -> Calibration | None:
+    """Read and validate a calibration JSON file; ``None`` passes through."""
+    if path is None or isinstance(path, Calibration):
+        return path
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"calibration file {p} does not exist; run `hwlm bench calibrate` or fix the path") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(f"calibration file {p} is not valid JSON ({exc}); run `hwlm bench calibrate` again") from None
+    if not isinstance(data, dict) or data.get("kind") != "hwlm-calibration":
+        raise PlanError(f"calibration file {p} is not an hwlm calibration (kind must be 'hwlm-calibration')")
+    if data.get("version") != 1:
+        raise PlanError(f"calibration file {p} has version {data.get('version')!r}; this hwlm reads version 1")
+    entries = data.get("entries")
+    if not isinstance(entries, list) or not entries:
+        raise PlanError(f"calibration file {p} has no entries; run `hwlm bench calibrate` again")
+    return Calibration([_entry(p, i, e) for i, e in enumerate(entries)], str(p))

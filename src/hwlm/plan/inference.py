@@ -1,0 +1,285 @@
+"""Inference estimates: time to first token, time per output token, memory, energy and cost.
+
+Prefill is compute-bound: FLOPs at a fraction of peak, but never faster than reading the
+weights once. Decode is bandwidth-bound: each step reads the (active) weights and the KV cache
+of every sequence in the batch, at a fraction of bandwidth, but never faster than its FLOPs.
+Both pay a fixed cost per layer (kernel launches) and, under tensor parallelism, two
+all-reduces per layer (Megatron layout, Shoeybi et al. 2019, arXiv:1909.08053).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hwlm.errors import PlanError
+from hwlm.formulas import forward_flops_per_token, kv_cache_bytes_per_token
+from hwlm.plan.catalog import Device, get_device
+from hwlm.plan.efficiency import (BYTES_PER_PARAM, DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, GRID_SOURCE, PUE_SOURCE,
+                                  Priors, load_calibration, priors_for)
+from hwlm.plan.explain import Term, Terms
+from hwlm.plan.models import Model, get_model
+from hwlm.plan.parallel import USABLE_MEMORY_FRACTION, link_bandwidth
+
+__all__ = ["InferenceEstimate", "estimate_inference", "INFER_PRECISIONS"]
+
+INFER_PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
+# The data type the matrix units run in for each weight format (weight-only int4 dequantises
+# to 16-bit; int8/fp8 use the 8-bit units when the device has them).
+_COMPUTE_DTYPE = {"fp32": ("fp32",), "bf16": ("bf16", "fp16"), "fp16": ("fp16", "bf16"),
+                  "fp8": ("fp8", "bf16", "fp16"), "int8": ("int8", "bf16", "fp16"), "int4": ("bf16", "fp16")}
+
+
+@dataclass
+class InferenceEstimate:
+    """The prediction for serving one batch. Times in seconds, memory in bytes."""
+
+    model: str
+    hardware: str
+    devices: int
+    tp: int
+    precision: str
+    batch: int
+    prompt_len: int
+    gen_len: int
+    fits: bool
+    ttft_s: float
+    tpot_s: float
+    memory_per_device_bytes: float
+    weights_bytes_per_device: float
+    kv_cache_bytes_per_device: float
+    max_batch: int
+    max_context: int
+    throughput_tokens_per_s: float
+    energy_per_token_j: float | None
+    cost_per_million_tokens_usd: float | None
+    terms: list[Term] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_joule(self) -> float | None:
+        return None if not self.energy_per_token_j else 1.0 / self.energy_per_token_j
+
+    @property
+    def request_time_s(self) -> float:
+        return self.ttft_s + max(self.gen_len - 1, 0) * self.tpot_s
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in (
+            "model", "hardware", "devices", "tp", "precision", "batch", "prompt_len", "gen_len", "fits", "ttft_s",
+            "tpot_s", "memory_per_device_bytes", "weights_bytes_per_device", "kv_cache_bytes_per_device", "max_batch",
+            "max_context", "throughput_tokens_per_s", "energy_per_token_j", "cost_per_million_tokens_usd",
+            "request_time_s", "tokens_per_joule", "notes")}
+        d["decode_tokens_per_s"] = self.batch / self.tpot_s
+        d["terms"] = [t.to_dict() for t in self.terms]
+        return {"kind": "hwlm-plan-infer", **d}
+
+
+def _compute_dtype(dev: Device, precision: str) -> str:
+    for d in _COMPUTE_DTYPE[precision]:
+        if d in dev.flops:
+            return d
+    return dev.dtypes[-1] if "fp32" not in dev.flops else "fp32"
+
+
+def _weights_read_per_step(m: Model, batch: int, bytes_w: float) -> tuple[float, str]:
+    """Bytes of weights one decode step reads; MoE reads only the experts some token picked."""
+    pc, spec = m.params, m.spec
+    if not m.is_moe:
+        return pc.total * bytes_w, "all weights"
+    e, k = spec.n_experts, spec.experts_per_token
+    per_expert = (pc.total - pc.active) / ((e - k) * (spec.n_layers - spec.first_dense_layers))
+    n_moe = spec.n_layers - spec.first_dense_layers
+    touched = e * (1.0 - (1.0 - k / e) ** batch)  # distinct experts hit by batch x k uniform picks
+    dense = pc.total - n_moe * e * per_expert
+    return (dense + n_moe * touched * per_expert) * bytes_w, f"dense part + {touched:.2f} of {e} experts per layer"
+
+
+def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tuple[Priors, str, str]:
+    pri = priors_for(dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, weight_dtype=precision)
+    src = f"prior for {dev.kind}/{cdtype}: {pri.source}"
+    cal = load_calibration(calibration)
+    if cal is None:
+        return pri, src, src
+    mm = cal.lookup(dev.id, cdtype, "prefill") or cal.lookup(dev.id, cdtype, "matmul")
+    bw = cal.lookup(dev.id, cdtype, "decode") or cal.lookup(dev.id, cdtype, "membw") \
+        or cal.lookup(dev.id, "bf16", "decode") or cal.lookup(dev.id, "bf16", "membw")
+    if mm:
+        pri = replace(pri, matmul_eff=mm.efficiency)
+    if bw:
+        pri = replace(pri, decode_bw_eff=bw.efficiency)
+    return (pri, f"calibration {mm.phase} {mm.efficiency} ({mm.source})" if mm else src,
+            f"calibration {bw.phase} {bw.efficiency} ({bw.source})" if bw else src)
+
+
+def _check(m: Model, devices: int, tp: int, batch: int, prompt_len: int, gen_len: int, precision: str) -> None:
+    if precision not in INFER_PRECISIONS:
+        raise PlanError(f"inference precision {precision!r} is not supported; choose one of {', '.join(INFER_PRECISIONS)}")
+    for name, v, lo in (("--devices", devices, 1), ("--batch", batch, 1), ("--prompt-len", prompt_len, 1),
+                        ("--gen-len", gen_len, 1), ("--tp", tp, 1)):
+        if not isinstance(v, int) or v < lo:
+            raise PlanError(f"{name} must be a whole number >= {lo}, got {v!r}")
+    if devices % tp:
+        raise PlanError(f"tp={tp} does not divide --devices {devices}; the other devices serve replicas, "
+                        f"so choose tp dividing {devices}")
+    if m.spec.n_heads % tp:
+        raise PlanError(f"tp={tp} does not divide the {m.spec.n_heads} attention heads of {m.name}; "
+                        f"choose a divisor of {m.spec.n_heads}")
+
+
+def _kv_per_token_device(m: Model, tp: int, kv_bytes: float) -> tuple[float, str]:
+    spec = m.spec
+    full = kv_cache_bytes_per_token(spec, kv_bytes)
+    if spec.kv_lora_rank > 0:  # the MLA latent is shared by all heads: every tp rank keeps it whole
+        return full, "MLA latent, replicated on each tp rank"
+    heads_here = math.ceil(spec.kv_heads / tp)  # fewer KV heads than tp ranks: heads are replicated
+    return full * heads_here / spec.kv_heads, f"{heads_here} of {spec.kv_heads} KV heads per device"
+
+
+def _comm(m: Model, dev: Device, tp: int, tokens: int, pri: Priors) -> tuple[float, str]:
+    if tp == 1:
+        return 0.0, ""
+    bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, tp, dev.scale_up_devices)
+    per = pri.allreduce_latency_s + 2 * (tp - 1) / tp * tokens * m.spec.d_model * 2.0 / (bw * pri.comm_eff)
+    return 2 * m.spec.n_layers * per, f"2 x {m.spec.n_layers} layers x ({pri.allreduce_latency_s * 1e6:.3g} us + " \
+        f"2(t-1)/t x {tokens} tok x {m.spec.d_model} x 2 B / ({what} {bw:.4g} x {pri.comm_eff}))"
+
+
+@dataclass(frozen=True)
+class _Job:
+    m: Model
+    dev: Device
+    devices: int
+    tp: int
+    batch: int
+    prompt_len: int
+    gen_len: int
+    precision: str
+    cdtype: str
+    pri: Priors
+    mm_src: str
+    bw_src: str
+
+
+def _memory(j: _Job, t: Terms) -> dict[str, float]:
+    spec, tp, batch = j.m.spec, j.tp, j.batch
+    bytes_w = BYTES_PER_PARAM[j.precision]
+    kv_bytes = 1.0 if j.precision == "fp8" else 2.0  # fp8 serving also stores the KV cache in fp8
+    w_dev = t.add("weights_per_device", f"{j.m.params.total:.4g} params x {bytes_w} B / tp {tp}",
+                  j.m.params.total * bytes_w / tp, "B", j.m.source)
+    kv_tok, kv_what = _kv_per_token_device(j.m, tp, kv_bytes)
+    kv_tok = t.add("kv_bytes_per_token_device", f"kv_cache_bytes_per_token at {kv_bytes:g} B/elem, {kv_what}", kv_tok,
+                   "B", "hwlm.formulas.kv_cache_bytes_per_token (GQA: n_kv_heads, MLA: latent)")
+    ctx_end = j.prompt_len + j.gen_len
+    kv = t.add("kv_cache_per_device", f"batch {batch} x {ctx_end} tokens x {kv_tok:.4g} B", batch * ctx_end * kv_tok, "B")
+    chunk = min(j.prompt_len, 2048) * batch  # chunked prefill keeps one chunk's activations alive
+    ws = t.add("workspace", f"{chunk} prefill tokens x (4h + 3 d_ff/tp) x 2 B + fp32 logits",
+               chunk * (4 * spec.d_model + 3 * spec.ff / tp) * 2.0 + batch * spec.vocab_size * 4.0, "B",
+               "assumed: vLLM-style chunked prefill of 2048 tokens")
+    mem = t.add("memory_per_device", "weights + kv_cache + workspace", w_dev + kv + ws, "B")
+    free = j.dev.memory_bytes * USABLE_MEMORY_FRACTION - w_dev - ws
+    return {"weights": w_dev, "kv_tok": kv_tok, "kv": kv, "total": mem, "bytes_w": bytes_w,
+            "max_batch": max(0, int(free // (ctx_end * kv_tok))) if free > 0 else 0,
+            "max_context": max(0, int(free // (batch * kv_tok))) if free > 0 else 0}
+
+
+def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
+    spec, pri, dev, tp = j.m.spec, j.pri, j.dev, j.tp
+    peak, bw = dev.peak_flops(j.cdtype), dev.memory_bw
+    f_pre = t.add("prefill_flops", f"batch {j.batch} x prompt {j.prompt_len} x forward FLOPs/token at {j.prompt_len}",
+                  j.batch * j.prompt_len * forward_flops_per_token(spec, j.prompt_len), "FLOP", "hwlm.formulas")
+    t_mm = t.add("prefill_compute_time", f"prefill_flops / (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g})",
+                 f_pre / (tp * peak * pri.matmul_eff), "s", j.mm_src)
+    t_ew = t.add("prefill_elementwise_time",
+                 f"tokens x {spec.n_layers} layers x {pri.act_traffic:.3g} x 34h x 2 B / (tp x bw x {pri.decode_bw_eff:.3g})",
+                 j.batch * j.prompt_len * spec.n_layers * pri.act_traffic * 34 * spec.d_model * 2.0
+                 / (tp * bw * pri.decode_bw_eff), "s", "Korthikanti et al. 2022, arXiv:2205.05198")
+    t_w = t.add("prefill_weight_read_time", f"weights_per_device / (bw {bw:.4g} x {pri.decode_bw_eff:.3g})",
+                w_dev / (bw * pri.decode_bw_eff), "s", j.bw_src)
+    comm, comm_f = _comm(j.m, dev, tp, j.batch * j.prompt_len, pri)
+    if comm:
+        t.add("prefill_tp_comm_time", comm_f, comm, "s", "Megatron TP: 2 all-reduces per layer, arXiv:1909.08053")
+    launch = spec.n_layers * pri.layer_overhead_s
+    return t.add("ttft", f"max(compute + elementwise, weight read) + {spec.n_layers} x {pri.layer_overhead_s:g} s"
+                 " + tp comm", max(t_mm + t_ew, t_w) + launch + comm, "s", pri.source)
+
+
+def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
+    spec, pri, dev, tp = j.m.spec, j.pri, j.dev, j.tp
+    peak, bw = dev.peak_flops(j.cdtype), dev.memory_bw
+    ctx_avg = j.prompt_len + j.gen_len / 2  # average context over the generation
+    w_read, w_what = _weights_read_per_step(j.m, j.batch, bytes_w)
+    step = t.add("decode_bytes_per_step", f"weights read ({w_what}) / tp + batch x {ctx_avg:g} ctx x kv per token",
+                 w_read / tp + j.batch * ctx_avg * kv_tok, "B")
+    t_mem = t.add("decode_memory_time", f"{step:.4g} B / (bw {bw:.4g} x {pri.decode_bw_eff:.3g})",
+                  step / (bw * pri.decode_bw_eff), "s", f"{dev.source('memory_bw')}; {j.bw_src}")
+    f_dec = j.batch * forward_flops_per_token(spec, int(ctx_avg))
+    t_fl = t.add("decode_compute_time", f"{f_dec:.4g} FLOP / (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g})",
+                 f_dec / (tp * peak * pri.matmul_eff), "s", j.mm_src)
+    comm, comm_f = _comm(j.m, dev, tp, j.batch, pri)
+    if comm:
+        t.add("decode_tp_comm_time", comm_f, comm, "s", "Megatron TP: 2 all-reduces per layer, arXiv:1909.08053")
+    launch = t.add("layer_overhead", f"{spec.n_layers} layers x {pri.layer_overhead_s:g} s",
+                   spec.n_layers * pri.layer_overhead_s, "s", pri.source)
+    return t.add("tpot", "max(decode_memory_time, decode_compute_time) + layer_overhead + tp comm",
+                 max(t_mem, t_fl) + launch + comm, "s")
+
+
+def estimate_inference(model: str | Model, hardware: str | Device, devices: int = 1, *, batch: int = 1,
+                       prompt_len: int = 512, gen_len: int = 256, precision: str = "bf16", tp: int | None = None,
+                       calibration: Any = None, pue: float = DEFAULT_PUE,
+                       grid_intensity: float = DEFAULT_GRID_KG_PER_KWH,
+                       price_per_hour: float | None = None, power_w: float | None = None) -> InferenceEstimate:
+    """Predict serving ``batch`` sequences of ``prompt_len`` + ``gen_len`` tokens.
+
+    ``tp`` (default: all devices) shards each replica; ``devices / tp`` replicas each serve ``batch``.
+    ``power_w`` replaces the catalog TDP (per device).
+    """
+    m = get_model(model)
+    dev = hardware if isinstance(hardware, Device) else get_device(hardware)
+    tp = devices if tp is None else tp
+    _check(m, devices, tp, batch, prompt_len, gen_len, precision)
+    if pue < 1.0 or grid_intensity < 0:
+        raise PlanError(f"--pue must be >= 1 and --grid-intensity >= 0, got {pue} and {grid_intensity}")
+    cdtype = _compute_dtype(dev, precision)
+    pri, mm_src, bw_src = _resolve(dev, cdtype, precision, calibration)
+    j = _Job(m, dev, devices, tp, batch, prompt_len, gen_len, precision, cdtype, pri, mm_src, bw_src)
+    t = Terms()
+    mem = _memory(j, t)
+    ttft = _prefill(j, t, mem["weights"])
+    tpot = _decode(j, t, mem["kv_tok"], mem["bytes_w"])
+    replicas = devices // tp
+    req = t.add("request_time", f"ttft + (gen {gen_len} - 1) x tpot", ttft + (gen_len - 1) * tpot, "s")
+    thr = t.add("throughput", f"{replicas} replicas x batch {batch} x gen {gen_len} / request_time",
+                replicas * batch * gen_len / req, "tokens/s")
+    ept = None
+    if power_w is not None or dev.tdp_w is not None:
+        power = power_w if power_w is not None else pri.power_fraction * dev.tdp_w  # type: ignore[operator]
+        ept = t.add("energy_per_token", f"{devices} x {power:g} W x PUE {pue} / throughput",
+                    devices * power * pue / thr, "J",
+                    f"{'user power' if power_w is not None else dev.source('tdp_w')}; {PUE_SOURCE}")
+        t.add("co2_per_million_tokens", f"energy_per_token x 1e6 / 3.6e6 x {grid_intensity} kg/kWh",
+              ept * 1e6 / 3.6e6 * grid_intensity, "kg", GRID_SOURCE)
+    rate = price_per_hour if price_per_hour is not None else dev.price_per_hour
+    cpm = None
+    if rate is not None:
+        cpm = t.add("cost_per_million_tokens", f"{devices} x ${rate}/h / 3600 / throughput x 1e6",
+                    devices * rate / 3600 / thr * 1e6, "USD",
+                    "user price" if price_per_hour is not None else dev.source("price_per_hour"))
+    fits = mem["total"] <= dev.memory_bytes * USABLE_MEMORY_FRACTION
+    notes = [f"compute in {cdtype}; weights in {precision}"]
+    if not fits:
+        notes.append(f"does not fit: {mem['total'] / 1e9:.1f} GB per device > {USABLE_MEMORY_FRACTION:.0%} of "
+                     f"{dev.memory_bytes / 1e9:.0f} GB; largest batch that fits: {mem['max_batch']}; "
+                     "use more devices (tp) or a narrower precision")
+    if rate is None:
+        notes.append(f"{dev.id} has no catalog price; pass --price-per-hour for a cost")
+    if ept is None:
+        notes.append(f"{dev.id} has no published TDP; pass --power-w for energy")
+    return InferenceEstimate(
+        model=m.name, hardware=dev.id, devices=devices, tp=tp, precision=precision, batch=batch, prompt_len=prompt_len,
+        gen_len=gen_len, fits=fits, ttft_s=ttft, tpot_s=tpot, memory_per_device_bytes=mem["total"],
+        weights_bytes_per_device=mem["weights"], kv_cache_bytes_per_device=mem["kv"], max_batch=mem["max_batch"],
+        max_context=mem["max_context"], throughput_tokens_per_s=thr, energy_per_token_j=ept,
+        cost_per_million_tokens_usd=cpm, terms=list(t), notes=notes)

@@ -1,0 +1,171 @@
+"""Parallel layouts: validity, memory per device and communication volume and time.
+
+A :class:`Layout` splits ``devices = dp * tp * pp`` (data, tensor and pipeline parallel),
+with a ZeRO stage for the data-parallel group (3 = FSDP) and an activation recompute mode.
+
+Memory (per device), mixed-precision Adam (Rajbhandari et al. 2020, ZeRO, arXiv:1910.02054,
+section 3.1): 2 bytes of bf16 weights + 2 of gradients + 12 of fp32 master copy, momentum and
+variance = 16 bytes per parameter; ZeRO stage 1 shards the 12, stage 2 also the gradients,
+stage 3 (FSDP) also the weights, over dp. tp and pp divide everything.
+
+Activations per layer and micro-batch (Korthikanti et al. 2022, arXiv:2205.05198, table 2,
+with sequence parallelism): ``s·b·h·(34 + 5·a·s/h) / t`` bytes with no recompute,
+``34·s·b·h / t`` with selective recompute (equal to what a FlashAttention kernel keeps),
+``2·s·b·h / t`` with full recompute (only the layer input, sequence-parallel); "partial" recomputes
+k of the L layers fully and the rest selectively (Megatron's ``--recompute-num-layers``), the
+cheapest choice that fits. Under 1F1B the first pipeline stage holds ``pp`` micro-batches of
+its ``L/pp`` layers, so ``L`` layers' worth in total (ibid., section 4.2.3).
+
+Communication (ring collectives; Patarasuk & Yuan 2009): an all-reduce of V bytes over n
+ranks moves ``2·(n-1)/n·V`` per rank; reduce-scatter + all-gather move the same; ZeRO-3 adds
+one more all-gather (``3·(n-1)/n·V``, ZeRO paper section 7.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from hwlm.errors import PlanError
+from hwlm.formulas import ArchSpec
+
+__all__ = ["Layout", "MemoryBreakdown", "validate_layout", "training_memory", "link_bandwidth",
+           "RECOMPUTE_MODES", "USABLE_MEMORY_FRACTION", "BYTES_ADAM_MIXED"]
+
+RECOMPUTE_MODES = ("none", "selective", "partial", "full")
+Recompute = Literal["none", "selective", "partial", "full"]
+# Share of device memory a framework can really use (CUDA context, allocator fragmentation).
+USABLE_MEMORY_FRACTION = 0.9
+BYTES_ADAM_MIXED = 16.0
+# Link speed assumed when the catalog gives none (PCIe 4.0 x16, 32 GB/s per direction).
+FALLBACK_LINK_BW = 32e9
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a job is split over devices."""
+
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    zero_stage: int = 0                 # 0 plain data parallel, 1/2 ZeRO, 3 ZeRO-3 / FSDP
+    recompute: Recompute = "selective"
+    micro_batch: int = 1                # sequences per device per micro-step
+    virtual_stages: int = 1             # >1: interleaved 1F1B, each device holds this many model chunks
+    recompute_layers: int = 0           # recompute="partial": layers recomputed fully (the rest selectively)
+
+    @property
+    def devices(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    def describe(self) -> str:
+        z = {0: "ddp", 1: "zero1", 2: "zero2", 3: "fsdp"}[self.zero_stage]
+        v = f" (interleaved x{self.virtual_stages})" if self.virtual_stages > 1 and self.pp > 1 else ""
+        rc = f"partial ({self.recompute_layers} layers full)" if self.recompute == "partial" else self.recompute
+        return (f"dp={self.dp} ({z}) tp={self.tp} pp={self.pp}{v} micro_batch={self.micro_batch} "
+                f"recompute={rc}")
+
+    def recompute_fraction(self, n_layers: int) -> float:
+        """Share of layers whose forward runs twice."""
+        if self.recompute == "full":
+            return 1.0
+        return min(self.recompute_layers, n_layers) / n_layers if self.recompute == "partial" else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {"dp": self.dp, "tp": self.tp, "pp": self.pp, "zero_stage": self.zero_stage,
+                "recompute": self.recompute, "recompute_layers": self.recompute_layers,
+                "micro_batch": self.micro_batch, "virtual_stages": self.virtual_stages,
+                "description": self.describe()}
+
+
+def validate_layout(spec: ArchSpec, devices: int, layout: Layout, model_name: str = "model") -> None:
+    """Raise :class:`PlanError` (one line) when the layout cannot run this model on these devices."""
+    for key, v in (("dp", layout.dp), ("tp", layout.tp), ("pp", layout.pp), ("micro_batch", layout.micro_batch),
+                   ("virtual_stages", layout.virtual_stages)):
+        if not isinstance(v, int) or v < 1:
+            raise PlanError(f"{key}={v!r} must be a whole number >= 1")
+    if layout.devices != devices:
+        raise PlanError(f"layout dp={layout.dp} x tp={layout.tp} x pp={layout.pp} = {layout.devices} "
+                        f"does not match --devices {devices}; make the degrees multiply to {devices}")
+    if spec.n_heads % layout.tp:
+        raise PlanError(f"tp={layout.tp} does not divide the {spec.n_heads} attention heads of {model_name}; "
+                        f"choose a divisor of {spec.n_heads}")
+    if layout.pp > spec.n_layers:
+        raise PlanError(f"pp={layout.pp} exceeds the {spec.n_layers} layers of {model_name}; "
+                        f"use pp <= {spec.n_layers}")
+    if layout.pp * layout.virtual_stages > spec.n_layers:
+        raise PlanError(f"pp={layout.pp} x virtual_stages={layout.virtual_stages} exceeds the {spec.n_layers} layers "
+                        f"of {model_name}; use fewer stages")
+    if layout.zero_stage not in (0, 1, 2, 3):
+        raise PlanError(f"zero_stage={layout.zero_stage} must be 0, 1, 2 or 3 (3 = FSDP)")
+    if layout.recompute not in RECOMPUTE_MODES:
+        raise PlanError(f"recompute={layout.recompute!r} must be one of {', '.join(RECOMPUTE_MODES)}")
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per device."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    capacity: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity * USABLE_MEMORY_FRACTION
+
+
+def activation_bytes_per_layer(spec: ArchSpec, seq_len: int, micro_batch: int, tp: int,
+                               recompute: Recompute) -> float:
+    """Korthikanti et al. 2022, table 2 (with sequence parallelism when tp > 1), 16-bit activations."""
+    sbh = seq_len * micro_batch * spec.d_model
+    if recompute == "full":
+        return 2.0 * sbh / tp
+    per = 34.0 / tp
+    if recompute == "none":
+        per += 5.0 * spec.n_heads * seq_len / (spec.d_model * tp)
+    return sbh * per
+
+
+def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: int,
+                    capacity: float) -> MemoryBreakdown:
+    """Memory per device of mixed-precision Adam training under ``layout``."""
+    shard = layout.tp * layout.pp
+    local = total_params / shard
+    dp, z = layout.dp, layout.zero_stage
+    weights = 2.0 * local / (dp if z >= 3 else 1)
+    grads = 2.0 * local / (dp if z >= 2 else 1)
+    optimizer = 12.0 * local / (dp if z >= 1 else 1)
+    # 1F1B: the first stage holds pp micro-batches of L/pp layers = L layers' worth. With full
+    # recompute one layer's working set is alive again during its backward.
+    sel = activation_bytes_per_layer(spec, seq_len, layout.micro_batch, layout.tp, "selective")
+    full = activation_bytes_per_layer(spec, seq_len, layout.micro_batch, layout.tp, "full")
+    if layout.recompute in ("full", "partial"):
+        k = round(layout.recompute_fraction(spec.n_layers) * spec.n_layers)
+        acts = k * full + (spec.n_layers - k) * sel + sel
+    else:
+        acts = spec.n_layers * activation_bytes_per_layer(spec, seq_len, layout.micro_batch, layout.tp,
+                                                          layout.recompute)
+    # fp32 logits and their gradient for the micro-batch, on the last stage, split by tp.
+    acts += 2 * 4.0 * seq_len * layout.micro_batch * spec.vocab_size / layout.tp
+    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
+                           capacity=capacity)
+
+
+def link_bandwidth(intra_bw: float | None, inter_bw: float | None, group_span: int, scale_up: int) -> tuple[float, str]:
+    """Per-device bandwidth (bytes/s) for a group whose members are ``group_span`` devices apart.
+
+    Groups that stay inside the scale-up domain (NVLink node, TPU slice) use the fast link;
+    otherwise each device's share of the network.
+    """
+    if group_span <= scale_up and intra_bw:
+        return intra_bw, "intra-node link"
+    if inter_bw:
+        return inter_bw, "inter-node network"
+    return intra_bw or FALLBACK_LINK_BW, "assumed PCIe 4.0 x16 (catalog gives no link)"

@@ -1,0 +1,173 @@
+"""Hardware recommendation: sweep catalog devices x device counts x layouts, filter, rank, Pareto front.
+
+Training sweeps 1, 2, 4, ... devices (and whole nodes beyond one node); serving sweeps tensor
+parallel degrees inside one node. Options that do not fit, miss the deadline or exceed the
+budget are dropped (and counted); the rest are ranked by the objective, and the options no
+other option beats on all of time, cost and energy form the Pareto front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hwlm.errors import HwlmError, PlanError
+from hwlm.plan.catalog import Device, list_devices
+from hwlm.plan.inference import estimate_inference
+from hwlm.plan.models import Model, get_model
+from hwlm.plan.training import estimate_training
+
+__all__ = ["Option", "Recommendation", "recommend", "OBJECTIVES"]
+
+OBJECTIVES = ("time", "cost", "energy")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One (hardware, device count, layout) choice and its predicted time, cost and energy."""
+
+    hardware: str
+    devices: int
+    layout: str
+    time_s: float
+    cost_usd: float | None
+    energy_kwh: float | None
+    detail: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def key(self, objective: str) -> float:
+        v = {"time": self.time_s, "cost": self.cost_usd, "energy": self.energy_kwh}[objective]
+        return float("inf") if v is None else v
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hardware": self.hardware, "devices": self.devices, "layout": self.layout, "time_s": self.time_s,
+                "cost_usd": self.cost_usd, "energy_kwh": self.energy_kwh, **self.detail}
+
+
+@dataclass
+class Recommendation:
+    """Ranked options (best first), the Pareto front and why the others were dropped."""
+
+    model: str
+    workload: str
+    objective: str
+    options: list[Option]
+    pareto: list[Option]
+    dropped: dict[str, int]
+
+    @property
+    def best(self) -> Option | None:
+        return self.options[0] if self.options else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "hwlm-plan-recommend", "model": self.model, "workload": self.workload,
+                "objective": self.objective, "best": self.best.to_dict() if self.best else None,
+                "options": [o.to_dict() for o in self.options], "pareto": [o.to_dict() for o in self.pareto],
+                "dropped": self.dropped}
+
+
+def _counts(dev: Device, max_devices: int) -> list[int]:
+    out = {2 ** i for i in range(20) if 2 ** i <= min(max_devices, dev.devices_per_node)}
+    n = dev.devices_per_node
+    while n <= max_devices:
+        out.add(n)
+        n *= 2
+    return sorted(out)
+
+
+def _train_options(m: Model, tokens: float, devs: list[Device], max_devices: int, precision: str,
+                   dropped: dict[str, int], kw: dict[str, Any]) -> list[Option]:
+    out = []
+    for dev in devs:
+        if precision not in dev.flops:
+            dropped["no " + precision] = dropped.get("no " + precision, 0) + 1
+            continue
+        for n in _counts(dev, max_devices):
+            # Lower bound: even fully sharded, 16 B/param must fit; skip the estimate when it cannot.
+            if 16.0 * m.params.total / n > dev.memory_bytes:
+                dropped["does not fit"] = dropped.get("does not fit", 0) + 1
+                continue
+            try:
+                e = estimate_training(m, tokens, dev, n, precision=precision, find_smallest=False, **kw)
+            except HwlmError:
+                dropped["no valid layout"] = dropped.get("no valid layout", 0) + 1
+                continue
+            if not e.fits:
+                dropped["does not fit"] = dropped.get("does not fit", 0) + 1
+                continue
+            out.append(Option(dev.id, n, e.layout.describe(), e.time_s, e.cost_usd, e.energy_kwh,
+                              {"mfu": e.mfu, "device_hours": e.device_hours,
+                               "memory_per_device_bytes": e.memory.total}))
+    return out
+
+
+def _infer_options(m: Model, work: dict[str, int], devs: list[Device], precision: str,
+                   dropped: dict[str, int], kw: dict[str, Any]) -> list[Option]:
+    out = []
+    total = work["tokens"]
+    for dev in devs:
+        for tp in (1, 2, 4, 8):
+            if tp > dev.devices_per_node or m.spec.n_heads % tp:
+                continue
+            try:
+                e = estimate_inference(m, dev, tp, batch=work["batch"], prompt_len=work["prompt_len"],
+                                       gen_len=work["gen_len"], precision=precision, **kw)
+            except HwlmError:
+                dropped["unsupported"] = dropped.get("unsupported", 0) + 1
+                continue
+            if not e.fits:
+                dropped["does not fit"] = dropped.get("does not fit", 0) + 1
+                continue
+            time = total / e.throughput_tokens_per_s
+            cost = None if e.cost_per_million_tokens_usd is None else e.cost_per_million_tokens_usd * total / 1e6
+            energy = None if e.energy_per_token_j is None else e.energy_per_token_j * total / 3.6e6
+            out.append(Option(dev.id, tp, f"tp={tp}", time, cost, energy,
+                              {"ttft_s": e.ttft_s, "tpot_s": e.tpot_s,
+                               "throughput_tokens_per_s": e.throughput_tokens_per_s}))
+            break  # the smallest tp that fits; larger tp is a latency choice, swept below
+    return out
+
+
+def _pareto(options: list[Option]) -> list[Option]:
+    def vec(o: Option) -> tuple[float, float, float]:
+        return (o.time_s, o.key("cost"), o.key("energy"))
+
+    front = []
+    for o in options:
+        v = vec(o)
+        if not any(all(a <= b for a, b in zip(vec(p), v)) and vec(p) != v for p in options):
+            front.append(o)
+    return sorted(front, key=lambda o: o.time_s)
+
+
+def recommend(model: str | Model, *, tokens: float | None = None, inference: dict[str, int] | None = None,
+              deadline_s: float | None = None, budget_usd: float | None = None, objective: str = "time",
+              precision: str = "bf16", kind: str | None = None, hardware: list[str] | None = None,
+              max_devices: int = 16384, top: int = 10, **kw: Any) -> Recommendation:
+    """Rank hardware for training on ``tokens`` tokens, or for ``inference`` = {batch, prompt_len, gen_len, tokens}."""
+    if objective not in OBJECTIVES:
+        raise PlanError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if (tokens is None) == (inference is None):
+        raise PlanError("give either --tokens (training) or an inference workload (--batch/--prompt-len/--gen-len)")
+    m = get_model(model)
+    devs = list_devices(kind) if hardware is None else [d for d in list_devices() if d.id in set(hardware)]
+    dropped: dict[str, int] = {}
+    if tokens is not None:
+        opts = _train_options(m, tokens, devs, max_devices, precision, dropped, kw)
+        workload = f"train on {tokens:.3g} tokens"
+    else:
+        assert inference is not None
+        work = {"batch": 1, "prompt_len": 512, "gen_len": 256, "tokens": 1_000_000, **inference}
+        opts = _infer_options(m, work, devs, precision, dropped, kw)
+        workload = (f"serve {work['tokens']:.3g} output tokens, batch {work['batch']}, "
+                    f"prompt {work['prompt_len']}, gen {work['gen_len']}")
+    kept = []
+    for o in opts:
+        if deadline_s is not None and o.time_s > deadline_s:
+            dropped["misses deadline"] = dropped.get("misses deadline", 0) + 1
+        elif budget_usd is not None and (o.cost_usd is None or o.cost_usd > budget_usd):
+            dropped["over budget or no price"] = dropped.get("over budget or no price", 0) + 1
+        else:
+            kept.append(o)
+    kept.sort(key=lambda o: (o.key(objective), o.time_s, o.devices))
+    return Recommendation(model=m.name, workload=workload, objective=objective, options=kept[:top],
+                          pareto=_pareto(kept), dropped=dropped)

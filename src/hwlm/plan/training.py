@@ -1,0 +1,412 @@
+"""Training estimates: FLOPs, memory per device, time, energy, CO2 and cost of a training run.
+
+Time = (matrix products at a fraction of peak + element-wise traffic at a fraction of
+bandwidth) + exposed communication + pipeline bubble, divided by (1 - overhead); the
+efficiency parameters come from :mod:`hwlm.plan.efficiency` (priors fitted on published runs,
+or a calibration file). Every step is kept as a :class:`~hwlm.plan.explain.Term`.
+
+    >>> est = estimate_training("gpt2", tokens=10e9, hardware="a100-sxm-80gb", devices=8)  # doctest: +SKIP
+    >>> est.time_s, est.layout.describe()                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hwlm.errors import PlanError
+from hwlm.formulas import train_flops_per_token
+from hwlm.plan.catalog import Device, get_device
+from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, GRID_SOURCE, PUE_SOURCE, Calibration,
+                                  Priors, load_calibration, priors_for)
+from hwlm.plan.explain import Term, Terms
+from hwlm.plan.models import Model, get_model
+from hwlm.plan.parallel import (BYTES_ADAM_MIXED, USABLE_MEMORY_FRACTION, Layout, MemoryBreakdown, link_bandwidth,
+                                training_memory, validate_layout)
+
+__all__ = ["TrainingEstimate", "estimate_training", "TRAIN_PRECISIONS", "DEFAULT_BATCH_TOKENS"]
+
+TRAIN_PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
+# Default global batch ~4M tokens: Llama 2 (arXiv:2307.09288, section 2.2) and GPT-3 175B (3.2M).
+DEFAULT_BATCH_TOKENS = 4 * 1024 * 1024
+KORTHIKANTI = "Korthikanti et al. 2022, arXiv:2205.05198"
+NARAYANAN = "Narayanan et al. 2021, arXiv:2104.04473, section 3"
+
+
+@dataclass
+class TrainingEstimate:
+    """The prediction for one training run. Times in seconds, memory in bytes."""
+
+    model: str
+    hardware: str
+    devices: int
+    precision: str
+    tokens: float
+    seq_len: int
+    global_batch: int
+    layout: Layout
+    fits: bool
+    flops: float
+    memory: MemoryBreakdown
+    time_s: float
+    compute_time_s: float
+    comm_time_s: float
+    bubble_time_s: float
+    overhead_time_s: float
+    mfu: float
+    energy_kwh: float | None
+    co2_kg: float | None
+    cost_usd: float | None
+    smallest_fitting: str | None = None
+    terms: list[Term] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device_hours(self) -> float:
+        return self.time_s * self.devices / 3600.0
+
+    @property
+    def memory_per_device_bytes(self) -> float:
+        return self.memory.total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "hwlm-plan-train", "model": self.model, "hardware": self.hardware, "devices": self.devices,
+            "precision": self.precision, "tokens": self.tokens, "seq_len": self.seq_len,
+            "global_batch": self.global_batch, "layout": self.layout.to_dict(), "fits": self.fits,
+            "smallest_fitting": self.smallest_fitting, "flops": self.flops, "time_s": self.time_s,
+            "time_days": self.time_s / 86400, "device_hours": self.device_hours,
+            "memory_per_device_bytes": self.memory.total,
+            "memory_breakdown_bytes": {"weights": self.memory.weights, "gradients": self.memory.gradients,
+                                       "optimizer": self.memory.optimizer, "activations": self.memory.activations,
+                                       "capacity": self.memory.capacity},
+            "compute_time_s": self.compute_time_s, "comm_time_s": self.comm_time_s,
+            "bubble_time_s": self.bubble_time_s, "overhead_time_s": self.overhead_time_s, "mfu": self.mfu,
+            "energy_kwh": self.energy_kwh, "co2_kg": self.co2_kg, "cost_usd": self.cost_usd,
+            "notes": self.notes, "terms": [t.to_dict() for t in self.terms],
+        }
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """Everything a layout evaluation needs, resolved once."""
+
+    model: Model
+    dev: Device
+    devices: int
+    precision: str
+    tokens: float
+    seq_len: int
+    batch_tokens: float
+    pri: Priors
+    train_eff: float | None     # a calibrated end-to-end compute efficiency replaces the roofline
+    eff_source: str
+
+
+def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
+    """Wall-time parts for one layout (whole run). Records terms when ``t`` is given."""
+    t = t if t is not None else Terms()
+    spec, dev, pri, n = ctx.model.spec, ctx.dev, ctx.pri, ctx.devices
+    peak = dev.peak_flops(ctx.precision)
+    f_tok = train_flops_per_token(spec, ctx.seq_len)
+    flops = t.add("flops", f"tokens {ctx.tokens:.4g} x train FLOPs/token {f_tok:.4g} (3 x forward incl. attention)",
+                  ctx.tokens * f_tok, "FLOP", "hwlm.formulas (PaLM appendix B convention)")
+    frac = lay.recompute_fraction(spec.n_layers)
+    rc = 1.0 + frac / 3.0  # recomputed layers run their forward twice: 4/3 of fwd+bwd
+    if ctx.train_eff is not None:
+        compute = t.add("compute_time", f"flops x {rc:.3g} / ({n} x peak {peak:.4g} x calibrated eff {ctx.train_eff})",
+                        flops * rc / (n * peak * ctx.train_eff), "s", ctx.eff_source)
+    else:
+        mm = t.add("matmul_time", f"flops x {rc:.3g} / ({n} devices x peak {peak:.4g} x matmul_eff {pri.matmul_eff:.3g})",
+                   flops * rc / (n * peak * pri.matmul_eff), "s", ctx.eff_source)
+        ew_bytes = 3 * spec.n_layers * pri.act_traffic * 34 * spec.d_model * 2.0
+        ew = t.add("elementwise_time",
+                   f"tokens x 3 x {spec.n_layers} layers x {pri.act_traffic:.3g} x 34 x h {spec.d_model} x 2 B x {rc:.3g}"
+                   f" / ({n} x bw {dev.memory_bw:.4g} x {pri.decode_bw_eff:.3g})",
+                   ctx.tokens * ew_bytes * rc / (n * dev.memory_bw * pri.decode_bw_eff), "s",
+                   f"{KORTHIKANTI} (34 sbh activation bytes); {ctx.eff_source}")
+        compute = t.add("compute_time", "matmul_time + elementwise_time", mm + ew, "s")
+    steps = t.add("steps", f"tokens / (global batch {ctx.batch_tokens:.4g} tokens)", ctx.tokens / ctx.batch_tokens, "")
+    comm = _comm(ctx, lay, t, compute / steps)
+    m = ctx.batch_tokens / ctx.seq_len / (lay.dp * lay.micro_batch)
+    busy = compute + comm["tp"] + comm["pp"]
+    v = lay.virtual_stages
+    bubble = t.add("bubble_time", f"(pp-1)/(v m) = ({lay.pp}-1)/({v} x {m:.4g}) x (compute + tp + pp comm)",
+                   (lay.pp - 1) / (v * m) * busy, "s", f"1F1B (interleaved: v chunks) pipeline bubble, {NARAYANAN}.2")
+    dp_exposed = t.add("dp_comm_exposed_time", f"steps {steps:.4g} x exposed per step {comm['dp_step']:.4g}",
+                       steps * comm["dp_step"], "s")
+    step_total = busy + bubble + dp_exposed
+    total = t.add("time", f"(compute + comm + bubble {step_total:.4g}) / (1 - overhead {pri.train_overhead:.3g})",
+                  step_total / (1.0 - pri.train_overhead), "s", pri.source)
+    return {"flops": flops, "compute": compute, "comm": comm["tp"] + comm["pp"] + dp_exposed,
+            "bubble": bubble, "overhead": total - step_total, "time": total}
+
+
+def _comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> dict[str, float]:
+    """Tensor-, pipeline- and data-parallel communication (whole run for tp/pp, per step for dp)."""
+    spec, dev, eff = ctx.model.spec, ctx.dev, ctx.pri.comm_eff
+    up = dev.scale_up_devices
+    act = spec.d_model * 2.0  # bytes of one token's hidden state in 16 bits
+    tok_dev = ctx.tokens / lay.dp
+    out = {"tp": 0.0, "pp": 0.0, "dp_step": 0.0}
+    if lay.tp > 1:
+        bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, lay.tp, up)
+        n_coll = 4 + 2 * lay.recompute_fraction(spec.n_layers)
+        out["tp"] = t.add("tp_comm_time",
+                          f"tokens/dp x {spec.n_layers}/pp layers x {n_coll:.3g} all-reduces x 2(t-1)/t x {act:.0f} B"
+                          f" / ({what} {bw:.4g} x {eff})",
+                          tok_dev * spec.n_layers / lay.pp * n_coll * 2 * (lay.tp - 1) / lay.tp * act / (bw * eff),
+                          "s", f"{NARAYANAN}.2 (Megatron: 2 all-reduces forward, 2 backward per layer; not overlapped)")
+    if lay.pp > 1:
+        bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, lay.tp * lay.pp, up)
+        v = lay.virtual_stages
+        out["pp"] = t.add("pp_comm_time", f"tokens/dp x 2 (activation + gradient) x v {v} x {act:.0f} B / ({what} {bw:.4g} x {eff})",
+                          tok_dev * 2 * v * act / (bw * eff), "s", f"{NARAYANAN}.1 (point-to-point between stages)")
+    if lay.dp > 1:
+        bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, ctx.devices, up)
+        vol = 2.0 * ctx.model.params.total / (lay.tp * lay.pp)
+        k = 3.0 if lay.zero_stage >= 3 else 2.0
+        t_dp = t.add("dp_comm_per_step", f"{k:g}(dp-1)/dp x grads {vol:.4g} B / ({what} {bw:.4g} x {eff})",
+                     k * (lay.dp - 1) / lay.dp * vol / (bw * eff), "s",
+                     "ring all-reduce / reduce-scatter + all-gather (ZeRO-3: + all-gather), arXiv:1910.02054")
+        window = compute_step if lay.zero_stage >= 3 else compute_step * 2.0 / 3.0
+        out["dp_step"] = t.add("dp_comm_exposed_per_step", f"max(0, {t_dp:.4g} - overlap window {window:.4g})",
+                               max(0.0, t_dp - window), "s",
+                               "assumed: DP traffic overlaps the backward pass (ZeRO-3/FSDP: the whole step)")
+    return out
+
+
+def _pow2_upto(n: int) -> list[int]:
+    return [2 ** i for i in range(int(math.log2(max(n, 1))) + 1)]
+
+
+def _candidates(ctx: _Ctx, fixed: dict[str, Any]) -> list[Layout]:
+    """Layouts to try, simplest first: dp with ZeRO/FSDP, then tp inside the node, then pp."""
+    spec, n = ctx.model.spec, ctx.devices
+    tps = [fixed["tp"]] if fixed.get("tp") else [
+        x for x in _pow2_upto(min(n, ctx.dev.scale_up_devices, spec.n_heads)) if spec.n_heads % x == 0]
+    pps = [fixed["pp"]] if fixed.get("pp") else [x for x in _pow2_upto(min(n, spec.n_layers))]
+    zeros = [fixed["zero_stage"]] if fixed.get("zero_stage") is not None else [0, 1, 2, 3]
+    rcs = [fixed["recompute"]] if fixed.get("recompute") else ["selective", "partial"]
+    mb = fixed.get("micro_batch") or 1
+    seqs = ctx.batch_tokens / ctx.seq_len
+    out = []
+    for pp in pps:
+        # Interleaved 1F1B (v model chunks per device) shrinks the bubble v-fold for v-fold p2p traffic.
+        vss = [fixed["virtual_stages"]] if fixed.get("virtual_stages") else [1, 2, 4] if pp > 1 else [1]
+        for tp in tps:
+            # Pipeline only once tensor parallelism fills its domain (Narayanan et al. 2021, takeaway 1).
+            if n % (tp * pp) or (n // (tp * pp)) * mb > seqs or pp > 1 and tp != tps[-1] and not fixed.get("pp"):
+                continue
+            for vs in (v for v in vss if pp * v <= spec.n_layers):
+                for rc in rcs:
+                    for z in zeros:
+                        out.append(Layout(dp=n // (tp * pp), tp=tp, pp=pp, zero_stage=z, recompute=rc,
+                                          micro_batch=mb, virtual_stages=vs))
+    return out
+
+
+def _memory(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
+    return training_memory(ctx.model.spec, ctx.model.params.total, lay, ctx.seq_len, ctx.dev.memory_bytes)
+
+
+def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
+    """The fewest fully recomputed layers (rest selective) that make ``lay`` fit; None if none do."""
+    L = ctx.model.spec.n_layers
+    sel = replace(lay, recompute="partial", recompute_layers=0)
+    full = replace(lay, recompute="partial", recompute_layers=L)
+    m0, m1 = _memory(ctx, sel), _memory(ctx, full)
+    if not m1.fits:
+        return None
+    excess = m0.total - m0.capacity * USABLE_MEMORY_FRACTION
+    k = 0 if excess <= 0 else min(L, math.ceil(excess / ((m0.total - m1.total) / L)))
+    return replace(lay, recompute="full" if k == L else "partial", recompute_layers=k if k < L else 0)
+
+
+def _choose(ctx: _Ctx, fixed: dict[str, Any]) -> tuple[Layout, bool]:
+    """The fastest fitting layout (a simpler one wins unless the other is >3% faster); else the smallest."""
+    best: tuple[float, Layout] | None = None
+    seen: set[tuple[int, int, int, str, int]] = set()
+    cands = _candidates(ctx, fixed)
+    for lay in cands:
+        # More ZeRO sharding only adds traffic, so for a fixed recompute mode the first stage that
+        # fits is the one; under partial recompute it also cuts the recomputed layers, so try each.
+        key = (lay.tp, lay.pp, lay.virtual_stages, lay.recompute,
+               lay.zero_stage if lay.recompute == "partial" else -1)
+        if key in seen:
+            continue
+        if lay.recompute == "partial" and lay.recompute_layers == 0:
+            fitted = _fit_partial(ctx, lay)
+            if fitted is None or fitted.recompute_fraction(ctx.model.spec.n_layers) == 0:
+                continue  # selective already covers k = 0
+            lay = fitted
+        if not _memory(ctx, lay).fits:
+            continue
+        seen.add(key)
+        time = _timing(ctx, lay)["time"]
+        if best is None or time < best[0] * 0.97:
+            best = (time, lay)
+    if best is not None:
+        return best[1], True
+    if not cands:
+        raise PlanError(f"no layout of {ctx.devices} devices fits the given tp/pp and a global batch of "
+                        f"{ctx.batch_tokens / ctx.seq_len:.0f} sequences; raise --global-batch or set --tp/--pp")
+    full = [replace(c, recompute="full") if c.recompute == "partial" else c for c in cands]
+    return min(full, key=lambda c: _memory(ctx, c).total), False
+
+
+def _smallest_fitting(ctx: _Ctx, fixed: dict[str, Any]) -> str | None:
+    """The fewest devices (powers of two, then whole nodes) on which some layout fits."""
+    counts = sorted({*(2 ** i for i in range(21)), *(ctx.dev.devices_per_node * 2 ** i for i in range(18))})
+    free = {k: v for k, v in fixed.items() if k in ("recompute", "micro_batch", "virtual_stages")}
+    for n in counts:
+        if n <= ctx.devices:
+            continue
+        c = replace(ctx, devices=n, batch_tokens=max(ctx.batch_tokens, n * ctx.seq_len))
+        for lay in _candidates(c, free):
+            if lay.recompute == "partial":
+                lay = _fit_partial(c, lay) or lay
+            if _memory(c, lay).fits:
+                return f"{n} x {ctx.dev.id} with {lay.describe()}"
+    return None
+
+
+def _resolve_calibration(dev: Device, precision: str, calibration: Any) -> tuple[Priors, float | None, str]:
+    pri = priors_for(dev.kind, precision, dev.peak_flops(precision), dev.memory_bw)
+    cal: Calibration | None = load_calibration(calibration)
+    source = f"prior for {dev.kind}/{precision}: {pri.source}"
+    if cal is None:
+        return pri, None, source
+    train = cal.lookup(dev.id, precision, "train")
+    mm = cal.lookup(dev.id, precision, "matmul")
+    bw = cal.lookup(dev.id, precision, "membw") or cal.lookup(dev.id, precision, "decode")
+    if mm:
+        pri = replace(pri, matmul_eff=mm.efficiency)
+    if bw:
+        pri = replace(pri, decode_bw_eff=bw.efficiency)
+    used = [e for e in (train, mm, bw) if e]
+    if used:
+        source = "calibration: " + "; ".join(f"{e.phase} {e.efficiency} ({e.source})" for e in used)
+    return pri, (train.efficiency if train else None), source
+
+
+def _check_inputs(tokens: float, devices: int, precision: str, dev: Device, pue: float, grid: float) -> None:
+    if not tokens or tokens <= 0:
+        raise PlanError(f"--tokens must be a positive number of training tokens, got {tokens!r}")
+    if not isinstance(devices, int) or devices < 1:
+        raise PlanError(f"--devices must be a whole number >= 1, got {devices!r}")
+    if precision not in TRAIN_PRECISIONS:
+        raise PlanError(f"training precision {precision!r} is not supported; choose one of {', '.join(TRAIN_PRECISIONS)}")
+    dev.peak_flops(precision)  # PlanError naming the dtypes the device has
+    if pue < 1.0:
+        raise PlanError(f"--pue {pue} must be >= 1 (total facility power / IT power)")
+    if grid < 0:
+        raise PlanError(f"--grid-intensity {grid} must be >= 0 kg CO2 per kWh")
+
+
+def estimate_training(model: str | Model, tokens: float, hardware: str | Device, devices: int, *,
+                      precision: str = "bf16", layout: Layout | None = None, seq_len: int | None = None,
+                      global_batch: int | None = None, zero_stage: int | None = None, tp: int | None = None,
+                      pp: int | None = None, recompute: str | None = None, micro_batch: int | None = None,
+                      virtual_stages: int | None = None,
+                      pue: float = DEFAULT_PUE, grid_intensity: float = DEFAULT_GRID_KG_PER_KWH,
+                      price_per_hour: float | None = None, calibration: Any = None,
+                      power_w: float | None = None, find_smallest: bool = True) -> TrainingEstimate:
+    """Predict a training run of ``model`` on ``tokens`` tokens over ``devices`` x ``hardware``.
+
+    ``layout=None`` picks one (given tp/pp/zero_stage/recompute are kept); a layout that does not
+    fit in memory is not an error: ``fits`` is False and ``smallest_fitting`` names what would fit.
+    ``global_batch`` is in sequences (default ~4M tokens). ``power_w`` replaces the catalog TDP. ``find_smallest=False`` skips the
+    search for the smallest fitting device count (sweeps that try every count anyway).
+    """
+    m = get_model(model)
+    dev = hardware if isinstance(hardware, Device) else get_device(hardware)
+    _check_inputs(tokens, devices, precision, dev, pue, grid_intensity)
+    seq = int(seq_len or m.seq_len)
+    if seq < 1:
+        raise PlanError(f"--seq-len must be >= 1, got {seq_len}")
+    pri, train_eff, eff_source = _resolve_calibration(dev, precision, calibration)
+    # Default batch: ~4M tokens, but at least one sequence per 8 devices (a 16K-GPU run needs a
+    # larger batch: Llama 3 405B used 16M tokens, arXiv:2407.21783, section 3.4.1).
+    gb = int(global_batch or max(1, round(DEFAULT_BATCH_TOKENS / seq), math.ceil(devices / 8)))
+    ctx = _Ctx(model=m, dev=dev, devices=devices, precision=precision, tokens=float(tokens), seq_len=seq,
+               batch_tokens=float(gb * seq), pri=pri, train_eff=train_eff, eff_source=eff_source)
+    fixed = {"tp": tp, "pp": pp, "zero_stage": zero_stage, "recompute": recompute, "micro_batch": micro_batch,
+             "virtual_stages": virtual_stages}
+    if layout is None:  # check the given degrees once, with the first layout they allow
+        tp_, pp_ = tp or 1, pp or 1
+        if devices % (tp_ * pp_):
+            raise PlanError(f"tp={tp_} x pp={pp_} does not divide --devices {devices}; "
+                            f"choose degrees whose product divides {devices}")
+        validate_layout(m.spec, devices, Layout(dp=devices // (tp_ * pp_), tp=tp_, pp=pp_, zero_stage=zero_stage or 0,
+                                                recompute=recompute or "selective",  # type: ignore[arg-type]
+                                                micro_batch=micro_batch or 1,
+                                                virtual_stages=virtual_stages or 1), m.name)
+    if layout is not None:
+        validate_layout(m.spec, devices, layout, m.name)
+        lay, fits = layout, _memory(ctx, layout).fits
+    else:
+        lay, fits = _choose(ctx, fixed)
+    if gb < lay.dp * lay.micro_batch:
+        raise PlanError(f"global batch {gb} sequences is smaller than dp={lay.dp} x micro_batch={lay.micro_batch}; "
+                        f"raise --global-batch or use fewer devices")
+    return _finish(ctx, lay, fits, fixed if find_smallest else None, pue, grid_intensity, price_per_hour, power_w)
+
+
+def _energy(t: Terms, dev: Device, dh: float, frac: float, pue: float, grid: float,
+            power_w: float | None) -> tuple[float | None, float | None]:
+    """kWh and kg CO2 for ``dh`` device-hours; None when neither the catalog nor the user gives a power."""
+    if power_w is None and dev.tdp_w is None:
+        return None, None
+    power = power_w if power_w is not None else frac * dev.tdp_w  # type: ignore[operator]
+    how = "user power" if power_w is not None else f"TDP x {frac}"
+    energy = t.add("energy", f"device_hours x {power:g} W ({how}) x PUE {pue} / 1000", dh * power * pue / 1000, "kWh",
+                   f"{'user' if power_w is not None else dev.source('tdp_w')}; {PUE_SOURCE}")
+    co2 = t.add("co2", f"energy x {grid} kg/kWh", energy * grid, "kg",
+                GRID_SOURCE if grid == DEFAULT_GRID_KG_PER_KWH else "user grid intensity")
+    return energy, co2
+
+
+def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pue: float, grid: float,
+            price: float | None, power_w: float | None) -> TrainingEstimate:
+    dev, n = ctx.dev, ctx.devices
+    t = Terms()
+    mem = _memory(ctx, lay)
+    t.add("memory_weights", f"2 B x params / (tp x pp{' x dp' if lay.zero_stage >= 3 else ''})", mem.weights, "B",
+          "arXiv:1910.02054 section 3.1")
+    t.add("memory_gradients", f"2 B x params / (tp x pp{' x dp' if lay.zero_stage >= 2 else ''})", mem.gradients, "B")
+    t.add("memory_optimizer", f"12 B (fp32 master, m, v) x params / (tp x pp{' x dp' if lay.zero_stage >= 1 else ''})",
+          mem.optimizer, "B", f"{BYTES_ADAM_MIXED:g} B/param mixed-precision Adam, arXiv:1910.02054")
+    t.add("memory_activations", f"{ctx.model.spec.n_layers} layers x {lay.recompute} recompute, s={ctx.seq_len}, "
+          f"b={lay.micro_batch}, /tp + fp32 logits", mem.activations, "B", KORTHIKANTI)
+    t.add("memory_per_device", "weights + gradients + optimizer + activations", mem.total, "B")
+    t.add("memory_usable", f"capacity {dev.memory_bytes:.4g} x {USABLE_MEMORY_FRACTION}",
+          dev.memory_bytes * USABLE_MEMORY_FRACTION, "B", dev.source("memory_bytes"))
+    tim = _timing(ctx, lay, t)
+    time = tim["time"]
+    peak = dev.peak_flops(ctx.precision)
+    mfu = t.add("mfu", f"flops / (time x {n} x peak {peak:.4g})", tim["flops"] / (time * n * peak), "")
+    dh = t.add("device_hours", f"time x {n} / 3600", time * n / 3600, "h")
+    energy, co2 = _energy(t, dev, dh, ctx.pri.power_fraction, pue, grid, power_w)
+    rate = price if price is not None else dev.price_per_hour
+    cost = None
+    if rate is not None:
+        cost = t.add("cost", f"device_hours x ${rate}/device-hour", dh * rate, "USD",
+                     "user price" if price is not None else dev.source("price_per_hour"))
+    notes = [f"layout: {lay.describe()}"]
+    smallest = None
+    if not fits and fixed is not None:
+        smallest = _smallest_fitting(ctx, fixed)
+        notes.append(f"does not fit in {dev.memory_bytes / 1e9:.0f} GB per device; smallest that fits: "
+                     f"{smallest or 'none up to 1M devices'}")
+    if rate is None:
+        notes.append(f"{dev.id} has no catalog price; pass --price-per-hour for a cost")
+    if energy is None:
+        notes.append(f"{dev.id} has no published TDP; pass --power-w for energy and CO2")
+    return TrainingEstimate(
+        model=ctx.model.name, hardware=dev.id, devices=n, precision=ctx.precision, tokens=ctx.tokens,
+        seq_len=ctx.seq_len, global_batch=int(ctx.batch_tokens / ctx.seq_len), layout=lay, fits=fits,
+        flops=tim["flops"], memory=mem, time_s=time, compute_time_s=tim["compute"], comm_time_s=tim["comm"],
+        bubble_time_s=tim["bubble"], overhead_time_s=tim["overhead"], mfu=mfu, energy_kwh=energy, co2_kg=co2,
+        cost_usd=cost, smallest_fitting=smallest, terms=list(t), notes=notes)

@@ -1,0 +1,102 @@
+"""generate(): KV-cache decoding equals recomputation, seeding, stopping, sliding window, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hwlm.errors import ConfigError
+from hwlm.model import ModelConfig, Transformer, generate
+from hwlm.model.generation import sample_next
+
+V = 64
+
+
+def make(name: str = "debug", **kw) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name(name, vocab_size=V, **kw))
+    with torch.no_grad():  # sharper logits than the init's near-uniform ones, so greedy is not a tie
+        model.wte.weight.mul_(20)
+    return model
+
+
+def greedy_without_cache(model: Transformer, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(torch.tensor([ids[-model.cfg.block_size:]]))
+            ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("name", ["debug", "llama-debug"])
+def test_greedy_with_kv_cache_equals_recomputation(name: str) -> None:
+    model = make(name).eval()
+    prompt = [3, 14, 15, 9, 26]
+    n = model.cfg.block_size - len(prompt)  # fill the whole context
+    assert list(generate(model, prompt, n, temperature=0)) == greedy_without_cache(model, prompt, n)
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens() -> None:
+    model = make()
+    run = lambda seed: list(generate(model, [1, 2], 20, temperature=1.0, seed=seed))  # noqa: E731
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
+    model = make().eval()
+    greedy = list(generate(model, [5], 10, temperature=0))
+    assert list(generate(model, [5], 10, temperature=0.8, top_k=1, seed=0)) == greedy
+    assert list(generate(model, [5], 10, temperature=0.8, top_p=1e-6, seed=0)) == greedy
+
+
+def test_sampling_respects_top_k() -> None:
+    logits = torch.tensor([0.0, 5.0, 4.0, -1.0, 3.0])
+    gen = torch.Generator().manual_seed(0)
+    drawn = {sample_next(logits, 1.0, top_k=2, generator=gen) for _ in range(200)}
+    assert drawn == {1, 2}
+    drawn = {sample_next(logits, 1.0, top_p=0.9, generator=gen) for _ in range(200)}
+    assert drawn <= {1, 2, 4} and 1 in drawn
+
+
+def test_stops_after_eos_and_streams_lazily() -> None:
+    model = make().eval()
+    greedy = list(generate(model, [5], 10, temperature=0))
+    eos = greedy[3]
+    out = list(generate(model, [5], 10, temperature=0, eos_id=eos))
+    assert out == greedy[:greedy.index(eos) + 1]
+    stream = generate(model, [5], 10, temperature=0)
+    assert next(stream) == greedy[0]  # a generator: tokens come one by one
+    assert list(generate(model, [5], 0)) == []
+
+
+def test_context_longer_than_block_size_slides_the_window() -> None:
+    model = make("llama-debug").eval()
+    block = model.cfg.block_size
+    long_prompt = [i % V for i in range(block + 10)]
+    out = list(generate(model, long_prompt, 3 * block, temperature=0))
+    assert len(out) == 3 * block and all(0 <= t < V for t in out)
+    # The long prompt is cropped to its last block_size tokens.
+    assert out[0] == greedy_without_cache(model, long_prompt[-block:], 1)[0]
+    assert model.training is False
+
+
+def test_generate_restores_training_mode() -> None:
+    model = make().train()
+    list(generate(model, [1], 3, temperature=0))
+    assert model.training
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt_ids=[]), "the prompt is empty"),
+    (dict(prompt_ids=[V]), f"prompt token id {V} is outside the vocabulary \\[0, {V}\\)"),
+    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(top_k=0), "top_k must be >= 1 or unset, got 0"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\] or unset, got 1.5"),
+    (dict(max_new_tokens=-1), "max_new_tokens must be >= 0"),
+])
+def test_bad_arguments_raise_config_errors(kwargs: dict, message: str) -> None:
+    args = dict(prompt_ids=[1], max_new_tokens=3) | kwargs
+    with pytest.raises(ConfigError, match=message):
+        next(generate(make(), **args))

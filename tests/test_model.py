@@ -1,0 +1,179 @@
+"""Transformer: shapes, loss, causality, KV cache, init, tied weights through safetensors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_model, save_model
+
+from hwlm.model import KVCache, ModelConfig, Transformer
+
+FLAVOURS = ["debug", "llama-debug"]
+
+
+def make(name: str, **kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig.from_name(name, vocab_size=64, **kw))
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_forward_shapes_and_loss_near_uniform_at_init(name: str) -> None:
+    model = make(name)
+    idx = torch.randint(0, 64, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 10, 64) and loss is None
+    logits, loss = model(idx, torch.randint(0, 64, (3, 10)))
+    # Small init: predictions are close to uniform, loss close to ln(V).
+    assert abs(loss.item() - math.log(64)) < 0.1
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    last, _ = model(idx, last_only=True)
+    torch.testing.assert_close(last, model(idx)[0][:, -1:])
+
+
+def test_ignore_index_minus_one_drops_positions() -> None:
+    model = make("debug")
+    idx = torch.randint(0, 64, (2, 8))
+    targets = idx.clone()
+    targets[:, :4] = -1
+    logits, loss = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 64), idx[:, 4:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_causal_future_tokens_do_not_change_the_past(name: str) -> None:
+    model = make(name).eval()
+    a = torch.randint(0, 64, (1, 12))
+    b = a.clone()
+    b[0, 7:] = (b[0, 7:] + 1) % 64
+    la, lb = model(a)[0], model(b)[0]
+    torch.testing.assert_close(la[:, :7], lb[:, :7])
+    assert not torch.allclose(la[:, 7:], lb[:, 7:])
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_kv_cache_prefill_chunks_and_decode_match_full_forward(name: str) -> None:
+    model = make(name).eval()
+    idx = torch.randint(0, 64, (2, 20))  # a batch of two sequences
+    full = model(idx)[0]
+    cache = KVCache(model.cfg, batch_size=2)
+    with torch.inference_mode():
+        parts = [model(idx[:, :8], cache=cache, start_pos=0)[0],    # prefill
+                 model(idx[:, 8:13], cache=cache, start_pos=8)[0]]  # chunked prefill (mask needed)
+        parts += [model(idx[:, t:t + 1], cache=cache, start_pos=t)[0] for t in range(13, 20)]  # decode
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_is_preallocated_per_layer_and_refuses_overflow() -> None:
+    cfg = ModelConfig.from_name("llama-debug", vocab_size=64)
+    cache = KVCache(cfg, batch_size=3)
+    assert len(cache.k) == cfg.n_layer
+    assert cache.k[0].shape == (3, cfg.n_kv_head, cfg.block_size, cfg.head_dim)
+    with pytest.raises(ValueError, match="exceed block_size 32"):
+        Transformer(cfg)(torch.zeros(1, 4, dtype=torch.long), cache=KVCache(cfg, 1), start_pos=30)
+
+
+def test_grouped_query_attention_equals_repeated_heads() -> None:
+    """A GQA layer equals a full multi-head layer whose k/v heads are repeated."""
+    gqa = make("llama-debug", n_head=4, n_kv_head=2).eval()
+    mha = make("llama-debug", n_head=4, n_kv_head=4).eval()
+    q, kv, d = 16, 8, 4  # q rows, kv rows per k or v, head size
+    with torch.no_grad():
+        for name, p in mha.named_parameters():
+            src = dict(gqa.named_parameters())[name]
+            if name.endswith("attn.c_attn.weight"):
+                wq, wk, wv = src.split((q, kv, kv))
+                rep = lambda w: w.view(2, d, -1).repeat_interleave(2, dim=0).reshape(4 * d, -1)  # noqa: E731
+                p.copy_(torch.cat((wq, rep(wk), rep(wv))))
+            else:
+                p.copy_(src)
+    idx = torch.randint(0, 64, (2, 9))
+    torch.testing.assert_close(gqa(idx)[0], mha(idx)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_gpt2_init_scales_residual_projections() -> None:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=256))
+    std = lambda t: t.detach().std().item()  # noqa: E731
+    assert std(model.h[0].attn.c_attn.weight) == pytest.approx(0.02, rel=0.05)
+    assert std(model.h[0].mlp.c_proj.weight) == pytest.approx(0.02 / math.sqrt(2 * 4), rel=0.05)
+    assert torch.all(model.h[0].attn.c_attn.bias == 0) and torch.all(model.h[0].ln_1.weight == 1)
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+@pytest.mark.parametrize("tied", [True, False])
+def test_weights_survive_safetensors_round_trip(tmp_path: Path, name: str, tied: bool) -> None:
+    model = make(name, tie_embeddings=tied)
+    path = tmp_path / "model.safetensors"
+    save_model(model, str(path))
+    torch.manual_seed(1)
+    other = Transformer(model.cfg)
+    missing, unexpected = load_model(other, str(path))
+    assert not missing and not unexpected
+    assert (other.lm_head.weight is other.wte.weight) == tied
+    for (n, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), n
+    idx = torch.randint(0, 64, (1, 5))
+    torch.testing.assert_close(model(idx)[0], other(idx)[0])
+
+
+def test_tied_parameters_count_once() -> None:
+    tied, untied = make("debug"), make("debug", tie_embeddings=False)
+    assert untied.num_params() - tied.num_params() == 64 * 16
+
+
+def test_dropout_is_active_only_in_training() -> None:
+    model = make("debug", dropout=0.5)
+    idx = torch.randint(0, 64, (2, 8))
+    model.train()
+    assert not torch.equal(model(idx)[0], model(idx)[0])
+    model.eval()
+    torch.testing.assert_close(model(idx)[0], model(idx)[0])
+
+
+def test_fused_cross_entropy_equals_torch_in_value_and_gradient() -> None:
+    from hwlm.model.transformer import FusedCrossEntropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(40, 33, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 33, (40,))
+    targets[:5] = -1
+    ours = FusedCrossEntropy.apply(logits, targets)
+    (grad_ours,) = torch.autograd.grad(ours * 3, logits)
+    ref = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-1)
+    (grad_ref,) = torch.autograd.grad(ref * 3, logits)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(grad_ours, grad_ref)
+
+
+def test_training_loss_and_eval_loss_agree() -> None:
+    model = make("llama-debug")
+    idx, targets = torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))
+    train_loss = model(idx, targets)[1]  # fused path (gradient needed)
+    with torch.no_grad():
+        eval_loss = model(idx, targets)[1]  # torch's cross_entropy
+    torch.testing.assert_close(train_loss.detach(), eval_loss)
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+@pytest.mark.parametrize("tied", [True, False])
+def test_fused_output_layer_and_loss_equal_the_plain_path(name: str, tied: bool) -> None:
+    """return_logits=False runs LinearCrossEntropy; V = 8192 makes it loop over several row chunks."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name(name, vocab_size=8192, tie_embeddings=tied))
+    idx, targets = torch.randint(0, 8192, (4, 32)), torch.randint(0, 8192, (4, 32))
+    targets[0, :7] = -1
+    _, plain = model(idx, targets)
+    plain.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    logits, fused = model(idx, targets, return_logits=False)
+    (fused * 2).backward()
+    assert logits is None
+    torch.testing.assert_close(fused, plain)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * expected[n], atol=1e-6, rtol=1e-4, msg=n)

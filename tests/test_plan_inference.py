@@ -1,0 +1,108 @@
+"""Inference estimates: decode is bandwidth-bound, GQA shrinks the KV cache, MoE reads fewer experts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hwlm.errors import PlanError
+from hwlm.formulas import kv_cache_bytes_per_token
+from hwlm.plan import estimate_inference, get_model
+
+
+def test_decode_is_bandwidth_bound_at_batch_one() -> None:
+    e = estimate_inference("llama-2-7b", "a100-80gb", 1, batch=1, prompt_len=128, gen_len=128)
+    t = {x.name: x.value for x in e.terms}
+    weights = get_model("llama-2-7b").params.total * 2
+    assert t["decode_bytes_per_step"] >= weights
+    assert t["decode_memory_time"] > t["decode_compute_time"]
+    assert e.tpot_s == pytest.approx(t["decode_memory_time"] + t["layer_overhead"])
+    # Never faster than reading the weights at full bandwidth.
+    assert e.tpot_s > weights / 2.039e12
+    assert e.ttft_s > 0 and e.fits
+
+
+def test_prefill_is_compute_bound_for_long_prompts() -> None:
+    e = estimate_inference("llama-2-7b", "a100-80gb", 1, batch=8, prompt_len=4000, gen_len=16)
+    t = {x.name: x.value for x in e.terms}
+    assert t["prefill_compute_time"] > t["prefill_weight_read_time"]
+
+
+def test_gqa_kv_cache_memory() -> None:
+    # Llama 2 70B (8 KV heads) vs Llama 2 13B (40): per-token cache 80*8*128*2*2 vs 40*40*128*2*2 bytes.
+    big = estimate_inference("llama-2-70b", "h100-sxm", 8, batch=4, prompt_len=1000, gen_len=24)
+    assert big.kv_cache_bytes_per_device == pytest.approx(4 * 1024 * 80 * 8 * 128 * 2 * 2 / 8)
+    assert kv_cache_bytes_per_token(get_model("llama-2-70b").spec, 2) == 327_680
+    assert kv_cache_bytes_per_token(get_model("llama-2-13b").spec, 2) == 819_200  # no GQA: 2.5x more per token
+
+
+def test_kv_heads_replicate_when_tp_exceeds_them() -> None:
+    # Qwen2.5-7B has 4 KV heads: at tp=8 each device still holds one whole head.
+    e = estimate_inference("qwen2.5-7b", "h100-sxm", 4, batch=1, prompt_len=100, gen_len=28, tp=4)
+    t = {x.name: x.value for x in e.terms}
+    assert t["kv_bytes_per_token_device"] == pytest.approx(28 * 1 * 128 * 2 * 2)
+
+
+def test_moe_reads_only_touched_experts() -> None:
+    one = estimate_inference("mixtral-8x7b", "h100-sxm", 2, batch=1, prompt_len=16, gen_len=16)
+    t = {x.name: x.value for x in one.terms}
+    pc = get_model("mixtral-8x7b").params
+    assert t["decode_bytes_per_step"] == pytest.approx(pc.active * 2 / 2, rel=0.01)
+    many = estimate_inference("mixtral-8x7b", "h100-sxm", 2, batch=64, prompt_len=16, gen_len=16)
+    tm = {x.name: x.value for x in many.terms}
+    assert tm["decode_bytes_per_step"] > pc.total * 2 / 2 * 0.95  # 64 tokens touch ~all experts
+
+
+def test_quantized_weights_decode_faster_and_fit() -> None:
+    bf = estimate_inference("llama-2-70b", "a100-80gb", 1, batch=1, prompt_len=16, gen_len=16)
+    i4 = estimate_inference("llama-2-70b", "a100-80gb", 1, batch=1, prompt_len=16, gen_len=16, precision="int4")
+    assert not bf.fits and i4.fits
+    assert i4.tpot_s < bf.tpot_s / 2
+    assert any("does not fit" in n for n in bf.notes)
+
+
+def test_tensor_parallel_adds_allreduce_and_max_batch() -> None:
+    e = estimate_inference("llama-2-7b", "a100-80gb", 8, batch=1, prompt_len=16, gen_len=16)
+    assert any(x.name == "decode_tp_comm_time" for x in e.terms)
+    assert e.max_batch > 100 and e.max_context > 100_000
+
+
+def test_json_keys_and_energy() -> None:
+    e = estimate_inference("llama-3.1-8b", "h100-sxm", 1, batch=8)
+    d = json.loads(json.dumps(e.to_dict()))
+    for key in ("ttft_s", "tpot_s", "throughput_tokens_per_s", "memory_per_device_bytes", "fits",
+                "energy_per_token_j", "cost_per_million_tokens_usd"):
+        assert key in d
+    assert e.energy_per_token_j == pytest.approx(700 * 1.2 / e.throughput_tokens_per_s)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"precision": "int2"}, r"inference precision 'int2' is not supported"),
+    ({"batch": 0}, r"--batch must be a whole number >= 1"),
+    ({"tp": 3, "devices": 4}, r"tp=3 does not divide --devices 4"),
+    ({"tp": 3, "devices": 3}, r"tp=3 does not divide the 32 attention heads of llama-2-7b"),
+    ({"pue": 0.9}, r"--pue must be >= 1"),
+])
+def test_bad_inputs(kwargs: dict, message: str) -> None:
+    devices = kwargs.pop("devices", 1)
+    with pytest.raises(PlanError, match=message):
+        estimate_inference("llama-2-7b", "a100-80gb", devices, **kwargs)
+
+
+def test_calibration_decode_override(tmp_path) -> None:
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "entries": [
+        {"device": "this-machine", "dtype": "bf16", "phase": "decode", "efficiency": 0.4}]}))
+    a = estimate_inference("llama-2-7b", "a100-80gb", 1, batch=1, prompt_len=16, gen_len=16)
+    b = estimate_inference("llama-2-7b", "a100-80gb", 1, batch=1, prompt_len=16, gen_len=16, calibration=str(cal))
+    assert b.tpot_s > a.tpot_s * 1.5
+
+
+def test_terms_add_up() -> None:
+    e = estimate_inference("llama-2-70b", "a100-80gb", 4, batch=8, prompt_len=512, gen_len=64)
+    t = {x.name: x.value for x in e.terms}
+    assert t["tpot"] == pytest.approx(max(t["decode_memory_time"], t["decode_compute_time"]) + t["layer_overhead"]
+                                      + t["decode_tp_comm_time"])
+    assert t["memory_per_device"] == pytest.approx(t["weights_per_device"] + t["kv_cache_per_device"] + t["workspace"])
+    assert e.request_time_s == pytest.approx(t["request_time"])

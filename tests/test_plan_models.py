@@ -1,0 +1,123 @@
+"""Model presets and config.json parsing: counts match transformers, names are forgiving."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hwlm.errors import PlanError
+from hwlm.formulas import kv_cache_bytes_per_token
+from hwlm.plan.models import SUPPORTED_MODEL_TYPES, get_model, list_models
+
+HF_PRESETS = [m.name for m in list_models() if m.hf_config is not None]
+
+
+def test_at_least_fifteen_presets_with_sources() -> None:
+    models = list_models()
+    assert len(models) >= 15
+    assert all(m.source for m in models)
+    for name in ["gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1.5b", "gpt3-175b", "llama-2-7b", "llama-2-13b",
+                 "llama-2-70b", "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "mistral-7b", "mixtral-8x7b",
+                 "qwen2.5-7b", "qwen2.5-72b", "bert-base", "deepseek-v2-lite"]:
+        assert get_model(name).name == name
+
+
+def test_forgiving_names_and_unknown_name() -> None:
+    assert get_model("Llama_3.1_8B").name == "llama-3.1-8b"
+    assert get_model("meta-llama/Llama-2-7b").name == "llama-2-7b"
+    assert get_model("GPT2").name == "gpt2-124m"
+    with pytest.raises(PlanError, match=r"unknown model 'llama-3.1-9b'; closest: llama-3.1-8b"):
+        get_model("llama-3.1-9b")
+
+
+def test_published_totals() -> None:
+    # Papers' own figures: GPT-2 124M, Llama 2 7B 6.74B, PaLM 540.35B, Mixtral 46.7B total / 12.9B active.
+    assert get_model("gpt2").params.total == 124439808
+    assert get_model("llama-2-7b").params.total == 6738415616
+    assert abs(get_model("palm-540b").params.total / 540.35e9 - 1) < 0.001
+    mix = get_model("mixtral-8x7b").params
+    assert round(mix.total / 1e9, 1) == 46.7 and round(mix.active / 1e9, 1) == 12.9
+
+
+def test_gqa_kv_cache_is_smaller() -> None:
+    # Llama 2 70B: 80 layers x 8 KV heads x 128 x (K and V) x 2 bytes = 327,680 B/token.
+    assert kv_cache_bytes_per_token(get_model("llama-2-70b").spec, 2) == 80 * 8 * 128 * 2 * 2
+    assert kv_cache_bytes_per_token(get_model("llama-2-13b").spec, 2) == 40 * 40 * 128 * 2 * 2
+    # MLA caches the 512-wide latent plus the 64-wide rotary key per layer.
+    assert kv_cache_bytes_per_token(get_model("deepseek-v2-lite").spec, 2) == 27 * (512 + 64) * 2
+
+
+def test_config_json_path(tmp_path) -> None:
+    cfg = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128}
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    m = get_model(str(p))
+    assert m.spec.kv_heads == 2 and m.model_type == "llama"
+    assert get_model(str(tmp_path)).name == m.name
+
+
+def test_config_json_errors(tmp_path) -> None:
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(PlanError, match=r"unsupported model_type 'mamba' in config.json; supported: bert, bloom"):
+        get_model(str(p))
+    p.write_text("{not json")
+    with pytest.raises(PlanError, match="cannot read model config"):
+        get_model(str(p))
+    with pytest.raises(PlanError, match="does not exist"):
+        get_model(str(tmp_path / "missing.json"))
+    p.write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
+    with pytest.raises(PlanError, match="lacks 'vocab_size'"):
+        get_model(str(p))
+    assert "deepseek_v2" in SUPPORTED_MODEL_TYPES
+
+
+def _hf_counts(model) -> tuple[int, int]:
+    """(total, active) parameters of the real transformers module built on the meta device."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.AutoConfig.for_model(**model.hf_config)
+    auto = transformers.AutoModelForMaskedLM if model.hf_class == "masked" else transformers.AutoModelForCausalLM
+    with torch.device("meta"):
+        net = auto.from_config(cfg)
+    total = sum(p.numel() for p in net.parameters())
+    inactive = 0
+    for name, mod in net.named_modules():
+        if name.endswith(".experts"):  # fused (E, ...) expert tensors: unused share is (E - k) / E
+            n = sum(p.numel() for p in mod.parameters())
+            e, k = model.spec.n_experts, model.spec.experts_per_token
+            inactive += n * (e - k) // e
+    return total, total - inactive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HF_PRESETS)
+def test_preset_matches_transformers(name: str) -> None:
+    model = get_model(name)
+    total, active = _hf_counts(model)
+    assert model.params.total == total
+    assert model.params.active == active
+
+
+def test_small_moe_configs_match_transformers() -> None:
+    # Fast check of the MoE/MLA formulas on tiny shapes.
+    from hwlm.plan.models import Model, spec_from_hf_config
+    for cfg in [
+        {"model_type": "mixtral", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 48, "num_local_experts": 4, "num_experts_per_tok": 2},
+        {"model_type": "deepseek_v2", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 3,
+         "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 64, "moe_intermediate_size": 16,
+         "n_routed_experts": 8, "n_shared_experts": 2, "num_experts_per_tok": 3, "first_k_dense_replace": 1,
+         "kv_lora_rank": 16, "q_lora_rank": 24, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8},
+        {"model_type": "qwen2", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 48},
+        {"model_type": "bloom", "vocab_size": 100, "hidden_size": 32, "n_layer": 2, "n_head": 4},
+        {"model_type": "opt", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "ffn_dim": 64, "max_position_embeddings": 64, "word_embed_proj_dim": 32},
+    ]:
+        m = Model(name="t", spec=spec_from_hf_config(cfg), source="test", model_type=cfg["model_type"], seq_len=64,
+                  hf_config=cfg)
+        total, active = _hf_counts(m)
+        assert (m.params.total, m.params.active) == (total, active), cfg["model_type"]
