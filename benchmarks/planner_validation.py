@@ -32,7 +32,7 @@ from typing import Any
 from hwlm.errors import HwlmError
 from hwlm.formulas import ArchSpec
 from hwlm.io import atomic_write_text
-from hwlm.plan import estimate_inference, estimate_training, get_device, get_model
+from hwlm.plan import Device, estimate_inference, estimate_training, get_device, get_model
 from hwlm.plan import efficiency as eff
 from hwlm.plan.models import Model
 
@@ -66,13 +66,29 @@ def case_model(case: dict[str, Any]) -> Model:
     return get_model(case["model"])
 
 
+def case_device(case: dict[str, Any]) -> Device:
+    """The catalog device, with the figures a case publishes for its own variant (``[case.device]``:
+    memory_bw, memory_bytes and ``flops_<dtype>``, e.g. torchtitan's 96 GB, 500 W H100s)."""
+    dev = get_device(case["hardware"])
+    over = dict(case.get("device", {}))
+    flops = {k[len("flops_"):]: float(v) for k, v in over.items() if k.startswith("flops_")}
+    plain_keys = {k: float(v) for k, v in over.items() if k in ("memory_bw", "memory_bytes")}
+    if not flops and not plain_keys:
+        return dev
+    return replace(dev, id=f"{dev.id} ({case['id']} variant)", flops={**dev.flops, **flops}, **plain_keys)
+
+
 def _train_kwargs(case: dict[str, Any]) -> dict[str, Any]:
     lay = case.get("layout", {})
     kw: dict[str, Any] = {"precision": case["precision"], "seq_len": case["seq_len"], "tp": lay.get("tp"),
                           "pp": lay.get("pp"), "recompute": lay.get("recompute"), "micro_batch": lay.get("micro_batch"),
-                          # the schedule as published: interleaved 1F1B with 2 model chunks per device
-                          # (the smallest interleaving), else plain 1F1B
-                          "virtual_stages": 2 if "interleaved" in lay.get("schedule", "") else 1}
+                          # the schedule as published: interleaved 1F1B (the planner picks the number of
+                          # chunks per device, or takes the published one), else plain 1F1B
+                          "schedule": "interleaved" if "interleaved" in lay.get("schedule", "") else "1f1b",
+                          "virtual_stages": lay.get("virtual_stages")}
+    if any(k in lay for k in ("tp", "pp", "dp", "fsdp")):
+        # A published layout names every degree it used: a missing tp or pp is 1, not "choose".
+        kw["tp"], kw["pp"] = lay.get("tp", 1), lay.get("pp", 1)
     if "fsdp" in lay:
         kw["zero_stage"] = 3
     elif "zero" in lay:
@@ -91,7 +107,7 @@ def _devices(case: dict[str, Any], model: Model, kw: dict[str, Any]) -> int:
         return case["devices"]
     n = 64
     while n < 65536:
-        e = estimate_training(model, case["tokens"], case["hardware"], n, find_smallest=False, **kw)
+        e = estimate_training(model, case["tokens"], case_device(case), n, find_smallest=False, **kw)
         if e.fits and e.time_s <= 30 * 86400:
             return n
         n *= 2
@@ -104,7 +120,7 @@ def predict(case: dict[str, Any]) -> float:
     if case["kind"] == "train":
         kw = _train_kwargs(case)
         n = _devices(case, model, kw)
-        e = estimate_training(model, case["tokens"], case["hardware"], n, find_smallest=False, **kw)
+        e = estimate_training(model, case["tokens"], case_device(case), n, find_smallest=False, **kw)
         step = e.time_s - e.overhead_time_s  # overhead (evals, restarts) only counts for whole runs
         unit = case["unit"]
         if unit == "device_hours":
@@ -117,11 +133,11 @@ def predict(case: dict[str, Any]) -> float:
             hw = 4 / 3 if e.layout.recompute == "full" else 1.0
             return e.flops * hw / step / n / 1e12
         if unit == "mfu":
-            return e.flops / step / n / get_device(case["hardware"]).peak_flops(case["precision"])
+            return e.flops / step / n / case_device(case).peak_flops(case["precision"])
         raise ValueError(f"unit {unit}")
     lay = case.get("layout", {})
     n = case.get("devices", 1)
-    e = estimate_inference(model, case["hardware"], n, tp=lay.get("tp", n), batch=case["batch"],
+    e = estimate_inference(model, case_device(case), n, tp=lay.get("tp", n), batch=case["batch"],
                            prompt_len=case["prompt_len"], gen_len=max(case["gen_len"], 1),
                            precision=case.get("weight_dtype", case["precision"]))
     return _infer_value(case, e.ttft_s, e.tpot_s)
@@ -140,7 +156,7 @@ def _infer_value(case: dict[str, Any], ttft: float, tpot: float) -> float:
 
 def plain(case: dict[str, Any]) -> float | None:
     """The plain rule: 6·N·D / (devices·peak·0.4) for training, weight bytes / bandwidth for decode."""
-    model, dev = case_model(case), get_device(case["hardware"])
+    model, dev = case_model(case), case_device(case)
     n_params = model.params.active
     if case["kind"] == "train":
         n = case.get("devices") or 1
@@ -319,7 +335,7 @@ def _set_all(p: eff.Priors) -> None:
     tpu = eff.kind_priors("tpu")
     eff.set_kind_priors("tpu", replace(tpu, matmul_eff=p.matmul_eff, act_traffic=p.act_traffic,
                                        train_overhead=p.train_overhead, comm_eff=p.comm_eff,
-                                       decode_bw_eff=p.decode_bw_eff))
+                                       decode_bw_eff=p.decode_bw_eff, ridge_exponent=p.ridge_exponent))
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -426,33 +442,39 @@ NOTES = """## How to read this
 - The model (see `hwlm/plan/efficiency.py`): training time = matrix products at `matmul_eff` of the dense
   peak (lowered on parts whose ridge point peak/bandwidth exceeds the A100's, by `ridge_exponent`) +
   element-wise traffic at bandwidth + tensor/pipeline/data-parallel communication over the catalog's links +
-  the 1F1B bubble, divided by (1 - `train_overhead`) for whole runs; decode = bytes read per step at
+  the pipeline bubble, divided by (1 - `train_overhead`) for whole runs; decode = bytes read per step at
   `decode_bw_eff` of bandwidth (x `int8_decode` / `int4_decode` for weight-only kernels) + a fixed cost per
   layer + two all-reduces per layer under tensor parallelism (`allreduce_latency_s` each).
+- Communication physics added in this revision (no per-row constant): interleaved 1F1B picks its number of
+  chunks per device (bubble (p-1)/(v·m) against v-fold point-to-point traffic) when a case names the
+  schedule; pipeline point-to-point sends 1/tp of the boundary activation per rank (Megatron's
+  scatter/gather, arXiv:2104.04473 section 4.1); a data-parallel group with g ranks per node uses g NICs
+  at once (NCCL rings per NIC / hierarchical all-reduce). `tpu-v4` got its ICI figure (Google's all-reduce
+  bandwidth per pod / 4096 chips).
 - Whole-run GPU-hours include time outside the training step (evaluation, checkpoints, restarts): only those
   rows use `train_overhead`. Step-time, throughput, TFLOP/s and MFU rows compare against the step alone.
 - When a source gives no device count, the planner uses the smallest power of two (>= 64) on which the run
   finishes within 30 days; device-hours depend on that choice only through communication. When it gives no
-  layout, the planner picks one (the fastest that fits); no schedule means plain 1F1B.
+  layout, the planner picks one (the fastest that fits); a published layout's missing tp/pp is 1; no
+  schedule means plain 1F1B.
 - TFLOP/s-per-device rows count executed FLOPs (recomputed forwards included, Megatron's eq. 3 convention);
   MFU rows count model FLOPs.
-- Catalog datasheet figures are used as they are: power-capped parts (gpt-fast's 330 W A100s, torchtitan's
-  500 W 96 GB H100s) are predicted at their nominal peak.
+- A case may describe its own hardware variant (`[case.device]`): torchtitan's H100s are 96 GB HBM2e,
+  2.4 TB/s parts capped at 500 W whose peak its docs place between the SXM and NVL parts; the cases use the
+  midpoint. gpt-fast's 330 W A100s are predicted at nominal figures (decode is bandwidth-bound).
 
-## Known misses (inputs the cases do not give)
+## Known misses
 
-- `mt-nlg-530b-*`: the case gives no recompute mode; the planner picks selective recompute (it fits), while
-  the run's reported 126 TFLOP/s per GPU matches 6·N·D x 4/3 / time, i.e. a full-recompute run. With
-  `recompute = "full"` the prediction becomes 52.6 s for the 2240-GPU step (-12%).
-- `palm-540b-*`: the catalog has no ICI bandwidth for `tpu-v4`, so tensor-parallel traffic falls back to an
-  assumed 32 GB/s link and dominates; with the chip's ICI bandwidth in the catalog this row would move.
-- `llama-3.1-405b-tflops-8192-gpus`: run with plain 1F1B (no schedule in the case) the 16-stage pipeline with
-  32 micro-batches has a 47% bubble; Meta describes an interleaved schedule (arXiv:2407.21783, section 3.3.2),
-  and with two chunks per device the error shrinks to about -28%.
-- `llama-3.1-8b-pretrain-gpu-hours`: 1.46M GPU-hours for ~15T tokens is about 14% MFU, far below every other
-  Llama run on the same hardware; the card gives no device count or layout to explain it.
-- `bloom-176b-pretrain-gpu-hours`: the GPU-hours span 3.5 months including restarts and evaluation beyond
-  the planner's average overhead.
+- `llama-3.1-8b-pretrain-gpu-hours` (about -50%): 1.46M GPU-hours for ~15T tokens is about 14% MFU, far below
+  every other Llama run on the same hardware (the 70B card row is within a few percent). The card gives no
+  device count, layout or breakdown that would explain it; we found no source for one, so the row stays
+  as published and is not special-cased.
+- `bloom-176b-pretrain-gpu-hours` (about -29%): the GPU-hours span 3.5 months including restarts, hardware
+  failures and evaluation, beyond the planner's average overhead.
+- `torchtitan-llama-3.1-405b-512xh100-3d` (about +26%): float8 covers only the linear layers, and the
+  planner does not know torchtitan's number of chunks per stage for its interleaved schedule (it picks the
+  fastest, which is optimistic).
+- `mt-nlg-530b-*` (about -15% to -19%) with full recompute (see the case notes for the source).
 """
 
 

@@ -24,9 +24,10 @@ SCOPES = {"job", "device", "sequence"}
 PRECISIONS = {"fp32", "tf32", "bf16", "fp16", "fp8"}
 WEIGHT_DTYPES = {"int8", "int4", "fp8"}
 LAYOUT_KEYS = {"tp", "pp", "dp", "cp", "ep", "fsdp", "zero", "recompute", "micro_batch", "global_batch",
-               "compile", "schedule"}
+               "compile", "schedule", "virtual_stages"}
 CASE_KEYS = {"id", "kind", "model", "hardware", "devices", "precision", "weight_dtype", "tokens", "seq_len",
-             "batch", "prompt_len", "gen_len", "measured", "unit", "scope", "layout", "arch", "source", "notes"}
+             "batch", "prompt_len", "gen_len", "measured", "unit", "scope", "layout", "arch", "device", "source", "notes"}
+DEVICE_KEYS = {"memory_bytes", "memory_bw", "flops_bf16", "flops_fp16", "flops_fp8", "flops_fp32"}
 ARCH_KEYS = {"n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"}
 
 
@@ -105,3 +106,11 @@ def test_case_model_is_a_planner_preset_or_inline(case: dict) -> None:
     from hwlm.plan.models import get_model  # the planner's presets: a case must name one it knows
 
     assert get_model(case["model"]).name == case["model"], "use the exact preset name, not an alias"
+
+
+def test_device_variants_only_give_published_figures_with_notes() -> None:
+    for case in CASES:
+        if "device" not in case:
+            continue
+        assert set(case["device"]) <= DEVICE_KEYS, f"{case_id(case)}: unknown device keys"
+        assert all(isinstance(v, (int, float)) and v > 0 for v in case["device"].values())

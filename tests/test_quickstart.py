@@ -63,3 +63,16 @@ def test_quickstart_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
                 "bits_per_byte", "unigram_entropy", "run_dir", "predicted"):
         assert key in out
     assert out["steps"] == 3
+
+
+def test_quickstart_prints_the_planner_prediction(tmp_path: Path) -> None:
+    r = quickstart(QuickstartConfig(out=tmp_path / "qs", **{**TINY, "max_steps": 4}), say=lambda _: None)
+    p = r.predicted
+    assert p is not None, r.notes
+    assert p["seconds"] > 0 and p["memory_bytes"] > 0
+    # the prediction is for this run: its tokens over its predicted time
+    assert p["tokens_per_s"] == pytest.approx(r.tokens / p["seconds"])
+    assert "priors for kind cpu" in p["efficiencies"]
+    table = render_summary(r)
+    assert "tokens/s measured | predicted" in table and "vs prediction" in table
+    assert "hwlm.plan with planner priors" in table

@@ -139,11 +139,65 @@ def _peak_memory(device: str) -> int | None:
         return None
 
 
+def _copy_bandwidth(device: str) -> float:
+    """Bytes/s of a 64 MiB device-to-device copy (read + write), the ``hwlm bench peak`` convention."""
+    import torch
+
+    from hwlm.hw import measure_seconds
+    src = torch.ones(16 * 2**20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    secs = measure_seconds(lambda: dst.copy_(src), device, warmup=1, repeats=5)
+    return 2.0 * src.numel() * 4 / sorted(secs)[len(secs) // 2]
+
+
 def _planner_prediction(cfg: QuickstartConfig, result: Any) -> dict[str, Any] | None:
-    # ISSUE 4 -- PLANNER PREDICTION GOES HERE. Return {"seconds": ..., "memory_bytes": ...} predicted
-    # by hwlm.plan for this exact run (model, batch, steps, device); render_summary prints it beside
-    # the measured time and memory. None until the planner is wired in.
-    return None
+    """ISSUE 4: what ``hwlm.plan`` predicts for this exact run on this machine.
+
+    The planner has no catalog entry for this machine, so its device is built from numbers
+    measured here (:func:`hwlm.plan.machine.machine_device`): the matmul peak measured in step 3
+    (so efficiencies are fractions of what the machine can do), a 64 MiB copy bandwidth, and the
+    detected memory. The efficiencies are the planner's *priors* for the device kind (``cpu``
+    or ``gpu``), not a calibration: the summary shows how far uncalibrated priors land (run
+    ``hwlm bench calibrate --device this-machine`` for calibrated ones). The run's model and
+    batch come from its ``config.json``; time and tokens/s are for the steps it ran (the
+    planner's long-run overhead, evaluations and restarts, is left out), memory is the
+    training state (weights, gradients, Adam moments, activations) only.
+    """
+    import json
+
+    from hwlm.errors import HwlmError
+    from hwlm.plan import estimate_training
+    from hwlm.plan.machine import machine_device
+    from hwlm.plan.models import Model
+
+    if not result.peak_flops or not result.steps:
+        return None
+    try:
+        from hwlm.hw import detect
+        from hwlm.model import ModelConfig
+
+        run = json.loads((result.run_dir / "config.json").read_text())
+        mcfg = ModelConfig(**run["model"])
+        info = detect()
+        gpu = result.device.startswith("cuda") and info.gpus
+        mem = info.gpus[0].memory_bytes if gpu else (info.memory_bytes or 0)
+        dev = machine_device({result.precision: result.peak_flops}, _copy_bandwidth(result.device), mem,
+                             name=result.hardware, kind="gpu" if gpu else "cpu",
+                             source="measured by hwlm quickstart")
+        model = Model(name=cfg.model, spec=mcfg.to_arch(), source="run config.json", model_type="hwlm",
+                      seq_len=mcfg.block_size)
+        batch = int(run["train"]["batch_size"])
+        e = estimate_training(model, float(result.tokens), dev, 1, precision=result.precision,
+                              seq_len=mcfg.block_size, global_batch=batch, tp=1, pp=1, zero_stage=0,
+                              recompute="none", micro_batch=batch, find_smallest=False)
+    except (HwlmError, OSError, KeyError, ValueError, TypeError) as exc:
+        result.notes.append(f"planner prediction unavailable: {exc}")
+        return None
+    seconds = e.time_s - e.overhead_time_s
+    return {"seconds": seconds, "tokens_per_s": result.tokens / seconds, "memory_bytes": e.memory.total,
+            "mfu": e.mfu, "efficiencies": f"planner priors for kind {dev.kind} (no calibration), relative to "
+            f"the measured {result.precision} peak {result.peak_flops:.3g} FLOP/s and copy bandwidth "
+            f"{dev.memory_bw:.3g} B/s", "layout": e.layout.describe()}
 
 
 def _train(cfg: QuickstartConfig, data_dir: Path, peak: float | None, say: Callable[[str], None]) -> Any:
@@ -211,16 +265,23 @@ def render_summary(r: QuickstartResult) -> str:
     mfu = "n/a (peak unknown)" if r.mfu is None else f"{100 * r.mfu:.2f}% of {r.peak_flops / 1e9:,.1f} GFLOP/s measured"
     mem = "unknown" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:,.0f} MiB"
     pred = r.predicted or {}
-    pred_time = f"{pred['seconds']:.1f} s" if "seconds" in pred else "(planner: not yet wired in)"
-    pred_mem = f"{pred['memory_bytes'] / 2**20:,.0f} MiB" if "memory_bytes" in pred else "(planner: not yet wired in)"
+
+    def versus(measured: float | None, key: str, fmt: Callable[[float], str]) -> str:
+        if key not in pred:
+            return "predicted n/a"
+        off = f" ({measured / pred[key] - 1:+.0%} vs prediction)" if measured else ""
+        return f"predicted {fmt(pred[key])}{off}"
+    pred_time = versus(r.train_seconds, "seconds", lambda v: f"{v:.1f} s")
+    pred_mem = versus(r.peak_memory_bytes, "memory_bytes", lambda v: f"{v / 2**20:,.0f} MiB (training state)")
+    pred_tps = versus(r.tokens_per_s, "tokens_per_s", lambda v: f"{v:,.0f} tokens/s")
     margin = r.unigram_entropy - r.val_loss
     rows = [
         ("hardware", f"{r.hardware}; ran on {r.device}, {r.precision}"),
         ("parameters", f"{r.params:,}"),
         ("tokens seen", f"{r.tokens:,} in {r.steps:,} steps"),
-        ("train time", f"{r.train_seconds:.1f} s measured | predicted {pred_time}"),
-        ("peak memory", f"{mem} measured | predicted {pred_mem}"),
-        ("throughput", f"{r.tokens_per_s:,.0f} tokens/s"),
+        ("train time", f"{r.train_seconds:.1f} s measured | {pred_time}"),
+        ("peak memory", f"{mem} measured | {pred_mem}"),
+        ("throughput", f"{r.tokens_per_s:,.0f} tokens/s measured | {pred_tps}"),
         ("MFU", mfu),
         ("val loss", f"{r.val_loss:.4f} nats/token vs unigram entropy {r.unigram_entropy:.4f} "
                      f"({'below by' if margin > 0 else 'ABOVE by'} {abs(margin):.3f})"),
@@ -234,6 +295,9 @@ def render_summary(r: QuickstartResult) -> str:
     lines = ["", "quickstart summary", "-" * 60]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
     lines += ["-" * 60, "sample:", r.sample, ""]
+    if "efficiencies" in pred:
+        lines.append(f"prediction: hwlm.plan with {pred['efficiencies']}; measured memory is the process peak "
+                     "(CPU: resident set, runtime included)")
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
 

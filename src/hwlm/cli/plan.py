@@ -67,7 +67,9 @@ _dur = _arg(parse_duration)
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name (see `hwlm plan models`) or a config.json path")
-    p.add_argument("--hardware", required=True, help="catalog id (see `hwlm plan hardware`)")
+    p.add_argument("--hardware", default=None,
+                   help="catalog id (see `hwlm plan hardware`), or this-machine with --calibration FILE from "
+                        "`hwlm bench calibrate --device this-machine` (the default when --calibration is given)")
     p.add_argument("--devices", type=_int, default=1, help="number of devices (default 1)")
     p.add_argument("--calibration", help="calibration JSON from `hwlm bench calibrate` (replaces the priors)")
     p.add_argument("--pue", type=float, default=None, help="data-centre PUE (default 1.2)")
@@ -179,10 +181,22 @@ def _money(x: float | None) -> str:
     return "n/a (no price)" if x is None else f"${x:,.0f}" if x >= 100 else f"${x:,.2f}"
 
 
+def _device(a: argparse.Namespace) -> Any:
+    """The catalog id, or this machine's device built from the calibration file's measured peaks."""
+    from hwlm.plan.machine import device_from_calibration, is_this_machine
+
+    if not is_this_machine(a.hardware):
+        return a.hardware
+    if a.calibration is None:
+        raise PlanError("--hardware is required (a catalog id, see `hwlm plan hardware`), unless --calibration FILE "
+                        "from `hwlm bench calibrate --device this-machine` describes this machine")
+    return device_from_calibration(a.calibration)
+
+
 def _train(a: argparse.Namespace) -> int:
     from hwlm.plan import estimate_training
 
-    e = estimate_training(a.model, a.tokens, a.hardware, a.devices, precision=a.precision, seq_len=a.seq_len,
+    e = estimate_training(a.model, a.tokens, _device(a), a.devices, precision=a.precision, seq_len=a.seq_len,
                           global_batch=a.global_batch, tp=a.tp, pp=a.pp,
                           zero_stage=3 if a.fsdp else a.zero_stage, recompute=a.recompute,
                           micro_batch=a.micro_batch, **_env_kw(a))
@@ -201,7 +215,7 @@ def _train(a: argparse.Namespace) -> int:
 def _infer(a: argparse.Namespace) -> int:
     from hwlm.plan import estimate_inference
 
-    e = estimate_inference(a.model, a.hardware, a.devices, batch=a.batch, prompt_len=a.prompt_len,
+    e = estimate_inference(a.model, _device(a), a.devices, batch=a.batch, prompt_len=a.prompt_len,
                            gen_len=a.gen_len, precision=a.precision, tp=a.tp, **_env_kw(a))
     ept = "n/a" if e.energy_per_token_j is None else f"{e.energy_per_token_j:.3g} J/token"
     lines = [f"serve {e.model} on {e.devices} x {e.hardware} (tp={e.tp}), {e.precision}, batch {e.batch}, "

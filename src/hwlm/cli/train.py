@@ -5,6 +5,10 @@
     hwlm eval --run runs/train --json
     hwlm generate --run runs/train --prompt "The" --max-new-tokens 100
     hwlm export --run runs/train --format hf --out runs/hf
+    hwlm train --nproc 2 --strategy ddp --data runs/data --max-steps 500   # torchrun, 2 processes
+    torchrun --nproc-per-node 8 -m hwlm train --data runs/data ...         # under an external torchrun
+
+See docs/distributed.md for multi-node commands.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,14 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="RECIPE.toml", help="TOML recipe: a [train] table and a [model] table")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_arguments(p, TrainConfig)
+    launch = p.add_argument_group("several processes (torchrun; see docs/distributed.md)")
+    launch.add_argument("--nproc", default="1", metavar="N",
+                        help="processes on this node (one per GPU), or auto: decide from devices, data and "
+                             "model size (default: 1)")
+    launch.add_argument("--nnodes", type=int, default=1, help="number of nodes (machines) (default: 1)")
+    launch.add_argument("--node-rank", type=int, default=0, help="this node's index, 0 to nnodes-1 (default: 0)")
+    launch.add_argument("--master", metavar="ADDR:PORT",
+                        help="node 0's address and a free port, the same on every node (one node: picked here)")
     group = p.add_argument_group("model overrides (replace fields of the --model preset)")
     add_arguments(group, ModelConfig, prefix=MODEL_PREFIX)  # type: ignore[arg-type]
     p.set_defaults(func=run_train)
@@ -53,21 +66,99 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {**table, **overrides_from_args(args, ModelConfig, prefix=MODEL_PREFIX)}
 
 
+def _flags(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """Config values back as command-line flags, for the worker processes."""
+    out: list[str] = []
+    for name, value in values.items():
+        flag = "--" + prefix + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + prefix + name.replace("_", "-"))
+        elif value is None:
+            out += [flag, "none"]
+        elif isinstance(value, (list, tuple)):
+            out += [flag, ",".join(str(v) for v in value)]
+        else:
+            out += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return out
+
+
+def _plan(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig | None) -> Any:
+    """How many processes and which strategy (hwlm.train.launch.decide), from this machine's facts."""
+    import torch
+
+    from hwlm.data import load_manifest
+    from hwlm.device import select_device
+    from hwlm.train.launch import decide, training_bytes
+
+    if cfg.data is None:
+        raise ConfigError("no data folder given: pass --data DIR (made by `hwlm prepare`)")
+    manifest = load_manifest(cfg.data)
+    mcfg = model_cfg or ModelConfig.from_name(cfg.model, vocab_size=manifest["vocab_size"])
+    cuda = select_device(cfg.device).type == "cuda"
+    count = torch.cuda.device_count() if cuda else 0
+    memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(count)) if count else None
+    return decide(args.nproc, cfg.strategy, data_tokens=manifest["splits"]["train"]["tokens"], cuda_count=count,
+                  device_memory=memory, cpu_cores=os.cpu_count() or 1, nnodes=args.nnodes,
+                  model_bytes=training_bytes(mcfg.to_arch(), cfg.batch_size, mcfg.block_size))
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from hwlm.train.loop import build_model_config, train
+    from hwlm.train.loop import build_model_config
+    from hwlm.train.parallel import under_torchrun
 
     cfg = resolve(TrainConfig, file=args.config, overrides=overrides_from_args(args, TrainConfig), section="train")
     model_cfg = build_model_config(cfg, model_overrides(args))
-    result = train(cfg, model_cfg)
+    if under_torchrun():
+        if args.nproc not in ("1", "auto") or args.nnodes != 1 or args.master:
+            raise ConfigError("this process already runs under torchrun: drop --nproc/--nnodes/--master "
+                              "(torchrun's own flags set them)")
+        return _train_here(args, cfg, model_cfg)
+    from hwlm.train.launch import launch
+    from hwlm.train.logs import info
+
+    plan = _plan(args, cfg, model_cfg)
+    if plan.nproc * args.nnodes == 1 and plan.strategy != "fsdp":
+        if args.nproc == "auto" or cfg.strategy != "auto":
+            info(f"one process: {plan.reason}")
+        return _train_here(args, cfg, model_cfg)
+    info(f"{plan.nproc} process(es) per node, strategy {plan.strategy}: {plan.reason}")
+    overrides = {**overrides_from_args(args, TrainConfig), "strategy": plan.strategy}
+    worker = ["train", *(["--config", str(args.config)] if args.config else []), *(["--json"] if args.json else []),
+              *_flags(overrides), *_flags(overrides_from_args(args, ModelConfig, prefix=MODEL_PREFIX), MODEL_PREFIX)]
+    threads = max(1, (os.cpu_count() or 1) // plan.nproc)  # processes share the cores, not oversubscribe them
+    launch(worker, plan.nproc, args.nnodes, args.node_rank, args.master, threads_per_proc=threads)
+    return 0
+
+
+def _train_here(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig | None) -> int:
+    """Train in this process (alone, or as one torchrun worker); rank 0 prints the result."""
+    from hwlm.errors import HwlmError
+    from hwlm.train.launch import ERROR_DIR_ENV
+    from hwlm.train.loop import train
+    from hwlm.train.parallel import current_world
+
+    try:
+        result = train(cfg, model_cfg)
+    except HwlmError as exc:
+        errors = os.environ.get(ERROR_DIR_ENV)
+        if not errors:
+            raise
+        # Launched by `hwlm train --nproc`: the launcher prints the lowest rank's line, once.
+        Path(errors, f"rank-{current_world().rank}.txt").write_text(str(exc), encoding="utf-8")
+        return 1
+    if not current_world().is_main:
+        return 0
     if args.json:
         print(json.dumps({k: (str(v) if isinstance(v, Path) else v)
                           for k, v in dataclasses.asdict(result).items()}, indent=2))
         return 0
     mfu = "n/a (peak unknown)" if result.mfu is None else f"{100 * result.mfu:.1f}%"
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
+    train_loss = "n/a" if result.train_loss is None else f"{result.train_loss:.4f}"
+    where = f" x {result.world_size} processes ({result.strategy})" if result.world_size > 1 else ""
     print(f"trained {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.1f} s "
-          f"({result.tokens_per_s:,.0f} tokens/s, MFU {mfu}, {result.precision} on {result.device})")
-    print(f"  train loss {result.train_loss:.4f}, val loss {val}")
+          f"({result.tokens_per_s:,.0f} tokens/s, MFU {mfu}, {result.precision} on {result.device}{where})")
+    print(f"  train loss {train_loss}, val loss {val}")
     print(f"  run folder {result.run_dir}; last checkpoint {result.last_checkpoint}")
     return 0
 

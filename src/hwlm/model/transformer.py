@@ -93,10 +93,11 @@ def _softmax_grad_(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Ten
     row_max = logits.amax(dim=1, keepdim=True)  # (N, 1)
     total = logits.sub_(row_max).exp_().sum(dim=1, keepdim=True)  # (N, 1); logits now exp(l - max)
     loss = ((row_max + total.log() - picked).squeeze(1) * valid).sum() / n  # log-sum-exp - target logit
-    # (softmax - onehot(target)) / n, zero on ignored rows.
-    logits.div_(total * n).scatter_add_(1, safe, -valid.unsqueeze(1).to(logits.dtype) / n)
-    if not bool(valid.all()):
-        logits.mul_(valid.unsqueeze(1))
+    # (softmax - onehot(target)) / n. Ignored rows get the scale 0 instead of a branch on the data
+    # (``if not valid.all()``), which torch.compile would have to break its graph for; the
+    # per-row scale costs nothing extra: it replaces the division by the row sum.
+    keep = valid.unsqueeze(1).to(logits.dtype) / n  # (N, 1): 1/n, or 0 on ignored rows
+    logits.mul_(keep / total).scatter_add_(1, safe, -keep)
     return loss
 
 

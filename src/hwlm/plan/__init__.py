@@ -5,13 +5,15 @@
 
 Modules: ``catalog`` (hardware), ``models`` (model shapes), ``parallel`` (layouts, memory,
 communication), ``efficiency`` (priors, calibration), ``training``, ``inference``,
-``recommend``, ``scaling`` (compute-optimal sizing), ``explain`` (the terms of an estimate).
+``recommend``, ``scaling`` (compute-optimal sizing), ``explain`` (the terms of an estimate),
+``machine`` (a device for this machine from measured peaks).
 """
 
 from hwlm.plan.catalog import Device, format_device, get_device, list_devices, load_catalog
 from hwlm.plan.efficiency import Calibration, load_calibration
 from hwlm.plan.explain import Term, format_terms
 from hwlm.plan.inference import InferenceEstimate, estimate_inference
+from hwlm.plan.machine import THIS_MACHINE, device_from_calibration, machine_device
 from hwlm.plan.models import Model, get_model, list_models
 from hwlm.plan.parallel import Layout, MemoryBreakdown
 from hwlm.plan.recommend import Option, Recommendation, recommend
@@ -23,4 +25,5 @@ __all__ = [
     "Calibration", "load_calibration", "Term", "format_terms", "InferenceEstimate", "estimate_inference",
     "Model", "get_model", "list_models", "Layout", "MemoryBreakdown", "Option", "Recommendation", "recommend",
     "LAWS", "OptimalSize", "compute_optimal", "TrainingEstimate", "estimate_training",
+    "THIS_MACHINE", "device_from_calibration", "machine_device",
 ]

@@ -64,14 +64,14 @@ class Priors:
 # Per hardware kind. Fitted values (see module docstring); the constants marked as
 # assumptions are not identifiable from the cases and come from the cited measurements.
 _KIND_PRIORS: dict[str, Priors] = {
-    "gpu": Priors(matmul_eff=0.597, act_traffic=2.60, decode_bw_eff=0.790, layer_overhead_s=40e-6,
-                  train_overhead=0.152, comm_eff=0.972, power_fraction=1.0, allreduce_latency_s=10e-6,
-                  ridge_exponent=0.380, int8_decode=0.615, int4_decode=0.578),
+    "gpu": Priors(matmul_eff=0.605, act_traffic=2.54, decode_bw_eff=0.790, layer_overhead_s=40e-6,
+                  train_overhead=0.164, comm_eff=0.837, power_fraction=1.0, allreduce_latency_s=10e-6,
+                  ridge_exponent=0.195, int8_decode=0.615, int4_decode=0.578),
     # TPU: no case in the fit split (PaLM is held out), so it takes the GPU's fitted values;
     # a smaller launch cost per layer (XLA compiles the whole step).
-    "tpu": Priors(matmul_eff=0.597, act_traffic=2.60, decode_bw_eff=0.790, layer_overhead_s=10e-6,
-                  train_overhead=0.152, comm_eff=0.972, power_fraction=1.0, allreduce_latency_s=10e-6,
-                  ridge_exponent=0.380, int8_decode=0.615, int4_decode=0.578),
+    "tpu": Priors(matmul_eff=0.605, act_traffic=2.54, decode_bw_eff=0.790, layer_overhead_s=10e-6,
+                  train_overhead=0.164, comm_eff=0.837, power_fraction=1.0, allreduce_latency_s=10e-6,
+                  ridge_exponent=0.195, int8_decode=0.615, int4_decode=0.578),
     # CPU: not fitted (no published CPU cases); assumptions: oneDNN GEMMs reach about half of
     # peak, STREAM-like decode about 60% of bandwidth, a launch cost per layer of ~50 us.
     "cpu": Priors(matmul_eff=0.50, act_traffic=2.60, decode_bw_eff=0.60, layer_overhead_s=50e-6,
@@ -113,14 +113,16 @@ class CalibrationEntry:
     phase: str
     efficiency: float
     source: str
+    measured: float | None = None   # the absolute rate (FLOP/s or B/s) behind the efficiency
 
 
 class Calibration:
     """Measured efficiencies that replace the priors for matching (device, dtype, phase)."""
 
-    def __init__(self, entries: list[CalibrationEntry], path: str = "") -> None:
+    def __init__(self, entries: list[CalibrationEntry], path: str = "", machine: dict[str, Any] | None = None) -> None:
         self.entries = entries
         self.path = path
+        self.machine = machine or {}  # the bench records' machine description
 
     def lookup(self, device_id: str, dtype: str, phase: str) -> CalibrationEntry | None:
         """Exact device first, then entries for ``this-machine``."""
@@ -145,7 +147,8 @@ def _entry(path: Path, i: int, raw: Any) -> CalibrationEntry:
         raise PlanError(f"{where} has efficiency {eff!r}; it must be measured/peak, a number in (0, 1.5]")
     return CalibrationEntry(device=str(raw["device"]).lower(), dtype=str(raw["dtype"]).lower(),
                             phase=raw["phase"], efficiency=float(eff),
-                            source=str(raw.get("source") or f"calibration file {path}"))
+                            source=str(raw.get("source") or f"calibration file {path}"),
+                            measured=float(raw["measured"]) if isinstance(raw.get("measured"), (int, float)) else None)
 
 
 def load_calibration(path: str | Path | None) -> Calibration | None:
@@ -166,4 +169,5 @@ def load_calibration(path: str | Path | None) -> Calibration | None:
     entries = data.get("entries")
     if not isinstance(entries, list) or not entries:
         raise PlanError(f"calibration file {p} has no entries; run `hwlm bench calibrate` again")
-    return Calibration([_entry(p, i, e) for i, e in enumerate(entries)], str(p))
+    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    return Calibration([_entry(p, i, e) for i, e in enumerate(entries)], str(p), machine)

@@ -20,7 +20,7 @@ from hwlm.errors import PlanError
 from hwlm.formulas import ArchSpec, ParamCount, param_count
 
 __all__ = ["Model", "get_model", "list_models", "spec_from_hf_config", "SUPPORTED_MODEL_TYPES",
-           "normalize_name"]
+           "normalize_name", "trainable_model"]
 
 _PRESET_DIR = Path(__file__).with_name("presets")
 
@@ -232,6 +232,22 @@ def get_model(name_or_path: str | Model) -> Model:
     key = normalize_name(name_or_path)
     if key in index:
         return index[key]
+    trained = trainable_model(name_or_path)
+    if trained is not None:
+        return trained
     close = difflib.get_close_matches(key, list(index), n=4, cutoff=0.5)
     hint = f"closest: {', '.join(close)}" if close else "see `hwlm plan models`"
     raise PlanError(f"unknown model {name_or_path!r}; {hint} (or pass a config.json path)")
+
+
+def trainable_model(name: str, **overrides: Any) -> Model | None:
+    """The shape of one of hwlm's own trainable presets (``debug``, ``tiny``, ``mid``: what
+    ``hwlm train`` and ``hwlm bench`` build), with field overrides (``vocab_size``,
+    ``block_size``); None when ``name`` is not one. ``hwlm.model.config`` is torch-free."""
+    from hwlm.model.config import PRESETS, ModelConfig
+
+    if name not in PRESETS:
+        return None
+    cfg = ModelConfig.from_name(name, **overrides)
+    return Model(name=name, spec=cfg.to_arch(), source=f"hwlm.model.config preset {name!r}",
+                 model_type="hwlm", seq_len=cfg.block_size)

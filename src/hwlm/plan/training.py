@@ -28,6 +28,7 @@ from hwlm.plan.parallel import (BYTES_ADAM_MIXED, USABLE_MEMORY_FRACTION, Layout
 __all__ = ["TrainingEstimate", "estimate_training", "TRAIN_PRECISIONS", "DEFAULT_BATCH_TOKENS"]
 
 TRAIN_PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
+SCHEDULES = ("1f1b", "interleaved")
 # Default global batch ~4M tokens: Llama 2 (arXiv:2307.09288, section 2.2) and GPT-3 175B (3.2M).
 DEFAULT_BATCH_TOKENS = 4 * 1024 * 1024
 KORTHIKANTI = "Korthikanti et al. 2022, arXiv:2205.05198"
@@ -161,10 +162,20 @@ def _comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> dict[str, fl
     if lay.pp > 1:
         bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, lay.tp * lay.pp, up)
         v = lay.virtual_stages
-        out["pp"] = t.add("pp_comm_time", f"tokens/dp x 2 (activation + gradient) x v {v} x {act:.0f} B / ({what} {bw:.4g} x {eff})",
-                          tok_dev * 2 * v * act / (bw * eff), "s", f"{NARAYANAN}.1 (point-to-point between stages)")
+        # With tp > 1 each rank of a stage sends only its 1/tp slice of the boundary activation and the
+        # next stage all-gathers it over the fast link (Narayanan et al. 2021, section 4.1).
+        out["pp"] = t.add("pp_comm_time", f"tokens/dp x 2 (activation + gradient) x v {v} x {act:.0f} B / tp {lay.tp}"
+                          f" / ({what} {bw:.4g} x {eff})",
+                          tok_dev * 2 * v * act / lay.tp / (bw * eff), "s",
+                          f"{NARAYANAN}.1 (point-to-point between stages; scatter/gather, section 4.1)")
     if lay.dp > 1:
         bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, ctx.devices, up)
+        # A node holding g ranks of the data-parallel group sends its share of a ring collective
+        # through all g of their NICs at once (NCCL runs one ring per NIC; hierarchical all-reduce,
+        # Jia et al. 2018, arXiv:1807.11205), so each rank's network share is g links wide.
+        g = min(lay.dp, max(1, dev.devices_per_node // min(lay.tp * lay.pp, dev.devices_per_node)))
+        if what == "inter-node network" and g > 1:
+            bw, what = min(dev.intra_node_bw or math.inf, g * bw), f"{g} NICs per node, inter-node network"
         vol = 2.0 * ctx.model.params.total / (lay.tp * lay.pp)
         k = 3.0 if lay.zero_stage >= 3 else 2.0
         t_dp = t.add("dp_comm_per_step", f"{k:g}(dp-1)/dp x grads {vol:.4g} B / ({what} {bw:.4g} x {eff})",
@@ -181,6 +192,20 @@ def _pow2_upto(n: int) -> list[int]:
     return [2 ** i for i in range(int(math.log2(max(n, 1))) + 1)]
 
 
+def _virtual_stage_choices(fixed: dict[str, Any], pp: int, n_layers: int) -> list[int]:
+    """Model chunks per device to try. Interleaved 1F1B (v chunks per device) shrinks the bubble
+    v-fold for v-fold point-to-point traffic (Narayanan et al. 2021, section 2.2.2), so the best v
+    depends on the link: ``schedule="interleaved"`` tries every v from 2 up to one layer per chunk
+    and keeps the fastest; ``"1f1b"`` is plain 1F1B; no schedule tries 1, 2 and 4."""
+    if fixed.get("virtual_stages"):
+        return [fixed["virtual_stages"]]
+    if pp == 1 or fixed.get("schedule") == "1f1b":
+        return [1]
+    if fixed.get("schedule") == "interleaved":
+        return list(range(2, max(2, n_layers // pp) + 1))
+    return [1, 2, 4]
+
+
 def _candidates(ctx: _Ctx, fixed: dict[str, Any]) -> list[Layout]:
     """Layouts to try, simplest first: dp with ZeRO/FSDP, then tp inside the node, then pp."""
     spec, n = ctx.model.spec, ctx.devices
@@ -193,8 +218,7 @@ def _candidates(ctx: _Ctx, fixed: dict[str, Any]) -> list[Layout]:
     seqs = ctx.batch_tokens / ctx.seq_len
     out = []
     for pp in pps:
-        # Interleaved 1F1B (v model chunks per device) shrinks the bubble v-fold for v-fold p2p traffic.
-        vss = [fixed["virtual_stages"]] if fixed.get("virtual_stages") else [1, 2, 4] if pp > 1 else [1]
+        vss = _virtual_stage_choices(fixed, pp, spec.n_layers)
         for tp in tps:
             # Pipeline only once tensor parallelism fills its domain (Narayanan et al. 2021, takeaway 1).
             if n % (tp * pp) or (n // (tp * pp)) * mb > seqs or pp > 1 and tp != tps[-1] and not fixed.get("pp"):
@@ -259,7 +283,7 @@ def _choose(ctx: _Ctx, fixed: dict[str, Any]) -> tuple[Layout, bool]:
 def _smallest_fitting(ctx: _Ctx, fixed: dict[str, Any]) -> str | None:
     """The fewest devices (powers of two, then whole nodes) on which some layout fits."""
     counts = sorted({*(2 ** i for i in range(21)), *(ctx.dev.devices_per_node * 2 ** i for i in range(18))})
-    free = {k: v for k, v in fixed.items() if k in ("recompute", "micro_batch", "virtual_stages")}
+    free = {k: v for k, v in fixed.items() if k in ("recompute", "micro_batch", "virtual_stages", "schedule")}
     for n in counts:
         if n <= ctx.devices:
             continue
@@ -309,7 +333,7 @@ def estimate_training(model: str | Model, tokens: float, hardware: str | Device,
                       precision: str = "bf16", layout: Layout | None = None, seq_len: int | None = None,
                       global_batch: int | None = None, zero_stage: int | None = None, tp: int | None = None,
                       pp: int | None = None, recompute: str | None = None, micro_batch: int | None = None,
-                      virtual_stages: int | None = None,
+                      virtual_stages: int | None = None, schedule: str | None = None,
                       pue: float = DEFAULT_PUE, grid_intensity: float = DEFAULT_GRID_KG_PER_KWH,
                       price_per_hour: float | None = None, calibration: Any = None,
                       power_w: float | None = None, find_smallest: bool = True) -> TrainingEstimate:
@@ -317,12 +341,16 @@ def estimate_training(model: str | Model, tokens: float, hardware: str | Device,
 
     ``layout=None`` picks one (given tp/pp/zero_stage/recompute are kept); a layout that does not
     fit in memory is not an error: ``fits`` is False and ``smallest_fitting`` names what would fit.
+    ``schedule`` is the pipeline schedule: ``"1f1b"``, ``"interleaved"`` (the number of chunks
+    per device is chosen unless ``virtual_stages`` is given) or None (chosen).
     ``global_batch`` is in sequences (default ~4M tokens). ``power_w`` replaces the catalog TDP. ``find_smallest=False`` skips the
     search for the smallest fitting device count (sweeps that try every count anyway).
     """
     m = get_model(model)
     dev = hardware if isinstance(hardware, Device) else get_device(hardware)
     _check_inputs(tokens, devices, precision, dev, pue, grid_intensity)
+    if schedule not in (None, *SCHEDULES):
+        raise PlanError(f"pipeline schedule {schedule!r} is not known; choose one of {', '.join(SCHEDULES)}")
     seq = int(seq_len or m.seq_len)
     if seq < 1:
         raise PlanError(f"--seq-len must be >= 1, got {seq_len}")
@@ -333,7 +361,7 @@ def estimate_training(model: str | Model, tokens: float, hardware: str | Device,
     ctx = _Ctx(model=m, dev=dev, devices=devices, precision=precision, tokens=float(tokens), seq_len=seq,
                batch_tokens=float(gb * seq), pri=pri, train_eff=train_eff, eff_source=eff_source)
     fixed = {"tp": tp, "pp": pp, "zero_stage": zero_stage, "recompute": recompute, "micro_batch": micro_batch,
-             "virtual_stages": virtual_stages}
+             "virtual_stages": virtual_stages, "schedule": schedule}
     if layout is None:  # check the given degrees once, with the first layout they allow
         tp_, pp_ = tp or 1, pp or 1
         if devices % (tp_ * pp_):

@@ -14,14 +14,25 @@ The folder is built under a temp name and renamed into place (:func:`hwlm.io.ato
 so a crash or a full disk while saving leaves the previous checkpoints as they were.
 Loading checks ``COMPLETE`` and every file's sha256 before touching the model. Every
 file loads with ``torch.load(weights_only=True)``: nothing in a checkpoint runs code.
+An FSDP run's checkpoint holds ``dcp/`` (sharded model and optimizer state, see
+:mod:`hwlm.train.sharded`) instead of ``optimizer.pt``; ``model.safetensors`` is always there.
+
+Old checkpoints are renamed to a hidden name before they are deleted, so a kill while pruning
+never leaves a half-deleted folder that still looks complete; hidden leftovers (``.step-*``) of
+killed saves are removed at the next save. Two test-only environment hooks exercise the failure
+paths from outside the process: ``HWLM_TEST_SLOW_CKPT_WRITE=SECONDS`` sleeps inside the write
+(before ``COMPLETE``), ``HWLM_TEST_FAIL_CKPT_WRITE=1`` fails it as a full disk would.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +45,8 @@ from hwlm.io import atomic_dir, atomic_write_json, sha256_file
 
 __all__ = ["CKPT_VERSION", "save_checkpoint", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint",
            "verify_checkpoint", "read_json", "restore_training", "capture_rng", "restore_rng",
-           "check_same_model", "prune_checkpoints"]
+           "check_same_model", "prune_checkpoints", "complete_files", "test_pause", "test_fail",
+           "remove_stale"]
 
 CKPT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -71,9 +83,23 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def test_pause() -> None:
+    """Test hook: sleep ``HWLM_TEST_SLOW_CKPT_WRITE`` seconds mid-write, so a kill can land there."""
+    delay = float(os.environ.get("HWLM_TEST_SLOW_CKPT_WRITE") or 0)
+    if delay > 0:
+        time.sleep(delay)
+
+
+def test_fail(path: Path) -> None:
+    """Test hook: with ``HWLM_TEST_FAIL_CKPT_WRITE`` set, writing ``path`` fails as on a full disk."""
+    if os.environ.get("HWLM_TEST_FAIL_CKPT_WRITE"):
+        raise OSError(errno.ENOSPC, "No space left on device (HWLM_TEST_FAIL_CKPT_WRITE)", str(path))
+
+
 def _save_torch(obj: Any, path: Path) -> None:
     """``torch.save`` through a Python file, so that a full disk surfaces as OSError(ENOSPC)
     (given a path, torch reports it as an opaque RuntimeError from its C++ writer)."""
+    test_fail(path)
     with open(path, "wb") as f:
         torch.save(obj, f)
 
@@ -87,6 +113,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
     from safetensors.torch import save_model
 
     final = Path(run_dir) / "checkpoints" / _step_name(step)
+    remove_stale(final.parent)
     with atomic_dir(final) as tmp:
         try:
             save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
@@ -99,10 +126,23 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         atomic_write_json(tmp / "state.json", {"version": CKPT_VERSION, **state, "step": step})
         atomic_write_json(tmp / "config.json", config)
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-        files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-        atomic_write_json(tmp / "COMPLETE", {"version": CKPT_VERSION, "step": step, "files": files})
+        test_pause()
+        atomic_write_json(tmp / "COMPLETE", {"version": CKPT_VERSION, "step": step, "files": complete_files(tmp)})
     prune_checkpoints(run_dir, keep)
     return final
+
+
+def complete_files(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` (what COMPLETE lists)."""
+    return {f.relative_to(folder).as_posix(): sha256_file(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def remove_stale(root: Path) -> None:
+    """Remove hidden leftovers (``.step-*``) of saves or prunes that a kill interrupted."""
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".step-"):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -124,7 +164,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Remove all but the newest ``keep`` complete checkpoints (never fewer than one)."""
     for old in list_checkpoints(run_dir)[:-max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
+        gone = old.with_name(f".{old.name}.deleting")
+        try:
+            os.replace(old, gone)  # one atomic step: from here on it no longer counts as complete
+        except OSError:
+            continue
+        shutil.rmtree(gone, ignore_errors=True)
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -196,10 +241,14 @@ def restore_training(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimi
 
     Returns state.json and the rest of trainer_state.pt (what ``trainer_extra`` saved)."""
     load_weights(ckpt, model, device)
+    if not (ckpt / "optimizer.pt").is_file() and (ckpt / "dcp").is_dir():
+        from hwlm.train.sharded import load_dcp_state  # an FSDP checkpoint, resumed unsharded
+
+        load_dcp_state(ckpt, model, optimizer)
     try:
-        opt_state = torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True)
+        if (ckpt / "optimizer.pt").is_file():
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
         trainer = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(opt_state)
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"optimizer state in {ckpt} does not fit this run: {first}") from None

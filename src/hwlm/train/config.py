@@ -19,9 +19,10 @@ from typing import Literal
 from hwlm.config import option
 from hwlm.errors import ConfigError
 
-__all__ = ["TrainConfig", "Precision"]
+__all__ = ["TrainConfig", "Precision", "Strategy"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Strategy = Literal["auto", "ddp", "fsdp"]
 
 
 @dataclass
@@ -56,6 +57,10 @@ class TrainConfig:
     tensorboard: bool = option(True, "write TensorBoard event files to OUT/tb")
     progress: bool = option(True, "show a progress bar on stderr")
     peak_flops: float | None = option(None, "FLOP/s peak for MFU; unset: measure a quick matmul (unknown -> n/a)")
+    strategy: Strategy = option("auto", "with several processes: ddp (a model copy per process), fsdp (sharded), "
+                                        "or auto (ddp when the model fits one device)")
+    max_nonfinite: int = option(5, "stop after this many optimizer steps in a row with a NaN/inf loss "
+                                   "(each such step is skipped)")
 
     def __post_init__(self) -> None:
         if self.data is not None:
@@ -80,7 +85,7 @@ def _positive(name: str, value: float | int | None, allow_zero: bool = False) ->
 
 def _check(cfg: TrainConfig) -> None:
     for name in ("batch_size", "grad_accum", "max_steps", "max_tokens", "time_budget", "lr",
-                 "log_interval", "eval_batches"):
+                 "log_interval", "eval_batches", "max_nonfinite"):
         _positive(name, getattr(cfg, name))
     for name in ("min_lr", "warmup", "weight_decay", "grad_clip", "eval_interval", "ckpt_interval"):
         _positive(name, getattr(cfg, name), allow_zero=True)

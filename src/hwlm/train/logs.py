@@ -1,7 +1,9 @@
 """Run logs: one JSON object per log step in ``log.jsonl``, the same scalars in TensorBoard.
 
 Each line of ``log.jsonl`` is ``{"step", "tokens", "loss", "lr", "tokens_per_s", "mfu"}`` plus
-``"val_loss"`` on the steps that evaluated (``mfu`` is null when the peak is unknown).
+``"val_loss"`` on the steps that evaluated (``mfu`` is null when the peak is unknown), and
+``"nonfinite_steps"`` (steps skipped so far because their loss was NaN/inf) once there were any.
+``loss`` is the mean over the window's finite steps and over all ranks (null if none was finite).
 On resume from step ``s`` the lines after ``s`` are dropped and TensorBoard is opened with
 ``purge_step=s + 1``, so neither holds a step twice.
 """
@@ -21,7 +23,8 @@ __all__ = ["RunLogger", "read_log", "info"]
 LOG_FILE = "log.jsonl"
 # log.jsonl key -> TensorBoard tag
 _TB_TAGS = {"loss": "train/loss", "val_loss": "val/loss", "lr": "train/lr", "tokens_per_s": "perf/tokens_per_s",
-            "mfu": "perf/mfu", "tokens": "train/tokens"}
+            "mfu": "perf/mfu", "tokens": "train/tokens",
+            "nonfinite_steps": "train/nonfinite_steps"}
 
 
 def info(msg: str) -> None:
@@ -40,7 +43,16 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # a process killed mid-write leaves at most its last line cut short
+            raise
+    return records
 
 
 class RunLogger:
@@ -61,7 +73,8 @@ class RunLogger:
             raise resource_error(exc, self.path) from exc
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            purge = resume_step + 1 if resume_step is not None else None
+            # A fresh start purges from step 0: events of a run killed before its first checkpoint go.
+            purge = resume_step + 1 if resume_step is not None else 0
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge)
 
     def log(self, record: dict[str, Any]) -> None:

@@ -1,11 +1,16 @@
 """The training loop: ``train(cfg, model_cfg) -> TrainResult``.
 
-One process today (``hwlm train ...``); the places where ``torchrun`` data parallelism
-slots in are in :mod:`hwlm.train.parallel`. Per optimizer step:
+One process (``hwlm train ...``) or one of several under ``torchrun`` (``hwlm train --nproc N``,
+see :mod:`hwlm.train.parallel` and :mod:`hwlm.train.launch`): each rank draws its slice of a
+global batch of ``batch_size * world_size`` windows, so the optimizer sees
+``batch_size * world_size * grad_accum`` sequences per step and the logged loss is their mean.
+Per optimizer step:
 
     lr <- warm-up/cosine schedule
     for each of grad_accum micro-batches:      # (B, T) token windows from TokenLoader
-        forward under autocast, backward of loss / grad_accum   (DDP: no_sync but on the last)
+        forward under autocast, backward of loss / grad_accum   (DDP/FSDP: sync only on the last)
+    if the loss is NaN/inf on any rank: skip the update (all ranks agree), count it;
+        max_nonfinite in a row stop the run
     unscale (fp16) -> clip grad norm -> AdamW step -> zero grads
     every log_interval: log.jsonl + TensorBoard; every eval_interval: val loss;
     every ckpt_interval and at the end: an atomic checkpoint (see checkpoint.py)
@@ -17,6 +22,7 @@ one that never stopped (tests/test_train_resume.py checks this).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +32,7 @@ import torch
 
 from hwlm.config import to_dict
 from hwlm.device import select_device
-from hwlm.errors import CheckpointError, ConfigError, DataError
+from hwlm.errors import ConfigError, DataError, HwlmError, ResourceError
 from hwlm.formulas import train_flops_per_token
 from hwlm.io import atomic_write_json
 from hwlm.model import ModelConfig
@@ -34,7 +40,9 @@ from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.config import TrainConfig
 from hwlm.train.logs import RunLogger, info
 from hwlm.train.optim import build_optimizer, lr_at
-from hwlm.train.parallel import World, current_world, grad_sync, mean_across, wrap_model
+from hwlm.train.launch import choose_strategy, training_bytes
+from hwlm.train.parallel import (World, agree, all_true, broadcast_object, current_world, grad_sync,
+                                 init_distributed, mean_across, shard_model, shutdown, wrap_model)
 from hwlm.train.progress import Progress
 from hwlm.train.runtime import autocast, choose_precision, loss_sums, seed_everything
 
@@ -60,6 +68,9 @@ class TrainResult:
     precision: str
     device: str
     peak_flops: float | None
+    world_size: int = 1
+    strategy: str = "single"
+    nonfinite_steps: int = 0
 
 
 def _data_facts(data_dir: Path | None) -> dict[str, Any]:
@@ -152,11 +163,51 @@ class _Run:
     tokens_per_step: int
     flops_per_token: float
     peak: float | None
+    strategy: str = "single"   # single | ddp | fsdp
     step: int = 0
     tokens: int = 0
+    nonfinite: int = 0          # steps skipped for a NaN/inf loss, over the whole run
+    nonfinite_streak: int = 0   # ... of them in a row, up to now
     elapsed: float = 0.0        # wall seconds inside the loop, over all resumes
     train_seconds: float = 0.0  # seconds in training steps only (throughput)
     last_ckpt: Path | None = None
+
+
+def _strategy(cfg: TrainConfig, world: World, model_cfg: ModelConfig, device: str) -> tuple[str, str]:
+    """How the ranks share the model: single (no torchrun, or one rank and auto), ddp or fsdp."""
+    if not world.distributed:
+        return "single", "one process"
+    if world.world_size == 1 and cfg.strategy == "auto":
+        return "single", "one process under torchrun: nothing to split"
+    memory = torch.cuda.get_device_properties(device).total_memory if device.startswith("cuda") else None
+    return choose_strategy(cfg.strategy, training_bytes(model_cfg.to_arch(), cfg.batch_size, model_cfg.block_size),
+                           memory)
+
+
+def _agreed_resume(cfg: TrainConfig, world: World) -> Path | None:
+    """Rank 0 picks the checkpoint to resume and every rank takes the same one."""
+    found, err = None, None
+    if world.is_main:
+        try:
+            found = _resume_from(cfg)
+        except HwlmError as exc:
+            err = exc
+    agree(err, world, "rank 0 could not choose a checkpoint to resume; see its message")
+    found = broadcast_object(str(found) if found else None, world)
+    if found is not None and not Path(found).is_dir():
+        raise ConfigError(f"checkpoint {found} is not visible on rank {world.rank}: put the run folder (--out) on "
+                          "storage every node sees")
+    return Path(found) if found else None
+
+
+def _precision(cfg: TrainConfig, saved: dict[str, Any] | None, device_type: str, model: torch.nn.Module,
+               model_cfg: ModelConfig, world: World) -> tuple[str, str]:
+    if saved is not None:
+        return saved["runtime"]["precision"], "kept from the checkpoint being resumed"
+    pc = choose_precision(cfg.precision, device_type, model, cfg.batch_size, model_cfg.block_size) \
+        if world.is_main else None
+    pc = broadcast_object(pc, world)  # a timed trial may come out differently per rank: rank 0 decides
+    return pc.name, pc.reason
 
 
 def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str], None]) -> tuple[_Run, int | None]:
@@ -164,46 +215,51 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str],
     from hwlm.data import TokenLoader
     from hwlm.model import Transformer
 
-    world = current_world()
     manifest = _data_facts(cfg.data)
     model_cfg = model_config_for(cfg, manifest, model_cfg)
     if not cfg.horizon_given:
         raise ConfigError("the run has no end: set max_steps, max_tokens or time_budget")
     choice = select_device(cfg.device)
-    say(f"device {choice.device}: {choice.reason}")
-    resume = _resume_from(cfg)
+    world = init_distributed(choice.type)
+    device = world.device if world.distributed else choice.device
+    say(f"device {device}: {choice.reason}")
+    strategy, why = _strategy(cfg, world, model_cfg, device)
+    if world.distributed:
+        say(f"{world.world_size} process(es), strategy {strategy}: {why}")
+    resume = _agreed_resume(cfg, world)
     saved = ckpt_io.read_json(resume / "config.json") if resume is not None else None
     if saved is not None:
         ckpt_io.verify_checkpoint(resume)
         ckpt_io.check_same_model(resume, saved.get("model", {}), to_dict(model_cfg))
 
     seed_everything(cfg.seed)
-    model = Transformer(model_cfg).to(choice.device)
+    model = Transformer(model_cfg).to(device)
+    precision, why = _precision(cfg, saved, choice.type, model, model_cfg, world)
+    say(f"precision {precision}: {why}")
+    if strategy == "fsdp":
+        if precision == "fp16":
+            raise ConfigError("precision fp16 is not supported with FSDP (its loss scaler is not sharded); use bf16")
+        shard_model(model, precision, choice.type)  # before the optimizer: it must hold the sharded parameters
     optimizer, opt_text = build_optimizer(model, cfg, choice.type)
     say(opt_text)
-    if saved is not None:
-        precision, why = saved["runtime"]["precision"], "kept from the checkpoint being resumed"
-    else:
-        pc = choose_precision(cfg.precision, choice.type, model, cfg.batch_size, model_cfg.block_size)
-        precision, why = pc.name, pc.reason
-    say(f"precision {precision}: {why}")
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     loader = TokenLoader(cfg.data, "train", cfg.batch_size, model_cfg.block_size, seed=cfg.seed,
                          rank=world.rank, world_size=world.world_size)
     tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum * world.world_size
-    peak = cfg.peak_flops or peak_flops_for(choice.device, precision)
-    runtime = {"device": choice.device, "device_reason": choice.reason, "precision": precision,
+    peak = cfg.peak_flops or peak_flops_for(device, precision)
+    runtime = {"device": device, "device_reason": choice.reason, "precision": precision,
                "precision_reason": why, "optimizer": opt_text, "world_size": world.world_size,
-               "peak_flops": peak, "params": sum(p.numel() for p in model.parameters())}
-    run = _Run(cfg=cfg, model_cfg=model_cfg, world=world, device=choice.device, model=model,
+               "strategy": strategy, "peak_flops": peak, "params": sum(p.numel() for p in model.parameters())}
+    run = _Run(cfg=cfg, model_cfg=model_cfg, world=world, device=device, model=model,
                step_model=model, optimizer=optimizer, scaler=scaler, loader=loader, precision=precision,
                run_config=_run_config(cfg, model_cfg, manifest, runtime),
                tokenizer_file=Path(cfg.data) / "tokenizer.json",
                total_steps=_horizon(cfg, tokens_per_step), tokens_per_step=tokens_per_step,
-               flops_per_token=train_flops_per_token(model_cfg.to_arch(), model_cfg.block_size), peak=peak)
+               flops_per_token=train_flops_per_token(model_cfg.to_arch(), model_cfg.block_size), peak=peak,
+               strategy=strategy)
     if resume is not None:
         _restore(run, resume, say)
-    run.step_model = wrap_model(model, cfg.compile, world)
+    run.step_model = wrap_model(model, cfg.compile, world, strategy)
     if world.is_main:
         atomic_write_json(cfg.out / "config.json", run.run_config)
     return run, (run.step if resume is not None else None)
@@ -220,7 +276,12 @@ def _run_config(cfg: TrainConfig, model_cfg: ModelConfig, manifest: dict[str, An
 
 def _restore(run: _Run, ckpt: Path, say: Callable[[str], None]) -> None:
     """Continue exactly where checkpoint ``ckpt`` stopped."""
-    state, extra = ckpt_io.restore_training(ckpt, run.model, run.optimizer, run.device)
+    if run.strategy == "fsdp":
+        from hwlm.train.sharded import restore_sharded
+
+        state, extra = restore_sharded(ckpt, run.model, run.optimizer)
+    else:
+        state, extra = ckpt_io.restore_training(ckpt, run.model, run.optimizer, run.device)
     if run.scaler is not None and "scaler" in extra:
         run.scaler.load_state_dict(extra["scaler"])
     run.loader.load_state_dict(state["loader"])
@@ -231,30 +292,67 @@ def _restore(run: _Run, ckpt: Path, say: Callable[[str], None]) -> None:
 
 
 def _save(run: _Run) -> None:
-    if not run.world.is_main:
-        return
+    """Checkpoint the current step: FSDP on every rank (DCP), otherwise rank 0 alone; all ranks agree."""
+    from hwlm.model import Transformer
+
     state = {"tokens": run.tokens, "elapsed": run.elapsed, "train_seconds": run.train_seconds,
-             "loader": run.loader.state_dict(), "precision": run.precision}
+             "loader": run.loader.state_dict(), "precision": run.precision, "world_size": run.world.world_size,
+             "nonfinite_steps": run.nonfinite}
     extra = {"scaler": run.scaler.state_dict()} if run.scaler is not None else {}
-    run.last_ckpt = ckpt_io.save_checkpoint(run.cfg.out, run.step, run.model, run.optimizer, state,
-                                            run.run_config, run.tokenizer_file, run.cfg.keep_checkpoints,
-                                            trainer_extra=extra)
+    if run.strategy == "fsdp":
+        from hwlm.train.sharded import save_sharded
+
+        run.last_ckpt = save_sharded(run.cfg.out, run.step, run.model, run.optimizer, state, run.run_config,
+                                     run.tokenizer_file, run.cfg.keep_checkpoints, run.world,
+                                     make_plain=lambda: Transformer(run.model_cfg), trainer_extra=extra)
+        return
+    err = None
+    if run.world.is_main:
+        try:
+            ckpt_io.save_checkpoint(run.cfg.out, run.step, run.model, run.optimizer, state, run.run_config,
+                                    run.tokenizer_file, run.cfg.keep_checkpoints, trainer_extra=extra)
+        except HwlmError as exc:
+            err = exc
+    agree(err, run.world, f"rank 0 could not write the checkpoint of step {run.step}; see its message")
+    run.last_ckpt = Path(run.cfg.out) / "checkpoints" / ckpt_io._step_name(run.step)
 
 
 def _val_loss(run: _Run) -> float:
+    """Mean val loss over ``eval_batches`` global batches (``batch_size * world_size`` windows each),
+    split round-robin over the ranks, so any number of processes evaluates the same windows."""
     from hwlm.data import eval_batches
 
-    batches = eval_batches(run.cfg.data, "val", run.cfg.batch_size, run.model_cfg.block_size,
-                           max_batches=run.cfg.eval_batches)
-    nats, n = loss_sums(run.step_model, batches, run.device, run.precision)
-    return mean_across(nats / max(n, 1), run.world)
+    w = run.world
+    batches = list(eval_batches(run.cfg.data, "val", run.cfg.batch_size, run.model_cfg.block_size,
+                                max_batches=run.cfg.eval_batches * w.world_size))
+    mine = batches[w.rank::w.world_size]
+    # FSDP must run the wrapped module on every rank (it gathers shards); DDP needs no wrapper to evaluate.
+    model = run.model if run.strategy == "ddp" else run.step_model
+    nats, n = loss_sums(model, mine, run.device, run.precision)
+    if run.strategy == "fsdp":
+        # Every rank must make the same number of forward passes (each gathers the shards): pad and discard.
+        pad = -(-len(batches) // w.world_size) - len(mine)
+        loss_sums(model, batches[:1] * pad, run.device, run.precision)
+    total = mean_across(nats, w) * w.world_size, mean_across(float(n), w) * w.world_size
+    return total[0] / max(total[1], 1)
 
 
-def _train_step(run: _Run, lr: float) -> torch.Tensor:
-    """One optimizer step over grad_accum micro-batches; returns the mean loss (a device tensor)."""
+def _poisoned(step: int, rank: int) -> bool:
+    """Test hook: ``HWLM_TEST_NAN_STEPS=3,4`` makes those steps' loss NaN (``HWLM_TEST_NAN_RANK``: one rank only)."""
+    steps = os.environ.get("HWLM_TEST_NAN_STEPS")
+    if not steps:
+        return False
+    only = os.environ.get("HWLM_TEST_NAN_RANK")
+    return str(step) in steps.split(",") and (only is None or int(only) == rank)
+
+
+def _train_step(run: _Run, lr: float) -> tuple[torch.Tensor, bool]:
+    """One optimizer step over grad_accum micro-batches; returns the mean loss (a device tensor) and
+    whether it was finite on every rank (if not, nothing was updated)."""
     cfg, dev_type = run.cfg, run.device.split(":")[0]
     for group in run.optimizer.param_groups:
         group["lr"] = lr
+    poison = _poisoned(run.step + 1, run.world.rank)
     loss_sum = torch.zeros((), device=run.device)
     for micro in range(cfg.grad_accum):
         x, y = run.loader.next_batch()  # (B, T) int64 on the CPU
@@ -262,9 +360,18 @@ def _train_step(run: _Run, lr: float) -> torch.Tensor:
         with grad_sync(run.step_model, micro == cfg.grad_accum - 1):
             with autocast(dev_type, run.precision):
                 _, loss = run.step_model(x, y)
+            if poison:
+                loss = loss * float("nan")
             scaled = loss / cfg.grad_accum
             (run.scaler.scale(scaled) if run.scaler else scaled).backward()
         loss_sum += loss.detach()
+    # Every rank must take the same branch, or the next collective would hang: agree on one flag.
+    finite = all_true(bool(torch.isfinite(loss_sum)), run.world)
+    if not finite:
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.scaler:
+            run.scaler.update(run.scaler.get_scale() * 0.5)
+        return loss_sum / cfg.grad_accum, False
     if cfg.grad_clip > 0:
         if run.scaler:
             run.scaler.unscale_(run.optimizer)
@@ -275,7 +382,25 @@ def _train_step(run: _Run, lr: float) -> torch.Tensor:
     else:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_sum / cfg.grad_accum
+    return loss_sum / cfg.grad_accum, True
+
+
+def _count_nonfinite(run: _Run, finite: bool, loss: torch.Tensor, say: Callable[[str], None]) -> None:
+    """Track skipped steps; ``max_nonfinite`` in a row end the run (the last checkpoint is untouched)."""
+    if finite:
+        run.nonfinite_streak = 0
+        return
+    run.nonfinite += 1
+    run.nonfinite_streak += 1
+    value = mean_across(float(loss), run.world)  # every rank is here (they agreed), so a collective is safe
+    say(f"step {run.step}: loss was {value}; update skipped ({run.nonfinite_streak} in a row, the run "
+        f"stops at {run.cfg.max_nonfinite})")
+    if run.nonfinite_streak >= run.cfg.max_nonfinite:
+        first = run.step - run.nonfinite_streak + 1
+        last = run.last_ckpt.name if run.last_ckpt is not None else "none (none written yet)"
+        raise ConfigError(f"training loss was NaN/inf for {run.nonfinite_streak} steps in a row (steps {first}-"
+                          f"{run.step}); lower --lr, use --precision fp32 or check the data; last good checkpoint: "
+                          f"{last}")
 
 
 def _progress_fraction(run: _Run) -> float:
@@ -305,28 +430,31 @@ def _eta(run: _Run, steps_per_s: float) -> float | None:
 
 @dataclass
 class _Window:
-    """Sums since the last log line (loss stays on the device: reading it forces a sync)."""
+    """Sums since the last log line (loss stays on the device: reading it forces a sync).
+    ``loss`` sums the finite steps only, ``finite`` counts them."""
 
     loss: torch.Tensor
     steps: int = 0
+    finite: int = 0
     seconds: float = 0.0
     tokens: int = 0
 
 
 def _log_line(run: _Run, win: _Window, lr: float, bar: Progress) -> dict[str, Any]:
     """The log record for the window that just ended; resets the window."""
-    loss = mean_across(float(win.loss) / win.steps, run.world)
-    if loss != loss or abs(loss) == float("inf"):
-        raise ConfigError(f"training loss became {loss} at step {run.step}: lower --lr or use --precision fp32")
+    # Equal-sized batches on every rank, so the mean of rank means is the global batch mean.
+    loss = mean_across(float(win.loss) / win.finite, run.world) if win.finite else float("nan")
     tps = win.tokens / max(win.seconds, 1e-9)
     mfu = tps * run.flops_per_token / run.peak if run.peak else None
     bar.update(run.step, loss, tps, mfu, _eta(run, win.steps / max(win.seconds, 1e-9)))
     win.loss.zero_()
-    win.steps, win.seconds, win.tokens = 0, 0.0, 0
-    return {"step": run.step, "tokens": run.tokens, "loss": loss, "lr": lr, "tokens_per_s": tps, "mfu": mfu}
+    win.steps, win.finite, win.seconds, win.tokens = 0, 0, 0.0, 0
+    record = {"step": run.step, "tokens": run.tokens, "loss": loss, "lr": lr, "tokens_per_s": tps, "mfu": mfu}
+    return record | ({"nonfinite_steps": run.nonfinite} if run.nonfinite else {})
 
 
-def _loop(run: _Run, logger: RunLogger, bar: Progress, stop_at_step: int | None) -> tuple[float | None, float | None]:
+def _loop(run: _Run, logger: RunLogger, bar: Progress, stop_at_step: int | None,
+          say: Callable[[str], None]) -> tuple[float | None, float | None]:
     """Step until done; returns the last logged train loss and the last val loss."""
     cfg = run.cfg
     win = _Window(loss=torch.zeros((), device=run.device))
@@ -335,10 +463,13 @@ def _loop(run: _Run, logger: RunLogger, bar: Progress, stop_at_step: int | None)
     while not finishing:
         t0 = time.perf_counter()
         lr = lr_at(run.step, cfg, _progress_fraction(run), run.total_steps)
-        loss = _train_step(run, lr)
+        loss, finite = _train_step(run, lr)
         run.step += 1
         run.tokens += run.tokens_per_step
-        win.loss += loss
+        _count_nonfinite(run, finite, loss, say)
+        if finite:
+            win.loss += loss
+            win.finite += 1
         win.steps += 1
         win.tokens += run.tokens_per_step
         finishing = _done(run, stop_at_step, run.elapsed + time.perf_counter() - t0)
@@ -349,7 +480,8 @@ def _loop(run: _Run, logger: RunLogger, bar: Progress, stop_at_step: int | None)
         win.seconds += dt
         run.train_seconds += dt
         record: dict[str, Any] = _log_line(run, win, lr, bar) if log_now else {}
-        train_loss = record.get("loss", train_loss)
+        if record.get("loss") == record.get("loss"):  # not NaN: a window with a finite step
+            train_loss = record.get("loss", train_loss)
         if (cfg.eval_interval and run.step % cfg.eval_interval == 0) or finishing == "end":
             val_loss = _val_loss(run)
             record = (record or {"step": run.step, "tokens": run.tokens}) | {"val_loss": val_loss}
@@ -379,15 +511,19 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_ste
     bar = Progress(run.total_steps, run.step, cfg.progress and run.world.is_main)
     start_step = run.step
     try:
-        train_loss, val_loss = _loop(run, logger, bar, stop_at_step)
+        train_loss, val_loss = _loop(run, logger, bar, stop_at_step, say)
     finally:
         bar.close()
         logger.close()
     if run.step == start_step and val_loss is None:
         val_loss = _val_loss(run)  # nothing left to train (resumed a finished run): still report val loss
+    # Only on success: after an error the process exits, and tearing down a group that other ranks
+    # still wait in can block.
+    shutdown(run.world)
     tps = (run.tokens / run.train_seconds) if run.train_seconds > 0 else 0.0
     mfu = tps * run.flops_per_token / run.peak if run.peak and tps else None
     return TrainResult(steps=run.step, tokens=run.tokens, seconds=run.elapsed, tokens_per_s=tps, mfu=mfu,
                        train_loss=train_loss, val_loss=val_loss, run_dir=cfg.out, last_checkpoint=run.last_ckpt,
                        params=run.run_config["runtime"]["params"], precision=run.precision, device=run.device,
-                       peak_flops=run.peak)
+                       peak_flops=run.peak, world_size=run.world.world_size, strategy=run.strategy,
+                       nonfinite_steps=run.nonfinite)
