@@ -149,11 +149,12 @@ def test_nan_on_one_rank_skips_on_all_then_stops(data: Path, tmp_path: Path) -> 
     assert all(r["loss"] is not None for r in log[3:5])
 
 
-def test_full_disk_under_ddp_keeps_the_previous_checkpoint(data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_full_disk_keeps_the_previous_checkpoint(strategy: str, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    ok(two_procs(data, out, "ddp", "--ckpt-interval", "0", "--max-steps", "3"))
+    ok(two_procs(data, out, strategy, "--ckpt-interval", "0", "--max-steps", "3"))
     before = ckpt_io.list_checkpoints(out)
-    proc = two_procs(data, out, "ddp", "--ckpt-interval", "0", "--max-steps", "6", "--resume", "auto",
+    proc = two_procs(data, out, strategy, "--ckpt-interval", "0", "--max-steps", "6", "--resume", "auto",
                      env={"HWLM_TEST_FAIL_CKPT_WRITE": "1"})
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

@@ -6,8 +6,10 @@
 Modules: ``config`` (torch-free ``TrainConfig``), ``optim`` (AdamW groups, warm-up + cosine),
 ``runtime`` (seeds, precision, autocast), ``loop`` (the loop), ``checkpoint`` (atomic save,
 verify, restore), ``load`` (``load_model``), ``logs`` (JSONL + TensorBoard), ``progress``
-(tqdm bar), ``parallel`` (where DDP/FSDP slots in). ``TrainConfig`` imports without torch;
-the other names load torch on first use.
+(tqdm bar), ``parallel`` (process group, DDP/FSDP wrapping, agreeing across ranks), ``launch``
+(``--nproc auto`` decision, torchrun launcher), ``sharded`` (FSDP checkpoints through DCP), ``faults``
+(NaN/inf steps). ``TrainConfig`` imports without torch; the other names load torch on first use.
+Several processes: docs/distributed.md.
 """
 
 from __future__ import annotations

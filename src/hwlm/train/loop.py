@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +38,7 @@ from hwlm.io import atomic_write_json
 from hwlm.model import ModelConfig
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.config import TrainConfig
+from hwlm.train.faults import NonFiniteGuard, poisoned
 from hwlm.train.logs import RunLogger, info
 from hwlm.train.optim import build_optimizer, lr_at
 from hwlm.train.launch import choose_strategy, training_bytes
@@ -166,8 +167,7 @@ class _Run:
     strategy: str = "single"   # single | ddp | fsdp
     step: int = 0
     tokens: int = 0
-    nonfinite: int = 0          # steps skipped for a NaN/inf loss, over the whole run
-    nonfinite_streak: int = 0   # ... of them in a row, up to now
+    nonfinite: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(5))  # skipped NaN/inf steps
     elapsed: float = 0.0        # wall seconds inside the loop, over all resumes
     train_seconds: float = 0.0  # seconds in training steps only (throughput)
     last_ckpt: Path | None = None
@@ -256,7 +256,7 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str],
                tokenizer_file=Path(cfg.data) / "tokenizer.json",
                total_steps=_horizon(cfg, tokens_per_step), tokens_per_step=tokens_per_step,
                flops_per_token=train_flops_per_token(model_cfg.to_arch(), model_cfg.block_size), peak=peak,
-               strategy=strategy)
+               strategy=strategy, nonfinite=NonFiniteGuard(cfg.max_nonfinite))
     if resume is not None:
         _restore(run, resume, say)
     run.step_model = wrap_model(model, cfg.compile, world, strategy)
@@ -286,6 +286,7 @@ def _restore(run: _Run, ckpt: Path, say: Callable[[str], None]) -> None:
         run.scaler.load_state_dict(extra["scaler"])
     run.loader.load_state_dict(state["loader"])
     run.step, run.tokens = int(state["step"]), int(state["tokens"])
+    run.nonfinite.total = int(state.get("nonfinite_steps", 0))
     run.elapsed, run.train_seconds = float(state["elapsed"]), float(state["train_seconds"])
     run.last_ckpt = ckpt
     say(f"resumed from {ckpt} at step {run.step}")
@@ -297,7 +298,7 @@ def _save(run: _Run) -> None:
 
     state = {"tokens": run.tokens, "elapsed": run.elapsed, "train_seconds": run.train_seconds,
              "loader": run.loader.state_dict(), "precision": run.precision, "world_size": run.world.world_size,
-             "nonfinite_steps": run.nonfinite}
+             "nonfinite_steps": run.nonfinite.total}
     extra = {"scaler": run.scaler.state_dict()} if run.scaler is not None else {}
     if run.strategy == "fsdp":
         from hwlm.train.sharded import save_sharded
@@ -337,22 +338,13 @@ def _val_loss(run: _Run) -> float:
     return total[0] / max(total[1], 1)
 
 
-def _poisoned(step: int, rank: int) -> bool:
-    """Test hook: ``HWLM_TEST_NAN_STEPS=3,4`` makes those steps' loss NaN (``HWLM_TEST_NAN_RANK``: one rank only)."""
-    steps = os.environ.get("HWLM_TEST_NAN_STEPS")
-    if not steps:
-        return False
-    only = os.environ.get("HWLM_TEST_NAN_RANK")
-    return str(step) in steps.split(",") and (only is None or int(only) == rank)
-
-
 def _train_step(run: _Run, lr: float) -> tuple[torch.Tensor, bool]:
     """One optimizer step over grad_accum micro-batches; returns the mean loss (a device tensor) and
     whether it was finite on every rank (if not, nothing was updated)."""
     cfg, dev_type = run.cfg, run.device.split(":")[0]
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    poison = _poisoned(run.step + 1, run.world.rank)
+    poison = poisoned(run.step + 1, run.world.rank)
     loss_sum = torch.zeros((), device=run.device)
     for micro in range(cfg.grad_accum):
         x, y = run.loader.next_batch()  # (B, T) int64 on the CPU
@@ -383,24 +375,6 @@ def _train_step(run: _Run, lr: float) -> tuple[torch.Tensor, bool]:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return loss_sum / cfg.grad_accum, True
-
-
-def _count_nonfinite(run: _Run, finite: bool, loss: torch.Tensor, say: Callable[[str], None]) -> None:
-    """Track skipped steps; ``max_nonfinite`` in a row end the run (the last checkpoint is untouched)."""
-    if finite:
-        run.nonfinite_streak = 0
-        return
-    run.nonfinite += 1
-    run.nonfinite_streak += 1
-    value = mean_across(float(loss), run.world)  # every rank is here (they agreed), so a collective is safe
-    say(f"step {run.step}: loss was {value}; update skipped ({run.nonfinite_streak} in a row, the run "
-        f"stops at {run.cfg.max_nonfinite})")
-    if run.nonfinite_streak >= run.cfg.max_nonfinite:
-        first = run.step - run.nonfinite_streak + 1
-        last = run.last_ckpt.name if run.last_ckpt is not None else "none (none written yet)"
-        raise ConfigError(f"training loss was NaN/inf for {run.nonfinite_streak} steps in a row (steps {first}-"
-                          f"{run.step}); lower --lr, use --precision fp32 or check the data; last good checkpoint: "
-                          f"{last}")
 
 
 def _progress_fraction(run: _Run) -> float:
@@ -450,7 +424,7 @@ def _log_line(run: _Run, win: _Window, lr: float, bar: Progress) -> dict[str, An
     win.loss.zero_()
     win.steps, win.finite, win.seconds, win.tokens = 0, 0, 0.0, 0
     record = {"step": run.step, "tokens": run.tokens, "loss": loss, "lr": lr, "tokens_per_s": tps, "mfu": mfu}
-    return record | ({"nonfinite_steps": run.nonfinite} if run.nonfinite else {})
+    return record | ({"nonfinite_steps": run.nonfinite.total} if run.nonfinite.total else {})
 
 
 def _loop(run: _Run, logger: RunLogger, bar: Progress, stop_at_step: int | None,
@@ -466,7 +440,9 @@ def _loop(run: _Run, logger: RunLogger, bar: Progress, stop_at_step: int | None,
         loss, finite = _train_step(run, lr)
         run.step += 1
         run.tokens += run.tokens_per_step
-        _count_nonfinite(run, finite, loss, say)
+        # Every rank is here (they agreed on ``finite``), so the collective in mean_across is safe.
+        value = float("nan") if finite else mean_across(float(loss), run.world)
+        run.nonfinite.record(finite, run.step, value, run.last_ckpt, say)
         if finite:
             win.loss += loss
             win.finite += 1
@@ -526,4 +502,4 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_ste
                        train_loss=train_loss, val_loss=val_loss, run_dir=cfg.out, last_checkpoint=run.last_ckpt,
                        params=run.run_config["runtime"]["params"], precision=run.precision, device=run.device,
                        peak_flops=run.peak, world_size=run.world.world_size, strategy=run.strategy,
-                       nonfinite_steps=run.nonfinite)
+                       nonfinite_steps=run.nonfinite.total)
