@@ -32,6 +32,7 @@ import torch
 
 from hwlm.config import to_dict
 from hwlm.device import select_device
+from hwlm.hw import keep_freed_memory
 from hwlm.errors import ConfigError, DataError, HwlmError, ResourceError
 from hwlm.formulas import train_flops_per_token
 from hwlm.io import atomic_write_json
@@ -223,6 +224,8 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str],
     world = init_distributed(choice.type)
     device = world.device if world.distributed else choice.device
     say(f"device {device}: {choice.reason}")
+    if choice.type == "cpu" and keep_freed_memory():
+        say("cpu allocator: freed memory kept for reuse across steps (no page faults on each step's tensors)")
     strategy, why = _strategy(cfg, world, model_cfg, device)
     if world.distributed:
         say(f"{world.world_size} process(es), strategy {strategy}: {why}")

@@ -75,8 +75,9 @@ def _step_seconds(model: nn.Module, precision: str, x: torch.Tensor) -> float:
 def _cpu_trial(model: nn.Module, batch_size: int, block_size: int, repeats: int = 3) -> PrecisionChoice:
     """Time fp32 against bf16 autocast on the real model; keep bf16 only if clearly faster.
 
-    Both run once untimed first (the first call pays one-off kernel set-up), then alternate,
-    and the fastest of each counts: other work on a shared machine only ever adds time.
+    Both run twice untimed first (the first calls pay one-off kernel set-up and first-touch
+    page faults), then alternate, and the fastest of each counts: other work on a shared
+    machine only ever adds time.
     """
     rng_state = torch.get_rng_state()  # dropout draws from it: leave the run's RNG untouched
     gen = torch.Generator().manual_seed(0)
@@ -84,10 +85,10 @@ def _cpu_trial(model: nn.Module, batch_size: int, block_size: int, repeats: int 
     x = torch.randint(0, vocab, (batch_size, block_size), generator=gen)
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     try:
-        for i in range(repeats + 1):
+        for i in range(repeats + 2):
             for name in times:
                 t = _step_seconds(model, name, x)
-                if i:
+                if i >= 2:
                     times[name].append(t)
     finally:
         model.zero_grad(set_to_none=True)
