@@ -114,3 +114,9 @@ def test_machine_device_rejects_bad_numbers() -> None:
         machine_device({"fp32": 0.0}, 1e10, 1e9)
     with pytest.raises(PlanError, match="memory bandwidth"):
         machine_device({"fp32": 1e11}, -1.0, 1e9)
+    with pytest.raises(PlanError, match="seconds per kernel 0"):
+        machine_device({"fp32": 1e11}, 1e10, 1e9, op_overhead_s=0)
+    with pytest.raises(PlanError, match="activation copy bandwidth -1"):
+        machine_device({"fp32": 1e11}, 1e10, 1e9, act_bw=-1)
+    dev = machine_device({"fp32": 1e11}, 1e10, 1e9, op_overhead_s=3e-6, act_bw=4e10)
+    assert dev.op_overhead_s == 3e-6 and dev.act_bw == 4e10 and "autograd" in dev.source("op_overhead_s")

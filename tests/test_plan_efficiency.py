@@ -7,7 +7,8 @@ import json
 import pytest
 
 from hwlm.errors import PlanError
-from hwlm.plan.efficiency import Calibration, load_calibration, priors_for
+from hwlm.formulas import ArchSpec, forward_flops_per_token
+from hwlm.plan.efficiency import Calibration, gemm_shapes, kernels_per_step, load_calibration, priors_for
 
 
 def _write(tmp_path, data) -> str:
@@ -58,3 +59,30 @@ def test_bad_calibration_files(tmp_path, data, message) -> None:
 def test_missing_calibration_file(tmp_path) -> None:
     with pytest.raises(PlanError, match=r"calibration file .*missing.json does not exist"):
         load_calibration(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("spec", [
+    ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, max_positions=64),
+    ArchSpec(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336, mlp="swiglu",
+             norm="rmsnorm", pos="rope", tied_embeddings=False, qkv_bias=False, out_bias=False, mlp_bias=False),
+])
+def test_gemm_shapes_carry_the_forward_flops(spec: ArchSpec) -> None:
+    tokens, seq = 4096.0, 1024
+    flops = sum(g.flops * g.count for g in gemm_shapes(spec, tokens, seq))
+    assert flops == pytest.approx(tokens * forward_flops_per_token(spec, seq))
+
+
+def test_kernels_per_step_grow_with_layers_features_and_autocast() -> None:
+    gpt = ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4)
+    llama = ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, mlp="swiglu", norm="rmsnorm", pos="rope")
+    assert kernels_per_step(gpt) == 4 * 29 + 49
+    assert kernels_per_step(llama) == 4 * 85 + 49
+    assert kernels_per_step(gpt, autocast=True) > kernels_per_step(gpt)
+    deeper = ArchSpec(vocab_size=2048, d_model=128, n_layers=8, n_heads=4)
+    assert kernels_per_step(deeper) - kernels_per_step(gpt) == 4 * 29
+
+
+def test_op_overhead_priors_have_a_source() -> None:
+    from hwlm.plan.efficiency import OP_OVERHEAD_SOURCE
+    assert priors_for("cpu", "fp32").op_overhead_s > priors_for("tpu", "bf16").op_overhead_s > 0
+    assert "horace.io" in OP_OVERHEAD_SOURCE

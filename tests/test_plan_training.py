@@ -103,7 +103,8 @@ def test_terms_add_up() -> None:
     step_total = busy + t["bubble_time"] + t["dp_comm_exposed_time"]
     assert t["time"] == pytest.approx(step_total / (1 - 0.19), rel=0.05)
     assert t["time"] == pytest.approx(e.compute_time_s + e.comm_time_s + e.bubble_time_s + e.overhead_time_s)
-    assert t["matmul_time"] + t["elementwise_time"] == pytest.approx(t["compute_time"])
+    small = t["gemm_memory_time"] + t["logits_time"] + t["kernel_overhead_time"]
+    assert t["matmul_time"] + t["elementwise_time"] + small == pytest.approx(t["compute_time"])
     assert all(x.formula and x.unit is not None for x in e.terms)
 
 
@@ -132,3 +133,64 @@ def test_power_override_and_missing_price() -> None:
     e = estimate_training("gpt2", 1e9, "a100-80gb", 1, power_w=100, price_per_hour=1.0)
     assert e.cost_usd == pytest.approx(e.device_hours)
     assert e.energy_kwh == pytest.approx(e.device_hours * 100 * 1.2 / 1000)
+
+
+SMALL = ("gemm_memory_time", "logits_time", "kernel_overhead_time")
+
+
+def _tiny_on_cpu(precision: str = "fp32", **dev_kw: float) -> "TrainingEstimate":  # noqa: F821
+    from hwlm.plan.machine import machine_device
+    from hwlm.plan.models import trainable_model
+
+    dev = machine_device({precision: 2e11}, 1e10, 16e9, **{"op_overhead_s": 4e-6, "act_bw": 3e10, **dev_kw})
+    return estimate_training(trainable_model("tiny", block_size=64, vocab_size=2048), 16 * 64 * 100, dev, 1,
+                             precision=precision, seq_len=64, global_batch=16, micro_batch=16, tp=1, pp=1,
+                             zero_stage=0, recompute="none", find_smallest=False, autocast=precision != "fp32")
+
+
+@pytest.mark.parametrize("model, hw, n", [("llama-2-7b", "a100-80gb", 64), ("llama-3.1-70b", "h100-sxm", 1024)])
+def test_small_model_terms_vanish_at_scale(model: str, hw: str, n: int) -> None:
+    t = {x.name: x.value for x in estimate_training(model, 1e11, hw, n).terms}
+    assert t["kernel_overhead_time"] == 0.0  # launches run ahead of long kernels
+    assert t["gemm_memory_time"] == 0.0       # every product is compute-bound
+    assert t["logits_time"] < 0.02 * t["compute_time"]
+
+
+def test_small_model_terms_matter_for_a_tiny_model_on_a_cpu() -> None:
+    t = {x.name: x.value for x in _tiny_on_cpu().terms}
+    assert all(t[k] > 0 for k in SMALL)
+    assert sum(t[k] for k in SMALL) > 0.1 * t["compute_time"]
+    assert t["kernel_host_time"] == pytest.approx(t["micro_steps_per_device"] * 165 * 4e-6)
+
+
+def test_small_model_terms_move_the_right_way() -> None:
+    base = _tiny_on_cpu()
+    assert _tiny_on_cpu(op_overhead_s=40e-6).time_s > base.time_s
+    assert _tiny_on_cpu(act_bw=3e11).time_s < base.time_s
+    host = {x.name: x.value for x in base.terms}["kernel_host_time"]
+    assert {x.name: x.value for x in _tiny_on_cpu(op_overhead_s=8e-6).terms}["kernel_host_time"] == pytest.approx(2 * host)
+
+
+def test_cpu_bf16_pays_casts_and_fp32_elementwise() -> None:
+    fp32, bf16 = ({x.name: x.value for x in _tiny_on_cpu(p).terms} for p in ("fp32", "bf16"))
+    assert bf16["autocast_cast_time"] > 0 and "autocast_cast_time" not in fp32
+    # no faster element-wise work in 16 bits on a CPU
+    assert bf16["elementwise_time"] == pytest.approx(fp32["elementwise_time"])
+
+
+def test_fp32_activations_take_four_bytes() -> None:
+    m = get_model("gpt2")
+    lay = Layout(dp=1, recompute="selective")
+    a16 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="bf16").memory.activations
+    a32 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="fp32").memory.activations
+    logits = 2 * 4.0 * 1024 * m.spec.vocab_size
+    assert a32 - logits == pytest.approx(2 * (a16 - logits))
+
+
+def test_small_model_terms_are_explained() -> None:
+    from hwlm.plan.explain import format_terms
+
+    text = format_terms(_tiny_on_cpu("bf16").terms)
+    for name in (*SMALL, "kernel_host_time", "autocast_cast_time", "measured activation-sized copy"):
+        assert name in text
+    assert "tiny autograd chain" in text  # the measured per-kernel cost names its source

@@ -46,6 +46,8 @@ class QuickstartConfig:
     max_new_tokens: int = option(60, "tokens in the generated sample")
     seed: int = option(1337, "seed of training and sampling")
     progress: bool = option(True, "show the training progress bar")
+    calibration: Path | None = option(None, "this-machine calibration for the planner's prediction (default: "
+                                      "runs/bench/calibration-this-machine.json when it exists)")
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -80,6 +82,9 @@ class QuickstartResult:
     run_dir: Path
     data_cached: bool
     predicted: dict[str, Any] | None = None  # the planner's prediction for this run (issue 4)
+    train_memory_bytes: int | None = None  # peak during training minus the baseline just before it (see _MemoryWatch)
+    step_seconds: float | None = None      # seconds inside training steps (tokens / tokens_per_s): no eval, no save
+    window_tokens_per_s: tuple[float, float] | None = None  # slowest and fastest logged window of steps
     notes: list[str] = field(default_factory=list)
 
 
@@ -139,29 +144,147 @@ def _peak_memory(device: str) -> int | None:
         return None
 
 
-def _copy_bandwidth(device: str) -> float:
-    """Bytes/s of a 64 MiB device-to-device copy (read + write), the ``hwlm bench peak`` convention."""
+def _resident_bytes() -> int:
+    """Anonymous resident bytes of this process (Linux ``RssAnon``), else the whole resident set."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    import psutil
+    return int(psutil.Process().memory_info().rss)
+
+
+class _MemoryWatch:
+    """Memory that training itself adds: on CUDA the allocator's peak above what was allocated before,
+    elsewhere the peak anonymous resident memory (``RssAnon`` on Linux: heap, not the pages of torch's
+    libraries that the first backward or optimizer step maps in; the whole resident set elsewhere),
+    sampled every 20 ms, above its value just before the model is built. The process's earlier peaks
+    (tokenizer training, the corpus) and the runtime stay out of it, so it compares with the planner's
+    training state."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.peak, self.base, self._stop = device, 0, 0, None
+
+    def __enter__(self) -> "_MemoryWatch":
+        import threading
+
+        if self.device.startswith("cuda"):
+            import torch
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = int(torch.cuda.memory_allocated(self.device))
+            return self
+        self.base = self.peak = _resident_bytes()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.02):
+                self.peak = max(self.peak, _resident_bytes())
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is None:
+            import torch
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def added(self) -> int:
+        return max(0, self.peak - self.base)
+
+
+def _fastest(fn: Callable[[], Any], device: str, repeats: int = 7) -> float:
+    """Seconds of the fastest of ``repeats`` calls: other processes on a shared machine only add time."""
+    from hwlm.hw import measure_seconds
+    return min(measure_seconds(fn, device, warmup=1, repeats=repeats))
+
+
+def _copy_bandwidth(device: str, elements: int = 16 * 2**20) -> float:
+    """Bytes/s of a float32 device-to-device copy (read + write): 64 MiB by default, the ``hwlm bench peak``
+    convention; an activation-sized copy measures the cache a small model's activations live in."""
+    import torch
+    src = torch.ones(max(elements, 1024), dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    inner = max(1, int(2**24 // src.numel()))  # about 64 MiB moved per sample, so a sample is not all timer
+
+    def copies() -> None:
+        for _ in range(inner):
+            dst.copy_(src)
+    return 2.0 * src.numel() * 4 * inner / _fastest(copies, device)
+
+
+def _kernel_seconds(device: str, n: int = 100) -> float:
+    """Host seconds per eager kernel with autograd: a chain of ``n`` tiny multiplications and its
+    backward (2n + 2 kernels), so the arithmetic is nothing and dispatch, autograd bookkeeping and
+    (on a GPU) the launch are all that is timed."""
+    import torch
+    x = torch.ones(8, 8, device=device, requires_grad=True)
+
+    def chain() -> None:
+        y = x
+        for _ in range(n):
+            y = y * 1.0001
+        y.sum().backward()
+    return _fastest(chain, device) / (2 * n + 2)
+
+
+def _calibration_file(cfg: QuickstartConfig) -> Path | None:
+    if cfg.calibration is not None:
+        return Path(cfg.calibration)
+    default = Path("runs/bench/calibration-this-machine.json")
+    return default if default.is_file() else None
+
+
+def _matmul_peak(device: str, precision: str) -> float:
+    """FLOP/s of the fastest of several large square products (the sizes of :func:`hwlm.hw.quick_matmul_peak`,
+    whose median serves MFU): the planner wants what the machine can do, not what a busy moment allowed."""
     import torch
 
-    from hwlm.hw import measure_seconds
-    src = torch.ones(16 * 2**20, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    secs = measure_seconds(lambda: dst.copy_(src), device, warmup=1, repeats=5)
-    return 2.0 * src.numel() * 4 / sorted(secs)[len(secs) // 2]
+    from hwlm.hw import torch_dtype
+    kind = device.split(":")[0]
+    n = {"cuda": 8192, "xla": 4096, "mps": 4096}.get(kind, 512 if precision in ("bf16", "fp16") else 1024)
+    a = torch.randn(n, n, device=device).to(torch_dtype(precision))
+    b = torch.randn(n, n, device=device).to(torch_dtype(precision))
+    return 2.0 * n**3 / _fastest(lambda: torch.mm(a, b), device, repeats=5)
+
+
+def _per_step(e: Any, steps: int) -> str:
+    """The prediction's time terms per step, largest first, for the summary."""
+    names = {"matmul_time": "matmul", "elementwise_time": "element-wise", "gemm_memory_time": "thin-GEMM traffic",
+             "logits_time": "logits", "autocast_cast_time": "casts", "kernel_overhead_time": "kernel overhead"}
+    parts = [(t.value / steps, label) for t in e.terms for key, label in names.items() if t.name == key]
+    return ", ".join(f"{label} {1e3 * v:.3g} ms" for v, label in sorted(parts, reverse=True))
+
+
+def _windows(run_dir: Path) -> tuple[float, float] | None:
+    """Slowest and fastest tokens/s over the logged windows of steps (the spread other processes cause)."""
+    from hwlm.train.logs import read_log
+
+    rates = [r["tokens_per_s"] for r in read_log(run_dir) if r.get("tokens_per_s")]
+    return (min(rates), max(rates)) if rates else None
 
 
 def _planner_prediction(cfg: QuickstartConfig, result: Any) -> dict[str, Any] | None:
     """ISSUE 4: what ``hwlm.plan`` predicts for this exact run on this machine.
 
     The planner has no catalog entry for this machine, so its device is built from numbers
-    measured here (:func:`hwlm.plan.machine.machine_device`): the matmul peak measured in step 3
-    (so efficiencies are fractions of what the machine can do), a 64 MiB copy bandwidth, and the
-    detected memory. The efficiencies are the planner's *priors* for the device kind (``cpu``
-    or ``gpu``), not a calibration: the summary shows how far uncalibrated priors land (run
-    ``hwlm bench calibrate --device this-machine`` for calibrated ones). The run's model and
-    batch come from its ``config.json``; time and tokens/s are for the steps it ran (the
-    planner's long-run overhead, evaluations and restarts, is left out), memory is the
-    training state (weights, gradients, Adam moments, activations) only.
+    measured here, each the fastest of a few samples (other processes only add time):
+    the large-matmul rate (so large products run at efficiency 1), the 64 MiB copy bandwidth,
+    the copy bandwidth at the size of the step's activations (the backward reads what the forward
+    saved, so a small model's element-wise work runs from cache), the host seconds per eager kernel, and the detected memory. From these the planner's
+    physics gives the step: FLOPs, activation traffic, thin-GEMM operand traffic, the logits'
+    softmax passes, autocast casts and kernel overhead (``hwlm plan train --explain`` prints the
+    same terms). A this-machine calibration (``--calibration``, or
+    ``runs/bench/calibration-this-machine.json``) replaces the priors where it has entries. The
+    run's model and batch come from its ``config.json``; time and tokens/s are for the training
+    steps alone (evaluation and the checkpoint are left out on both sides); memory is the training
+    state (weights, gradients, Adam moments, activations, logits), compared with what training
+    added to the process (:class:`_MemoryWatch`).
     """
     import json
 
@@ -178,26 +301,40 @@ def _planner_prediction(cfg: QuickstartConfig, result: Any) -> dict[str, Any] | 
 
         run = json.loads((result.run_dir / "config.json").read_text())
         mcfg = ModelConfig(**run["model"])
+        batch = int(run["train"]["batch_size"])
         info = detect()
         gpu = result.device.startswith("cuda") and info.gpus
         mem = info.gpus[0].memory_bytes if gpu else (info.memory_bytes or 0)
-        dev = machine_device({result.precision: result.peak_flops}, _copy_bandwidth(result.device), mem,
-                             name=result.hardware, kind="gpu" if gpu else "cpu",
-                             source="measured by hwlm quickstart")
         model = Model(name=cfg.model, spec=mcfg.to_arch(), source="run config.json", model_type="hwlm",
                       seq_len=mcfg.block_size)
-        batch = int(run["train"]["batch_size"])
-        e = estimate_training(model, float(result.tokens), dev, 1, precision=result.precision,
-                              seq_len=mcfg.block_size, global_batch=batch, tp=1, pp=1, zero_stage=0,
-                              recompute="none", micro_batch=batch, find_smallest=False)
-    except (HwlmError, OSError, KeyError, ValueError, TypeError) as exc:
+        cal = _calibration_file(cfg)
+
+        def estimate(act_bw: float | None = None) -> Any:
+            dev = machine_device({result.precision: peak}, bw, mem, name=result.hardware, kind="gpu" if gpu else "cpu",
+                                 source="measured by hwlm quickstart", op_overhead_s=per_kernel, act_bw=act_bw)
+            return estimate_training(model, float(result.tokens), dev, 1, precision=result.precision,
+                                     seq_len=mcfg.block_size, global_batch=batch, tp=1, pp=1, zero_stage=0,
+                                     recompute="none", micro_batch=batch, find_smallest=False, calibration=cal,
+                                     autocast=result.precision != "fp32")
+        peak, bw = _matmul_peak(result.device, result.precision), _copy_bandwidth(result.device)
+        per_kernel = _kernel_seconds(result.device)
+        # The backward reads what the forward saved a whole pass earlier, so element-wise traffic streams
+        # through the step's activation memory: measure the copy bandwidth at that size (cache or DRAM).
+        acts = estimate().memory.activations
+        e = estimate(_copy_bandwidth(result.device, min(int(acts // 4), 16 * 2**20)))
+    except (HwlmError, OSError, KeyError, ValueError, TypeError, ImportError) as exc:
         result.notes.append(f"planner prediction unavailable: {exc}")
         return None
     seconds = e.time_s - e.overhead_time_s
+    act_size = min(int(e.memory.activations // 4), 16 * 2**20) * 4
+    how = (f"calibration {cal}" if cal else "no calibration") + f"; measured {result.precision} matmul " \
+        f"{peak:.3g} FLOP/s, copy {bw:.3g} B/s (64 MiB) and at the activations' size ({act_size / 2**20:.3g} MiB), " \
+        f"{1e6 * per_kernel:.2g} us per kernel"
     return {"seconds": seconds, "tokens_per_s": result.tokens / seconds, "memory_bytes": e.memory.total,
-            "mfu": e.mfu, "efficiencies": f"planner priors for kind {dev.kind} (no calibration), relative to "
-            f"the measured {result.precision} peak {result.peak_flops:.3g} FLOP/s and copy bandwidth "
-            f"{dev.memory_bw:.3g} B/s", "layout": e.layout.describe()}
+            "memory_parts": {"weights": e.memory.weights, "gradients": e.memory.gradients,
+                             "optimizer": e.memory.optimizer, "activations": e.memory.activations},
+            "mfu": e.mfu, "efficiencies": f"planner priors for kind {'gpu' if gpu else 'cpu'} ({how})",
+            "per_step": _per_step(e, result.steps), "layout": e.layout.describe()}
 
 
 def _train(cfg: QuickstartConfig, data_dir: Path, peak: float | None, say: Callable[[str], None]) -> Any:
@@ -237,7 +374,8 @@ def quickstart(cfg: QuickstartConfig, say: Callable[[str], None] = print) -> Qui
     peak = peak_flops_for(device, guess)
     say(f"  {peak / 1e9:,.1f} GFLOP/s" if peak else "  unknown: MFU will show n/a")
     say(f"[4/6] training a {cfg.model} model" + (f" for {cfg.time_budget:.0f} s" if cfg.time_budget else ""))
-    tr = _train(cfg, data_dir, peak, say)
+    with _MemoryWatch(device) as watch:
+        tr = _train(cfg, data_dir, peak, say)
     mfu, peak_used = tr.mfu, peak
     if tr.precision != guess:  # auto picked another precision: measure the matching peak
         peak_used = peak_flops_for(device, tr.precision)
@@ -252,7 +390,9 @@ def quickstart(cfg: QuickstartConfig, say: Callable[[str], None] = print) -> Qui
         tokens=tr.tokens, train_seconds=tr.seconds, total_seconds=time.perf_counter() - t0,
         tokens_per_s=tr.tokens_per_s, peak_flops=peak_used, mfu=mfu, val_loss=ev.loss, perplexity=ev.perplexity,
         bits_per_byte=ev.bits_per_byte, unigram_entropy=entropy, peak_memory_bytes=_peak_memory(device),
-        sample=cfg.prompt + sample, data_dir=data_dir, run_dir=tr.run_dir, data_cached=cached)
+        sample=cfg.prompt + sample, data_dir=data_dir, run_dir=tr.run_dir, data_cached=cached,
+        train_memory_bytes=watch.added, step_seconds=tr.tokens / tr.tokens_per_s if tr.tokens_per_s else None,
+        window_tokens_per_s=_windows(tr.run_dir))
     result.predicted = _planner_prediction(cfg, result)
     if ev.loss >= entropy:
         result.notes.append("val loss is not below the unigram entropy: the model learned no context; "
@@ -271,17 +411,23 @@ def render_summary(r: QuickstartResult) -> str:
             return "predicted n/a"
         off = f" ({measured / pred[key] - 1:+.0%} vs prediction)" if measured else ""
         return f"predicted {fmt(pred[key])}{off}"
-    pred_time = versus(r.train_seconds, "seconds", lambda v: f"{v:.1f} s")
-    pred_mem = versus(r.peak_memory_bytes, "memory_bytes", lambda v: f"{v / 2**20:,.0f} MiB (training state)")
+    pred_time = versus(r.step_seconds, "seconds", lambda v: f"{v:.1f} s")
+    pred_mem = versus(r.train_memory_bytes, "memory_bytes", lambda v: f"{v / 2**20:,.1f} MiB")
     pred_tps = versus(r.tokens_per_s, "tokens_per_s", lambda v: f"{v:,.0f} tokens/s")
+    steps = "n/a" if r.step_seconds is None else f"{r.step_seconds:.1f} s"
+    added = "unknown" if r.train_memory_bytes is None else f"{r.train_memory_bytes / 2**20:,.1f} MiB"
+    spread = "" if not r.window_tokens_per_s else \
+        f" (10-step windows {r.window_tokens_per_s[0]:,.0f}-{r.window_tokens_per_s[1]:,.0f})"
     margin = r.unigram_entropy - r.val_loss
     rows = [
         ("hardware", f"{r.hardware}; ran on {r.device}, {r.precision}"),
         ("parameters", f"{r.params:,}"),
         ("tokens seen", f"{r.tokens:,} in {r.steps:,} steps"),
-        ("train time", f"{r.train_seconds:.1f} s measured | {pred_time}"),
-        ("peak memory", f"{mem} measured | {pred_mem}"),
-        ("throughput", f"{r.tokens_per_s:,.0f} tokens/s measured | {pred_tps}"),
+        ("train time", f"{r.train_seconds:.1f} s, with evaluation and checkpoint"),
+        ("train steps", f"{steps} measured | {pred_time}"),
+        ("throughput", f"{r.tokens_per_s:,.0f} tokens/s measured{spread} | {pred_tps}"),
+        ("train memory", f"{added} measured (peak minus baseline before the model) | {pred_mem}"),
+        ("peak memory", f"{mem} (whole process, runtime included)"),
         ("MFU", mfu),
         ("val loss", f"{r.val_loss:.4f} nats/token vs unigram entropy {r.unigram_entropy:.4f} "
                      f"({'below by' if margin > 0 else 'ABOVE by'} {abs(margin):.3f})"),
@@ -296,8 +442,17 @@ def render_summary(r: QuickstartResult) -> str:
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
     lines += ["-" * 60, "sample:", r.sample, ""]
     if "efficiencies" in pred:
-        lines.append(f"prediction: hwlm.plan with {pred['efficiencies']}; measured memory is the process peak "
-                     "(CPU: resident set, runtime included)")
+        lines.append(f"prediction: hwlm.plan with {pred['efficiencies']}")
+        lines.append(f"predicted per step: {pred['per_step']}")
+        parts = pred["memory_parts"]
+        lines.append("predicted train memory: " + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in parts.items())
+                     + "; measured: " + ("CUDA allocator peak above the allocation before training"
+                                         if r.device.startswith("cuda") else
+                                         "peak anonymous resident memory during training minus its value before"))
+    if r.window_tokens_per_s and r.window_tokens_per_s[1] > 1.3 * r.window_tokens_per_s[0]:
+        lines.append(f"note: the step rate varied {r.window_tokens_per_s[1] / r.window_tokens_per_s[0]:.1f}x "
+                     "between windows: other processes were sharing this machine, so the measured mean is "
+                     "slower than the machine; the prediction is for the machine alone")
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
 

@@ -12,7 +12,14 @@ few parameters depend only on the hardware kind, the data type and the phase:
   ``layer_overhead_s`` per layer and step (kernel launches and synchronisation), which is
   why small models reach a lower fraction of bandwidth;
 * ``train_overhead``: time lost outside the step loop in long runs (evaluation,
-  checkpoints, restarts); reported GPU-hours include it.
+  checkpoints, restarts); reported GPU-hours include it;
+* small models (see :func:`kernels_per_step`, :func:`gemm_shapes`): each kernel costs the host
+  ``op_overhead_s`` (dispatch, autograd bookkeeping, on a GPU the launch: the "overhead" regime of
+  He 2022, https://horace.io/brrr_intro.html), and a matrix product also moves its operands, which
+  dominates when one of its dimensions is small (roofline, Williams et al. 2009). On a GPU the host
+  runs ahead and kernels overlap their loads, so both only count where they exceed the compute; a
+  CPU core does one thing at a time, so there they add. At the scale of the validation cases both
+  vanish (a kernel takes milliseconds, every matrix dimension is in the thousands).
 
 The numbers are fitted on the *fit* half of ``benchmarks/planner_cases.toml`` (published
 measurements, each with its source) by ``benchmarks/planner_validation.py --fit``; the
@@ -32,7 +39,8 @@ from typing import Any
 from hwlm.errors import PlanError
 
 __all__ = ["Priors", "priors_for", "Calibration", "load_calibration", "BYTES_PER_PARAM", "DEFAULT_PUE",
-           "DEFAULT_GRID_KG_PER_KWH", "PUE_SOURCE", "GRID_SOURCE", "PRIOR_SOURCE", "PHASES"]
+           "DEFAULT_GRID_KG_PER_KWH", "PUE_SOURCE", "GRID_SOURCE", "PRIOR_SOURCE", "PHASES", "OP_OVERHEAD_SOURCE",
+           "kernels_per_step", "gemm_shapes", "Gemm"]
 
 BYTES_PER_PARAM = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 DEFAULT_PUE = 1.2
@@ -58,6 +66,7 @@ class Priors:
     ridge_exponent: float = 0.0  # matmul_eff scales as (REF_RIDGE / (peak/bandwidth))^ridge_exponent
     int8_decode: float = 1.0     # decode bandwidth efficiency multiplier for int8 weight-only kernels
     int4_decode: float = 1.0     # ... and for int4 (group-wise scales, dequantisation in the kernel)
+    op_overhead_s: float = 5e-6  # host seconds per kernel in eager training (dispatch + autograd; GPU: launch)
     source: str = PRIOR_SOURCE
 
 
@@ -66,17 +75,21 @@ class Priors:
 _KIND_PRIORS: dict[str, Priors] = {
     "gpu": Priors(matmul_eff=0.605, act_traffic=2.54, decode_bw_eff=0.790, layer_overhead_s=40e-6,
                   train_overhead=0.164, comm_eff=0.837, power_fraction=1.0, allreduce_latency_s=10e-6,
-                  ridge_exponent=0.195, int8_decode=0.615, int4_decode=0.578),
+                  ridge_exponent=0.195, int8_decode=0.615, int4_decode=0.578, op_overhead_s=10e-6),
     # TPU: no case in the fit split (PaLM is held out), so it takes the GPU's fitted values;
     # a smaller launch cost per layer (XLA compiles the whole step).
     "tpu": Priors(matmul_eff=0.605, act_traffic=2.54, decode_bw_eff=0.790, layer_overhead_s=10e-6,
                   train_overhead=0.164, comm_eff=0.837, power_fraction=1.0, allreduce_latency_s=10e-6,
-                  ridge_exponent=0.195, int8_decode=0.615, int4_decode=0.578),
+                  ridge_exponent=0.195, int8_decode=0.615, int4_decode=0.578, op_overhead_s=1e-6),
     # CPU: not fitted (no published CPU cases); assumptions: oneDNN GEMMs reach about half of
     # peak, STREAM-like decode about 60% of bandwidth, a launch cost per layer of ~50 us.
     "cpu": Priors(matmul_eff=0.50, act_traffic=2.60, decode_bw_eff=0.60, layer_overhead_s=50e-6,
-                  train_overhead=0.152, comm_eff=0.5, power_fraction=1.0, allreduce_latency_s=50e-6),
+                  train_overhead=0.152, comm_eff=0.5, power_fraction=1.0, allreduce_latency_s=50e-6,
+                  op_overhead_s=5e-6),
 }
+OP_OVERHEAD_SOURCE = ("prior per kernel: CPU 5 us (PyTorch eager op with autograd, ~3.5 us measured on a 2-core Xeon "
+                      "by `hwlm quickstart`), GPU 10 us (CUDA launch ~5 us + eager dispatch), TPU 1 us (XLA compiles "
+                      "the step); the overhead regime of He 2022, https://horace.io/brrr_intro.html")
 _DEFAULT_KIND = "gpu"
 # The hardware generation enters through the device's balance, its ridge point peak/bandwidth
 # (Williams et al. 2009, roofline): the higher it is, the larger the tiles and the more reuse a
@@ -95,6 +108,61 @@ def priors_for(kind: str, dtype: str, peak: float | None = None, bandwidth: floa
         mm *= min(1.0, (REF_RIDGE / (peak / bandwidth)) ** p.ridge_exponent)
     bw = p.decode_bw_eff * {"int8": p.int8_decode, "int4": p.int4_decode}.get(weight_dtype or "", 1.0)
     return replace(p, matmul_eff=mm, decode_bw_eff=bw)
+
+
+def kernels_per_step(spec: Any, autocast: bool = False) -> float:
+    """Kernels one forward + backward + optimizer step of one micro-batch launches in eager PyTorch.
+
+    Counted with a ``TorchDispatchMode`` on hwlm's own model (torch 2.13, views left out): a GPT-2
+    style layer (LayerNorm, GELU, fused q/k/v) runs 29 kernels forward and backward; RMSNorm as
+    composite ops adds 18, SwiGLU 8, rotary positions 30 (Llama style: 85); autocast adds 22 casts
+    per layer. Embeddings, loss, clipping and the fused AdamW add about 50 per step.
+
+    >>> from hwlm.formulas import ArchSpec
+    >>> kernels_per_step(ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4))
+    165.0
+    """
+    per_layer = 29 + (18 if spec.norm == "rmsnorm" else 0) + (8 if spec.mlp == "swiglu" else 0) + (
+        30 if spec.pos == "rope" else 0) + (22 if autocast else 0)
+    return float(spec.n_layers * per_layer + 49 + (6 if autocast else 0))
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One matrix product (M x K) @ (K x N), run ``count`` times per forward pass."""
+
+    m: float
+    n: float
+    k: float
+    count: float
+    operand_elems: float  # elements of its operands and result that cross memory (one call)
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k
+
+
+def gemm_shapes(spec: Any, tokens: float, seq_len: int, tp: int = 1) -> list[Gemm]:
+    """The matrix products of one forward pass over ``tokens`` tokens (per device under tp).
+
+    Linear layers: (tokens x in) @ (in x out); the backward runs two more products on the same three
+    matrices. Attention, per sequence and head: scores (T x qk) @ (qk x T) and (T x T) @ (T x v); as
+    in FlashAttention-style kernels (GPU and PyTorch's CPU kernel) the T x T block stays on chip, so
+    only Q, K, V and the output cross memory.
+    """
+    d, H, K = spec.d_model, spec.n_heads / tp, spec.kv_heads / tp
+    ff = (spec.moe_d_ff or spec.ff) * (spec.experts_per_token if spec.n_experts > 1 else 1)
+    up = ff * (2 if spec.mlp == "swiglu" else 1) / tp
+    lin = [(d, H * spec.qk_dim + K * (spec.qk_dim + spec.vd)), (H * spec.vd, d), (d, up), (ff / tp, d)]
+    out = [Gemm(tokens, n, k, spec.n_layers, tokens * k + k * n + tokens * n) for k, n in lin]
+    out.append(Gemm(tokens, spec.vocab_size / tp, d, 1, tokens * d + d * spec.vocab_size / tp
+                    + tokens * spec.vocab_size / tp))
+    seqs, T = tokens / seq_len, seq_len
+    heads = spec.n_layers * seqs * H
+    io = T * (2 * spec.qk_dim + 2 * spec.vd)  # Q, K, V, O of one head
+    out.append(Gemm(T, T, spec.qk_dim, heads, io / 2))
+    out.append(Gemm(T, spec.vd, T, heads, io / 2))
+    return out
 
 
 def set_kind_priors(kind: str, priors: Priors) -> None:

@@ -8,7 +8,11 @@ laptop CPU, a power-capped GPU). Its device is built on the fly from measurement
   :func:`hwlm.hw.quick_matmul_peak`), so efficiencies are relative to what the machine *can*
   do, the convention of ``hwlm bench calibrate --device this-machine``;
 * memory bandwidth: the measured copy bandwidth;
-* memory capacity: the detected RAM (CPU) or GPU memory.
+* memory capacity: the detected RAM (CPU) or GPU memory;
+* optionally, two figures that matter for small models (:class:`MachineDevice`): the host
+  seconds per kernel (``op_overhead_s``, a tiny autograd chain timed by ``hwlm quickstart``) and
+  the copy bandwidth at the size of one activation tensor (``act_bw``: a small model's activations
+  stay in cache, which is several times faster than the 64 MiB DRAM copy).
 
 This module is torch-free: the caller measures (``hwlm.bench``/``hwlm.hw``) and passes numbers.
 
@@ -19,15 +23,24 @@ This module is torch-free: the caller measures (``hwlm.bench``/``hwlm.hw``) and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from hwlm.errors import PlanError
 from hwlm.plan.catalog import KINDS, Device, normalize_dtype
 from hwlm.plan.efficiency import Calibration, load_calibration
 
-__all__ = ["THIS_MACHINE", "machine_device", "device_from_calibration", "is_this_machine"]
+__all__ = ["THIS_MACHINE", "MachineDevice", "machine_device", "device_from_calibration", "is_this_machine"]
 
 THIS_MACHINE = "this-machine"
+
+
+@dataclass(frozen=True)
+class MachineDevice(Device):
+    """A measured :class:`Device` with the small-model figures a datasheet lacks (None: use the prior)."""
+
+    op_overhead_s: float | None = None   # host seconds per eager kernel (dispatch + autograd)
+    act_bw: float | None = None          # bytes/s of a copy the size of one activation tensor
 
 
 def is_this_machine(hardware: str | None) -> bool:
@@ -36,8 +49,10 @@ def is_this_machine(hardware: str | None) -> bool:
 
 
 def machine_device(flops: Mapping[str, float], memory_bw: float, memory_bytes: float, *, name: str = "this machine",
-                   kind: str = "cpu", source: str = "measured on this machine", tdp_w: float | None = None) -> Device:
-    """A :class:`Device` whose peaks are measured rates (FLOP/s per dtype, bytes/s, bytes)."""
+                   kind: str = "cpu", source: str = "measured on this machine", tdp_w: float | None = None,
+                   op_overhead_s: float | None = None, act_bw: float | None = None) -> MachineDevice:
+    """A :class:`Device` whose peaks are measured rates (FLOP/s per dtype, bytes/s, bytes); optionally the
+    measured seconds per kernel and the activation-sized copy bandwidth (see :class:`MachineDevice`)."""
     clean = {}
     for dtype, value in flops.items():
         if not isinstance(value, (int, float)) or value <= 0:
@@ -49,14 +64,22 @@ def machine_device(flops: Mapping[str, float], memory_bw: float, memory_bytes: f
     for what, value in (("memory bandwidth", memory_bw), ("memory size", memory_bytes)):
         if not isinstance(value, (int, float)) or value <= 0:
             raise PlanError(f"this machine's {what} {value!r} is not a positive number; run `hwlm bench peak`")
+    for what, value in (("seconds per kernel", op_overhead_s), ("activation copy bandwidth", act_bw)):
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise PlanError(f"this machine's {what} {value!r} is not a positive number; measure it again")
     if kind not in KINDS:
         raise PlanError(f"device kind {kind!r} is not one of {', '.join(KINDS)}")
     sources = {"flops": f"{source} (matmul peak)", "memory_bw": f"{source} (copy bandwidth)",
                "memory_bytes": f"{source} (detected memory)", "devices_per_node": "one machine"}
     if tdp_w is not None:
         sources["tdp_w"] = "user or detected power limit"
-    return Device(id=THIS_MACHINE, name=name, vendor="local", kind=kind, flops=clean, memory_bytes=float(memory_bytes),
-                  memory_bw=float(memory_bw), devices_per_node=1, sources=sources, tdp_w=tdp_w)
+    if op_overhead_s is not None:
+        sources["op_overhead_s"] = f"{source} (tiny autograd chain: seconds per kernel)"
+    if act_bw is not None:
+        sources["act_bw"] = f"{source} (copy of one activation tensor)"
+    return MachineDevice(id=THIS_MACHINE, name=name, vendor="local", kind=kind, flops=clean,
+                         memory_bytes=float(memory_bytes), memory_bw=float(memory_bw), devices_per_node=1,
+                         sources=sources, tdp_w=tdp_w, op_overhead_s=op_overhead_s, act_bw=act_bw)
 
 
 def _machine_facts(machine: Mapping[str, Any]) -> tuple[str, str, float | None]:

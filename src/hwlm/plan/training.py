@@ -1,9 +1,14 @@
 """Training estimates: FLOPs, memory per device, time, energy, CO2 and cost of a training run.
 
 Time = (matrix products at a fraction of peak + element-wise traffic at a fraction of
-bandwidth) + exposed communication + pipeline bubble, divided by (1 - overhead); the
-efficiency parameters come from :mod:`hwlm.plan.efficiency` (priors fitted on published runs,
-or a calibration file). Every step is kept as a :class:`~hwlm.plan.explain.Term`.
+bandwidth + the small-model terms) + exposed communication + pipeline bubble, divided by
+(1 - overhead); the efficiency parameters come from :mod:`hwlm.plan.efficiency` (priors fitted
+on published runs, or a calibration file). Every step is kept as a :class:`~hwlm.plan.explain.Term`.
+
+The small-model terms (:func:`_small_model_time`) are what a 1M-parameter model on a laptop
+spends besides FLOPs: the host cost of each kernel, the operand traffic of thin matrix products,
+the softmax passes over the logits and (``autocast=True``, hwlm's own loop) the casts. They vanish
+at the scale of the published runs, which the validation report checks.
 
     >>> est = estimate_training("gpt2", tokens=10e9, hardware="a100-sxm-80gb", devices=8)  # doctest: +SKIP
     >>> est.time_s, est.layout.describe()                                                 # doctest: +SKIP
@@ -18,9 +23,11 @@ from typing import Any
 from hwlm.errors import PlanError
 from hwlm.formulas import train_flops_per_token
 from hwlm.plan.catalog import Device, get_device
-from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, GRID_SOURCE, PUE_SOURCE, Calibration,
-                                  Priors, load_calibration, priors_for)
+from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, GRID_SOURCE, OP_OVERHEAD_SOURCE,
+                                  PUE_SOURCE, Calibration, Priors, gemm_shapes, kernels_per_step, load_calibration,
+                                  priors_for)
 from hwlm.plan.explain import Term, Terms
+from hwlm.plan.machine import THIS_MACHINE
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import (BYTES_ADAM_MIXED, USABLE_MEMORY_FRACTION, Layout, MemoryBreakdown, link_bandwidth,
                                 training_memory, validate_layout)
@@ -103,6 +110,69 @@ class _Ctx:
     pri: Priors
     train_eff: float | None     # a calibrated end-to-end compute efficiency replaces the roofline
     eff_source: str
+    autocast: bool = False      # fp32 weights cast to 16 bits every step (hwlm's loop), not 16-bit weights
+
+
+# Passes over the logits per step (write, max, exp-sum, scale to the gradient, read by the two
+# backward products): the fused cross-entropy of hwlm.model / llm.c's fused classifier.
+LOGIT_PASSES = 6
+CPU_NOTE = ("a CPU core runs one kernel at a time and converts 16-bit elements to fp32 in registers "
+            "(no 16-bit vector arithmetic), so element-wise work costs fp32 bytes and nothing overlaps")
+
+
+def _elem_bytes(ctx: _Ctx) -> float:
+    """Bytes per activation element that element-wise kernels pay for."""
+    if ctx.precision in ("fp32", "tf32") or ctx.dev.kind == "cpu":
+        return 4.0
+    return 2.0
+
+
+def _act_bw(ctx: _Ctx) -> tuple[float, str]:
+    """Bandwidth of element-wise traffic: the measured activation-sized copy when known, else DRAM x eff."""
+    act = getattr(ctx.dev, "act_bw", None)
+    if act:
+        return act, f"measured activation-sized copy {act:.4g} B/s"
+    return ctx.dev.memory_bw * ctx.pri.decode_bw_eff, f"bw {ctx.dev.memory_bw:.4g} x {ctx.pri.decode_bw_eff:.3g}"
+
+
+def _small_model_time(ctx: _Ctx, lay: Layout, t: Terms, device_time: float) -> float:
+    """Kernel host cost, thin-GEMM operand traffic, logits passes and autocast casts (whole run, per device).
+
+    ``device_time`` is the FLOP and activation time they may hide behind (GPU/TPU only)."""
+    spec, dev, pri = ctx.model.spec, ctx.dev, ctx.pri
+    cpu = dev.kind == "cpu"
+    bw, bw_text = _act_bw(ctx)
+    peak, mb_tok = dev.peak_flops(ctx.precision), lay.micro_batch * ctx.seq_len
+    micro = t.add("micro_steps_per_device", f"tokens / (dp {lay.dp} x micro-batch {mb_tok} tokens) / pp {lay.pp}",
+                  ctx.tokens / (lay.dp * mb_tok) / lay.pp, "")
+    s = 4.0 if ctx.precision in ("fp32", "tf32") else 2.0
+    extra = 0.0
+    for g in gemm_shapes(spec, mb_tok, ctx.seq_len, lay.tp):
+        mem, comp = g.operand_elems * s / bw, g.flops / (peak * pri.matmul_eff)
+        extra += 3 * g.count * (mem if cpu else max(0.0, mem - comp))  # forward + 2 backward, same matrices
+    how = "sum over products of operand bytes / bw" if cpu else "sum of max(0, operand bytes / bw - FLOP time)"
+    gemm = t.add("gemm_memory_time", f"micro-steps x 3 x {how} ({s:g} B, {bw_text})", micro * extra, "s",
+                 "roofline, Williams et al. 2009; " + (CPU_NOTE if cpu else "GPU kernels overlap loads"))
+    logits = t.add("logits_time", f"micro-steps x {mb_tok} tokens x vocab {spec.vocab_size}/tp {lay.tp} x "
+                   f"{LOGIT_PASSES} passes x 4 B / {bw:.4g}",
+                   micro * mb_tok * spec.vocab_size / lay.tp * LOGIT_PASSES * 4.0 / bw, "s",
+                   "fused softmax cross-entropy in fp32 (llm.c fused classifier)")
+    casts = 0.0
+    if ctx.autocast and ctx.precision != "fp32":
+        # Each step casts every weight to 16 bits (read 4 B, write 2) and its gradient back, and the
+        # fp32 inputs of the layer's products and their gradients (about 4 x h elements per token).
+        per = ctx.model.params.total / (lay.tp * lay.pp) * 12 + mb_tok * spec.n_layers / lay.pp * 4 * spec.d_model * 6
+        casts = t.add("autocast_cast_time", f"micro-steps x (params x 12 B + tokens x layers x 4h x 6 B) / {bw:.4g}",
+                      micro * per / bw, "s", "torch.autocast: weights cast each forward, gradients cast back")
+    over = getattr(dev, "op_overhead_s", None) or pri.op_overhead_s
+    src = dev.source("op_overhead_s") if getattr(dev, "op_overhead_s", None) else OP_OVERHEAD_SOURCE
+    k = kernels_per_step(spec, ctx.autocast and ctx.precision != "fp32") / lay.pp
+    host = t.add("kernel_host_time", f"micro-steps x {k:.4g} kernels x {over:.3g} s", micro * k * over, "s", src)
+    busy = device_time + gemm + logits + casts
+    exposed = t.add("kernel_overhead_time", "kernel_host_time (CPU: the same cores)" if cpu else
+                    f"max(0, kernel_host_time - device time {busy:.4g}) (launches run ahead)",
+                    host if cpu else max(0.0, host - busy), "s")
+    return gemm + logits + casts + exposed
 
 
 def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
@@ -121,13 +191,16 @@ def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
     else:
         mm = t.add("matmul_time", f"flops x {rc:.3g} / ({n} devices x peak {peak:.4g} x matmul_eff {pri.matmul_eff:.3g})",
                    flops * rc / (n * peak * pri.matmul_eff), "s", ctx.eff_source)
-        ew_bytes = 3 * spec.n_layers * pri.act_traffic * 34 * spec.d_model * 2.0
+        eb = _elem_bytes(ctx)
+        bw, bw_text = _act_bw(ctx)
+        ew_bytes = 3 * spec.n_layers * pri.act_traffic * 34 * spec.d_model * eb
         ew = t.add("elementwise_time",
-                   f"tokens x 3 x {spec.n_layers} layers x {pri.act_traffic:.3g} x 34 x h {spec.d_model} x 2 B x {rc:.3g}"
-                   f" / ({n} x bw {dev.memory_bw:.4g} x {pri.decode_bw_eff:.3g})",
-                   ctx.tokens * ew_bytes * rc / (n * dev.memory_bw * pri.decode_bw_eff), "s",
-                   f"{KORTHIKANTI} (34 sbh activation bytes); {ctx.eff_source}")
-        compute = t.add("compute_time", "matmul_time + elementwise_time", mm + ew, "s")
+                   f"tokens x 3 x {spec.n_layers} layers x {pri.act_traffic:.3g} x 34 x h {spec.d_model} x {eb:g} B"
+                   f" x {rc:.3g} / ({n} x {bw_text})", ctx.tokens * ew_bytes * rc / (n * bw), "s",
+                   f"{KORTHIKANTI} (34 sbh activation bytes); {ctx.eff_source}"
+                   + ("; " + CPU_NOTE if dev.kind == "cpu" else ""))
+        small = _small_model_time(ctx, lay, t, mm + ew)
+        compute = t.add("compute_time", "matmul_time + elementwise_time + small-model terms", mm + ew + small, "s")
     steps = t.add("steps", f"tokens / (global batch {ctx.batch_tokens:.4g} tokens)", ctx.tokens / ctx.batch_tokens, "")
     comm = _comm(ctx, lay, t, compute / steps)
     m = ctx.batch_tokens / ctx.seq_len / (lay.dp * lay.micro_batch)
@@ -232,7 +305,12 @@ def _candidates(ctx: _Ctx, fixed: dict[str, Any]) -> list[Layout]:
 
 
 def _memory(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
-    return training_memory(ctx.model.spec, ctx.model.params.total, lay, ctx.seq_len, ctx.dev.memory_bytes)
+    mem = training_memory(ctx.model.spec, ctx.model.params.total, lay, ctx.seq_len, ctx.dev.memory_bytes)
+    if ctx.precision not in ("fp32", "tf32"):
+        return mem
+    # fp32 training keeps 4-byte activations: twice the 16-bit figure (the fp32 logits already are).
+    logits = 2 * 4.0 * ctx.seq_len * lay.micro_batch * ctx.model.spec.vocab_size / lay.tp
+    return replace(mem, activations=2 * (mem.activations - logits) + logits)
 
 
 def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
@@ -300,6 +378,11 @@ def _resolve_calibration(dev: Device, precision: str, calibration: Any) -> tuple
     pri = priors_for(dev.kind, precision, dev.peak_flops(precision), dev.memory_bw)
     cal: Calibration | None = load_calibration(calibration)
     source = f"prior for {dev.kind}/{precision}: {pri.source}"
+    if dev.id == THIS_MACHINE:
+        # Its peaks are rates measured here (large matmul, copy): large products reach them by construction.
+        pri = replace(pri, matmul_eff=1.0, decode_bw_eff=1.0)
+        source = (f"this machine's measured rates as peaks (matmul and copy efficiency 1); other priors for "
+                  f"{dev.kind}: {pri.source}")
     if cal is None:
         return pri, None, source
     train = cal.lookup(dev.id, precision, "train")
@@ -336,7 +419,8 @@ def estimate_training(model: str | Model, tokens: float, hardware: str | Device,
                       virtual_stages: int | None = None, schedule: str | None = None,
                       pue: float = DEFAULT_PUE, grid_intensity: float = DEFAULT_GRID_KG_PER_KWH,
                       price_per_hour: float | None = None, calibration: Any = None,
-                      power_w: float | None = None, find_smallest: bool = True) -> TrainingEstimate:
+                      power_w: float | None = None, find_smallest: bool = True,
+                      autocast: bool = False) -> TrainingEstimate:
     """Predict a training run of ``model`` on ``tokens`` tokens over ``devices`` x ``hardware``.
 
     ``layout=None`` picks one (given tp/pp/zero_stage/recompute are kept); a layout that does not
@@ -345,6 +429,8 @@ def estimate_training(model: str | Model, tokens: float, hardware: str | Device,
     per device is chosen unless ``virtual_stages`` is given) or None (chosen).
     ``global_batch`` is in sequences (default ~4M tokens). ``power_w`` replaces the catalog TDP. ``find_smallest=False`` skips the
     search for the smallest fitting device count (sweeps that try every count anyway).
+    ``autocast=True`` models fp32 weights under ``torch.autocast`` (hwlm's training loop: casts every
+    step) rather than the 16-bit weights of Megatron-style runs.
     """
     m = get_model(model)
     dev = hardware if isinstance(hardware, Device) else get_device(hardware)
@@ -359,7 +445,7 @@ def estimate_training(model: str | Model, tokens: float, hardware: str | Device,
     # larger batch: Llama 3 405B used 16M tokens, arXiv:2407.21783, section 3.4.1).
     gb = int(global_batch or max(1, round(DEFAULT_BATCH_TOKENS / seq), math.ceil(devices / 8)))
     ctx = _Ctx(model=m, dev=dev, devices=devices, precision=precision, tokens=float(tokens), seq_len=seq,
-               batch_tokens=float(gb * seq), pri=pri, train_eff=train_eff, eff_source=eff_source)
+               batch_tokens=float(gb * seq), pri=pri, train_eff=train_eff, eff_source=eff_source, autocast=autocast)
     fixed = {"tp": tp, "pp": pp, "zero_stage": zero_stage, "recompute": recompute, "micro_batch": micro_batch,
              "virtual_stages": virtual_stages, "schedule": schedule}
     if layout is None:  # check the given degrees once, with the first layout they allow
@@ -407,7 +493,8 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
     t.add("memory_optimizer", f"12 B (fp32 master, m, v) x params / (tp x pp{' x dp' if lay.zero_stage >= 1 else ''})",
           mem.optimizer, "B", f"{BYTES_ADAM_MIXED:g} B/param mixed-precision Adam, arXiv:1910.02054")
     t.add("memory_activations", f"{ctx.model.spec.n_layers} layers x {lay.recompute} recompute, s={ctx.seq_len}, "
-          f"b={lay.micro_batch}, /tp + fp32 logits", mem.activations, "B", KORTHIKANTI)
+          f"b={lay.micro_batch}, /tp, {'4' if ctx.precision in ('fp32', 'tf32') else '2'}-byte + fp32 logits and "
+          "their gradient", mem.activations, "B", KORTHIKANTI)
     t.add("memory_per_device", "weights + gradients + optimizer + activations", mem.total, "B")
     t.add("memory_usable", f"capacity {dev.memory_bytes:.4g} x {USABLE_MEMORY_FRACTION}",
           dev.memory_bytes * USABLE_MEMORY_FRACTION, "B", dev.source("memory_bytes"))
