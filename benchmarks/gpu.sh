@@ -37,7 +37,7 @@ step hw 30 "${HWLM[@]}" hw
 step peak 90 "${HWLM[@]}" bench peak --out "$DEST/peak.json"
 
 step train 180 "${HWLM[@]}" bench train --model gpt2-124m --precision bf16 --compile --batch 16 --seq 1024 \
-    --steps 20 --warmup 5 --peak-record "$DEST/peak.json" --out "$DEST/train-gpt2-124m.json"
+    --steps 200 --warmup 10 --peak-record "$DEST/peak.json" --out "$DEST/train-gpt2-124m.json"
 
 step infer 100 "${HWLM[@]}" bench infer --model gpt2-124m --precision bf16 --batch-sizes 1,8,32 \
     --prompt-lens 128,512 --new-tokens 64 --repeats 3 --out "$DEST/infer-gpt2-124m.json"

@@ -68,6 +68,21 @@ def test_kv_cache_prefill_chunks_and_decode_match_full_forward(name: str) -> Non
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_batch_one_decoding_matches_the_full_forward_in_float32_and_under_autocast(name: str) -> None:
+    """Single-row steps take the gemv path (``linear``); under autocast they must fall back to F.linear."""
+    model = make(name).eval()
+    idx = torch.randint(0, 64, (1, 9))
+    full = model(idx)[0]
+    for autocast in (False, True):
+        cache = KVCache(model.cfg, batch_size=1)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            parts = [model(idx[:, :5], cache=cache)[0]]
+            parts += [model(idx[:, t:t + 1], cache=cache, start_pos=t)[0] for t in range(5, 9)]
+        tol = 5e-2 if autocast else 1e-5
+        torch.testing.assert_close(torch.cat(parts, dim=1).float(), full, atol=tol, rtol=tol)
+
+
 def test_kv_cache_is_preallocated_per_layer_and_refuses_overflow() -> None:
     cfg = ModelConfig.from_name("llama-debug", vocab_size=64)
     cache = KVCache(cfg, batch_size=3)
@@ -177,3 +192,29 @@ def test_fused_output_layer_and_loss_equal_the_plain_path(name: str, tied: bool)
     torch.testing.assert_close(fused, plain)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, 2 * expected[n], atol=1e-6, rtol=1e-4, msg=n)
+
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, GPU])])
+@pytest.mark.parametrize("return_logits", [False, True])
+def test_torch_compile_full_graph_matches_eager_loss_and_gradients(return_logits: bool, device: str) -> None:
+    """torch.compile(model) traces the training step in one graph (no data-dependent Python branch
+    in the fused losses: a graph break there once crashed a compiled run on a GPU) and computes
+    what eager computes. return_logits=False is the train loop's fused path, True the FusedCrossEntropy one."""
+    model = make("debug").to(device)
+    idx, targets = torch.randint(0, 64, (2, 16), device=device), torch.randint(0, 64, (2, 16), device=device)
+    targets[0, :3] = -1
+    _, eager = model(idx, targets, return_logits=return_logits)
+    eager.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: any graph break is an error
+    _, loss = compiled(idx, targets, return_logits=return_logits)
+    loss.backward()
+    assert abs(loss.item() - eager.item()) < 1e-5
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], atol=1e-6, rtol=1e-4, msg=n)

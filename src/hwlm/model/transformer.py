@@ -9,10 +9,15 @@ One module serves both flavours of :class:`~hwlm.model.config.ModelConfig`:
 
 So that an export to Hugging Face is a renaming and a transpose, never a permutation.
 
-Speed choices (measured in ``benchmarks/train_speed.py``): one fused q/k/v projection and one
-fused gate/up projection (fewer, larger matmuls); ``scaled_dot_product_attention`` with
-``is_causal`` (no mask tensor); ``F.gelu(approximate="tanh")`` as one kernel instead of
-the six-op formula; no dropout calls at all when ``dropout == 0``.
+Speed choices (measured in ``benchmarks/train_speed.py`` and ``generate_speed.py``): one fused
+q/k/v projection and one fused gate/up projection (fewer, larger matmuls);
+``scaled_dot_product_attention`` with ``is_causal`` (no mask tensor; faster on a CPU than
+matmul + softmax at these sizes); ``F.gelu(approximate="tanh")`` as one kernel instead of the
+six-op formula (a hand-fused autograd Function in eager ops measured slower still: each extra
+pass over the (B, T, d_ff) tensor costs more than the kernel's slow tanh); the output layer and
+loss fused in chunks (``LinearCrossEntropy``); gemv for single-row decoding (``linear``); no
+dropout calls at all when ``dropout == 0``. Nothing branches on tensor values, so
+``torch.compile(model, fullgraph=True)`` traces a training step in one graph (tested).
 
 Shapes in comments: B batch, T tokens, C = n_embd, H query heads, K key/value heads,
 D head size, V vocabulary, L cached length.
@@ -52,9 +57,12 @@ class KVCache:
         end = start_pos + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions, asked to write up to {end}")
-        self.k[layer][:, :, start_pos:end] = k
-        self.v[layer][:, :, start_pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        # narrow + copy_ rather than slice assignment: the same copy with fewer dispatched ops,
+        # which is what a decoding step costs at batch 1.
+        ck, cv = self.k[layer], self.v[layer]
+        ck.narrow(2, start_pos, k.size(2)).copy_(k)
+        cv.narrow(2, start_pos, v.size(2)).copy_(v)
+        return ck.narrow(2, 0, end), cv.narrow(2, 0, end)
 
 
 class FusedCrossEntropy(torch.autograd.Function):
@@ -106,7 +114,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     Each chunk of rows gets its logits in one reused buffer, turned in place into the gradient
     (``_softmax_grad_``), which is immediately multiplied back into the input and weight
-    gradients. On a CPU a chunk fits in the L2 cache, so the softmax passes never touch DRAM,
+    gradients. On a CPU a chunk is a few MiB, so the softmax passes run from cache,
     and no large buffer is allocated per step (fresh large allocations cost page faults: see
     benchmarks/train_speed.py). Same matmul FLOPs as the unfused layer.
     """
@@ -116,7 +124,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         # x (N, C), weight (V, C), targets (N,)
         x, weight = x.detach(), weight.detach()
         N, V = x.size(0), weight.size(0)
-        rows = max(64, (2 << 20) // (4 * V)) if x.device.type == "cpu" else max(1024, (64 << 20) // (4 * V))
+        # About 4 MiB of logits per chunk on a CPU: 256 rows at V = 4096 (measured faster than 2 MiB,
+        # whose thinner matmuls lose more than the softmax passes gain from staying in L2).
+        rows = max(64, (4 << 20) // (4 * V)) if x.device.type == "cpu" else max(1024, (64 << 20) // (4 * V))
         valid = targets != -1
         n = valid.sum().clamp(min=1)
         grad_x, grad_w = torch.empty_like(x), torch.empty_like(weight)
@@ -138,6 +148,21 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         grad_x, grad_w = ctx.saved_tensors
         return grad_x * grad_loss, grad_w * grad_loss, None
+
+
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)``, except that a single row (batch-1 decoding) goes through matrix-vector kernels.
+
+    With one row, gemm (``F.linear``) was measured 1.2-1.6x slower than gemv (``addmv``) on one
+    core (gpt2-124m's q/k/v: 474 vs 301 us): decoding is bound by reading the weights, and gemv
+    streams them at memory speed. Every other shape, training included, is ``layer(x)`` unchanged,
+    and so is autocast, which casts for ``linear`` but not for ``addmv``.
+    """
+    if x.numel() != x.size(-1) or x.dtype != layer.weight.dtype or torch.is_autocast_enabled(x.device.type):
+        return layer(x)
+    row = x.reshape(-1)
+    y = torch.mv(layer.weight, row) if layer.bias is None else torch.addmv(layer.bias, layer.weight, row)
+    return y.view(*x.shape[:-1], -1)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +197,7 @@ class Attention(nn.Module):
         H, K = self.n_head, self.n_kv_head
         if T == 1:
             # Decoding: (B, 1, (H+2K)*D) already is (B, H+2K, 1, D) in memory; 3 slices instead of 7 ops.
-            qkv = self.c_attn(x).view(B, H + 2 * K, 1, self.head_dim)
+            qkv = linear(x, self.c_attn).view(B, H + 2 * K, 1, self.head_dim)
             q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]
         else:
             q, k, v = self.c_attn(x).split((self.q_size, self.kv_size, self.kv_size), dim=2)
@@ -194,7 +219,7 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=K != H,
             dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.q_size)  # (B, T, H*D)
-        y = self.c_proj(y)  # (B, T, C)
+        y = linear(y, self.c_proj)  # (B, T, C)
         if self.dropout and self.training:
             y = F.dropout(y, self.dropout, training=True)
         return y
@@ -210,13 +235,13 @@ class MLP(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)  # (B, T, d_ff) or (B, T, 2*d_ff)
+        h = linear(x, self.c_fc)  # (B, T, d_ff) or (B, T, 2*d_ff)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up  # SwiGLU (Shazeer 2020)
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2's gelu_new
-        y = self.c_proj(h)  # (B, T, C)
+        y = linear(h, self.c_proj)  # (B, T, C)
         if self.dropout and self.training:
             y = F.dropout(y, self.dropout, training=True)
         return y
@@ -310,7 +335,7 @@ class Transformer(nn.Module):
             x = block(x, rope, cache, start_pos)
         x = self.ln_f(x)
         if targets is None:
-            logits = self.lm_head(x[:, -1:] if last_only else x)  # (B, T or 1, V)
+            logits = linear(x[:, -1:] if last_only else x, self.lm_head)  # (B, T or 1, V)
             return logits, None
         fused = (not return_logits and torch.is_grad_enabled() and self.lm_head.weight.requires_grad
                  and not torch.is_autocast_enabled(x.device.type))
