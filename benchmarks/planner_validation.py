@@ -137,9 +137,11 @@ def predict(case: dict[str, Any]) -> float:
         raise ValueError(f"unit {unit}")
     lay = case.get("layout", {})
     n = case.get("devices", 1)
+    # The published serving rows ran without per-op host cost (gpt-fast: torch.compile with CUDA graphs;
+    # llama.cpp: Metal command buffers); a case says `graphs = false` in its layout otherwise.
     e = estimate_inference(model, case_device(case), n, tp=lay.get("tp", n), batch=case["batch"],
                            prompt_len=case["prompt_len"], gen_len=max(case["gen_len"], 1),
-                           precision=case.get("weight_dtype", case["precision"]))
+                           precision=case.get("weight_dtype", case["precision"]), graphs=lay.get("graphs", True))
     return _infer_value(case, e.ttft_s, e.tpot_s)
 
 

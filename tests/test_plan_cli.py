@@ -107,3 +107,14 @@ def test_public_api_all_resolves() -> None:
 
     assert plan.__all__ and all(hasattr(plan, name) for name in plan.__all__)
     assert {"estimate_training", "estimate_inference", "recommend", "compute_optimal", "get_device"} <= set(plan.__all__)
+
+
+def test_steady_state_and_graphs_in_json(capsys) -> None:
+    d = _json(capsys, ["plan", "train", "--model", "gpt2-124m", "--tokens", "3276800", "--hardware", "h200",
+                       "--seq-len", "1024", "--global-batch", "16", "--json"])
+    assert d["tokens_per_s"] == pytest.approx(d["tokens"] / d["steady_time_s"])
+    assert d["step_time_s"] == pytest.approx(16 * 1024 / d["tokens_per_s"])
+    assert d["run_tokens_per_s"] < d["tokens_per_s"] and d["layout"]["micro_batch"] == 16
+    eager = _json(capsys, ["plan", "infer", "--model", "gpt2-124m", "--hardware", "h200", "--json"])
+    graphs = _json(capsys, ["plan", "infer", "--model", "gpt2-124m", "--hardware", "h200", "--cuda-graphs", "--json"])
+    assert eager["graphs"] is False and graphs["graphs"] is True and graphs["tpot_s"] < eager["tpot_s"]

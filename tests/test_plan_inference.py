@@ -12,7 +12,7 @@ from hwlm.plan import estimate_inference, get_model
 
 
 def test_decode_is_bandwidth_bound_at_batch_one() -> None:
-    e = estimate_inference("llama-2-7b", "a100-80gb", 1, batch=1, prompt_len=128, gen_len=128)
+    e = estimate_inference("llama-2-7b", "a100-80gb", 1, batch=1, prompt_len=128, gen_len=128, graphs=True)
     t = {x.name: x.value for x in e.terms}
     weights = get_model("llama-2-7b").params.total * 2
     assert t["decode_bytes_per_step"] >= weights
@@ -100,9 +100,58 @@ def test_calibration_decode_override(tmp_path) -> None:
 
 
 def test_terms_add_up() -> None:
-    e = estimate_inference("llama-2-70b", "a100-80gb", 4, batch=8, prompt_len=512, gen_len=64)
+    e = estimate_inference("llama-2-70b", "a100-80gb", 4, batch=8, prompt_len=512, gen_len=64, graphs=True)
     t = {x.name: x.value for x in e.terms}
+    assert "decode_host_time" not in t
     assert t["tpot"] == pytest.approx(max(t["decode_memory_time"], t["decode_compute_time"]) + t["layer_overhead"]
                                       + t["decode_tp_comm_time"])
     assert t["memory_per_device"] == pytest.approx(t["weights_per_device"] + t["kv_cache_per_device"] + t["workspace"])
     assert e.request_time_s == pytest.approx(t["request_time"])
+
+
+def test_small_model_decode_waits_for_the_host_on_a_gpu() -> None:
+    # gpt2-124m on an H200 in eager PyTorch: 136 ops per step at 20 us each, whatever the batch
+    # (hwlm bench infer measured 2.7-3.1 ms per token at batch 1-32).
+    from hwlm.plan.efficiency import ops_per_forward
+
+    spec = get_model("gpt2-124m").spec
+    assert ops_per_forward(spec) == 12 * 11 + 4
+    for batch in (1, 32):
+        e = estimate_inference("gpt2-124m", "h200", 1, batch=batch, prompt_len=128, gen_len=64)
+        t = {x.name: x.value for x in e.terms}
+        assert t["decode_host_time"] == pytest.approx(136 * 20e-6)
+        assert t["decode_host_time"] > t["decode_memory_time"] + t["layer_overhead"]
+        assert e.tpot_s == pytest.approx(t["decode_host_time"])
+        assert e.to_dict()["graphs"] is False
+    # CUDA graphs replay the step: no host term, the model is bandwidth-bound again.
+    g = estimate_inference("gpt2-124m", "h200", 1, batch=1, prompt_len=128, gen_len=64, graphs=True)
+    tg = {x.name: x.value for x in g.terms}
+    assert "decode_host_time" not in tg and "prefill_host_time" not in tg
+    assert g.tpot_s == pytest.approx(tg["decode_memory_time"] + tg["layer_overhead"])
+    assert g.tpot_s < 0.3 * e.tpot_s
+
+
+def test_host_term_is_negligible_for_large_models_and_absent_off_gpu() -> None:
+    eager = estimate_inference("llama-2-70b", "a100-80gb", 8, batch=1, prompt_len=128, gen_len=64, precision="int8")
+    graphs = estimate_inference("llama-2-70b", "a100-80gb", 8, batch=1, prompt_len=128, gen_len=64,
+                                precision="int8", graphs=True)
+    assert graphs.tpot_s <= eager.tpot_s
+    big = estimate_inference("llama-2-70b", "a100-80gb", 4, batch=64, prompt_len=2048, gen_len=64)
+    assert big.ttft_s == pytest.approx(estimate_inference("llama-2-70b", "a100-80gb", 4, batch=64, prompt_len=2048,
+                                                          gen_len=64, graphs=True).ttft_s)
+    cpu = estimate_inference("gpt2-124m", "xeon-8480", 1, batch=1, prompt_len=128, gen_len=64)
+    assert "decode_host_time" not in {x.name for x in cpu.terms}
+
+
+def test_calibrated_prefill_includes_elementwise_work(tmp_path) -> None:
+    # A prefill entry is an end-to-end rate: no separate element-wise term, and a launch-bound decode
+    # rate (tiny efficiency) must not slow the prefill's element-wise traffic down.
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "entries": [
+        {"device": "h200", "dtype": "bf16", "phase": "prefill", "efficiency": 0.5},
+        {"device": "h200", "dtype": "bf16", "phase": "decode", "efficiency": 0.05}]}))
+    e = estimate_inference("gpt2-124m", "h200", 1, batch=32, prompt_len=512, gen_len=64, calibration=str(cal))
+    t = {x.name: x.value for x in e.terms}
+    assert t["prefill_elementwise_time"] == 0.0
+    assert t["prefill_compute_time"] > t["prefill_host_time"]  # 16k tokens: compute-bound
+    assert e.ttft_s == pytest.approx(t["prefill_compute_time"] + 12 * 40e-6)  # + the fixed cost per layer

@@ -39,7 +39,7 @@ def test_mixed_precision_adam_is_16_bytes_per_param_and_zero_shards() -> None:
 def test_activation_memory_korthikanti() -> None:
     m = get_model("llama-2-7b")
     s, h, L, a = 4096, 4096, 32, 32
-    logits = 2 * 4.0 * s * 32000
+    logits = 10.0 * s * 32000  # bf16 logits + their fp32 copy + the fp32 gradient
 
     def acts(rc: str) -> float:
         return estimate_training(m, 1e9, "a100-80gb", 8, layout=Layout(dp=8, zero_stage=3, recompute=rc)).memory.activations
@@ -183,8 +183,8 @@ def test_fp32_activations_take_four_bytes() -> None:
     lay = Layout(dp=1, recompute="selective")
     a16 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="bf16").memory.activations
     a32 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="fp32").memory.activations
-    logits = 2 * 4.0 * 1024 * m.spec.vocab_size
-    assert a32 - logits == pytest.approx(2 * (a16 - logits))
+    elems = 1024 * m.spec.vocab_size
+    assert a32 - 8.0 * elems == pytest.approx(2 * (a16 - 10.0 * elems))  # fp32: no 16-bit logits, no copy
 
 
 def test_small_model_terms_are_explained() -> None:
@@ -194,3 +194,53 @@ def test_small_model_terms_are_explained() -> None:
     for name in (*SMALL, "kernel_host_time", "autocast_cast_time", "measured activation-sized copy"):
         assert name in text
     assert "tiny autograd chain" in text  # the measured per-kernel cost names its source
+
+
+def _train_calibration(tmp_path, device: str, eff: float) -> str:
+    cal = tmp_path / "cal-train.json"
+    cal.write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "entries": [
+        {"device": device, "dtype": "bf16", "phase": "train", "efficiency": eff, "source": "synthetic bench record"}]}))
+    return str(cal)
+
+
+def test_calibrated_prediction_reproduces_the_calibrating_record(tmp_path) -> None:
+    # A synthetic `hwlm bench train` record: gpt2-124m, batch 16 x seq 1024 in one micro-batch on an H200,
+    # 400k tokens/s steady state. `hwlm bench calibrate` turns it into achieved FLOP/s / datasheet peak.
+    from hwlm.formulas import train_flops_per_token
+    from hwlm.plan import get_device
+
+    measured = 400_000.0
+    m, dev = get_model("gpt2-124m"), get_device("h200")
+    eff = measured * train_flops_per_token(m.spec, 1024) / dev.peak_flops("bf16")
+    cal = _train_calibration(tmp_path, "h200", eff)
+    e = estimate_training(m, 200 * 16 * 1024, "h200", 1, seq_len=1024, global_batch=16, calibration=cal)
+    assert e.tokens_per_s == pytest.approx(measured, rel=1e-6)  # steady state: no run overhead
+    assert e.step_time_s == pytest.approx(16 * 1024 / measured, rel=1e-6)
+    # The whole run still pays for evaluations, checkpoints and restarts.
+    assert e.time_s > e.steady_time_s and e.overhead_time_s == pytest.approx(e.time_s - e.steady_time_s)
+    d = e.to_dict()
+    assert d["tokens_per_s"] == pytest.approx(measured, rel=1e-6) and d["run_tokens_per_s"] < measured
+    # Another workload on the same calibration: same end-to-end efficiency, so a shorter sequence
+    # (fewer attention FLOPs per token) trains a little faster, and a smaller batch as fast.
+    short = estimate_training(m, 1e8, "h200", 1, seq_len=512, global_batch=16, calibration=cal)
+    assert measured < short.tokens_per_s < 1.1 * measured
+    half = estimate_training(m, 1e8, "h200", 1, seq_len=1024, global_batch=8, calibration=cal)
+    assert half.tokens_per_s == pytest.approx(measured, rel=1e-6)
+
+
+def test_micro_batch_grows_to_what_fits() -> None:
+    # gpt2-124m, 16 x 1024 on an H200: one micro-batch of 16 fits (as hwlm bench train ran it) and
+    # needs fewer kernel launches than 16 micro-steps of one sequence.
+    e = estimate_training("gpt2-124m", 1e8, "h200", 1, seq_len=1024, global_batch=16)
+    assert e.layout.micro_batch == 16
+    one = estimate_training("gpt2-124m", 1e8, "h200", 1, seq_len=1024, global_batch=16, micro_batch=1)
+    assert one.layout.micro_batch == 1 and one.tokens_per_s < e.tokens_per_s
+    # Memory: 16 B/param + 34 sbh per layer + 10 B per logit (bf16 logits, fp32 copy, fp32 gradient).
+    spec, params = get_model("gpt2-124m").spec, get_model("gpt2-124m").params.total
+    n = 16 * 1024
+    expected = 16 * params + 12 * 34 * n * 768 + 10 * n * spec.vocab_size
+    assert e.memory.total == pytest.approx(expected)
+    assert e.memory.total == pytest.approx(15.58e9, rel=0.05)  # measured peak allocated on an H200 (torch.compile)
+    # Never more than the batch per device, and it must divide it.
+    odd = estimate_training("gpt2-124m", 1e8, "h200", 1, seq_len=1024, global_batch=12)
+    assert 12 % odd.layout.micro_batch == 0 and odd.layout.micro_batch == 4

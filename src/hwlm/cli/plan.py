@@ -97,7 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help="ZeRO stage, 3 = FSDP (default: chosen)")
     t.add_argument("--fsdp", action="store_true", help="same as --zero-stage 3")
     t.add_argument("--recompute", choices=["none", "selective", "full"], help="activation recompute (default: chosen)")
-    t.add_argument("--micro-batch", type=_int, help="sequences per device per micro-step (default 1)")
+    t.add_argument("--micro-batch", type=_int,
+                   help="sequences per device per micro-step (default: the largest that fits and is no slower)")
     t.set_defaults(func=_train)
 
     i = sub.add_parser("infer", help="estimate serving latency, throughput, memory and cost")
@@ -107,6 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--gen-len", type=_int, default=256, help="generated tokens (default 256)")
     i.add_argument("--precision", default="bf16", help="bf16 | fp16 | fp8 | int8 | int4 (weights; default bf16)")
     i.add_argument("--tp", type=_int, help="tensor-parallel degree (default: all devices)")
+    i.add_argument("--cuda-graphs", action="store_true",
+                   help="the server replays steps as CUDA graphs (gpt-fast, vLLM); default: eager PyTorch, "
+                        "as `hwlm bench infer` runs, where a small model's GPU waits for the host to issue ops")
     i.set_defaults(func=_infer)
 
     h = sub.add_parser("hardware", help="list catalog devices, or describe one")
@@ -207,7 +211,9 @@ def _train(a: argparse.Namespace) -> int:
              f"  memory       {_gb(e.memory.total)} per device (weights {_gb(e.memory.weights)}, grads "
              f"{_gb(e.memory.gradients)}, optimizer {_gb(e.memory.optimizer)}, activations {_gb(e.memory.activations)})",
              f"  compute      {e.flops:.3g} FLOP, predicted MFU {e.mfu:.1%}",
-             f"  time         {e.time_s / 86400:,.2f} days ({e.device_hours:,.0f} device-hours)",
+             f"  throughput   {e.tokens_per_s:,.0f} tokens/s steady state ({e.step_time_s:.4g} s per step)",
+             f"  time         {e.time_s / 86400:,.2f} days ({e.device_hours:,.0f} device-hours; whole run, "
+             f"incl. {e.overhead_time_s / max(e.time_s, 1e-30):.0%} for evals, checkpoints, restarts)",
              f"  energy       {energy}", f"  cost         {_money(e.cost_usd)}"]
     return _emit(a, e.to_dict(), "\n".join(lines), e.terms)
 
@@ -216,7 +222,7 @@ def _infer(a: argparse.Namespace) -> int:
     from hwlm.plan import estimate_inference
 
     e = estimate_inference(a.model, _device(a), a.devices, batch=a.batch, prompt_len=a.prompt_len,
-                           gen_len=a.gen_len, precision=a.precision, tp=a.tp, **_env_kw(a))
+                           gen_len=a.gen_len, precision=a.precision, tp=a.tp, graphs=a.cuda_graphs, **_env_kw(a))
     ept = "n/a" if e.energy_per_token_j is None else f"{e.energy_per_token_j:.3g} J/token"
     lines = [f"serve {e.model} on {e.devices} x {e.hardware} (tp={e.tp}), {e.precision}, batch {e.batch}, "
              f"prompt {e.prompt_len}, gen {e.gen_len}",

@@ -40,7 +40,7 @@ from hwlm.errors import PlanError
 
 __all__ = ["Priors", "priors_for", "Calibration", "load_calibration", "BYTES_PER_PARAM", "DEFAULT_PUE",
            "DEFAULT_GRID_KG_PER_KWH", "PUE_SOURCE", "GRID_SOURCE", "PRIOR_SOURCE", "PHASES", "OP_OVERHEAD_SOURCE",
-           "kernels_per_step", "gemm_shapes", "Gemm"]
+           "kernels_per_step", "gemm_shapes", "Gemm", "ops_per_forward", "INFER_OP_OVERHEAD_SOURCE"]
 
 BYTES_PER_PARAM = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 DEFAULT_PUE = 1.2
@@ -67,6 +67,7 @@ class Priors:
     int8_decode: float = 1.0     # decode bandwidth efficiency multiplier for int8 weight-only kernels
     int4_decode: float = 1.0     # ... and for int4 (group-wise scales, dequantisation in the kernel)
     op_overhead_s: float = 5e-6  # host seconds per kernel in eager training (dispatch + autograd; GPU: launch)
+    infer_op_overhead_s: float = 20e-6  # host seconds per op of an eager forward (Python modules + dispatch + launch)
     source: str = PRIOR_SOURCE
 
 
@@ -90,6 +91,10 @@ _KIND_PRIORS: dict[str, Priors] = {
 OP_OVERHEAD_SOURCE = ("prior per kernel: CPU 5 us (PyTorch eager op with autograd, ~3.5 us measured on a 2-core Xeon "
                       "by `hwlm quickstart`), GPU 10 us (CUDA launch ~5 us + eager dispatch), TPU 1 us (XLA compiles "
                       "the step); the overhead regime of He 2022, https://horace.io/brrr_intro.html")
+INFER_OP_OVERHEAD_SOURCE = (
+    "prior per op of an eager GPU forward: 20 us, measured by `hwlm bench infer` for gpt2-124m on an H200 "
+    "(benchmarks/results/h200-2026-11-28: 2.7-3.1 ms per decode step at batch 1-32 over 136 ops); with CUDA graphs "
+    "(gpt-fast, vLLM) the host replays a whole step at once, so the term is left out")
 _DEFAULT_KIND = "gpu"
 # The hardware generation enters through the device's balance, its ridge point peak/bandwidth
 # (Williams et al. 2009, roofline): the higher it is, the larger the tiles and the more reuse a
@@ -125,6 +130,22 @@ def kernels_per_step(spec: Any, autocast: bool = False) -> float:
     per_layer = 29 + (18 if spec.norm == "rmsnorm" else 0) + (8 if spec.mlp == "swiglu" else 0) + (
         30 if spec.pos == "rope" else 0) + (22 if autocast else 0)
     return float(spec.n_layers * per_layer + 49 + (6 if autocast else 0))
+
+
+def ops_per_forward(spec: Any) -> float:
+    """Ops (kernels, bar views) one eager forward step of hwlm's model dispatches, whatever its token count.
+
+    Counted with a ``TorchDispatchMode`` on a decode step of hwlm's own model (torch 2.13, views left
+    out): a GPT-2 style layer runs 11 (LayerNorm x2, q/k/v, KV-cache write, attention, output, two MLP
+    products, GELU, two residual adds); SwiGLU adds 2 (split, gate product), rotary positions 5.
+    Embeddings, the final norm, the output layer and the greedy pick add 4.
+
+    >>> from hwlm.formulas import ArchSpec
+    >>> ops_per_forward(ArchSpec(vocab_size=50304, d_model=768, n_layers=12, n_heads=12))
+    136.0
+    """
+    per_layer = 11 + (2 if spec.mlp == "swiglu" else 0) + (5 if spec.pos == "rope" else 0)
+    return float(spec.n_layers * per_layer + 4)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ weights once. Decode is bandwidth-bound: each step reads the (active) weights an
 of every sequence in the batch, at a fraction of bandwidth, but never faster than its FLOPs.
 Both pay a fixed cost per layer (kernel launches) and, under tensor parallelism, two
 all-reduces per layer (Megatron layout, Shoeybi et al. 2019, arXiv:1909.08053).
+
+On a GPU without CUDA graphs (``graphs=False``: eager PyTorch, hwlm's own ``bench infer``) the host
+also has to issue every op of a forward step, one by one (:func:`~hwlm.plan.efficiency.ops_per_forward`
+x ``infer_op_overhead_s``). The host runs ahead of the GPU, so a step takes the longer of the two:
+a small model decodes at the host's pace (gpt2-124m on an H200: ~2.8 ms per token at any batch),
+a large one at the memory's. Under CUDA graphs (gpt-fast, vLLM) one replay issues the whole step.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from typing import Any
 from hwlm.errors import PlanError
 from hwlm.formulas import forward_flops_per_token, kv_cache_bytes_per_token
 from hwlm.plan.catalog import Device, get_device
-from hwlm.plan.efficiency import (BYTES_PER_PARAM, DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, GRID_SOURCE, PUE_SOURCE,
-                                  Priors, load_calibration, priors_for)
+from hwlm.plan.efficiency import (BYTES_PER_PARAM, DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, GRID_SOURCE,
+                                  INFER_OP_OVERHEAD_SOURCE, PUE_SOURCE, Priors, load_calibration, ops_per_forward,
+                                  priors_for)
 from hwlm.plan.explain import Term, Terms
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION, link_bandwidth
@@ -44,6 +51,7 @@ class InferenceEstimate:
     prompt_len: int
     gen_len: int
     fits: bool
+    graphs: bool
     ttft_s: float
     tpot_s: float
     memory_per_device_bytes: float
@@ -67,7 +75,7 @@ class InferenceEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in (
-            "model", "hardware", "devices", "tp", "precision", "batch", "prompt_len", "gen_len", "fits", "ttft_s",
+            "model", "hardware", "devices", "tp", "precision", "batch", "prompt_len", "gen_len", "fits", "graphs", "ttft_s",
             "tpot_s", "memory_per_device_bytes", "weights_bytes_per_device", "kv_cache_bytes_per_device", "max_batch",
             "max_context", "throughput_tokens_per_s", "energy_per_token_j", "cost_per_million_tokens_usd",
             "request_time_s", "tokens_per_joule", "notes")}
@@ -96,12 +104,19 @@ def _weights_read_per_step(m: Model, batch: int, bytes_w: float) -> tuple[float,
     return (dense + n_moe * touched * per_expert) * bytes_w, f"dense part + {touched:.2f} of {e} experts per layer"
 
 
-def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tuple[Priors, str, str]:
+def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tuple[Priors, str, str, float | None]:
+    """Priors with calibrated efficiencies, their sources, and the element-wise bandwidth efficiency.
+
+    The last is None when a ``prefill`` entry is calibrated: that end-to-end rate already includes the
+    element-wise work. Otherwise it is the copy (``membw``) efficiency, never a ``decode`` one (a decode
+    rate can be bound by something else than bandwidth, e.g. kernel launches)."""
     pri = priors_for(dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, weight_dtype=precision)
     src = f"prior for {dev.kind}/{cdtype}: {pri.source}"
     cal = load_calibration(calibration)
     if cal is None:
-        return pri, src, src
+        return pri, src, src, pri.decode_bw_eff
+    copy = cal.lookup(dev.id, cdtype, "membw") or cal.lookup(dev.id, "bf16", "membw")
+    ew_eff = copy.efficiency if copy else pri.decode_bw_eff
     mm = cal.lookup(dev.id, cdtype, "prefill") or cal.lookup(dev.id, cdtype, "matmul")
     bw = cal.lookup(dev.id, cdtype, "decode") or cal.lookup(dev.id, cdtype, "membw") \
         or cal.lookup(dev.id, "bf16", "decode") or cal.lookup(dev.id, "bf16", "membw")
@@ -110,7 +125,8 @@ def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tupl
     if bw:
         pri = replace(pri, decode_bw_eff=bw.efficiency)
     return (pri, f"calibration {mm.phase} {mm.efficiency} ({mm.source})" if mm else src,
-            f"calibration {bw.phase} {bw.efficiency} ({bw.source})" if bw else src)
+            f"calibration {bw.phase} {bw.efficiency} ({bw.source})" if bw else src,
+            None if mm and mm.phase == "prefill" else ew_eff)
 
 
 def _check(m: Model, devices: int, tp: int, batch: int, prompt_len: int, gen_len: int, precision: str) -> None:
@@ -160,6 +176,19 @@ class _Job:
     pri: Priors
     mm_src: str
     bw_src: str
+    graphs: bool = False
+    ew_bw_eff: float | None = None  # element-wise traffic's bandwidth efficiency; None: in a calibrated prefill
+
+
+def _host_time(j: _Job, t: Terms, phase: str) -> float:
+    """Seconds the host needs to issue one eager forward step (0 under CUDA graphs or off a GPU).
+
+    A CPU runs its ops itself (``layer_overhead_s`` covers their fixed cost); a TPU runs compiled XLA."""
+    if j.graphs or j.dev.kind != "gpu":
+        return 0.0
+    ops = ops_per_forward(j.m.spec)
+    return t.add(f"{phase}_host_time", f"{ops:.0f} ops per eager forward x {j.pri.infer_op_overhead_s:g} s",
+                 ops * j.pri.infer_op_overhead_s, "s", INFER_OP_OVERHEAD_SOURCE)
 
 
 def _memory(j: _Job, t: Terms) -> dict[str, float]:
@@ -191,18 +220,23 @@ def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
                   j.batch * j.prompt_len * forward_flops_per_token(spec, j.prompt_len), "FLOP", "hwlm.formulas")
     t_mm = t.add("prefill_compute_time", f"prefill_flops / (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g})",
                  f_pre / (tp * peak * pri.matmul_eff), "s", j.mm_src)
-    t_ew = t.add("prefill_elementwise_time",
-                 f"tokens x {spec.n_layers} layers x {pri.act_traffic:.3g} x 34h x 2 B / (tp x bw x {pri.decode_bw_eff:.3g})",
-                 j.batch * j.prompt_len * spec.n_layers * pri.act_traffic * 34 * spec.d_model * 2.0
-                 / (tp * bw * pri.decode_bw_eff), "s", "Korthikanti et al. 2022, arXiv:2205.05198")
+    if j.ew_bw_eff is None:
+        t_ew = t.add("prefill_elementwise_time", "0: included in the calibrated prefill rate", 0.0, "s", j.mm_src)
+    else:
+        t_ew = t.add("prefill_elementwise_time",
+                     f"tokens x {spec.n_layers} layers x {pri.act_traffic:.3g} x 34h x 2 B "
+                     f"/ (tp x bw x {j.ew_bw_eff:.3g})",
+                     j.batch * j.prompt_len * spec.n_layers * pri.act_traffic * 34 * spec.d_model * 2.0
+                     / (tp * bw * j.ew_bw_eff), "s", "Korthikanti et al. 2022, arXiv:2205.05198")
     t_w = t.add("prefill_weight_read_time", f"weights_per_device / (bw {bw:.4g} x {pri.decode_bw_eff:.3g})",
                 w_dev / (bw * pri.decode_bw_eff), "s", j.bw_src)
     comm, comm_f = _comm(j.m, dev, tp, j.batch * j.prompt_len, pri)
     if comm:
         t.add("prefill_tp_comm_time", comm_f, comm, "s", "Megatron TP: 2 all-reduces per layer, arXiv:1909.08053")
     launch = spec.n_layers * pri.layer_overhead_s
-    return t.add("ttft", f"max(compute + elementwise, weight read) + {spec.n_layers} x {pri.layer_overhead_s:g} s"
-                 " + tp comm", max(t_mm + t_ew, t_w) + launch + comm, "s", pri.source)
+    host = _host_time(j, t, "prefill")
+    return t.add("ttft", f"max(max(compute + elementwise, weight read) + {spec.n_layers} x {pri.layer_overhead_s:g} s"
+                 " + tp comm, host time)", max(max(t_mm + t_ew, t_w) + launch + comm, host), "s", pri.source)
 
 
 def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
@@ -222,19 +256,23 @@ def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
         t.add("decode_tp_comm_time", comm_f, comm, "s", "Megatron TP: 2 all-reduces per layer, arXiv:1909.08053")
     launch = t.add("layer_overhead", f"{spec.n_layers} layers x {pri.layer_overhead_s:g} s",
                    spec.n_layers * pri.layer_overhead_s, "s", pri.source)
-    return t.add("tpot", "max(decode_memory_time, decode_compute_time) + layer_overhead + tp comm",
-                 max(t_mem, t_fl) + launch + comm, "s")
+    host = _host_time(j, t, "decode")
+    return t.add("tpot", "max(max(decode_memory_time, decode_compute_time) + layer_overhead + tp comm, host time)",
+                 max(max(t_mem, t_fl) + launch + comm, host), "s")
 
 
 def estimate_inference(model: str | Model, hardware: str | Device, devices: int = 1, *, batch: int = 1,
                        prompt_len: int = 512, gen_len: int = 256, precision: str = "bf16", tp: int | None = None,
                        calibration: Any = None, pue: float = DEFAULT_PUE,
                        grid_intensity: float = DEFAULT_GRID_KG_PER_KWH,
-                       price_per_hour: float | None = None, power_w: float | None = None) -> InferenceEstimate:
+                       price_per_hour: float | None = None, power_w: float | None = None,
+                       graphs: bool = False) -> InferenceEstimate:
     """Predict serving ``batch`` sequences of ``prompt_len`` + ``gen_len`` tokens.
 
     ``tp`` (default: all devices) shards each replica; ``devices / tp`` replicas each serve ``batch``.
-    ``power_w`` replaces the catalog TDP (per device).
+    ``power_w`` replaces the catalog TDP (per device). ``graphs=True``: the server replays each step as
+    a CUDA graph (gpt-fast, vLLM, TensorRT-LLM), so a GPU does not wait for the host to issue its ops;
+    the default is eager PyTorch, as ``hwlm bench infer`` and ``hwlm generate`` run.
     """
     m = get_model(model)
     dev = hardware if isinstance(hardware, Device) else get_device(hardware)
@@ -243,8 +281,9 @@ def estimate_inference(model: str | Model, hardware: str | Device, devices: int 
     if pue < 1.0 or grid_intensity < 0:
         raise PlanError(f"--pue must be >= 1 and --grid-intensity >= 0, got {pue} and {grid_intensity}")
     cdtype = _compute_dtype(dev, precision)
-    pri, mm_src, bw_src = _resolve(dev, cdtype, precision, calibration)
-    j = _Job(m, dev, devices, tp, batch, prompt_len, gen_len, precision, cdtype, pri, mm_src, bw_src)
+    pri, mm_src, bw_src, ew_eff = _resolve(dev, cdtype, precision, calibration)
+    j = _Job(m, dev, devices, tp, batch, prompt_len, gen_len, precision, cdtype, pri, mm_src, bw_src, bool(graphs),
+             ew_eff)
     t = Terms()
     mem = _memory(j, t)
     ttft = _prefill(j, t, mem["weights"])
@@ -268,7 +307,9 @@ def estimate_inference(model: str | Model, hardware: str | Device, devices: int 
                     devices * rate / 3600 / thr * 1e6, "USD",
                     "user price" if price_per_hour is not None else dev.source("price_per_hour"))
     fits = mem["total"] <= dev.memory_bytes * USABLE_MEMORY_FRACTION
-    notes = [f"compute in {cdtype}; weights in {precision}"]
+    notes = [f"compute in {cdtype}; weights in {precision}"
+             + ("; GPU steps issued eagerly, op by op (pass graphs / --cuda-graphs for a CUDA-graph server)"
+                if dev.kind == "gpu" and not graphs else "")]
     if not fits:
         notes.append(f"does not fit: {mem['total'] / 1e9:.1f} GB per device > {USABLE_MEMORY_FRACTION:.0%} of "
                      f"{dev.memory_bytes / 1e9:.0f} GB; largest batch that fits: {mem['max_batch']}; "
@@ -279,7 +320,7 @@ def estimate_inference(model: str | Model, hardware: str | Device, devices: int 
         notes.append(f"{dev.id} has no published TDP; pass --power-w for energy")
     return InferenceEstimate(
         model=m.name, hardware=dev.id, devices=devices, tp=tp, precision=precision, batch=batch, prompt_len=prompt_len,
-        gen_len=gen_len, fits=fits, ttft_s=ttft, tpot_s=tpot, memory_per_device_bytes=mem["total"],
+        gen_len=gen_len, fits=fits, graphs=bool(graphs), ttft_s=ttft, tpot_s=tpot, memory_per_device_bytes=mem["total"],
         weights_bytes_per_device=mem["weights"], kv_cache_bytes_per_device=mem["kv"], max_batch=mem["max_batch"],
         max_context=mem["max_context"], throughput_tokens_per_s=thr, energy_per_token_j=ept,
         cost_per_million_tokens_usd=cpm, terms=list(t), notes=notes)

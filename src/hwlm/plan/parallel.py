@@ -30,13 +30,18 @@ from hwlm.errors import PlanError
 from hwlm.formulas import ArchSpec
 
 __all__ = ["Layout", "MemoryBreakdown", "validate_layout", "training_memory", "link_bandwidth",
-           "RECOMPUTE_MODES", "USABLE_MEMORY_FRACTION", "BYTES_ADAM_MIXED"]
+           "RECOMPUTE_MODES", "USABLE_MEMORY_FRACTION", "BYTES_ADAM_MIXED", "LOGIT_BYTES_16BIT", "LOGIT_BYTES_FP32"]
 
 RECOMPUTE_MODES = ("none", "selective", "partial", "full")
 Recompute = Literal["none", "selective", "partial", "full"]
 # Share of device memory a framework can really use (CUDA context, allocator fragmentation).
 USABLE_MEMORY_FRACTION = 0.9
 BYTES_ADAM_MIXED = 16.0
+# Bytes per logit element at the loss's peak: 16-bit logits (2) + their fp32 copy (4) + the fp32 gradient
+# (4); fp32 training has no copy. Matches gpt2-124m, b=16, s=1024 on an H200 (hwlm bench train, torch.compile:
+# 15.6 GB peak allocated; benchmarks/results/h200-2026-11-28/train-gpt2-124m.json).
+LOGIT_BYTES_16BIT = 10.0
+LOGIT_BYTES_FP32 = 8.0
 # Link speed assumed when the catalog gives none (PCIe 4.0 x16, 32 GB/s per direction).
 FALLBACK_LINK_BW = 32e9
 
@@ -152,8 +157,9 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
     else:
         acts = spec.n_layers * activation_bytes_per_layer(spec, seq_len, layout.micro_batch, layout.tp,
                                                           layout.recompute)
-    # fp32 logits and their gradient for the micro-batch, on the last stage, split by tp.
-    acts += 2 * 4.0 * seq_len * layout.micro_batch * spec.vocab_size / layout.tp
+    # The loss's peak, on the last stage, split by tp: the 16-bit logits of the output product, their
+    # fp32 copy and the fp32 gradient the fused cross-entropy makes from it, alive at once.
+    acts += LOGIT_BYTES_16BIT * seq_len * layout.micro_batch * spec.vocab_size / layout.tp
     return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
                            capacity=capacity)
 

@@ -109,8 +109,9 @@ def _infer_options(m: Model, work: dict[str, int], devs: list[Device], precision
             if tp > dev.devices_per_node or m.spec.n_heads % tp:
                 continue
             try:
+                # Serving engines (vLLM, TensorRT-LLM) replay decode steps as CUDA graphs.
                 e = estimate_inference(m, dev, tp, batch=work["batch"], prompt_len=work["prompt_len"],
-                                       gen_len=work["gen_len"], precision=precision, **kw)
+                                       gen_len=work["gen_len"], precision=precision, graphs=True, **kw)
             except HwlmError:
                 dropped["unsupported"] = dropped.get("unsupported", 0) + 1
                 continue

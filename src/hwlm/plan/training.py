@@ -1,9 +1,14 @@
 """Training estimates: FLOPs, memory per device, time, energy, CO2 and cost of a training run.
 
-Time = (matrix products at a fraction of peak + element-wise traffic at a fraction of
-bandwidth + the small-model terms) + exposed communication + pipeline bubble, divided by
-(1 - overhead); the efficiency parameters come from :mod:`hwlm.plan.efficiency` (priors fitted
-on published runs, or a calibration file). Every step is kept as a :class:`~hwlm.plan.explain.Term`.
+Steady-state time = (matrix products at a fraction of peak + element-wise traffic at a fraction of
+bandwidth + the small-model terms) + exposed communication + pipeline bubble: what the step loop
+takes, the ``step_time_s`` and ``tokens_per_s`` a benchmark or a training log shows. The whole
+run's ``time_s`` divides that by (1 - overhead): long runs also lose time to evaluations,
+checkpoints and restarts (fitted on published GPU-hour totals). The efficiency parameters come
+from :mod:`hwlm.plan.efficiency` (priors fitted on published runs, or a calibration file). A
+calibrated ``train`` efficiency is a steady-state rate (``hwlm bench train``), so it replaces the
+compute term only: the calibrating workload's ``tokens_per_s`` is reproduced, and its whole-run
+time still adds the overhead. Every step is kept as a :class:`~hwlm.plan.explain.Term`.
 
 The small-model terms (:func:`_small_model_time`) are what a 1M-parameter model on a laptop
 spends besides FLOPs: the host cost of each kernel, the operand traffic of thin matrix products,
@@ -29,8 +34,8 @@ from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, GRID_SOU
 from hwlm.plan.explain import Term, Terms
 from hwlm.plan.machine import THIS_MACHINE
 from hwlm.plan.models import Model, get_model
-from hwlm.plan.parallel import (BYTES_ADAM_MIXED, USABLE_MEMORY_FRACTION, Layout, MemoryBreakdown, link_bandwidth,
-                                training_memory, validate_layout)
+from hwlm.plan.parallel import (BYTES_ADAM_MIXED, LOGIT_BYTES_16BIT, LOGIT_BYTES_FP32, USABLE_MEMORY_FRACTION, Layout,
+                                MemoryBreakdown, link_bandwidth, training_memory, validate_layout)
 
 __all__ = ["TrainingEstimate", "estimate_training", "TRAIN_PRECISIONS", "DEFAULT_BATCH_TOKENS"]
 
@@ -78,6 +83,21 @@ class TrainingEstimate:
     def memory_per_device_bytes(self) -> float:
         return self.memory.total
 
+    @property
+    def steady_time_s(self) -> float:
+        """The step loop's time for all tokens, without evaluations, checkpoints and restarts."""
+        return self.time_s - self.overhead_time_s
+
+    @property
+    def step_time_s(self) -> float:
+        """Seconds per optimizer step (one global batch), steady state."""
+        return self.steady_time_s * self.global_batch * self.seq_len / self.tokens
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Training tokens per second of the whole job in steady state (what a benchmark measures)."""
+        return self.tokens / self.steady_time_s
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": "hwlm-plan-train", "model": self.model, "hardware": self.hardware, "devices": self.devices,
@@ -85,6 +105,8 @@ class TrainingEstimate:
             "global_batch": self.global_batch, "layout": self.layout.to_dict(), "fits": self.fits,
             "smallest_fitting": self.smallest_fitting, "flops": self.flops, "time_s": self.time_s,
             "time_days": self.time_s / 86400, "device_hours": self.device_hours,
+            "steady_time_s": self.steady_time_s, "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s,
+            "run_tokens_per_s": self.tokens / self.time_s,
             "memory_per_device_bytes": self.memory.total,
             "memory_breakdown_bytes": {"weights": self.memory.weights, "gradients": self.memory.gradients,
                                        "optimizer": self.memory.optimizer, "activations": self.memory.activations,
@@ -308,9 +330,10 @@ def _memory(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
     mem = training_memory(ctx.model.spec, ctx.model.params.total, lay, ctx.seq_len, ctx.dev.memory_bytes)
     if ctx.precision not in ("fp32", "tf32"):
         return mem
-    # fp32 training keeps 4-byte activations: twice the 16-bit figure (the fp32 logits already are).
-    logits = 2 * 4.0 * ctx.seq_len * lay.micro_batch * ctx.model.spec.vocab_size / lay.tp
-    return replace(mem, activations=2 * (mem.activations - logits) + logits)
+    # fp32 training keeps 4-byte activations: twice the 16-bit figure; its logits need no fp32 copy.
+    elems = ctx.seq_len * lay.micro_batch * ctx.model.spec.vocab_size / lay.tp
+    logits16 = LOGIT_BYTES_16BIT * elems
+    return replace(mem, activations=2 * (mem.activations - logits16) + LOGIT_BYTES_FP32 * elems)
 
 
 def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
@@ -356,6 +379,28 @@ def _choose(ctx: _Ctx, fixed: dict[str, Any]) -> tuple[Layout, bool]:
                         f"{ctx.batch_tokens / ctx.seq_len:.0f} sequences; raise --global-batch or set --tp/--pp")
     full = [replace(c, recompute="full") if c.recompute == "partial" else c for c in cands]
     return min(full, key=lambda c: _memory(ctx, c).total), False
+
+
+def _grow_micro_batch(ctx: _Ctx, lay: Layout) -> Layout:
+    """Double the micro-batch while it divides the batch per device, fits and is no slower.
+
+    Fewer, larger micro-steps pay the per-kernel cost fewer times (a small model gets faster; a large
+    one stays as fast), as training scripts use the largest micro-batch that fits. Not under
+    pipelining, where fewer micro-batches per step would also widen the bubble."""
+    if lay.pp > 1:
+        return lay
+    per_dev = ctx.batch_tokens / ctx.seq_len / lay.dp
+    best, t_best = lay, _timing(ctx, lay)["time"]
+    mb = lay.micro_batch * 2
+    while mb <= per_dev and per_dev % mb == 0:
+        cand = replace(best, micro_batch=mb)
+        if not _memory(ctx, cand).fits:
+            break
+        t = _timing(ctx, cand)["time"]
+        if t > t_best * (1 + 1e-9):
+            break
+        best, t_best, mb = cand, t, mb * 2
+    return best
 
 
 def _smallest_fitting(ctx: _Ctx, fixed: dict[str, Any]) -> str | None:
@@ -462,6 +507,8 @@ def estimate_training(model: str | Model, tokens: float, hardware: str | Device,
         lay, fits = layout, _memory(ctx, layout).fits
     else:
         lay, fits = _choose(ctx, fixed)
+        if fits and not micro_batch:
+            lay = _grow_micro_batch(ctx, lay)
     if gb < lay.dp * lay.micro_batch:
         raise PlanError(f"global batch {gb} sequences is smaller than dp={lay.dp} x micro_batch={lay.micro_batch}; "
                         f"raise --global-batch or use fewer devices")
@@ -492,16 +539,24 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
     t.add("memory_gradients", f"2 B x params / (tp x pp{' x dp' if lay.zero_stage >= 2 else ''})", mem.gradients, "B")
     t.add("memory_optimizer", f"12 B (fp32 master, m, v) x params / (tp x pp{' x dp' if lay.zero_stage >= 1 else ''})",
           mem.optimizer, "B", f"{BYTES_ADAM_MIXED:g} B/param mixed-precision Adam, arXiv:1910.02054")
+    fp32 = ctx.precision in ("fp32", "tf32")
+    logit_text = "logits + fp32 gradient, 8" if fp32 else "16-bit logits + fp32 copy + fp32 gradient, 10"
     t.add("memory_activations", f"{ctx.model.spec.n_layers} layers x {lay.recompute} recompute, s={ctx.seq_len}, "
-          f"b={lay.micro_batch}, /tp, {'4' if ctx.precision in ('fp32', 'tf32') else '2'}-byte + fp32 logits and "
-          "their gradient", mem.activations, "B", KORTHIKANTI)
+          f"b={lay.micro_batch}, /tp, {'4' if fp32 else '2'}-byte + logits ({logit_text} B per element)",
+          mem.activations, "B", KORTHIKANTI)
     t.add("memory_per_device", "weights + gradients + optimizer + activations", mem.total, "B")
     t.add("memory_usable", f"capacity {dev.memory_bytes:.4g} x {USABLE_MEMORY_FRACTION}",
           dev.memory_bytes * USABLE_MEMORY_FRACTION, "B", dev.source("memory_bytes"))
     tim = _timing(ctx, lay, t)
     time = tim["time"]
     peak = dev.peak_flops(ctx.precision)
-    mfu = t.add("mfu", f"flops / (time x {n} x peak {peak:.4g})", tim["flops"] / (time * n * peak), "")
+    steady = time - tim["overhead"]
+    t.add("step_time", f"steady time {steady:.4g} s x global batch {ctx.batch_tokens:.4g} tokens / tokens",
+          steady * ctx.batch_tokens / ctx.tokens, "s")
+    t.add("tokens_per_s", "tokens / steady time (no evaluations, checkpoints, restarts)", ctx.tokens / steady,
+          "tokens/s")
+    # MFU is a property of the step loop (PaLM, arXiv:2204.02311, appendix B): steady-state time.
+    mfu = t.add("mfu", f"flops / (steady time x {n} x peak {peak:.4g})", tim["flops"] / (steady * n * peak), "")
     dh = t.add("device_hours", f"time x {n} / 3600", time * n / 3600, "h")
     energy, co2 = _energy(t, dev, dh, ctx.pri.power_fraction, pue, grid, power_w)
     rate = price if price is not None else dev.price_per_hour
