@@ -12,9 +12,10 @@ Runs are interleaved and the median is shown. Times include the prompt's prefill
     python benchmarks/generate_speed.py                    # 1 and 2 threads, tiny and gpt2-124m
     python benchmarks/generate_speed.py --threads 1 --new-tokens 48 --skip-124m
 
-Batch-1 decoding is a chain of ~100 small ops per token, so on a machine shared with other
-processes the 2-thread rows suffer most (an OpenMP thread waits for a busy core at every op):
-read them with the load average printed on the machine line.
+Batch-1 decoding of the tiny model is a chain of small ops (``--ops`` counts the aten ops per
+token of both loops with ``torch.profiler``), so on a machine shared with other processes the
+2-thread rows suffer most (an OpenMP thread waits for a busy core at every op): read them with the
+load average printed on the machine line.
 """
 
 from __future__ import annotations
@@ -92,6 +93,21 @@ def bench_pair(model: Transformer, hf: torch.nn.Module | None, prompt: list[int]
     return {name: new / statistics.median(times) for name, times in runs.items()}
 
 
+def ops_per_token(model: Transformer, hf: torch.nn.Module, prompt: list[int], new: int) -> dict[str, float]:
+    """Dispatched aten ops (nested ones included) per generated token, prefill included, for both loops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def count(fn: Callable[[], object]) -> float:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return sum(1 for e in prof.events() if e.name.startswith("aten::")) / new
+
+    with torch.inference_mode():
+        theirs = count(lambda: hf.generate(torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new,
+                                           do_sample=False, use_cache=True, pad_token_id=0))
+    return {"hwlm": count(lambda: list(generate(model, prompt, new, temperature=0))), "HF": theirs}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (2 = a 2-core CI machine)")
@@ -101,6 +117,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--skip-124m", action="store_true", help="only the tiny comparison")
     p.add_argument("--hf-124m", action="store_true", help="also time HF generate on gpt2-124m")
+    p.add_argument("--ops", action="store_true", help="also count aten ops per token on the tiny model")
     args = p.parse_args()
     import transformers
 
@@ -134,6 +151,9 @@ def main() -> None:
         print("\n| gpt2-124m fp32, threads | hwlm tok/s | HF tok/s | weight bytes/token | achieved GB/s | "
               "copy GB/s | fraction |\n|---|---:|---:|---:|---:|---:|---:|")
         print("\n".join(big_rows))
+    if args.ops:
+        ops = ops_per_token(tiny, tiny_hf, prompt, args.new_tokens)
+        print(f"\naten ops per token (tiny, prefill included): hwlm {ops['hwlm']:.0f}, HF {ops['HF']:.0f}")
     print(f"\nMachine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, load average (1 min) {load_before[0]:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after")

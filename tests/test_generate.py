@@ -37,6 +37,14 @@ def test_greedy_with_kv_cache_equals_recomputation(name: str) -> None:
     assert list(generate(model, prompt, n, temperature=0)) == greedy_without_cache(model, prompt, n)
 
 
+
+def test_greedy_under_autocast_takes_the_general_path_and_matches_float32() -> None:
+    """Under autocast the loop falls back to forward (which casts); sharp logits keep the same tokens."""
+    model = make().eval()
+    expected = list(generate(model, [3, 14, 15], 12, temperature=0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert list(generate(model, [3, 14, 15], 12, temperature=0)) == expected
+
 def test_same_seed_same_tokens_other_seed_other_tokens() -> None:
     model = make()
     run = lambda seed: list(generate(model, [1, 2], 20, temperature=1.0, seed=seed))  # noqa: E731

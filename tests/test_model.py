@@ -83,6 +83,35 @@ def test_batch_one_decoding_matches_the_full_forward_in_float32_and_under_autoca
         torch.testing.assert_close(torch.cat(parts, dim=1).float(), full, atol=tol, rtol=tol)
 
 
+
+@pytest.mark.parametrize("name, kw", [("debug", {}), ("debug", {"bias": False}), ("llama-debug", {})])
+def test_batch_one_decode_step_equals_the_general_path_exactly(name: str, kw: dict) -> None:
+    """``decode_step`` (forward's batch-1 path without a gradient) gives the general path's numbers and cache."""
+    model = make(name, **kw).eval()
+    with torch.no_grad():
+        model.wte.weight.mul_(10)  # larger activations than the init's, so a difference would show
+    idx = torch.randint(0, 64, (1, 12))
+    fast, slow = KVCache(model.cfg, batch_size=1), KVCache(model.cfg, batch_size=1)
+    state = model.decode_state()
+    with torch.no_grad():
+        model(idx[:, :4], cache=fast)
+        model(idx[:, :4], cache=slow)
+        for t in range(4, 12):
+            with torch.enable_grad():  # a gradient is needed: forward takes the general path
+                expected = model(idx[:, t:t + 1], cache=slow, start_pos=t)[0]
+            assert expected.requires_grad
+            got = (model.decode_step(int(idx[0, t]), fast, t, state) if t % 2 else  # int token, reused state
+                   model(idx[:, t:t + 1], cache=fast, start_pos=t)[0])  # tensor token, through forward
+            torch.testing.assert_close(got.view(1, 1, -1), expected.detach(), rtol=0, atol=0)
+    for a, b in zip(fast.k + fast.v, slow.k + slow.v):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_kv_cache_keeps_k_and_v_of_a_layer_in_one_buffer() -> None:
+    cfg = ModelConfig.from_name("debug", vocab_size=64)
+    cache = KVCache(cfg, batch_size=1)
+    assert cache.k[1].data_ptr() == cache.kv[1][0].data_ptr() and cache.v[1].data_ptr() == cache.kv[1][1].data_ptr()
+
 def test_kv_cache_is_preallocated_per_layer_and_refuses_overflow() -> None:
     cfg = ModelConfig.from_name("llama-debug", vocab_size=64)
     cache = KVCache(cfg, batch_size=3)

@@ -1,7 +1,9 @@
 """Token-by-token generation with a preallocated KV cache.
 
 ``generate`` prefills the cache with the prompt in one forward pass, then feeds one token
-per step, so each new token costs one pass over the weights and no recomputation.
+per step, so each new token costs one pass over the weights and no recomputation. The steps call
+``Transformer.decode_step`` directly (the flat batch-1 path, same numbers as ``forward``) with
+its per-layer state built once per call: at batch 1 the per-op overhead is most of a step.
 
 Context longer than ``block_size``: positions beyond the trained range do not exist (learned
 positions) or were never trained (rotary), so the window slides. A prompt longer than
@@ -88,13 +90,14 @@ def generate(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int,
         generator = torch.Generator(device=device).manual_seed(seed)
     window, keep = cfg.block_size, max(1, cfg.block_size // 2)
     history = [int(t) for t in prompt_ids][-window:]
-    cache = KVCache(cfg, batch_size=1, device=device, dtype=param.dtype)
-    step_input = torch.empty((1, 1), dtype=torch.long, device=device)  # reused every step
     was_training = model.training
     model.eval()
     try:
         if max_new_tokens == 0:
             return
+        with torch.inference_mode():  # inference tensors: ops on them skip autograd's view/version tracking
+            cache = KVCache(cfg, batch_size=1, device=device, dtype=param.dtype)
+            state = model.decode_state()  # once per call: the token loop then reads no module attributes
         logits = _forward_last(model, torch.tensor([history], device=device), cache, 0)
         pos = len(history)
         for i in range(max_new_tokens):
@@ -108,9 +111,13 @@ def generate(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int,
                 history = history[-keep:]
                 logits = _forward_last(model, torch.tensor([history], device=device), cache, 0)
                 pos = len(history)
+            elif torch.is_autocast_enabled(device.type):  # the caller's autocast: forward's general path casts
+                logits = _forward_last(model, torch.full((1, 1), token, device=device), cache, pos)
+                pos += 1
             else:
-                step_input.fill_(token)
-                logits = _forward_last(model, step_input, cache, pos)
+                # decode_step directly: no forward checks or module calls on the per-token path.
+                with torch.inference_mode():
+                    logits = model.decode_step(token, cache, pos, state)
                 pos += 1
     finally:
         model.train(was_training)

@@ -16,8 +16,11 @@ matmul + softmax at these sizes); ``F.gelu(approximate="tanh")`` as one kernel i
 six-op formula (a hand-fused autograd Function in eager ops measured slower still: each extra
 pass over the (B, T, d_ff) tensor costs more than the kernel's slow tanh); the output layer and
 loss fused in chunks (``LinearCrossEntropy``); gemv for single-row decoding (``linear``); no
-dropout calls at all when ``dropout == 0``. Nothing branches on tensor values, so
-``torch.compile(model, fullgraph=True)`` traces a training step in one graph (tested).
+dropout calls at all when ``dropout == 0``. Batch-1 decoding without a gradient takes a flat path
+(``decode_step``): no module calls, fixed views of a reused q/k/v buffer, k and v stored with one
+copy, the same kernels in the same order as the general path (equal numbers, tested). Nothing
+branches on tensor values, so ``torch.compile(model, fullgraph=True)`` traces a training step in
+one graph (tested).
 
 Shapes in comments: B batch, T tokens, C = n_embd, H query heads, K key/value heads,
 D head size, V vocabulary, L cached length.
@@ -26,6 +29,8 @@ D head size, V vocabulary, L cached length.
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +44,8 @@ __all__ = ["Transformer", "KVCache"]
 class KVCache:
     """Preallocated keys and values for every layer: ``k[layer]`` is (B, K, max_len, D).
 
+    ``k[layer]`` and ``v[layer]`` are ``kv[layer][0]`` and ``kv[layer][1]`` of one (2, B, K, max_len, D) buffer.
+
     Generation writes the new positions in place (``update``) and attends to the prefix
     ``[:start_pos + T]``, so decoding allocates nothing per token.
     """
@@ -47,9 +54,12 @@ class KVCache:
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         self.max_len = max_len or cfg.block_size
         self.batch_size = batch_size
-        shape = (batch_size, cfg.n_kv_head, self.max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        shape = (2, batch_size, cfg.n_kv_head, self.max_len, cfg.head_dim)
+        # k and v of a layer share one buffer (kv[layer][0] and [1]), so a batch-1 decoding step
+        # stores both with one copy_ (``Transformer._decode_step``).
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.k = [kv[0] for kv in self.kv]
+        self.v = [kv[1] for kv in self.kv]
 
     def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,6 +333,10 @@ class Transformer(nn.Module):
         B, T = idx.shape
         if start_pos + T > self.cfg.block_size:
             raise ValueError(f"positions up to {start_pos + T} exceed block_size {self.cfg.block_size}")
+        if (T == 1 and B == 1 and cache is not None and targets is None and not self.training
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled(idx.device.type)
+                and cache.batch_size == 1 and start_pos < cache.max_len):
+            return self.decode_step(idx, cache, start_pos).view(1, 1, -1), None
         x = self.wte(idx)  # (B, T, C)
         rope = None
         if self.wpe is not None:
@@ -349,3 +363,91 @@ class Transformer(nn.Module):
         else:
             loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1)
         return (logits if return_logits else None), loss
+
+    def decode_step(self, token: int | torch.Tensor, cache: KVCache, pos: int,
+                    state: DecodeState | None = None) -> torch.Tensor:
+        """Logits (V,) for one token id at position ``pos`` of a batch-1 ``cache``, writing its k/v there.
+
+        ``forward``'s batch-1 decoding path (``forward(idx (1, 1), cache=..., start_pos=pos)``
+        takes it without a gradient or autocast), callable directly by a generation loop with
+        ``state = model.decode_state()`` built once. The same maths and kernels as the general
+        path (gemv, SDPA, the same additions in the same order, so the same numbers), written as
+        one flat loop: at batch 1 a tiny model's step costs the dispatch of its ops more than their
+        arithmetic, and the general path's module calls, reshapes, transposes, q/k/v slices and
+        separate k and v cache writes were half of it (benchmarks/generate_speed.py).
+        """
+        H, K, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
+        layers, ln_f = state or self.decode_state()
+        if isinstance(token, int):
+            x = self.wte.weight[token]  # (C,), a view of the weight: never written in place
+        else:  # a (1, 1) tensor, read on its device (no host sync)
+            x = self.wte.weight.index_select(0, token.view(1)).view(-1)
+        if self.wpe is not None:
+            x = x + self.wpe.weight[pos]
+            rope = None
+        else:
+            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (D,) each
+        for (ln_1, qkv_w, qkv_b, qkv, q, new_kv, qk, c_proj, ln_2, c_fc, mlp_proj, gated), kv, k, v in zip(
+                layers, cache.kv, cache.k, cache.v):
+            # q, new_kv, qk: fixed views of this layer's reused qkv buffer, so no per-step slicing.
+            if qkv_b is None:
+                torch.mv(qkv_w, ln_1(x), out=qkv)
+            else:
+                torch.addmv(qkv_b, qkv_w, ln_1(x), out=qkv)
+            if rope is not None:
+                qk_rot = apply_rope(qk, *rope)  # (H + K, D)
+                k.select(2, pos).copy_(qk_rot[H:].view(1, K, D))
+                v.select(2, pos).copy_(new_kv[1])
+                q = qk_rot[:H].view(1, H, 1, D)
+            else:
+                kv.select(3, pos).copy_(new_kv)  # k and v in one copy: (2, 1, K, D)
+            L = pos + 1
+            y = F.scaled_dot_product_attention(
+                q, k.narrow(2, 0, L), v.narrow(2, 0, L), enable_gqa=K != H)  # (1, H, 1, D)
+            x = c_proj(y.view(-1)).add_(x)  # = x + attn: the general path's sum, in a fresh tensor
+            h = c_fc(ln_2(x))
+            if gated:
+                gate, up = h.chunk(2)
+                h = F.silu(gate).mul_(up)
+            else:
+                h = F.gelu(h, approximate="tanh")
+            x = mlp_proj(h).add_(x)
+        return self.lm_head.weight.mv(ln_f(x))
+
+    def decode_state(self) -> DecodeState:
+        """What ``decode_step`` reads per layer (weights bound as functions, a reused qkv buffer), built once.
+
+        Holds the current parameter tensors: build it again after replacing a parameter object
+        (in-place updates, ``load_state_dict`` and ``to()`` are seen). One state per concurrent
+        decoding loop (the qkv buffers are reused).
+        """
+        H, K, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
+        layers = []
+        for b in self.h:
+            w = b.attn.c_attn.weight
+            qkv = torch.empty(w.size(0), dtype=w.dtype, device=w.device)
+            layers.append((_vec_norm(b.ln_1), w, b.attn.c_attn.bias, qkv, qkv[:H * D].view(1, H, 1, D),
+                           qkv[H * D:].view(2, 1, K, D), qkv[:(H + K) * D].view(H + K, D),
+                           _vec_linear(b.attn.c_proj), _vec_norm(b.ln_2), _vec_linear(b.mlp.c_fc),
+                           _vec_linear(b.mlp.c_proj), b.mlp.gated))
+        return layers, _vec_norm(self.ln_f)
+
+
+VecFn = Callable[[torch.Tensor], torch.Tensor]
+DecodeState = tuple[list[tuple], VecFn]
+
+
+def _vec_linear(layer: nn.Linear) -> VecFn:
+    """``layer`` for one vector (C,), as gemv (see ``linear``)."""
+    w, b = layer.weight, layer.bias
+    return partial(torch.mv, w) if b is None else partial(torch.addmv, b, w)
+
+
+def _vec_norm(norm: nn.Module) -> VecFn:
+    """``norm`` for one vector without the module call (LayerNorm or RMSNorm, as ``make_norm`` builds)."""
+    if isinstance(norm, nn.LayerNorm):
+        shape, w, b, eps = norm.normalized_shape, norm.weight, norm.bias, norm.eps
+        # native_layer_norm is what layer_norm calls: one dispatch less per norm, the same kernel.
+        return lambda x: torch.native_layer_norm(x, shape, w, b, eps)[0]
+    shape, w, eps = norm.normalized_shape, norm.weight, norm.eps
+    return lambda x: torch.rms_norm(x, shape, w, eps)
