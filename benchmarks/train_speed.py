@@ -38,27 +38,8 @@ from typing import Callable
 import torch
 
 from hwlm.formulas import train_flops_per_token
+from hwlm.hw import keep_freed_memory  # the same allocator setting hwlm train uses on a CPU
 from hwlm.model import ModelConfig, Transformer
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc malloc keep freed memory instead of returning it to the kernel.
-
-    By default every allocation over 128 KiB (up to 32 MiB, adaptively) is its own ``mmap``:
-    freeing it unmaps it, and the next step's same-size tensor page-faults every 4 KiB page
-    again (the kernel zeroes each one). Measured here, that first touch costs as much as a
-    whole pass of a softmax. With mmap off and no trimming, the heap is reused across steps.
-    Same effect as ``LD_PRELOAD``ing jemalloc/tcmalloc, as Intel's PyTorch CPU guide advises.
-    Applied to the whole process, so to hwlm and HF alike. Returns False where unsupported.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def cpu_model() -> str:
