@@ -4,7 +4,7 @@ A run folder must hold ``log.jsonl`` (``hwlm train`` writes it from the first lo
 ``config.json`` is read when present (model shape, device, precision, peak FLOP/s). Bench
 inputs are record files or folders of them; records are read by
 :func:`hwlm.bench.records.load_record`, which rejects other kinds and versions. In a folder,
-JSON files of another kind (a calibration file, say) are skipped with a note, but a
+JSON objects of another kind (a calibration file, `hwlm hw --json` output) are skipped with a note, but a
 ``hwlm-bench`` file of the wrong version or one that is not JSON is an error: it was meant
 to be read.
 """
@@ -142,13 +142,13 @@ def load_run(path: str | Path) -> RunData:
     return RunData(path=path, name=path.resolve().name, log=log, config=config, notes=notes)
 
 
-def _kind_of(path: Path) -> Any:
-    """The ``kind`` of a JSON file, or None when it is not a JSON object (load_record then explains)."""
+def _kind_of(path: Path) -> tuple[bool, Any]:
+    """(is it a JSON object, its ``kind``); a file that is not a JSON object is left to load_record to explain."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return data.get("kind") if isinstance(data, dict) else None
+        return False, None
+    return (True, data.get("kind")) if isinstance(data, dict) else (False, None)
 
 
 def load_bench(paths: list[Path]) -> tuple[list[BenchRecord], list[str]]:
@@ -160,9 +160,9 @@ def load_bench(paths: list[Path]) -> tuple[list[BenchRecord], list[str]]:
             files = sorted(p.glob("*.json"))
             found = 0
             for f in files:
-                kind = _kind_of(f)
-                if kind is not None and kind != RECORD_KIND:
-                    notes.append(f"skipped {f}: a {kind!r} file, not a bench record")
+                is_object, kind = _kind_of(f)
+                if is_object and kind != RECORD_KIND:  # `hwlm hw --json`, a calibration file, ...
+                    notes.append(f"skipped {f}: a {kind or 'plain JSON'!s} file, not a bench record")
                     continue
                 records.append(BenchRecord(f, load_record(f)))
                 found += 1
