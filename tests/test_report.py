@@ -287,9 +287,11 @@ def test_wrong_version_or_kind_of_record_is_rejected(tmp_path: Path, capsys: pyt
 def test_bench_folder_skips_other_kinds_and_empty_folder_is_an_error(tmp_path: Path) -> None:
     bench = _write_bench(tmp_path / "bench")
     (bench / "calibration.json").write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "entries": []}))
+    (bench / "hw.json").write_text(json.dumps({"host": "vm", "cpu": {}}))  # `hwlm hw --json`: no kind at all
     inputs = collect_inputs([], [bench])
     assert sorted(r.benchmark for r in inputs.records) == ["infer", "peak", "train"]
     assert any("calibration.json" in n and "not a bench record" in n for n in inputs.notes)
+    assert any("hw.json" in n and "plain JSON" in n for n in inputs.notes)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"holds no bench records"):
         collect_inputs([], [tmp_path / "empty"])
