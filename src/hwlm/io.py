@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_dir",
     "fsync_dir",
+    "publish_dir",
     "sha256_file",
     "resource_error",
 ]
@@ -96,26 +97,36 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise resource_error(exc, path) from exc
     try:
         yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise resource_error(exc, path) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """fsync every file of the finished folder ``tmp``, then rename it to ``path``.
+
+    An older ``path`` is first renamed aside and removed only after the new folder is in place,
+    so a crash leaves either the old or the new folder under ``path``. Raises OSError.
+    """
+    tmp, path = Path(tmp), Path(path)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

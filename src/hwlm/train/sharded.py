@@ -14,7 +14,6 @@ state is then read through DCP into the unsharded model).
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from hwlm.errors import CheckpointError, HwlmError, ResourceError
-from hwlm.io import atomic_write_json, fsync_dir, resource_error
+from hwlm.io import atomic_write_json, publish_dir, resource_error
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.parallel import World, agree
 
@@ -36,21 +35,6 @@ DCP_DIR = "dcp"
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """fsync ``tmp`` and rename it to ``final`` (replacing an older folder of that name)."""
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fsync_dir(tmp)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
 
 
 def _write_rank0_files(tmp: Path, step: int, full: dict[str, torch.Tensor], make_plain: Callable[[], nn.Module],
@@ -108,7 +92,7 @@ def save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: torch.op
     if world.is_main:
         try:
             _write_rank0_files(tmp, step, full, make_plain, state, config, tokenizer_file, trainer_extra or {})
-            _publish(tmp, final)
+            publish_dir(tmp, final)
             ckpt_io.prune_checkpoints(run_dir, keep)
         except OSError as exc:
             err = resource_error(exc, final)
