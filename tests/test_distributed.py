@@ -31,25 +31,12 @@ COMMON = ["--model", "debug", "--precision", "fp32", "--device", "cpu", "--no-pr
           "--warmup", "2", "--eval-interval", "0", "--ckpt-interval", "10", "--max-steps", str(STEPS)]
 
 
-# Seen once in ~30 two-process CPU runs (2026-11-28, torch 2.13 gloo): a worker aborts in its first
-# collective with "terminate called without an active exception" from a gloo thread, before any step.
-# That is a start-up race below hwlm; such a run (and only such a run) is started once more from scratch.
-GLOO_START_ABORT = "terminate called without an active exception"
-
-
 def hwlm(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """``python -m hwlm ARGS`` in a fresh process, one intra-op thread per process."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("HWLM_DEBUG", None)
-    cmd = [sys.executable, "-m", "hwlm", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
-    out = Path(args[args.index("--out") + 1]) if "--out" in args else None
-    if (proc.returncode != 0 and GLOO_START_ABORT in proc.stderr and out is not None
-            and "--resume" not in args and not list(out.glob("checkpoints/step-*/COMPLETE"))):
-        print(f"gloo start-up abort, retrying once:\n{proc.stderr[-2000:]}")
-        shutil.rmtree(out, ignore_errors=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
-    return proc
+    return subprocess.run([sys.executable, "-m", "hwlm", *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -94,10 +94,16 @@ def init_distributed(device_type: str) -> World:
 
 
 def shutdown(world: World) -> None:
-    """Leave the process group (a no-op for one plain process)."""
+    """Leave the process group (a no-op for one plain process).
+
+    A barrier first: a rank that tears its gloo pairs down while a peer still has traffic in
+    flight (rank 0 writing the last checkpoint, say) makes that peer's gloo thread abort the
+    process at exit ("terminate called without an active exception", seen in CI).
+    """
     import torch.distributed as dist
 
     if world.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
