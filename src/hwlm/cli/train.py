@@ -112,7 +112,13 @@ def run_train(args: argparse.Namespace) -> int:
         if args.nproc not in ("1", "auto") or args.nnodes != 1 or args.master:
             raise ConfigError("this process already runs under torchrun: drop --nproc/--nnodes/--master "
                               "(torchrun's own flags set them)")
-        return _train_here(args, cfg, model_cfg)
+        rc = _train_here(args, cfg, model_cfg)
+        # A torchrun worker leaves without interpreter finalization: gloo's threads may still hold work
+        # objects whose destruction then aborts the process ("terminate called without an active
+        # exception", pytorch/pytorch#179291), seen in CI after successful runs. Checkpoints are fsynced.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
     from hwlm.train.launch import launch
     from hwlm.train.logs import info
 
