@@ -14,7 +14,7 @@ import torch
 from hwlm.errors import CheckpointError, ResourceError
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train import load_model, train
-from test_train_data import prepare_tiny, tiny_cfg
+from tiny import prepare_tiny, tiny_cfg
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hwlm.cli import main
-from test_train_data import prepare_tiny
+from tiny import prepare_tiny
 
 FAST = ["--model", "debug", "--batch-size", "4", "--precision", "fp32", "--device", "cpu", "--no-progress",
         "--no-tensorboard", "--eval-batches", "2", "--log-interval", "1", "--peak-flops", "1e9"]

@@ -20,7 +20,7 @@ from hwlm.train import checkpoint as ckpt_io
 from hwlm.train import train
 from hwlm.train.launch import free_port
 from hwlm.train.logs import read_log
-from test_train_data import prepare_tiny, tiny_cfg
+from tiny import prepare_tiny, tiny_cfg
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ import torch
 
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.logs import read_log
-from test_train_data import prepare_tiny
+from tiny import prepare_tiny
 
 pytestmark = [pytest.mark.gpu, pytest.mark.distributed,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -12,7 +12,7 @@ from hwlm.errors import ConfigError, DataError
 from hwlm.evaluate import EvalConfig, evaluate
 from hwlm.train import train
 from hwlm.train.load import decode_stream, load_model, stream_text
-from test_train_data import prepare_tiny, tiny_cfg
+from tiny import prepare_tiny, tiny_cfg
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from hwlm.train.logs import read_log
-from test_train_data import prepare_tiny
+from tiny import prepare_tiny
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from hwlm.model import ModelConfig
 from hwlm.train import train
 from hwlm.train.logs import read_log
 from hwlm.train.loop import build_model_config
-from test_train_data import prepare_tiny, tiny_cfg
+from tiny import prepare_tiny, tiny_cfg
 
 
 @pytest.fixture(scope="module")

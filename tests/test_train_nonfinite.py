@@ -13,7 +13,7 @@ from hwlm.errors import ConfigError
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train import train
 from hwlm.train.logs import read_log
-from test_train_data import prepare_tiny, tiny_cfg
+from tiny import prepare_tiny, tiny_cfg
 
 
 @pytest.fixture(scope="module")

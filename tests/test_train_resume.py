@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from hwlm.train import train
 from hwlm.train.logs import read_log
-from test_train_data import prepare_tiny, tiny_cfg
+from tiny import prepare_tiny, tiny_cfg
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,29 @@
+"""Session-scoped fixtures shared by every test module.
+
+``tiny_data`` is a prepared folder (vocab 300, both splits) and ``tiny_run`` a 6-step debug run trained
+on it, each built once per test session. Both are read-only for tests: a test that writes into a data
+or run folder (resume, pruning, corruption) copies it first (``shutil.copytree``) or builds its own with
+the helpers in ``tiny.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiny import prepare_tiny, tiny_cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_tiny(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    from hwlm.train import train
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    train(tiny_cfg(tiny_data, out))
+    return out
