@@ -31,6 +31,8 @@ __all__ = [
     "from_dict",
     "to_dict",
     "load_toml",
+    "builtin_recipes",
+    "recipe_path",
     "resolve",
     "add_arguments",
     "overrides_from_args",
@@ -150,9 +152,32 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML recipe; a missing or malformed file is a ConfigError."""
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped in ``hwlm/recipes/`` (``--config NAME`` finds them)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def recipe_path(path: str | Path) -> Path:
+    """``path`` itself when it exists; else a built-in recipe of that name (``mid-cpu`` or ``mid-cpu.toml``).
+
+    A name that is neither is a ConfigError listing the built-in recipes.
+    """
     path = Path(path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    builtin = RECIPES_DIR / (path.name if path.suffix == ".toml" else path.name + ".toml")
+    if builtin.is_file():
+        return builtin
+    raise ConfigError(f"config file {path} does not exist and is no built-in recipe; built-in recipes: "
+                      f"{', '.join(builtin_recipes())}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML recipe (a file, or a built-in recipe's name); a missing or malformed file is a ConfigError."""
+    path = recipe_path(path)
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
