@@ -61,3 +61,69 @@ def test_sha256(tmp_path: Path) -> None:
     p = tmp_path / "f"
     p.write_bytes(b"abc")
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+_HOLD = """
+import sys, time
+from hwlm.io import folder_lock
+with folder_lock(sys.argv[1], what="hwlm train"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _start_holder(folder: Path) -> "subprocess.Popen[str]":
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_folder_lock_names_the_holder_and_kill_9_frees_it(tmp_path: Path) -> None:
+    from hwlm.io import folder_lock
+    folder = tmp_path / "run"
+    holder = _start_holder(folder)
+    try:
+        with pytest.raises(ResourceError) as err:
+            with folder_lock(folder, what="hwlm prepare"):
+                pass
+        msg = str(err.value)
+        assert "\n" not in msg
+        assert msg == (f"{folder} is being written by process {holder.pid} (hwlm train); "
+                       "wait for it or use another --out")
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs in the holder
+        holder.wait()
+    with folder_lock(folder, what="hwlm prepare"):
+        assert (folder / ".lock").read_text().split() == [str(os.getpid()), "hwlm", "prepare"]
+
+
+def test_folder_lock_is_shared_by_nested_calls_and_released_after(tmp_path: Path) -> None:
+    from hwlm.io import folder_lock
+    with folder_lock(tmp_path / "r"):
+        with folder_lock(tmp_path / "r" / "." ):
+            pass
+    holder = _start_holder(tmp_path / "r")  # the lock is free again once the outer block ends
+    holder.kill()
+    holder.wait()
+
+
+_APPEND = """
+import sys
+from hwlm.io import append_line
+for i in range(300):
+    append_line(sys.argv[1], sys.argv[2] + str(i) + "-" + "x" * 5000)
+"""
+
+
+def test_append_line_from_two_processes_keeps_lines_whole(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    log = tmp_path / "log.jsonl"
+    procs = [subprocess.Popen([sys.executable, "-c", _APPEND, str(log), tag]) for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    lines = log.read_text().splitlines()
+    assert len(lines) == 600
+    assert all(line[0] in "ab" and line.endswith("-" + "x" * 5000) for line in lines)
+    assert sorted(lines) == sorted(f"{t}{i}-" + "x" * 5000 for t in "ab" for i in range(300))

@@ -1,6 +1,10 @@
 """Atomic file and folder writes: temp first, fsync, then rename.
 
 A reader never sees a half-written file: either the old one or the new one.
+Two writers never share a folder: :func:`folder_lock` holds an exclusive ``flock`` on
+``<folder>/.lock`` for a whole command, and :func:`append_line` locks an append-only file
+(a log) for one line. ``flock`` locks belong to the open file, so the kernel drops them when
+the process dies: a ``kill -9`` leaves no stale lock behind.
 OS errors that a user can fix (full disk, no permission) become
 :class:`~hwlm.errors.ResourceError` with one line saying what to do.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -28,7 +33,16 @@ __all__ = [
     "publish_dir",
     "sha256_file",
     "resource_error",
+    "folder_lock",
+    "append_line",
+    "LOCK_FILE",
 ]
+
+LOCK_FILE = ".lock"
+# Folders this process already holds (realpath -> depth): a nested folder_lock on one of them
+# (the CLI and the library function it calls) must not lock against itself, since a second
+# open() of the file is a second flock owner.
+_held: dict[str, int] = {}
 
 
 def resource_error(exc: OSError, path: str | os.PathLike) -> ResourceError:
@@ -136,3 +150,84 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _holder(lock_path: Path) -> str:
+    # The holder writes "pid what" right after it locks; between those two moments the file is empty.
+    try:
+        pid, _, what = lock_path.read_text(encoding="utf-8").strip().partition(" ")
+    except OSError:
+        return "another process"
+    if not pid.isdigit():
+        return "another process"
+    return f"process {pid} ({what})" if what else f"process {pid}"
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike, what: str = "hwlm") -> Iterator[Path]:
+    """Hold an exclusive lock on the folder ``path`` (created if missing) while the block runs.
+
+    The lock is ``flock(LOCK_EX | LOCK_NB)`` on ``<path>/.lock``, which then holds the holder's
+    pid and ``what`` (the command, for the message). A second writer, in this or another
+    process, gets one line naming the holder:
+
+        ResourceError: runs/r is being written by process 1234 (hwlm train); wait for it or use another --out
+
+    The lock file itself stays (deleting it would let a third process lock a file the second
+    one is already waiting on). Nested ``folder_lock`` calls on one folder in one process share
+    the outer lock.
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise resource_error(exc, folder) from exc
+    key = os.path.realpath(folder)
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield folder
+        finally:
+            _held[key] -= 1
+        return
+    lock_path = folder / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise resource_error(exc, lock_path) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResourceError(f"{folder} is being written by {_holder(lock_path)}; "
+                                "wait for it or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}\n".encode("utf-8"), 0)
+        _held[key] = 1
+        try:
+            yield folder
+        finally:
+            del _held[key]
+    finally:
+        os.close(fd)  # closing the last descriptor of the open file releases the flock
+
+
+def append_line(path: str | os.PathLike, text: str) -> None:
+    """Append ``text`` plus a newline to ``path`` under an exclusive ``flock``, then flush it.
+
+    For append-only files that several processes may write (run logs): each line lands whole,
+    never interleaved with another writer's. The lock is held only for this one write.
+    """
+    path = Path(path)
+    data = (text.rstrip("\n") + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view:  # a write to a regular file may still be short (a signal, a full disk)
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise resource_error(exc, path) from exc

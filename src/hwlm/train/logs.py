@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hwlm.io import atomic_write_text, resource_error
+from hwlm.io import append_line, atomic_write_text
 
 __all__ = ["RunLogger", "read_log", "info"]
 
@@ -62,15 +62,12 @@ class RunLogger:
         self.enabled = enabled
         self.path = Path(run_dir) / LOG_FILE
         self._tb = None
-        self._file = None
+        self._file: Path | None = None
         if not enabled:
             return
         kept = [r for r in read_log(run_dir) if r.get("step", 0) <= resume_step] if resume_step is not None else []
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        try:
-            self._file = open(self.path, "a", encoding="utf-8")
-        except OSError as exc:
-            raise resource_error(exc, self.path) from exc
+        self._file = self.path
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             # A fresh start purges from step 0: events of a run killed before its first checkpoint go.
@@ -82,11 +79,9 @@ class RunLogger:
         if not self.enabled or self._file is None:
             return
         record = {k: _plain(v) for k, v in record.items()}
-        try:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
-        except OSError as exc:
-            raise resource_error(exc, self.path) from exc
+        # One locked append per line: a reader (report, a watching script) or another writer
+        # never sees two lines interleaved.
+        append_line(self.path, json.dumps(record))
         if self._tb is not None:
             for key, tag in _TB_TAGS.items():
                 if record.get(key) is not None:
@@ -94,9 +89,7 @@ class RunLogger:
             self._tb.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._file = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
