@@ -108,3 +108,53 @@ def test_bad_arguments_raise_config_errors(kwargs: dict, message: str) -> None:
     args = dict(prompt_ids=[1], max_new_tokens=3) | kwargs
     with pytest.raises(ConfigError, match=message):
         next(generate(make(), **args))
+
+
+@pytest.mark.parametrize("name", ["debug", "llama-debug"])
+def test_static_step_rows_at_different_positions_equal_eager_decoding(name: str) -> None:
+    """The fixed-shape step (masked full cache, positions as a tensor) computes what decode_step does, per row."""
+    from hwlm.model import KVCache
+    from hwlm.model.decoding import StaticDecoder
+
+    model = make(name).eval()
+    prompts = [[3, 14, 15, 9, 26], [5, 8]]
+    dec = StaticDecoder(model, batch_size=2, max_len=model.cfg.block_size)
+    refs = []
+    for row, prompt in enumerate(prompts):
+        with torch.inference_mode():
+            cache = KVCache(model.cfg, 1)
+            model(torch.tensor([prompt]), cache=cache)
+            refs.append((cache, model.decode_state()))
+        # Fill the static cache's row with the same prompt (a one-row prefill, then copy the row in).
+        one = StaticDecoder(model, batch_size=1, max_len=model.cfg.block_size)
+        one.prefill(torch.tensor([prompt]))
+        for buf, src in zip(dec.cache.kv, one.cache.kv):
+            buf[:, row].copy_(src[:, 0])
+    tokens, pos = [7, 11], [len(p) for p in prompts]
+    for _ in range(6):
+        got = dec.step(torch.tensor(tokens), torch.tensor(pos))  # (2, V)
+        for row in range(2):
+            with torch.inference_mode():
+                want = model.decode_step(tokens[row], refs[row][0], pos[row], refs[row][1])
+            torch.testing.assert_close(got[row], want, rtol=0, atol=1e-5)
+        tokens = [int(t) for t in got.argmax(-1)]
+        pos = [p + 1 for p in pos]
+
+
+def test_cache_length_buckets() -> None:
+    from hwlm.model.decoding import cache_length
+
+    assert [cache_length(n, 1024) for n in (1, 64, 65, 300, 1024, 5000)] == [64, 64, 128, 512, 1024, 1024]
+    assert cache_length(10, 32) == 32
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_same_greedy_tokens_across_a_window_slide() -> None:
+    """torch.compile of the fixed-shape step (one graph, 20-40 s on 2 cores): greedy tokens as today's decode."""
+    model = make().eval()
+    prompt = [3, 14, 15, 9, 26]
+    n = 2 * model.cfg.block_size  # past block_size: the static cache fills and the window slides
+    expected = list(generate(model, prompt, n, temperature=0))
+    assert list(generate(model, prompt, n, temperature=0, compile=True)) == expected
+    assert list(generate(model, [1, 2], 5, temperature=0, compile=True)) == list(generate(model, [1, 2], 5,
+                                                                                        temperature=0))

@@ -73,13 +73,54 @@ def _forward_last(model: Transformer, idx: torch.Tensor, cache: KVCache, start_p
     return logits[0, -1]
 
 
+class _Steps:
+    """How one ``generate`` call runs the model: ``prefill(ids) -> logits`` and ``step(token, pos) -> logits``.
+
+    Three ways, the same numbers to round-off: the eager flat ``decode_step`` (default), ``forward``'s
+    general path under the caller's autocast (which casts), and the fixed-shape ``StaticDecoder``
+    step (``compile=True``: torch.compile, CUDA graphs on CUDA).
+    """
+
+    def __init__(self, model: Transformer, device: torch.device, dtype: torch.dtype, needed: int,
+                 compile: bool) -> None:
+        self.model, self.device = model, device
+        self.static = None
+        if compile:
+            from hwlm.model.decoding import StaticDecoder, cache_length
+
+            self.static = StaticDecoder(model, 1, cache_length(needed, model.cfg.block_size), compile=True)
+            self.max_len = self.static.max_len
+            return
+        self.max_len = model.cfg.block_size
+        with torch.inference_mode():  # inference tensors: ops on them skip autograd's view/version tracking
+            self.cache = KVCache(model.cfg, batch_size=1, device=device, dtype=dtype)
+            self.state = model.decode_state()  # once per call: the token loop then reads no module attributes
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        idx = torch.tensor([ids], device=self.device)
+        if self.static is not None:
+            return self.static.prefill(idx)[0]
+        return _forward_last(self.model, idx, self.cache, 0)
+
+    def step(self, token: int, pos: int) -> torch.Tensor:
+        if self.static is not None:
+            t = torch.tensor([token, pos], device=self.device)
+            return self.static.step(t[:1], t[1:])[0]
+        if torch.is_autocast_enabled(self.device.type):  # the caller's autocast: forward's general path casts
+            return _forward_last(self.model, torch.full((1, 1), token, device=self.device), self.cache, pos)
+        with torch.inference_mode():  # decode_step directly: no forward checks or module calls per token
+            return self.model.decode_step(token, self.cache, pos, self.state)
+
+
 def generate(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             eos_id: int | None = None) -> Iterator[int]:
+             eos_id: int | None = None, compile: bool = False) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids one at a time, stopping after ``eos_id``.
 
     The model runs in eval mode (restored afterwards). The same ``seed`` gives the same tokens
-    on the same machine; ``temperature=0`` is greedy and ignores ``seed``.
+    on the same machine; ``temperature=0`` is greedy and ignores ``seed``. ``compile=True`` decodes
+    with the fixed-shape step of ``hwlm.model.decoding`` under ``torch.compile`` (CUDA graphs on
+    CUDA); the first call compiles, which takes seconds on a CPU.
     """
     cfg = model.cfg
     _check_args(prompt_ids, max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
@@ -95,10 +136,8 @@ def generate(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int,
     try:
         if max_new_tokens == 0:
             return
-        with torch.inference_mode():  # inference tensors: ops on them skip autograd's view/version tracking
-            cache = KVCache(cfg, batch_size=1, device=device, dtype=param.dtype)
-            state = model.decode_state()  # once per call: the token loop then reads no module attributes
-        logits = _forward_last(model, torch.tensor([history], device=device), cache, 0)
+        steps = _Steps(model, device, param.dtype, len(history) + max_new_tokens, compile)
+        logits = steps.prefill(history)
         pos = len(history)
         for i in range(max_new_tokens):
             token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -106,18 +145,14 @@ def generate(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int,
             if token == eos_id or i == max_new_tokens - 1:
                 return
             history.append(token)
-            if pos == window:
+            if pos == steps.max_len:
                 # Cache full: slide the window and prefill the kept tokens again from position 0.
+                # (A static cache is sized to the whole request, so it fills only at block_size.)
                 history = history[-keep:]
-                logits = _forward_last(model, torch.tensor([history], device=device), cache, 0)
+                logits = steps.prefill(history)
                 pos = len(history)
-            elif torch.is_autocast_enabled(device.type):  # the caller's autocast: forward's general path casts
-                logits = _forward_last(model, torch.full((1, 1), token, device=device), cache, pos)
-                pos += 1
             else:
-                # decode_step directly: no forward checks or module calls on the per-token path.
-                with torch.inference_mode():
-                    logits = model.decode_step(token, cache, pos, state)
+                logits = steps.step(token, pos)
                 pos += 1
     finally:
         model.train(was_training)
