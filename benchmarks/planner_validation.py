@@ -114,6 +114,10 @@ def _devices(case: dict[str, Any], model: Model, kw: dict[str, Any]) -> int:
     return n
 
 
+# The cases' weight-only formats in the compress stage's names (weights x activations).
+_WEIGHT_FORMAT = {"int8": "w8a16", "int4": "w4a16"}
+
+
 def predict(case: dict[str, Any]) -> float:
     """The planner's prediction in the case's unit."""
     model = case_model(case)
@@ -141,7 +145,8 @@ def predict(case: dict[str, Any]) -> float:
     # llama.cpp: Metal command buffers); a case says `graphs = false` in its layout otherwise.
     e = estimate_inference(model, case_device(case), n, tp=lay.get("tp", n), batch=case["batch"],
                            prompt_len=case["prompt_len"], gen_len=max(case["gen_len"], 1),
-                           precision=case.get("weight_dtype", case["precision"]), graphs=lay.get("graphs", True))
+                           precision=_WEIGHT_FORMAT.get(case.get("weight_dtype", ""), case["precision"]),
+                           graphs=lay.get("graphs", True))
     return _infer_value(case, e.ttft_s, e.tpot_s)
 
 

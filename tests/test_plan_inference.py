@@ -56,7 +56,7 @@ def test_moe_reads_only_touched_experts() -> None:
 
 def test_quantized_weights_decode_faster_and_fit() -> None:
     bf = estimate_inference("llama-2-70b", "a100-80gb", 1, batch=1, prompt_len=16, gen_len=16)
-    i4 = estimate_inference("llama-2-70b", "a100-80gb", 1, batch=1, prompt_len=16, gen_len=16, precision="int4")
+    i4 = estimate_inference("llama-2-70b", "a100-80gb", 1, batch=1, prompt_len=16, gen_len=16, precision="w4a16")
     assert not bf.fits and i4.fits
     assert i4.tpot_s < bf.tpot_s / 2
     assert any("does not fit" in n for n in bf.notes)
@@ -82,7 +82,7 @@ def test_json_keys_and_energy() -> None:
     ({"batch": 0}, r"--batch must be a whole number >= 1"),
     ({"tp": 3, "devices": 4}, r"tp=3 does not divide --devices 4"),
     ({"tp": 3, "devices": 3}, r"tp=3 does not divide the 32 attention heads of llama-2-7b"),
-    ({"pue": 0.9}, r"--pue must be >= 1"),
+    ({"pue": 0.9}, r"--pue 0.9 must be >= 1"),
 ])
 def test_bad_inputs(kwargs: dict, message: str) -> None:
     devices = kwargs.pop("devices", 1)
@@ -132,9 +132,9 @@ def test_small_model_decode_waits_for_the_host_on_a_gpu() -> None:
 
 
 def test_host_term_is_negligible_for_large_models_and_absent_off_gpu() -> None:
-    eager = estimate_inference("llama-2-70b", "a100-80gb", 8, batch=1, prompt_len=128, gen_len=64, precision="int8")
+    eager = estimate_inference("llama-2-70b", "a100-80gb", 8, batch=1, prompt_len=128, gen_len=64, precision="w8a16")
     graphs = estimate_inference("llama-2-70b", "a100-80gb", 8, batch=1, prompt_len=128, gen_len=64,
-                                precision="int8", graphs=True)
+                                precision="w8a16", graphs=True)
     assert graphs.tpot_s <= eager.tpot_s
     big = estimate_inference("llama-2-70b", "a100-80gb", 4, batch=64, prompt_len=2048, gen_len=64)
     assert big.ttft_s == pytest.approx(estimate_inference("llama-2-70b", "a100-80gb", 4, batch=64, prompt_len=2048,

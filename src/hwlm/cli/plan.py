@@ -86,31 +86,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = plan.add_subparsers(dest="plan_command", metavar="PLAN_COMMAND")
     plan.set_defaults(func=lambda a: (plan.print_help(), 2)[1])
 
+    from hwlm.plan.jobs import InferenceJob, TrainingJob, field_help
+
+    def th(name: str) -> str:
+        return field_help(TrainingJob, name)
+
+    def ih(name: str) -> str:
+        return field_help(InferenceJob, name)
+
     t = sub.add_parser("train", help="estimate a training run")
     _common(t)
-    t.add_argument("--tokens", type=_num, required=True, help="training tokens (2e12, 2T)")
-    t.add_argument("--precision", default="bf16", help="fp32 | tf32 | bf16 | fp16 | fp8 (default bf16)")
-    t.add_argument("--seq-len", type=_int, help="context length (default: the model's)")
-    t.add_argument("--global-batch", type=_int, help="sequences per step (default ~4M tokens)")
-    t.add_argument("--tp", type=_int, help="tensor-parallel degree (default: chosen)")
-    t.add_argument("--pp", type=_int, help="pipeline-parallel degree (default: chosen)")
-    t.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help="ZeRO stage, 3 = FSDP (default: chosen)")
+    t.add_argument("--tokens", type=_num, required=True, help=th("tokens"))
+    t.add_argument("--precision", default="bf16", help=th("precision") + " (default bf16)")
+    t.add_argument("--framework", help=th("framework"))
+    t.add_argument("--seq-len", type=_int, help=th("seq_len"))
+    t.add_argument("--global-batch", type=_int, help=th("global_batch"))
+    t.add_argument("--tp", type=_int, help=th("tp"))
+    t.add_argument("--pp", type=_int, help=th("pp"))
+    t.add_argument("--ep", type=_int, help=th("ep"))
+    t.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help=th("zero_stage"))
     t.add_argument("--fsdp", action="store_true", help="same as --zero-stage 3")
-    t.add_argument("--recompute", choices=["none", "selective", "full"], help="activation recompute (default: chosen)")
-    t.add_argument("--micro-batch", type=_int,
-                   help="sequences per device per micro-step (default: the largest that fits and is no slower)")
+    t.add_argument("--recompute", choices=["none", "selective", "full"], help=th("recompute"))
+    t.add_argument("--micro-batch", type=_int, help=th("micro_batch"))
     t.set_defaults(func=_train)
 
-    i = sub.add_parser("infer", help="estimate serving latency, throughput, memory and cost")
+    i = sub.add_parser("infer", help="estimate the latency of one batch (see `plan serve` for traffic)")
     _common(i)
-    i.add_argument("--batch", type=_int, default=1, help="concurrent sequences per replica (default 1)")
-    i.add_argument("--prompt-len", type=_int, default=512, help="prompt tokens (default 512)")
-    i.add_argument("--gen-len", type=_int, default=256, help="generated tokens (default 256)")
-    i.add_argument("--precision", default="bf16", help="bf16 | fp16 | fp8 | int8 | int4 (weights; default bf16)")
-    i.add_argument("--tp", type=_int, help="tensor-parallel degree (default: all devices)")
-    i.add_argument("--cuda-graphs", action="store_true",
-                   help="the server replays steps as CUDA graphs (gpt-fast, vLLM); default: eager PyTorch, "
-                        "as `hwlm bench infer` runs, where a small model's GPU waits for the host to issue ops")
+    i.add_argument("--batch", type=_int, default=1, help=ih("batch") + " (default 1)")
+    i.add_argument("--prompt-len", type=_int, default=512, help=ih("prompt_len") + " (default 512)")
+    i.add_argument("--gen-len", type=_int, default=256, help=ih("gen_len") + " (default 256)")
+    i.add_argument("--precision", default="bf16", help=ih("precision") + " (default bf16)")
+    i.add_argument("--tp", type=_int, help=ih("tp"))
+    i.add_argument("--engine", help=ih("engine"))
+    i.add_argument("--cuda-graphs", action="store_true", default=None,
+                   help="force CUDA graphs on (the engine decides by default: vllm, tensorrt-llm and gpt-fast "
+                        "use them; hf and hwlm run eagerly, as `hwlm bench infer` does)")
+    i.add_argument("--allow-beyond-context", action="store_true", help=ih("allow_beyond_context"))
     i.set_defaults(func=_infer)
 
     h = sub.add_parser("hardware", help="list catalog devices, or describe one")
@@ -185,25 +196,14 @@ def _money(x: float | None) -> str:
     return "n/a (no price)" if x is None else f"${x:,.0f}" if x >= 100 else f"${x:,.2f}"
 
 
-def _device(a: argparse.Namespace) -> Any:
-    """The catalog id, or this machine's device built from the calibration file's measured peaks."""
-    from hwlm.plan.machine import device_from_calibration, is_this_machine
-
-    if not is_this_machine(a.hardware):
-        return a.hardware
-    if a.calibration is None:
-        raise PlanError("--hardware is required (a catalog id, see `hwlm plan hardware`), unless --calibration FILE "
-                        "from `hwlm bench calibrate --device this-machine` describes this machine")
-    return device_from_calibration(a.calibration)
-
-
 def _train(a: argparse.Namespace) -> int:
-    from hwlm.plan import estimate_training
+    from hwlm.plan import TrainingJob, estimate_training
 
-    e = estimate_training(a.model, a.tokens, _device(a), a.devices, precision=a.precision, seq_len=a.seq_len,
-                          global_batch=a.global_batch, tp=a.tp, pp=a.pp,
-                          zero_stage=3 if a.fsdp else a.zero_stage, recompute=a.recompute,
-                          micro_batch=a.micro_batch, **_env_kw(a))
+    job = TrainingJob(model=a.model, tokens=a.tokens, hardware=a.hardware, devices=a.devices, precision=a.precision,
+                      seq_len=a.seq_len, global_batch=a.global_batch, framework=a.framework, tp=a.tp, pp=a.pp,
+                      ep=a.ep, zero_stage=3 if a.fsdp else a.zero_stage, recompute=a.recompute,
+                      micro_batch=a.micro_batch, **_env_kw(a))
+    e = estimate_training(job)
     energy = "n/a" if e.energy_kwh is None else f"{e.energy_kwh:,.0f} kWh, {e.co2_kg / 1000:,.1f} t CO2"
     lines = [f"train {e.model} on {e.tokens:.3g} tokens, {e.devices} x {e.hardware}, {e.precision}",
              f"  layout       {e.layout.describe()}",
@@ -215,14 +215,17 @@ def _train(a: argparse.Namespace) -> int:
              f"  time         {e.time_s / 86400:,.2f} days ({e.device_hours:,.0f} device-hours; whole run, "
              f"incl. {e.overhead_time_s / max(e.time_s, 1e-30):.0%} for evals, checkpoints, restarts)",
              f"  energy       {energy}", f"  cost         {_money(e.cost_usd)}"]
+    lines += [f"  note: {n}" for n in e.notes if not n.startswith("layout:")]
     return _emit(a, e.to_dict(), "\n".join(lines), e.terms)
 
 
 def _infer(a: argparse.Namespace) -> int:
-    from hwlm.plan import estimate_inference
+    from hwlm.plan import InferenceJob, estimate_inference
 
-    e = estimate_inference(a.model, _device(a), a.devices, batch=a.batch, prompt_len=a.prompt_len,
-                           gen_len=a.gen_len, precision=a.precision, tp=a.tp, graphs=a.cuda_graphs, **_env_kw(a))
+    job = InferenceJob(model=a.model, hardware=a.hardware, devices=a.devices, batch=a.batch, prompt_len=a.prompt_len,
+                       gen_len=a.gen_len, precision=a.precision, tp=a.tp, engine=a.engine, cuda_graphs=a.cuda_graphs,
+                       allow_beyond_context=a.allow_beyond_context, **_env_kw(a))
+    e = estimate_inference(job)
     ept = "n/a" if e.energy_per_token_j is None else f"{e.energy_per_token_j:.3g} J/token"
     lines = [f"serve {e.model} on {e.devices} x {e.hardware} (tp={e.tp}), {e.precision}, batch {e.batch}, "
              f"prompt {e.prompt_len}, gen {e.gen_len}",
@@ -231,7 +234,7 @@ def _infer(a: argparse.Namespace) -> int:
              f"  TTFT         {e.ttft_s * 1e3:,.1f} ms", f"  TPOT         {e.tpot_s * 1e3:,.2f} ms",
              f"  throughput   {e.throughput_tokens_per_s:,.0f} tokens/s", f"  energy       {ept}",
              f"  cost         {_money(e.cost_per_million_tokens_usd)} per million tokens"]
-    lines += [f"  note: {n}" for n in e.notes if n.startswith("does not fit")]
+    lines += [f"  note: {n}" for n in e.notes]
     return _emit(a, e.to_dict(), "\n".join(lines), e.terms)
 
 

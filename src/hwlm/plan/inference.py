@@ -21,21 +21,27 @@ from typing import Any
 
 from hwlm.errors import PlanError
 from hwlm.formulas import forward_flops_per_token, kv_cache_bytes_per_token
-from hwlm.plan.catalog import Device, get_device
-from hwlm.plan.efficiency import (BYTES_PER_PARAM, DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, GRID_SOURCE,
+from hwlm.plan.catalog import Device
+from hwlm.plan.efficiency import (GRID_SOURCE,
                                   INFER_OP_OVERHEAD_SOURCE, PUE_SOURCE, Priors, load_calibration, ops_per_forward,
                                   priors_for)
 from hwlm.plan.explain import Term, Terms
+from hwlm.plan.jobs import INFER_PRECISIONS, InferenceJob, resolve_hardware
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION, link_bandwidth
+from hwlm.plan.software import ENGINES, Stack, default_engine, get_engine
 
-__all__ = ["InferenceEstimate", "estimate_inference", "INFER_PRECISIONS"]
+__all__ = ["InferenceEstimate", "InferenceJob", "estimate_inference", "INFER_PRECISIONS", "WEIGHT_BYTES"]
 
-INFER_PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
-# The data type the matrix units run in for each weight format (weight-only int4 dequantises
-# to 16-bit; int8/fp8 use the 8-bit units when the device has them).
+# The data type the matrix units run in for each format: weight-only w8a16/w4a16 dequantise to 16
+# bits in the kernel; w8a8 and fp8 use the 8-bit units when the device has them.
 _COMPUTE_DTYPE = {"fp32": ("fp32",), "bf16": ("bf16", "fp16"), "fp16": ("fp16", "bf16"),
-                  "fp8": ("fp8", "bf16", "fp16"), "int8": ("int8", "bf16", "fp16"), "int4": ("bf16", "fp16")}
+                  "fp8": ("fp8", "bf16", "fp16"), "w8a8": ("int8", "fp8", "bf16", "fp16"),
+                  "w8a16": ("bf16", "fp16"), "w4a16": ("bf16", "fp16")}
+# Bytes per weight of each format (group-wise scales of w4a16 left out: 1/16 B at group 32).
+WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "w8a8": 1.0, "w8a16": 1.0, "w4a16": 0.5}
+# The weight-only kernels' decode-efficiency prior (Priors.int8_decode / int4_decode).
+_WEIGHT_ONLY = {"w8a16": "int8", "w4a16": "int4"}
 
 
 @dataclass
@@ -52,6 +58,7 @@ class InferenceEstimate:
     gen_len: int
     fits: bool
     graphs: bool
+    engine: str
     ttft_s: float
     tpot_s: float
     memory_per_device_bytes: float
@@ -75,7 +82,7 @@ class InferenceEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in (
-            "model", "hardware", "devices", "tp", "precision", "batch", "prompt_len", "gen_len", "fits", "graphs", "ttft_s",
+            "model", "hardware", "devices", "tp", "precision", "batch", "prompt_len", "gen_len", "fits", "graphs", "engine", "ttft_s",
             "tpot_s", "memory_per_device_bytes", "weights_bytes_per_device", "kv_cache_bytes_per_device", "max_batch",
             "max_context", "throughput_tokens_per_s", "energy_per_token_j", "cost_per_million_tokens_usd",
             "request_time_s", "tokens_per_joule", "notes")}
@@ -110,7 +117,7 @@ def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tupl
     The last is None when a ``prefill`` entry is calibrated: that end-to-end rate already includes the
     element-wise work. Otherwise it is the copy (``membw``) efficiency, never a ``decode`` one (a decode
     rate can be bound by something else than bandwidth, e.g. kernel launches)."""
-    pri = priors_for(dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, weight_dtype=precision)
+    pri = priors_for(dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, weight_dtype=_WEIGHT_ONLY.get(precision))
     src = f"prior for {dev.kind}/{cdtype}: {pri.source}"
     cal = load_calibration(calibration)
     if cal is None:
@@ -178,6 +185,7 @@ class _Job:
     bw_src: str
     graphs: bool = False
     ew_bw_eff: float | None = None  # element-wise traffic's bandwidth efficiency; None: in a calibrated prefill
+    engine: Stack = ENGINES["hwlm"]
 
 
 def _host_time(j: _Job, t: Terms, phase: str) -> float:
@@ -193,7 +201,7 @@ def _host_time(j: _Job, t: Terms, phase: str) -> float:
 
 def _memory(j: _Job, t: Terms) -> dict[str, float]:
     spec, tp, batch = j.m.spec, j.tp, j.batch
-    bytes_w = BYTES_PER_PARAM[j.precision]
+    bytes_w = WEIGHT_BYTES[j.precision]
     kv_bytes = 1.0 if j.precision == "fp8" else 2.0  # fp8 serving also stores the KV cache in fp8
     w_dev = t.add("weights_per_device", f"{j.m.params.total:.4g} params x {bytes_w} B / tp {tp}",
                   j.m.params.total * bytes_w / tp, "B", j.m.source)
@@ -218,16 +226,26 @@ def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
     peak, bw = dev.peak_flops(j.cdtype), dev.memory_bw
     f_pre = t.add("prefill_flops", f"batch {j.batch} x prompt {j.prompt_len} x forward FLOPs/token at {j.prompt_len}",
                   j.batch * j.prompt_len * forward_flops_per_token(spec, j.prompt_len), "FLOP", "hwlm.formulas")
-    t_mm = t.add("prefill_compute_time", f"prefill_flops / (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g})",
-                 f_pre / (tp * peak * pri.matmul_eff), "s", j.mm_src)
+    # Prefill's own regime: the attention-score FLOPs grow with the prompt (quadratic in total) and run in
+    # the engine's attention kernel, the projections in plain GEMMs.
+    f_att = t.add("prefill_attention_flops", f"batch x prompt x {spec.n_layers} layers x 2 x prompt x heads x "
+                  "(qk + v) head dims", j.batch * j.prompt_len * (forward_flops_per_token(spec, j.prompt_len)
+                                                                   - 2.0 * j.m.params.matmul_active), "FLOP",
+                  "hwlm.formulas.forward_flops_per_token (full T x T product, PaLM convention)")
+    att = j.engine.attention
+    t_mm = t.add("prefill_compute_time", f"(prefill_flops - attention + attention / {att:g} ({j.engine.id} kernel)) "
+                 f"/ (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g})",
+                 (f_pre - f_att + f_att / att) / (tp * peak * pri.matmul_eff), "s",
+                 f"{j.mm_src}; attention kernel: {j.engine.source}")
     if j.ew_bw_eff is None:
         t_ew = t.add("prefill_elementwise_time", "0: included in the calibrated prefill rate", 0.0, "s", j.mm_src)
     else:
         t_ew = t.add("prefill_elementwise_time",
-                     f"tokens x {spec.n_layers} layers x {pri.act_traffic:.3g} x 34h x 2 B "
+                     f"tokens x {spec.n_layers} layers x {pri.act_traffic:.3g} x {j.engine.elementwise:g} x 34h x 2 B "
                      f"/ (tp x bw x {j.ew_bw_eff:.3g})",
-                     j.batch * j.prompt_len * spec.n_layers * pri.act_traffic * 34 * spec.d_model * 2.0
-                     / (tp * bw * j.ew_bw_eff), "s", "Korthikanti et al. 2022, arXiv:2205.05198")
+                     j.batch * j.prompt_len * spec.n_layers * pri.act_traffic * j.engine.elementwise * 34 * spec.d_model
+                     * 2.0 / (tp * bw * j.ew_bw_eff), "s",
+                     f"Korthikanti et al. 2022, arXiv:2205.05198; x {j.engine.elementwise:g} fusion of {j.engine.id}")
     t_w = t.add("prefill_weight_read_time", f"weights_per_device / (bw {bw:.4g} x {pri.decode_bw_eff:.3g})",
                 w_dev / (bw * pri.decode_bw_eff), "s", j.bw_src)
     comm, comm_f = _comm(j.m, dev, tp, j.batch * j.prompt_len, pri)
@@ -261,29 +279,56 @@ def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
                  max(max(t_mem, t_fl) + launch + comm, host), "s")
 
 
-def estimate_inference(model: str | Model, hardware: str | Device, devices: int = 1, *, batch: int = 1,
-                       prompt_len: int = 512, gen_len: int = 256, precision: str = "bf16", tp: int | None = None,
-                       calibration: Any = None, pue: float = DEFAULT_PUE,
-                       grid_intensity: float = DEFAULT_GRID_KG_PER_KWH,
-                       price_per_hour: float | None = None, power_w: float | None = None,
-                       graphs: bool = False) -> InferenceEstimate:
-    """Predict serving ``batch`` sequences of ``prompt_len`` + ``gen_len`` tokens.
+def estimate_inference(model: str | Model | InferenceJob, hardware: str | Device | None = None, devices: int = 1, *,
+                       graphs: bool | None = None, **options: Any) -> InferenceEstimate:
+    """Predict serving one batch: ``estimate_inference(InferenceJob(...))``, or the job's fields as arguments
+    (``estimate_inference("llama-2-7b", "a100-80gb", 1, batch=8, prompt_len=1024)``); see
+    :class:`~hwlm.plan.jobs.InferenceJob` for every field.
 
     ``tp`` (default: all devices) shards each replica; ``devices / tp`` replicas each serve ``batch``.
-    ``power_w`` replaces the catalog TDP (per device). ``graphs=True``: the server replays each step as
-    a CUDA graph (gpt-fast, vLLM, TensorRT-LLM), so a GPU does not wait for the host to issue its ops;
-    the default is eager PyTorch, as ``hwlm bench infer`` and ``hwlm generate`` run.
+    ``power_w`` replaces the catalog TDP (per device). ``graphs`` (old spelling of ``cuda_graphs``):
+    the server replays each step as a CUDA graph (gpt-fast, vLLM, TensorRT-LLM), so a GPU does not wait
+    for the host to issue its ops; the default is eager PyTorch, as ``hwlm bench infer`` runs.
     """
-    m = get_model(model)
-    dev = hardware if isinstance(hardware, Device) else get_device(hardware)
-    tp = devices if tp is None else tp
+    if isinstance(model, InferenceJob):
+        if hardware is not None or options or graphs is not None:
+            raise PlanError("pass either an InferenceJob or the job's fields as arguments, not both")
+        job = model
+    else:
+        if graphs is not None:
+            options["cuda_graphs"] = graphs
+        job = InferenceJob(model=model, hardware=hardware, devices=devices, **options)
+    return _estimate(job)
+
+
+def _context_check(m: Model, prompt_len: int, gen_len: int, allow: bool) -> str | None:
+    """Refuse a request past the model's context window unless allowed; then a note that it extrapolates."""
+    window = m.spec.max_positions
+    if prompt_len + gen_len <= window:
+        return None
+    if not allow:
+        raise PlanError(f"prompt {prompt_len:,} + generation {gen_len:,} tokens exceed {m.name}'s "
+                        f"{window:,}-token context; shorten them, or pass --allow-beyond-context to extrapolate")
+    return (f"prompt + generation ({prompt_len + gen_len:,} tokens) go past {m.name}'s {window:,}-token context: "
+            "the estimate extrapolates the attention and KV-cache terms; the model itself was not trained for it")
+
+
+def _estimate(job: InferenceJob) -> InferenceEstimate:
+    m = get_model(job.model)
+    dev = resolve_hardware(job.hardware, job.calibration)
+    devices, batch, prompt_len, gen_len, precision = job.devices, job.batch, job.prompt_len, job.gen_len, job.precision
+    tp = devices if job.tp is None else job.tp
     _check(m, devices, tp, batch, prompt_len, gen_len, precision)
-    if pue < 1.0 or grid_intensity < 0:
-        raise PlanError(f"--pue must be >= 1 and --grid-intensity >= 0, got {pue} and {grid_intensity}")
+    beyond = _context_check(m, prompt_len, gen_len, job.allow_beyond_context)
+    engine = get_engine(job.engine, dev) if job.engine else default_engine(dev)
+    # CUDA graphs belong to the engine; --cuda-graphs / graphs= overrides it.
+    graphs = engine.cuda_graphs if job.cuda_graphs is None else bool(job.cuda_graphs)
+    calibration, pue, grid_intensity = job.calibration, job.pue, job.grid_intensity
+    price_per_hour, power_w = job.price_per_hour, job.power_w
     cdtype = _compute_dtype(dev, precision)
     pri, mm_src, bw_src, ew_eff = _resolve(dev, cdtype, precision, calibration)
     j = _Job(m, dev, devices, tp, batch, prompt_len, gen_len, precision, cdtype, pri, mm_src, bw_src, bool(graphs),
-             ew_eff)
+             ew_eff, engine)
     t = Terms()
     mem = _memory(j, t)
     ttft = _prefill(j, t, mem["weights"])
@@ -307,9 +352,15 @@ def estimate_inference(model: str | Model, hardware: str | Device, devices: int 
                     devices * rate / 3600 / thr * 1e6, "USD",
                     "user price" if price_per_hour is not None else dev.source("price_per_hour"))
     fits = mem["total"] <= dev.memory_bytes * USABLE_MEMORY_FRACTION
-    notes = [f"compute in {cdtype}; weights in {precision}"
+    t.add("engine", f"{engine.name}: CUDA graphs {'on' if graphs else 'off'}, element-wise traffic x "
+          f"{engine.elementwise:g}, attention efficiency x {engine.attention:g}", engine.elementwise, "", engine.source)
+    notes = [f"engine: {engine.id}" + ("" if job.engine else " (assumed; pass --engine vllm|tensorrt-llm|gpt-fast|"
+                                                             "llama.cpp|hf|hwlm)"),
+             f"compute in {cdtype}; weights in {precision}"
              + ("; GPU steps issued eagerly, op by op (pass graphs / --cuda-graphs for a CUDA-graph server)"
                 if dev.kind == "gpu" and not graphs else "")]
+    if beyond:
+        notes.append(beyond)
     if not fits:
         notes.append(f"does not fit: {mem['total'] / 1e9:.1f} GB per device > {USABLE_MEMORY_FRACTION:.0%} of "
                      f"{dev.memory_bytes / 1e9:.0f} GB; largest batch that fits: {mem['max_batch']}; "
@@ -320,7 +371,7 @@ def estimate_inference(model: str | Model, hardware: str | Device, devices: int 
         notes.append(f"{dev.id} has no published TDP; pass --power-w for energy")
     return InferenceEstimate(
         model=m.name, hardware=dev.id, devices=devices, tp=tp, precision=precision, batch=batch, prompt_len=prompt_len,
-        gen_len=gen_len, fits=fits, graphs=bool(graphs), ttft_s=ttft, tpot_s=tpot, memory_per_device_bytes=mem["total"],
+        gen_len=gen_len, fits=fits, graphs=bool(graphs), engine=engine.id, ttft_s=ttft, tpot_s=tpot, memory_per_device_bytes=mem["total"],
         weights_bytes_per_device=mem["weights"], kv_cache_bytes_per_device=mem["kv"], max_batch=mem["max_batch"],
         max_context=mem["max_context"], throughput_tokens_per_s=thr, energy_per_token_j=ept,
         cost_per_million_tokens_usd=cpm, terms=list(t), notes=notes)

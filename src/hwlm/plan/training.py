@@ -27,19 +27,20 @@ from typing import Any
 
 from hwlm.errors import PlanError
 from hwlm.formulas import train_flops_per_token
-from hwlm.plan.catalog import Device, get_device
-from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, GRID_SOURCE, OP_OVERHEAD_SOURCE,
+from hwlm.plan.catalog import Device
+from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, GRID_SOURCE, OP_OVERHEAD_SOURCE,
                                   PUE_SOURCE, Calibration, Priors, gemm_shapes, kernels_per_step, load_calibration,
                                   priors_for)
 from hwlm.plan.explain import Term, Terms
+from hwlm.plan.jobs import TRAIN_PRECISIONS, TrainingJob, resolve_hardware
 from hwlm.plan.machine import THIS_MACHINE
 from hwlm.plan.models import Model, get_model
+from hwlm.plan.software import FRAMEWORKS, Stack, default_framework, get_framework
 from hwlm.plan.parallel import (BYTES_ADAM_MIXED, LOGIT_BYTES_16BIT, LOGIT_BYTES_FP32, USABLE_MEMORY_FRACTION, Layout,
                                 MemoryBreakdown, link_bandwidth, training_memory, validate_layout)
 
-__all__ = ["TrainingEstimate", "estimate_training", "TRAIN_PRECISIONS", "DEFAULT_BATCH_TOKENS"]
+__all__ = ["TrainingEstimate", "TrainingJob", "estimate_training", "TRAIN_PRECISIONS", "DEFAULT_BATCH_TOKENS"]
 
-TRAIN_PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
 SCHEDULES = ("1f1b", "interleaved")
 # Default global batch ~4M tokens: Llama 2 (arXiv:2307.09288, section 2.2) and GPT-3 175B (3.2M).
 DEFAULT_BATCH_TOKENS = 4 * 1024 * 1024
@@ -74,6 +75,7 @@ class TrainingEstimate:
     smallest_fitting: str | None = None
     terms: list[Term] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    framework: str = ""
 
     @property
     def device_hours(self) -> float:
@@ -114,7 +116,7 @@ class TrainingEstimate:
             "compute_time_s": self.compute_time_s, "comm_time_s": self.comm_time_s,
             "bubble_time_s": self.bubble_time_s, "overhead_time_s": self.overhead_time_s, "mfu": self.mfu,
             "energy_kwh": self.energy_kwh, "co2_kg": self.co2_kg, "cost_usd": self.cost_usd,
-            "notes": self.notes, "terms": [t.to_dict() for t in self.terms],
+            "framework": self.framework, "notes": self.notes, "terms": [t.to_dict() for t in self.terms],
         }
 
 
@@ -133,6 +135,8 @@ class _Ctx:
     train_eff: float | None     # a calibrated end-to-end compute efficiency replaces the roofline
     eff_source: str
     autocast: bool = False      # fp32 weights cast to 16 bits every step (hwlm's loop), not 16-bit weights
+    stack: Stack = FRAMEWORKS["megatron"]  # the training framework (fusion, communication overlap)
+    user_stack: bool = False    # the user named the framework (else it is the assumed default)
 
 
 # Passes over the logits per step (write, max, exp-sum, scale to the gradient, read by the two
@@ -249,11 +253,14 @@ def _comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> dict[str, fl
     if lay.tp > 1:
         bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, lay.tp, up)
         n_coll = 4 + 2 * lay.recompute_fraction(spec.n_layers)
+        hidden = ctx.stack.tp_overlap
         out["tp"] = t.add("tp_comm_time",
                           f"tokens/dp x {spec.n_layers}/pp layers x {n_coll:.3g} all-reduces x 2(t-1)/t x {act:.0f} B"
-                          f" / ({what} {bw:.4g} x {eff})",
-                          tok_dev * spec.n_layers / lay.pp * n_coll * 2 * (lay.tp - 1) / lay.tp * act / (bw * eff),
-                          "s", f"{NARAYANAN}.2 (Megatron: 2 all-reduces forward, 2 backward per layer; not overlapped)")
+                          f" / ({what} {bw:.4g} x {eff}) x (1 - {hidden:g} overlapped by {ctx.stack.id})",
+                          tok_dev * spec.n_layers / lay.pp * n_coll * 2 * (lay.tp - 1) / lay.tp * act / (bw * eff)
+                          * (1.0 - hidden), "s",
+                          f"{NARAYANAN}.2 (Megatron: 2 all-reduces forward, 2 backward per layer); overlap: "
+                          f"{ctx.stack.source}")
     if lay.pp > 1:
         bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, lay.tp * lay.pp, up)
         v = lay.virtual_stages
@@ -443,76 +450,73 @@ def _resolve_calibration(dev: Device, precision: str, calibration: Any) -> tuple
     return pri, (train.efficiency if train else None), source
 
 
-def _check_inputs(tokens: float, devices: int, precision: str, dev: Device, pue: float, grid: float) -> None:
-    if not tokens or tokens <= 0:
-        raise PlanError(f"--tokens must be a positive number of training tokens, got {tokens!r}")
-    if not isinstance(devices, int) or devices < 1:
-        raise PlanError(f"--devices must be a whole number >= 1, got {devices!r}")
-    if precision not in TRAIN_PRECISIONS:
-        raise PlanError(f"training precision {precision!r} is not supported; choose one of {', '.join(TRAIN_PRECISIONS)}")
-    dev.peak_flops(precision)  # PlanError naming the dtypes the device has
-    if pue < 1.0:
-        raise PlanError(f"--pue {pue} must be >= 1 (total facility power / IT power)")
-    if grid < 0:
-        raise PlanError(f"--grid-intensity {grid} must be >= 0 kg CO2 per kWh")
-
-
-def estimate_training(model: str | Model, tokens: float, hardware: str | Device, devices: int, *,
-                      precision: str = "bf16", layout: Layout | None = None, seq_len: int | None = None,
-                      global_batch: int | None = None, zero_stage: int | None = None, tp: int | None = None,
-                      pp: int | None = None, recompute: str | None = None, micro_batch: int | None = None,
-                      virtual_stages: int | None = None, schedule: str | None = None,
-                      pue: float = DEFAULT_PUE, grid_intensity: float = DEFAULT_GRID_KG_PER_KWH,
-                      price_per_hour: float | None = None, calibration: Any = None,
-                      power_w: float | None = None, find_smallest: bool = True,
-                      autocast: bool = False) -> TrainingEstimate:
-    """Predict a training run of ``model`` on ``tokens`` tokens over ``devices`` x ``hardware``.
+def estimate_training(model: str | Model | TrainingJob, tokens: float | None = None, hardware: str | Device | None = None,
+                      devices: int = 1, **options: Any) -> TrainingEstimate:
+    """Predict a training run: ``estimate_training(TrainingJob(...))``, or the same fields as arguments
+    (``estimate_training("llama-2-7b", 2e12, "a100-80gb", 256, precision="bf16")``); see
+    :class:`~hwlm.plan.jobs.TrainingJob` for every field and its meaning.
 
     ``layout=None`` picks one (given tp/pp/zero_stage/recompute are kept); a layout that does not
     fit in memory is not an error: ``fits`` is False and ``smallest_fitting`` names what would fit.
     ``schedule`` is the pipeline schedule: ``"1f1b"``, ``"interleaved"`` (the number of chunks
     per device is chosen unless ``virtual_stages`` is given) or None (chosen).
-    ``global_batch`` is in sequences (default ~4M tokens). ``power_w`` replaces the catalog TDP. ``find_smallest=False`` skips the
-    search for the smallest fitting device count (sweeps that try every count anyway).
-    ``autocast=True`` models fp32 weights under ``torch.autocast`` (hwlm's training loop: casts every
-    step) rather than the 16-bit weights of Megatron-style runs.
+    ``global_batch`` is in sequences (default ~4M tokens). ``power_w`` replaces the catalog TDP.
+    ``find_smallest=False`` skips the search for the smallest fitting device count (sweeps that try
+    every count anyway). ``autocast=True`` models fp32 weights under ``torch.autocast`` (hwlm's training
+    loop: casts every step) rather than the 16-bit weights of Megatron-style runs.
     """
-    m = get_model(model)
-    dev = hardware if isinstance(hardware, Device) else get_device(hardware)
-    _check_inputs(tokens, devices, precision, dev, pue, grid_intensity)
-    if schedule not in (None, *SCHEDULES):
-        raise PlanError(f"pipeline schedule {schedule!r} is not known; choose one of {', '.join(SCHEDULES)}")
-    seq = int(seq_len or m.seq_len)
-    if seq < 1:
-        raise PlanError(f"--seq-len must be >= 1, got {seq_len}")
-    pri, train_eff, eff_source = _resolve_calibration(dev, precision, calibration)
+    if isinstance(model, TrainingJob):
+        if tokens is not None or hardware is not None or options:
+            raise PlanError("pass either a TrainingJob or the job's fields as arguments, not both")
+        job = model
+    else:
+        job = TrainingJob(model=model, tokens=tokens if tokens is not None else 0.0, hardware=hardware,
+                          devices=devices, **options)
+    return _estimate(job)
+
+
+def _estimate(job: TrainingJob) -> TrainingEstimate:
+    m = get_model(job.model)
+    dev = resolve_hardware(job.hardware, job.calibration)
+    devices, precision = job.devices, job.precision
+    dev.peak_flops(precision)  # PlanError naming the dtypes the device has
+    if job.schedule not in (None, *SCHEDULES):
+        raise PlanError(f"pipeline schedule {job.schedule!r} is not known; choose one of {', '.join(SCHEDULES)}")
+    seq = int(job.seq_len or m.seq_len)
+    pri, train_eff, eff_source = _resolve_calibration(dev, precision, job.calibration)
+    stack = get_framework(job.framework, dev) if job.framework else default_framework(dev)
+    # Fusion changes the element-wise traffic only (the fitted prior is the reference stack's).
+    pri = replace(pri, act_traffic=pri.act_traffic * stack.elementwise)
     # Default batch: ~4M tokens, but at least one sequence per 8 devices (a 16K-GPU run needs a
     # larger batch: Llama 3 405B used 16M tokens, arXiv:2407.21783, section 3.4.1).
-    gb = int(global_batch or max(1, round(DEFAULT_BATCH_TOKENS / seq), math.ceil(devices / 8)))
-    ctx = _Ctx(model=m, dev=dev, devices=devices, precision=precision, tokens=float(tokens), seq_len=seq,
-               batch_tokens=float(gb * seq), pri=pri, train_eff=train_eff, eff_source=eff_source, autocast=autocast)
-    fixed = {"tp": tp, "pp": pp, "zero_stage": zero_stage, "recompute": recompute, "micro_batch": micro_batch,
-             "virtual_stages": virtual_stages, "schedule": schedule}
-    if layout is None:  # check the given degrees once, with the first layout they allow
+    gb = int(job.global_batch or max(1, round(DEFAULT_BATCH_TOKENS / seq), math.ceil(devices / 8)))
+    ctx = _Ctx(model=m, dev=dev, devices=devices, precision=precision, tokens=float(job.tokens), seq_len=seq,
+               batch_tokens=float(gb * seq), pri=pri, train_eff=train_eff, eff_source=eff_source,
+               autocast=job.autocast, stack=stack, user_stack=bool(job.framework))
+    tp, pp, micro_batch = job.tp, job.pp, job.micro_batch
+    fixed = {"tp": tp, "pp": pp, "zero_stage": job.zero_stage, "recompute": job.recompute,
+             "micro_batch": micro_batch, "virtual_stages": job.virtual_stages, "schedule": job.schedule}
+    if job.layout is None:  # check the given degrees once, with the first layout they allow
         tp_, pp_ = tp or 1, pp or 1
         if devices % (tp_ * pp_):
             raise PlanError(f"tp={tp_} x pp={pp_} does not divide --devices {devices}; "
                             f"choose degrees whose product divides {devices}")
-        validate_layout(m.spec, devices, Layout(dp=devices // (tp_ * pp_), tp=tp_, pp=pp_, zero_stage=zero_stage or 0,
-                                                recompute=recompute or "selective",  # type: ignore[arg-type]
+        validate_layout(m.spec, devices, Layout(dp=devices // (tp_ * pp_), tp=tp_, pp=pp_,
+                                                zero_stage=job.zero_stage or 0,
+                                                recompute=job.recompute or "selective",  # type: ignore[arg-type]
                                                 micro_batch=micro_batch or 1,
-                                                virtual_stages=virtual_stages or 1), m.name)
-    if layout is not None:
-        validate_layout(m.spec, devices, layout, m.name)
-        lay, fits = layout, _memory(ctx, layout).fits
-    else:
+                                                virtual_stages=job.virtual_stages or 1), m.name)
         lay, fits = _choose(ctx, fixed)
         if fits and not micro_batch:
             lay = _grow_micro_batch(ctx, lay)
+    else:
+        validate_layout(m.spec, devices, job.layout, m.name)
+        lay, fits = job.layout, _memory(ctx, job.layout).fits
     if gb < lay.dp * lay.micro_batch:
         raise PlanError(f"global batch {gb} sequences is smaller than dp={lay.dp} x micro_batch={lay.micro_batch}; "
                         f"raise --global-batch or use fewer devices")
-    return _finish(ctx, lay, fits, fixed if find_smallest else None, pue, grid_intensity, price_per_hour, power_w)
+    return _finish(ctx, lay, fits, fixed if job.find_smallest else None, job.pue, job.grid_intensity,
+                   job.price_per_hour, job.power_w)
 
 
 def _energy(t: Terms, dev: Device, dh: float, frac: float, pue: float, grid: float,
@@ -564,7 +568,10 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
     if rate is not None:
         cost = t.add("cost", f"device_hours x ${rate}/device-hour", dh * rate, "USD",
                      "user price" if price is not None else dev.source("price_per_hour"))
-    notes = [f"layout: {lay.describe()}"]
+    t.add("framework", f"{ctx.stack.name}: element-wise traffic x {ctx.stack.elementwise:g}, tp traffic hidden "
+          f"{ctx.stack.tp_overlap:.0%}", ctx.stack.elementwise, "", ctx.stack.source)
+    notes = [f"layout: {lay.describe()}", f"framework: {ctx.stack.id}" + (
+        "" if ctx.user_stack else f" (assumed: the usual one for {dev.kind}; pass --framework to change)")]
     smallest = None
     if not fits and fixed is not None:
         smallest = _smallest_fitting(ctx, fixed)
@@ -579,4 +586,4 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
         seq_len=ctx.seq_len, global_batch=int(ctx.batch_tokens / ctx.seq_len), layout=lay, fits=fits,
         flops=tim["flops"], memory=mem, time_s=time, compute_time_s=tim["compute"], comm_time_s=tim["comm"],
         bubble_time_s=tim["bubble"], overhead_time_s=tim["overhead"], mfu=mfu, energy_kwh=energy, co2_kg=co2,
-        cost_usd=cost, smallest_fitting=smallest, terms=list(t), notes=notes)
+        cost_usd=cost, smallest_fitting=smallest, terms=list(t), notes=notes, framework=ctx.stack.id)

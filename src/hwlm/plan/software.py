@@ -1,0 +1,151 @@
+"""The software stack as an input: training frameworks and serving engines, with their priors.
+
+The same chip runs a model at different speeds under different stacks. What differs, and how the
+planner models it (each a multiplier on a fitted prior, 1.0 = as fitted, or a switch):
+
+* **kernel fusion** (``elementwise``): the element-wise traffic term (norms, activations, residuals,
+  softmax statistics) shrinks when the stack fuses those passes into neighbouring kernels
+  (Megatron's fused kernels, torch.compile/Inductor, XLA, TensorRT);
+* **attention kernel** (``attention``): FlashAttention-2 reaches 50-73% of A100 peak in the forward
+  pass against 25-40% for FlashAttention-1 (Dao 2023, arXiv:2307.08691, section 4.1); FlashAttention-3
+  ~75% of H100 (Shah et al. 2024, arXiv:2407.08608, section 4.1): a multiplier on the attention
+  FLOPs' share of the matmul efficiency;
+* **communication overlap** (``tp_overlap``): the share of tensor-parallel traffic hidden behind
+  compute (NeMo/Megatron-Core ``tp_comm_overlap`` user buffers; XLA collective matmul);
+* **CUDA graphs** (serving, ``cuda_graphs``): one replay issues a whole decode step, so a GPU does not
+  wait for the host (vLLM, TensorRT-LLM, gpt-fast); eager stacks (HF ``generate``, hwlm's loop) pay
+  each op's host cost;
+* **where it runs** (``vendors``/``kinds``): TensorRT-LLM is NVIDIA-only, MaxText is JAX (TPU, GPU).
+
+The multipliers are priors with the mechanism sourced; their sizes are assumptions where no
+independent measurement is cited (``assumed`` in the source). None of them comes from a publication
+that supplies a held-out validation row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwlm.errors import PlanError
+from hwlm.plan.catalog import Device
+
+__all__ = ["Stack", "FRAMEWORKS", "ENGINES", "get_framework", "get_engine", "default_framework", "default_engine"]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One training framework or serving engine and what it changes."""
+
+    id: str
+    name: str
+    vendors: tuple[str, ...]          # hardware vendors it runs on ("*": any)
+    kinds: tuple[str, ...]            # hardware kinds it runs on
+    elementwise: float = 1.0          # x the element-wise traffic prior (fusion < 1)
+    attention: float = 1.0            # x matmul efficiency for the attention-score FLOPs
+    tp_overlap: float = 0.0           # share of tensor-parallel traffic hidden behind compute
+    cuda_graphs: bool = False         # serving: decode steps replayed as CUDA graphs
+    max_batch: int = 256              # serving: default cap on running sequences
+    chunk_tokens: int = 2048          # serving: prefill tokens per engine step (chunked prefill)
+    source: str = ""
+
+    def runs_on(self, dev: Device) -> bool:
+        return (self.vendors == ("*",) or dev.vendor in self.vendors or dev.vendor == "local") \
+            and dev.kind in self.kinds
+
+
+_FA2 = "FlashAttention-2, Dao 2023, arXiv:2307.08691"
+_ALL_KINDS = ("gpu", "tpu", "accelerator", "cpu", "asic", "fpga")
+
+FRAMEWORKS: dict[str, Stack] = {s.id: s for s in (
+    Stack("megatron", "Megatron-LM / Megatron-Core", ("nvidia", "amd"), ("gpu",), elementwise=1.0,
+          source="the reference (1.0): the priors were fitted mostly on Megatron and FSDP runs; fused bias-GeLU, "
+          "bias-dropout-add and softmax kernels, Narayanan et al. 2021, arXiv:2104.04473, section 4.2; " + _FA2),
+    Stack("nemo", "NVIDIA NeMo (Megatron-Core + Transformer Engine)", ("nvidia",), ("gpu",), elementwise=0.85,
+          tp_overlap=0.5, source="Megatron-Core fusions + Transformer Engine fused LayerNorm-Linear; "
+          "tp_comm_overlap user buffers (NeMo performance docs; half the TP traffic hidden assumed)"),
+    Stack("deepspeed", "DeepSpeed (ZeRO) on Hugging Face models", ("nvidia", "amd", "intel"), ("gpu", "accelerator"),
+          elementwise=1.1, source="unfused Hugging Face modelling code under ZeRO, Rajbhandari et al. "
+          "2019, arXiv:1910.02054 (10% more element-wise traffic than the reference assumed)"),
+    Stack("fsdp", "PyTorch FSDP (eager)", ("nvidia", "amd", "intel"), ("gpu", "accelerator", "cpu"),
+          elementwise=1.0, source="eager PyTorch with SDPA (FlashAttention-2 backend); Zhao et al. "
+          "2023, arXiv:2304.11277 (all-gather prefetch overlaps compute); part of the fit set (1.0)"),
+    Stack("torchtitan", "torchtitan (FSDP2 + torch.compile)", ("nvidia", "amd"), ("gpu",), elementwise=0.85,
+          tp_overlap=0.3, source="torch.compile fuses element-wise ops; async TP (Liang et al. 2024, "
+          "arXiv:2410.06511, section 3); sizes assumed"),
+    Stack("maxtext", "MaxText (JAX/XLA)", ("google", "nvidia", "amd"), ("tpu", "gpu"), elementwise=0.8,
+          tp_overlap=0.5, source="XLA fuses element-wise ops into the matmuls' epilogues and overlaps collectives "
+          "(collective matmul: Wang et al., ASPLOS 2023, 'Overlap communication with dependent computation via "
+          "decomposition'); sizes assumed"),
+    Stack("llm-foundry", "MosaicML LLM Foundry (Composer + FSDP)", ("nvidia", "amd"), ("gpu",), elementwise=0.9,
+          source="FSDP with FlashAttention-2 and fused LayerNorm/cross-entropy kernels (llm-foundry "
+          "model code); 10% less traffic than the reference assumed"),
+    Stack("hwlm", "hwlm's own loop (eager, torch.autocast)", ("*",), _ALL_KINDS,
+          source="hwlm.train: eager PyTorch with SDPA; the priors as fitted"),
+)}
+
+ENGINES: dict[str, Stack] = {s.id: s for s in (
+    Stack("vllm", "vLLM", ("nvidia", "amd", "google", "intel", "aws", "local"), ("gpu", "tpu", "accelerator", "cpu"),
+          elementwise=0.9, attention=1.0, cuda_graphs=True, max_batch=256, chunk_tokens=8192,
+          source="vLLM: CUDA graphs for decode, chunked prefill (EngineArgs defaults for the OpenAI server: "
+          "max_num_seqs 256, max_num_batched_tokens 8192), FlashAttention-2/FlashInfer, PagedAttention "
+          "(Kwon et al. 2023, arXiv:2309.06180)"),
+    Stack("tensorrt-llm", "TensorRT-LLM", ("nvidia",), ("gpu",), elementwise=0.6, attention=1.15, cuda_graphs=True,
+          max_batch=256, chunk_tokens=8192, source="TensorRT-LLM: fused multi-head attention kernels and fused "
+          "epilogues, in-flight batching (performance-tuning guide); sizes assumed"),
+    Stack("gpt-fast", "gpt-fast (torch.compile, CUDA graphs)", ("nvidia", "amd"), ("gpu",), elementwise=0.8,
+          cuda_graphs=True, max_batch=1, chunk_tokens=8192,
+          source="pytorch-labs/gpt-fast: compile(mode='reduce-overhead') captures decode in CUDA graphs; batch 1"),
+    Stack("llama.cpp", "llama.cpp / ggml", ("*",), ("cpu", "gpu"), elementwise=1.0, cuda_graphs=True, max_batch=16,
+          chunk_tokens=512, source="ggml graphs run without per-op Python; Metal command buffers / CUDA graphs; "
+          "default n_batch 512 (llama.cpp common args)"),
+    Stack("hf", "Hugging Face transformers generate (eager)", ("*",), _ALL_KINDS, elementwise=1.2, max_batch=32,
+          chunk_tokens=1 << 30, source="eager PyTorch modules, static batch (no continuous batching); 20% more "
+          "element-wise traffic than fused assumed"),
+    Stack("hwlm", "hwlm's own generate (eager)", ("*",), _ALL_KINDS, max_batch=64, chunk_tokens=1 << 30,
+          source="hwlm.model decode_step run eagerly, as `hwlm bench infer` measures; the priors as fitted"),
+)}
+
+
+def _get(table: dict[str, Stack], what: str, name: str, dev: Device, alt: str) -> Stack:
+    key = name.strip().lower().replace("_", "-")
+    key = {"trt-llm": "tensorrt-llm", "trtllm": "tensorrt-llm", "llamacpp": "llama.cpp", "transformers": "hf",
+           "megatron-lm": "megatron", "foundry": "llm-foundry"}.get(key, key)
+    if key not in table:
+        raise PlanError(f"unknown {what} {name!r}; choose one of {', '.join(table)}")
+    s = table[key]
+    if not s.runs_on(dev):
+        ok = [x.id for x in table.values() if x.runs_on(dev)]
+        raise PlanError(f"{s.name} does not run on {dev.id} ({dev.vendor} {dev.kind}); for it use "
+                        f"{' or '.join(ok) or 'none of the known ' + what + 's'} (--{alt})")
+    return s
+
+
+def get_framework(name: str, dev: Device) -> Stack:
+    """A training framework that runs on ``dev``; PlanError naming those that do."""
+    return _get(FRAMEWORKS, "framework", name, dev, "framework")
+
+
+def get_engine(name: str, dev: Device) -> Stack:
+    """A serving engine that runs on ``dev``; PlanError naming those that do."""
+    return _get(ENGINES, "engine", name, dev, "engine")
+
+
+def default_framework(dev: Device) -> Stack:
+    """The usual stack for the hardware: MaxText on TPUs, Megatron on NVIDIA/AMD GPUs, else hwlm's own."""
+    for sid in ("maxtext",) if dev.kind == "tpu" else ("megatron",) if dev.kind == "gpu" else ():
+        if FRAMEWORKS[sid].runs_on(dev):
+            return FRAMEWORKS[sid]
+    return FRAMEWORKS["hwlm"]
+
+
+def default_engine(dev: Device, serving: bool = False) -> Stack:
+    """``plan infer``: hwlm's own eager loop (what `hwlm bench infer` measures). ``plan serve``: vLLM where
+    it runs, llama.cpp on Apple and CPUs, else hwlm."""
+    if not serving:
+        return ENGINES["hwlm"]
+    if dev.vendor == "apple":
+        return ENGINES["llama.cpp"]
+    for sid in ("vllm", "llama.cpp"):
+        if ENGINES[sid].runs_on(dev):
+            return ENGINES[sid]
+    return ENGINES["hwlm"]
