@@ -40,7 +40,7 @@ def test_manifest_shards_and_round_trip(tmp_path: Path) -> None:
     out = res.out
     m = load_manifest(out)
     assert set(m) == {"version", "dtype", "vocab_size", "eot_id", "tokenizer_sha256", "splits", "invalid_utf8",
-                      "config"}
+                      "config", "val_source"}
     assert m["version"] == 1 and m["dtype"] == "uint16" and m["eot_id"] == 0
     assert m["tokenizer_sha256"] == hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()
     assert m["invalid_utf8"] == {"count": 0, "first": None}

@@ -29,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     if not overrides.get("inputs"):
         overrides.pop("inputs", None)  # none typed: keep the recipe's inputs, else the built-in corpus
     cfg = resolve(PrepareConfig, file=args.config, overrides=overrides, section="prepare")
+    if cfg.task == "classify":
+        from hwlm.cli.classify import run_prepare_classify
+
+        return run_prepare_classify(cfg, args.json)
     result = prepare(cfg)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -41,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {split:5s} {d['documents'][split]:>9,} documents {d['tokens'][split]:>13,} tokens "
               f"{d['bytes'][split] / 1e6:>10.2f} MB in {d['shards'][split]} shards")
     print(f"  {d['mb_per_s']:.2f} MB/s over {d['seconds']:.1f} s; invalid UTF-8 bytes replaced: {bad['count']}{where}")
+    for note in d["notes"]:
+        print(f"  note: {note}")
     if d["skipped_files"]:
         print(f"  skipped {len(d['skipped_files'])} binary-looking files, e.g. {d['skipped_files'][0]}")
     return 0

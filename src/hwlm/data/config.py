@@ -27,12 +27,18 @@ class PrepareConfig:
 
     inputs: list[str] = option(factory=list, help="text/JSONL files, folders or globs; none = the built-in corpus "
                                "(Python's pydoc topics, nothing downloaded)")
+    task: Literal["lm", "classify"] = option("lm", "lm: token shards for a language model; classify: labelled "
+                                             "CSV/JSONL rows -> deduplicated, stratified train/val/test splits")
+    label_field: str = option("label", "with --task classify: the CSV column / JSON field that holds the label")
+    test_fraction: float = option(0.1, "with --task classify: fraction of each class held out for the test split")
     out: Path = option(Path("runs/data"), "output folder for manifest.json, tokenizer.json and shards")
     text_field: str = option("text", "JSON Lines field that holds the document text")
     normalize: Literal["nfkc", "nfc", "none"] = option("nfkc", "Unicode normalization applied before tokenizing")
     strip_control: bool = option(True, "remove control characters except newline and tab")
-    max_doc_chars: int = option(1_000_000, "a plain-text file longer than this is split at blank lines into "
-                                "documents of about this many characters (bounds memory)")
+    paragraphs: bool = option(True, "cut plain-text files at blank lines, one document per paragraph (off: a "
+                              "file is one document, still cut past max_doc_chars)")
+    max_doc_chars: int = option(1_000_000, "a plain-text document longer than this is split at blank lines (else "
+                                "newlines) into documents of about this many characters (bounds memory)")
     tokenizer: Path | None = option(None, "reuse this tokenizer.json instead of training a new one")
     vocab_size: int = option(4096, "vocabulary size of the trained byte-level BPE tokenizer")
     special_tokens: list[str] = option(factory=lambda: [DEFAULT_EOT],
@@ -66,6 +72,11 @@ class PrepareConfig:
         for name in ("workers", "tokens_per_shard", "max_doc_chars", "tokenizer_train_chars", "batch_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} is {getattr(self, name)}; it must be at least 1")
+        if self.task == "classify" and not (0.0 < self.test_fraction < 1.0 and self.val_fraction + self.test_fraction < 1.0):
+            raise ConfigError(f"test_fraction is {self.test_fraction} with val_fraction {self.val_fraction}; each must be "
+                              "in (0, 1) and together below 1, e.g. 0.1 and 0.1")
+        if not self.label_field:
+            raise ConfigError("label_field is empty: name the CSV column / JSON field that holds the label, e.g. label")
         if not self.text_field:
             raise ConfigError("text_field is empty: name the JSON Lines field that holds the text, e.g. text")
 

@@ -9,6 +9,8 @@ Flow (memory stays flat whatever the corpus size):
    Results come back in order, so the output does not depend on ``workers``.
 3. Each kept document ``i`` goes to val when a hash of ``(seed, i)`` falls below ``val_fraction``;
    document 0 always goes to train and document 1 always to val, so two documents make both splits.
+   With a single document (a text with no blank lines), val is instead the last ``val_fraction``
+   of the train token stream, cut by position (nanoGPT's split), and a note says so.
 4. Shards are written atomically as they fill. After each batch that finished a shard, a
    checkpoint (``progress.json`` + the unfinished buffers) lets ``--resume`` continue from there.
 5. ``manifest.json`` is written last, atomically; progress files are then removed.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing as mp
 import os
 import tempfile
@@ -38,7 +41,7 @@ from hwlm.data.shards import MANIFEST_FILE, MANIFEST_VERSION, SPLITS, ShardWrite
 from hwlm.data.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer, token_id, tokenizer_sha256
 from hwlm.data.tokenizer import train_tokenizer
 from hwlm.errors import ConfigError, DataError
-from hwlm.io import atomic_write_json, resource_error
+from hwlm.io import atomic_write_json, folder_lock, resource_error
 
 __all__ = ["prepare", "PrepareResult", "PROGRESS_FILE"]
 
@@ -55,6 +58,7 @@ class PrepareResult:
     bytes_this_run: int
     resumed: bool = False
     skipped_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one line each, for the person watching
 
     @property
     def mb_per_s(self) -> float:
@@ -69,7 +73,8 @@ class PrepareResult:
                 "bytes": {s: splits[s]["bytes"] for s in splits},
                 "shards": {s: len(splits[s]["shards"]) for s in splits},
                 "invalid_utf8": self.manifest["invalid_utf8"], "seconds": round(self.seconds, 3),
-                "mb_per_s": round(self.mb_per_s, 3), "resumed": self.resumed, "skipped_files": self.skipped_files}
+                "mb_per_s": round(self.mb_per_s, 3), "resumed": self.resumed, "skipped_files": self.skipped_files,
+                "notes": self.notes}
 
 
 def _unit(seed: int, tag: str, index: int) -> float:
@@ -102,7 +107,7 @@ class _TrainingSample:
 
     def _draw(self, p: float) -> Iterator[str]:
         cfg, budget = self.cfg, self.cfg.tokenizer_train_chars
-        raw = iter_raw_documents(self.sources, cfg.text_field, cfg.max_doc_chars, Utf8Stats())
+        raw = iter_raw_documents(self.sources, cfg.text_field, cfg.max_doc_chars, Utf8Stats(), cfg.paragraphs)
         for i, text in enumerate(raw):
             if budget <= 0:
                 break
@@ -286,6 +291,13 @@ def prepare(cfg: PrepareConfig, *, _after_checkpoint: Callable[[int], None] | No
     stats = Utf8Stats()
     sources = resolve_inputs(cfg.inputs, stats)
     _open_out(out)
+    with folder_lock(out, what="hwlm prepare"):
+        return _prepare_locked(cfg, out, sources, stats, t0, _after_checkpoint)
+
+
+def _prepare_locked(cfg: PrepareConfig, out: Path, sources: list[Source], stats: Utf8Stats, t0: float,
+                    _after_checkpoint: Callable[[int], None] | None) -> PrepareResult:
+    """The body of :func:`prepare`, run while this process holds ``out``'s lock."""
     fingerprint = _fingerprint(cfg, sources)
     progress = _load_progress(out, fingerprint) if cfg.resume else None
     if progress is None:
@@ -307,24 +319,52 @@ def prepare(cfg: PrepareConfig, *, _after_checkpoint: Callable[[int], None] | No
     _encode(cfg, sources, stats, writers, ckpt, (raw_done, kept), _after_checkpoint)
     if sum(w.documents for w in writers.values()) == 0:
         raise _empty_corpus(cfg)
+    notes = [note] if (note := _val_from_tail(writers, tok, cfg.val_fraction)) else []
     for w in writers.values():
         w.close()
     manifest = {"version": MANIFEST_VERSION, "dtype": dtype, "vocab_size": vocab, "eot_id": eot_id,
                 "tokenizer_sha256": tok_sha, "splits": {s: w.summary() for s, w in writers.items()},
+                "val_source": "train_tail" if notes else "documents",
                 "invalid_utf8": stats.to_dict(), "config": to_dict(cfg)}
     atomic_write_json(out / MANIFEST_FILE, manifest)
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     _drop_pending(out, set())
     total = sum(w.bytes for w in writers.values())
     return PrepareResult(out, manifest, time.perf_counter() - t0, total - restored_bytes,
-                         resumed=progress is not None, skipped_files=list(stats.skipped_files))
+                         resumed=progress is not None, skipped_files=list(stats.skipped_files), notes=notes)
+
+
+def _token_bytes(tok: Any, ids: np.ndarray) -> int:
+    """UTF-8 bytes that ``ids`` spell: in a byte-level BPE each character of a token's string stands
+    for one byte; special tokens (end-of-text) spell none, as in the per-document byte counts."""
+    lengths = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for token, i in tok.get_vocab().items():
+        lengths[i] = len(token)
+    for i in tok.get_added_tokens_decoder():
+        lengths[i] = 0
+    return int(lengths[ids.astype(np.int64)].sum())
+
+
+def _val_from_tail(writers: dict[str, ShardWriter], tok: Any, val_fraction: float) -> str | None:
+    """When no document went to val (one long text, a few paragraphs), make val the last
+    ``val_fraction`` of the train token stream, cut by position as nanoGPT does; returns the note."""
+    train, val = writers["train"], writers["val"]
+    if val.tokens or train.tokens < 2:
+        return None
+    n = max(1, math.ceil(train.tokens * val_fraction))
+    ids = train.take_tail(n)
+    nbytes = min(_token_bytes(tok, ids), train.bytes)
+    train.bytes -= nbytes
+    val.add(ids, nbytes)
+    return (f"no document fell into the val split ({train.documents} document(s) in all), so val is the last "
+            f"{n:,} tokens ({val_fraction:g} of the stream) cut from the end of train")
 
 
 def _encode(cfg: PrepareConfig, sources: list[Source], stats: Utf8Stats, writers: dict[str, ShardWriter],
             ckpt: _Checkpointer, start: tuple[int, int], hook: Callable[[int], None] | None) -> None:
     """Stream, encode and route every document after the first ``start[0]`` raw ones."""
     raw_done, kept = start
-    raw = iter_raw_documents(sources, cfg.text_field, cfg.max_doc_chars, stats)
+    raw = iter_raw_documents(sources, cfg.text_field, cfg.max_doc_chars, stats, cfg.paragraphs)
     raw = itertools.islice(raw, raw_done, None)  # on resume, re-read (not re-encode) what is done
     init = (str(ckpt.out / TOKENIZER_FILE), cfg.normalize, cfg.strip_control, cfg.eot_token,
             writers["train"].dtype)

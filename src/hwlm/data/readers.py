@@ -1,8 +1,10 @@
 """Find input files and stream documents out of them, one at a time.
 
-* A plain-text file (any suffix but ``.jsonl``/``.ndjson``) is one document. A file longer than
-  ``max_doc_chars`` is cut at blank lines (else at a newline, else hard) into documents of about
-  that size, so one huge file never has to sit in memory whole.
+* A plain-text file (any suffix but ``.jsonl``/``.ndjson``) is cut at blank lines: each paragraph
+  is one document (``paragraphs=True``, the default), so one article or book gives many documents
+  and both splits. With ``paragraphs=False`` the file is one document. Either way a document
+  longer than ``max_doc_chars`` is cut at a blank line (else a newline, else hard) near that size,
+  so one huge file or paragraph never has to sit in memory whole.
 * A JSON Lines file gives one document per non-blank line, from its ``text_field``.
 * No inputs at all means the built-in corpus: the texts of ``pydoc_data.topics`` (shipped with
   every Python), one document per topic, so nothing is downloaded.
@@ -17,6 +19,7 @@ import codecs
 import glob
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +33,9 @@ __all__ = ["Source", "Utf8Stats", "resolve_inputs", "iter_raw_documents", "read_
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _CHUNK = 1 << 20
 _GLOB_CHARS = set("*?[")
+# A blank line: a newline, then one or more lines holding only spaces/tabs/CRs. Greedy, so a run of
+# blank lines is one separator; the next paragraph's indentation is left to it.
+_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,23 @@ def _cut(buf: str, limit: int) -> tuple[str, str]:
     return buf[:limit], buf[limit:]
 
 
-def _iter_text(path: str, max_doc_chars: int, stats: Utf8Stats) -> Iterator[str]:
+def _paragraphs(buf: str, final: bool) -> tuple[list[str], str]:
+    """The complete paragraphs of ``buf`` (non-blank ones) and the unfinished rest.
+
+    Unless ``final``, only separators before the last non-blank character count: one that reaches
+    the end of ``buf`` may go on in the next chunk, and cutting there would glue its tail of
+    blank lines onto the next paragraph. So the documents do not depend on where chunks end.
+    """
+    limit = len(buf) if final else len(buf.rstrip())
+    docs, start = [], 0
+    for m in _BLANK_LINES.finditer(buf, 0, limit):
+        if buf[start:m.start()].strip():
+            docs.append(buf[start:m.start()])
+        start = m.end()
+    return docs, buf[start:]
+
+
+def _iter_text(path: str, max_doc_chars: int, stats: Utf8Stats, paragraphs: bool = True) -> Iterator[str]:
     pending, pending_len, tail, base = [], 0, b"", 0
     try:
         with open(path, "rb") as f:
@@ -167,6 +189,11 @@ def _iter_text(path: str, max_doc_chars: int, stats: Utf8Stats) -> Iterator[str]
                 tail = new_tail
                 pending.append(text)
                 pending_len += len(text)
+                if paragraphs and ("\n" in text or final):
+                    docs, rest = _paragraphs("".join(pending), final)
+                    for doc in docs:
+                        yield from _bounded(doc, max_doc_chars)
+                    pending, pending_len = [rest], len(rest)
                 while pending_len > max_doc_chars:
                     doc, rest = _cut("".join(pending), max_doc_chars)
                     yield doc
@@ -176,8 +203,16 @@ def _iter_text(path: str, max_doc_chars: int, stats: Utf8Stats) -> Iterator[str]
     except OSError as exc:
         raise DataError(f"cannot read input {path}: {exc.strerror}") from None
     doc = "".join(pending)
-    if doc:
+    if doc and (doc.strip() or not paragraphs):
         yield doc
+
+
+def _bounded(doc: str, max_doc_chars: int) -> Iterator[str]:
+    """``doc`` cut into pieces of at most about ``max_doc_chars`` (a paragraph longer than that)."""
+    while len(doc) > max_doc_chars:
+        piece, doc = _cut(doc, max_doc_chars)
+        yield piece
+    yield doc
 
 
 def _iter_jsonl(path: str, text_field: str, stats: Utf8Stats) -> Iterator[str]:
@@ -216,19 +251,19 @@ def _iter_builtin() -> Iterator[str]:
 
 
 def iter_raw_documents(sources: list[Source], text_field: str, max_doc_chars: int,
-                       stats: Utf8Stats) -> Iterator[str]:
-    """Raw (not yet normalized) documents of all ``sources``, in order."""
+                       stats: Utf8Stats, paragraphs: bool = True) -> Iterator[str]:
+    """Raw (not yet normalized) documents of all ``sources``, in order (see the module docstring)."""
     for src in sources:
         if src.kind == "builtin":
             yield from _iter_builtin()
         elif src.kind == "jsonl":
             yield from _iter_jsonl(src.path, text_field, stats)
         else:
-            yield from _iter_text(src.path, max_doc_chars, stats)
+            yield from _iter_text(src.path, max_doc_chars, stats, paragraphs)
 
 
 def read_documents(paths: list[str] | list[Path], *, text_field: str = "text", form: str = "nfkc",
-                   strip_control: bool = True, max_doc_chars: int = 1_000_000,
+                   strip_control: bool = True, max_doc_chars: int = 1_000_000, paragraphs: bool = True,
                    stats: Utf8Stats | None = None) -> Iterator[str]:
     """Normalized, non-empty documents from files, folders or globs (e.g. to evaluate on raw text).
 
@@ -236,7 +271,7 @@ def read_documents(paths: list[str] | list[Path], *, text_field: str = "text", f
     """
     stats = stats if stats is not None else Utf8Stats()
     sources = resolve_inputs([str(p) for p in paths], stats)
-    for raw in iter_raw_documents(sources, text_field, max_doc_chars, stats):
+    for raw in iter_raw_documents(sources, text_field, max_doc_chars, stats, paragraphs):
         doc = normalize(raw, form, strip_control)
         if doc.strip():
             yield doc

@@ -77,6 +77,32 @@ class ShardWriter:
         if self.fill:
             self._flush()
 
+    def take_tail(self, n: int) -> np.ndarray:
+        """Remove the last ``n`` token ids of this split and return them (in order).
+
+        They come from the unfinished buffer first, then from finished shards taken back off the
+        disk (the last one partly kept goes back into the buffer). Counts of tokens drop by ``n``;
+        bytes and documents are the caller's to adjust (only it knows what the ids spell).
+        """
+        if not 0 <= n <= self.tokens:
+            raise ValueError(f"cannot take {n} tokens from a split of {self.tokens}")
+        pieces = []
+        left = n
+        while left > 0:
+            if self.fill == 0:
+                entry = self.shards.pop()
+                path = self.root / entry["file"]
+                data = np.fromfile(path, dtype=self.buf.dtype)
+                self.buf[:len(data)] = data
+                self.fill = len(data)
+                path.unlink()
+            take = min(left, self.fill)
+            pieces.append(self.buf[self.fill - take:self.fill].copy())
+            self.fill -= take
+            left -= take
+        self.tokens -= n
+        return np.concatenate(pieces[::-1]) if pieces else np.empty(0, dtype=self.buf.dtype)
+
     def summary(self) -> dict[str, Any]:
         """The manifest's entry for this split."""
         return {"tokens": self.tokens, "bytes": self.bytes, "documents": self.documents, "shards": list(self.shards)}

@@ -22,6 +22,7 @@ one that never stopped (tests/test_train_resume.py checks this).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from hwlm.device import select_device
 from hwlm.hw import keep_freed_memory
 from hwlm.errors import ConfigError, DataError, HwlmError, ResourceError
 from hwlm.formulas import train_flops_per_token
-from hwlm.io import atomic_write_json
+from hwlm.io import atomic_write_json, folder_lock
 from hwlm.model import ModelConfig
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.config import TrainConfig
@@ -211,8 +212,21 @@ def _precision(cfg: TrainConfig, saved: dict[str, Any] | None, device_type: str,
     return pc.name, pc.reason
 
 
-def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str], None]) -> tuple[_Run, int | None]:
-    """Build everything the loop needs; returns the run and the step resumed from (None: fresh)."""
+def _lock_out(cfg: TrainConfig, world: World, stack: contextlib.ExitStack) -> None:
+    """Rank 0 holds the run folder's lock for the whole run, for every rank (see hwlm.io.folder_lock)."""
+    err = None
+    if world.is_main:
+        try:
+            stack.enter_context(folder_lock(cfg.out, what="hwlm train"))
+        except HwlmError as exc:
+            err = exc
+    agree(err, world, f"rank 0 could not lock the run folder {cfg.out}; see its message")
+
+
+def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str], None],
+           stack: contextlib.ExitStack) -> tuple[_Run, int | None]:
+    """Build everything the loop needs; returns the run and the step resumed from (None: fresh).
+    The run folder's lock joins ``stack``, so it is held until the caller leaves it."""
     from hwlm.data import TokenLoader
     from hwlm.model import Transformer
 
@@ -223,6 +237,7 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str],
     choice = select_device(cfg.device)
     world = init_distributed(choice.type)
     device = world.device if world.distributed else choice.device
+    _lock_out(cfg, world, stack)  # before the resume decision: a second writer must not read a moving folder
     say(f"device {device}: {choice.reason}")
     if choice.type == "cpu" and keep_freed_memory():
         say("cpu allocator: freed memory kept for reuse across steps (no page faults on each step's tensors)")
@@ -485,17 +500,18 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_ste
     """
     if say is None:
         say = info if current_world().is_main else (lambda _msg: None)  # other ranks stay quiet
-    run, resume_step = _setup(cfg, model_cfg, say)
-    logger = RunLogger(cfg.out, resume_step, cfg.tensorboard, enabled=run.world.is_main)
-    bar = Progress(run.total_steps, run.step, cfg.progress and run.world.is_main)
-    start_step = run.step
-    try:
-        train_loss, val_loss = _loop(run, logger, bar, stop_at_step, say)
-    finally:
-        bar.close()
-        logger.close()
-    if run.step == start_step and val_loss is None:
-        val_loss = _val_loss(run)  # nothing left to train (resumed a finished run): still report val loss
+    with contextlib.ExitStack() as stack:
+        run, resume_step = _setup(cfg, model_cfg, say, stack)
+        logger = RunLogger(cfg.out, resume_step, cfg.tensorboard, enabled=run.world.is_main)
+        bar = Progress(run.total_steps, run.step, cfg.progress and run.world.is_main)
+        start_step = run.step
+        try:
+            train_loss, val_loss = _loop(run, logger, bar, stop_at_step, say)
+        finally:
+            bar.close()
+            logger.close()
+        if run.step == start_step and val_loss is None:
+            val_loss = _val_loss(run)  # nothing left to train (resumed a finished run): still report val loss
     # Only on success: after an error the process exits, and tearing down a group that other ranks
     # still wait in can block.
     shutdown(run.world)
