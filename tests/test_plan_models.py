@@ -121,3 +121,52 @@ def test_small_moe_configs_match_transformers() -> None:
                   hf_config=cfg)
         total, active = _hf_counts(m)
         assert (m.params.total, m.params.active) == (total, active), cfg["model_type"]
+
+
+FRONTIER = ["deepseek-v3", "qwen3-8b", "qwen3-32b", "qwen3-30b-a3b", "qwen3-235b-a22b", "llama-4-scout",
+            "llama-4-maverick", "gpt-oss-20b", "gpt-oss-120b", "mixtral-8x7b", "mixtral-8x22b", "gemma-3-1b",
+            "gemma-3-4b", "gemma-3-12b", "gemma-3-27b"]
+
+
+@pytest.mark.parametrize("name", [n for n in FRONTIER if n != "mixtral-8x7b"])
+def test_frontier_presets_match_published_counts(name: str) -> None:
+    """Total and active counts against the makers' stated figures (rounded by them; vision encoders of
+    Llama 4 are in their totals, not in these text models). The exact count is checked against
+    transformers on the meta device by test_preset_matches_transformers."""
+    m = get_model(name)
+    pub = m.published
+    assert pub and m.source
+    tol = 0.015 if "includes" in pub else 0.003
+    assert m.params.total == pytest.approx(pub["total"], rel=tol)
+    if "active" in pub:
+        active = m.params.active - (m.params.embedding if pub.get("active_excludes") == "embedding" else 0)
+        assert active == pytest.approx(pub["active"], rel=0.02)
+        assert m.is_moe and m.params.active < m.params.total / 2
+
+
+def test_deepseek_v3_question_has_an_answer() -> None:
+    m = get_model("deepseek-v3")
+    assert get_model("deepseek-r1") is m and m.spec.kv_lora_rank == 512
+    assert get_model("Qwen/Qwen3-235B-A22B").name == "qwen3-235b-a22b"
+
+
+def test_new_model_types_match_transformers_on_tiny_shapes() -> None:
+    from hwlm.plan.models import Model, spec_from_hf_config
+    base = {"vocab_size": 100, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}
+    for cfg in [
+        {**base, "model_type": "qwen3", "num_hidden_layers": 2, "head_dim": 16, "intermediate_size": 48},
+        {**base, "model_type": "qwen3_moe", "num_hidden_layers": 4, "head_dim": 16, "intermediate_size": 48,
+         "moe_intermediate_size": 8, "num_experts": 8, "num_experts_per_tok": 2, "mlp_only_layers": [0]},
+        {**base, "model_type": "llama4_text", "num_hidden_layers": 4, "head_dim": 8, "intermediate_size": 16,
+         "intermediate_size_mlp": 48, "num_local_experts": 4, "num_experts_per_tok": 1, "interleave_moe_layer_step": 2},
+        {**base, "model_type": "gpt_oss", "num_hidden_layers": 2, "head_dim": 8, "intermediate_size": 16,
+         "num_local_experts": 4, "num_experts_per_tok": 2},
+        {**base, "model_type": "gemma3_text", "num_hidden_layers": 2, "head_dim": 16, "intermediate_size": 48},
+        {**base, "model_type": "deepseek_v3", "num_hidden_layers": 3, "num_key_value_heads": 4, "intermediate_size": 64,
+         "moe_intermediate_size": 16, "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2,
+         "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1, "kv_lora_rank": 16, "q_lora_rank": 24,
+         "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8},
+    ]:
+        m = Model(name="t", spec=spec_from_hf_config(cfg), source="test", model_type=cfg["model_type"], seq_len=64,
+                  hf_config=cfg)
+        assert (m.params.total, m.params.active) == _hf_counts(m), cfg["model_type"]

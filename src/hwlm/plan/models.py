@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ class Model:
     hf_config: dict[str, Any] | None = None   # HF config fields, when the model has a transformers class
     hf_class: str = "causal"          # "causal" (AutoModelForCausalLM) or "masked" (AutoModelForMaskedLM)
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    published: dict[str, Any] | None = None   # the maker's stated counts (total, active), for comparison
 
     @cached_property
     def params(self) -> ParamCount:
@@ -143,10 +144,64 @@ def _deepseek(c: dict[str, Any]) -> ArchSpec:
                     qk_rope_head_dim=_need(c, "qk_rope_head_dim"), v_head_dim=_need(c, "v_head_dim"))
 
 
+def _qk_norm(c: dict[str, Any], spec: ArchSpec) -> int:
+    """Per-head RMSNorm weights on queries and keys (Qwen3, Gemma 3): 2 x head_dim per layer."""
+    return spec.n_layers * 2 * spec.hd
+
+
+def _qwen3(c: dict[str, Any]) -> ArchSpec:
+    spec = _llama_like(c)
+    return replace(spec, extra_params=_qk_norm(c, spec))
+
+
+def _qwen3_moe(c: dict[str, Any]) -> ArchSpec:
+    """Qwen3-MoE: a layer is sparse unless listed in mlp_only_layers or off the decoder_sparse_step
+    stride (HF Qwen3MoeDecoderLayer); routed experts of width moe_intermediate_size, no shared expert."""
+    spec = _llama_like(c)
+    L, step = spec.n_layers, int(_get(c, "decoder_sparse_step", default=1))
+    only = set(_get(c, "mlp_only_layers", default=[]) or [])
+    n_moe = sum(1 for i in range(L) if i not in only and (i + 1) % step == 0)
+    return replace(spec, n_experts=_need(c, "num_experts"), experts_per_token=_need(c, "num_experts_per_tok"),
+                   moe_d_ff=_need(c, "moe_intermediate_size"), first_dense_layers=L - n_moe,
+                   extra_params=_qk_norm(c, spec))
+
+
+def _llama4(c: dict[str, Any]) -> ArchSpec:
+    """Llama 4 text model: MoE layers every interleave_moe_layer_step (or the listed moe_layers), each with
+    routed experts of intermediate_size plus one shared expert; dense layers of intermediate_size_mlp. The
+    queries/keys' L2 norm has no weights. Layer order does not change the counts, so the dense layers are
+    counted as leading ones."""
+    c = dict(c.get("text_config") or c)
+    L, step = _need(c, "num_hidden_layers"), int(_get(c, "interleave_moe_layer_step", default=1))
+    moe = _get(c, "moe_layers") or list(range(step - 1, L, step))
+    spec = _llama_like({**c, "intermediate_size": _need(c, "intermediate_size_mlp")})
+    return replace(spec, n_experts=_need(c, "num_local_experts"), experts_per_token=_need(c, "num_experts_per_tok"),
+                   moe_d_ff=_need(c, "intermediate_size"), n_shared_experts=1, first_dense_layers=L - len(moe))
+
+
+def _gpt_oss(c: dict[str, Any]) -> ArchSpec:
+    """gpt-oss: biased attention with a learned sink logit per head, every layer MoE with biased experts
+    and a biased router (HF GptOssAttention / GptOssMLP)."""
+    spec = _llama_like({**c, "attention_bias": True, "mlp_bias": True})
+    e = _need(c, "num_local_experts")
+    return replace(spec, n_experts=e, experts_per_token=_need(c, "num_experts_per_tok"),
+                   extra_params=spec.n_layers * (e + spec.n_heads))
+
+
+def _gemma3(c: dict[str, Any]) -> ArchSpec:
+    """Gemma 3 text model: GeGLU MLP (three matrices), four RMSNorms per layer (pre/post attention and
+    feed-forward), q/k norms, tied embeddings."""
+    c = dict(c.get("text_config") or c)
+    spec = _llama_like({**c, "tie_word_embeddings": _get(c, "tie_word_embeddings", default=True)})
+    return replace(spec, extra_params=_qk_norm(c, spec) + spec.n_layers * 2 * spec.d_model)
+
+
 _CONVERTERS = {
     "gpt2": _gpt2, "llama": _llama_like, "mistral": _llama_like,
     "mixtral": lambda c: _llama_like(c, moe=True), "qwen2": lambda c: _llama_like(c, qkv_bias=True),
     "bert": _bert, "opt": _opt, "bloom": _bloom, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek,
+    "qwen3": _qwen3, "qwen3_moe": _qwen3_moe, "llama4_text": _llama4, "llama4": _llama4, "gpt_oss": _gpt_oss,
+    "gemma3_text": _gemma3, "gemma3": _gemma3,
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(_CONVERTERS))
 
@@ -197,7 +252,8 @@ def _preset(name: str, entry: dict[str, Any]) -> Model:
         spec, mt, cfg = ArchSpec(**entry["arch"]), "arch", None
     return Model(name=name, spec=spec, source=entry["source"], model_type=mt,
                  seq_len=int(entry.get("seq_len", _seq_len_of(cfg or {}))), description=entry.get("description", ""),
-                 hf_config=cfg, hf_class=entry.get("hf_class", "causal"), aliases=tuple(entry.get("aliases", ())))
+                 hf_config=cfg, hf_class=entry.get("hf_class", "causal"), aliases=tuple(entry.get("aliases", ())),
+                 published=entry.get("published"))
 
 
 @lru_cache(maxsize=1)
