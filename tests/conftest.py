@@ -27,3 +27,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     out = tmp_path_factory.mktemp("tiny-run") / "run"
     train(tiny_cfg(tiny_data, out))
     return out
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """The debug preset at width 64, trained 60 steps (see compress_fixtures.py); read-only."""
+    from compress_fixtures import build_small_run
+
+    return build_small_run(tiny_data, tmp_path_factory.mktemp("small-run") / "run")

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token",
-           "train_flops_per_token", "kv_cache_bytes_per_token"]
+           "train_flops_per_token", "kv_cache_bytes_per_token", "PRECISIONS", "PRECISION_CHOICES",
+           "WEIGHT_BYTES"]
 
 
 @dataclass(frozen=True)
@@ -188,3 +189,13 @@ def kv_cache_bytes_per_token(spec: ArchSpec, bytes_per_elem: float = 2.0) -> flo
     if spec.kv_lora_rank > 0:
         return float(spec.n_layers * (spec.kv_lora_rank + spec.qk_rope_head_dim) * bytes_per_elem)
     return float(spec.n_layers * spec.kv_heads * (spec.hd + spec.vd) * bytes_per_elem)
+
+
+# Precision names shared by every command that runs a model (compress, generate, bench, serve) and by the
+# planner: weights x activations. ``w8a8`` = int8 weights and int8 dynamic per-token activations; ``w8a16``
+# and ``w4a16`` = int8 / int4 weights with 16-bit activations (dequantised inside the kernel). ``auto``
+# picks one by a short measurement on this machine and records the choice (hwlm.compress.quant).
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "w8a8", "w8a16", "w4a16")
+PRECISION_CHOICES = PRECISIONS + ("auto",)
+# Bytes per weight on disk and in memory (int4 packs two weights per byte; scales not counted).
+WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "w8a8": 1.0, "w8a16": 1.0, "w4a16": 0.5}

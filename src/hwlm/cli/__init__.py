@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "hwlm.cli.data",
     "hwlm.cli.train",
     "hwlm.cli.quickstart",
+    "hwlm.cli.compress",
     "hwlm.cli.bench",
     "hwlm.cli.plan",
     "hwlm.cli.report",

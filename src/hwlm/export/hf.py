@@ -137,6 +137,9 @@ def _tokenizer_info(path: Path) -> tuple[int, int]:
 def export_hf(model: Transformer, model_cfg: ModelConfig, tokenizer_json_path: str | os.PathLike,
               out_dir: str | os.PathLike) -> Path:
     """Write a ``transformers`` folder for ``model`` at ``out_dir`` (atomically) and return its path."""
+    from hwlm.model.quantized import dequantize
+
+    model = dequantize(model)  # a quantized run (hwlm compress) exports its dequantized float weights
     tok_path = Path(tokenizer_json_path)
     vocab, eot = _tokenizer_info(tok_path)
     if vocab > model_cfg.vocab_size:

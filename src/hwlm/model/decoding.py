@@ -74,7 +74,7 @@ def static_step(model: Transformer, kv: list[torch.Tensor], idx: torch.Tensor, p
     mask = (keys.view(1, max_len) <= pos.view(B, 1)).view(B, 1, 1, max_len)  # (B, 1, 1, L)
     for block, buf in zip(model.h, kv):
         attn = block.attn
-        qkv = F.linear(block.ln_1(x), attn.c_attn.weight, attn.c_attn.bias).view(B, H + 2 * K, 1, D)
+        qkv = attn.c_attn(block.ln_1(x)).view(B, H + 2 * K, 1, D)  # a module call: quantized layers fit too
         q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]  # (B, H|K, 1, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)

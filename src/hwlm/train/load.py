@@ -46,8 +46,15 @@ def load_model(run_or_checkpoint_dir: str | Path, device: str = "cpu") -> Loaded
     except HwlmError as exc:
         raise CheckpointError(f"model config in {ckpt} is not valid for this hwlm: {exc}") from None
     model = Transformer(model_cfg)
+    compression = config.get("compression")
+    if compression:  # a run written by hwlm compress: rebuild its quantized layers before loading
+        from hwlm.model.quantized import after_load, apply_compression
+
+        apply_compression(model, compression)
     ckpt_io.load_weights(ckpt, model, "cpu")
     model.to(device).eval()
+    if compression:
+        after_load(model, compression)
     state = ckpt_io.read_json(ckpt / "state.json")
     return LoadedModel(model=model, model_cfg=model_cfg, tokenizer=load_tokenizer(ckpt), step=int(state["step"]),
                        path=ckpt, eot_id=config.get("data", {}).get("eot_id"), run_config=config)
