@@ -34,7 +34,8 @@ class EvalConfig:
 
     run: Path | None = option(None, "run folder (newest checkpoint) or a checkpoint folder")
     data: Path | None = option(None, "prepared data folder; default: the one the run trained on")
-    split: Literal["train", "val"] = option("val", "split of the prepared data to evaluate on")
+    split: Literal["train", "val", "test"] = option("val", "split of the prepared data to evaluate on (a classifier: "
+                                                           "test unless given)")
     files: list[str] = option(factory=list, help="raw text/JSONL files to evaluate on instead of a prepared split")
     batch_size: int = option(16, "windows per batch")
     max_batches: int | None = option(None, "stop after this many batches (default: all of the text)")

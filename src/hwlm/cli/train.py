@@ -55,6 +55,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                         help="node 0's address and a free port, the same on every node (one node: picked here)")
     group = p.add_argument_group("model overrides (replace fields of the --model preset)")
     add_arguments(group, ModelConfig, prefix=MODEL_PREFIX)  # type: ignore[arg-type]
+    from hwlm.cli.classify import add_task_arguments
+
+    add_task_arguments(p)  # --task classify|chat and its flags (hwlm.cli.classify)
     p.set_defaults(func=run_train)
 
 
@@ -103,6 +106,10 @@ def _plan(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig | N
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from hwlm.cli.classify import run_task_train, task_of
+
+    if task_of(args) != "lm":
+        return run_task_train(args)
     from hwlm.train.loop import build_model_config
     from hwlm.train.parallel import under_torchrun
 
@@ -187,6 +194,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from hwlm.evaluate import EvalConfig, evaluate
 
     cfg = resolve(EvalConfig, overrides=overrides_from_args(args, EvalConfig))
+    from hwlm.train.classify_load import is_classifier_run
+
+    if cfg.run is not None and is_classifier_run(cfg.run):
+        from hwlm.cli.classify import run_classify_eval
+
+        return run_classify_eval(args, overrides_from_args(args, EvalConfig))
     r = evaluate(cfg)
     if args.json:
         print(json.dumps(dataclasses.asdict(r), indent=2))
@@ -238,8 +251,13 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from hwlm.export.hf import export_hf
+    from hwlm.train.classify_load import is_classifier_run
     from hwlm.train.load import load_model
 
+    if is_classifier_run(args.run):
+        from hwlm.cli.classify import run_classify_export
+
+        return run_classify_export(args)
     loaded = load_model(args.run, "cpu")
     out = export_hf(loaded.model, loaded.model_cfg, loaded.path / "tokenizer.json", args.out)
     print(f"exported {loaded.path} (step {loaded.step}) as a Hugging Face folder: {out}")

@@ -1,0 +1,445 @@
+"""Classifier training: ``train_classifier(cfg, task, model_overrides) -> ClassifyTrainResult``.
+
+The same :class:`~hwlm.train.config.TrainConfig` as a language model (batch, AdamW and its warm-up +
+cosine schedule from :mod:`hwlm.train.optim`, gradient clipping, horizon by steps / tokens / seconds,
+``log.jsonl`` + TensorBoard through :class:`~hwlm.train.logs.RunLogger`, atomic checkpoints with
+``COMPLETE`` last, ``--resume auto`` restoring weights, optimizer, every RNG and the batch position)
+with a classification step: cross-entropy of the class logits, weighted per class with
+``--class-weights balanced``. Per step:
+
+    ids, mask, y <- the next B examples of a seeded per-epoch permutation, padded on the right
+    logits = model(ids, mask)                        # (B, K)
+    loss = cross_entropy(logits, y, weight)          # backward, clip, AdamW step
+    every eval_interval and at the end: val loss, accuracy and macro-F1 (what hwlm tune prunes on)
+
+One process only (a classifier of this size gains nothing from DDP on these machines). The loop is
+its own small function rather than a hook into :mod:`hwlm.train.loop`, whose step is built around
+token windows; everything else (optimizer, schedule, logger, checkpoint format) is shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hwlm.config import to_dict
+from hwlm.device import select_device
+from hwlm.errors import ConfigError, DataError, HwlmError
+from hwlm.io import atomic_dir, atomic_write_json
+from hwlm.train import checkpoint as ckpt_io
+from hwlm.train.classify_load import SEEDS_FILE, build_for_spec, classifier_spec, lm_trunk
+from hwlm.train.config import TrainConfig
+from hwlm.train.logs import RunLogger, info
+from hwlm.train.metrics import classification_report
+from hwlm.train.optim import build_optimizer, lr_at
+from hwlm.train.progress import Progress
+from hwlm.train.runtime import autocast, seed_everything
+from hwlm.train.task_config import TaskConfig
+
+__all__ = ["ClassifyTrainResult", "train_classifier", "Examples", "encode_texts", "collate", "predict_batches"]
+
+RUN_CONFIG_VERSION = 1
+
+
+@dataclass
+class ClassifyTrainResult:
+    """What a classification run did (for --seeds K: the mean of the sub-runs, ``seed_runs`` listing each)."""
+
+    steps: int
+    examples: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    mfu: float | None
+    train_loss: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    val_macro_f1: float | None
+    run_dir: Path
+    last_checkpoint: Path | None
+    params: int
+    device: str
+    peak_memory_bytes: int | None
+    seed_runs: list[dict[str, Any]] | None = None
+
+
+def encode_texts(tokenizer: Any, texts: list[str], max_len: int) -> list[list[int]]:
+    """Token ids of each text, cut to its first ``max_len`` tokens (specials in text stay plain text)."""
+    tokenizer.encode_special_tokens = True
+    return [e.ids[:max_len] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def collate(rows: list[Any], pad_id: int, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch: features (B, F) float and no mask, or ids (B, T) right-padded with ``pad_id`` and mask (B, T)."""
+    if features:
+        return torch.tensor(rows, dtype=torch.float32), None
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.int64)
+        mask[i, :len(r)] = True
+    return ids, mask
+
+
+class Examples:
+    """Batches of B example indices from a permutation seeded by ``(seed, epoch)``; its position is its state."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.pos = 0, 0
+
+    def _perm(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def next_indices(self) -> list[int]:
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            take = self._perm()[self.pos:self.pos + self.batch_size - len(out)]
+            out += take.tolist()
+            self.pos += len(take)
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+@torch.no_grad()
+def predict_batches(model: torch.nn.Module, rows: list[Any], pad_id: int, features: bool, device: str,
+                    batch_size: int = 256, on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Class probabilities (N, K) of ``rows`` (token-id lists or feature rows), in order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(rows), batch_size):
+        x, mask = collate(rows[i:i + batch_size], pad_id, features)
+        logits = model(x.to(device), None if mask is None else mask.to(device))
+        out.append(torch.softmax(logits.float(), -1).cpu())
+        if on_batch:
+            on_batch(min(i + batch_size, len(rows)))
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, 0))
+
+
+@dataclass
+class _Run:
+    cfg: TrainConfig
+    task: TaskConfig
+    spec: dict[str, Any]
+    manifest: dict[str, Any]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: str
+    train_x: list[Any]
+    train_y: torch.Tensor
+    val_x: list[Any]
+    val_y: list[int]
+    loader: Examples
+    weight: torch.Tensor | None
+    total_steps: int | None
+    run_config: dict[str, Any]
+    flops_per_token: float | None
+    peak: float | None
+    step: int = 0
+    examples: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0
+    train_seconds: float = 0.0
+    last_ckpt: Path | None = None
+
+    @property
+    def features(self) -> bool:
+        return self.manifest["input"] == "features"
+
+
+def _class_weights(task: TaskConfig, counts: dict[str, int], labels: list[str]) -> torch.Tensor | None:
+    if task.class_weights == "none":
+        return None
+    n = np.array([counts.get(name, 0) for name in labels], dtype=np.float64)
+    return torch.tensor(n.sum() / (len(labels) * np.maximum(n, 1)), dtype=torch.float32)
+
+
+def _horizon(cfg: TrainConfig, task: TaskConfig, n_train: int) -> int | None:
+    limits = []
+    if cfg.max_steps is not None:
+        limits.append(cfg.max_steps)
+    if not cfg.horizon_given:
+        limits.append(max(1, math.ceil(task.epochs * n_train / cfg.batch_size)))
+    return min(limits) if limits else None
+
+
+def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
+           say: Callable[[str], None]) -> tuple[_Run, int | None]:
+    from hwlm.data.classify import load_classify_manifest, read_split
+    from hwlm.data.tokenizer import load_tokenizer
+
+    if cfg.data is None:
+        raise ConfigError("no data folder given: pass --data DIR (made by `hwlm prepare --task classify`)")
+    manifest = load_classify_manifest(cfg.data)
+    if manifest["splits"]["train"]["examples"] < 1 or manifest["splits"]["val"]["examples"] < 1:
+        raise DataError(f"{cfg.data} has an empty train or val split: prepare more examples")
+    choice = select_device(cfg.device)
+    device = choice.device
+    resume = _resume_from(cfg)
+    saved = ckpt_io.read_json(resume / "config.json") if resume is not None else None
+    spec = saved["classifier"] if saved is not None else classifier_spec(cfg, task, manifest, overrides)
+    if saved is not None:
+        ckpt_io.verify_checkpoint(resume)
+        ckpt_io.check_same_model(resume, saved["classifier"], classifier_spec(cfg, task, manifest, overrides))
+    seed_everything(cfg.seed)
+    model = build_for_spec(spec) if not task.init_from or saved else _from_lm(spec, task, manifest, cfg, say)
+    model.to(device)
+    optimizer, opt_text = build_optimizer(model, cfg, choice.type)
+    say(f"{spec['kind']} classifier, {sum(p.numel() for p in model.parameters()):,} parameters "
+        f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained) on {device}; {opt_text}")
+    train_x, train_y = read_split(cfg.data, "train", manifest)
+    val_x, val_y = read_split(cfg.data, "val", manifest)
+    if manifest["input"] == "text":
+        tok = load_tokenizer(Path(cfg.data))
+        train_x, val_x = (encode_texts(tok, xs, spec["max_len"]) for xs in (train_x, val_x))
+    flops = peak = None
+    if spec["kind"] == "transformer":
+        from hwlm.formulas import train_flops_per_token
+        from hwlm.model.config import ModelConfig
+        from hwlm.config import from_dict
+
+        trunk = from_dict(ModelConfig, spec["trunk"])
+        flops = train_flops_per_token(trunk.to_arch(), spec["max_len"])
+        peak = cfg.peak_flops
+    run_config = {"version": RUN_CONFIG_VERSION, "task": "classify", "train": to_dict(cfg), "task_config": to_dict(task),
+                  "classifier": spec, "data": {"dir": str(Path(cfg.data).resolve()), "labels": manifest["labels"],
+                                               "input": manifest["input"], "pad_id": manifest.get("pad_id"),
+                                               "tokenizer_sha256": manifest.get("tokenizer_sha256"),
+                                               "prepare": manifest.get("config", {})},
+                  "runtime": {"device": device, "params": sum(p.numel() for p in model.parameters())}}
+    run = _Run(cfg=cfg, task=task, spec=spec, manifest=manifest, model=model, optimizer=optimizer, device=device,
+               train_x=train_x, train_y=torch.tensor(train_y), val_x=val_x, val_y=val_y,
+               loader=Examples(len(train_x), cfg.batch_size, cfg.seed),
+               weight=_class_weights(task, manifest["class_counts"]["train"], manifest["labels"]),
+               total_steps=_horizon(cfg, task, len(train_x)), run_config=run_config, flops_per_token=flops, peak=peak)
+    if resume is not None:
+        state, _ = ckpt_io.restore_training(resume, model, optimizer, device)
+        run.loader.load_state_dict(state["loader"])
+        run.step, run.examples, run.tokens = int(state["step"]), int(state["examples"]), int(state["tokens"])
+        run.elapsed, run.train_seconds = float(state["elapsed"]), float(state["train_seconds"])
+        run.last_ckpt = resume
+        say(f"resumed from {resume} at step {run.step}")
+    atomic_write_json(cfg.out / "config.json", run_config)
+    return run, (run.step if resume is not None else None)
+
+
+def _from_lm(spec: dict[str, Any], task: TaskConfig, manifest: dict[str, Any], cfg: TrainConfig,
+             say: Callable[[str], None]) -> torch.nn.Module:
+    """A TransformerClassifier whose trunk holds the weights of the language-model run ``--init-from``."""
+    from hwlm.model.classifier import build_classifier
+    from hwlm.train.classify_load import apply_lora
+
+    _, ckpt = lm_trunk(task.init_from, manifest, Path(cfg.data))
+    model = build_classifier(spec)
+    ckpt_io.load_weights(ckpt, model.trunk, "cpu")
+    say(f"trunk initialized from {ckpt}" + (f", LoRA rank {spec['lora_rank']}" if spec.get("lora_rank") else ""))
+    return apply_lora(model, spec["lora_rank"], spec["lora_alpha"]) if spec.get("lora_rank") else model
+
+
+def _resume_from(cfg: TrainConfig) -> Path | None:
+    existing = ckpt_io.latest_checkpoint(cfg.out)
+    if cfg.resume == "none":
+        if existing is not None:
+            raise ConfigError(f"{cfg.out} already holds checkpoints (newest {existing.name}): pass --resume auto "
+                              "to continue that run, or choose another --out folder")
+        return None
+    if cfg.resume == "auto":
+        return existing
+    return ckpt_io.resolve_checkpoint(Path(cfg.resume))
+
+
+def _save(run: _Run) -> None:
+    """An atomic checkpoint in the shared layout, plus labels.json; then keep the newest K."""
+    from safetensors.torch import save_model
+
+    final = Path(run.cfg.out) / "checkpoints" / f"step-{run.step:07d}"
+    ckpt_io.remove_stale(final.parent)
+    state = {"version": ckpt_io.CKPT_VERSION, "step": run.step, "examples": run.examples, "tokens": run.tokens,
+             "elapsed": run.elapsed, "train_seconds": run.train_seconds, "loader": run.loader.state_dict()}
+    with atomic_dir(final) as tmp:
+        save_model(run.model, str(tmp / ckpt_io.MODEL_FILE), metadata={"format": "pt", "step": str(run.step)})
+        with open(tmp / "optimizer.pt", "wb") as f:
+            torch.save(run.optimizer.state_dict(), f)
+        with open(tmp / "trainer_state.pt", "wb") as f:
+            torch.save({"rng": ckpt_io.capture_rng()}, f)
+        atomic_write_json(tmp / "state.json", state)
+        atomic_write_json(tmp / "config.json", run.run_config)
+        atomic_write_json(tmp / "labels.json", {"labels": run.manifest["labels"]})
+        if run.manifest["input"] == "text":
+            import shutil
+
+            shutil.copyfile(Path(run.cfg.data) / "tokenizer.json", tmp / "tokenizer.json")
+        ckpt_io.test_pause()
+        atomic_write_json(tmp / "COMPLETE", {"version": ckpt_io.CKPT_VERSION, "step": run.step,
+                                             "files": ckpt_io.complete_files(tmp)})
+    ckpt_io.prune_checkpoints(run.cfg.out, run.cfg.keep_checkpoints)
+    run.last_ckpt = final
+
+
+def _validate(run: _Run) -> dict[str, float]:
+    probs = predict_batches(run.model, run.val_x, run.spec.get("pad_id") or 0, run.features, run.device)
+    y = torch.tensor(run.val_y)
+    loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, weight=run.weight))
+    report = classification_report(run.val_y, probs.argmax(-1).tolist(), run.manifest["labels"])
+    return {"val_loss": loss, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro avg"]["f1-score"]}
+
+
+def _step(run: _Run, lr: float) -> tuple[float, int]:
+    """One optimizer step; returns the loss and the real tokens it saw."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    idx = run.loader.next_indices()
+    x, mask = collate([run.train_x[i] for i in idx], run.spec.get("pad_id") or 0, run.features)
+    y = run.train_y[idx].to(run.device)
+    x = x.to(run.device)
+    mask = None if mask is None else mask.to(run.device)
+    with autocast(run.device.split(":")[0], "fp32" if run.cfg.precision in ("auto", "fp32") else run.cfg.precision):
+        logits = run.model(x, mask)
+    weight = None if run.weight is None else run.weight.to(run.device)
+    loss = F.cross_entropy(logits.float(), y, weight=weight)
+    loss.backward()
+    if run.cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach()), int(mask.sum()) if mask is not None else len(idx) * x.shape[1]
+
+
+def _done(run: _Run) -> bool:
+    cfg = run.cfg
+    return ((run.total_steps is not None and run.step >= run.total_steps)
+            or (cfg.time_budget is not None and run.elapsed >= cfg.time_budget)
+            or (cfg.max_tokens is not None and run.tokens >= cfg.max_tokens))
+
+
+def _progress(run: _Run) -> float:
+    fracs = [run.step / run.total_steps] if run.total_steps else []
+    if run.cfg.time_budget:
+        fracs.append(run.elapsed / run.cfg.time_budget)
+    if run.cfg.max_tokens:
+        fracs.append(run.tokens / run.cfg.max_tokens)
+    return min(max(fracs, default=0.0), 1.0)
+
+
+def _loop(run: _Run, logger: RunLogger, bar: Progress, report: Callable[[int, dict[str, float]], None] | None,
+          stop_at_step: int | None) -> tuple[float | None, dict[str, float]]:
+    cfg = run.cfg
+    losses: list[float] = []
+    train_loss, val = None, {}
+    win_tokens, win_seconds = 0, 0.0
+    while not _done(run) and not (stop_at_step is not None and run.step >= stop_at_step):
+        t0 = time.perf_counter()
+        loss, tokens = _step(run, lr_at(run.step, cfg, _progress(run), run.total_steps))
+        run.step += 1
+        run.examples += cfg.batch_size
+        run.tokens += tokens
+        losses.append(loss)
+        dt = time.perf_counter() - t0
+        run.train_seconds += dt
+        run.elapsed += dt
+        win_tokens, win_seconds = win_tokens + tokens, win_seconds + dt
+        end = _done(run)
+        record: dict[str, Any] = {}
+        if run.step % cfg.log_interval == 0 or end:
+            train_loss = sum(losses) / len(losses)
+            tps = win_tokens / max(win_seconds, 1e-9)
+            mfu = tps * run.flops_per_token / run.peak if run.peak and run.flops_per_token else None
+            record = {"step": run.step, "tokens": run.tokens, "loss": train_loss, "tokens_per_s": tps, "mfu": mfu,
+                      "lr": lr_at(run.step - 1, cfg, _progress(run), run.total_steps)}
+            bar.update(run.step, train_loss, tps, mfu, None)
+            losses, win_tokens, win_seconds = [], 0, 0.0
+        if (cfg.eval_interval and run.step % cfg.eval_interval == 0) or end:
+            t_eval = time.perf_counter()
+            val = _validate(run)
+            run.elapsed += time.perf_counter() - t_eval
+            record = (record or {"step": run.step, "tokens": run.tokens}) | val
+            if report is not None:
+                report(run.step, val)  # may raise to stop the run (hwlm tune prunes here)
+        if record:
+            logger.log(record)
+        paused = stop_at_step is not None and run.step >= stop_at_step
+        if (cfg.ckpt_interval and run.step % cfg.ckpt_interval == 0) or end or paused:
+            t_save = time.perf_counter()
+            _save(run)
+            run.elapsed += time.perf_counter() - t_save
+    return train_loss, val
+
+
+def _peak_memory(device: str) -> int | None:
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB; the process's peak
+
+
+def _train_one(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None, say: Callable[[str], None],
+               report: Callable[[int, dict[str, float]], None] | None,
+               stop_at_step: int | None) -> ClassifyTrainResult:
+    run, resume_step = _setup(cfg, task, overrides, say)
+    logger = RunLogger(cfg.out, resume_step, cfg.tensorboard)
+    bar = Progress(run.total_steps, run.step, cfg.progress)
+    try:
+        train_loss, val = _loop(run, logger, bar, report, stop_at_step)
+    finally:
+        bar.close()
+        logger.close()
+    if not val:
+        val = _validate(run)
+    tps = run.tokens / run.train_seconds if run.train_seconds > 0 else 0.0
+    mfu = tps * run.flops_per_token / run.peak if run.peak and run.flops_per_token and tps else None
+    return ClassifyTrainResult(steps=run.step, examples=run.examples, tokens=run.tokens, seconds=run.elapsed,
+                               tokens_per_s=tps, mfu=mfu, train_loss=train_loss, val_loss=val.get("val_loss"),
+                               val_accuracy=val.get("val_accuracy"), val_macro_f1=val.get("val_macro_f1"),
+                               run_dir=cfg.out, last_checkpoint=run.last_ckpt,
+                               params=run.run_config["runtime"]["params"], device=run.device,
+                               peak_memory_bytes=_peak_memory(run.device))
+
+
+def train_classifier(cfg: TrainConfig, task: TaskConfig, model_overrides: dict[str, Any] | None = None, *,
+                     say: Callable[[str], None] | None = None,
+                     report: Callable[[int, dict[str, float]], None] | None = None,
+                     stop_at_step: int | None = None) -> ClassifyTrainResult:
+    """Train (or resume) a classifier on ``cfg.data`` into ``cfg.out``; with ``task.seeds = K`` K sub-runs.
+
+    ``report(step, {"val_loss", "val_accuracy", "val_macro_f1"})`` is called after each evaluation
+    (``hwlm tune`` raises from it to prune). ``stop_at_step`` pauses after that step with a checkpoint.
+    """
+    say = say or info
+    if task.task != "classify":
+        raise ConfigError(f"train_classifier trains --task classify, not {task.task!r}")
+    if task.seeds == 1:
+        return _train_one(cfg, task, model_overrides, say, report, stop_at_step)
+    results = []
+    for s in range(task.seeds):
+        sub = dataclasses.replace(cfg, out=Path(cfg.out) / f"seed-{cfg.seed + s}", seed=cfg.seed + s)
+        say(f"seed {cfg.seed + s} ({s + 1} of {task.seeds}) -> {sub.out}")
+        results.append(_train_one(sub, task, model_overrides, say, None, stop_at_step))
+    atomic_write_json(Path(cfg.out) / SEEDS_FILE, {"version": 1, "kind": "hwlm-seeds", "runs": [
+        {"dir": f"seed-{cfg.seed + s}", "seed": cfg.seed + s, "val_macro_f1": r.val_macro_f1,
+         "val_accuracy": r.val_accuracy} for s, r in enumerate(results)]})
+    mean = lambda xs: float(np.mean(xs)) if all(x is not None for x in xs) else None  # noqa: E731
+    last = results[-1]
+    return dataclasses.replace(
+        last, run_dir=Path(cfg.out), seconds=sum(r.seconds for r in results),
+        val_loss=mean([r.val_loss for r in results]), val_accuracy=mean([r.val_accuracy for r in results]),
+        val_macro_f1=mean([r.val_macro_f1 for r in results]),
+        seed_runs=[{"dir": str(r.run_dir), "val_accuracy": r.val_accuracy, "val_macro_f1": r.val_macro_f1}
+                   for r in results])

@@ -1,0 +1,70 @@
+"""``TaskConfig``: what a run learns besides a language model, torch-free for the CLI parser.
+
+``hwlm train --task classify`` trains a classifier on a folder from ``hwlm prepare --task classify``
+with the same :class:`~hwlm.train.config.TrainConfig` (data, out, batch size, learning rate and its
+schedule, horizon, checkpoints, resume, seed, device); the fields here add what only a classifier or a
+chat fine-tune needs. A recipe sets them in a ``[task]`` table.
+
+    hwlm train --task classify --classifier lstm --data runs/cls --out runs/lstm --max-steps 300
+    hwlm train --task classify --classifier transformer --init-from runs/lm --lora-rank 8 ...
+    hwlm train --task chat --init-from runs/lm --data dialogues.jsonl --out runs/chat
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hwlm.config import option
+from hwlm.errors import ConfigError
+
+__all__ = ["TaskConfig", "Task", "Kind"]
+
+Task = Literal["lm", "classify"]
+Kind = Literal["transformer", "lstm", "bow", "mlp"]
+
+
+@dataclass
+class TaskConfig:
+    """Classifier and chat fine-tuning settings (``[task]`` in a recipe)."""
+
+    task: Task = option("lm", "lm: next-token language model; classify: a classifier on `prepare --task classify` "
+                              "data; chat: fine-tune --init-from on JSON Lines conversations")
+    classifier: Kind = option("transformer", "with --task classify: transformer, lstm, bow (fastText-style bag "
+                                             "of words) or mlp (feature rows, e.g. builtin:digits)")
+    pooling: Literal["last", "mean"] = option("last", "Transformer pooling: last real token (exports to Hugging "
+                                                      "Face) or the mean over real tokens")
+    init_from: Path | None = option(None, "start the Transformer trunk from this hwlm language-model run "
+                                          "(its tokenizer must be the data's: prepare with --tokenizer RUN/tokenizer.json)")
+    lora_rank: int = option(0, "0: fine-tune every weight; r > 0: train rank-r LoRA adapters (peft) and the head")
+    lora_alpha: float = option(16.0, "LoRA scaling numerator (the update is scaled by alpha / rank)")
+    class_weights: Literal["none", "balanced"] = option("none", "balanced: weigh each class's loss by "
+                                                                "n / (classes * its count), for imbalanced data")
+    seeds: int = option(1, "train this many sub-runs (OUT/seed-S for S = seed, seed+1, ...); eval reports the "
+                           "mean and spread over them")
+    epochs: float = option(3.0, "passes over the training split when no --max-steps / --time-budget is given")
+    max_len: int = option(128, "tokens kept per text (the first ones); a Transformer trunk caps it at its block size")
+    embed: int = option(64, "LSTM / bag-of-words embedding width")
+    hidden: int = option(128, "LSTM state / MLP hidden width")
+    layers: int = option(1, "LSTM layers / MLP hidden layers")
+    dropout: float = option(0.1, "dropout of the LSTM, bag-of-words and MLP classifiers")
+    ngrams: int = option(2, "bag of words: 1 (tokens) or 2 (tokens and hashed bigrams)")
+    buckets: int = option(1 << 16, "bag of words: hash buckets for bigrams")
+
+    def __post_init__(self) -> None:
+        if self.init_from is not None:
+            self.init_from = Path(self.init_from)
+        for name in ("seeds", "max_len", "embed", "hidden", "layers", "buckets"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"task config '{name}' is {getattr(self, name)}; it must be at least 1")
+        if self.lora_rank < 0:
+            raise ConfigError(f"task config 'lora_rank' is {self.lora_rank}; use 0 (full fine-tune) or a rank >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"task config 'dropout' is {self.dropout}; it must be in [0, 1)")
+        if not self.epochs > 0:
+            raise ConfigError(f"task config 'epochs' is {self.epochs}; it must be more than zero")
+        if self.ngrams not in (1, 2):
+            raise ConfigError(f"task config 'ngrams' is {self.ngrams}; choose 1 or 2")
+        if self.lora_rank and self.classifier != "transformer" and self.task == "classify":
+            raise ConfigError(f"--lora-rank applies to the Transformer classifier, not {self.classifier}; drop it")
