@@ -5,6 +5,7 @@ Torch-free and fast: it imports only :mod:`hwlm.plan`. Numbers accept SI suffixe
 
     hwlm plan train --model llama-2-7b --tokens 2T --hardware a100-80gb --devices 256 --explain
     hwlm plan infer --model llama-3.1-8b --hardware h100 --devices 1 --batch 8 --prompt-len 1024 --gen-len 256
+    hwlm plan serve --model deepseek-v3 --hardware h200 --devices 8 --precision fp8 --rate 50 --slo-ttft 2
     hwlm plan recommend --model llama-2-70b --tokens 2T --deadline 30d --objective cost
     hwlm plan optimal --flops 1e23
 """
@@ -124,6 +125,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--allow-beyond-context", action="store_true", help=ih("allow_beyond_context"))
     i.set_defaults(func=_infer)
 
+    from hwlm.plan.jobs import ServingJob
+
+    def sh(name: str) -> str:
+        return field_help(ServingJob, name)
+
+    v = sub.add_parser("serve", help="continuous batching under a load: throughput, TTFT/ITL percentiles, fleet size")
+    _common(v)
+    load = v.add_mutually_exclusive_group(required=True)
+    load.add_argument("--concurrency", type=_int, help=sh("concurrency"))
+    load.add_argument("--rate", type=_num, help=sh("rate"))
+    v.add_argument("--prompt-len", type=_int, default=512, help=sh("prompt_len") + " (default 512)")
+    v.add_argument("--gen-len", type=_int, default=256, help=sh("gen_len") + " (default 256)")
+    v.add_argument("--precision", default="bf16", help=sh("precision") + " (default bf16)")
+    v.add_argument("--engine", help=sh("engine"))
+    v.add_argument("--max-batch", type=_int, help=sh("max_batch"))
+    v.add_argument("--slo-ttft", type=_dur, help=sh("slo_ttft") + " (0.5, 500ms is written 0.5)")
+    v.add_argument("--slo-itl", type=_dur, help=sh("slo_itl"))
+    v.add_argument("--allow-beyond-context", action="store_true", help=sh("allow_beyond_context"))
+    v.set_defaults(func=_serve)
+
     h = sub.add_parser("hardware", help="list catalog devices, or describe one")
     h.add_argument("id", nargs="?", help="device id to describe")
     h.add_argument("--kind", help="only this kind: cpu, gpu, tpu, accelerator, fpga, asic")
@@ -234,6 +255,35 @@ def _infer(a: argparse.Namespace) -> int:
              f"  TTFT         {e.ttft_s * 1e3:,.1f} ms", f"  TPOT         {e.tpot_s * 1e3:,.2f} ms",
              f"  throughput   {e.throughput_tokens_per_s:,.0f} tokens/s", f"  energy       {ept}",
              f"  cost         {_money(e.cost_per_million_tokens_usd)} per million tokens"]
+    lines += [f"  note: {n}" for n in e.notes]
+    return _emit(a, e.to_dict(), "\n".join(lines), e.terms)
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1e3:,.1f} ms"
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from hwlm.plan import ServingJob, estimate_serving
+
+    job = ServingJob(model=a.model, hardware=a.hardware, devices=a.devices, concurrency=a.concurrency, rate=a.rate,
+                     prompt_len=a.prompt_len, gen_len=a.gen_len, precision=a.precision, engine=a.engine,
+                     max_batch=a.max_batch, slo_ttft=a.slo_ttft, slo_itl=a.slo_itl,
+                     allow_beyond_context=a.allow_beyond_context, calibration=a.calibration,
+                     price_per_hour=a.price_per_hour)
+    e = estimate_serving(job)
+    load = f"concurrency {e.concurrency}" if e.concurrency is not None else f"{e.rate:g} requests/s"
+    lines = [f"serve {e.model} on {e.replicas} replica(s) x {e.devices} x {e.hardware} with {e.engine}, {e.precision}, "
+             f"{load}, prompt {e.prompt_len}, gen {e.gen_len}",
+             f"  throughput   {e.output_tokens_per_s:,.0f} output tokens/s ({e.requests_per_s:.3g} requests/s); "
+             f"one replica at most {e.capacity_requests_per_s:.3g} requests/s",
+             f"  batch        {e.mean_batch:.1f} running on average, at most {e.batch_limit} ({e.limited_by}); "
+             f"KV cache {e.kv_capacity_tokens:,} tokens",
+             f"  TTFT         p50 {_ms(e.ttft_p50_s)}, p90 {_ms(e.ttft_p90_s)}, p99 {_ms(e.ttft_p99_s)} "
+             f"(alone {_ms(e.single_ttft_s)})",
+             f"  ITL          p50 {_ms(e.itl_p50_s)}, p90 {_ms(e.itl_p90_s)}, p99 {_ms(e.itl_p99_s)} "
+             f"(alone {_ms(e.single_itl_s)})",
+             f"  cost         {_money(e.cost_per_million_tokens_usd)} per million output tokens"]
     lines += [f"  note: {n}" for n in e.notes]
     return _emit(a, e.to_dict(), "\n".join(lines), e.terms)
 

@@ -22,6 +22,7 @@ from hwlm.plan.machine import THIS_MACHINE, device_from_calibration, machine_dev
 from hwlm.plan.models import Model, get_model, list_models
 from hwlm.plan.parallel import Layout, MemoryBreakdown
 from hwlm.plan.recommend import Option, Recommendation, recommend
+from hwlm.plan.serving import ServingEstimate, estimate_serving
 from hwlm.plan.scaling import LAWS, OptimalSize, compute_optimal
 from hwlm.plan.software import ENGINES, FRAMEWORKS, Stack
 from hwlm.plan.training import TrainingEstimate, estimate_training
@@ -33,4 +34,5 @@ __all__ = [
     "LAWS", "OptimalSize", "compute_optimal", "TrainingEstimate", "estimate_training",
     "THIS_MACHINE", "device_from_calibration", "machine_device",
     "TrainingJob", "InferenceJob", "ServingJob", "resolve_hardware", "ENGINES", "FRAMEWORKS", "Stack",
+    "ServingEstimate", "estimate_serving",
 ]

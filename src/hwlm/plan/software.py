@@ -139,9 +139,9 @@ def default_framework(dev: Device) -> Stack:
 
 
 def default_engine(dev: Device, serving: bool = False) -> Stack:
-    """``plan infer``: hwlm's own eager loop (what `hwlm bench infer` measures). ``plan serve``: vLLM where
-    it runs, llama.cpp on Apple and CPUs, else hwlm."""
-    if not serving:
+    """``plan infer`` and this machine: hwlm's own eager loop (what `hwlm bench infer` and `hwlm serve`
+    run). ``plan serve`` on catalog hardware: vLLM where it runs, llama.cpp on Apple, else hwlm."""
+    if not serving or dev.vendor == "local":  # this machine: what `hwlm bench infer` / `hwlm serve` run
         return ENGINES["hwlm"]
     if dev.vendor == "apple":
         return ENGINES["llama.cpp"]

@@ -1,0 +1,382 @@
+"""Serving under load: continuous batching of a request stream, simulated step by step.
+
+``plan infer`` is the latency of one batch; a server under traffic runs a different loop (Orca, Yu et al.
+2022, OSDI; vLLM, Kwon et al. 2023, arXiv:2309.06180): every engine step decodes one token for each running
+sequence and spends the rest of a token budget (``chunk_tokens``) on the prompts of newly admitted
+requests (chunked prefill, Agrawal et al. 2024, arXiv:2403.02310). A request is admitted while the
+engine's cap on running sequences (``max_batch``) and the KV cache (the memory left after the weights)
+allow it; its whole length is reserved, as a preemption-free scheduler does.
+
+One step's time comes from the same roofline as :mod:`hwlm.plan.inference`:
+
+    step = max(weights read + KV read) / (bw x eff),  (B + p) tokens' FLOPs / (peak x eff) + element-wise)
+           + layers x per-layer overhead + tensor-parallel all-reduces  [+ host issue time if eager]
+
+with B decoding sequences, p prefill tokens in the step, and for mixture-of-experts models the experts
+the step's tokens touch. The simulation keeps the sum of the running contexts (the KV bytes read) and a
+heap of finishing steps, so a few thousand requests take milliseconds. Arrivals: a closed loop of
+``concurrency`` users (a new request when one finishes), or Poisson arrivals at ``rate`` per second
+(seeded). Percentiles are over the requests after a warm-up tenth.
+
+    >>> s = estimate_serving(ServingJob(model="llama-3.1-8b", hardware="h100-sxm", concurrency=32))  # doctest: +SKIP
+    >>> s.output_tokens_per_s, s.ttft_p90_s, s.itl_p90_s                                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hwlm.errors import PlanError
+from hwlm.formulas import forward_flops_per_token
+from hwlm.plan.catalog import Device
+from hwlm.plan.efficiency import ops_per_forward
+from hwlm.plan.explain import Term, Terms
+from hwlm.plan.inference import (WEIGHT_BYTES, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
+                                 _weights_read_per_step)
+from hwlm.plan.jobs import ServingJob, resolve_hardware
+from hwlm.plan.models import Model, get_model
+from hwlm.plan.parallel import USABLE_MEMORY_FRACTION
+from hwlm.plan.software import Stack, default_engine, get_engine
+
+__all__ = ["ServingEstimate", "estimate_serving", "StepModel"]
+
+MAX_FLEET_DEVICES = 1 << 17  # 131,072 devices: beyond any fleet in the catalog's price lists
+WARMUP_FRACTION = 0.1
+
+
+@dataclass
+class ServingEstimate:
+    """Continuous batching under a load, per replica (``devices`` each) and for the fleet (``replicas``)."""
+
+    model: str
+    hardware: str
+    devices: int
+    engine: str
+    precision: str
+    prompt_len: int
+    gen_len: int
+    concurrency: int | None
+    rate: float | None
+    replicas: int
+    requests_per_s: float
+    output_tokens_per_s: float
+    mean_batch: float
+    batch_limit: int
+    limited_by: str
+    kv_capacity_tokens: int
+    ttft_p50_s: float
+    ttft_p90_s: float
+    ttft_p99_s: float
+    itl_p50_s: float
+    itl_p90_s: float
+    itl_p99_s: float
+    capacity_requests_per_s: float
+    single_ttft_s: float
+    single_itl_s: float
+    cost_per_million_tokens_usd: float | None
+    terms: list[Term] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "terms"}
+        return {"kind": "hwlm-plan-serve", **d, "terms": [t.to_dict() for t in self.terms]}
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """Seconds of one engine step as a function of what it runs (one replica of ``tp`` devices)."""
+
+    m: Model
+    dev: Device
+    tp: int
+    engine: Stack
+    graphs: bool
+    cdtype: str
+    bytes_w: float
+    kv_tok: float          # KV bytes per token per device
+    mm_eff: float
+    bw_eff: float
+    ew_eff: float
+    act_traffic: float
+    layer_overhead_s: float
+    host_s: float          # eager host time per step (0 under CUDA graphs / off GPUs)
+    pri: Any
+
+    def seconds(self, decode: int, ctx_sum: float, prefill: int, prefill_ctx: float = 0.0) -> float:
+        """``decode`` sequences with ``ctx_sum`` context tokens in all, plus ``prefill`` prompt tokens whose
+        attention spans ``prefill_ctx`` tokens on average."""
+        spec, tokens = self.m.spec, decode + prefill
+        w_read, _ = _weights_read_per_step(self.m, max(tokens, 1), self.bytes_w)
+        t_mem = (w_read / self.tp + (ctx_sum + prefill) * self.kv_tok) / (self.dev.memory_bw * self.bw_eff)
+        f_lin = 2.0 * self.m.params.matmul_active * tokens
+        per_ctx = forward_flops_per_token(spec, 1) - forward_flops_per_token(spec, 0)  # attention FLOPs per ctx token
+        f_att = per_ctx * (ctx_sum + prefill * prefill_ctx)
+        peak = self.dev.peak_flops(self.cdtype)
+        t_fl = (f_lin + f_att / self.engine.attention) / (self.tp * peak * self.mm_eff)
+        t_ew = prefill * spec.n_layers * self.act_traffic * self.engine.elementwise * 34 * spec.d_model * 2.0 / (
+            self.tp * self.dev.memory_bw * self.ew_eff)
+        comm, _ = _comm(self.m, self.dev, self.tp, tokens, self.pri)
+        device = max(t_mem, t_fl + t_ew) + spec.n_layers * self.layer_overhead_s + comm
+        return max(device, self.host_s)
+
+
+def _step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepModel:
+    cdtype = _compute_dtype(dev, job.precision)
+    pri, _, _, ew = _resolve(dev, cdtype, job.precision, job.calibration)
+    graphs = engine.cuda_graphs if job.cuda_graphs is None else bool(job.cuda_graphs)
+    kv_bytes = 1.0 if job.precision == "fp8" else 2.0
+    kv_tok, _ = _kv_per_token_device(m, job.devices, kv_bytes)
+    host = 0.0 if graphs or dev.kind != "gpu" else ops_per_forward(m.spec) * pri.infer_op_overhead_s
+    return StepModel(m=m, dev=dev, tp=job.devices, engine=engine, graphs=graphs, cdtype=cdtype,
+                     bytes_w=WEIGHT_BYTES[job.precision], kv_tok=kv_tok, mm_eff=pri.matmul_eff,
+                     bw_eff=pri.decode_bw_eff, ew_eff=ew if ew is not None else pri.decode_bw_eff,
+                     act_traffic=pri.act_traffic, layer_overhead_s=pri.layer_overhead_s, host_s=host, pri=pri)
+
+
+@dataclass
+class _Run:
+    ttft: list[float]
+    itl: list[tuple[float, int]]   # (step seconds, tokens emitted at that spacing)
+    done: int
+    elapsed: float
+    batch_sum: float
+    steps: int
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def _weighted_percentile(pairs: list[tuple[float, int]], q: float) -> float:
+    pairs = sorted(p for p in pairs if p[1] > 0)
+    total = sum(n for _, n in pairs)
+    if not total:
+        return math.nan
+    acc = 0
+    for v, n in pairs:
+        acc += n
+        if acc >= q * total:
+            return v
+    return pairs[-1][0]
+
+
+def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk: int, *,
+             concurrency: int | None = None, rate: float | None = None, seed: int = 0, stagger: float = 0.0) -> _Run:
+    """Run ``n`` requests through the continuous-batching loop; see the module docstring."""
+    rng = random.Random(seed)
+    if concurrency is not None:
+        # Users start at random moments over ``stagger`` seconds (about one request's duration), so that
+        # equal requests do not run in lockstep as no real set of users does.
+        arrivals = sorted(rng.uniform(0.0, stagger) for _ in range(min(concurrency, n)))
+    else:
+        t, arrivals = 0.0, []
+        for _ in range(n):
+            t += rng.expovariate(rate)  # type: ignore[arg-type]
+            arrivals.append(t)
+    next_arrival, issued = 0, len(arrivals)
+    waiting: list[float] = []          # arrival times, FCFS
+    prefilling: list[list[float]] = []  # [arrival, prompt tokens left]
+    finish: list[tuple[int, int]] = []  # heap of (step index of the last token, request id)
+    running, ctx_sum, clock, step = 0, 0.0, 0.0, 0
+    ttft: list[float] = []
+    itl: list[tuple[float, int]] = []
+    done, batch_sum, warm = 0, 0.0, int(n * WARMUP_FRACTION)
+    while done < n:
+        while next_arrival < len(arrivals) and arrivals[next_arrival] <= clock:
+            waiting.append(arrivals[next_arrival])
+            next_arrival += 1
+        while waiting and running + len(prefilling) < batch_cap:
+            prefilling.append([waiting.pop(0), float(prompt)])
+        if running == 0 and not prefilling:  # idle until the next arrival
+            clock = arrivals[next_arrival]
+            continue
+        if not prefilling and (not waiting or running >= batch_cap):
+            # Pure decode until the next finish or arrival: leap over those k equal steps at once, timing
+            # them at their mean context (a step's time is linear in the context read).
+            k = finish[0][0] - step
+            if next_arrival < len(arrivals) and running < batch_cap:
+                dt1 = sm.seconds(running, ctx_sum, 0)
+                k = min(k, max(1, int((arrivals[next_arrival] - clock) / dt1)))
+            dt = sm.seconds(running, ctx_sum + running * (k - 1) / 2, 0)
+            clock += k * dt
+            step += k
+            batch_sum += running * k
+            itl.append((dt, running * k if done >= warm else 0))
+            ctx_sum += running * k
+            ended = 0
+            while finish and finish[0][0] <= step:
+                heapq.heappop(finish)
+                running -= 1
+                ctx_sum -= prompt + gen
+                ended += 1
+            done += ended
+            if concurrency is not None:
+                more = min(ended, n - issued)
+                arrivals.extend([clock] * more)
+                issued += more
+            continue
+        budget, p_tok, p_ctx, first = max(0, chunk - running), 0, 0.0, []
+        for req in prefilling:
+            if budget <= 0:
+                break
+            take = min(budget, req[1])
+            p_ctx += take * (prompt - req[1] + take / 2)
+            req[1] -= take
+            budget -= take
+            p_tok += int(take)
+            if req[1] <= 0:
+                first.append(req)
+        dt = sm.seconds(running, ctx_sum, p_tok, p_ctx / p_tok if p_tok else 0.0)
+        clock += dt
+        step += 1
+        batch_sum += running
+        if running:
+            itl.append((dt, running) if done >= warm else (dt, 0))
+            ctx_sum += running
+        ended = 0
+        for req in first:  # the prompt's last chunk also yields the first output token
+            prefilling.remove(req)
+            if done >= warm:
+                ttft.append(clock - req[0])
+            if gen > 1:
+                heapq.heappush(finish, (step + gen - 1, 0))
+                running += 1
+                ctx_sum += prompt + 1
+            else:
+                ended += 1
+        while finish and finish[0][0] <= step:
+            heapq.heappop(finish)
+            running -= 1
+            ctx_sum -= prompt + gen
+            ended += 1
+        done += ended
+        if concurrency is not None:  # a closed loop: each finished user sends the next request at once
+            more = min(ended, n - issued)
+            arrivals.extend([clock] * more)
+            issued += more
+    return _Run(ttft, itl, done, clock, batch_sum / max(step, 1), step)
+
+
+def _capacity(job: ServingJob, m: Model, dev: Device, engine: Stack) -> tuple[int, str, int, float]:
+    """(running-sequence cap, what limits it, KV capacity in tokens, free bytes)."""
+    sm_tok = _kv_per_token_device(m, job.devices, 1.0 if job.precision == "fp8" else 2.0)[0]
+    w = m.params.total * WEIGHT_BYTES[job.precision] / job.devices
+    ws = engine.chunk_tokens * min(1.0, 2048 / engine.chunk_tokens) * (4 * m.spec.d_model + 3 * m.spec.ff / job.devices) * 2
+    free = dev.memory_bytes * USABLE_MEMORY_FRACTION - w - ws
+    kv_tokens = int(free // sm_tok) if free > 0 else 0
+    by_kv = kv_tokens // (job.prompt_len + job.gen_len)
+    cap = job.max_batch or engine.max_batch
+    if by_kv < 1:
+        raise PlanError(f"{m.name} in {job.precision} does not fit on {job.devices} x {dev.id} with room for one "
+                        f"{job.prompt_len + job.gen_len}-token request ({w / 1e9:.1f} GB of weights per device); "
+                        "use more devices per replica (--devices) or a narrower --precision")
+    if by_kv < cap:
+        return by_kv, "kv-cache", kv_tokens, free
+    return cap, f"engine max_batch {cap}", kv_tokens, free
+
+
+def _run(job: ServingJob, sm: StepModel, cap: int, chunk: int, n: int, *, concurrency: int | None = None,
+         rate: float | None = None, stagger: float = 0.0) -> _Run:
+    return simulate(sm, job.prompt_len, job.gen_len, n, cap, chunk, concurrency=concurrency, rate=rate,
+                    seed=job.seed, stagger=stagger)
+
+
+def _meets(r: _Run, job: ServingJob) -> bool:
+    ok_t = job.slo_ttft is None or _percentile(r.ttft, 0.9) <= job.slo_ttft
+    ok_i = job.slo_itl is None or _weighted_percentile(r.itl, 0.9) <= job.slo_itl
+    return ok_t and ok_i
+
+
+def _replicas_for_rate(job: ServingJob, sm: StepModel, cap: int, chunk: int, capacity: float, dev: Device,
+                       t: Terms) -> tuple[int, _Run]:
+    """The fewest replicas whose share of the rate meets the SLO (without one: stays under 90% of capacity,
+    where queues stay short), and the run at that share."""
+    rate = float(job.rate)  # type: ignore[arg-type]
+    n = max(1, math.ceil(rate / (0.9 * capacity)))
+    if job.slo_ttft is None and job.slo_itl is None:
+        t.add("replicas", f"ceil(rate {rate:g} / (0.9 x capacity {capacity:.4g} req/s))", n, "",
+              "assumed: a replica runs at most 90% busy (queueing delay grows without bound near 100%)")
+    while True:
+        if n * job.devices > MAX_FLEET_DEVICES:
+            raise PlanError(f"{rate:g} requests/s needs more than {MAX_FLEET_DEVICES:,} x {dev.id} "
+                            f"({capacity:.3g} req/s per {job.devices}-device replica at best); no fleet in the "
+                            "catalog's range meets it: shorten the requests, use a narrower precision or faster hardware")
+        r = _run(job, sm, cap, chunk, job.requests, rate=rate / n)
+        if _meets(r, job) and (job.slo_ttft is not None or job.slo_itl is not None or r.elapsed > 0):
+            break
+        n = max(n + 1, math.ceil(n * 1.1))
+    if job.slo_ttft is not None or job.slo_itl is not None:
+        t.add("replicas", f"fewest replicas with p90 TTFT <= {job.slo_ttft} s and p90 ITL <= {job.slo_itl} s at "
+              f"rate {rate:g} / replicas", n, "", "simulated continuous batching (this module)")
+    return n, r
+
+
+def estimate_serving(job: ServingJob) -> ServingEstimate:
+    """Throughput and latency percentiles of continuous batching under ``job``'s load; see the module docstring."""
+    m = get_model(job.model)
+    dev = resolve_hardware(job.hardware, job.calibration)
+    engine = get_engine(job.engine, dev) if job.engine else default_engine(dev, serving=True)
+    if m.spec.n_heads % job.devices:
+        raise PlanError(f"{job.devices} devices per replica do not divide the {m.spec.n_heads} attention heads of "
+                        f"{m.name}; choose a divisor of {m.spec.n_heads} for --devices")
+    beyond = _context_check(m, job.prompt_len, job.gen_len, job.allow_beyond_context)
+    sm = _step_model(job, m, dev, engine)
+    cap, limit, kv_tokens, _ = _capacity(job, m, dev, engine)
+    chunk = max(engine.chunk_tokens, 1) if engine.chunk_tokens < (1 << 30) else job.prompt_len * cap + cap
+    t = Terms()
+    t.add("engine", f"{engine.name}: CUDA graphs {'on' if sm.graphs else 'off'}, max running sequences "
+          f"{engine.max_batch}, prefill chunk {min(chunk, 1 << 30)} tokens per step", engine.max_batch, "", engine.source)
+    t.add("kv_capacity_tokens", f"(90% of {dev.memory_bytes:.4g} B - weights - workspace) / {sm.kv_tok:.4g} B per "
+          "token", kv_tokens, "tokens", "hwlm.formulas.kv_cache_bytes_per_token (GQA: n_kv_heads, MLA: latent)")
+    t.add("batch_limit", f"min(engine cap, kv capacity / {job.prompt_len + job.gen_len} tokens per request): {limit}",
+          cap, "sequences")
+    one = _run(job, sm, cap, chunk, 3, concurrency=1)
+    single_ttft, single_itl = max(one.ttft or [0.0]), _weighted_percentile(one.itl, 0.5)
+    t.add("single_request_ttft", "one request alone: its prompt in chunks + the first token", single_ttft, "s")
+    t.add("single_request_itl", "one request alone: a decode step at batch 1", single_itl, "s")
+    for name, slo, best in (("--slo-ttft", job.slo_ttft, single_ttft), ("--slo-itl", job.slo_itl, single_itl)):
+        if slo is not None and slo < best:
+            raise PlanError(f"{name} {slo:g} s is below the {best:.3g} s one request alone takes on {job.devices} x "
+                            f"{dev.id} with {engine.id}: no load meets it; raise it, or use more devices per replica, "
+                            "a narrower precision or faster hardware")
+    span = single_ttft + (job.gen_len - 1) * single_itl  # one request's duration: the users' start spread
+    sat = _run(job, sm, cap, chunk, max(job.requests // 2, 10), concurrency=cap, stagger=span)
+    capacity = t.add("capacity", f"requests / time with {cap} always running (saturated)",
+                     sat.done / sat.elapsed, "requests/s", "simulated continuous batching (this module)")
+    if job.rate is not None:
+        replicas, r = _replicas_for_rate(job, sm, cap, chunk, capacity, dev, t)
+        rps = float(job.rate)
+    else:
+        replicas, r = 1, _run(job, sm, cap, chunk, job.requests, concurrency=job.concurrency, stagger=span)
+        rps = r.done / r.elapsed
+    out_tps = t.add("output_tokens_per_s", f"requests/s {rps:.4g} x gen {job.gen_len}", rps * job.gen_len, "tokens/s")
+    cpm = None
+    if (job.price_per_hour or dev.price_per_hour) is not None:
+        price = job.price_per_hour or dev.price_per_hour
+        cpm = t.add("cost_per_million_tokens", f"{replicas} x {job.devices} x ${price}/h / 3600 / output tokens/s x 1e6",
+                    replicas * job.devices * price / 3600 / out_tps * 1e6, "USD")  # type: ignore[operator]
+    notes = [f"engine: {engine.id}" + ("" if job.engine else " (assumed; pass --engine)"),
+             f"running sequences limited by {limit}"]
+    if beyond:
+        notes.append(beyond)
+    if job.concurrency is not None and not _meets(r, job):
+        notes.append("the SLO is not met at this concurrency; give --rate to size the fleet for it")
+    if job.concurrency is not None and job.concurrency > cap:
+        notes.append(f"{job.concurrency - cap} of {job.concurrency} requests wait in the queue at any time "
+                     f"(the batch is capped at {cap} by {limit}): TTFT includes that wait")
+    return ServingEstimate(
+        model=m.name, hardware=dev.id, devices=job.devices, engine=engine.id, precision=job.precision,
+        prompt_len=job.prompt_len, gen_len=job.gen_len, concurrency=job.concurrency, rate=job.rate, replicas=replicas,
+        requests_per_s=rps, output_tokens_per_s=out_tps, mean_batch=r.batch_sum, batch_limit=cap, limited_by=limit,
+        kv_capacity_tokens=kv_tokens, ttft_p50_s=_percentile(r.ttft, 0.5), ttft_p90_s=_percentile(r.ttft, 0.9),
+        ttft_p99_s=_percentile(r.ttft, 0.99), itl_p50_s=_weighted_percentile(r.itl, 0.5),
+        itl_p90_s=_weighted_percentile(r.itl, 0.9), itl_p99_s=_weighted_percentile(r.itl, 0.99),
+        capacity_requests_per_s=capacity, single_ttft_s=single_ttft, single_itl_s=single_itl,
+        cost_per_million_tokens_usd=cpm, terms=list(t), notes=notes)

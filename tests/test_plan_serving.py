@@ -1,0 +1,119 @@
+"""``plan serve``: the step-time formula, the continuous-batching simulation's invariants, fleet sizing and
+its one-line refusals. Formulas and invariants are pinned, not fitted numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from hwlm.cli import main
+from hwlm.errors import PlanError
+from hwlm.formulas import forward_flops_per_token
+from hwlm.plan import ServingJob, estimate_serving, get_model
+from hwlm.plan.serving import _step_model, simulate
+from hwlm.plan.software import ENGINES
+from hwlm.plan.jobs import resolve_hardware
+
+
+def _sm(model="llama-3.1-8b", hardware="h100-sxm", **kw):
+    job = ServingJob(model=model, hardware=hardware, concurrency=1, **kw)
+    dev = resolve_hardware(job.hardware)
+    return _step_model(job, get_model(job.model), dev, ENGINES[job.engine or "vllm"]), dev
+
+
+def test_decode_step_is_the_roofline_of_weights_and_kv() -> None:
+    sm, dev = _sm()
+    m = sm.m
+    B, S = 8, 8 * 1000
+    read = m.params.total * 2.0 + S * sm.kv_tok
+    t_mem = read / (dev.memory_bw * sm.bw_eff)
+    f = 2.0 * m.params.matmul_active * B + (forward_flops_per_token(m.spec, 1) - forward_flops_per_token(m.spec, 0)) * S
+    t_fl = f / (dev.peak_flops("bf16") * sm.mm_eff)
+    assert t_mem > t_fl  # decode at batch 8 is bandwidth-bound
+    assert sm.seconds(B, S, 0) == pytest.approx(t_mem + m.spec.n_layers * sm.layer_overhead_s)
+    # A long prefill is compute-bound and grows with its tokens.
+    assert sm.seconds(0, 0, 4096, 2048) > 2 * sm.seconds(0, 0, 1024, 512)
+
+
+def test_one_request_alone_is_one_prefill_then_batch_one_steps() -> None:
+    sm, _ = _sm()
+    r = simulate(sm, 512, 64, 2, 256, 8192, concurrency=1)
+    assert r.ttft[0] == pytest.approx(sm.seconds(0, 0, 512, 256))
+    tokens = sum(n for _, n in r.itl)
+    mean_itl = sum(dt * n for dt, n in r.itl) / tokens
+    assert tokens == 2 * 63
+    assert mean_itl == pytest.approx(sm.seconds(1, 512 + 32, 0), rel=0.02)
+
+
+def test_closed_loop_obeys_littles_law() -> None:
+    e = estimate_serving(ServingJob(model="llama-3.1-8b", hardware="h100-sxm", concurrency=48, engine="vllm"))
+    # Little: users = throughput x time per request; requests here end after TTFT + (gen - 1) inter-token gaps.
+    latency = 48 / e.requests_per_s
+    assert latency > e.ttft_p50_s + (e.gen_len - 1) * e.itl_p50_s * 0.8
+    assert e.mean_batch == pytest.approx(48, rel=0.1)
+
+
+def test_more_load_more_throughput_and_slower_tokens() -> None:
+    low = estimate_serving(ServingJob(model="llama-3.1-8b", hardware="h100-sxm", concurrency=4))
+    high = estimate_serving(ServingJob(model="llama-3.1-8b", hardware="h100-sxm", concurrency=128))
+    assert high.output_tokens_per_s > 5 * low.output_tokens_per_s
+    assert high.itl_p50_s > low.itl_p50_s
+    assert high.output_tokens_per_s <= high.capacity_requests_per_s * high.gen_len * 1.05
+
+
+def test_kv_cache_limits_the_batch() -> None:
+    e = estimate_serving(ServingJob(model="llama-2-70b", hardware="h100-sxm", devices=2, concurrency=512,
+                                    prompt_len=3000, gen_len=1000))
+    per_req = 4000
+    assert e.limited_by == "kv-cache" and e.batch_limit == e.kv_capacity_tokens // per_req
+    assert e.mean_batch <= e.batch_limit and e.batch_limit < ENGINES["vllm"].max_batch
+    assert any("wait in the queue" in n for n in e.notes)
+
+
+def test_moe_decode_reads_only_the_touched_experts() -> None:
+    sm, _ = _sm("mixtral-8x7b", devices=2)
+    m = sm.m
+    one = sm.seconds(1, 100, 0)
+    many = sm.seconds(64, 6400, 0)
+    dense_read = m.params.total * 2.0 / 2 / (sm.dev.memory_bw * sm.bw_eff)
+    assert one < 0.5 * dense_read  # 2 of 8 experts at batch 1
+    assert many > 0.9 * dense_read  # nearly every expert at batch 64
+
+
+def test_rate_with_an_slo_sizes_the_fleet() -> None:
+    job = ServingJob(model="llama-3.1-8b", hardware="h100-sxm", rate=60.0, slo_ttft=0.2, slo_itl=0.05)
+    e = estimate_serving(job)
+    assert e.replicas >= math.ceil(60.0 / e.capacity_requests_per_s)
+    assert e.ttft_p90_s <= 0.2 and e.itl_p90_s <= 0.05
+    assert e.requests_per_s == 60.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--concurrency", "4", "--slo-ttft", "0.0001"], r"--slo-ttft 0.0001 s is below the .* one request alone takes"),
+    (["--rate", "1e9"], r"needs more than 131,072 x h100-sxm"),
+    (["--concurrency", "4", "--engine", "llama.cpp", "--hardware", "tpu-v5e"], r"does not run on tpu-v5e"),
+    (["--concurrency", "4", "--prompt-len", "200000"], r"exceed llama-3.1-8b's 131,072-token context"),
+])
+def test_refusals_are_one_line(capsys, argv, message) -> None:
+    base = ["plan", "serve", "--model", "llama-3.1-8b"]
+    if "--hardware" not in argv:
+        base += ["--hardware", "h100-sxm"]
+    assert main(base + argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    import re
+    assert re.search(message, err), err
+
+
+def test_cli_json_and_this_machine(tmp_path, capsys) -> None:
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "machine": {"memory_bytes": 8e9}, "entries": [
+        {"device": "this-machine", "dtype": "fp32", "phase": "matmul", "efficiency": 1.0, "measured": 5e10},
+        {"device": "this-machine", "dtype": "fp32", "phase": "membw", "efficiency": 1.0, "measured": 1e10}]}))
+    assert main(["plan", "serve", "--model", "tiny", "--calibration", str(cal), "--precision", "fp32",
+                 "--concurrency", "4", "--prompt-len", "32", "--gen-len", "16", "--json", "--explain"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["hardware"] == "this-machine" and d["engine"] == "hwlm" and d["output_tokens_per_s"] > 0
+    assert {"kv_capacity_tokens", "capacity", "batch_limit"} <= {t["name"] for t in d["terms"]}
