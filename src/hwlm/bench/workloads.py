@@ -68,6 +68,7 @@ class InferBenchConfig:
     tdp_w: float | None = None
     seed: int = 0
     vocab_size: int | None = None
+    backend: str = "torch"              # torch | onnx (the same weights exported, run by onnxruntime on the CPU)
 
 
 def _check_common(device_kind: str, precision: str, what: str) -> None:
@@ -304,6 +305,7 @@ def run_infer_bench(cfg: InferBenchConfig) -> dict[str, Any]:
     max_len = max(cfg.prompt_lens) + cfg.new_tokens
     mcfg, model = _build_model(cfg.model, device, max_len, cfg.seed, cfg.vocab_size)
     model = model.to(torch_dtype(cfg.precision)).eval()
+    onnx_model = _onnx_backend(model, cfg, kind) if cfg.backend != "torch" else None
     config = {**asdict(cfg), "device": device, "device_reason": choice.reason, "block_size": mcfg.block_size}
     samples, findings = [], []
     summary: dict[str, Any] = {"device": device, "params": model.num_params()}
@@ -318,7 +320,8 @@ def run_infer_bench(cfg: InferBenchConfig) -> dict[str, Any]:
                 findings.append(f"out of memory (estimated) at batch {b}, prompt {p}: {reason}")
                 continue
             try:
-                s = _time_cell(model, mcfg, cfg, device, kind, b, p)
+                s = (_time_cell(model, mcfg, cfg, device, kind, b, p) if onnx_model is None
+                     else _time_cell_onnx(onnx_model, model, mcfg, cfg, kind, b, p))
             except (RuntimeError, MemoryError) as exc:
                 if not is_oom(exc):
                     raise
@@ -362,6 +365,37 @@ def _time_cell(model: Any, mcfg: Any, cfg: InferBenchConfig, device: str, kind: 
             if r > 0:
                 ttft.append(t_first)
                 tpot.extend(steps)
+    return _cell_summary(mcfg, model, cfg, b, p, ttft, tpot, kind)
+
+
+def _onnx_backend(model: Any, cfg: InferBenchConfig, kind: str) -> Any:
+    """The model exported to ONNX (fp32, in a temp folder) and opened with onnxruntime."""
+    import tempfile
+    from pathlib import Path
+
+    from hwlm.export.onnx import OnnxModel, export_onnx
+    if cfg.backend != "onnx":
+        raise HardwareError(f"unknown inference backend {cfg.backend!r}; choose torch or onnx")
+    if kind != "cpu" or cfg.precision != "fp32":
+        raise HardwareError("--backend onnx runs fp32 on the CPU (onnxruntime's CPU provider): use --device cpu "
+                            "--precision fp32")
+    with tempfile.TemporaryDirectory(prefix="hwlm-onnx-") as tmp:
+        return OnnxModel.load(export_onnx(model, Path(tmp) / "export"))  # the session holds the graph
+
+
+def _time_cell_onnx(om: Any, model: Any, mcfg: Any, cfg: InferBenchConfig, kind: str, b: int, p: int
+                    ) -> dict[str, Any]:
+    """``_time_cell`` through onnxruntime: the same prompts, rounds and greedy steps."""
+    import torch
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + b * 7919 + p)
+    ttft, tpot = [], []
+    _reset_peak(kind)
+    for r in range(cfg.repeats + 1):  # the first round warms up
+        first, steps = om.timed_decode(torch.randint(0, mcfg.vocab_size, (b, p), generator=gen).numpy(),
+                                       cfg.new_tokens)
+        if r > 0:
+            ttft.append(first)
+            tpot.extend(steps)
     return _cell_summary(mcfg, model, cfg, b, p, ttft, tpot, kind)
 
 

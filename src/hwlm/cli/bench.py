@@ -95,6 +95,8 @@ def _add_workloads(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per grid cell (default: 3)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="data type of weights and KV cache (default: fp32)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="torch, or onnx: the same weights exported and run by onnxruntime (CPU, fp32)")
     p.set_defaults(func=_infer)
 
 
@@ -154,7 +156,7 @@ def _infer(args: argparse.Namespace) -> int:
     cfg = InferBenchConfig(model=args.model, device=args.device, batch_sizes=args.batch_sizes,
                            prompt_lens=args.prompt_lens, new_tokens=args.new_tokens, repeats=args.repeats,
                            precision=args.precision, energy=args.energy, tdp_w=args.tdp, seed=args.seed,
-                           vocab_size=args.vocab_size)
+                           vocab_size=args.vocab_size, backend=args.backend)
     record = run_infer_bench(cfg)
     return _write(record, args, format_workload(record))
 

@@ -227,12 +227,28 @@ def run_generate(args: argparse.Namespace) -> int:
     from hwlm.device import select_device
     from hwlm.train.load import load_model, stream_text
 
-    loaded = load_model(args.run, select_device(args.device).device)
+    if args.backend == "onnx" and args.onnx is None:
+        raise ConfigError("--backend onnx needs --onnx PATH (a folder made by `hwlm export --format onnx`)")
+    loaded = load_model(args.run, "cpu" if args.backend == "onnx" else select_device(args.device).device)
+    sample = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, loaded.eot_id)
+
+    def tokens(ids: list[int]) -> Any:
+        return generate(loaded.model, ids, *sample, compile=args.compile)
+
+    if args.backend == "onnx":
+        from hwlm.export.onnx import OnnxModel, weights_fingerprint
+
+        onnx_model = OnnxModel.load(args.onnx)
+        onnx_model.check_matches(loaded.model_cfg, weights_fingerprint(loaded.model), f"run {args.run}")
+
+        def tokens(ids: list[int]) -> Any:  # noqa: F811  (the ONNX backend replaces the torch loop)
+            return onnx_model.generate(ids, *sample)
+
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
     for piece in stream_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                             args.top_p, args.seed):
+                             args.top_p, args.seed, tokens=tokens):
         out.write(piece)
         out.flush()
     out.write("\n")
@@ -244,7 +260,11 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
                               description="Export a run's newest checkpoint; hf writes a folder that "
                                           "transformers' AutoModelForCausalLM.from_pretrained loads.")
     p.add_argument("--run", required=True, type=Path, help="run folder or checkpoint folder")
-    p.add_argument("--format", choices=["hf"], default="hf", help="output format (default: hf)")
+    p.add_argument("--format", choices=["hf", "onnx"], default="hf",
+                   help="hf (transformers folder) or onnx (model.onnx with the KV cache as inputs/outputs, for "
+                        "onnxruntime) (default: hf)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="onnx only: int8 (dynamic, per-channel weights) or int4 (MatMulNBits, groups of 32)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
     p.set_defaults(func=run_export)
 
@@ -253,12 +273,32 @@ def run_export(args: argparse.Namespace) -> int:
     from hwlm.export.hf import export_hf
     from hwlm.train.classify_load import is_classifier_run
     from hwlm.train.load import load_model
+    p.add_argument("--compile", action="store_true",
+                   help="decode with a fixed-shape step under torch.compile (CUDA graphs on CUDA); compiles first")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="torch, or onnx: run --onnx (from `hwlm export --format onnx` of this run) with "
+                        "onnxruntime on the CPU (default: torch)")
+    p.add_argument("--onnx", type=Path, default=None, metavar="PATH", help="ONNX export folder or .onnx file")
 
     if is_classifier_run(args.run):
         from hwlm.cli.classify import run_classify_export
 
         return run_classify_export(args)
+    from hwlm.model import generate
     loaded = load_model(args.run, "cpu")
     out = export_hf(loaded.model, loaded.model_cfg, loaded.path / "tokenizer.json", args.out)
     print(f"exported {loaded.path} (step {loaded.step}) as a Hugging Face folder: {out}")
+    return 0
+    if getattr(args, "format", "hf") == "onnx":
+        return _export_onnx(args, loaded)
+    if getattr(args, "quantize", None):
+        raise ConfigError(f"--quantize {args.quantize} applies to --format onnx only")
+
+
+def _export_onnx(args: argparse.Namespace, loaded: Any) -> int:
+    from hwlm.export.onnx import export_onnx
+
+    out = export_onnx(loaded.model, args.out, loaded.path / "tokenizer.json", args.quantize,
+                      source={"checkpoint": str(loaded.path), "step": loaded.step})
+    print(f"exported {loaded.path} (step {loaded.step}) as ONNX ({args.quantize or 'fp32'}): {out / 'model.onnx'}")
     return 0

@@ -17,7 +17,7 @@ recomputation per token (what nanoGPT's crop-and-recompute costs).
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from hwlm.errors import ConfigError
 from hwlm.model.transformer import KVCache, Transformer
 
-__all__ = ["generate", "sample_next"]
+__all__ = ["generate", "sample_next", "decode_loop", "Steps", "check_args"]
 
 
-def _check_args(prompt_ids: Sequence[int], max_new_tokens: int, temperature: float, top_k: int | None,
+def check_args(prompt_ids: Sequence[int], max_new_tokens: int, temperature: float, top_k: int | None,
                 top_p: float | None, vocab_size: int) -> None:
+    """Raise ConfigError naming the first bad generation argument (shared by every decoding backend)."""
     if len(prompt_ids) == 0:
         raise ConfigError("the prompt is empty: give at least one token (e.g. the end-of-text token)")
     bad = [t for t in prompt_ids if not 0 <= int(t) < vocab_size]
@@ -123,7 +124,7 @@ def generate(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int,
     CUDA); the first call compiles, which takes seconds on a CPU.
     """
     cfg = model.cfg
-    _check_args(prompt_ids, max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
+    check_args(prompt_ids, max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
     param = next(model.parameters())
     device = param.device
     generator = None
@@ -137,22 +138,41 @@ def generate(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int,
         if max_new_tokens == 0:
             return
         steps = _Steps(model, device, param.dtype, len(history) + max_new_tokens, compile)
-        logits = steps.prefill(history)
-        pos = len(history)
-        for i in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, top_p, generator)
-            yield token
-            if token == eos_id or i == max_new_tokens - 1:
-                return
-            history.append(token)
-            if pos == steps.max_len:
-                # Cache full: slide the window and prefill the kept tokens again from position 0.
-                # (A static cache is sized to the whole request, so it fills only at block_size.)
-                history = history[-keep:]
-                logits = steps.prefill(history)
-                pos = len(history)
-            else:
-                logits = steps.step(token, pos)
-                pos += 1
+        yield from decode_loop(steps, history, max_new_tokens, keep,
+                               lambda logits: sample_next(logits, temperature, top_k, top_p, generator), eos_id)
     finally:
         model.train(was_training)
+
+
+class Steps(Protocol):
+    """A way to run a model token by token: what :func:`decode_loop` drives (torch, ONNX Runtime...)."""
+
+    max_len: int  # positions the cache holds; at max_len the window slides
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Logits (V,) after ``ids`` from position 0 (the cache restarts)."""
+
+    def step(self, token: int, pos: int) -> torch.Tensor:
+        """Logits (V,) after ``token`` at position ``pos``."""
+
+
+def decode_loop(steps: Steps, history: list[int], max_new_tokens: int, keep: int,
+                sample: Callable[[torch.Tensor], int], eos_id: int | None = None) -> Iterator[int]:
+    """Prefill ``history``, then sample and feed one token at a time; slide the window when the cache is full."""
+    logits = steps.prefill(history)
+    pos = len(history)
+    for i in range(max_new_tokens):
+        token = sample(logits)
+        yield token
+        if token == eos_id or i == max_new_tokens - 1:
+            return
+        history.append(token)
+        if pos == steps.max_len:
+            # Cache full: slide the window and prefill the kept tokens again from position 0.
+            # (A static cache is sized to the whole request, so it fills only at block_size.)
+            history = history[-keep:]
+            logits = steps.prefill(history)
+            pos = len(history)
+        else:
+            logits = steps.step(token, pos)
+            pos += 1

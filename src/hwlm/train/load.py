@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from hwlm.config import from_dict
 from hwlm.errors import CheckpointError, HwlmError
@@ -61,11 +61,13 @@ def load_model(run_or_checkpoint_dir: str | Path, device: str = "cpu") -> Loaded
 
 
 def stream_text(loaded: LoadedModel, prompt: str, max_new_tokens: int, temperature: float = 0.8,
-                top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> Iterator[str]:
+                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                tokens: Callable[[list[int]], Iterable[int]] | None = None) -> Iterator[str]:
     """Continue ``prompt``, yielding text as soon as it forms whole characters.
 
     A stream never shows half a character (see :func:`decode_stream`); it stops at the
-    end-of-text token.
+    end-of-text token. ``tokens`` maps the prompt's ids to new ids in place of ``hwlm.model.generate``
+    with the arguments above (speculative, tensor-parallel or ONNX decoding).
     """
     from hwlm.data.normalize import normalize  # the module, not hwlm.data's lazy name (a submodule shadows it)
     from hwlm.model import generate
@@ -77,8 +79,11 @@ def stream_text(loaded: LoadedModel, prompt: str, max_new_tokens: int, temperatu
         if loaded.eot_id is None:
             raise CheckpointError(f"{loaded.path} names no end-of-text token to start from: give a --prompt")
         ids = [loaded.eot_id]  # an empty prompt starts a new document
-    tokens = generate(loaded.model, ids, max_new_tokens, temperature, top_k, top_p, seed, loaded.eot_id)
-    yield from decode_stream(loaded.tokenizer, tokens, loaded.eot_id)
+    if tokens is None:
+        new = generate(loaded.model, ids, max_new_tokens, temperature, top_k, top_p, seed, loaded.eot_id)
+    else:
+        new = tokens(ids)
+    yield from decode_stream(loaded.tokenizer, new, loaded.eot_id)
 
 
 def decode_stream(tokenizer: Any, tokens: Iterable[int], stop_id: int | None = None) -> Iterator[str]:
