@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hwlm.errors import PlanError
-from hwlm.formulas import forward_flops_per_token, kv_cache_bytes_per_token
+from hwlm.formulas import WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.efficiency import (GRID_SOURCE,
                                   INFER_OP_OVERHEAD_SOURCE, PUE_SOURCE, Priors, load_calibration, ops_per_forward,
@@ -38,8 +38,6 @@ __all__ = ["InferenceEstimate", "InferenceJob", "estimate_inference", "INFER_PRE
 _COMPUTE_DTYPE = {"fp32": ("fp32",), "bf16": ("bf16", "fp16"), "fp16": ("fp16", "bf16"),
                   "fp8": ("fp8", "bf16", "fp16"), "w8a8": ("int8", "fp8", "bf16", "fp16"),
                   "w8a16": ("bf16", "fp16"), "w4a16": ("bf16", "fp16")}
-# Bytes per weight of each format (group-wise scales of w4a16 left out: 1/16 B at group 32).
-WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "w8a8": 1.0, "w8a16": 1.0, "w4a16": 0.5}
 # The weight-only kernels' decode-efficiency prior (Priors.int8_decode / int4_decode).
 _WEIGHT_ONLY = {"w8a16": "int8", "w4a16": "int4"}
 

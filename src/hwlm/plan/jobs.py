@@ -20,6 +20,7 @@ from typing import Any
 
 from hwlm.config import option
 from hwlm.errors import PlanError
+from hwlm.formulas import PRECISIONS
 from hwlm.plan.catalog import Device, get_device
 from hwlm.plan.efficiency import DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE
 
@@ -27,9 +28,9 @@ __all__ = ["TrainingJob", "InferenceJob", "ServingJob", "resolve_hardware", "fie
            "INFER_PRECISIONS"]
 
 TRAIN_PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
-# The compress stage's precision names (hwlm.compress): weights x activations. w8a16/w4a16 are
-# weight-only (dequantised to 16 bits in the kernel), w8a8 runs the 8-bit matrix units.
-INFER_PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "w8a8", "w8a16", "w4a16")
+# The compress stage's precision names, shared through hwlm.formulas: weights x activations. w8a16/w4a16
+# are weight-only (dequantised to 16 bits in the kernel), w8a8 runs the 8-bit matrix units.
+INFER_PRECISIONS = PRECISIONS
 _OLD_PRECISIONS = {"int8": "w8a16", "int4": "w4a16"}
 
 
