@@ -139,8 +139,34 @@ def run_train(args: argparse.Namespace) -> int:
     worker = ["train", *(["--config", str(args.config)] if args.config else []), *(["--json"] if args.json else []),
               *_flags(overrides), *_flags(overrides_from_args(args, ModelConfig, prefix=MODEL_PREFIX), MODEL_PREFIX)]
     threads = max(1, (os.cpu_count() or 1) // plan.nproc)  # processes share the cores, not oversubscribe them
+    from hwlm.train.signals import RESUME_COMMAND_ENV, resume_command
+
+    os.environ[RESUME_COMMAND_ENV] = resume_command(_command_line(args))  # what rank 0 prints on a signal
     launch(worker, plan.nproc, args.nnodes, args.node_rank, args.master, threads_per_proc=threads)
     return 0
+
+
+def _command_line(args: argparse.Namespace) -> list[str]:
+    """This ``hwlm train`` invocation as arguments: the options that were given, normalized."""
+    spread = [*(["--nproc", str(args.nproc)] if args.nproc != "1" else []),
+              *(["--nnodes", str(args.nnodes), "--node-rank", str(args.node_rank)] if args.nnodes != 1 else []),
+              *(["--master", args.master] if args.master else [])]
+    return ["train", *(["--config", str(args.config)] if args.config else []), *(["--json"] if args.json else []),
+            *_flags(overrides_from_args(args, TrainConfig)),
+            *_flags(overrides_from_args(args, ModelConfig, prefix=MODEL_PREFIX), MODEL_PREFIX), *spread]
+
+
+def _stopped(args: argparse.Namespace, signame: str, step: int, ckpt: Path | None) -> int:
+    """After SIGINT/SIGTERM: say where the run stopped and the command that resumes; 130 or 143."""
+    from hwlm.train.parallel import under_torchrun
+    from hwlm.train.signals import RESUME_COMMAND_ENV, exit_code, resume_command
+
+    cmd = resume_command(_command_line(args))
+    if under_torchrun() and not os.environ.get(RESUME_COMMAND_ENV):
+        cmd += "  (with the same torchrun options in front)"
+    print(f"hwlm: stopped by {signame} after step {step}; checkpoint {ckpt}", file=sys.stderr)
+    print(f"hwlm: resume with: {cmd}", file=sys.stderr)
+    return exit_code(signame)
 
 
 def _train_here(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig | None) -> int:
@@ -159,12 +185,19 @@ def _train_here(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConf
         # Launched by `hwlm train --nproc`: the launcher prints the lowest rank's line, once.
         Path(errors, f"rank-{current_world().rank}.txt").write_text(str(exc), encoding="utf-8")
         return 1
+    code = 0
+    if result.stopped_by:
+        from hwlm.train.signals import exit_code
+
+        code = exit_code(result.stopped_by)
     if not current_world().is_main:
-        return 0
+        return code
+    if result.stopped_by:
+        _stopped(args, result.stopped_by, result.steps, result.last_checkpoint)
     if args.json:
         print(json.dumps({k: (str(v) if isinstance(v, Path) else v)
                           for k, v in dataclasses.asdict(result).items()}, indent=2))
-        return 0
+        return code
     mfu = "n/a (peak unknown)" if result.mfu is None else f"{100 * result.mfu:.1f}%"
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
     train_loss = "n/a" if result.train_loss is None else f"{result.train_loss:.4f}"
@@ -173,7 +206,7 @@ def _train_here(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConf
           f"({result.tokens_per_s:,.0f} tokens/s, MFU {mfu}, {result.precision} on {result.device}{where})")
     print(f"  train loss {train_loss}, val loss {val}")
     print(f"  run folder {result.run_dir}; last checkpoint {result.last_checkpoint}")
-    return 0
+    return code
 
 
 def _register_eval(subparsers: argparse._SubParsersAction) -> None:

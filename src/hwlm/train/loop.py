@@ -14,6 +14,7 @@ Per optimizer step:
     unscale (fp16) -> clip grad norm -> AdamW step -> zero grads
     every log_interval: log.jsonl + TensorBoard; every eval_interval: val loss;
     every ckpt_interval and at the end: an atomic checkpoint (see checkpoint.py)
+    on SIGINT/SIGTERM (every rank agrees in the step's all-reduce): finish the step, checkpoint, return
 
 Resuming (``resume=auto`` or a path) restores weights, optimizer, every RNG, the data
 loader's position and the step counter, so a resumed CPU fp32 run is bit-identical to
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +46,11 @@ from hwlm.train.faults import NonFiniteGuard, poisoned
 from hwlm.train.logs import RunLogger, info
 from hwlm.train.optim import build_optimizer, lr_at
 from hwlm.train.launch import choose_strategy, training_bytes
-from hwlm.train.parallel import (World, agree, all_true, broadcast_object, current_world, grad_sync,
+from hwlm.train.parallel import (World, agree, broadcast_object, current_world, grad_sync,
                                  init_distributed, mean_across, shard_model, shutdown, wrap_model)
 from hwlm.train.progress import Progress
 from hwlm.train.runtime import autocast, choose_precision, loss_sums, seed_everything
+from hwlm.train.signals import StopSignals
 
 __all__ = ["TrainResult", "train", "build_model_config", "model_config_for", "peak_flops_for"]
 
@@ -74,6 +77,7 @@ class TrainResult:
     world_size: int = 1
     strategy: str = "single"
     nonfinite_steps: int = 0
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM": stopped early, checkpoint written (see signals.py)
 
 
 def _data_facts(data_dir: Path | None) -> dict[str, Any]:
@@ -173,6 +177,8 @@ class _Run:
     elapsed: float = 0.0        # wall seconds inside the loop, over all resumes
     train_seconds: float = 0.0  # seconds in training steps only (throughput)
     last_ckpt: Path | None = None
+    signals: StopSignals = field(default_factory=StopSignals)
+    stop_signal: int = 0        # the signal every rank agreed to stop on (0: none)
 
 
 def _strategy(cfg: TrainConfig, world: World, model_cfg: ModelConfig, device: str) -> tuple[str, str]:
@@ -376,7 +382,7 @@ def _train_step(run: _Run, lr: float) -> tuple[torch.Tensor, bool]:
             (run.scaler.scale(scaled) if run.scaler else scaled).backward()
         loss_sum += loss.detach()
     # Every rank must take the same branch, or the next collective would hang: agree on one flag.
-    finite = all_true(bool(torch.isfinite(loss_sum)), run.world)
+    finite, run.stop_signal = _agree(bool(torch.isfinite(loss_sum)), run.signals.signum, run.world)
     if not finite:
         run.optimizer.zero_grad(set_to_none=True)
         if run.scaler:
@@ -393,6 +399,18 @@ def _train_step(run: _Run, lr: float) -> tuple[torch.Tensor, bool]:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return loss_sum / cfg.grad_accum, True
+
+
+def _agree(finite: bool, signum: int, world: World) -> tuple[bool, int]:
+    """(finite on every rank, the signal any rank got) in one all-reduce of two numbers: MIN of
+    ``finite`` and of ``-signum``. The stop request rides on the collective each step makes anyway."""
+    if not world.distributed or world.world_size == 1:
+        return finite, signum
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if finite else 0.0, -float(signum)], dtype=torch.float64, device=world.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t[0].item()), int(-t[1].item())
 
 
 def _progress_fraction(run: _Run) -> float:
@@ -467,6 +485,8 @@ def _loop(run: _Run, logger: RunLogger, bar: Progress, stop_at_step: int | None,
         win.steps += 1
         win.tokens += run.tokens_per_step
         finishing = _done(run, stop_at_step, run.elapsed + time.perf_counter() - t0)
+        if finishing is None and run.stop_signal:
+            finishing = "signal"  # no evaluation: a scheduler's grace period is short
         log_now = run.step % cfg.log_interval == 0 or finishing == "end"
         if log_now:
             float(win.loss)  # wait for the device so that the step's time is honest
@@ -497,6 +517,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_ste
     ``stop_at_step`` pauses the run after that step (a checkpoint is written) as a
     preemption would, leaving the schedule as if it ran to the end: used to test resuming.
     ``say`` receives one-line progress notes (default: stderr on rank 0).
+    A SIGINT or SIGTERM while stepping ends the run after the current step with a checkpoint;
+    the result's ``stopped_by`` then names the signal (see :mod:`hwlm.train.signals`).
     """
     if say is None:
         say = info if current_world().is_main else (lambda _msg: None)  # other ranks stay quiet
@@ -506,7 +528,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_ste
         bar = Progress(run.total_steps, run.step, cfg.progress and run.world.is_main)
         start_step = run.step
         try:
-            train_loss, val_loss = _loop(run, logger, bar, stop_at_step, say)
+            with run.signals:
+                train_loss, val_loss = _loop(run, logger, bar, stop_at_step, say)
         finally:
             bar.close()
             logger.close()
@@ -521,4 +544,5 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_ste
                        train_loss=train_loss, val_loss=val_loss, run_dir=cfg.out, last_checkpoint=run.last_ckpt,
                        params=run.run_config["runtime"]["params"], precision=run.precision, device=run.device,
                        peak_flops=run.peak, world_size=run.world.world_size, strategy=run.strategy,
-                       nonfinite_steps=run.nonfinite.total)
+                       nonfinite_steps=run.nonfinite.total,
+                       stopped_by=signal.Signals(run.stop_signal).name if run.stop_signal else None)
