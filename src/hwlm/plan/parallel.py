@@ -1,7 +1,9 @@
 """Parallel layouts: validity, memory per device and communication volume and time.
 
 A :class:`Layout` splits ``devices = dp * tp * pp`` (data, tensor and pipeline parallel),
-with a ZeRO stage for the data-parallel group (3 = FSDP) and an activation recompute mode.
+with a ZeRO stage for the data-parallel group (3 = FSDP) and an activation recompute mode; for a
+mixture-of-experts model ``ep`` ranks of the data-parallel group share the routed experts (expert
+parallelism, GShard, Lepikhin et al. 2020, arXiv:2006.16668; Megatron-Core's expert_model_parallel_size).
 
 Memory (per device), mixed-precision Adam (Rajbhandari et al. 2020, ZeRO, arXiv:1910.02054,
 section 3.1): 2 bytes of bf16 weights + 2 of gradients + 12 of fp32 master copy, momentum and
@@ -58,6 +60,7 @@ class Layout:
     micro_batch: int = 1                # sequences per device per micro-step
     virtual_stages: int = 1             # >1: interleaved 1F1B, each device holds this many model chunks
     recompute_layers: int = 0           # recompute="partial": layers recomputed fully (the rest selectively)
+    ep: int = 1                         # expert parallel (MoE): routed experts sharded over ep ranks of dp
 
     @property
     def devices(self) -> int:
@@ -67,7 +70,8 @@ class Layout:
         z = {0: "ddp", 1: "zero1", 2: "zero2", 3: "fsdp"}[self.zero_stage]
         v = f" (interleaved x{self.virtual_stages})" if self.virtual_stages > 1 and self.pp > 1 else ""
         rc = f"partial ({self.recompute_layers} layers full)" if self.recompute == "partial" else self.recompute
-        return (f"dp={self.dp} ({z}) tp={self.tp} pp={self.pp}{v} micro_batch={self.micro_batch} "
+        ep = f" ep={self.ep}" if self.ep > 1 else ""
+        return (f"dp={self.dp} ({z}) tp={self.tp} pp={self.pp}{v}{ep} micro_batch={self.micro_batch} "
                 f"recompute={rc}")
 
     def recompute_fraction(self, n_layers: int) -> float:
@@ -79,7 +83,7 @@ class Layout:
     def to_dict(self) -> dict[str, object]:
         return {"dp": self.dp, "tp": self.tp, "pp": self.pp, "zero_stage": self.zero_stage,
                 "recompute": self.recompute, "recompute_layers": self.recompute_layers,
-                "micro_batch": self.micro_batch, "virtual_stages": self.virtual_stages,
+                "micro_batch": self.micro_batch, "virtual_stages": self.virtual_stages, "ep": self.ep,
                 "description": self.describe()}
 
 
@@ -101,6 +105,12 @@ def validate_layout(spec: ArchSpec, devices: int, layout: Layout, model_name: st
     if layout.pp * layout.virtual_stages > spec.n_layers:
         raise PlanError(f"pp={layout.pp} x virtual_stages={layout.virtual_stages} exceeds the {spec.n_layers} layers "
                         f"of {model_name}; use fewer stages")
+    if not isinstance(layout.ep, int) or layout.ep < 1 or layout.dp % layout.ep:
+        raise PlanError(f"ep={layout.ep!r} must be a whole number dividing dp={layout.dp} (experts are sharded "
+                        "over data-parallel ranks)")
+    if layout.ep > 1 and spec.n_experts % layout.ep:
+        raise PlanError(f"ep={layout.ep} does not divide the {spec.n_experts} routed experts of {model_name}"
+                        + ("" if spec.n_experts > 1 else " (it has none: expert parallelism needs an MoE model)"))
     if layout.zero_stage not in (0, 1, 2, 3):
         raise PlanError(f"zero_stage={layout.zero_stage} must be 0, 1, 2 or 3 (3 = FSDP)")
     if layout.recompute not in RECOMPUTE_MODES:

@@ -270,6 +270,8 @@ def _comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> dict[str, fl
                           f" / ({what} {bw:.4g} x {eff})",
                           tok_dev * 2 * v * act / lay.tp / (bw * eff), "s",
                           f"{NARAYANAN}.1 (point-to-point between stages; scatter/gather, section 4.1)")
+    if lay.ep > 1:
+        out["tp"] += _all_to_all(ctx, lay, t, tok_dev)
     if lay.dp > 1:
         bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, ctx.devices, up)
         # A node holding g ranks of the data-parallel group sends its share of a ring collective
@@ -278,16 +280,37 @@ def _comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> dict[str, fl
         g = min(lay.dp, max(1, dev.devices_per_node // min(lay.tp * lay.pp, dev.devices_per_node)))
         if what == "inter-node network" and g > 1:
             bw, what = min(dev.intra_node_bw or math.inf, g * bw), f"{g} NICs per node, inter-node network"
-        vol = 2.0 * ctx.model.params.total / (lay.tp * lay.pp)
+        routed = routed_expert_params(ctx.model)
+        vol = 2.0 * (ctx.model.params.total - routed) / (lay.tp * lay.pp)
+        vol_e = 2.0 * routed / (lay.tp * lay.pp * lay.ep)
+        edp = lay.dp // lay.ep  # experts' gradients are reduced over the ranks holding the same experts
         k = 3.0 if lay.zero_stage >= 3 else 2.0
-        t_dp = t.add("dp_comm_per_step", f"{k:g}(dp-1)/dp x grads {vol:.4g} B / ({what} {bw:.4g} x {eff})",
-                     k * (lay.dp - 1) / lay.dp * vol / (bw * eff), "s",
+        t_dp = t.add("dp_comm_per_step", f"{k:g}(dp-1)/dp x grads {vol:.4g} B"
+                     + (f" + {k:g}(dp/ep-1)/(dp/ep) x expert grads {vol_e:.4g} B" if routed else "")
+                     + f" / ({what} {bw:.4g} x {eff})",
+                     k * ((lay.dp - 1) / lay.dp * vol + (edp - 1) / edp * vol_e) / (bw * eff), "s",
                      "ring all-reduce / reduce-scatter + all-gather (ZeRO-3: + all-gather), arXiv:1910.02054")
         window = compute_step if lay.zero_stage >= 3 else compute_step * 2.0 / 3.0
         out["dp_step"] = t.add("dp_comm_exposed_per_step", f"max(0, {t_dp:.4g} - overlap window {window:.4g})",
                                max(0.0, t_dp - window), "s",
                                "assumed: DP traffic overlaps the backward pass (ZeRO-3/FSDP: the whole step)")
     return out
+
+
+def _all_to_all(ctx: _Ctx, lay: Layout, t: Terms, tok_dev: float) -> float:
+    """Expert-parallel token exchange (whole run): each MoE layer sends every token's hidden state to its k
+    experts' ranks and back, forward and backward (4 all-to-alls; full recompute repeats the forward two).
+    A rank keeps 1/ep of its tokens' traffic local. Not overlapped with compute (DeepSeek-V3's DualPipe
+    overlaps it; arXiv:2412.19437, section 3.2.1)."""
+    spec, dev, eff = ctx.model.spec, ctx.dev, ctx.pri.comm_eff
+    n_moe = spec.n_layers - spec.first_dense_layers
+    bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, lay.tp * lay.ep, dev.scale_up_devices)
+    n_a2a = 4 + 2 * lay.recompute_fraction(spec.n_layers)
+    vol = tok_dev / lay.tp * spec.experts_per_token * spec.d_model * 2.0 * (lay.ep - 1) / lay.ep
+    return t.add("ep_all_to_all_time", f"{n_moe}/pp MoE layers x {n_a2a:.3g} all-to-alls x tokens/dp/tp x k "
+                 f"{spec.experts_per_token} x {spec.d_model} x 2 B x (ep-1)/ep / ({what} {bw:.4g} x {eff})",
+                 n_moe / lay.pp * n_a2a * vol / (bw * eff), "s",
+                 "expert parallelism, GShard (Lepikhin et al. 2020, arXiv:2006.16668, section 3.2)")
 
 
 def _pow2_upto(n: int) -> list[int]:
@@ -315,6 +338,8 @@ def _candidates(ctx: _Ctx, fixed: dict[str, Any]) -> list[Layout]:
         x for x in _pow2_upto(min(n, ctx.dev.scale_up_devices, spec.n_heads)) if spec.n_heads % x == 0]
     pps = [fixed["pp"]] if fixed.get("pp") else [x for x in _pow2_upto(min(n, spec.n_layers))]
     zeros = [fixed["zero_stage"]] if fixed.get("zero_stage") is not None else [0, 1, 2, 3]
+    eps = [fixed["ep"]] if fixed.get("ep") else [1] + [x for x in _pow2_upto(min(n, spec.n_experts))[1:]
+                                                       if spec.n_experts > 1 and spec.n_experts % x == 0]
     rcs = [fixed["recompute"]] if fixed.get("recompute") else ["selective", "partial"]
     mb = fixed.get("micro_batch") or 1
     seqs = ctx.batch_tokens / ctx.seq_len
@@ -328,13 +353,30 @@ def _candidates(ctx: _Ctx, fixed: dict[str, Any]) -> list[Layout]:
             for vs in (v for v in vss if pp * v <= spec.n_layers):
                 for rc in rcs:
                     for z in zeros:
-                        out.append(Layout(dp=n // (tp * pp), tp=tp, pp=pp, zero_stage=z, recompute=rc,
-                                          micro_batch=mb, virtual_stages=vs))
+                        for ep in (e for e in eps if (n // (tp * pp)) % e == 0):
+                            out.append(Layout(dp=n // (tp * pp), tp=tp, pp=pp, zero_stage=z, recompute=rc,
+                                              micro_batch=mb, virtual_stages=vs, ep=ep))
     return out
 
 
+def routed_expert_params(m: Model) -> float:
+    """Parameters of the routed experts (all of them): what expert parallelism shards; 0 for a dense model."""
+    spec, pc = m.spec, m.params
+    if not m.is_moe or spec.n_experts <= spec.experts_per_token:
+        return 0.0
+    return (pc.total - pc.active) * spec.n_experts / (spec.n_experts - spec.experts_per_token)
+
+
 def _memory(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
-    mem = training_memory(ctx.model.spec, ctx.model.params.total, lay, ctx.seq_len, ctx.dev.memory_bytes)
+    # The routed experts are sharded over ep ranks of the data-parallel group as well (their ZeRO
+    # sharding then spans the dp/ep "expert data parallel" ranks); the rest of the model as before.
+    routed = routed_expert_params(ctx.model)
+    mem = training_memory(ctx.model.spec, ctx.model.params.total - routed, lay, ctx.seq_len, ctx.dev.memory_bytes)
+    if routed:
+        ex = training_memory(ctx.model.spec, routed, replace(lay, dp=lay.dp // lay.ep, tp=lay.tp * lay.ep),
+                             ctx.seq_len, ctx.dev.memory_bytes)
+        mem = replace(mem, weights=mem.weights + ex.weights, gradients=mem.gradients + ex.gradients,
+                      optimizer=mem.optimizer + ex.optimizer)
     if ctx.precision not in ("fp32", "tf32"):
         return mem
     # fp32 training keeps 4-byte activations: twice the 16-bit figure; its logits need no fp32 copy.
@@ -359,13 +401,13 @@ def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
 def _choose(ctx: _Ctx, fixed: dict[str, Any]) -> tuple[Layout, bool]:
     """The fastest fitting layout (a simpler one wins unless the other is >3% faster); else the smallest."""
     best: tuple[float, Layout] | None = None
-    seen: set[tuple[int, int, int, str, int]] = set()
+    seen: set[tuple[int, int, int, str, int, int]] = set()
     cands = _candidates(ctx, fixed)
     for lay in cands:
         # More ZeRO sharding only adds traffic, so for a fixed recompute mode the first stage that
         # fits is the one; under partial recompute it also cuts the recomputed layers, so try each.
         key = (lay.tp, lay.pp, lay.virtual_stages, lay.recompute,
-               lay.zero_stage if lay.recompute == "partial" else -1)
+               lay.zero_stage if lay.recompute == "partial" else -1, lay.ep)
         if key in seen:
             continue
         if lay.recompute == "partial" and lay.recompute_layers == 0:
@@ -495,7 +537,8 @@ def _estimate(job: TrainingJob) -> TrainingEstimate:
                autocast=job.autocast, stack=stack, user_stack=bool(job.framework))
     tp, pp, micro_batch = job.tp, job.pp, job.micro_batch
     fixed = {"tp": tp, "pp": pp, "zero_stage": job.zero_stage, "recompute": job.recompute,
-             "micro_batch": micro_batch, "virtual_stages": job.virtual_stages, "schedule": job.schedule}
+             "micro_batch": micro_batch, "virtual_stages": job.virtual_stages, "schedule": job.schedule,
+             "ep": job.ep}
     if job.layout is None:  # check the given degrees once, with the first layout they allow
         tp_, pp_ = tp or 1, pp or 1
         if devices % (tp_ * pp_):
@@ -505,7 +548,11 @@ def _estimate(job: TrainingJob) -> TrainingEstimate:
                                                 zero_stage=job.zero_stage or 0,
                                                 recompute=job.recompute or "selective",  # type: ignore[arg-type]
                                                 micro_batch=micro_batch or 1,
-                                                virtual_stages=job.virtual_stages or 1), m.name)
+                                                virtual_stages=job.virtual_stages or 1, ep=1), m.name)
+        if job.ep and ((devices // (tp_ * pp_)) % job.ep or m.spec.n_experts % job.ep or not m.is_moe):
+            raise PlanError(f"ep={job.ep} must divide dp={devices // (tp_ * pp_)} and the {m.spec.n_experts} routed "
+                            f"experts of {m.name}" + ("" if m.is_moe else " (a dense model: expert parallelism "
+                                                      "needs mixture-of-experts)"))
         lay, fits = _choose(ctx, fixed)
         if fits and not micro_batch:
             lay = _grow_micro_batch(ctx, lay)
