@@ -41,6 +41,6 @@ def train_steps(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor]
         opt.step()
         if after_step is not None:
             after_step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
