@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hwlm.errors import PlanError
-from hwlm.plan import recommend
+from hwlm.plan import get_model, recommend
 
 
 def test_training_recommendation_ranks_and_filters() -> None:
@@ -45,3 +45,31 @@ def test_inference_recommendation() -> None:
 def test_bad_inputs(kwargs, message) -> None:
     with pytest.raises(PlanError, match=message):
         recommend("gpt2", **kwargs)
+
+
+def test_critical_batch_formula() -> None:
+    from hwlm.plan.recommend import critical_batch_tokens
+    c = 6 * 7e9 * 2e12
+    assert critical_batch_tokens(7e9, 2e12) == pytest.approx(0.292 * c ** 0.3271)
+    assert critical_batch_tokens(70e9, 2e12) > critical_batch_tokens(7e9, 2e12)  # grows with model size
+
+
+def test_data_parallel_width_is_capped_by_the_critical_batch() -> None:
+    from hwlm.plan.recommend import critical_batch_tokens
+    r = recommend("llama-3.1-8b", tokens=1e10, objective="time", top=200, hardware=["h100-sxm", "tpu-v5p"])
+    cap = critical_batch_tokens(get_model("llama-3.1-8b").params.active, 1e10)
+    for o in r.options:
+        assert o.detail["global_batch_tokens"] <= cap * 1.01
+        dp = int(o.layout.split("dp=")[1].split()[0])
+        assert dp * get_model("llama-3.1-8b").seq_len <= o.detail["global_batch_tokens"]
+    assert max(o.devices for o in r.options) > 207  # more devices than sequences: via tp/pp, not dp
+
+
+def test_default_shows_the_best_of_each_family() -> None:
+    r = recommend("llama-2-7b", tokens=2e11, objective="time", max_devices=16)
+    fams = [o.detail["family"] for o in r.options]
+    assert len(fams) == len(set(fams)) >= 3 and "nvidia gpu" in fams and "google tpu" in fams
+    top = recommend("llama-2-7b", tokens=2e11, objective="time", max_devices=16, top=3)
+    assert len(top.options) == 3 and top.options[0] == r.options[0]
+    with pytest.raises(PlanError, match="--top must be a whole number >= 1"):
+        recommend("llama-2-7b", tokens=2e11, top=0, max_devices=8)

@@ -172,7 +172,8 @@ def _register_choosers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--precision", default="bf16", help="data type (default bf16)")
     r.add_argument("--kind", help="only this hardware kind")
     r.add_argument("--max-devices", type=_int, default=16384, help="largest device count tried (default 16384)")
-    r.add_argument("--top", type=_int, default=10, help="options shown (default 10)")
+    r.add_argument("--top", type=_int, default=None,
+                   help="show the N best options overall (default: the best of each hardware family)")
     r.add_argument("--json", action="store_true", help="print machine-readable JSON")
     r.set_defaults(func=_recommend)
 
@@ -332,11 +333,11 @@ def _recommend(a: argparse.Namespace) -> int:
     r = recommend(a.model, tokens=a.tokens, inference=inference, deadline_s=a.deadline, budget_usd=a.budget,
                   objective=a.objective, precision=a.precision, kind=a.kind, max_devices=a.max_devices, top=a.top)
     lines = [f"{r.model}: {r.workload}; best by {r.objective}",
-             f"  {'hardware':<20} {'devices':>7} {'time':>12} {'cost':>14} {'energy':>12}  layout"]
+             f"  {'family':<17} {'hardware':<20} {'devices':>7} {'time':>12} {'cost':>14} {'energy':>12}  layout"]
     for o in r.options:
-        en = "-" if o.energy_kwh is None else f"{o.energy_kwh:,.1f}kWh"
-        lines.append(f"  {o.hardware:<20} {o.devices:>7} {o.time_s / 3600:>11,.1f}h {_money(o.cost_usd):>14} "
-                     f"{en:>12}  {o.layout}")
+        en = "unknown TDP" if o.energy_kwh is None else f"{o.energy_kwh:,.1f}kWh"
+        lines.append(f"  {o.detail.get('family', ''):<17} {o.hardware:<20} {o.devices:>7} {o.time_s / 3600:>11,.1f}h "
+                     f"{_money(o.cost_usd):>14} {en:>12}  {o.layout}")
     if not r.options:
         lines.append("  no option meets the constraints")
     lines.append(f"  Pareto front (time, cost, energy): {len(r.pareto)} options; dropped: "

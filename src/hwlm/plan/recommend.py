@@ -4,6 +4,13 @@ Training sweeps 1, 2, 4, ... devices (and whole nodes beyond one node); serving 
 parallel degrees inside one node. Options that do not fit, miss the deadline or exceed the
 budget are dropped (and counted); the rest are ranked by the objective, and the options no
 other option beats on all of time, cost and energy form the Pareto front.
+
+A training run's global batch is the compute-optimal one of DeepSeek-AI 2024 (arXiv:2401.02954,
+section 3.1, eq. 1: B_opt = 0.292 x C^0.3271 tokens for a budget of C = 6 N D FLOPs; 1.7M tokens for
+an 8B model on 10B tokens, 67M for 405B on 15T): no run would use a larger one, so it caps the
+data-parallel width, and more devices must come from tensor or pipeline parallelism (or be dropped as
+"beyond the critical batch"). By default the best option of each hardware family (vendor and kind) is
+shown; ``top`` lists that many of the overall best instead.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from hwlm.plan.inference import estimate_inference
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.training import estimate_training
 
-__all__ = ["Option", "Recommendation", "recommend", "OBJECTIVES"]
+__all__ = ["Option", "Recommendation", "recommend", "OBJECTIVES", "critical_batch_tokens", "family"]
 
 OBJECTIVES = ("time", "cost", "energy")
 
@@ -65,6 +72,23 @@ class Recommendation:
                 "dropped": self.dropped}
 
 
+CRITICAL_BATCH_SOURCE = "DeepSeek-AI 2024, arXiv:2401.02954, section 3.1, eq. 1: B_opt = 0.292 C^0.3271 tokens"
+
+
+def critical_batch_tokens(params: float, tokens: float) -> float:
+    """The largest useful global batch in tokens for a run of ``tokens`` on a ``params`` model.
+
+    >>> round(critical_batch_tokens(8e9, 1e10) / 1e6, 2)
+    1.7
+    """
+    return 0.292 * (6.0 * params * tokens) ** 0.3271
+
+
+def family(dev: Device) -> str:
+    """A hardware family: the vendor and kind (``nvidia gpu``, ``google tpu``, ``aws accelerator``)."""
+    return f"{dev.vendor} {dev.kind}"
+
+
 def _counts(dev: Device, max_devices: int) -> list[int]:
     out = {2 ** i for i in range(20) if 2 ** i <= min(max_devices, dev.devices_per_node)}
     n = dev.devices_per_node
@@ -77,6 +101,9 @@ def _counts(dev: Device, max_devices: int) -> list[int]:
 def _train_options(m: Model, tokens: float, devs: list[Device], max_devices: int, precision: str,
                    dropped: dict[str, int], kw: dict[str, Any]) -> list[Option]:
     out = []
+    seq = int(kw.get("seq_len") or m.seq_len)
+    if "global_batch" not in kw:  # the compute-optimal batch, at least one sequence
+        kw = {**kw, "global_batch": max(1, round(critical_batch_tokens(m.params.active, tokens) / seq))}
     for dev in devs:
         if precision not in dev.flops:
             dropped["no " + precision] = dropped.get("no " + precision, 0) + 1
@@ -88,14 +115,16 @@ def _train_options(m: Model, tokens: float, devs: list[Device], max_devices: int
                 continue
             try:
                 e = estimate_training(m, tokens, dev, n, precision=precision, find_smallest=False, **kw)
-            except HwlmError:
-                dropped["no valid layout"] = dropped.get("no valid layout", 0) + 1
+            except HwlmError as exc:
+                why = "beyond the critical batch" if "global batch" in str(exc) else "no valid layout"
+                dropped[why] = dropped.get(why, 0) + 1
                 continue
             if not e.fits:
                 dropped["does not fit"] = dropped.get("does not fit", 0) + 1
                 continue
             out.append(Option(dev.id, n, e.layout.describe(), e.time_s, e.cost_usd, e.energy_kwh,
-                              {"mfu": e.mfu, "device_hours": e.device_hours,
+                              {"mfu": e.mfu, "device_hours": e.device_hours, "family": family(dev),
+                               "global_batch_tokens": e.global_batch * e.seq_len,
                                "memory_per_device_bytes": e.memory.total}))
     return out
 
@@ -122,7 +151,7 @@ def _infer_options(m: Model, work: dict[str, int], devs: list[Device], precision
             cost = None if e.cost_per_million_tokens_usd is None else e.cost_per_million_tokens_usd * total / 1e6
             energy = None if e.energy_per_token_j is None else e.energy_per_token_j * total / 3.6e6
             out.append(Option(dev.id, tp, f"tp={tp}", time, cost, energy,
-                              {"ttft_s": e.ttft_s, "tpot_s": e.tpot_s,
+                              {"ttft_s": e.ttft_s, "tpot_s": e.tpot_s, "family": family(dev),
                                "throughput_tokens_per_s": e.throughput_tokens_per_s}))
             break  # the smallest tp that fits; larger tp is a latency choice, swept below
     return out
@@ -143,8 +172,10 @@ def _pareto(options: list[Option]) -> list[Option]:
 def recommend(model: str | Model, *, tokens: float | None = None, inference: dict[str, int] | None = None,
               deadline_s: float | None = None, budget_usd: float | None = None, objective: str = "time",
               precision: str = "bf16", kind: str | None = None, hardware: list[str] | None = None,
-              max_devices: int = 16384, top: int = 10, **kw: Any) -> Recommendation:
-    """Rank hardware for training on ``tokens`` tokens, or for ``inference`` = {batch, prompt_len, gen_len, tokens}."""
+              max_devices: int = 16384, top: int | None = None, **kw: Any) -> Recommendation:
+    """Rank hardware for training on ``tokens`` tokens, or for ``inference`` = {batch, prompt_len, gen_len, tokens}.
+
+    ``top=None``: the best option of each hardware family; ``top=N``: the N best overall."""
     if objective not in OBJECTIVES:
         raise PlanError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if (tokens is None) == (inference is None):
@@ -169,6 +200,20 @@ def recommend(model: str | Model, *, tokens: float | None = None, inference: dic
             dropped["over budget or no price"] = dropped.get("over budget or no price", 0) + 1
         else:
             kept.append(o)
-    kept.sort(key=lambda o: (o.key(objective), o.time_s, o.devices))
-    return Recommendation(model=m.name, workload=workload, objective=objective, options=kept[:top],
+    # Ties (no price or no TDP: an unknown objective) go to the fewest device-hours, then the fastest.
+    kept.sort(key=lambda o: (o.key(objective), o.time_s * o.devices, o.time_s))
+    if top is None:
+        shown, seen = [], set()
+        for o in kept:
+            if o.detail["family"] not in seen:
+                seen.add(o.detail["family"])
+                shown.append(o)
+    else:
+        if top < 1:
+            raise PlanError(f"--top must be a whole number >= 1, got {top}")
+        shown = kept[:top]
+    if tokens is not None and kept:
+        workload += (f", global batch {kept[0].detail['global_batch_tokens'] / 1e6:.3g}M tokens "
+                     f"({CRITICAL_BATCH_SOURCE})" if "global_batch" not in kw else "")
+    return Recommendation(model=m.name, workload=workload, objective=objective, options=shown,
                           pareto=_pareto(kept), dropped=dropped)
