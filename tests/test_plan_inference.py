@@ -155,3 +155,18 @@ def test_calibrated_prefill_includes_elementwise_work(tmp_path) -> None:
     assert t["prefill_elementwise_time"] == 0.0
     assert t["prefill_compute_time"] > t["prefill_host_time"]  # 16k tokens: compute-bound
     assert e.ttft_s == pytest.approx(t["prefill_compute_time"] + 12 * 40e-6)  # + the fixed cost per layer
+
+
+def test_neuron_pads_heads_instead_of_refusing() -> None:
+    from hwlm.plan.inference import pad_heads
+    m = get_model("llama-2-13b")
+    padded, note = pad_heads(m, 12)
+    assert padded.spec.n_heads == 48 and padded.spec.kv_heads == 48 and padded.spec.hd == m.spec.hd
+    assert "40 -> 48" in note and pad_heads(m, 8) == (m, None)
+    e = estimate_inference("llama-2-13b", "inf2", 12, batch=1, prompt_len=256, gen_len=32)
+    t = {x.name: x.value for x in e.terms}
+    assert t["head_padding"] == 48 and any("padded 40 -> 48" in n for n in e.notes)
+    # The padded heads cost what real ones do: weights grow by the q/k/v/o share, the KV cache by 48/40.
+    assert t["weights_per_device"] == pytest.approx(padded.params.total * 2.0 / 12)
+    with pytest.raises(PlanError, match="tp=12 does not divide the 40 attention heads"):
+        estimate_inference("llama-2-13b", "h100-sxm", 12, batch=1)

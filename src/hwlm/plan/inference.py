@@ -134,7 +134,8 @@ def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tupl
             None if mm and mm.phase == "prefill" else ew_eff)
 
 
-def _check(m: Model, devices: int, tp: int, batch: int, prompt_len: int, gen_len: int, precision: str) -> None:
+def _check(m: Model, dev: Device, devices: int, tp: int, batch: int, prompt_len: int, gen_len: int,
+           precision: str) -> None:
     if precision not in INFER_PRECISIONS:
         raise PlanError(f"inference precision {precision!r} is not supported; choose one of {', '.join(INFER_PRECISIONS)}")
     for name, v, lo in (("--devices", devices, 1), ("--batch", batch, 1), ("--prompt-len", prompt_len, 1),
@@ -144,9 +145,30 @@ def _check(m: Model, devices: int, tp: int, batch: int, prompt_len: int, gen_len
     if devices % tp:
         raise PlanError(f"tp={tp} does not divide --devices {devices}; the other devices serve replicas, "
                         f"so choose tp dividing {devices}")
-    if m.spec.n_heads % tp:
+    if m.spec.n_heads % tp and dev.vendor not in PADS_HEADS:
         raise PlanError(f"tp={tp} does not divide the {m.spec.n_heads} attention heads of {m.name}; "
                         f"choose a divisor of {m.spec.n_heads}")
+
+
+# Vendors whose compiler pads the attention heads up to a multiple of the tensor-parallel degree instead of
+# refusing: AWS Neuron (transformers-neuronx / NxD Inference pad heads and replicate KV heads).
+PADS_HEADS = ("aws",)
+PAD_SOURCE = ("AWS Neuron SDK, transformers-neuronx / NxD Inference: when tp_degree does not divide the attention "
+              "heads, the heads (and their q/k/v/o weights) are padded with zeros up to a multiple of it")
+
+
+def pad_heads(m: Model, tp: int) -> tuple[Model, str | None]:
+    """The model as a Neuron device runs it under ``tp``: heads padded to a multiple of tp (zeros that still
+    cost memory, FLOPs and KV cache), and a note; unchanged when tp divides the heads."""
+    spec = m.spec
+    if spec.n_heads % tp == 0:
+        return m, None
+    padded = math.ceil(spec.n_heads / tp) * tp
+    kv = padded if spec.kv_heads == spec.n_heads else spec.kv_heads
+    new = replace(spec, n_heads=padded, n_kv_heads=kv, head_dim=spec.hd)
+    note = (f"heads padded {spec.n_heads} -> {padded} for tp={tp} (Neuron pads to a multiple of the tp degree): "
+            f"{padded / spec.n_heads - 1:.0%} more attention FLOPs, weights and KV cache")
+    return replace(m, spec=new, name=m.name), note
 
 
 def _kv_per_token_device(m: Model, tp: int, kv_bytes: float) -> tuple[float, str]:
@@ -316,8 +338,9 @@ def _estimate(job: InferenceJob) -> InferenceEstimate:
     dev = resolve_hardware(job.hardware, job.calibration)
     devices, batch, prompt_len, gen_len, precision = job.devices, job.batch, job.prompt_len, job.gen_len, job.precision
     tp = devices if job.tp is None else job.tp
-    _check(m, devices, tp, batch, prompt_len, gen_len, precision)
+    _check(m, dev, devices, tp, batch, prompt_len, gen_len, precision)
     beyond = _context_check(m, prompt_len, gen_len, job.allow_beyond_context)
+    m, padding = pad_heads(m, tp)
     engine = get_engine(job.engine, dev) if job.engine else default_engine(dev)
     # CUDA graphs belong to the engine; --cuda-graphs / graphs= overrides it.
     graphs = engine.cuda_graphs if job.cuda_graphs is None else bool(job.cuda_graphs)
@@ -359,6 +382,9 @@ def _estimate(job: InferenceJob) -> InferenceEstimate:
                 if dev.kind == "gpu" and not graphs else "")]
     if beyond:
         notes.append(beyond)
+    if padding:
+        notes.append(padding)
+        t.add("head_padding", padding, m.spec.n_heads, "heads", PAD_SOURCE)
     if not fits:
         notes.append(f"does not fit: {mem['total'] / 1e9:.1f} GB per device > {USABLE_MEMORY_FRACTION:.0%} of "
                      f"{dev.memory_bytes / 1e9:.0f} GB; largest batch that fits: {mem['max_batch']}; "

@@ -35,8 +35,9 @@ from hwlm.formulas import forward_flops_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.efficiency import ops_per_forward
 from hwlm.plan.explain import Term, Terms
-from hwlm.plan.inference import (WEIGHT_BYTES, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
-                                 _weights_read_per_step)
+from hwlm.formulas import WEIGHT_BYTES
+from hwlm.plan.inference import (PADS_HEADS, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
+                                 _weights_read_per_step, pad_heads)
 from hwlm.plan.jobs import ServingJob, resolve_hardware
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION
@@ -323,10 +324,11 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
     m = get_model(job.model)
     dev = resolve_hardware(job.hardware, job.calibration)
     engine = get_engine(job.engine, dev) if job.engine else default_engine(dev, serving=True)
-    if m.spec.n_heads % job.devices:
+    if m.spec.n_heads % job.devices and dev.vendor not in PADS_HEADS:
         raise PlanError(f"{job.devices} devices per replica do not divide the {m.spec.n_heads} attention heads of "
                         f"{m.name}; choose a divisor of {m.spec.n_heads} for --devices")
     beyond = _context_check(m, job.prompt_len, job.gen_len, job.allow_beyond_context)
+    m, padding = pad_heads(m, job.devices)
     sm = _step_model(job, m, dev, engine)
     cap, limit, kv_tokens, _ = _capacity(job, m, dev, engine)
     chunk = max(engine.chunk_tokens, 1) if engine.chunk_tokens < (1 << 30) else job.prompt_len * cap + cap
@@ -366,6 +368,8 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
              f"running sequences limited by {limit}"]
     if beyond:
         notes.append(beyond)
+    if padding:
+        notes.append(padding)
     if job.concurrency is not None and not _meets(r, job):
         notes.append("the SLO is not met at this concurrency; give --rate to size the fleet for it")
     if job.concurrency is not None and job.concurrency > cap:
