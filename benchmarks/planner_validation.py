@@ -9,9 +9,10 @@ subprocess; cases it cannot model are marked so).
     python benchmarks/planner_validation.py --fit           # refit the priors on the fit split, print them
     python benchmarks/planner_validation.py --no-llm-analysis
 
-The split is fixed: a case is held out when a hash of its id is odd (about half). The shipped
-priors in ``hwlm/plan/efficiency.py`` were fitted with ``--fit`` on the fit split only, so
-held-out errors measure generalisation.
+The split is fixed: ``benchmarks/planner_split.toml`` freezes the split of every row the shipped
+priors were fitted with (a hash of the id, odd = held-out), and assigns each row added later by a
+salted hash (committed before any such row). The priors in ``hwlm/plan/efficiency.py`` were fitted
+with ``--fit`` on the fit split only, so held-out errors measure generalisation.
 """
 
 from __future__ import annotations
@@ -47,8 +48,21 @@ FIT_KEYS = ("matmul_eff", "act_traffic", "train_overhead", "decode_bw_eff", "lay
             "allreduce_latency_s", "ridge_exponent", "int8_decode", "int4_decode")
 
 
+SPLIT = ROOT / "benchmarks" / "planner_split.toml"
+
+
+def _split() -> tuple[str, dict[str, str]]:
+    with SPLIT.open("rb") as f:
+        data = tomllib.load(f)
+    return data["salt"], data["frozen"]
+
+
 def held_out(case: dict[str, Any]) -> bool:
-    return int(hashlib.sha256(case["id"].encode()).hexdigest(), 16) % 2 == 1
+    """The frozen split for the rows fitted before round 2; a salted hash for every row added since."""
+    salt, frozen = _split()
+    if case["id"] in frozen:
+        return frozen[case["id"]] == "held-out"
+    return int(hashlib.sha256((salt + case["id"]).encode()).hexdigest(), 16) % 2 == 1
 
 
 def load_cases(path: Path) -> list[dict[str, Any]]:

@@ -114,3 +114,18 @@ def test_device_variants_only_give_published_figures_with_notes() -> None:
             continue
         assert set(case["device"]) <= DEVICE_KEYS, f"{case_id(case)}: unknown device keys"
         assert all(isinstance(v, (int, float)) and v > 0 for v in case["device"].values())
+
+
+def test_held_out_split_is_frozen() -> None:
+    import hashlib
+    import sys
+    sys.path.insert(0, str(CASES_FILE.parent))
+    import planner_validation as pv
+    salt, frozen = pv._split()
+    assert salt and len(frozen) >= 43
+    for case in pv.load_cases(pv.CASES):
+        h = int(hashlib.sha256(case["id"].encode()).hexdigest(), 16) % 2 == 1
+        if case["id"] in frozen:  # the rows the priors were fitted on keep their original split
+            assert pv.held_out(case) == h == (frozen[case["id"]] == "held-out")
+        else:
+            assert pv.held_out(case) == (int(hashlib.sha256((salt + case["id"]).encode()).hexdigest(), 16) % 2 == 1)
