@@ -119,3 +119,29 @@ def test_resume_command_replaces_any_resume_flag() -> None:
     assert resume_command(["train", "--data", "d", "--resume=none", "--out", "my run"]) == \
         "hwlm train --data d --out 'my run' --resume auto"
     assert resume_command(["train", "--resume", "runs/x/checkpoints/step-0000004"]) == "hwlm train --resume auto"
+
+
+@pytest.mark.distributed
+def test_two_processes_stop_at_one_step_on_sigint_and_resume_bit_identical(tiny_data: Path, tmp_path: Path) -> None:
+    two = [*ARGS, "--nproc", "2", "--strategy", "ddp", "--batch-size", "2", "--max-steps", "10"]  # last flag wins
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    proc = _hwlm(["train", "--data", str(tiny_data), "--out", str(ref), *two])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    proc = _hwlm(["train", "--data", str(tiny_data), "--out", str(out), *two])
+    _wait_for_step(proc, out, 3)
+    proc.send_signal(signal.SIGINT)  # to the launcher; torchrun's agent passes it to both workers
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.count("finishing this step and writing a checkpoint") == 1  # rank 0 alone says it
+    stopped = next(int(ln.split("after step ")[1].split(";")[0]) for ln in err.splitlines() if "stopped by" in ln)
+    assert latest_checkpoint(out).name == f"step-{stopped:07d}" and stopped < 10
+    cmd = shlex.split(next(ln for ln in err.splitlines() if "resume with:" in ln).split("resume with: ")[1])
+    assert "--nproc" in cmd
+    resumed = _hwlm(cmd[1:])
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    expected = _weights(ref)
+    final = _weights(out)
+    for name, tensor in expected.items():
+        assert final[name].equal(tensor), name

@@ -527,6 +527,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_ste
         logger = RunLogger(cfg.out, resume_step, cfg.tensorboard, enabled=run.world.is_main)
         bar = Progress(run.total_steps, run.step, cfg.progress and run.world.is_main)
         start_step = run.step
+        run.signals.announce = run.world.is_main
         try:
             with run.signals:
                 train_loss, val_loss = _loop(run, logger, bar, stop_at_step, say)

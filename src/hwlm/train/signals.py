@@ -45,8 +45,9 @@ class StopSignals:
     thread) the context does nothing and the signals keep their usual effect.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.signum: int = 0  # 0: no stop asked
+        self.announce = announce  # say so on stderr (rank 0 only, under torchrun)
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -66,6 +67,8 @@ class StopSignals:
                 raise KeyboardInterrupt  # the second Ctrl-C: stop now
             return
         self.signum = signum
+        if not self.announce:
+            return
         # os.write, not print: a handler may run while the main thread holds stderr's buffer lock.
         name = signal.Signals(signum).name
         again = "; Ctrl-C again to stop at once" if signum == signal.SIGINT else ""
