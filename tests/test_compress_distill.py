@@ -36,7 +36,7 @@ def test_student_takes_the_teacher_vocabulary_and_context() -> None:
 @pytest.mark.slow
 def test_distilled_student_is_a_run_closer_to_the_teacher(small_run: Path, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "student"
-    result = compress(CompressConfig(run=small_run, method="distill", model="debug", steps=20, out=out, **TABLE))
+    result = compress(CompressConfig(run=small_run, method="distill", model="debug", steps=40, out=out, **TABLE))
     done = result.record["distill"]
     assert done["student_params"] < done["teacher_params"]
     assert done["loss_first_last"][1] < done["loss_first_last"][0]
