@@ -18,15 +18,17 @@ CASES_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "planner_cases
 DATA = tomllib.loads(CASES_FILE.read_text(encoding="utf-8"))
 CASES = DATA["case"]
 
-KINDS = {"train", "prefill", "decode"}
-UNITS = {"time_s", "device_hours", "tpot_s", "ttft_s", "tokens_per_s", "tflops_per_device", "mfu"}
+KINDS = {"train", "prefill", "decode", "batch"}  # batch: one static batch of requests end to end
+UNITS = {"time_s", "device_hours", "tpot_s", "ttft_s", "tokens_per_s", "tflops_per_device", "mfu",
+         "output_tokens_per_s"}
 SCOPES = {"job", "device", "sequence"}
 PRECISIONS = {"fp32", "tf32", "bf16", "fp16", "fp8"}
 WEIGHT_DTYPES = {"int8", "int4", "fp8"}
 LAYOUT_KEYS = {"tp", "pp", "dp", "cp", "ep", "fsdp", "zero", "recompute", "micro_batch", "global_batch",
                "compile", "schedule", "virtual_stages"}
 CASE_KEYS = {"id", "kind", "model", "hardware", "devices", "precision", "weight_dtype", "tokens", "seq_len",
-             "batch", "prompt_len", "gen_len", "measured", "unit", "scope", "layout", "arch", "device", "source", "notes"}
+             "batch", "prompt_len", "gen_len", "measured", "unit", "scope", "layout", "arch", "device", "source", "notes",
+             "framework", "engine", "verified"}
 DEVICE_KEYS = {"memory_bytes", "memory_bw", "flops_bf16", "flops_fp16", "flops_fp8", "flops_fp32"}
 ARCH_KEYS = {"n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"}
 
@@ -38,10 +40,21 @@ def case_id(case: dict) -> str:
 def test_file_has_enough_cases_of_each_kind() -> None:
     assert DATA["version"] == 1
     kinds = [c["kind"] for c in CASES]
-    assert len(CASES) >= 24
+    assert len(CASES) >= 80
     assert kinds.count("train") >= 12 and kinds.count("decode") + kinds.count("prefill") >= 8
+    assert kinds.count("batch") + kinds.count("prefill") >= 15  # serving or prefill rows
+    beyond = [c for c in CASES if get_device(c["hardware"]).vendor != "nvidia"
+              or not c["hardware"].startswith(("a100", "h100"))]
+    assert len(beyond) >= 25
     ids = [c["id"] for c in CASES]
     assert len(ids) == len(set(ids)), "duplicate case ids"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_case_stack_is_known(case: dict) -> None:
+    from hwlm.plan.software import ENGINES, FRAMEWORKS
+    assert case.get("framework", "hwlm") in FRAMEWORKS and case.get("engine", "hwlm") in ENGINES
+    assert isinstance(case.get("verified", True), bool)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -77,7 +90,8 @@ def test_case_shape_matches_its_kind(case: dict) -> None:
         assert case["unit"] in {"time_s", "device_hours", "tokens_per_s", "tflops_per_device", "mfu"}
     else:
         assert case["batch"] >= 1 and case["prompt_len"] >= 1 and case["gen_len"] >= 0
-        assert case["unit"] in {"tpot_s", "ttft_s", "tokens_per_s", "time_s"}
+        assert case["unit"] in ({"output_tokens_per_s"} if case["kind"] == "batch" else
+                                {"tpot_s", "ttft_s", "tokens_per_s", "time_s"})
         if case["kind"] == "decode":
             assert case["gen_len"] >= 1
     layout = case.get("layout", {})
