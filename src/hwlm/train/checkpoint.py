@@ -12,7 +12,9 @@ A checkpoint is a folder ``RUN/checkpoints/step-NNNNNNN/`` holding
 
 The folder is built under a temp name and renamed into place (:func:`hwlm.io.atomic_dir`),
 so a crash or a full disk while saving leaves the previous checkpoints as they were.
-Loading checks ``COMPLETE`` and every file's sha256 before touching the model. Every
+Loading checks ``COMPLETE`` and every file's sha256 before touching the model; with
+``--resume auto`` a corrupt newest checkpoint (a file missing or not matching its sha256) is
+renamed ``corrupt-step-N-<time>`` and the one before is taken (:func:`newest_valid_checkpoint`). Every
 file loads with ``torch.load(weights_only=True)``: nothing in a checkpoint runs code.
 An FSDP run's checkpoint holds ``dcp/`` (sharded model and optimizer state, see
 :mod:`hwlm.train.sharded`) instead of ``optimizer.pt``; ``model.safetensors`` is always there.
@@ -34,7 +36,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -46,7 +48,7 @@ from hwlm.io import atomic_dir, atomic_write_json, sha256_file
 __all__ = ["CKPT_VERSION", "save_checkpoint", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint",
            "verify_checkpoint", "read_json", "restore_training", "capture_rng", "restore_rng",
            "check_same_model", "prune_checkpoints", "complete_files", "test_pause", "test_fail",
-           "remove_stale"]
+           "remove_stale", "CorruptCheckpointError", "move_aside", "newest_valid_checkpoint"]
 
 CKPT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -150,8 +152,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if p.is_dir() and (m := _STEP_DIR.match(p.name)) and (p / "COMPLETE").is_file()]
+    try:
+        found = [(int(m.group(1)), p) for p in root.iterdir()
+                 if p.is_dir() and (m := _STEP_DIR.match(p.name)) and (p / "COMPLETE").is_file()]
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {root}: {exc.strerror or exc}; check the folder's permissions") from None
     return [p for _, p in sorted(found)]
 
 
@@ -199,6 +204,13 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint file {path} cannot be read: {exc}") from None
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A file that COMPLETE lists is missing or does not match its sha256: this checkpoint alone is bad
+    (``--resume auto`` moves it aside and takes the one before). Errors that would hit every checkpoint
+    alike (an unreadable folder, another model's config, an unknown format version) stay plain
+    :class:`CheckpointError`."""
+
+
 def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
     """Check COMPLETE's version and every file's sha256; return COMPLETE's contents."""
     done = read_json(ckpt / "COMPLETE")
@@ -208,11 +220,56 @@ def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
     for name, digest in done.get("files", {}).items():
         f = ckpt / name
         if not f.is_file():
-            raise CheckpointError(f"checkpoint {ckpt} lacks {name}; it is damaged, use an older one")
-        if sha256_file(f) != digest:
-            raise CheckpointError(f"checkpoint file {f} does not match its sha256 in COMPLETE; it is corrupt, "
-                                  "use an older checkpoint")
+            raise CorruptCheckpointError(f"checkpoint {ckpt} lacks {name}; it is damaged, use an older one")
+        try:
+            actual = sha256_file(f)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read checkpoint file {f}: {exc.strerror or exc}; check the run "
+                                  "folder's permissions") from None
+        if actual != digest:
+            raise CorruptCheckpointError(f"checkpoint file {f} does not match its sha256 in COMPLETE; it is "
+                                         "corrupt, use an older checkpoint")
     return done
+
+
+def move_aside(ckpt: Path) -> Path:
+    """Rename a corrupt checkpoint to ``corrupt-step-N-<UTC time>`` beside it (kept for a post-mortem:
+    never deleted, and no longer listed, pruned or resumed from)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = ckpt.with_name(f"corrupt-{ckpt.name}-{stamp}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = ckpt.with_name(f"corrupt-{ckpt.name}-{stamp}-{n}")
+    try:
+        os.replace(ckpt, dest)
+    except OSError as exc:
+        raise ResourceError(f"cannot move the corrupt checkpoint {ckpt} aside: {exc.strerror or exc}; "
+                            "move or remove it by hand, then resume") from None
+    return dest
+
+
+def newest_valid_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint of ``run_dir`` that verifies, or None when there is none at all.
+
+    A newer corrupt one (:class:`CorruptCheckpointError`) is moved aside with a warning naming it;
+    any other error stops here with nothing moved. If every checkpoint was corrupt, that is an error
+    too: starting afresh would be a silent loss of the whole run.
+    """
+    moved = []
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(ckpt)
+        except CorruptCheckpointError as exc:
+            moved.append(move_aside(ckpt))
+            warn(f"warning: {exc}; moved it aside to {moved[-1].name} and trying the one before")
+            continue
+        return ckpt
+    if moved:
+        raise CheckpointError(f"every checkpoint in {Path(run_dir) / 'checkpoints'} was corrupt (moved aside: "
+                              f"{', '.join(p.name for p in moved)}); pass --resume none with a new --out to start "
+                              "afresh, or resume from a copy you trust")
+    return None
 
 
 def check_same_model(ckpt: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -127,16 +127,17 @@ def peak_flops_for(device: str, precision: str) -> float | None:
         return None
 
 
-def _resume_from(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run."""
-    existing = ckpt_io.latest_checkpoint(cfg.out)
+def _resume_from(cfg: TrainConfig, say: Callable[[str], None]) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run. ``auto`` takes the newest one that
+    verifies, moving corrupt newer ones aside (see checkpoint.newest_valid_checkpoint)."""
     if cfg.resume == "none":
+        existing = ckpt_io.latest_checkpoint(cfg.out)
         if existing is not None:
             raise ConfigError(f"{cfg.out} already holds checkpoints (newest {existing.name}): pass --resume auto "
                               "to continue that run, or choose another --out folder")
         return None
     if cfg.resume == "auto":
-        return existing
+        return ckpt_io.newest_valid_checkpoint(cfg.out, say)
     return ckpt_io.resolve_checkpoint(Path(cfg.resume))
 
 
@@ -192,12 +193,12 @@ def _strategy(cfg: TrainConfig, world: World, model_cfg: ModelConfig, device: st
                            memory)
 
 
-def _agreed_resume(cfg: TrainConfig, world: World) -> Path | None:
+def _agreed_resume(cfg: TrainConfig, world: World, say: Callable[[str], None]) -> Path | None:
     """Rank 0 picks the checkpoint to resume and every rank takes the same one."""
     found, err = None, None
     if world.is_main:
         try:
-            found = _resume_from(cfg)
+            found = _resume_from(cfg, say)
         except HwlmError as exc:
             err = exc
     agree(err, world, "rank 0 could not choose a checkpoint to resume; see its message")
@@ -250,10 +251,11 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str],
     strategy, why = _strategy(cfg, world, model_cfg, device)
     if world.distributed:
         say(f"{world.world_size} process(es), strategy {strategy}: {why}")
-    resume = _agreed_resume(cfg, world)
+    resume = _agreed_resume(cfg, world, say)
     saved = ckpt_io.read_json(resume / "config.json") if resume is not None else None
     if saved is not None:
-        ckpt_io.verify_checkpoint(resume)
+        if not (world.is_main and cfg.resume == "auto"):  # auto: rank 0 verified it while choosing it
+            ckpt_io.verify_checkpoint(resume)
         ckpt_io.check_same_model(resume, saved.get("model", {}), to_dict(model_cfg))
 
     seed_everything(cfg.seed)
