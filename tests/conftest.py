@@ -35,3 +35,11 @@ def small_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path
     from compress_fixtures import build_small_run
 
     return build_small_run(tiny_data, tmp_path_factory.mktemp("small-run") / "run")
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A debug run with a 2048-token context for the serving tests (see serve_helpers.make_serve_run)."""
+    from serve_helpers import make_serve_run
+
+    return make_serve_run(tmp_path_factory.mktemp("serve-run"))

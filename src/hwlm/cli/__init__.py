@@ -25,10 +25,13 @@ COMMAND_MODULES = (
     "hwlm.cli.hw",
     "hwlm.cli.data",
     "hwlm.cli.train",
+    "hwlm.cli.classify",
     "hwlm.cli.quickstart",
     "hwlm.cli.compress",
     "hwlm.cli.bench",
     "hwlm.cli.plan",
+    "hwlm.cli.tune",
+    "hwlm.cli.serve",
     "hwlm.cli.report",
 )
 

@@ -1,0 +1,69 @@
+"""``ServeConfig``: every knob of ``hwlm serve``, torch-free so the CLI builds its parser fast.
+
+    cfg = ServeConfig(run=Path("runs/train"), port=8000, api_keys=Path("hwlm-keys.json"))
+
+Limits come in three layers: the engine (``max_num_seqs`` slots running, ``max_waiting`` queued,
+``prefill_budget`` prompt tokens per step), each request (``request_timeout``, ``max_request_bytes``)
+and each API key (``rate_requests``, ``rate_tokens`` per ``rate_window`` seconds, ``key_concurrency``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hwlm.config import option
+from hwlm.errors import ConfigError
+
+__all__ = ["ServeConfig"]
+
+
+@dataclass
+class ServeConfig:
+    """Arguments of :func:`hwlm.serve.serve`; one docstring per field becomes ``--help``."""
+
+    run: Path | None = option(None, "run folder (or one checkpoint folder) to serve: trained, compressed or distilled")
+    backend: Literal["torch"] = option("torch", "inference back end")
+    device: str = option("cpu", "device: auto, cpu, cuda[:N], mps")
+    dtype: Literal["fp32", "bf16"] = option("fp32", "weights and KV-cache precision")
+    host: str = option("127.0.0.1", "address to bind (loopback unless told otherwise)")
+    port: int = option(8000, "TCP port (0 picks a free one; the address is printed)")
+    api_keys: Path | None = option(Path("hwlm-keys.json"), "API keys file written by `hwlm keys add`")
+    no_auth: bool = option(False, "serve without API keys (refused unless the host is loopback)")
+    audit_log: Path | None = option(None, "append-only JSON Lines audit log, one HMAC-chained record per request")
+    audit_key: Path | None = option(None, "audit HMAC key file, kept apart from the log (created 0600 if absent); "
+                                          "its head file <key>.head sits beside it")
+    audit_prompts: bool = option(False, "also write prompt text into the audit log")
+    model_name: str | None = option(None, "model id shown by /v1/models (default: the run folder's name)")
+    max_num_seqs: int = option(32, "sequences decoded together (KV-cache slots)")
+    max_waiting: int = option(64, "requests queued beyond the running ones before 503")
+    prefill_budget: int = option(512, "prompt tokens prefilled per engine step (chunked beyond it)")
+    request_timeout: float = option(600.0, "seconds a request may take, queue included")
+    max_request_bytes: int = option(1 << 20, "largest request body accepted (413 beyond)")
+    max_n: int = option(8, "largest n (choices per request)")
+    max_logprobs: int = option(20, "largest top_logprobs / logprobs")
+    rate_window: float = option(60.0, "seconds of the per-key rate windows")
+    rate_requests: int = option(600, "requests per key per window (0 = no limit)")
+    rate_tokens: int = option(1_000_000, "prompt+completion tokens per key per window (0 = no limit)")
+    key_concurrency: int = option(32, "requests in flight per key (0 = no limit)")
+    ssl_certfile: Path | None = option(None, "TLS certificate (PEM); with --ssl-keyfile serves HTTPS")
+    ssl_keyfile: Path | None = option(None, "TLS private key (PEM)")
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "prefill_budget", "max_request_bytes", "max_n"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_waiting", "rate_requests", "rate_tokens", "key_concurrency", "max_logprobs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.rate_window <= 0 or self.request_timeout <= 0:
+            raise ConfigError("rate_window and request_timeout must be > 0 seconds")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile")
+        if self.audit_log is not None and self.audit_key is None:
+            raise ConfigError("--audit-log needs --audit-key FILE (the HMAC key, kept apart from the log)")
+        if self.no_auth and self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(f"--no-auth is refused on {self.host}: bind 127.0.0.1 or give --api-keys FILE")

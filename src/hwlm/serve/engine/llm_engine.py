@@ -1,0 +1,190 @@
+"""The engine: one thread owns the model and runs scheduler steps while there is work.
+
+    engine = LLMEngine(model, tokenizer, eot_id, EngineConfig(max_num_seqs=32))
+    engine.start()
+    engine.submit([Sequence(prompt_ids, SamplingParams(max_tokens=16), emit, decode)])
+
+Each step: drop cancelled and expired sequences (their slots are free at once), prefill new prompts
+within the token budget, decode every running sequence by one token, sample each row with its own
+parameters (its own seeded generator, so a choice's tokens never depend on its neighbours), and
+send each sequence an :class:`Event`. No HTTP here: callers give ``emit`` callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hwlm.model.generation import sample_next
+from hwlm.serve.engine.model_runner import ModelRunner
+from hwlm.serve.engine.scheduler import QueueFull, Scheduler
+from hwlm.serve.engine.sequence import Event, Sequence, SeqStatus
+
+__all__ = ["LLMEngine", "EngineConfig", "QueueFull"]
+
+log = logging.getLogger("hwlm.serve")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 32
+    max_waiting: int = 64
+    prefill_budget: int = 512
+
+
+class LLMEngine:
+    def __init__(self, model: Any, tokenizer: Any, eot_id: int | None, cfg: EngineConfig,
+                 metrics: Any = None) -> None:
+        self.model, self.tokenizer, self.eot_id, self.cfg = model, tokenizer, eot_id, cfg
+        self.context = model.cfg.block_size
+        self.runner = ModelRunner(model, cfg.max_num_seqs)
+        self.scheduler = Scheduler(cfg.max_num_seqs, cfg.max_waiting, cfg.prefill_budget)
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._incoming: list[Sequence] = []
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="hwlm-engine", daemon=True)
+
+    # ---- called from other threads -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue the choices of one request together, or raise QueueFull if they do not fit."""
+        with self._cond:
+            if not self.scheduler.has_room(len(seqs) + len(self._incoming)):
+                raise QueueFull(f"{len(self.scheduler.running)} running, {len(self.scheduler.waiting)} waiting")
+            for seq in seqs:
+                if seq.params.seed is not None and seq.params.temperature > 0:
+                    seq.generator = torch.Generator(device=self.runner.device).manual_seed(seq.params.seed)
+            self._incoming.extend(seqs)
+            self._cond.notify()
+
+    def abort(self, seqs: list[Sequence]) -> None:
+        """The client is gone: free these sequences' slots at the next step."""
+        with self._cond:
+            for seq in seqs:
+                seq.cancelled = True
+            self._cond.notify()
+
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting) sequences, for metrics and 503 decisions."""
+        return len(self.scheduler.running), len(self.scheduler.waiting) + len(self._incoming)
+
+    def kv_usage(self) -> float:
+        """Fraction of the slot cache's positions holding a live sequence's tokens."""
+        used = sum(s.num_cached for s in list(self.scheduler.running))
+        return used / (self.cfg.max_num_seqs * self.context)
+
+    # ---- the engine thread ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stopped or self._incoming or self.scheduler.running or self.scheduler.waiting):
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                for seq in self._incoming:
+                    self.scheduler.add(seq)
+                self._incoming.clear()
+            try:
+                self.step()
+            except Exception as exc:  # a bug or an out-of-memory must not kill the server: fail these requests
+                log.exception("engine step failed")
+                for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+                    self.scheduler.finish(seq)
+                    seq.emit(Event("", [], finish_reason="stop", error=f"engine error: {type(exc).__name__}"))
+
+    def step(self) -> None:
+        now = time.monotonic()
+        for seq in list(self.scheduler.waiting) + list(self.scheduler.running):
+            if seq.cancelled:
+                self._finish(seq, "stop", "cancelled", "")
+            elif now > seq.deadline:
+                self._finish(seq, "length", "deadline", seq.stream.flush())
+        prefill, decode = self.scheduler.schedule()
+        for seq in (s for s, _ in prefill if s.num_cached == 0):  # admitted this step
+            if self.metrics is not None:
+                self.metrics.queue_time(now - seq.arrival)
+        with torch.inference_mode():
+            rows = []
+            for seq, n in prefill:
+                logits = self.runner.prefill(seq.prompt_ids[seq.num_cached:seq.num_cached + n], seq.slot,
+                                             seq.num_cached)
+                seq.num_cached += n
+                if seq.prefilled:
+                    rows.append((seq, logits))
+            if decode:
+                logits = self.runner.decode([s.output_ids[-1] for s in decode], [s.slot for s in decode],
+                                            [s.length - 1 for s in decode])
+                for seq in decode:
+                    seq.num_cached += 1
+                rows.extend(zip(decode, logits))
+            for seq, row in rows:
+                try:
+                    self._accept(seq, row)
+                except RuntimeError as exc:  # one row's bad numbers fail that sequence, not the batch
+                    log.warning("sampling failed for sequence %d: %s", seq.seq_id, exc)
+                    self.scheduler.finish(seq)
+                    seq.emit(Event("", [], finish_reason="stop", error=f"sampling failed: {exc}"))
+
+    def _sample(self, seq: Sequence, logits: torch.Tensor) -> tuple[int, list]:
+        p = seq.params
+        # Below 1e-5 a temperature only overflows the scaled logits: it means greedy (as vLLM's _SAMPLING_EPS).
+        temperature = p.temperature if p.temperature >= 1e-5 else 0.0
+        # sample_next compares top_p with float32 sums: a top_p under float32's range (1e-230) would
+        # become 0 there and drop every token, so it is floored at 1e-6 (keeps the top token only).
+        top_p = max(p.top_p, 1e-6) if p.top_p < 1 else None
+        token = sample_next(logits, temperature, None, top_p, seq.generator)
+        if p.logprobs is None:
+            return token, []
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        top = []
+        if p.logprobs > 0:
+            values, ids = torch.topk(logp, p.logprobs)
+            top = [(self._piece(int(i)), float(v)) for v, i in zip(values, ids)]
+        return token, [(self._piece(token), float(logp[token]), top)]
+
+    def _piece(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)
+
+    def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """Sample the next token of ``seq`` and send what it adds; finish it when it is done."""
+        if seq.status is SeqStatus.FINISHED:
+            return
+        token, logprobs = self._sample(seq, logits)
+        now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.token(seq, now)
+        seq.first_token_time = seq.first_token_time or now
+        seq.last_token_time = now
+        seq.output_ids.append(token)
+        if token == self.eot_id:
+            return self._finish(seq, "stop", "eos", seq.stream.flush(), [token], logprobs)
+        text, hit = seq.stream.push(token)
+        if hit:
+            return self._finish(seq, "stop", "stop", text, [token], logprobs)
+        limit = ("max_tokens" if len(seq.output_ids) >= seq.params.max_tokens else
+                 "context" if seq.length >= self.context else "deadline" if now > seq.deadline else None)
+        if limit:
+            return self._finish(seq, "length", limit, text + seq.stream.flush(), [token], logprobs)
+        seq.emit(Event(text, [token], logprobs))
+
+    def _finish(self, seq: Sequence, reason: str, detail: str, text: str, token_ids: list[int] | None = None,
+                logprobs: list | None = None) -> None:
+        self.scheduler.finish(seq)
+        if self.metrics is not None:
+            self.metrics.finished(seq, "abort" if detail == "cancelled" else reason)
+        seq.emit(Event(text, token_ids or [], logprobs or [], finish_reason=reason, prompt_tokens=len(seq.prompt_ids),
+                       completion_tokens=len(seq.output_ids), detail=detail))

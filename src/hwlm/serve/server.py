@@ -1,0 +1,133 @@
+"""``serve(cfg)``: load a run, start the engine thread and the HTTP server, until interrupted.
+
+    from hwlm.serve import ServeConfig, serve
+    serve(ServeConfig(run=Path("runs/train"), port=8000, api_keys=Path("hwlm-keys.json")))
+
+The socket is bound here, before uvicorn starts, so a port in use is one clear error, and
+``port=0`` picks a free port; the address is printed (``hwlm serve: ... on http://HOST:PORT``)
+once the server accepts connections.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+from hwlm.errors import CheckpointError, ConfigError, HwlmError, ResourceError
+from hwlm.serve.config import ServeConfig
+
+__all__ = ["serve", "build_state"]
+
+
+def _require_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"hwlm serve needs {exc.name}: pip install 'hwlm[serve]'") from None
+
+
+def build_state(cfg: ServeConfig) -> Any:
+    """Everything the app needs: the loaded model in an engine (not started), keys, limits, audit, metrics."""
+    _require_extra()
+    import torch
+
+    from hwlm.data.normalize import normalize
+    from hwlm.device import select_device
+    from hwlm.serve.api import ServerState
+    from hwlm.serve.audit import AuditLog
+    from hwlm.serve.chat import load_chat_template
+    from hwlm.serve.engine import EngineConfig, LLMEngine
+    from hwlm.serve.keys import KeyStore
+    from hwlm.serve.limits import RateLimiter
+    from hwlm.serve.metrics import ServeMetrics
+    from hwlm.train.load import load_model
+
+    if cfg.run is None:
+        raise ConfigError("give the run to serve: --run RUN_FOLDER")
+    if not Path(cfg.run).is_dir():
+        raise CheckpointError(f"run folder {cfg.run} does not exist: give a folder made by `hwlm train`")
+    keystore = None if cfg.no_auth else KeyStore(Path(cfg.api_keys or "hwlm-keys.json"))
+    if keystore is not None and not keystore.path.is_file():
+        raise ConfigError(f"API keys file {keystore.path} does not exist: create a key with "
+                          f"`hwlm keys add NAME --file {keystore.path}`, or serve with --no-auth on loopback")
+    audit = AuditLog(Path(cfg.audit_log), Path(cfg.audit_key)) if cfg.audit_log else None
+    loaded = load_model(cfg.run, select_device(cfg.device).device)
+    model = loaded.model
+    if cfg.dtype == "bf16":
+        model.to(torch.bfloat16)
+    prep = (loaded.run_config or {}).get("data", {}).get("prepare", {})
+    tok = loaded.tokenizer
+
+    def encode(text: str) -> list[int]:
+        # The same normalization and encoding as `hwlm generate` (hwlm.train.load.stream_text).
+        text = normalize(text, prep.get("normalize", "nfkc"), prep.get("strip_control", True)) if text else ""
+        return tok.encode(text, add_special_tokens=False).ids if text else []
+
+    eos = tok.id_to_token(loaded.eot_id) if loaded.eot_id is not None else ""
+    template = load_chat_template([loaded.path, Path(cfg.run)], eos or "")
+    name = cfg.model_name or Path(cfg.run).resolve().name
+    engine_cfg = EngineConfig(cfg.max_num_seqs, cfg.max_waiting, cfg.prefill_budget)
+    engine = LLMEngine(model, tok, loaded.eot_id, engine_cfg)
+    metrics = ServeMetrics(name, engine.counts, engine.kv_usage)
+    engine.metrics = metrics
+    limiter = RateLimiter(cfg.rate_window, cfg.rate_requests, cfg.rate_tokens, cfg.key_concurrency)
+    return ServerState(cfg=cfg, engine=engine, tokenizer=tok, encode=encode, model_name=name,
+                       context=model.cfg.block_size, chat_template=template, limiter=limiter, keystore=keystore,
+                       audit=audit, metrics=metrics)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ResourceError(f"port {port} on {host} is in use: pick another with --port "
+                                "(0 picks a free one) or stop the other server") from None
+        raise ResourceError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(cfg: ServeConfig, ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``cfg.run`` until SIGINT/SIGTERM; ``ready(line)`` is called with the address once it listens."""
+    import uvicorn
+
+    from hwlm.serve.api import create_app
+
+    for f in (cfg.ssl_certfile, cfg.ssl_keyfile):
+        if f is not None and not Path(f).is_file():
+            raise ConfigError(f"TLS file {f} does not exist: give a PEM certificate and key")
+    state = build_state(cfg)
+    app = create_app(state)
+    sock = _bind(cfg.host, cfg.port)
+    host, port = sock.getsockname()[:2]
+    scheme = "https" if cfg.ssl_certfile else "http"
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
+                            ssl_certfile=str(cfg.ssl_certfile) if cfg.ssl_certfile else None,
+                            ssl_keyfile=str(cfg.ssl_keyfile) if cfg.ssl_keyfile else None)
+    server = uvicorn.Server(config)
+    state.engine.start()
+    url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    # The socket already listens, so a client that reads this line and connects at once waits in
+    # the backlog until uvicorn accepts: no race.
+    if ready is not None:
+        ready(f"hwlm serve: {state.model_name} (context {state.context}) on {url}")
+    try:
+        server.run(sockets=[sock])
+    except HwlmError:
+        raise
+    except SystemExit as exc:  # uvicorn exits on a startup failure (a bad TLS file, ...)
+        raise ConfigError(f"the HTTP server did not start (exit {exc.code}); see the lines above") from None
+    finally:
+        state.engine.stop()
+        sock.close()

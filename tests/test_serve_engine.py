@@ -1,0 +1,150 @@
+"""The serving engine without HTTP: stop strings, per-key windows, batched decode and greedy equality."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from hwlm.model import ModelConfig, Transformer, generate
+from hwlm.serve.engine import EngineConfig, LLMEngine, SamplingParams, Sequence
+from hwlm.serve.engine.model_runner import ModelRunner
+from hwlm.serve.engine.sequence import TextStream
+from hwlm.serve.limits import RateLimiter
+
+
+def _chars(ids: list[int]) -> str:
+    return "".join(chr(i) for i in ids)
+
+
+def _stream(text: str, stops: tuple[str, ...]) -> tuple[list[str], bool]:
+    ts = TextStream(_chars, stops)
+    out = []
+    for ch in text:
+        piece, hit = ts.push(ord(ch))
+        out.append(piece)
+        if hit:
+            return out, True
+    return out + [ts.flush()], False
+
+
+def test_stop_string_is_excluded_and_never_leaks_part_way() -> None:
+    pieces, hit = _stream("abcENDxyz", ("END",))
+    assert hit and "".join(pieces) == "abc"
+    # Nothing of "END" was sent before the stop string completed.
+    assert all("E" not in p for p in pieces)
+
+
+def test_held_prefix_is_released_when_the_stop_string_does_not_complete() -> None:
+    pieces, hit = _stream("aENx", ("END",))
+    assert not hit and "".join(pieces) == "aENx"
+    assert pieces[:3] == ["a", "", ""]  # "E" and "EN" were held back until "x" ruled the stop out
+
+
+def test_earliest_of_several_stop_strings_wins() -> None:
+    pieces, hit = _stream("one two three", ("three", " tw"))
+    assert hit and "".join(pieces) == "one"
+
+
+def test_rate_limiter_windows_with_an_injected_clock() -> None:
+    t = [0.0]
+    lim = RateLimiter(window=10, max_requests=2, max_tokens=0, max_concurrent=1, clock=lambda: t[0])
+    assert lim.acquire("k") is None
+    denied = lim.acquire("k")
+    assert denied is not None and "in flight" in denied.reason  # concurrency 1
+    lim.release("k")
+    t[0] = 4.0
+    assert lim.acquire("k") is None
+    lim.release("k")
+    denied = lim.acquire("k")
+    assert denied is not None and "requests" in denied.reason and denied.retry_after == pytest.approx(6.0)
+    assert lim.acquire("other") is None  # keys are counted apart
+    t[0] = 10.5  # the first request left the window
+    assert lim.acquire("k") is None
+
+    tokens = RateLimiter(window=10, max_requests=0, max_tokens=100, max_concurrent=0, clock=lambda: t[0])
+    t[0] = 0.0
+    assert tokens.acquire("k") is None
+    tokens.release("k", tokens=120)  # counted when the request ends
+    t[0] = 3.0
+    denied = tokens.acquire("k")
+    assert denied is not None and "tokens" in denied.reason and denied.retry_after == pytest.approx(7.0)
+    t[0] = 10.0
+    assert tokens.acquire("k") is None
+    assert RateLimiter.header(0.2) == "1" and RateLimiter.header(6.0) == "6"
+
+
+@pytest.mark.parametrize("flavour", ["debug", "llama-debug"])
+def test_batched_decode_matches_single_rows_and_full_forward(flavour: str) -> None:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name(flavour, vocab_size=300)).eval()
+    runner = ModelRunner(model, num_slots=6)
+    prompts = {1: [5, 9, 17], 2: [3], 4: [8, 8, 2, 30, 41, 7, 6], 5: [11, 12]}  # slots 1, 2, 4, 5: not a run
+    nxt = {1: 20, 2: 21, 4: 22, 5: 23}
+    for slot, ids in prompts.items():
+        runner.prefill(ids, slot, 0)
+    slots = sorted(prompts)
+    batch = runner.decode([nxt[s] for s in slots], slots, [len(prompts[s]) for s in slots])  # (4, V)
+    with torch.inference_mode():
+        for row, s in enumerate(slots):
+            full, _ = model(torch.tensor([prompts[s] + [nxt[s]]]))
+            torch.testing.assert_close(batch[row], full[0, -1], atol=1e-5, rtol=1e-5)
+    # Slots 1 and 2 are a run of slots: the view path, checked against the rows computed above.
+    runner2 = ModelRunner(model, num_slots=6)
+    for s in (1, 2):
+        runner2.prefill(prompts[s], s, 0)
+    pair = runner2.decode([nxt[1], nxt[2]], [1, 2], [3, 1])
+    torch.testing.assert_close(pair, batch[:2], atol=1e-5, rtol=1e-5)
+
+
+def _run_engine(loaded, prompts: list[list[int]], max_tokens: int, prefill_budget: int = 512,
+                params: dict | None = None) -> list[list[int]]:
+    engine = LLMEngine(loaded.model, loaded.tokenizer, loaded.eot_id,
+                       EngineConfig(max_num_seqs=4, max_waiting=8, prefill_budget=prefill_budget))
+    engine.start()
+    outs: list[list[int]] = [[] for _ in prompts]
+    done = threading.Semaphore(0)
+
+    def emitter(i: int):
+        def emit(ev) -> None:
+            outs[i].extend(ev.token_ids)
+            if ev.finish_reason is not None:
+                done.release()
+        return emit
+
+    decode = lambda ids: loaded.tokenizer.decode(ids)  # noqa: E731
+    try:
+        engine.submit([Sequence(p, SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, **(params or {})}),
+                                emitter(i), decode) for i, p in enumerate(prompts)])
+        for _ in prompts:
+            assert done.acquire(timeout=60), "the engine did not finish a sequence"
+    finally:
+        engine.stop()
+    return outs
+
+
+def test_greedy_equals_generate_alone_in_a_batch_and_with_chunked_prefill(tiny_run) -> None:
+    from hwlm.train.load import load_model
+
+    loaded = load_model(tiny_run)
+    tok = loaded.tokenizer
+    prompts = [tok.encode(t).ids for t in ("The cat", "A dog ran to the park", "Because it", "the")]
+    new = 12
+    ref = [list(generate(loaded.model, p, new, temperature=0, eos_id=loaded.eot_id)) for p in prompts]
+    assert _run_engine(loaded, prompts[:1], new) == ref[:1]  # alone: batch 1
+    assert _run_engine(loaded, prompts, new) == ref  # four at once: batched decode, own positions
+    assert _run_engine(loaded, prompts, new, prefill_budget=3) == ref  # prompts split across steps
+
+
+def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_run) -> None:
+    from hwlm.train.load import load_model
+
+    loaded = load_model(tiny_run)
+    p = loaded.tokenizer.encode("The cat").ids
+    sampled = dict(temperature=1.0, top_p=0.9, seed=7)
+    a = _run_engine(loaded, [p], 10, params=sampled)
+    b = _run_engine(loaded, [p, loaded.tokenizer.encode("A dog").ids], 10, params=sampled)
+    c = _run_engine(loaded, [p], 10, params={**sampled, "seed": 8})
+    assert a[0] == b[0] and a[0]
+    assert c[0] != a[0]  # another seed, another draw (10 tokens from a near-flat distribution)
