@@ -15,7 +15,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "hwlm"
 CORE = {"errors", "io", "config", "formulas", "device", "hw", "__init__"}
-ORDER = ["data", "model", "train", "evaluate", "evaluate_classify", "export", "compress", "bench", "plan", "serve",
+ORDER = ["data", "model", "train", "evaluate", "evaluate_classify", "export", "compress", "bench", "plan", "tune", "serve",
          "report"]
 TOP = {"cli", "quickstart", "__main__"}
 
