@@ -12,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -28,7 +29,7 @@ class Server:
     url: str
     key: str
     folder: Path
-    lines: list[str] = field(default_factory=list)
+    verify: Any = True  # an ssl.SSLContext trusting a TLS server's certificate
 
     @property
     def base(self) -> str:
@@ -40,11 +41,12 @@ class Server:
     def client(self, **kw):
         import openai
 
-        return openai.OpenAI(base_url=self.base, api_key=self.key, max_retries=0, timeout=60, **kw)
+        return openai.OpenAI(base_url=self.base, api_key=self.key, max_retries=0, timeout=60,
+                             http_client=httpx.Client(verify=self.verify), **kw)
 
     def metric(self, name: str) -> float:
         """Sum of a metric's samples in /metrics (all label sets)."""
-        text = httpx.get(self.url + "/metrics", headers=self.headers(), timeout=10).text
+        text = httpx.get(self.url + "/metrics", headers=self.headers(), timeout=10, verify=self.verify).text
         total, seen = 0.0, False
         for line in text.splitlines():
             if line.startswith(name + "{") or line.startswith(name + " "):
@@ -63,7 +65,8 @@ class Server:
                 self.proc.wait(timeout=10)
 
 
-def start_server(run: Path, folder: Path, *args: str, key: str | None = None, timeout: float = 120) -> Server:
+def start_server(run: Path, folder: Path, *args: str, key: str | None = None, timeout: float = 120,
+                 verify: Any = True) -> Server:
     """``hwlm serve --run RUN`` with a fresh keys file (and audit log) in ``folder``, ready for requests."""
     folder.mkdir(parents=True, exist_ok=True)
     keys = folder / "keys.json"
@@ -92,10 +95,10 @@ def start_server(run: Path, folder: Path, *args: str, key: str | None = None, ti
             continue
         if " on http" in line:
             url = line.rsplit(" on ", 1)[1].strip()
-    server = Server(proc, url, key, folder)
+    server = Server(proc, url, key, folder, verify)
     while True:
         try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
+            if httpx.get(url + "/health", timeout=5, verify=verify).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

@@ -106,9 +106,13 @@ def serve(cfg: ServeConfig, ready: Callable[[str], None] | None = None) -> None:
     for f in (cfg.ssl_certfile, cfg.ssl_keyfile):
         if f is not None and not Path(f).is_file():
             raise ConfigError(f"TLS file {f} does not exist: give a PEM certificate and key")
-    state = build_state(cfg)
+    sock = _bind(cfg.host, cfg.port)  # first: a port in use fails before the model loads
+    try:
+        state = build_state(cfg)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(state)
-    sock = _bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     scheme = "https" if cfg.ssl_certfile else "http"
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
