@@ -245,7 +245,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def _register_generate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="sample text from a trained run, streamed to stdout",
                               description="Continue --prompt with the run's newest checkpoint (KV cache).")
-    p.add_argument("--run", required=True, type=Path, help="run folder or checkpoint folder")
+    p.add_argument("--run", "--run-dir", required=True, type=Path, help="run folder or checkpoint folder")
     p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: 0.8)")
@@ -253,38 +253,149 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this much mass")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or xla (default: auto)")
+    p.add_argument("--compile", action="store_true",
+                   help="decode with a fixed-shape step under torch.compile (CUDA graphs on CUDA); compiles first")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="torch, or onnx: run --onnx (from `hwlm export --format onnx` of this run) with "
+                        "onnxruntime on the CPU (default: torch)")
+    p.add_argument("--onnx", type=Path, default=None, metavar="PATH", help="ONNX export folder or .onnx file")
+    p.add_argument("--draft", type=Path, default=None, metavar="RUN2",
+                   help="speculative decoding: a smaller run on the same tokenizer proposes tokens, this run checks "
+                        "them (greedy output unchanged); acceptance is printed to stderr")
+    p.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes per round (default: 4)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="tensor-parallel decoding over N torchrun processes (heads and MLP split; gloo on CPU, "
+                        "NCCL on CUDA); on a CPU this checks the sharded path, it is not faster")
     p.set_defaults(func=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from hwlm.device import select_device
-    from hwlm.train.load import load_model, stream_text
+    from hwlm.train.load import load_model
+    from hwlm.train.parallel import under_torchrun
 
+    chosen = [name for name, on in (("--backend onnx", args.backend == "onnx"), ("--draft", args.draft is not None),
+                                    ("--nproc", args.nproc != 1 or under_torchrun())) if on]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} do not combine: choose one way to decode")
     if args.backend == "onnx" and args.onnx is None:
         raise ConfigError("--backend onnx needs --onnx PATH (a folder made by `hwlm export --format onnx`)")
+    if args.nproc != 1 and not under_torchrun():
+        return _launch_tp_generate(args)
+    if under_torchrun():
+        return _tp_worker(args)
     loaded = load_model(args.run, "cpu" if args.backend == "onnx" else select_device(args.device).device)
+    tokens, after = _token_source(args, loaded)
+    _stream(args, loaded, tokens, show=True)
+    if after is not None:
+        after()
+    return 0
+
+
+def _stream(args: argparse.Namespace, loaded: Any, tokens: Any, show: bool) -> None:
+    from hwlm.train.load import stream_text
+
+    out = sys.stdout
+    if show:
+        out.write(args.prompt)
+        out.flush()
+    for piece in stream_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                             args.top_p, args.seed, tokens=tokens):
+        if show:
+            out.write(piece)
+            out.flush()
+    if show:
+        out.write("\n")
+
+
+def _tp_worker(args: argparse.Namespace) -> int:
+    """One torchrun rank of ``generate --nproc N``: every rank decodes its shard, rank 0 prints."""
+    from hwlm.device import select_device
+    from hwlm.errors import HwlmError
+    from hwlm.model.tp import TensorParallel
+    from hwlm.train.launch import ERROR_DIR_ENV
+    from hwlm.train.load import load_model
+
+    rc, tp = 0, None
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if args.nproc not in (1, world):
+            raise ConfigError(f"--nproc {args.nproc} differs from torchrun's {world} processes: drop --nproc")
+        tp = TensorParallel.start_group(select_device(args.device).type)
+        loaded = load_model(args.run, tp.device)
+        tp.shard(loaded.model)
+        sample = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, loaded.eot_id)
+        _stream(args, loaded, lambda ids: tp.generate(ids, *sample), show=tp.rank == 0)
+    except HwlmError as exc:
+        errors = os.environ.get(ERROR_DIR_ENV)
+        if not errors:
+            raise
+        Path(errors, f"rank-{os.environ.get('RANK', '0')}.txt").write_text(str(exc), encoding="utf-8")
+        rc = 1
+    if tp is not None and rc == 0:
+        tp.finish()
+    # As ``hwlm train``'s workers: leave without interpreter finalization (gloo threads can abort it).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+def _token_source(args: argparse.Namespace, loaded: Any) -> tuple[Any, Any]:
+    """(prompt ids -> new ids, what to run after the stream) for the chosen way of decoding."""
     sample = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, loaded.eot_id)
-
-    def tokens(ids: list[int]) -> Any:
-        return generate(loaded.model, ids, *sample, compile=args.compile)
-
     if args.backend == "onnx":
         from hwlm.export.onnx import OnnxModel, weights_fingerprint
 
         onnx_model = OnnxModel.load(args.onnx)
         onnx_model.check_matches(loaded.model_cfg, weights_fingerprint(loaded.model), f"run {args.run}")
+        return (lambda ids: onnx_model.generate(ids, *sample)), None
+    if args.draft is not None:
+        return _speculative_source(args, loaded, sample)
+    from hwlm.model import generate
 
-        def tokens(ids: list[int]) -> Any:  # noqa: F811  (the ONNX backend replaces the torch loop)
-            return onnx_model.generate(ids, *sample)
+    return (lambda ids: generate(loaded.model, ids, *sample, compile=args.compile)), None
 
-    out = sys.stdout
-    out.write(args.prompt)
-    out.flush()
-    for piece in stream_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                             args.top_p, args.seed, tokens=tokens):
-        out.write(piece)
-        out.flush()
-    out.write("\n")
+
+def _speculative_source(args: argparse.Namespace, loaded: Any, sample: tuple) -> tuple[Any, Any]:
+    import time
+
+    from hwlm.model.speculative import SpecStats, check_draft, speculative_generate
+    from hwlm.train.load import load_model
+
+    draft = load_model(args.draft, next(loaded.model.parameters()).device)
+    check_draft(loaded.model, draft.model, loaded.tokenizer.get_vocab(), draft.tokenizer.get_vocab(),
+                f"draft {args.draft}")
+    stats, start = SpecStats(), time.perf_counter()
+
+    def report() -> None:
+        seconds = time.perf_counter() - start
+        print(f"speculative: {stats.accepted} of {stats.proposed} draft tokens accepted "
+              f"({100 * stats.acceptance_rate:.0f}%), {stats.tokens_per_target_pass:.2f} tokens per target pass, "
+              f"{stats.emitted / seconds:,.1f} tokens/s", file=sys.stderr)
+
+    n, temperature, top_k, top_p, seed, eos = sample
+    return (lambda ids: speculative_generate(loaded.model, draft.model, ids, n, k=args.draft_k, temperature=temperature,
+                                             top_k=top_k, top_p=top_p, seed=seed, eos_id=eos, stats=stats)), report
+
+
+def _launch_tp_generate(args: argparse.Namespace) -> int:
+    """``hwlm generate --nproc N``: check the split here, then start N torchrun workers of the same command."""
+    from hwlm.model.tp import check_tp
+    from hwlm.train import checkpoint as ckpt_io
+    from hwlm.train.launch import launch
+
+    from hwlm.config import from_dict
+
+    ckpt = ckpt_io.resolve_checkpoint(args.run)
+    check_tp(from_dict(ModelConfig, ckpt_io.read_json(ckpt / "config.json")["model"]), args.nproc)
+    # torchrun's own parser reads these first: "--run" would match its --run-path and "--nproc" its
+    # --nproc-per-node, so the worker gets --run-dir, and its world size from torchrun.
+    worker = ["generate", "--run-dir", str(args.run), "--prompt", args.prompt, "--max-new-tokens",
+              str(args.max_new_tokens), "--temperature", repr(args.temperature), "--device", args.device,
+              *(["--top-k", str(args.top_k)] if args.top_k is not None else []),
+              *(["--top-p", repr(args.top_p)] if args.top_p is not None else []),
+              *(["--seed", str(args.seed)] if args.seed is not None else [])]
+    launch(worker, args.nproc, threads_per_proc=max(1, (os.cpu_count() or 1) // args.nproc))
     return 0
 
 
@@ -306,26 +417,19 @@ def run_export(args: argparse.Namespace) -> int:
     from hwlm.export.hf import export_hf
     from hwlm.train.classify_load import is_classifier_run
     from hwlm.train.load import load_model
-    p.add_argument("--compile", action="store_true",
-                   help="decode with a fixed-shape step under torch.compile (CUDA graphs on CUDA); compiles first")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="torch, or onnx: run --onnx (from `hwlm export --format onnx` of this run) with "
-                        "onnxruntime on the CPU (default: torch)")
-    p.add_argument("--onnx", type=Path, default=None, metavar="PATH", help="ONNX export folder or .onnx file")
 
     if is_classifier_run(args.run):
         from hwlm.cli.classify import run_classify_export
 
         return run_classify_export(args)
-    from hwlm.model import generate
     loaded = load_model(args.run, "cpu")
-    out = export_hf(loaded.model, loaded.model_cfg, loaded.path / "tokenizer.json", args.out)
-    print(f"exported {loaded.path} (step {loaded.step}) as a Hugging Face folder: {out}")
-    return 0
     if getattr(args, "format", "hf") == "onnx":
         return _export_onnx(args, loaded)
     if getattr(args, "quantize", None):
         raise ConfigError(f"--quantize {args.quantize} applies to --format onnx only")
+    out = export_hf(loaded.model, loaded.model_cfg, loaded.path / "tokenizer.json", args.out)
+    print(f"exported {loaded.path} (step {loaded.step}) as a Hugging Face folder: {out}")
+    return 0
 
 
 def _export_onnx(args: argparse.Namespace, loaded: Any) -> int:

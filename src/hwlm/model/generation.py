@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hwlm.errors import ConfigError
 from hwlm.model.transformer import KVCache, Transformer
 
-__all__ = ["generate", "sample_next", "decode_loop", "Steps", "check_args"]
+__all__ = ["generate", "sample_next", "filtered_probs", "decode_loop", "Steps", "check_args"]
 
 
 def check_args(prompt_ids: Sequence[int], max_new_tokens: int, temperature: float, top_k: int | None,
@@ -52,6 +52,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None = No
     """One token id from ``logits`` (V,): greedy at temperature 0, else top-k / nucleus sampling."""
     if temperature == 0:
         return int(logits.argmax())
+    return int(torch.multinomial(filtered_probs(logits, temperature, top_k, top_p), 1, generator=generator))
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                   top_p: float | None = None) -> torch.Tensor:
+    """The distribution (V,) that ``sample_next`` draws from at ``temperature`` > 0, after top-k / top-p."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k).values[-1]
@@ -63,8 +69,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None = No
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return F.softmax(logits, dim=-1)
 
 
 @torch.inference_mode()
