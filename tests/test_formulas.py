@@ -93,3 +93,115 @@ def test_kv_cache_bytes_per_token_equal_the_allocation(name: str, kw: dict) -> N
     cache = KVCache(cfg, batch_size=3)
     allocated = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
     assert allocated == kv_cache_bytes_per_token(cfg.to_arch(), bytes_per_elem=4) * 3 * cfg.block_size
+
+
+# Training memory: what autograd saves, counted by the formulas, against torch's own saved-tensor hooks
+# (exact byte counts, nothing timed). Each storage counts once (q, k, v are views of one buffer); the
+# parameters are not activations.
+def saved_bytes(model: Transformer, idx: torch.Tensor, kernel: str, precision: str, loss: str) -> int:
+    import contextlib
+    owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in owned:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+    backend = sdpa_kernel(SDPBackend.MATH) if kernel == "math" else contextlib.nullcontext()
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with backend, amp, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, idx.roll(-1, 1), return_logits=loss == "full")
+    return sum(seen.values())
+
+
+MEMORY_CASES = [(k, p, loss) for k in ("flash", "math") for p in ("fp32", "bf16") for loss in ("full", "chunked")
+                if not (p == "bf16" and loss == "chunked")]  # autocast always takes the full path
+
+
+@pytest.mark.parametrize("kernel, precision, loss", MEMORY_CASES, ids=["-".join(c) for c in MEMORY_CASES])
+@pytest.mark.parametrize("name, kw", CONFIGS, ids=IDS)
+def test_saved_activations_equal_autograd_saved_tensors(name: str, kw: dict, kernel: str, precision: str,
+                                                        loss: str) -> None:
+    from hwlm.formulas import saved_activation_bytes_per_layer, saved_outside_layers_bytes
+    model = build(name, kw)
+    B, T = 2, model.cfg.block_size
+    idx = torch.randint(0, 100, (B, T))
+    spec = model.cfg.to_arch()
+    layers = saved_activation_bytes_per_layer(spec, B * T, T, precision, kernel)
+    outside = saved_outside_layers_bytes(spec, B * T, precision, loss)
+    assert saved_bytes(model, idx, kernel, precision, loss) == model.cfg.n_layer * layers + outside
+
+
+def test_math_attention_saves_the_probabilities_and_selective_recompute_drops_them() -> None:
+    from hwlm.formulas import saved_activation_bytes_per_layer
+    spec = build("debug", {}).cfg.to_arch()
+    B, T = 2, 32
+    probs = B * spec.n_heads * T * T * 4  # (B, H, T, T) fp32
+    none = saved_activation_bytes_per_layer(spec, B * T, T, "fp32", "math", "none")
+    assert none - saved_activation_bytes_per_layer(spec, B * T, T, "fp32", "math", "selective") == probs
+    assert saved_activation_bytes_per_layer(spec, B * T, T, "fp32", "math", "full") == B * T * spec.d_model * 4
+
+
+def test_memory_options_are_checked() -> None:
+    from hwlm.errors import ConfigError
+    from hwlm.formulas import dtype_bytes, saved_activation_bytes_per_layer, saved_outside_layers_bytes
+    spec = build("debug", {}).cfg.to_arch()
+    with pytest.raises(ConfigError, match="recompute 'some' is unknown"):
+        saved_activation_bytes_per_layer(spec, 64, 32, recompute="some")
+    with pytest.raises(ConfigError, match="attention kernel 'fast'"):
+        saved_activation_bytes_per_layer(spec, 64, 32, attention="fast")
+    with pytest.raises(ConfigError, match="loss path 'fused'"):
+        saved_outside_layers_bytes(spec, 64, loss="fused")
+    with pytest.raises(ConfigError, match="unknown data type 'bf8'"):
+        dtype_bytes("bf8")
+
+
+def test_loss_transient_is_what_is_alive_at_the_loss_backward() -> None:
+    """The logits the step holds, the saved gradient and the backward's product: measured as the (N, V)
+    tensors alive when FusedCrossEntropy's backward returns (a dispatch mode sees every op's output)."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hwlm.formulas import loss_transient_bytes
+    model = build("debug", {})
+    B, T, V = 2, model.cfg.block_size, model.cfg.vocab_size
+    idx = torch.randint(0, V, (B, T))
+    live: list[weakref.ref] = []
+    peak = [0]
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.numel() == B * T * V:
+                    live.append(weakref.ref(t))
+            alive = {r().untyped_storage().data_ptr(): r().untyped_storage().nbytes() for r in live if r() is not None}
+            peak[0] = max(peak[0], sum(alive.values()))
+            return out
+    with Watch():
+        logits, loss = model(idx, idx.roll(-1, 1))   # the training step holds the logits, as hwlm train does
+        loss.backward()
+    saved_gradient = B * T * V * 4
+    assert peak[0] == loss_transient_bytes(model.cfg.to_arch(), B * T) + saved_gradient
+    del logits
+
+
+def test_launch_decision_and_planner_agree_on_memory() -> None:
+    """One job, two callers: train/launch.py (DDP or FSDP?) and the planner on one device, no sharding."""
+    from hwlm.plan import estimate_training
+    from hwlm.plan.machine import machine_device
+    from hwlm.plan.models import Model
+    from hwlm.train.launch import training_bytes
+    for preset, batch in (("gpt2-124m", 8), ("llama-tiny", 16)):
+        cfg = ModelConfig.from_name(preset)
+        spec = cfg.to_arch()
+        model = Model(name=preset, spec=spec, source="preset", model_type="hwlm", seq_len=cfg.block_size)
+        for kind, precision in (("gpu", "bf16"), ("cpu", "fp32")):
+            dev = machine_device({precision: 1e14}, 1e12, 2**40, name="test", kind=kind, source="test")
+            plan = estimate_training(model, 1e9, dev, 1, precision=precision, seq_len=cfg.block_size,
+                                     global_batch=batch, micro_batch=batch, recompute="none", tp=1, pp=1,
+                                     zero_stage=0, find_smallest=False)
+            launch = training_bytes(spec, batch, cfg.block_size, precision, compiled=kind == "gpu", device_kind=kind)
+            assert launch == pytest.approx(plan.memory.total, rel=1e-9), (preset, kind)

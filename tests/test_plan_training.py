@@ -36,17 +36,23 @@ def test_mixed_precision_adam_is_16_bytes_per_param_and_zero_shards() -> None:
     assert tp.weights == pytest.approx(2 * p / 4)
 
 
-def test_activation_memory_korthikanti() -> None:
+def test_activation_memory_is_the_formulas_count() -> None:
+    """The planner's activations are hwlm.formulas' tensor-by-tensor count (tested against autograd in
+    test_formulas.py): flash kernels keep no (T, T) probabilities, so none == selective; full keeps the
+    layer inputs and one layer's set; the loss's saved gradient and compiled logits come on top."""
+    from hwlm.formulas import loss_transient_bytes, saved_activation_bytes_per_layer, saved_outside_layers_bytes
     m = get_model("llama-2-7b")
-    s, h, L, a = 4096, 4096, 32, 32
-    logits = 10.0 * s * 32000  # bf16 logits + their fp32 copy + the fp32 gradient
+    s, L = 4096, 32
+    loss = saved_outside_layers_bytes(m.spec, s, "bf16") + loss_transient_bytes(m.spec, s, "bf16", compiled=True)
 
     def acts(rc: str) -> float:
         return estimate_training(m, 1e9, "a100-80gb", 8, layout=Layout(dp=8, zero_stage=3, recompute=rc)).memory.activations
 
-    assert acts("none") == pytest.approx(L * s * h * (34 + 5 * a * s / h) + logits)
-    assert acts("selective") == pytest.approx(L * s * h * 34 + logits)
-    assert acts("full") == pytest.approx(L * 2 * s * h + s * h * 34 + logits)
+    def layer(rc: str) -> float:
+        return saved_activation_bytes_per_layer(m.spec, s, s, "bf16", "flash", rc)
+    assert acts("none") == acts("selective") == pytest.approx(L * layer("none") + loss)
+    assert acts("full") == pytest.approx(L * layer("full") + layer("none") + loss)
+    assert layer("full") == 4 * s * 4096   # the fp32 residual stream entering each layer
 
 
 def test_recompute_costs_time() -> None:
@@ -183,8 +189,17 @@ def test_fp32_activations_take_four_bytes() -> None:
     lay = Layout(dp=1, recompute="selective")
     a16 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="bf16").memory.activations
     a32 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="fp32").memory.activations
+    from hwlm.formulas import loss_transient_bytes, saved_activation_bytes_per_layer
+    layer32, layer16 = (saved_activation_bytes_per_layer(m.spec, 1024, 1024, p) for p in ("fp32", "bf16"))
+    assert layer16 < layer32 < 2 * layer16  # the residual stream and norms are fp32 in both (and 16-bit weight copies)
+    # Compiled loss on a GPU: the fp32 gradient (4) + 16-bit logits and their fp32 copy (6) in bf16, 4 in fp32.
     elems = 1024 * m.spec.vocab_size
-    assert a32 - 8.0 * elems == pytest.approx(2 * (a16 - 10.0 * elems))  # fp32: no 16-bit logits, no copy
+    assert loss_transient_bytes(m.spec, 1024, "bf16", compiled=True) == 6.0 * elems
+    assert loss_transient_bytes(m.spec, 1024, "fp32", compiled=True) == 4.0 * elems
+    from hwlm.formulas import saved_outside_layers_bytes
+    outside = {p: saved_outside_layers_bytes(m.spec, 1024, p) for p in ("fp32", "bf16")}
+    assert a32 - a16 == pytest.approx(m.spec.n_layers * (layer32 - layer16) + outside["fp32"] - outside["bf16"]
+                                      + (4.0 - 6.0) * elems)
 
 
 def test_small_model_terms_are_explained() -> None:
@@ -235,10 +250,10 @@ def test_micro_batch_grows_to_what_fits() -> None:
     assert e.layout.micro_batch == 16
     one = estimate_training("gpt2-124m", 1e8, "h200", 1, seq_len=1024, global_batch=16, micro_batch=1)
     assert one.layout.micro_batch == 1 and one.tokens_per_s < e.tokens_per_s
-    # Memory: 16 B/param + 34 sbh per layer + 10 B per logit (bf16 logits, fp32 copy, fp32 gradient).
-    spec, params = get_model("gpt2-124m").spec, get_model("gpt2-124m").params.total
-    n = 16 * 1024
-    expected = 16 * params + 12 * 34 * n * 768 + 10 * n * spec.vocab_size
+    # Memory: hwlm.formulas' count (16 B/param, the blocks' saved tensors, 10 B per compiled bf16 logit).
+    from hwlm.formulas import training_memory
+    spec = get_model("gpt2-124m").spec
+    expected = training_memory(spec, 16, 1024, "bf16", compiled=True, device_kind="gpu").total
     assert e.memory.total == pytest.approx(expected)
     assert e.memory.total == pytest.approx(15.58e9, rel=0.05)  # measured peak allocated on an H200 (torch.compile)
     # Never more than the batch per device, and it must divide it.

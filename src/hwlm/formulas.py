@@ -1,6 +1,6 @@
 """Torch-free parameter, FLOP and memory formulas for decoder (and encoder) Transformers.
 
-These are the *one* place where hwlm counts parameters and FLOPs: training uses them
+These are the *one* place where hwlm counts parameters, FLOPs and bytes: training uses them
 for MFU, the planner for every prediction, and tests check them against real PyTorch
 modules, ``torch.utils.flop_counter`` and Hugging Face ``transformers``.
 
@@ -8,6 +8,20 @@ Conventions (PaLM, Chowdhery et al. 2022, appendix B; Kaplan et al. 2020, table 
 a multiply-add is 2 FLOPs; the backward pass costs twice the forward; attention
 score FLOPs count the full T x T product (a causal kernel may skip half of it, but
 MFU by convention counts it whole, so numbers compare across tools).
+
+The names, by what they count (import them from here; no other module keeps a copy):
+
+- shape and counts: ``ArchSpec``, ``param_count`` / ``ParamCount``, ``forward_flops_per_token``,
+  ``train_flops_per_token``, ``kv_cache_bytes_per_token``; ``mfu`` (achieved / peak FLOP/s);
+- data types: ``DTYPE_BYTES`` / ``dtype_bytes`` (bytes per element by short name), ``compute_bytes``
+  (the activation width of a training precision), ``PRECISIONS`` and ``WEIGHT_BYTES`` (weights x
+  activations schemes of compression and serving);
+- training memory: ``StateBytes`` with ``ADAM_FP32`` (hwlm train: 4 + 4 + 8 bytes per parameter) and
+  ``ADAM_MIXED`` (ZeRO's 2 + 2 + 12), ``saved_activation_bytes_per_layer`` and
+  ``saved_outside_layers_bytes`` (what autograd saves, counted from the model), ``loss_transient_bytes``
+  (the logits alive at the loss's backward), ``heap_slack_bytes`` (what a CPU heap keeps above the live
+  peak) and ``training_memory`` / ``TrainingMemory`` (their sum on one device: the launch decision's and,
+  sharded by a layout, the planner's figure); options ``RECOMPUTE``, ``ATTENTION_KERNELS``, ``LOSS_PATHS``.
 
 Worked example: GPT-2 small (124M)
 
@@ -23,7 +37,10 @@ from typing import Literal
 
 __all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token",
            "train_flops_per_token", "kv_cache_bytes_per_token", "PRECISIONS", "PRECISION_CHOICES",
-           "WEIGHT_BYTES"]
+           "WEIGHT_BYTES", "DTYPE_BYTES", "dtype_bytes", "compute_bytes", "StateBytes", "ADAM_FP32", "ADAM_MIXED",
+           "mfu", "RECOMPUTE", "ATTENTION_KERNELS", "LOSS_PATHS", "saved_activation_bytes_per_layer",
+           "saved_outside_layers_bytes", "loss_transient_bytes", "heap_slack_bytes", "TrainingMemory",
+           "training_memory"]
 
 
 @dataclass(frozen=True)
@@ -199,3 +216,254 @@ PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "w8a8", "w8a16", "w4a16")
 PRECISION_CHOICES = PRECISIONS + ("auto",)
 # Bytes per weight on disk and in memory (int4 packs two weights per byte; scales not counted).
 WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "w8a8": 1.0, "w8a16": 1.0, "w4a16": 0.5}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-type widths, optimizer state, training memory and MFU: the one copy (callers import these).
+# ---------------------------------------------------------------------------------------------
+
+# Bytes per element of each storage type, by hwlm's short names (tf32 stores fp32; fp4/int4 pack two per byte).
+DTYPE_BYTES: dict[str, float] = {"fp64": 8.0, "fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0,
+                                 "fp4": 0.5, "int8": 1.0, "int4": 0.5}
+RECOMPUTE = ("none", "selective", "full")
+ATTENTION_KERNELS = ("flash", "math")
+LOSS_PATHS = ("full", "chunked")
+
+
+def dtype_bytes(name: str) -> float:
+    """Bytes per element of data type ``name``; unknown names raise ConfigError with the known ones.
+
+    >>> dtype_bytes("bf16"), dtype_bytes("int4")
+    (2.0, 0.5)
+    """
+    if name not in DTYPE_BYTES:
+        from hwlm.errors import ConfigError
+        raise ConfigError(f"unknown data type {name!r}; choose one of {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[name]
+
+
+def compute_bytes(precision: str) -> float:
+    """Width of the activations a training precision computes in: 4 in fp32 (and tf32), else 2 (bf16/fp16
+    autocast; fp8 training keeps 16-bit activations between its fp8 matmuls)."""
+    return 4.0 if precision in ("fp32", "tf32") else 2.0
+
+
+@dataclass(frozen=True)
+class StateBytes:
+    """Bytes per parameter of the training state: weights, gradients and optimizer state.
+
+    Both layouts below total 16 bytes per parameter; they differ in what ZeRO can shard.
+
+    >>> ADAM_FP32.total, ADAM_MIXED.total
+    (16.0, 16.0)
+    """
+
+    weights: float
+    gradients: float
+    optimizer: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer
+
+
+# hwlm train: fp32 weights (autocast casts per matmul), fp32 gradients, AdamW's two fp32 moments.
+ADAM_FP32 = StateBytes(weights=4.0, gradients=4.0, optimizer=8.0)
+# Mixed-precision accounting of ZeRO (Rajbhandari et al. 2020, arXiv:1910.02054, section 3.1): 16-bit
+# weights and gradients, fp32 master copy + momentum + variance (12), the part stage 1 shards.
+ADAM_MIXED = StateBytes(weights=2.0, gradients=2.0, optimizer=12.0)
+
+
+def mfu(tokens_per_s: float | None, flops_per_token: float, peak_flops: float | None) -> float | None:
+    """Model FLOPs utilization (PaLM, arXiv:2204.02311, appendix B): achieved / peak FLOP/s, None if unknown.
+
+    >>> round(mfu(1000.0, 6e8, 1e12), 2)   # 1,000 tokens/s of a 100M model (6 N FLOPs/token) on 1 TFLOP/s
+    0.6
+    """
+    if not tokens_per_s or not peak_flops:
+        return None
+    return tokens_per_s * flops_per_token / peak_flops
+
+
+def saved_activation_bytes_per_layer(spec: ArchSpec, tokens: int, seq_len: int, precision: str = "fp32",
+                                     attention: str = "flash", recompute: str = "none") -> float:
+    """Bytes autograd saves for one block of hwlm's model over ``tokens`` = batch x seq_len tokens.
+
+    Counted tensor by tensor from the model (``hwlm.model.transformer``), each stored once (views share
+    storage), and checked against ``torch.autograd.graph.saved_tensors_hooks`` in tests/test_formulas.py.
+    Per token, with C = d_model, H/K query/key-value heads of width D, F the MLP width:
+
+    - norms: the input (residual stream, fp32) and its statistics (LayerNorm mean and 1/std; RMSNorm
+      1/rms plus the normalized input, which its weight multiplies); the next matmul saves its own input;
+    - attention: the fused q/k/v output (H + 2K) D (q, k, v are views of it), Llama's rotated q and k,
+      the output H D and its transposed copy that ``c_proj`` reads; the ``flash`` kernel (what CPU and
+      CUDA run with no mask and no dropout) keeps the log-sum-exp (H, fp32), the ``math`` kernel instead
+      its own copies of q, k and v with k, v repeated to H heads, and the (H, T) attention probabilities
+      (the 5 a s^2 b term of Korthikanti et al. 2022, arXiv:2205.05198), which selective recompute drops;
+    - MLP: its input, and GELU's input and output (F each) or SwiGLU's gate|up (2F), silu(gate) and the
+      product (F each);
+    - under bf16/fp16 autocast the matmul inputs and outputs are 16-bit and each matmul also saves its
+      16-bit weight copy (counted per layer here; the residual stream and norm outputs stay fp32).
+
+    ``recompute="full"`` keeps only the block input (C, fp32); the block's own set is alive again while its
+    backward runs, which :func:`training_memory` adds once.
+
+    >>> tiny = ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, max_positions=64)
+    >>> saved_activation_bytes_per_layer(tiny, 16 * 64, 64) / 2**20  # 16 C per token in fp32 + statistics
+    8.03125
+    """
+    if recompute not in RECOMPUTE:
+        from hwlm.errors import ConfigError
+        raise ConfigError(f"recompute {recompute!r} is unknown; choose one of {', '.join(RECOMPUTE)}")
+    if attention not in ATTENTION_KERNELS:
+        from hwlm.errors import ConfigError
+        raise ConfigError(f"attention kernel {attention!r} is unknown; choose one of {', '.join(ATTENTION_KERNELS)}")
+    C, H, K, D, F = spec.d_model, spec.n_heads, spec.kv_heads, spec.hd, spec.ff
+    cw, fp32 = compute_bytes(precision), 4.0
+    if recompute == "full":
+        return tokens * C * fp32
+    rms = spec.norm == "rmsnorm"
+    # Two norms: input (fp32) + statistics (fp32), RMSNorm also the normalized input (fp32); the matmul
+    # that reads a norm's output saves it (as its 16-bit cast under autocast) in ``matmul_inputs``.
+    norms = 2 * (C * fp32 + (1 if rms else 2) * fp32 + (C * fp32 if rms else 0.0))
+    matmul_inputs = 2 * C * cw + H * D * cw      # c_attn and c_fc read the norms' outputs; c_proj its input
+    qkv = (H + 2 * K) * D * cw
+    rope = (H + K) * D * cw if spec.pos == "rope" else 0.0
+    if attention == "flash":
+        # The kernel's output is laid out (B, T, H, D), so c_proj's (B, T, H*D) input is a view of it.
+        attn = qkv + rope + H * fp32     # + the log-sum-exp per head
+    else:
+        # math saves its own q (scaled), k^T and v at H heads (k, v repeated under grouped-query attention),
+        # not the q/k/v output, and the probabilities; it runs in fp32 under autocast (measured: its saved
+        # tensors are fp32). Its output is (B, H, T, D), so c_proj's input is a copy.
+        probs = H * seq_len * fp32 if recompute == "none" else 0.0
+        attn = 3 * H * D * fp32 + probs
+    mlp = (4 * F if spec.mlp == "swiglu" else 2 * F) * cw
+    per_token = norms + matmul_inputs + attn + mlp
+    weights16 = 0.0
+    if cw < fp32:
+        mm = C * (H + 2 * K) * D + H * D * C + (3 if spec.mlp == "swiglu" else 2) * C * F
+        weights16 = mm * cw
+    return tokens * per_token + weights16
+
+
+def saved_outside_layers_bytes(spec: ArchSpec, tokens: int, precision: str = "fp32", loss: str = "full") -> float:
+    """Bytes autograd saves outside the blocks: token ids, the final norm and the output layer + loss.
+
+    ``loss="full"``: the output matmul's input and ``FusedCrossEntropy``'s fp32 gradient of the (N, V) logits
+    (under autocast also the 16-bit copy of the output weight); ``loss="chunked"`` (``LinearCrossEntropy``):
+    the input and weight gradients it computed in the forward, (N, C) and (V, C) in fp32.
+
+    >>> tiny = ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, max_positions=64)
+    >>> saved_outside_layers_bytes(tiny, 1024) / 2**20   # dominated by the (1024, 2048) fp32 gradient
+    9.015625
+    """
+    if loss not in LOSS_PATHS:
+        from hwlm.errors import ConfigError
+        raise ConfigError(f"loss path {loss!r} is unknown; choose one of {', '.join(LOSS_PATHS)}")
+    C, V, cw, fp32 = spec.d_model, spec.vocab_size, compute_bytes(precision), 4.0
+    rms = spec.norm == "rmsnorm"
+    per_token = 8.0 + C * fp32 + (1 if rms else 2) * fp32 + (C * fp32 if rms else 0.0)  # int64 ids, ln_f
+    if loss == "chunked":
+        return tokens * (per_token + C * fp32) + V * C * fp32
+    head16 = V * C * cw if cw < fp32 else 0.0
+    return tokens * (per_token + C * cw + V * fp32) + head16
+
+
+def loss_transient_bytes(spec: ArchSpec, tokens: int, precision: str = "fp32", loss: str = "full",
+                         device_kind: str = "cpu", compiled: bool = False) -> float:
+    """Bytes alive at the loss's backward beyond what autograd saved: the step's peak in hwlm training.
+
+    ``full``: the (N, V) logits the training step holds (compute width), the fp32 product
+    ``grad * grad_loss`` of ``FusedCrossEntropy.backward`` and, under autocast, its 16-bit cast: with the
+    saved fp32 gradient, 12 bytes per logit in fp32 and in bf16. ``chunked``: the one (rows, V) fp32 logits
+    buffer ``LinearCrossEntropy`` reuses (rows = 4 MiB / (4 V), at least 64, on a CPU; 64 MiB, at least
+    1024 rows, elsewhere).
+
+    >>> tiny = ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, max_positions=64)
+    >>> loss_transient_bytes(tiny, 1024) / 2**20, loss_transient_bytes(tiny, 1024, loss="chunked") / 2**20
+    (16.0, 4.0)
+    """
+    V, cw, fp32 = spec.vocab_size, compute_bytes(precision), 4.0
+    if loss == "chunked":
+        rows = max(64, (4 << 20) // (4 * V)) if device_kind == "cpu" else max(1024, (64 << 20) // (4 * V))
+        return min(rows, tokens) * V * fp32
+    if compiled:
+        # torch.compile fuses the backward's product and cast into the kernel that reads the saved gradient;
+        # what stays is the 16-bit logits and, under autocast, their fp32 copy: 10 bytes per logit in bf16
+        # with the saved gradient, 8 in fp32 (gpt2-124m, b=16, s=1024 on an H200: 15.6 GB peak allocated,
+        # benchmarks/results/h200-2026-11-28/train-gpt2-124m.json).
+        return tokens * V * (cw + (fp32 if cw < fp32 else 0.0))
+    return tokens * V * (cw + fp32 + (cw if cw < fp32 else 0.0))
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes one device holds at the training step's peak (the loss's backward), by part."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float      # saved by autograd: the blocks, the final norm, the output layer and loss
+    loss: float             # alive at the loss's backward beyond the saved tensors (:func:`loss_transient_bytes`)
+    autocast_copies: float  # 16-bit weight copies that autocast caches for the forward, beyond the saved ones
+    allocator_slack: float = 0.0  # CPU heap kept above the live peak (:func:`heap_slack_bytes`)
+
+    @property
+    def total(self) -> float:
+        return (self.weights + self.gradients + self.optimizer + self.activations + self.loss + self.autocast_copies
+                + self.allocator_slack)
+
+
+def heap_slack_bytes(spec: ArchSpec, tokens: int, loss: str = "full", device_kind: str = "cpu") -> float:
+    """Heap a CPU run keeps above its live peak: one of the step's largest blocks, 0 on accelerators.
+
+    ``hwlm train`` on a CPU keeps freed memory in the heap (``hwlm.hw.keep_freed_memory``: no trimming, no
+    mmap), so the resident heap is the high-water mark of glibc's heap, not the live peak. From the second
+    step on, long-lived allocations made during the first one (AdamW's moments, the loss scalars, logging)
+    sit in the holes the first step's blocks left, and the largest block of a step no longer fits its old
+    hole: it is taken from the top of the heap once and the heap keeps both. That block is an (N, V) fp32
+    logits-sized buffer on the ``full`` loss path, and on the ``chunked`` one the largest of the (N, F) MLP
+    activation, the (V, C) weight gradient and the loss's chunk buffer. CUDA's caching allocator reports
+    live bytes (``max_memory_allocated``), which this term does not concern.
+
+    >>> tiny = ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, max_positions=64)
+    >>> heap_slack_bytes(tiny, 1024) / 2**20   # one (1024, 2048) fp32 block
+    8.0
+    """
+    if device_kind != "cpu":
+        return 0.0
+    V, C, fp32 = spec.vocab_size, spec.d_model, 4.0
+    if loss == "full":
+        return tokens * V * fp32
+    mlp = (2 if spec.mlp == "swiglu" else 1) * spec.ff
+    return max(tokens * mlp * fp32, V * C * fp32, loss_transient_bytes(spec, tokens, "fp32", "chunked", device_kind))
+
+
+def training_memory(spec: ArchSpec, batch: int, seq_len: int, precision: str = "fp32", *, recompute: str = "none",
+                    attention: str = "flash", loss: str = "full", compiled: bool = False, device_kind: str = "cpu",
+                    state: StateBytes = ADAM_FP32, params: int | None = None) -> TrainingMemory:
+    """Training memory of one unsharded device with micro-batch ``batch``: the launch decision's and the
+    planner's figure (the planner divides the parts by its layout's degrees, ``hwlm.plan.parallel``).
+
+    Gradients are counted at the peak although ``zero_grad(set_to_none=True)`` frees them between steps:
+    the last blocks' gradients exist while the first blocks' activations are still saved.
+
+    >>> tiny = ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, max_positions=64)
+    >>> round(training_memory(tiny, 16, 64).total / 2**20, 1)   # quickstart's model and batch, fp32 on a CPU
+    81.4
+    """
+    tokens = batch * seq_len
+    n = param_count(spec).total if params is None else params
+    per_layer = saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, attention, recompute)
+    acts = spec.n_layers * per_layer + saved_outside_layers_bytes(spec, tokens, precision, loss)
+    if recompute == "full":
+        # While a block's backward runs, its whole saved set exists again (recomputed).
+        acts += saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, attention, "none")
+    copies = 0.0
+    if compute_bytes(precision) < 4.0 and recompute == "full":
+        # Recomputed blocks save no weight copies of their own, but autocast's cache keeps one per weight.
+        copies = param_count(spec).matmul_active * compute_bytes(precision)
+    return TrainingMemory(weights=state.weights * n, gradients=state.gradients * n, optimizer=state.optimizer * n,
+                          activations=acts, loss=loss_transient_bytes(spec, tokens, precision, loss, device_kind, compiled),
+                          autocast_copies=copies, allocator_slack=heap_slack_bytes(spec, tokens, loss, device_kind))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal
 from hwlm.config import option, to_dict
 from hwlm.errors import ConfigError
 
-__all__ = ["QuickstartConfig", "QuickstartResult", "quickstart", "render_summary", "unigram_entropy"]
+__all__ = ["QuickstartConfig", "QuickstartResult", "quickstart", "render_summary", "unigram_entropy", "prepare_corpus"]
 
 
 @dataclass
@@ -82,7 +82,7 @@ class QuickstartResult:
     run_dir: Path
     data_cached: bool
     predicted: dict[str, Any] | None = None  # the planner's prediction for this run (issue 4)
-    train_memory_bytes: int | None = None  # peak during training minus the baseline just before it (see _MemoryWatch)
+    train_memory_bytes: int | None = None  # peak during training minus the baseline just before it (see hwlm.bench.measure.MemoryWatch)
     step_seconds: float | None = None      # seconds inside training steps (tokens / tokens_per_s): no eval, no save
     window_tokens_per_s: tuple[float, float] | None = None  # slowest and fastest logged window of steps
     notes: list[str] = field(default_factory=list)
@@ -115,8 +115,8 @@ def _hardware(say: Callable[[str], None]) -> str:
     return f"{info.cpu.model} ({info.cpu.logical_cores} logical cores){gpu}"
 
 
-def _prepare(cfg: QuickstartConfig) -> tuple[Path, bool]:
-    """The built-in corpus, prepared under out/data unless a matching preparation is there."""
+def prepare_corpus(cfg: QuickstartConfig) -> tuple[Path, bool]:
+    """The built-in corpus, prepared under out/data unless a matching preparation is there; (folder, reused)."""
     from hwlm.data import PrepareConfig, load_manifest, prepare
     from hwlm.errors import DataError
 
@@ -144,113 +144,11 @@ def _peak_memory(device: str) -> int | None:
         return None
 
 
-def _resident_bytes() -> int:
-    """Anonymous resident bytes of this process (Linux ``RssAnon``), else the whole resident set."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    import psutil
-    return int(psutil.Process().memory_info().rss)
-
-
-class _MemoryWatch:
-    """Memory that training itself adds: on CUDA the allocator's peak above what was allocated before,
-    elsewhere the peak anonymous resident memory (``RssAnon`` on Linux: heap, not the pages of torch's
-    libraries that the first backward or optimizer step maps in; the whole resident set elsewhere),
-    sampled every 20 ms, above its value just before the model is built. The process's earlier peaks
-    (tokenizer training, the corpus) and the runtime stay out of it, so it compares with the planner's
-    training state."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.peak, self.base, self._stop = device, 0, 0, None
-
-    def __enter__(self) -> "_MemoryWatch":
-        import threading
-
-        if self.device.startswith("cuda"):
-            import torch
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = int(torch.cuda.memory_allocated(self.device))
-            return self
-        self.base = self.peak = _resident_bytes()
-        self._stop = threading.Event()
-
-        def sample() -> None:
-            while not self._stop.wait(0.02):
-                self.peak = max(self.peak, _resident_bytes())
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is None:
-            import torch
-            self.peak = int(torch.cuda.max_memory_allocated(self.device))
-            return
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def added(self) -> int:
-        return max(0, self.peak - self.base)
-
-
-def _fastest(fn: Callable[[], Any], device: str, repeats: int = 7) -> float:
-    """Seconds of the fastest of ``repeats`` calls: other processes on a shared machine only add time."""
-    from hwlm.hw import measure_seconds
-    return min(measure_seconds(fn, device, warmup=1, repeats=repeats))
-
-
-def _copy_bandwidth(device: str, elements: int = 16 * 2**20) -> float:
-    """Bytes/s of a float32 device-to-device copy (read + write): 64 MiB by default, the ``hwlm bench peak``
-    convention; an activation-sized copy measures the cache a small model's activations live in."""
-    import torch
-    src = torch.ones(max(elements, 1024), dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    inner = max(1, int(2**24 // src.numel()))  # about 64 MiB moved per sample, so a sample is not all timer
-
-    def copies() -> None:
-        for _ in range(inner):
-            dst.copy_(src)
-    return 2.0 * src.numel() * 4 * inner / _fastest(copies, device)
-
-
-def _kernel_seconds(device: str, n: int = 100) -> float:
-    """Host seconds per eager kernel with autograd: a chain of ``n`` tiny multiplications and its
-    backward (2n + 2 kernels), so the arithmetic is nothing and dispatch, autograd bookkeeping and
-    (on a GPU) the launch are all that is timed."""
-    import torch
-    x = torch.ones(8, 8, device=device, requires_grad=True)
-
-    def chain() -> None:
-        y = x
-        for _ in range(n):
-            y = y * 1.0001
-        y.sum().backward()
-    return _fastest(chain, device) / (2 * n + 2)
-
-
 def _calibration_file(cfg: QuickstartConfig) -> Path | None:
     if cfg.calibration is not None:
         return Path(cfg.calibration)
     default = Path("runs/bench/calibration-this-machine.json")
     return default if default.is_file() else None
-
-
-def _matmul_peak(device: str, precision: str) -> float:
-    """FLOP/s of the fastest of several large square products (the sizes of :func:`hwlm.hw.quick_matmul_peak`,
-    whose median serves MFU): the planner wants what the machine can do, not what a busy moment allowed."""
-    import torch
-
-    from hwlm.hw import torch_dtype
-    kind = device.split(":")[0]
-    n = {"cuda": 8192, "xla": 4096, "mps": 4096}.get(kind, 512 if precision in ("bf16", "fp16") else 1024)
-    a = torch.randn(n, n, device=device).to(torch_dtype(precision))
-    b = torch.randn(n, n, device=device).to(torch_dtype(precision))
-    return 2.0 * n**3 / _fastest(lambda: torch.mm(a, b), device, repeats=5)
 
 
 def _per_step(e: Any, steps: int) -> str:
@@ -284,10 +182,11 @@ def _planner_prediction(cfg: QuickstartConfig, result: Any) -> dict[str, Any] | 
     run's model and batch come from its ``config.json``; time and tokens/s are for the training
     steps alone (evaluation and the checkpoint are left out on both sides); memory is the training
     state (weights, gradients, Adam moments, activations, logits), compared with what training
-    added to the process (:class:`_MemoryWatch`).
+    added to the process (:class:`hwlm.bench.measure.MemoryWatch`).
     """
     import json
 
+    from hwlm.bench.measure import copy_bandwidth, kernel_seconds, matmul_peak
     from hwlm.errors import HwlmError
     from hwlm.plan import estimate_training
     from hwlm.plan.machine import machine_device
@@ -316,12 +215,12 @@ def _planner_prediction(cfg: QuickstartConfig, result: Any) -> dict[str, Any] | 
                                      seq_len=mcfg.block_size, global_batch=batch, tp=1, pp=1, zero_stage=0,
                                      recompute="none", micro_batch=batch, find_smallest=False, calibration=cal,
                                      autocast=result.precision != "fp32")
-        peak, bw = _matmul_peak(result.device, result.precision), _copy_bandwidth(result.device)
-        per_kernel = _kernel_seconds(result.device)
+        peak, bw = matmul_peak(result.device, result.precision), copy_bandwidth(result.device)
+        per_kernel = kernel_seconds(result.device)
         # The backward reads what the forward saved a whole pass earlier, so element-wise traffic streams
         # through the step's activation memory: measure the copy bandwidth at that size (cache or DRAM).
         acts = estimate().memory.activations
-        e = estimate(_copy_bandwidth(result.device, min(int(acts // 4), 16 * 2**20)))
+        e = estimate(copy_bandwidth(result.device, min(int(acts // 4), 16 * 2**20)))
     except (HwlmError, OSError, KeyError, ValueError, TypeError, ImportError) as exc:
         result.notes.append(f"planner prediction unavailable: {exc}")
         return None
@@ -355,6 +254,7 @@ def _train(cfg: QuickstartConfig, data_dir: Path, peak: float | None, say: Calla
 
 def quickstart(cfg: QuickstartConfig, say: Callable[[str], None] = print) -> QuickstartResult:
     """Run the demo; ``say`` gets each step's headline and details."""
+    from hwlm.bench.measure import MemoryWatch
     from hwlm.device import select_device
     from hwlm.evaluate import EvalConfig, evaluate
     from hwlm.train.load import load_model, stream_text
@@ -364,7 +264,7 @@ def quickstart(cfg: QuickstartConfig, say: Callable[[str], None] = print) -> Qui
     say("[1/6] hardware")
     hardware = _hardware(say)
     say(f"[2/6] preparing the built-in corpus (Python's pydoc topics) in {cfg.out / 'data'}")
-    data_dir, cached = _prepare(cfg)
+    data_dir, cached = prepare_corpus(cfg)
     entropy = unigram_entropy(data_dir)
     say(f"  {'reused the cached preparation' if cached else 'prepared'}; unigram entropy of the train split "
         f"{entropy:.4f} nats/token (a model that learns no context scores about this)")
@@ -375,7 +275,7 @@ def quickstart(cfg: QuickstartConfig, say: Callable[[str], None] = print) -> Qui
     peak = peak_flops_for(device, guess)
     say(f"  {peak / 1e9:,.1f} GFLOP/s" if peak else "  unknown: MFU will show n/a")
     say(f"[4/6] training a {cfg.model} model" + (f" for {cfg.time_budget:.0f} s" if cfg.time_budget else ""))
-    with _MemoryWatch(device) as watch:
+    with MemoryWatch(device) as watch:
         tr = _train(cfg, data_dir, peak, say)
     mfu, peak_used = tr.mfu, peak
     if tr.precision != guess:  # auto picked another precision: measure the matching peak

@@ -25,7 +25,7 @@ from hwlm.bench.energy import EnergyMeter
 from hwlm.bench.peak import is_oom
 from hwlm.bench.records import load_record, make_record, spread
 from hwlm.errors import HardwareError
-from hwlm.formulas import forward_flops_per_token, kv_cache_bytes_per_token, train_flops_per_token
+from hwlm.formulas import forward_flops_per_token, kv_cache_bytes_per_token, mfu, train_flops_per_token, training_memory
 from hwlm.hw import measure_seconds, memory_bytes, synchronize, torch_dtype
 
 __all__ = ["TrainBenchConfig", "InferBenchConfig", "run_train_bench", "run_infer_bench", "format_workload"]
@@ -126,21 +126,6 @@ def _peak_memory(kind: str) -> dict[str, Any]:
     return {"peak_memory_bytes": int(rss), "memory_method": "process peak RSS since start (getrusage)"}
 
 
-def _train_bytes_estimate(cfg: Any, batch: int, seq: int, precision: str) -> float:
-    """Rough training memory: 16 B/param (weights, grads, AdamW moments) plus activations.
-
-    Activations per layer ~ seq*batch*d*(34 + 5*heads*seq/d) bytes at 16 bits (Korthikanti et al.
-    2022, eq. 2), doubled for fp32, plus the logits and their gradient in fp32.
-    """
-    arch = cfg.to_arch()
-    from hwlm.formulas import param_count
-    params = param_count(arch).total
-    width = 2 if precision in ("bf16", "fp16") else 4
-    act = cfg.n_layer * seq * batch * cfg.n_embd * (34 + 5 * cfg.n_head * seq / cfg.n_embd) * width / 2
-    logits = 3 * batch * seq * cfg.vocab_size * 4
-    return 16.0 * params + act + logits
-
-
 def _fits_in_ram(kind: str, need: float) -> str | None:
     """On the CPU, a reason the estimate does not fit in free RAM (else None)."""
     if kind != "cpu":
@@ -200,7 +185,8 @@ def run_train_bench(cfg: TrainBenchConfig) -> dict[str, Any]:
     findings: list[str] = []
     summary: dict[str, Any] = {"device": device}
     reference = _mfu_reference(cfg, device)  # first: a bad --peak-record fails before any work
-    too_big = _fits_in_ram(kind, _train_bytes_estimate(mcfg, cfg.batch, seq, cfg.precision))
+    need = training_memory(mcfg.to_arch(), cfg.batch, seq, cfg.precision, compiled=cfg.compile, device_kind=kind).total
+    too_big = _fits_in_ram(kind, need)
     if too_big:
         findings.append(f"out of memory (estimated) at model {cfg.model}, batch {cfg.batch}, seq {seq}: {too_big}")
         return make_record("train", config, [], summary, findings)
@@ -261,8 +247,8 @@ def _train_summary(cfg: TrainBenchConfig, s: dict[str, Any], reference: tuple[fl
         "tokens_per_s": tps, "step_s_p50": st["median"], "step_s_p90": st["p90"], "step_s_p99": st["p99"],
         "step_s_iqr": st["iqr"], "steps": st["count"], "first_step_s": s["first_step_seconds"],
         "params": s["params"], "train_flops_per_token": fpt, "achieved_flops_per_s": tps * fpt,
-        "mfu_measured": tps * fpt / peak if peak else None, "mfu_reference": source, "peak_flops_measured": peak,
-        "mfu_datasheet": tps * fpt / cfg.datasheet_peak if cfg.datasheet_peak else None,
+        "mfu_measured": mfu(tps, fpt, peak), "mfu_reference": source, "peak_flops_measured": peak,
+        "mfu_datasheet": mfu(tps, fpt, cfg.datasheet_peak),
         "peak_memory_bytes": s["peak_memory_bytes"], "memory_method": s["memory_method"],
     }
     if not peak:

@@ -10,13 +10,13 @@ section 3.1): 2 bytes of bf16 weights + 2 of gradients + 12 of fp32 master copy,
 variance = 16 bytes per parameter; ZeRO stage 1 shards the 12, stage 2 also the gradients,
 stage 3 (FSDP) also the weights, over dp. tp and pp divide everything.
 
-Activations per layer and micro-batch (Korthikanti et al. 2022, arXiv:2205.05198, table 2,
-with sequence parallelism): ``s·b·h·(34 + 5·a·s/h) / t`` bytes with no recompute,
-``34·s·b·h / t`` with selective recompute (equal to what a FlashAttention kernel keeps),
-``2·s·b·h / t`` with full recompute (only the layer input, sequence-parallel); "partial" recomputes
-k of the L layers fully and the rest selectively (Megatron's ``--recompute-num-layers``), the
-cheapest choice that fits. Under 1F1B the first pipeline stage holds ``pp`` micro-batches of
-its ``L/pp`` layers, so ``L`` layers' worth in total (ibid., section 4.2.3).
+Activations per layer and micro-batch: :func:`hwlm.formulas.saved_activation_bytes_per_layer`, counted
+tensor by tensor from hwlm's model and tested against autograd's saved tensors (about Korthikanti et al.
+2022, arXiv:2205.05198, table 2, without dropout masks), divided by t with sequence parallelism; full
+recompute keeps only the layer input; "partial" recomputes k of the L layers fully and the rest
+selectively (Megatron's ``--recompute-num-layers``), the cheapest choice that fits. Under 1F1B the first
+pipeline stage holds ``pp`` micro-batches of its ``L/pp`` layers, so ``L`` layers' worth in total (ibid.,
+section 4.2.3).
 
 Communication (ring collectives; Patarasuk & Yuan 2009): an all-reduce of V bytes over n
 ranks moves ``2·(n-1)/n·V`` per rank; reduce-scatter + all-gather move the same; ZeRO-3 adds
@@ -29,21 +29,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hwlm.errors import PlanError
-from hwlm.formulas import ArchSpec
+from hwlm.formulas import (ADAM_MIXED, ArchSpec, heap_slack_bytes, loss_transient_bytes, saved_activation_bytes_per_layer,
+                           saved_outside_layers_bytes)
 
 __all__ = ["Layout", "MemoryBreakdown", "validate_layout", "training_memory", "link_bandwidth",
-           "RECOMPUTE_MODES", "USABLE_MEMORY_FRACTION", "BYTES_ADAM_MIXED", "LOGIT_BYTES_16BIT", "LOGIT_BYTES_FP32"]
+           "RECOMPUTE_MODES", "USABLE_MEMORY_FRACTION"]
 
 RECOMPUTE_MODES = ("none", "selective", "partial", "full")
 Recompute = Literal["none", "selective", "partial", "full"]
 # Share of device memory a framework can really use (CUDA context, allocator fragmentation).
 USABLE_MEMORY_FRACTION = 0.9
-BYTES_ADAM_MIXED = 16.0
-# Bytes per logit element at the loss's peak: 16-bit logits (2) + their fp32 copy (4) + the fp32 gradient
-# (4); fp32 training has no copy. Matches gpt2-124m, b=16, s=1024 on an H200 (hwlm bench train, torch.compile:
-# 15.6 GB peak allocated; benchmarks/results/h200-2026-11-28/train-gpt2-124m.json).
-LOGIT_BYTES_16BIT = 10.0
-LOGIT_BYTES_FP32 = 8.0
 # Link speed assumed when the catalog gives none (PCIe 4.0 x16, 32 GB/s per direction).
 FALLBACK_LINK_BW = 32e9
 
@@ -136,40 +131,39 @@ class MemoryBreakdown:
         return self.total <= self.capacity * USABLE_MEMORY_FRACTION
 
 
-def activation_bytes_per_layer(spec: ArchSpec, seq_len: int, micro_batch: int, tp: int,
-                               recompute: Recompute) -> float:
-    """Korthikanti et al. 2022, table 2 (with sequence parallelism when tp > 1), 16-bit activations."""
-    sbh = seq_len * micro_batch * spec.d_model
-    if recompute == "full":
-        return 2.0 * sbh / tp
-    per = 34.0 / tp
-    if recompute == "none":
-        per += 5.0 * spec.n_heads * seq_len / (spec.d_model * tp)
-    return sbh * per
+def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: int, capacity: float,
+                    precision: str = "bf16", device_kind: str = "gpu") -> MemoryBreakdown:
+    """Memory per device of Adam training under ``layout``: :func:`hwlm.formulas.training_memory`'s parts
+    (the launch decision's figure on one device), sharded by the layout.
 
-
-def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: int,
-                    capacity: float) -> MemoryBreakdown:
-    """Memory per device of mixed-precision Adam training under ``layout``."""
+    State: :data:`~hwlm.formulas.ADAM_MIXED`, ZeRO stage 1 shards the optimizer part, 2 also the gradients,
+    3 also the weights, over dp; tp and pp divide everything. Activations: the flash-attention kernels
+    keep no (T, T) probabilities, so ``none`` and ``selective`` keep the same set; ``partial`` recomputes
+    k layers fully and the rest selectively; sequence parallelism divides them by tp. Accelerators are
+    assumed to run compiled (the loss's logits as in the H200 record), CPUs eager with the heap slack.
+    """
     shard = layout.tp * layout.pp
     local = total_params / shard
-    dp, z = layout.dp, layout.zero_stage
-    weights = 2.0 * local / (dp if z >= 3 else 1)
-    grads = 2.0 * local / (dp if z >= 2 else 1)
-    optimizer = 12.0 * local / (dp if z >= 1 else 1)
+    dp, z, L = layout.dp, layout.zero_stage, spec.n_layers
+    weights = ADAM_MIXED.weights * local / (dp if z >= 3 else 1)
+    grads = ADAM_MIXED.gradients * local / (dp if z >= 2 else 1)
+    optimizer = ADAM_MIXED.optimizer * local / (dp if z >= 1 else 1)
+    tokens = seq_len * layout.micro_batch
+
+    def per_layer(mode: str) -> float:
+        return saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, "flash", mode) / layout.tp
     # 1F1B: the first stage holds pp micro-batches of L/pp layers = L layers' worth. With full
     # recompute one layer's working set is alive again during its backward.
-    sel = activation_bytes_per_layer(spec, seq_len, layout.micro_batch, layout.tp, "selective")
-    full = activation_bytes_per_layer(spec, seq_len, layout.micro_batch, layout.tp, "full")
     if layout.recompute in ("full", "partial"):
-        k = round(layout.recompute_fraction(spec.n_layers) * spec.n_layers)
-        acts = k * full + (spec.n_layers - k) * sel + sel
+        k = round(layout.recompute_fraction(L) * L)
+        acts = k * per_layer("full") + (L - k) * per_layer("selective") + per_layer("none")
     else:
-        acts = spec.n_layers * activation_bytes_per_layer(spec, seq_len, layout.micro_batch, layout.tp,
-                                                          layout.recompute)
-    # The loss's peak, on the last stage, split by tp: the 16-bit logits of the output product, their
-    # fp32 copy and the fp32 gradient the fused cross-entropy makes from it, alive at once.
-    acts += LOGIT_BYTES_16BIT * seq_len * layout.micro_batch * spec.vocab_size / layout.tp
+        acts = L * per_layer(layout.recompute)
+    # The loss's peak, on the last stage, split by tp (formulas: saved gradient, logits and their copies).
+    compiled = device_kind != "cpu"
+    acts += (saved_outside_layers_bytes(spec, tokens, precision, "full")
+             + loss_transient_bytes(spec, tokens, precision, "full", device_kind, compiled)
+             + heap_slack_bytes(spec, tokens, "full", device_kind)) / layout.tp
     return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
                            capacity=capacity)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hwlm.errors import PlanError
-from hwlm.formulas import train_flops_per_token
+from hwlm.formulas import ADAM_MIXED, train_flops_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, GRID_SOURCE, OP_OVERHEAD_SOURCE,
                                   PUE_SOURCE, Calibration, Priors, gemm_shapes, kernels_per_step, load_calibration,
@@ -36,8 +36,8 @@ from hwlm.plan.jobs import TRAIN_PRECISIONS, TrainingJob, resolve_hardware
 from hwlm.plan.machine import THIS_MACHINE
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.software import FRAMEWORKS, Stack, default_framework, get_framework
-from hwlm.plan.parallel import (BYTES_ADAM_MIXED, LOGIT_BYTES_16BIT, LOGIT_BYTES_FP32, USABLE_MEMORY_FRACTION, Layout,
-                                MemoryBreakdown, link_bandwidth, training_memory, validate_layout)
+from hwlm.plan.parallel import (USABLE_MEMORY_FRACTION, Layout, MemoryBreakdown, link_bandwidth, training_memory,
+                                validate_layout)
 
 __all__ = ["TrainingEstimate", "TrainingJob", "estimate_training", "TRAIN_PRECISIONS", "DEFAULT_BATCH_TOKENS"]
 
@@ -371,18 +371,14 @@ def _memory(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
     # The routed experts are sharded over ep ranks of the data-parallel group as well (their ZeRO
     # sharding then spans the dp/ep "expert data parallel" ranks); the rest of the model as before.
     routed = routed_expert_params(ctx.model)
-    mem = training_memory(ctx.model.spec, ctx.model.params.total - routed, lay, ctx.seq_len, ctx.dev.memory_bytes)
+    mem = training_memory(ctx.model.spec, ctx.model.params.total - routed, lay, ctx.seq_len, ctx.dev.memory_bytes,
+                          ctx.precision, ctx.dev.kind)
     if routed:
         ex = training_memory(ctx.model.spec, routed, replace(lay, dp=lay.dp // lay.ep, tp=lay.tp * lay.ep),
-                             ctx.seq_len, ctx.dev.memory_bytes)
+                             ctx.seq_len, ctx.dev.memory_bytes, ctx.precision, ctx.dev.kind)
         mem = replace(mem, weights=mem.weights + ex.weights, gradients=mem.gradients + ex.gradients,
                       optimizer=mem.optimizer + ex.optimizer)
-    if ctx.precision not in ("fp32", "tf32"):
-        return mem
-    # fp32 training keeps 4-byte activations: twice the 16-bit figure; its logits need no fp32 copy.
-    elems = ctx.seq_len * lay.micro_batch * ctx.model.spec.vocab_size / lay.tp
-    logits16 = LOGIT_BYTES_16BIT * elems
-    return replace(mem, activations=2 * (mem.activations - logits16) + LOGIT_BYTES_FP32 * elems)
+    return mem
 
 
 def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
@@ -589,7 +585,7 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
           "arXiv:1910.02054 section 3.1")
     t.add("memory_gradients", f"2 B x params / (tp x pp{' x dp' if lay.zero_stage >= 2 else ''})", mem.gradients, "B")
     t.add("memory_optimizer", f"12 B (fp32 master, m, v) x params / (tp x pp{' x dp' if lay.zero_stage >= 1 else ''})",
-          mem.optimizer, "B", f"{BYTES_ADAM_MIXED:g} B/param mixed-precision Adam, arXiv:1910.02054")
+          mem.optimizer, "B", f"{ADAM_MIXED.total:g} B/param mixed-precision Adam, arXiv:1910.02054")
     fp32 = ctx.precision in ("fp32", "tf32")
     logit_text = "logits + fp32 gradient, 8" if fp32 else "16-bit logits + fp32 copy + fp32 gradient, 10"
     t.add("memory_activations", f"{ctx.model.spec.n_layers} layers x {lay.recompute} recompute, s={ctx.seq_len}, "

@@ -9,10 +9,10 @@ here because it is an estimate, not a counter reading:
 
 * training step: parameter traffic of 12 B/param per micro-batch (fp32 weights read in the
   forward and again in the backward, gradient written) plus 28 B/param for AdamW (reads
-  weight, gradient, m, v; writes weight, m, v); activations saved in the forward and read
-  back in the backward, ``34 s b h + 5 a s^2 b`` bytes per layer at 16 bits (Korthikanti et
-  al. 2022, arXiv:2205.05198, eq. 1), doubled for fp32; fp32 logits written, read by the
-  softmax and their gradient written (3 x b s V x 4 B);
+  weight, gradient, m, v; writes weight, m, v); the activations autograd saves in the forward
+  (:func:`hwlm.formulas.saved_activation_bytes_per_layer`, counted from the model) written and
+  read back in the backward; fp32 logits written, read by the softmax and their gradient
+  written (3 x b s V x 4 B);
 * prefill: every weight read once plus the KV cache written for the prompt;
 * decode step: every weight read once plus the whole KV cache read (as ``hwlm bench infer``).
 """
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hwlm.errors import HwlmError
-from hwlm.formulas import ArchSpec, forward_flops_per_token, kv_cache_bytes_per_token, param_count, \
-    train_flops_per_token
+from hwlm.formulas import DTYPE_BYTES, ArchSpec, forward_flops_per_token, kv_cache_bytes_per_token, param_count, \
+    saved_activation_bytes_per_layer, train_flops_per_token
 from hwlm.report.collect import BenchRecord, ReportInputs, RunData
 
 __all__ = ["Roof", "WorkPoint", "EnergyRow", "roof_from_peak", "train_step_bytes", "workload_points",
@@ -33,7 +33,6 @@ __all__ = ["Roof", "WorkPoint", "EnergyRow", "roof_from_peak", "train_step_bytes
 
 ADAM_BYTES_PER_PARAM = 28.0       # AdamW: read p, g, m, v and write p, m, v, all fp32
 MICRO_BYTES_PER_PARAM = 12.0      # per micro-batch: read w (forward), read w (backward), write grad
-_ACT_WIDTH = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 _DTYPE_ORDER = ("fp32", "tf32", "bf16", "fp16", "int8")
 _METHODS = {"measured-rapl": "measured (RAPL counters)", "measured-nvml": "measured (NVML counter)",
             "estimate-tdp": "estimate (TDP x utilization)", "planner": "estimate (planner: TDP x load x PUE)"}
@@ -152,12 +151,10 @@ def train_step_bytes(arch: ArchSpec, batch: int, seq: int, precision: str, grad_
 
     >>> spec = ArchSpec(vocab_size=512, d_model=16, n_layers=2, n_heads=2, max_positions=32)
     >>> round(train_step_bytes(spec, batch=4, seq=32, precision="fp32"))
-    2283008
+    1934848
     """
     params = param_count(arch).total
-    width = _ACT_WIDTH.get(precision, 4)
-    h, a, layers = arch.d_model, arch.n_heads, arch.n_layers
-    act = layers * seq * batch * (34 * h + 5 * a * seq) * (width / 2)   # bytes saved per micro-batch
+    act = arch.n_layers * saved_activation_bytes_per_layer(arch, batch * seq, seq, precision)  # saved per micro-batch
     logits = 3 * batch * seq * arch.vocab_size * 4
     per_micro = MICRO_BYTES_PER_PARAM * params + 2 * act + logits
     return grad_accum * per_micro + ADAM_BYTES_PER_PARAM * params
@@ -177,7 +174,7 @@ def _bench_train_point(rec: BenchRecord) -> WorkPoint:
 def _infer_points(rec: BenchRecord) -> list[WorkPoint]:
     c = rec.config
     precision = str(c.get("precision", "fp32"))
-    width = _ACT_WIDTH.get(precision, 4)
+    width = DTYPE_BYTES.get(precision, 4.0)
     arch = _arch(str(c["model"]), block_size=c.get("block_size"), vocab_size=c.get("vocab_size"))
     weights = param_count(arch).total * width
     kv_tok = kv_cache_bytes_per_token(arch, width)

@@ -9,10 +9,9 @@ plain numbers (torch-free, so tests feed it fake machines):
 - DDP (a full copy of the model per device) when the model's training memory fits one device;
 - FSDP (parameters, gradients and optimizer state sharded over devices) when it does not.
 
-Training memory is ``16 bytes/param`` (fp32 master weights 4 + gradients 4 + Adam moments 8;
-mixed precision adds a transient bf16 copy that activations dominate) plus an activation
-estimate after Korthikanti et al. 2022 (34 s b h bytes per layer + 5 a s^2 b for attention scores)
-and the fp32 logits.
+Training memory is :func:`hwlm.formulas.training_memory`, the planner's figure for one device: 16 bytes
+per parameter (fp32 weights, gradients and AdamW's two moments), the tensors autograd saves, counted
+from the model, and the loss's logits.
 
 :func:`launch` starts ``nproc`` workers of ``python -m hwlm train ...`` with
 ``torch.distributed.run``'s own launcher (the same code as the ``torchrun`` command), in this
@@ -30,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hwlm.errors import ConfigError, HwlmError
-from hwlm.formulas import ArchSpec, param_count
+from hwlm.formulas import ArchSpec, training_memory
 
-__all__ = ["LaunchPlan", "decide", "choose_strategy", "training_bytes", "SMALL_DATA_TOKENS", "BYTES_PER_PARAM", "launch",
+__all__ = ["LaunchPlan", "decide", "choose_strategy", "training_bytes", "SMALL_DATA_TOKENS", "launch",
            "free_port", "parse_master", "ERROR_DIR_ENV"]
 
-BYTES_PER_PARAM = 16            # fp32 weights + grads + AdamW's two moments
 SMALL_DATA_TOKENS = 5_000_000   # below this a single device finishes an epoch in minutes
 ERROR_DIR_ENV = "HWLM_LAUNCH_ERRORS"  # workers write their one-line error here for the launcher
 
@@ -49,11 +47,12 @@ class LaunchPlan:
     reason: str
 
 
-def training_bytes(spec: ArchSpec, batch_size: int, block_size: int) -> int:
-    """Bytes one device needs to train ``spec`` unsharded with micro-batch ``batch_size``."""
-    s, b, h, a, L = block_size, batch_size, spec.d_model, spec.n_heads, spec.n_layers
-    activations = L * (34 * s * b * h + 5 * a * s * s * b) + 2 * 4 * s * b * spec.vocab_size
-    return BYTES_PER_PARAM * param_count(spec).total + activations
+def training_bytes(spec: ArchSpec, batch_size: int, block_size: int, precision: str = "bf16", *,
+                   compiled: bool = False, device_kind: str = "cuda", recompute: str = "none") -> int:
+    """Bytes one device needs to train ``spec`` unsharded with micro-batch ``batch_size`` (GPUs train in
+    bf16 autocast by default; only they make this decision, a CPU host is not memory-bound here)."""
+    return int(training_memory(spec, batch_size, block_size, precision, recompute=recompute, compiled=compiled,
+                               device_kind=device_kind).total)
 
 
 def _gib(n: float) -> str:
