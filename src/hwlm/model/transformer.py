@@ -291,6 +291,7 @@ class Transformer(nn.Module):
         self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.recompute = "none"  # none | selective | full while training: see hwlm.model.recompute
         if cfg.tie_embeddings:
             # One Parameter under two names; safetensors' save_model/load_model keep one copy.
             self.lm_head.weight = self.wte.weight
@@ -345,8 +346,14 @@ class Transformer(nn.Module):
             rope = (self.rope_cos[start_pos:start_pos + T], self.rope_sin[start_pos:start_pos + T])  # (T, D)
         if self.cfg.dropout and self.training:
             x = F.dropout(x, self.cfg.dropout, training=True)
+        recompute = self.recompute != "none" and self.training and torch.is_grad_enabled() and cache is None
         for block in self.h:
-            x = block(x, rope, cache, start_pos)
+            if recompute:
+                from hwlm.model.recompute import run_block
+
+                x = run_block(block, x, rope, start_pos, self.recompute)
+            else:
+                x = block(x, rope, cache, start_pos)
         x = self.ln_f(x)
         if targets is None:
             logits = linear(x[:, -1:] if last_only else x, self.lm_head)  # (B, T or 1, V)

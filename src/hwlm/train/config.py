@@ -19,10 +19,11 @@ from typing import Literal
 from hwlm.config import option
 from hwlm.errors import ConfigError
 
-__all__ = ["TrainConfig", "Precision", "Strategy"]
+__all__ = ["TrainConfig", "Precision", "Strategy", "Recompute"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Strategy = Literal["auto", "ddp", "fsdp"]
+Recompute = Literal["none", "selective", "full"]
 
 
 @dataclass
@@ -51,6 +52,8 @@ class TrainConfig:
     keep_checkpoints: int = option(3, "how many of the newest checkpoints to keep (at least 2)")
     precision: Precision = option("auto", "auto: bf16 autocast on CUDA; on CPU bf16 only if measured faster")
     compile: bool = option(False, "compile the model with torch.compile")
+    recompute: Recompute = option("none", "activation recompute in backward: none, selective (each block's attention "
+                                          "sublayer) or full (whole blocks); less memory for more FLOPs")
     seed: int = option(1337, "seed for Python, NumPy, torch and the data loader")
     device: str = option("auto", "auto, cpu, cuda, cuda:N, mps or xla")
     resume: str = option("none", "none, auto (newest complete checkpoint in --out) or a checkpoint/run PATH")

@@ -37,6 +37,7 @@ from hwlm.config import to_dict
 from hwlm.device import select_device
 from hwlm.hw import keep_freed_memory
 from hwlm.errors import ConfigError, DataError, HwlmError, ResourceError
+from hwlm.formulas import mfu as model_flops_utilization
 from hwlm.formulas import train_flops_per_token
 from hwlm.io import atomic_write_json, folder_lock
 from hwlm.model import ModelConfig
@@ -260,6 +261,7 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str],
 
     seed_everything(cfg.seed)
     model = Transformer(model_cfg).to(device)
+    model.recompute = cfg.recompute
     precision, why = _precision(cfg, saved, choice.type, model, model_cfg, world)
     say(f"precision {precision}: {why}")
     if strategy == "fsdp":
@@ -457,7 +459,7 @@ def _log_line(run: _Run, win: _Window, lr: float, bar: Progress) -> dict[str, An
     # Equal-sized batches on every rank, so the mean of rank means is the global batch mean.
     loss = mean_across(float(win.loss) / win.finite, run.world) if win.finite else float("nan")
     tps = win.tokens / max(win.seconds, 1e-9)
-    mfu = tps * run.flops_per_token / run.peak if run.peak else None
+    mfu = model_flops_utilization(tps, run.flops_per_token, run.peak)
     bar.update(run.step, loss, tps, mfu, _eta(run, win.steps / max(win.seconds, 1e-9)))
     win.loss.zero_()
     win.steps, win.finite, win.seconds, win.tokens = 0, 0, 0.0, 0
@@ -542,7 +544,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_ste
     # still wait in can block.
     shutdown(run.world)
     tps = (run.tokens / run.train_seconds) if run.train_seconds > 0 else 0.0
-    mfu = tps * run.flops_per_token / run.peak if run.peak and tps else None
+    mfu = model_flops_utilization(tps, run.flops_per_token, run.peak)
     return TrainResult(steps=run.step, tokens=run.tokens, seconds=run.elapsed, tokens_per_s=tps, mfu=mfu,
                        train_loss=train_loss, val_loss=val_loss, run_dir=cfg.out, last_checkpoint=run.last_ckpt,
                        params=run.run_config["runtime"]["params"], precision=run.precision, device=run.device,
