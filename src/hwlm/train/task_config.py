@@ -21,7 +21,7 @@ from hwlm.errors import ConfigError
 
 __all__ = ["TaskConfig", "Task", "Kind"]
 
-Task = Literal["lm", "classify"]
+Task = Literal["lm", "classify", "chat"]
 Kind = Literal["transformer", "lstm", "bow", "mlp"]
 
 
