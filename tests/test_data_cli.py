@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,14 @@ def test_prepare_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
     recipe.write_text("[prepare]\nvocab_sise = 300\n")
     assert main(["prepare", "--config", str(recipe)]) == 1
     assert "did you mean 'vocab_size'" in capsys.readouterr().err
+
+
+def test_prepare_dev_null_says_it_is_not_a_regular_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prepare", "/dev/null", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("hwlm: error: input /dev/null exists but is not a regular file (a device, pipe or socket): "
+                   "save the text to a file first, or give a folder or glob")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert main(["prepare", str(fifo), "--out", str(tmp_path / "o")]) == 1
+    assert "pipe exists but is not a regular file" in capsys.readouterr().err

@@ -137,6 +137,10 @@ def resolve_inputs(inputs: list[str], stats: Utf8Stats | None = None) -> list[So
             paths.extend(files)
         elif Path(item).is_file():
             paths.append(Path(item))
+        elif Path(item).exists():
+            # A device, pipe or socket: prepare reads each input twice (tokenizer sample, then encoding).
+            raise DataError(f"input {item} exists but is not a regular file (a device, pipe or socket): "
+                            "save the text to a file first, or give a folder or glob")
         else:
             raise DataError(f"input {item} does not exist: check the path (files, folders and globs are accepted)")
     sources, seen = [], set()
