@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hwlm.errors import HwlmError
-from hwlm.formulas import ArchSpec
+from hwlm.formulas import DTYPE_BYTES, ArchSpec
 from hwlm.io import atomic_write_text
 from hwlm.plan import Device, estimate_inference, estimate_training, get_device, get_model
 from hwlm.plan import efficiency as eff
@@ -195,7 +195,7 @@ def plain(case: dict[str, Any]) -> float | None:
                 "tflops_per_device": 6 * n_params * case["tokens"] / time / n / 1e12,
                 "tokens_per_s": case["tokens"] / time / (n if case.get("scope") == "device" else 1)}[unit]
     n = case.get("devices", 1)
-    w = eff.BYTES_PER_PARAM[case.get("weight_dtype", case["precision"])]
+    w = DTYPE_BYTES[case.get("weight_dtype", case["precision"])]
     tpot = n_params * w / (n * dev.memory_bw)
     ttft = 2 * n_params * case["batch"] * case["prompt_len"] / (n * dev.peak_flops(case["precision"]) * 0.4)
     return _infer_value(case, ttft, tpot)

@@ -37,7 +37,7 @@ from typing import Callable
 
 import torch
 
-from hwlm.formulas import train_flops_per_token
+from hwlm.formulas import mfu, train_flops_per_token
 from hwlm.hw import keep_freed_memory  # the same allocator setting hwlm train uses on a CPU
 from hwlm.model import ModelConfig, Transformer
 
@@ -139,7 +139,7 @@ def bench_config(name: str, args: argparse.Namespace, threads: int, peaks: dict[
     tokens = args.batch * cfg.block_size
     flops = train_flops_per_token(cfg.to_arch(), cfg.block_size)
     return [{"config": name, "threads": threads, "runner": r.name, "tokens_per_s": r.tokens_per_s(tokens),
-             "mfu": r.tokens_per_s(tokens) * flops / peaks["bf16" if "bf16" in r.name else "fp32"],
+             "mfu": mfu(r.tokens_per_s(tokens), flops, peaks["bf16" if "bf16" in r.name else "fp32"]),
              "step_s": statistics.median(r.times), "samples_s": r.times} for r in runners]
 
 

@@ -38,11 +38,10 @@ from typing import Any
 
 from hwlm.errors import PlanError
 
-__all__ = ["Priors", "priors_for", "Calibration", "load_calibration", "BYTES_PER_PARAM", "DEFAULT_PUE",
+__all__ = ["Priors", "priors_for", "Calibration", "load_calibration", "DEFAULT_PUE",
            "DEFAULT_GRID_KG_PER_KWH", "PUE_SOURCE", "GRID_SOURCE", "PRIOR_SOURCE", "PHASES", "OP_OVERHEAD_SOURCE",
            "kernels_per_step", "gemm_shapes", "Gemm", "ops_per_forward", "INFER_OP_OVERHEAD_SOURCE"]
 
-BYTES_PER_PARAM = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 DEFAULT_PUE = 1.2
 PUE_SOURCE = "PUE 1.2: Luccioni et al. 2022, arXiv:2211.02001 (BLOOM's Jean Zay data centre)"
 DEFAULT_GRID_KG_PER_KWH = 0.475
