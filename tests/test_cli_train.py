@@ -118,3 +118,25 @@ def test_full_disk_during_save(data: Path, tmp_path: Path, capsys: pytest.Captur
     assert "disk full while writing" in line
     assert [p.name for p in ckpt_io.list_checkpoints(out)] == ["step-0000002"]
     ckpt_io.verify_checkpoint(out / "checkpoints" / "step-0000002")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top-p", "1.5"], "top_p must be in (0, 1] or unset, got 1.5"),
+    (["--top-p", "0"], "top_p must be in (0, 1] or unset, got 0.0"),
+    (["--temperature", "-1"], "temperature must be >= 0 (0 = greedy), got -1.0"),
+])
+def test_generate_checks_sampling_flags_before_echoing_the_prompt(flags: list[str], message: str, run: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    rc = main(["generate", "--run", str(run), "--prompt", "The dog", "--device", "cpu", *flags])
+    captured = capsys.readouterr()
+    assert rc == 1 and captured.out == ""  # nothing echoed
+    assert captured.err.strip().splitlines() == [f"hwlm: error: {message}"]
+
+
+def test_recompute_flag_is_checked(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--recompute", "some"])
+    assert "invalid choice: 'some'" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--max-steps", "2",
+                 "--recompute", "selective", *FAST]) == 0

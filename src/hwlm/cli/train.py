@@ -271,8 +271,13 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from hwlm.device import select_device
+    from hwlm.model.generation import check_args
     from hwlm.train.load import load_model
     from hwlm.train.parallel import under_torchrun
+
+    # The sampling flags first, before loading the model or echoing the prompt (placeholder prompt
+    # and vocabulary: only those two are known later, and the library checks them then).
+    check_args([0], args.max_new_tokens, args.temperature, args.top_k, args.top_p, vocab_size=1)
 
     chosen = [name for name, on in (("--backend onnx", args.backend == "onnx"), ("--draft", args.draft is not None),
                                     ("--nproc", args.nproc != 1 or under_torchrun())) if on]
