@@ -223,18 +223,26 @@ def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk
                 arrivals.extend([clock] * more)
                 issued += more
             continue
-        budget, p_tok, p_ctx, first = max(0, chunk - running), 0, 0.0, []
+        # vLLM-style engines count decode tokens against the step's budget; hwlm's spends it on prompts only.
+        budget = max(0, chunk - running) if sm.engine.fused_prefill else chunk
+        p_tok, p_ctx, first, chunks = 0, 0.0, [], []
         for req in prefilling:
             if budget <= 0:
                 break
             take = min(budget, req[1])
-            p_ctx += take * (prompt - req[1] + take / 2)
+            mid = prompt - req[1] + take / 2
+            chunks.append((int(take), mid))
+            p_ctx += take * mid
             req[1] -= take
             budget -= take
             p_tok += int(take)
             if req[1] <= 0:
                 first.append(req)
-        dt = sm.seconds(running, ctx_sum, p_tok, p_ctx / p_tok if p_tok else 0.0)
+        if sm.engine.fused_prefill:
+            dt = sm.seconds(running, ctx_sum, p_tok, p_ctx / p_tok if p_tok else 0.0)
+        else:  # each prompt chunk is a forward of its own, then one decode forward for the running rows
+            dt = sum(sm.seconds(0, 0.0, n, mid) for n, mid in chunks) + (sm.seconds(running, ctx_sum, 0)
+                                                                          if running else 0.0)
         clock += dt
         step += 1
         batch_sum += running
@@ -331,7 +339,7 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
     m, padding = pad_heads(m, job.devices)
     sm = _step_model(job, m, dev, engine)
     cap, limit, kv_tokens, _ = _capacity(job, m, dev, engine)
-    chunk = max(engine.chunk_tokens, 1) if engine.chunk_tokens < (1 << 30) else job.prompt_len * cap + cap
+    chunk = engine.chunk_tokens if engine.chunk_tokens < (1 << 30) else job.prompt_len * cap + cap
     t = Terms()
     t.add("engine", f"{engine.name}: CUDA graphs {'on' if sm.graphs else 'off'}, max running sequences "
           f"{engine.max_batch}, prefill chunk {min(chunk, 1 << 30)} tokens per step", engine.max_batch, "", engine.source)

@@ -46,6 +46,7 @@ class Stack:
     cuda_graphs: bool = False         # serving: decode steps replayed as CUDA graphs
     max_batch: int = 256              # serving: default cap on running sequences
     chunk_tokens: int = 2048          # serving: prefill tokens per engine step (chunked prefill)
+    fused_prefill: bool = True        # serving: a step's prefill chunks run in the decode forward (else apart)
     source: str = ""
 
     def runs_on(self, dev: Device) -> bool:
@@ -102,8 +103,10 @@ ENGINES: dict[str, Stack] = {s.id: s for s in (
     Stack("hf", "Hugging Face transformers generate (eager)", ("*",), _ALL_KINDS, elementwise=1.2, max_batch=32,
           chunk_tokens=1 << 30, source="eager PyTorch modules, static batch (no continuous batching); 20% more "
           "element-wise traffic than fused assumed"),
-    Stack("hwlm", "hwlm's own generate (eager)", ("*",), _ALL_KINDS, max_batch=64, chunk_tokens=1 << 30,
-          source="hwlm.model decode_step run eagerly, as `hwlm bench infer` measures; the priors as fitted"),
+    Stack("hwlm", "hwlm's own engine (eager; `hwlm serve`)", ("*",), _ALL_KINDS, max_batch=32, chunk_tokens=512,
+          fused_prefill=False, source="hwlm.serve.engine (EngineConfig: max_num_seqs 32, prefill_budget 512; each "
+          "prompt chunk is its own forward, then one batched decode forward per step), eager as `hwlm bench infer` "
+          "measures; the priors as fitted"),
 )}
 
 
