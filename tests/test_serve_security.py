@@ -188,7 +188,7 @@ def test_key_store_rejects_malformed_unknown_and_revoked(tmp_path: Path) -> None
 
 def test_bad_serve_input_is_one_line(server: Server, tmp_path: Path, capsys) -> None:
     with pytest.raises(ConfigError, match="--no-auth is refused"):
-        ServeConfig(run=tmp_path, host="0.0.0.0", no_auth=True)
+        ServeConfig(run=tmp_path, host="0.0.0.0", auth=False)
     port = server.url.rsplit(":", 1)[1]
     cases = [(["--run", str(tmp_path / "missing")], "does not exist"),
              (["--run", str(tmp_path), "--api-keys", str(tmp_path / "none.json")], "hwlm keys add"),

@@ -30,7 +30,7 @@ class ServeConfig:
     host: str = option("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = option(8000, "TCP port (0 picks a free one; the address is printed)")
     api_keys: Path | None = option(Path("hwlm-keys.json"), "API keys file written by `hwlm keys add`")
-    no_auth: bool = option(False, "serve without API keys (refused unless the host is loopback)")
+    auth: bool = option(True, "require API keys; --no-auth serves without them (refused unless the host is loopback)")
     audit_log: Path | None = option(None, "append-only JSON Lines audit log, one HMAC-chained record per request")
     audit_key: Path | None = option(None, "audit HMAC key file, kept apart from the log (created 0600 if absent); "
                                           "its head file <key>.head sits beside it")
@@ -65,5 +65,5 @@ class ServeConfig:
             raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile")
         if self.audit_log is not None and self.audit_key is None:
             raise ConfigError("--audit-log needs --audit-key FILE (the HMAC key, kept apart from the log)")
-        if self.no_auth and self.host not in ("127.0.0.1", "localhost", "::1"):
+        if not self.auth and self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ConfigError(f"--no-auth is refused on {self.host}: bind 127.0.0.1 or give --api-keys FILE")

@@ -50,7 +50,7 @@ def build_state(cfg: ServeConfig) -> Any:
         raise ConfigError("give the run to serve: --run RUN_FOLDER")
     if not Path(cfg.run).is_dir():
         raise CheckpointError(f"run folder {cfg.run} does not exist: give a folder made by `hwlm train`")
-    keystore = None if cfg.no_auth else KeyStore(Path(cfg.api_keys or "hwlm-keys.json"))
+    keystore = None if not cfg.auth else KeyStore(Path(cfg.api_keys or "hwlm-keys.json"))
     if keystore is not None and not keystore.path.is_file():
         raise ConfigError(f"API keys file {keystore.path} does not exist: create a key with "
                           f"`hwlm keys add NAME --file {keystore.path}`, or serve with --no-auth on loopback")
