@@ -7,10 +7,20 @@
    read per token (every parameter once, float32) x tokens/s, as a fraction of the copy
    bandwidth measured here (a large tensor copy, bytes read + written).
 
+3. ``--onnx``: the same weights exported by ``hwlm.export.onnx`` and decoded by onnxruntime (fp32,
+   the same thread count), beside hwlm and HF, for tiny and (with ``--hf-124m``) gpt2-124m.
+4. ``--compile``: hwlm's fixed-shape decode step under ``torch.compile`` (``generate(compile=True)``);
+   on CUDA it is the CUDA-graph path (``--device cuda``), compared with eager decoding.
+5. ``--target RUN --draft RUN2``: speculative decoding (``hwlm.model.speculative``) against plain
+   greedy decoding of the target, on a prompt from the runs' own validation tokens: tokens/s, the
+   speed-up, the acceptance rate, and whether the tokens are identical (they must be).
+
 Runs are interleaved and the median is shown. Times include the prompt's prefill.
 
     python benchmarks/generate_speed.py                    # 1 and 2 threads, tiny and gpt2-124m
     python benchmarks/generate_speed.py --threads 1 --new-tokens 48 --skip-124m
+    flock /tmp/hwlm-bench.lock python benchmarks/generate_speed.py --threads 2 --hf-124m --onnx --compile \
+        --target runs/target --draft runs/draft
 
 Batch-1 decoding of the tiny model is a chain of small ops (``--ops`` counts the aten ops per
 token of both loops with ``torch.profiler``), so on a machine shared with other processes the
@@ -24,6 +34,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -72,7 +83,7 @@ def timed(fn: Callable[[], list[int]], repeats: int, runs: dict[str, list[float]
 
 
 def bench_pair(model: Transformer, hf: torch.nn.Module | None, prompt: list[int], new: int,
-               repeats: int) -> dict[str, float]:
+               repeats: int, extra: dict[str, Callable[[], list[int]]] | None = None) -> dict[str, float]:
     def ours() -> list[int]:
         return list(generate(model, prompt, new, temperature=0))
 
@@ -82,15 +93,82 @@ def bench_pair(model: Transformer, hf: torch.nn.Module | None, prompt: list[int]
                               use_cache=True, pad_token_id=0)
         return out[0, len(prompt):].tolist()
 
-    fns = {"hwlm": ours} | ({"HF": theirs} if hf is not None else {})
-    outs = {name: fn() for name, fn in fns.items()}  # warm-up, and the tokens to compare
-    if "HF" in outs and outs["HF"] != outs["hwlm"]:
-        print("warning: hwlm and HF greedy tokens differ (float round-off can flip near-ties)")
+    fns = {"hwlm": ours} | ({"HF": theirs} if hf is not None else {}) | (extra or {})
+    outs = {name: fn() for name, fn in fns.items()}  # warm-up (compiles), and the tokens to compare
+    for name, out in outs.items():
+        if out != outs["hwlm"]:
+            print(f"warning: hwlm and {name} greedy tokens differ (float round-off can flip near-ties)")
     runs: dict[str, list[float]] = {}
     for _ in range(repeats):
         for name, fn in fns.items():
             timed(fn, repeats, runs, name)
     return {name: new / statistics.median(times) for name, times in runs.items()}
+
+
+def extras(model: Transformer, prompt: list[int], new: int, onnx: bool, compile: bool,
+           tmp: str) -> dict[str, Callable[[], list[int]]]:
+    """The other decoders of the same weights: onnxruntime (fp32) and hwlm's compiled static step."""
+    fns: dict[str, Callable[[], list[int]]] = {}
+    if onnx:
+        from hwlm.export.onnx import OnnxModel, export_onnx
+
+        t = time.perf_counter()
+        om = OnnxModel.load(export_onnx(model, os.path.join(tmp, f"onnx-{model.cfg.n_layer}")))
+        print(f"ONNX export of {model.num_params():,} parameters: {time.perf_counter() - t:.0f} s")
+        fns["onnx"] = lambda om=om, prompt=prompt, new=new: list(om.generate(prompt, new, temperature=0))
+    if compile:
+        fns["compiled"] = lambda: list(generate(model, prompt, new, temperature=0, compile=True))
+    return fns
+
+
+def _set_onnx_threads(fns: dict[str, Callable[[], list[int]]], threads: int) -> None:
+    """Reopen the onnxruntime session of an ``extras`` entry with ``threads`` intra-op threads."""
+    fn = fns.get("onnx")
+    if fn is None:
+        return
+    from hwlm.export.onnx import OnnxModel
+
+    om = fn.__defaults__[0] if fn.__defaults__ else None
+    if isinstance(om, OnnxModel):
+        fresh = OnnxModel.load(om.path, threads=threads)
+        prompt, new = fn.__defaults__[1], fn.__defaults__[2]
+        fns["onnx"] = lambda om=fresh, prompt=prompt, new=new: list(om.generate(prompt, new, temperature=0))
+
+
+def bench_speculative(target_run: str, draft_run: str, prompt_len: int, new: int, repeats: int, k: int) -> str:
+    """Plain greedy decoding of the target against speculative decoding with the draft, interleaved."""
+    from hwlm.data import load_manifest
+    from hwlm.data.shards import shard_arrays
+    from hwlm.model.speculative import SpecStats, check_draft, speculative_generate
+    from hwlm.train.load import load_model
+
+    target, draft = load_model(target_run), load_model(draft_run)
+    check_draft(target.model, draft.model, target.tokenizer.get_vocab(), draft.tokenizer.get_vocab())
+    data = target.run_config["data"]["dir"]
+    val = shard_arrays(data, load_manifest(data), "val")[0]
+    rows = []
+    for start in (0, 5000, 20000):
+        prompt = [int(t) for t in val[start:start + prompt_len]]
+        stats = SpecStats()
+        fns = {"plain": lambda: list(generate(target.model, prompt, new, temperature=0)),
+               "speculative": lambda: list(speculative_generate(target.model, draft.model, prompt, new, k=k,
+                                                                temperature=0, stats=stats))}
+        outs = {name: fn() for name, fn in fns.items()}
+        runs: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                timed(fn, repeats, runs, name)
+        tps = {name: new / statistics.median(t) for name, t in runs.items()}
+        stats = SpecStats()
+        fns["speculative"]()
+        rows.append(f"| val offset {start} | {tps['plain']:,.1f} | {tps['speculative']:,.1f} | "
+                    f"{tps['speculative'] / tps['plain']:.2f}x | {100 * stats.acceptance_rate:.0f}% | "
+                    f"{stats.tokens_per_target_pass:.2f} | {'yes' if outs['plain'] == outs['speculative'] else 'NO'} |")
+    head = (f"\nSpeculative decoding, greedy, k = {k}: target {target_run} ({target.model.num_params():,} parameters), "
+            f"draft {draft_run} ({draft.model.num_params():,}), prompt {prompt_len} validation tokens, {new} new\n\n"
+            "| prompt | plain tok/s | speculative tok/s | speed-up | accepted | tokens per target pass | identical |\n"
+            "|---|---:|---:|---:|---:|---:|---|")
+    return head + "\n" + "\n".join(rows)
 
 
 def ops_per_token(model: Transformer, hf: torch.nn.Module, prompt: list[int], new: int) -> dict[str, float]:
@@ -108,6 +186,31 @@ def ops_per_token(model: Transformer, hf: torch.nn.Module, prompt: list[int], ne
     return {"hwlm": count(lambda: list(generate(model, prompt, new, temperature=0))), "HF": theirs}
 
 
+def cuda_main(args: argparse.Namespace) -> None:
+    """On a GPU: gpt2-124m eager decoding against the compiled (CUDA-graph) fixed-shape step, bf16 and fp32."""
+    device = torch.device(args.device)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig.from_name("gpt2-124m")).to(device, dtype).eval()
+        prompt = torch.randint(0, 50304, (args.prompt,)).tolist()
+        fns = {"eager": lambda: list(generate(model, prompt, args.new_tokens, temperature=0)),
+               "CUDA graphs": lambda: list(generate(model, prompt, args.new_tokens, temperature=0, compile=True))}
+        for fn in fns.values():
+            fn()  # warm-up and compile
+        runs: dict[str, list[float]] = {}
+        for _ in range(args.repeats):
+            for name, fn in fns.items():
+                torch.cuda.synchronize()
+                timed(fn, args.repeats, runs, name)
+        tps = {name: args.new_tokens / statistics.median(t) for name, t in runs.items()}
+        rows.append(f"| {str(dtype).removeprefix('torch.')} | {tps['eager']:,.0f} | {tps['CUDA graphs']:,.0f} | "
+                    f"{tps['CUDA graphs'] / tps['eager']:.2f}x |")
+    print(f"\ngpt2-124m batch-1 greedy decode on {torch.cuda.get_device_name(device)}, {args.new_tokens} new tokens\n")
+    print("| dtype | eager tok/s | compiled + CUDA graphs tok/s | speed-up |\n|---|---:|---:|---:|")
+    print("\n".join(rows))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (2 = a 2-core CI machine)")
@@ -118,7 +221,16 @@ def main() -> None:
     p.add_argument("--skip-124m", action="store_true", help="only the tiny comparison")
     p.add_argument("--hf-124m", action="store_true", help="also time HF generate on gpt2-124m")
     p.add_argument("--ops", action="store_true", help="also count aten ops per token on the tiny model")
+    p.add_argument("--onnx", action="store_true", help="also decode the same weights with onnxruntime (fp32)")
+    p.add_argument("--compile", action="store_true", help="also decode with the compiled fixed-shape step")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: eager against compiled (CUDA graphs) only")
+    p.add_argument("--target", help="a trained run: speculative decoding against plain, with --draft")
+    p.add_argument("--draft", help="a smaller run on the target's data (same tokenizer)")
+    p.add_argument("--draft-k", type=int, default=4, help="guesses per round (default: 4)")
+    p.add_argument("--skip-tiny", action="store_true", help="skip the tiny comparison")
     args = p.parse_args()
+    if args.device != "cpu":
+        return cuda_main(args)
     import transformers
 
     load_before = os.getloadavg()
@@ -130,27 +242,41 @@ def main() -> None:
     big_hf = hf_twin(big) if big is not None and args.hf_124m else None
     big_prompt = torch.randint(0, 50304, (args.prompt,)).tolist()
     tiny_rows, big_rows = [], []
+    tmp = tempfile.mkdtemp(prefix="hwlm-genbench-")
+    tiny_extra = extras(tiny, prompt, args.new_tokens, args.onnx, args.compile, tmp)
+    big_extra = extras(big, big_prompt, args.new_tokens, args.onnx, args.compile, tmp) if big is not None else {}
+    names = [n for n in ("onnx", "compiled") if n in tiny_extra]
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
-        r = bench_pair(tiny, tiny_hf, prompt, args.new_tokens, args.repeats)
-        tiny_rows.append(f"| tiny (vocab {args.vocab}) | {threads} | {r['hwlm']:,.0f} | {r['HF']:,.0f} | "
-                         f"{r['hwlm'] / r['HF']:.2f}x |")
+        for fn_set in (tiny_extra, big_extra):  # onnxruntime sessions take the thread count at creation
+            _set_onnx_threads(fn_set, threads)
+        if not args.skip_tiny:
+            r = bench_pair(tiny, tiny_hf, prompt, args.new_tokens, args.repeats, tiny_extra)
+            cols = "".join(f" {r[n]:,.0f} ({r[n] / r['HF']:.2f}x HF) |" for n in names)
+            tiny_rows.append(f"| tiny (vocab {args.vocab}) | {threads} | {r['hwlm']:,.0f} | {r['HF']:,.0f} | "
+                             f"{r['hwlm'] / r['HF']:.2f}x |{cols}")
         if big is None:
             continue
-        r = bench_pair(big, big_hf, big_prompt, args.new_tokens, max(3, args.repeats // 2))
+        r = bench_pair(big, big_hf, big_prompt, args.new_tokens, max(3, args.repeats // 2), big_extra)
         weight_bytes = sum(p.numel() * p.element_size() for p in big.parameters())  # tied matrix read once
         bw = copy_bandwidth()
-        achieved = weight_bytes * r["hwlm"]
-        hf_col = f"{r['HF']:,.1f}" if "HF" in r else "n/a"
-        big_rows.append(f"| {threads} | {r['hwlm']:,.1f} | {hf_col} | {weight_bytes / 1e6:,.0f} MB | "
-                        f"{achieved / 1e9:.1f} | {bw / 1e9:.1f} | {achieved / bw:.0%} |")
+        for name in ("hwlm", *names):
+            achieved = weight_bytes * r[name]
+            hf_col = f"{r['HF']:,.1f}" if "HF" in r else "n/a"
+            ratio = f"{r[name] / r['HF']:.2f}x" if "HF" in r else "n/a"
+            big_rows.append(f"| {threads} | {name} | {r[name]:,.1f} | {hf_col} | {ratio} | {weight_bytes / 1e6:,.0f} MB | "
+                            f"{achieved / 1e9:.1f} | {bw / 1e9:.1f} | {achieved / bw:.0%} |")
     print(f"\nBatch-1 greedy decode, prompt {args.prompt}, {args.new_tokens} new tokens, median of {args.repeats}\n")
-    print("| model | threads | hwlm tok/s | HF tok/s | ratio |\n|---|---:|---:|---:|---:|")
-    print("\n".join(tiny_rows))
+    if tiny_rows:
+        print("| model | threads | hwlm tok/s | HF tok/s | ratio |" + "".join(f" {n} tok/s |" for n in names) +
+              "\n|---|---:|---:|---:|---:|" + "---:|" * len(names))
+        print("\n".join(tiny_rows))
     if big_rows:
-        print("\n| gpt2-124m fp32, threads | hwlm tok/s | HF tok/s | weight bytes/token | achieved GB/s | "
-              "copy GB/s | fraction |\n|---|---:|---:|---:|---:|---:|---:|")
+        print("\n| gpt2-124m fp32, threads | decoder | tok/s | HF tok/s | vs HF | weight bytes/token | achieved GB/s | "
+              "copy GB/s | fraction |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(big_rows))
+    if args.target and args.draft:
+        print(bench_speculative(args.target, args.draft, args.prompt, args.new_tokens, args.repeats, args.draft_k))
     if args.ops:
         ops = ops_per_token(tiny, tiny_hf, prompt, args.new_tokens)
         print(f"\naten ops per token (tiny, prefill included): hwlm {ops['hwlm']:.0f}, HF {ops['HF']:.0f}")

@@ -105,6 +105,11 @@ class StaticDecoder:
             raise ValueError(f"max_len {self.max_len} must be in [1, block_size {model.cfg.block_size}]")
         self.cache = KVCache(model.cfg, batch_size, self.max_len, device=self.device, dtype=param.dtype)
         self.compiled = compile
+        if compile and self.device.type == "cuda":
+            # The step writes into the cache buffers; CUDA graphs replay such a mutation only for inputs
+            # at a fixed address (as parameters are), else inductor skips the graph ("mutated inputs").
+            for buf in self.cache.kv:
+                torch._dynamo.mark_static_address(buf)
         self._step = _compiled_step(model, compile_mode(self.device)) if compile else static_step
 
     @torch.no_grad()
