@@ -531,7 +531,7 @@ FP8 static-batch table, and Oracle's vLLM Llama 3.1 405B on 8 x MI300X. No prior
 shipped priors are the ones fitted before they were added, so every round-2 row (fit or held-out) is new
 to the planner. What they show, and what is not modelled yet:
 
-- **Tensor-parallel decode is slower than the all-reduce term says.** 6 of the 10 rows off by more than 35% are
+- **Tensor-parallel decode is slower than the all-reduce term says.** 6 of the 14 rows off by more than 35% are
   decode-heavy runs under tensor parallelism: TensorRT-LLM 0.5 Llama 2 70B at tp 4 with 2,048 output
   tokens (+83%, +118%), Gaudi 2 Llama 2 70B on 4 HPUs (+163%), vLLM on 8 x MI300X (+41% to +96%). The
   same stacks at tp 1 are within 20%. The measured step times imply 30-400 us per all-reduce against the
@@ -544,6 +544,14 @@ to the planner. What they show, and what is not modelled yet:
 - **TPU v6e / v5p dense Llama under MaxText** (-20% to -35%) while Mixtral is within 5%: the TPU priors are
   the GPU's (no TPU row was in the fit set when they were fitted); the per-device batch of these runs is
   not published, and one sequence per device is assumed.
+- **Training memory from `hwlm.formulas` (commit 3a729c4).** Since the memory formula moved into
+  `hwlm.formulas.saved_activation_bytes_per_layer`, counted tensor by tensor from hwlm's own autocast model
+  (fp32 residual stream, a 16-bit copy of each weight saved per matmul: about 100 s·b·h bytes per layer for
+  Llama 3.1 405B against Korthikanti et al.'s 34 for Megatron-style runs with 16-bit weights), the planner
+  needs more recompute, tensor and pipeline parallelism for the large published runs, and the training
+  held-out median went from 10.2% to 15.6% (Llama 3.1 405B GPU-hours +21% -> +50%, PaLM +6% -> -16%,
+  MaxText dense Llama -20..-35% -> -33..-45%). A Megatron-style (16-bit weights, no autocast copies) count
+  in `hwlm.formulas` would restore them; that module is the formulas helper's, so it is left as reported.
 - There is no published *serving-under-load* row (concurrency or rate with TTFT/ITL percentiles) in the
   file yet: `plan serve` is checked by its tests and against `hwlm serve` on this machine, not here.
 """
