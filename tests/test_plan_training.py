@@ -259,3 +259,14 @@ def test_micro_batch_grows_to_what_fits() -> None:
     # Never more than the batch per device, and it must divide it.
     odd = estimate_training("gpt2-124m", 1e8, "h200", 1, seq_len=1024, global_batch=12)
     assert 12 % odd.layout.micro_batch == 0 and odd.layout.micro_batch == 4
+
+
+def test_largest_micro_batch_that_fits_is_reported() -> None:
+    from dataclasses import replace as _replace
+    e = estimate_training("llama-2-7b", 1e10, "h100-sxm", 8, tp=1, pp=1, zero_stage=3)
+    mb = e.max_micro_batch
+    assert mb >= 1 and e.to_dict()["max_micro_batch"] == mb
+    fits = estimate_training("llama-2-7b", 1e10, "h100-sxm", 8, layout=_replace(e.layout, micro_batch=mb))
+    over = estimate_training("llama-2-7b", 1e10, "h100-sxm", 8, layout=_replace(e.layout, micro_batch=2 * mb),
+                             find_smallest=False)
+    assert fits.fits and not over.fits

@@ -76,6 +76,7 @@ class TrainingEstimate:
     terms: list[Term] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     framework: str = ""
+    max_micro_batch: int = 0    # the largest micro-batch (sequences per device) that fits this layout
 
     @property
     def device_hours(self) -> float:
@@ -116,7 +117,7 @@ class TrainingEstimate:
             "compute_time_s": self.compute_time_s, "comm_time_s": self.comm_time_s,
             "bubble_time_s": self.bubble_time_s, "overhead_time_s": self.overhead_time_s, "mfu": self.mfu,
             "energy_kwh": self.energy_kwh, "co2_kg": self.co2_kg, "cost_usd": self.cost_usd,
-            "framework": self.framework, "notes": self.notes, "terms": [t.to_dict() for t in self.terms],
+            "framework": self.framework, "max_micro_batch": self.max_micro_batch, "notes": self.notes, "terms": [t.to_dict() for t in self.terms],
         }
 
 
@@ -448,6 +449,16 @@ def _grow_micro_batch(ctx: _Ctx, lay: Layout) -> Layout:
     return best
 
 
+def _max_micro_batch(ctx: _Ctx, lay: Layout, limit: int = 1 << 16) -> int:
+    """The largest power-of-two micro-batch that fits ``lay`` (0: not even one sequence)."""
+    if not _memory(ctx, replace(lay, micro_batch=1)).fits:
+        return 0
+    mb = 1
+    while mb * 2 <= limit and _memory(ctx, replace(lay, micro_batch=mb * 2)).fits:
+        mb *= 2
+    return mb
+
+
 def _smallest_fitting(ctx: _Ctx, fixed: dict[str, Any]) -> str | None:
     """The fewest devices (powers of two, then whole nodes) on which some layout fits."""
     counts = sorted({*(2 ** i for i in range(21)), *(ctx.dev.devices_per_node * 2 ** i for i in range(18))})
@@ -613,7 +624,10 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
                      "user price" if price is not None else dev.source("price_per_hour"))
     t.add("framework", f"{ctx.stack.name}: element-wise traffic x {ctx.stack.elementwise:g}, tp traffic hidden "
           f"{ctx.stack.tp_overlap:.0%}", ctx.stack.elementwise, "", ctx.stack.source)
-    notes = [f"layout: {lay.describe()}", f"framework: {ctx.stack.id}" + (
+    biggest = _max_micro_batch(ctx, lay)
+    t.add("max_micro_batch", f"largest power-of-two micro-batch whose memory fits this layout", biggest, "sequences")
+    notes = [f"layout: {lay.describe()}", f"largest micro-batch that fits: {biggest} sequences per device",
+             f"framework: {ctx.stack.id}" + (
         "" if ctx.user_stack else f" (assumed: the usual one for {dev.kind}; pass --framework to change)")]
     smallest = None
     if not fits and fixed is not None:
@@ -629,4 +643,5 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
         seq_len=ctx.seq_len, global_batch=int(ctx.batch_tokens / ctx.seq_len), layout=lay, fits=fits,
         flops=tim["flops"], memory=mem, time_s=time, compute_time_s=tim["compute"], comm_time_s=tim["comm"],
         bubble_time_s=tim["bubble"], overhead_time_s=tim["overhead"], mfu=mfu, energy_kwh=energy, co2_kg=co2,
-        cost_usd=cost, smallest_fitting=smallest, terms=list(t), notes=notes, framework=ctx.stack.id)
+        cost_usd=cost, smallest_fitting=smallest, terms=list(t), notes=notes, framework=ctx.stack.id,
+        max_micro_batch=biggest)
