@@ -18,9 +18,9 @@ CASES_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "planner_cases
 DATA = tomllib.loads(CASES_FILE.read_text(encoding="utf-8"))
 CASES = DATA["case"]
 
-KINDS = {"train", "prefill", "decode", "batch"}  # batch: one static batch of requests end to end
+KINDS = {"train", "prefill", "decode", "batch", "serve"}  # batch: one static batch of requests end to end
 UNITS = {"time_s", "device_hours", "tpot_s", "ttft_s", "tokens_per_s", "tflops_per_device", "mfu",
-         "output_tokens_per_s"}
+         "output_tokens_per_s", "itl_p50_s", "ttft_p50_s"}
 SCOPES = {"job", "device", "sequence"}
 PRECISIONS = {"fp32", "tf32", "bf16", "fp16", "fp8"}
 WEIGHT_DTYPES = {"int8", "int4", "fp8"}
@@ -28,7 +28,7 @@ LAYOUT_KEYS = {"tp", "pp", "dp", "cp", "ep", "fsdp", "zero", "recompute", "micro
                "compile", "schedule", "virtual_stages"}
 CASE_KEYS = {"id", "kind", "model", "hardware", "devices", "precision", "weight_dtype", "tokens", "seq_len",
              "batch", "prompt_len", "gen_len", "measured", "unit", "scope", "layout", "arch", "device", "source", "notes",
-             "framework", "engine", "verified"}
+             "framework", "engine", "verified", "concurrency", "rate"}
 DEVICE_KEYS = {"memory_bytes", "memory_bw", "flops_bf16", "flops_fp16", "flops_fp8", "flops_fp32"}
 ARCH_KEYS = {"n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"}
 
@@ -91,7 +91,10 @@ def test_case_shape_matches_its_kind(case: dict) -> None:
     else:
         assert case["batch"] >= 1 and case["prompt_len"] >= 1 and case["gen_len"] >= 0
         assert case["unit"] in ({"output_tokens_per_s"} if case["kind"] == "batch" else
+                                {"output_tokens_per_s", "itl_p50_s", "ttft_p50_s"} if case["kind"] == "serve" else
                                 {"tpot_s", "ttft_s", "tokens_per_s", "time_s"})
+        if case["kind"] == "serve":
+            assert (case.get("concurrency") is None) != (case.get("rate") is None)
         if case["kind"] == "decode":
             assert case["gen_len"] >= 1
     layout = case.get("layout", {})
