@@ -135,8 +135,12 @@ def _set_onnx_threads(fns: dict[str, Callable[[], list[int]]], threads: int) -> 
         fns["onnx"] = lambda om=fresh, prompt=prompt, new=new: list(om.generate(prompt, new, temperature=0))
 
 
-def bench_speculative(target_run: str, draft_run: str, prompt_len: int, new: int, repeats: int, k: int) -> str:
-    """Plain greedy decoding of the target against speculative decoding with the draft, interleaved."""
+def bench_speculative(target_run: str, draft_run: str, prompt_len: int, new: int, repeats: int, k: int,
+                      temperature: float = 0.0) -> str:
+    """Plain decoding of the target against speculative decoding with the draft, interleaved.
+
+    Greedy (``temperature`` 0) must give identical tokens; sampled rows (seed 0 for both) cannot, and
+    show the acceptance of the accept/reject rule, which a repetitive greedy continuation overstates."""
     from hwlm.data import load_manifest
     from hwlm.data.shards import shard_arrays
     from hwlm.model.speculative import SpecStats, check_draft, speculative_generate
@@ -147,12 +151,12 @@ def bench_speculative(target_run: str, draft_run: str, prompt_len: int, new: int
     data = target.run_config["data"]["dir"]
     val = shard_arrays(data, load_manifest(data), "val")[0]
     rows = []
-    for start in (0, 5000, 20000):
+    for start in (0, len(val) // 3, 2 * len(val) // 3):
         prompt = [int(t) for t in val[start:start + prompt_len]]
         stats = SpecStats()
-        fns = {"plain": lambda: list(generate(target.model, prompt, new, temperature=0)),
+        fns = {"plain": lambda: list(generate(target.model, prompt, new, temperature=temperature, seed=0)),
                "speculative": lambda: list(speculative_generate(target.model, draft.model, prompt, new, k=k,
-                                                                temperature=0, stats=stats))}
+                                                                temperature=temperature, seed=0, stats=stats))}
         outs = {name: fn() for name, fn in fns.items()}
         runs: dict[str, list[float]] = {}
         for _ in range(repeats):
@@ -161,10 +165,17 @@ def bench_speculative(target_run: str, draft_run: str, prompt_len: int, new: int
         tps = {name: new / statistics.median(t) for name, t in runs.items()}
         stats = SpecStats()
         fns["speculative"]()
+
+        def same(outs: dict[str, list[int]]) -> str:
+            if temperature > 0:
+                return "n/a (sampled)"
+            return "yes" if outs["plain"] == outs["speculative"] else "NO"
+
         rows.append(f"| val offset {start} | {tps['plain']:,.1f} | {tps['speculative']:,.1f} | "
                     f"{tps['speculative'] / tps['plain']:.2f}x | {100 * stats.acceptance_rate:.0f}% | "
-                    f"{stats.tokens_per_target_pass:.2f} | {'yes' if outs['plain'] == outs['speculative'] else 'NO'} |")
-    head = (f"\nSpeculative decoding, greedy, k = {k}: target {target_run} ({target.model.num_params():,} parameters), "
+                    f"{stats.tokens_per_target_pass:.2f} | {same(outs)} |")
+    mode = "greedy" if temperature == 0 else f"sampled at temperature {temperature}"
+    head = (f"\nSpeculative decoding, {mode}, k = {k}: target {target_run} ({target.model.num_params():,} parameters), "
             f"draft {draft_run} ({draft.model.num_params():,}), prompt {prompt_len} validation tokens, {new} new\n\n"
             "| prompt | plain tok/s | speculative tok/s | speed-up | accepted | tokens per target pass | identical |\n"
             "|---|---:|---:|---:|---:|---:|---|")
@@ -227,6 +238,7 @@ def main() -> None:
     p.add_argument("--target", help="a trained run: speculative decoding against plain, with --draft")
     p.add_argument("--draft", help="a smaller run on the target's data (same tokenizer)")
     p.add_argument("--draft-k", type=int, default=4, help="guesses per round (default: 4)")
+    p.add_argument("--spec-temperatures", default="0", help="comma list: 0 = greedy, >0 sampled (default: 0)")
     p.add_argument("--skip-tiny", action="store_true", help="skip the tiny comparison")
     args = p.parse_args()
     if args.device != "cpu":
@@ -276,7 +288,9 @@ def main() -> None:
               "copy GB/s | fraction |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(big_rows))
     if args.target and args.draft:
-        print(bench_speculative(args.target, args.draft, args.prompt, args.new_tokens, args.repeats, args.draft_k))
+        for temp in (float(t) for t in args.spec_temperatures.split(",")):
+            print(bench_speculative(args.target, args.draft, args.prompt, args.new_tokens, args.repeats,
+                                    args.draft_k, temp))
     if args.ops:
         ops = ops_per_token(tiny, tiny_hf, prompt, args.new_tokens)
         print(f"\naten ops per token (tiny, prefill included): hwlm {ops['hwlm']:.0f}, HF {ops['HF']:.0f}")
