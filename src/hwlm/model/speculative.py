@@ -20,9 +20,10 @@ One round, with the sequence ``s`` so far (both KV caches hold all of ``s`` but 
 
 Stale cache entries past the accepted tokens are simply overwritten next round: attention reads only
 positions below the current one. Target and draft must share the tokenizer and vocabulary
-(:func:`check_draft`). Past the shorter context of the two the window slides as in ``generate``,
-at round boundaries, so output that long may differ from plain decoding (which slides at another
-token).
+(:func:`check_draft`). A draft with a shorter context than the target proposes from the most recent
+tokens it can hold (its window slides alone: the target's output does not change). Past the target's
+own context the window slides as in ``generate`` but at round boundaries, so output that long may
+differ from plain decoding (which slides at another token).
 """
 
 from __future__ import annotations
@@ -134,28 +135,36 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt_ids: Se
     device = next(target.parameters()).device
     greedy = temperature == 0
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None and not greedy else None
-    window = min(target.cfg.block_size, draft.cfg.block_size)
-    if window < k + 2:
-        raise ConfigError(f"a context of {window} positions is too short for k = {k} guesses: lower --draft-k")
+    window, draft_window = target.cfg.block_size, draft.cfg.block_size
+    if min(window, draft_window) < k + 2:
+        raise ConfigError(f"a context of {min(window, draft_window)} positions is too short for k = {k} guesses: "
+                          "lower --draft-k")
     seq = [int(t) for t in prompt_ids][-window:]
+    d0 = max(0, len(seq) - draft_window // 2)  # the draft sees seq[d0:], at positions from 0
     modes = [(m, m.training) for m in (target, draft)]
     for m, _ in modes:
         m.eval()
     try:
         tgt, drf = _Side(target, device), _Side(draft, device)
         tgt.prefill(seq[:-1])
-        drf.prefill(seq[:-1])
+        drf.prefill(seq[d0:-1])
         emitted = 0
         while emitted < max_new_tokens:
-            if len(seq) + k > window:  # the round would write past the cache: slide and prefill again
+            if len(seq) + k > window:  # the round would write past the target's cache: slide both
                 seq = seq[-max(1, window // 2):]
+                d0 = max(0, len(seq) - draft_window // 2)
                 tgt.prefill(seq[:-1])
-                drf.prefill(seq[:-1])
+                drf.prefill(seq[d0:-1])
+            elif len(seq) - d0 + k > draft_window:
+                # Only the draft's (shorter) context is full: it proposes from the recent tokens alone,
+                # which changes what it guesses, never what the target emits.
+                d0 = len(seq) - max(1, draft_window // 2)
+                drf.prefill(seq[d0:-1])
             n = len(seq)
             guesses, q = [], []
             token = seq[-1]
             for i in range(k):
-                logits = drf.step(token, n - 1 + i)
+                logits = drf.step(token, n - 1 + i - d0)
                 qi = filtered_probs(logits, temperature, top_k, top_p) if not greedy else None
                 token = int(logits.argmax()) if greedy else int(torch.multinomial(qi, 1, generator=generator))
                 guesses.append(token)
@@ -169,7 +178,7 @@ def speculative_generate(target: Transformer, draft: Transformer, prompt_ids: Se
             stats.target_passes += 1
             stats.draft_steps += k
             if accepted == k:  # the draft never fed its last guess: its cache needs that position too
-                drf.step(guesses[-1], n - 1 + k)
+                drf.step(guesses[-1], n - 1 + k - d0)
                 stats.draft_steps += 1
             for token in (*guesses[:accepted], nxt):
                 seq.append(token)
