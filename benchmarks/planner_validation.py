@@ -536,7 +536,7 @@ NOTES = """## How to read this
 
 ## Round 2 rows (added after the split was frozen in `benchmarks/planner_split.toml`)
 
-44 rows, each quoting its table row in `source`: MaxText's tiering table (TPU v6e, v5p), Intel's Gaudi 2 and
+58 rows, each quoting its table row in `source`: MaxText's tiering table (TPU v6e, v5p), Intel's Gaudi 2 and
 Gaudi 3 performance pages (training tokens/s, static-batch generation throughput), TensorRT-LLM 0.5's H100
 FP8 static-batch table, and Oracle's vLLM Llama 3.1 405B on 8 x MI300X. No prior was refitted on them: the
 shipped priors are the ones fitted before they were added, so every round-2 row (fit or held-out) is new
@@ -563,8 +563,11 @@ to the planner. What they show, and what is not modelled yet:
   held-out median went from 10.2% to 15.6% (Llama 3.1 405B GPU-hours +21% -> +50%, PaLM +6% -> -16%,
   MaxText dense Llama -20..-35% -> -33..-45%). A Megatron-style (16-bit weights, no autocast copies) count
   in `hwlm.formulas` would restore them; that module is the formulas helper's, so it is left as reported.
-- There is no published *serving-under-load* row (concurrency or rate with TTFT/ITL percentiles) in the
-  file yet: `plan serve` is checked by its tests and against `hwlm serve` on this machine, not here.
+- **Serving under load** (14 rows, `kind = "serve"`): two published vLLM concurrency sweeps (closed loop,
+  fixed 256-token prompts and 128-token outputs) on an L4 (Qwen2.5 0.5B) and an RTX 4090 (Mistral 7B),
+  predicted by `plan serve`'s continuous-batching simulation with the vLLM engine's priors. Both are
+  third-party blog measurements (quoted in `source`); the *plain* column treats the concurrency as one
+  static batch.
 """
 
 
