@@ -9,7 +9,6 @@ import math
 import pytest
 
 from hwlm.cli import main
-from hwlm.errors import PlanError
 from hwlm.formulas import forward_flops_per_token
 from hwlm.plan import ServingJob, estimate_serving, get_model
 from hwlm.plan.serving import _step_model, simulate
