@@ -53,6 +53,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     launch.add_argument("--node-rank", type=int, default=0, help="this node's index, 0 to nnodes-1 (default: 0)")
     launch.add_argument("--master", metavar="ADDR:PORT",
                         help="node 0's address and a free port, the same on every node (one node: picked here)")
+    p.add_argument("--resolved-run", type=Path, default=None, help=argparse.SUPPRESS)  # set for launched workers
     group = p.add_argument_group("model overrides (replace fields of the --model preset)")
     add_arguments(group, ModelConfig, prefix=MODEL_PREFIX)  # type: ignore[arg-type]
     from hwlm.cli.classify import add_task_arguments
@@ -85,64 +86,49 @@ def _flags(values: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def _plan(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig | None) -> Any:
-    """How many processes and which strategy (hwlm.train.launch.decide), from this machine's facts."""
-    import torch
-
-    from hwlm.data import load_manifest
-    from hwlm.device import select_device
-    from hwlm.train.launch import decide, training_bytes
-
-    if cfg.data is None:
-        raise ConfigError("no data folder given: pass --data DIR (made by `hwlm prepare`)")
-    manifest = load_manifest(cfg.data)
-    mcfg = model_cfg or ModelConfig.from_name(cfg.model, vocab_size=manifest["vocab_size"])
-    cuda = select_device(cfg.device).type == "cuda"
-    count = torch.cuda.device_count() if cuda else 0
-    memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(count)) if count else None
-    return decide(args.nproc, cfg.strategy, data_tokens=manifest["splits"]["train"]["tokens"], cuda_count=count,
-                  device_memory=memory, cpu_cores=os.cpu_count() or 1, nnodes=args.nnodes,
-                  model_bytes=training_bytes(mcfg.to_arch(), cfg.batch_size, mcfg.block_size))
-
-
 def run_train(args: argparse.Namespace) -> int:
     from hwlm.cli.classify import run_task_train, task_of
 
     if task_of(args) != "lm":
         return run_task_train(args)
-    from hwlm.train.loop import build_model_config
     from hwlm.train.parallel import under_torchrun
+    from hwlm.train.resolve import ResolvedRun, resolve_run
 
-    cfg = resolve(TrainConfig, file=args.config, overrides=overrides_from_args(args, TrainConfig), section="train")
-    model_cfg = build_model_config(cfg, model_overrides(args))
+    if under_torchrun() and (args.nproc not in ("1", "auto") or args.nnodes != 1 or args.master):
+        raise ConfigError("this process already runs under torchrun: drop --nproc/--nnodes/--master "
+                          "(torchrun's own flags set them)")
+    if args.resolved_run is not None:  # a worker of `hwlm train --nproc N`: the launcher resolved the run
+        run = ResolvedRun.load(args.resolved_run)
+    else:
+        cfg = resolve(TrainConfig, file=args.config, overrides=overrides_from_args(args, TrainConfig), section="train")
+        run = resolve_run(cfg, model_overrides(args))
     if under_torchrun():
-        if args.nproc not in ("1", "auto") or args.nnodes != 1 or args.master:
-            raise ConfigError("this process already runs under torchrun: drop --nproc/--nnodes/--master "
-                              "(torchrun's own flags set them)")
-        rc = _train_here(args, cfg, model_cfg)
+        rc = _train_here(args, run)
         # A torchrun worker leaves without interpreter finalization: gloo's threads may still hold work
         # objects whose destruction then aborts the process ("terminate called without an active
         # exception", pytorch/pytorch#179291), seen in CI after successful runs. Checkpoints are fsynced.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(rc)
-    from hwlm.train.launch import launch
+    from hwlm.train.launch import launch, plan_launch
     from hwlm.train.logs import info
-
-    plan = _plan(args, cfg, model_cfg)
-    if plan.nproc * args.nnodes == 1 and plan.strategy != "fsdp":
-        if args.nproc == "auto" or cfg.strategy != "auto":
-            info(f"one process: {plan.reason}")
-        return _train_here(args, cfg, model_cfg)
-    info(f"{plan.nproc} process(es) per node, strategy {plan.strategy}: {plan.reason}")
-    overrides = {**overrides_from_args(args, TrainConfig), "strategy": plan.strategy}
-    worker = ["train", *(["--config", str(args.config)] if args.config else []), *(["--json"] if args.json else []),
-              *_flags(overrides), *_flags(overrides_from_args(args, ModelConfig, prefix=MODEL_PREFIX), MODEL_PREFIX)]
-    threads = max(1, (os.cpu_count() or 1) // plan.nproc)  # processes share the cores, not oversubscribe them
     from hwlm.train.signals import RESUME_COMMAND_ENV, resume_command
 
+    plan = plan_launch(run, args.nproc, args.nnodes)
+    if plan.nproc * args.nnodes == 1 and plan.strategy != "fsdp":
+        if args.nproc == "auto" or run.train.strategy != "auto":
+            info(f"one process: {plan.reason}")
+        return _train_here(args, run)
+    info(f"{plan.nproc} process(es) per node, strategy {plan.strategy}: {plan.reason}")
+    # Workers read the run as resolved here (strategy included) from a file in the run folder.
+    resolved_file = run.with_train(strategy=plan.strategy).save(run.train.out)
+    worker = ["train", "--resolved-run", str(resolved_file), *(["--json"] if args.json else [])]
+    threads = max(1, (os.cpu_count() or 1) // plan.nproc)  # processes share the cores, not oversubscribe them
     os.environ[RESUME_COMMAND_ENV] = resume_command(_command_line(args))  # what rank 0 prints on a signal
-    launch(worker, plan.nproc, args.nnodes, args.node_rank, args.master, threads_per_proc=threads)
+    try:
+        launch(worker, plan.nproc, args.nnodes, args.node_rank, args.master, threads_per_proc=threads)
+    finally:
+        resolved_file.unlink(missing_ok=True)
     return 0
 
 
@@ -169,7 +155,7 @@ def _stopped(args: argparse.Namespace, signame: str, step: int, ckpt: Path | Non
     return exit_code(signame)
 
 
-def _train_here(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig | None) -> int:
+def _train_here(args: argparse.Namespace, run: Any) -> int:
     """Train in this process (alone, or as one torchrun worker); rank 0 prints the result."""
     from hwlm.errors import HwlmError
     from hwlm.train.launch import ERROR_DIR_ENV
@@ -177,7 +163,7 @@ def _train_here(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConf
     from hwlm.train.parallel import current_world
 
     try:
-        result = train(cfg, model_cfg)
+        result = train(run)
     except HwlmError as exc:
         errors = os.environ.get(ERROR_DIR_ENV)
         if not errors:

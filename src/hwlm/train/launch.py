@@ -27,11 +27,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hwlm.errors import ConfigError, HwlmError
 from hwlm.formulas import ArchSpec, training_memory
 
-__all__ = ["LaunchPlan", "decide", "choose_strategy", "training_bytes", "SMALL_DATA_TOKENS", "launch",
+if TYPE_CHECKING:
+    from hwlm.train.resolve import ResolvedRun
+
+__all__ = ["LaunchPlan", "decide", "plan_launch", "choose_strategy", "training_bytes", "SMALL_DATA_TOKENS", "launch",
            "free_port", "parse_master", "ERROR_DIR_ENV"]
 
 SMALL_DATA_TOKENS = 5_000_000   # below this a single device finishes an epoch in minutes
@@ -100,6 +104,22 @@ def decide(nproc: str | int, strategy: str, *, data_tokens: int, cuda_count: int
     where = f"{n} process(es) per node x {nnodes} node(s)"
     chosen, why = choose_strategy(strategy, model_bytes, device_memory)
     return LaunchPlan(n, chosen, f"{where} with {chosen.upper()}: {why}")
+
+
+def plan_launch(run: "ResolvedRun", nproc: str | int, nnodes: int = 1) -> LaunchPlan:
+    """:func:`decide` for a resolved run on this machine: its CUDA devices (the smallest one's memory),
+    its cores, the run's training tokens and the model's training memory at the run's micro-batch."""
+    import torch
+
+    from hwlm.device import select_device
+
+    cfg, mcfg = run.train, run.model
+    count = torch.cuda.device_count() if select_device(cfg.device).type == "cuda" else 0
+    memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(count)) if count else None
+    return decide(nproc, cfg.strategy, data_tokens=run.manifest["splits"]["train"]["tokens"], cuda_count=count,
+                  device_memory=memory, cpu_cores=os.cpu_count() or 1, nnodes=nnodes,
+                  model_bytes=training_bytes(mcfg.to_arch(), cfg.batch_size, mcfg.block_size,
+                                             recompute=cfg.recompute))
 
 
 def choose_strategy(strategy: str, model_bytes: int, device_memory: int | None) -> tuple[str, str]:

@@ -36,7 +36,7 @@ import torch
 from hwlm.config import to_dict
 from hwlm.device import select_device
 from hwlm.hw import keep_freed_memory
-from hwlm.errors import ConfigError, DataError, HwlmError, ResourceError
+from hwlm.errors import ConfigError, HwlmError, ResourceError
 from hwlm.formulas import mfu as model_flops_utilization
 from hwlm.formulas import train_flops_per_token
 from hwlm.io import atomic_write_json, folder_lock
@@ -51,9 +51,10 @@ from hwlm.train.parallel import (World, agree, broadcast_object, current_world, 
                                  init_distributed, mean_across, shard_model, shutdown, wrap_model)
 from hwlm.train.progress import Progress
 from hwlm.train.runtime import autocast, choose_precision, loss_sums, seed_everything
+from hwlm.train.resolve import ResolvedRun, resolve_run
 from hwlm.train.signals import StopSignals
 
-__all__ = ["TrainResult", "train", "build_model_config", "model_config_for", "peak_flops_for"]
+__all__ = ["TrainResult", "train", "build_model_config", "peak_flops_for"]
 
 RUN_CONFIG_VERSION = 1
 
@@ -81,38 +82,14 @@ class TrainResult:
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM": stopped early, checkpoint written (see signals.py)
 
 
-def _data_facts(data_dir: Path | None) -> dict[str, Any]:
-    """The manifest of a prepared data folder, checked for a usable train and val split."""
-    from hwlm.data import load_manifest
-
-    if data_dir is None:
-        raise ConfigError("no data folder given: pass --data DIR (made by `hwlm prepare`)")
-    manifest = load_manifest(data_dir)
-    for split in ("train", "val"):
-        if manifest.get("splits", {}).get(split, {}).get("tokens", 0) <= 0:
-            raise DataError(f"the {split} split of {data_dir} is empty: prepare more text "
-                            "(or a larger val_fraction) with `hwlm prepare`")
-    return manifest
-
-
-def model_config_for(cfg: TrainConfig, manifest: dict[str, Any], model_cfg: ModelConfig | None) -> ModelConfig:
-    """The run's model: ``model_cfg`` or the preset ``cfg.model``, sized to the data's vocabulary."""
-    if model_cfg is None:
-        return ModelConfig.from_name(cfg.model, vocab_size=manifest["vocab_size"])
-    if model_cfg.vocab_size < manifest["vocab_size"]:
-        raise ConfigError(f"model vocab_size {model_cfg.vocab_size} is smaller than the data's vocabulary "
-                          f"({manifest['vocab_size']}); leave vocab_size unset or raise it")
-    return model_cfg
-
-
 def build_model_config(cfg: TrainConfig, overrides: dict[str, Any] | None = None) -> ModelConfig | None:
     """The preset ``cfg.model`` with ``overrides`` (a [model] table, --model-* flags), sized to the data's
-    vocabulary unless ``vocab_size`` is among them. None without overrides: :func:`train` builds the preset."""
+    vocabulary unless ``vocab_size`` is among them. None without overrides: :func:`train` builds the preset.
+    (Kept for callers that pass a ModelConfig; :func:`hwlm.train.resolve.resolve_run` does it in one go.)"""
     if not overrides:
         ModelConfig.from_name(cfg.model, vocab_size=512)  # fail fast on an unknown preset name
         return None
-    vocab = overrides.get("vocab_size") or _data_facts(cfg.data)["vocab_size"]
-    return ModelConfig.from_name(cfg.model, **{**overrides, "vocab_size": vocab})
+    return resolve_run(cfg, overrides).model
 
 
 def peak_flops_for(device: str, precision: str) -> float | None:
@@ -190,8 +167,8 @@ def _strategy(cfg: TrainConfig, world: World, model_cfg: ModelConfig, device: st
     if world.world_size == 1 and cfg.strategy == "auto":
         return "single", "one process under torchrun: nothing to split"
     memory = torch.cuda.get_device_properties(device).total_memory if device.startswith("cuda") else None
-    return choose_strategy(cfg.strategy, training_bytes(model_cfg.to_arch(), cfg.batch_size, model_cfg.block_size),
-                           memory)
+    need = training_bytes(model_cfg.to_arch(), cfg.batch_size, model_cfg.block_size, recompute=cfg.recompute)
+    return choose_strategy(cfg.strategy, need, memory)
 
 
 def _agreed_resume(cfg: TrainConfig, world: World, say: Callable[[str], None]) -> Path | None:
@@ -231,15 +208,14 @@ def _lock_out(cfg: TrainConfig, world: World, stack: contextlib.ExitStack) -> No
     agree(err, world, f"rank 0 could not lock the run folder {cfg.out}; see its message")
 
 
-def _setup(cfg: TrainConfig, model_cfg: ModelConfig | None, say: Callable[[str], None],
+def _setup(resolved: ResolvedRun, say: Callable[[str], None],
            stack: contextlib.ExitStack) -> tuple[_Run, int | None]:
     """Build everything the loop needs; returns the run and the step resumed from (None: fresh).
     The run folder's lock joins ``stack``, so it is held until the caller leaves it."""
     from hwlm.data import TokenLoader
     from hwlm.model import Transformer
 
-    manifest = _data_facts(cfg.data)
-    model_cfg = model_config_for(cfg, manifest, model_cfg)
+    cfg, model_cfg, manifest = resolved.train, resolved.model, resolved.manifest
     if not cfg.horizon_given:
         raise ConfigError("the run has no end: set max_steps, max_tokens or time_budget")
     choice = select_device(cfg.device)
@@ -513,11 +489,13 @@ def _loop(run: _Run, logger: RunLogger, bar: Progress, stop_at_step: int | None,
     return train_loss, val_loss
 
 
-def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_step: int | None = None,
+def train(cfg: TrainConfig | ResolvedRun, model_cfg: ModelConfig | None = None, *, stop_at_step: int | None = None,
           say: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) a model on ``cfg.data``, writing the run folder ``cfg.out``.
 
-    ``model_cfg`` defaults to the preset ``cfg.model`` sized to the data's vocabulary.
+    ``cfg`` is a :class:`~hwlm.train.resolve.ResolvedRun` (what ``hwlm train`` passes) or a
+    :class:`TrainConfig`, resolved here with ``model_cfg`` (default: the preset ``cfg.model`` sized to
+    the data's vocabulary).
     ``stop_at_step`` pauses the run after that step (a checkpoint is written) as a
     preemption would, leaving the schedule as if it ran to the end: used to test resuming.
     ``say`` receives one-line progress notes (default: stderr on rank 0).
@@ -527,7 +505,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, *, stop_at_ste
     if say is None:
         say = info if current_world().is_main else (lambda _msg: None)  # other ranks stay quiet
     with contextlib.ExitStack() as stack:
-        run, resume_step = _setup(cfg, model_cfg, say, stack)
+        resolved = cfg if isinstance(cfg, ResolvedRun) else resolve_run(cfg, model_cfg=model_cfg)
+        cfg = resolved.train
+        run, resume_step = _setup(resolved, say, stack)
         logger = RunLogger(cfg.out, resume_step, cfg.tensorboard, enabled=run.world.is_main)
         bar = Progress(run.total_steps, run.step, cfg.progress and run.world.is_main)
         start_step = run.step
