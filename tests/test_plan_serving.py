@@ -116,3 +116,13 @@ def test_cli_json_and_this_machine(tmp_path, capsys) -> None:
     d = json.loads(capsys.readouterr().out)
     assert d["hardware"] == "this-machine" and d["engine"] == "hwlm" and d["output_tokens_per_s"] > 0
     assert {"kv_capacity_tokens", "capacity", "batch_limit"} <= {t["name"] for t in d["terms"]}
+
+
+def test_energy_per_token_follows_power_and_pue() -> None:
+    base = dict(model="llama-3.1-8b", hardware="h100-sxm", concurrency=16)
+    a = estimate_serving(ServingJob(**base, power_w=500.0, pue=1.0))
+    b = estimate_serving(ServingJob(**base, power_w=500.0, pue=1.5))
+    assert a.energy_per_token_j == pytest.approx(500.0 / a.output_tokens_per_s)
+    assert b.energy_per_token_j == pytest.approx(1.5 * a.energy_per_token_j)
+    tpu = estimate_serving(ServingJob(model="llama-3.1-8b", hardware="tpu-v6e", concurrency=4))
+    assert tpu.energy_per_token_j is None and any("no published TDP" in n for n in tpu.notes)

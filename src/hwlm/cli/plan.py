@@ -270,8 +270,7 @@ def _serve(a: argparse.Namespace) -> int:
     job = ServingJob(model=a.model, hardware=a.hardware, devices=a.devices, concurrency=a.concurrency, rate=a.rate,
                      prompt_len=a.prompt_len, gen_len=a.gen_len, precision=a.precision, engine=a.engine,
                      max_batch=a.max_batch, slo_ttft=a.slo_ttft, slo_itl=a.slo_itl,
-                     allow_beyond_context=a.allow_beyond_context, calibration=a.calibration,
-                     price_per_hour=a.price_per_hour)
+                     allow_beyond_context=a.allow_beyond_context, **_env_kw(a))
     e = estimate_serving(job)
     load = f"concurrency {e.concurrency}" if e.concurrency is not None else f"{e.rate:g} requests/s"
     lines = [f"serve {e.model} on {e.replicas} replica(s) x {e.devices} x {e.hardware} with {e.engine}, {e.precision}, "
@@ -284,6 +283,7 @@ def _serve(a: argparse.Namespace) -> int:
              f"(alone {_ms(e.single_ttft_s)})",
              f"  ITL          p50 {_ms(e.itl_p50_s)}, p90 {_ms(e.itl_p90_s)}, p99 {_ms(e.itl_p99_s)} "
              f"(alone {_ms(e.single_itl_s)})",
+             f"  energy       {'n/a' if e.energy_per_token_j is None else f'{e.energy_per_token_j:.3g} J/token'}",
              f"  cost         {_money(e.cost_per_million_tokens_usd)} per million output tokens"]
     lines += [f"  note: {n}" for n in e.notes]
     return _emit(a, e.to_dict(), "\n".join(lines), e.terms)

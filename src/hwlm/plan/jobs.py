@@ -174,11 +174,15 @@ class ServingJob:
     seed: int = option(0, "seed of the simulated arrivals", cli=False)
     allow_beyond_context: bool = option(False, "allow prompt + generation past the model's context window")
     calibration: Any = option(None, "calibration JSON from `hwlm bench calibrate` (replaces the priors)")
+    pue: float = option(DEFAULT_PUE, "data-centre PUE")
+    grid_intensity: float = option(DEFAULT_GRID_KG_PER_KWH, "kg CO2 per kWh (default world average)")
     price_per_hour: float | None = option(None, "USD per device-hour (default: catalog)")
+    power_w: float | None = option(None, "watts per device (default: catalog TDP)")
 
     def __post_init__(self) -> None:
         if self.model is None or self.model == "":
             raise PlanError("a serving job needs --model (a preset name or a config.json path)")
+        _energy_checks(self.pue, self.grid_intensity, self.price_per_hour, self.power_w)
         if (self.concurrency is None) == (self.rate is None):
             raise PlanError("give exactly one of --concurrency C (requests in flight) or --rate R (requests/s)")
         _whole("concurrency", self.concurrency, 1)

@@ -33,7 +33,7 @@ from typing import Any
 from hwlm.errors import PlanError
 from hwlm.formulas import forward_flops_per_token
 from hwlm.plan.catalog import Device
-from hwlm.plan.efficiency import ops_per_forward
+from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE, ops_per_forward
 from hwlm.plan.explain import Term, Terms
 from hwlm.formulas import WEIGHT_BYTES
 from hwlm.plan.inference import (PADS_HEADS, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
@@ -79,6 +79,7 @@ class ServingEstimate:
     single_ttft_s: float
     single_itl_s: float
     cost_per_million_tokens_usd: float | None
+    energy_per_token_j: float | None = None   # None: no TDP in the catalog and no --power-w
     terms: list[Term] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -372,8 +373,19 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
         price = job.price_per_hour or dev.price_per_hour
         cpm = t.add("cost_per_million_tokens", f"{replicas} x {job.devices} x ${price}/h / 3600 / output tokens/s x 1e6",
                     replicas * job.devices * price / 3600 / out_tps * 1e6, "USD")  # type: ignore[operator]
+    ept = None
+    power = job.power_w if job.power_w is not None else (
+        None if dev.tdp_w is None else sm.pri.power_fraction * dev.tdp_w)
+    if power is not None:
+        ept = t.add("energy_per_token", f"{replicas} x {job.devices} x {power:g} W x PUE {job.pue} / output tokens/s",
+                    replicas * job.devices * power * job.pue / out_tps, "J",
+                    f"{'user power' if job.power_w is not None else dev.source('tdp_w')}; {PUE_SOURCE}")
+        t.add("co2_per_million_tokens", f"energy_per_token x 1e6 / 3.6e6 x {job.grid_intensity} kg/kWh",
+              ept * 1e6 / 3.6e6 * job.grid_intensity, "kg", GRID_SOURCE)
     notes = [f"engine: {engine.id}" + ("" if job.engine else " (assumed; pass --engine)"),
              f"running sequences limited by {limit}"]
+    if ept is None:
+        notes.append(f"{dev.id} has no published TDP; pass --power-w for energy")
     if beyond:
         notes.append(beyond)
     if padding:
@@ -391,4 +403,4 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
         ttft_p99_s=_percentile(r.ttft, 0.99), itl_p50_s=_weighted_percentile(r.itl, 0.5),
         itl_p90_s=_weighted_percentile(r.itl, 0.9), itl_p99_s=_weighted_percentile(r.itl, 0.99),
         capacity_requests_per_s=capacity, single_ttft_s=single_ttft, single_itl_s=single_itl,
-        cost_per_million_tokens_usd=cpm, terms=list(t), notes=notes)
+        cost_per_million_tokens_usd=cpm, energy_per_token_j=ept, terms=list(t), notes=notes)
