@@ -156,3 +156,13 @@ def test_cli_compress_prints_the_table(tiny_run: Path, tmp_path: Path, capsys: p
     out = capsys.readouterr().out
     assert "wrote" in out and "| int8 w8a8 |" in out and "| original (fp32) |" in out
     assert (tmp_path / "q" / "compress.json").is_file()
+
+
+def test_int4_without_a_kernel_names_the_alternative() -> None:
+    from hwlm.compress.quant import quantize_model
+    from hwlm.model import ModelConfig, Transformer
+
+    model = Transformer(ModelConfig.from_name("debug", n_embd=64)).to("meta")  # a device with no int4 kernel
+    with pytest.raises(HardwareError, match="no int4 matmul kernel for meta.*--method int8.*MatMulNBits"):
+        quantize_model(model, "w4a16", 32)
+    assert isinstance(model.h[0].attn.c_attn, torch.nn.Linear)  # nothing was swapped
