@@ -150,6 +150,7 @@ def test_deepseek_v3_question_has_an_answer() -> None:
     assert get_model("Qwen/Qwen3-235B-A22B").name == "qwen3-235b-a22b"
 
 
+@pytest.mark.slow
 def test_new_model_types_match_transformers_on_tiny_shapes() -> None:
     from hwlm.plan.models import Model, spec_from_hf_config
     base = {"vocab_size": 100, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}
