@@ -230,22 +230,42 @@ async def _run(state: ServerState, request: Request, prefix: str, prompts: list[
 
 async def _events(state: ServerState, request: Request, queue: asyncio.Queue, seqs: list[Sequence]
                   ) -> AsyncIterator[tuple[int, Event]]:
-    """The engine's events for these sequences until each has finished; aborts them if the client leaves."""
+    """The engine's events for these sequences until each has finished; aborts them if the client leaves.
+
+    Events that queued up while the handler was busy are merged per choice (one chunk of several
+    tokens instead of several chunks): under load the event loop then writes fewer, larger chunks.
+    """
     live = len(seqs)
     try:
         while live:
-            try:
-                item = await asyncio.wait_for(queue.get(), timeout=0.25)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    return
-                continue
-            if item[1].finish_reason is not None:
-                live -= 1
-            yield item
+            items = []
+            if queue.empty():
+                try:
+                    items.append(await asyncio.wait_for(queue.get(), timeout=0.25))
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            pending: dict[int, list[Event]] = {}
+            for i, ev in items:
+                pending.setdefault(i, []).append(ev)
+            for i, evs in pending.items():
+                ev = evs[0] if len(evs) == 1 else _merge(evs)
+                if ev.finish_reason is not None:
+                    live -= 1
+                yield i, ev
     finally:
         if live:
             state.engine.abort(seqs)
+
+
+def _merge(evs: list[Event]) -> Event:
+    last = evs[-1]
+    return Event("".join(e.text for e in evs), [t for e in evs for t in e.token_ids],
+                 [lp for e in evs for lp in e.logprobs], last.finish_reason, last.prompt_tokens,
+                 last.completion_tokens, next((e.error for e in evs if e.error), None), last.detail)
 
 
 def _note(audit: dict, ev: Event, reasons: list) -> None:

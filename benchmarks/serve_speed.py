@@ -1,0 +1,221 @@
+"""Serving speed: ``hwlm serve`` against ``transformers serve --continuous-batching``, same model, same load.
+
+For each model (``tiny`` = the quickstart's preset, ``mid``), the same weights are served by hwlm
+and, exported to Hugging Face format (``hwlm.export.hf``), by ``transformers serve`` (the Hugging
+Face server), one after the other. The same client load drives both: the official ``openai``
+client, streaming, greedy, ``--requests`` requests of ``--tokens`` new tokens, at 1, 8 and 32
+concurrent clients. Reported per server and concurrency: aggregate completion tokens/s (tokens
+delivered / wall time of the batch), time to first token p50/p95, inter-token latency p50, errors,
+truncated streams (no finish_reason); and the ratios hwlm / transformers, and hwlm at 32 clients
+over hwlm at 1 client (its own sequential throughput).
+
+    flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/serve_speed.py
+    .venv/bin/python benchmarks/serve_speed.py --models tiny --concurrency 1,8 --requests 16 --no-peer
+
+The models have 2 training steps: speed does not depend on what the weights say, and both servers
+decode the same greedy tokens. The machine's load average is printed before and after: on a shared
+machine the client, the server and other work compete for the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["The cat sat on the", "A dog ran to the park while", "Because it was a warm day", "The bird sang over"]
+
+
+def build(root: Path, preset: str) -> tuple[Path, Path]:
+    """(hwlm run, HF export) of a 2-step ``preset`` run, built once under ``root``."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import tiny_cfg, write_corpus
+
+    from hwlm.data import PrepareConfig, prepare
+    from hwlm.export.hf import export_hf
+    from hwlm.model import ModelConfig
+    from hwlm.train import train
+    from hwlm.train.load import load_model
+
+    data, run, hf = root / "data", root / preset, root / f"{preset}-hf"
+    if not (data / "manifest.json").exists():
+        write_corpus(root / "text", n_docs=900, seed=1)
+        prepare(PrepareConfig(inputs=[str(root / "text")], out=data, vocab_size=2048, val_fraction=0.2, seed=0))
+    if not (hf / "config.json").exists():
+        train(tiny_cfg(data, run, max_steps=2, batch_size=2, ckpt_interval=2, eval_interval=2, eval_batches=1),
+              ModelConfig.from_name(preset))
+        loaded = load_model(run)
+        export_hf(loaded.model, loaded.model_cfg, loaded.path / "tokenizer.json", hf)
+    return run, hf
+
+
+class Proc:
+    """A server subprocess, waited for on /health, stopped on exit."""
+
+    def __init__(self, cmd: list[str], url: str | None, log: Path, env: dict[str, str]) -> None:
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        if url is None:  # hwlm serve --port 0 prints its address
+            for line in self.proc.stdout:
+                if " on http" in line:
+                    url = line.rsplit(" on ", 1)[1].strip()
+                    break
+            threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        self.url = url
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited {self.proc.returncode}; see {log}")
+            try:
+                if url and httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd} did not come up; see {log}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def free_port() -> int:
+    """A port free right now (transformers serve takes no --port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_stream(client, model: str, prompt: str, tokens: int) -> dict:
+    start = time.perf_counter()
+    times, usage, finish = [], None, None
+    stream = client.completions.create(model=model, prompt=prompt, max_tokens=tokens, temperature=0, stream=True,
+                                       stream_options={"include_usage": True})
+    for chunk in stream:
+        now = time.perf_counter()
+        for c in chunk.choices:
+            if c.text:
+                times.append(now)
+            finish = c.finish_reason or finish
+        usage = chunk.usage or usage
+    n = usage.completion_tokens if usage else len(times)
+    return {"tokens": n, "ttft": times[0] - start if times else None, "gaps": [b - a for a, b in zip(times, times[1:])],
+            "finish": finish, "wall": time.perf_counter() - start}
+
+
+def load(url: str, model: str, concurrency: int, requests: int, tokens: int) -> dict:
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300,
+                           http_client=httpx.Client(limits=httpx.Limits(max_connections=64)))
+
+    def job(i: int) -> dict:
+        try:
+            return one_stream(client, model, PROMPTS[i % len(PROMPTS)], tokens)
+        except Exception as exc:  # counted, not raised: errors are part of the result
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(job, range(requests)))
+    wall = time.perf_counter() - start
+    ok = [r for r in results if "error" not in r]
+    ttfts = sorted(r["ttft"] for r in ok if r["ttft"] is not None)
+    gaps = sorted(g for r in ok for g in r["gaps"])
+
+    def pct(xs: list[float], q: float) -> float | None:
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3 if xs else None
+
+    tokens_total = sum(r["tokens"] for r in ok)
+    return {"concurrency": concurrency, "requests": requests, "tokens": tokens_total,
+            "tokens_per_s": tokens_total / wall, "wall_s": wall, "ttft_ms_p50": pct(ttfts, 0.5),
+            "ttft_ms_p95": pct(ttfts, 0.95), "itl_ms_p50": pct(gaps, 0.5),
+            "errors": len(results) - len(ok), "truncated": sum(1 for r in ok if r["finish"] is None),
+            "first_error": next((r["error"] for r in results if "error" in r), None)}
+
+
+def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Path, levels: list[int],
+               requests: int, tokens: int) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if kind == "hwlm":
+        cmd = [sys.executable, "-m", "hwlm", "serve", "--run", str(run), "--port", "0", "--no-auth",
+               "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256"]
+        server, model = Proc(cmd, None, logs / "hwlm.log", env), "m"
+    else:
+        exe = str(Path(sys.executable).parent / "transformers")
+        cmd = [exe, "serve", "--continuous-batching", "--device", "cpu", "--dtype", "float32", "--port", str(port),
+               str(hf)]
+        server, model = Proc(cmd, f"http://127.0.0.1:{port}", logs / "transformers.log", env), str(hf)
+    try:
+        load(server.url, model, 2, 4, tokens)  # warm-up: first-call costs (allocations, lazy imports)
+        return [{"server": kind, **load(server.url, model, c, requests, tokens)} for c in levels]
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="tiny,mid")
+    ap.add_argument("--tokens", default="tiny=48,mid=64", help="new tokens per request, per model")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2, help="OMP threads of each server")
+    ap.add_argument("--no-peer", action="store_true", help="skip transformers serve")
+    ap.add_argument("--root", type=Path, default=ROOT / "runs" / "serve-bench")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "serve_speed.json")
+    a = ap.parse_args()
+    levels = [int(c) for c in a.concurrency.split(",")]
+    tokens = dict(kv.split("=") for kv in a.tokens.split(","))
+    a.root.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    record = {"benchmark": "serve_speed", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "python": platform.python_version()},
+              "load_before": load_before, "config": vars(a) | {"root": str(a.root), "out": str(a.out)}, "rows": []}
+    for name in a.models.split(","):
+        run, hf = build(a.root, name)
+        n = int(tokens.get(name, 48))
+        for kind in (["hwlm"] if a.no_peer else ["hwlm", "transformers"]):
+            for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n):
+                row.update(model=name, new_tokens=n)
+                record["rows"].append(row)
+                print(f"{name:5s} {kind:12s} c={row['concurrency']:3d} {row['tokens_per_s']:8.1f} tok/s  TTFT p50 "
+                      f"{row['ttft_ms_p50'] or 0:7.1f} p95 {row['ttft_ms_p95'] or 0:7.1f} ms  ITL p50 "
+                      f"{row['itl_ms_p50'] or 0:6.1f} ms  errors {row['errors']} truncated {row['truncated']}",
+                      flush=True)
+    record["load_after"] = os.getloadavg()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(record, indent=2) + "\n")
+    rows = {(r["model"], r["server"], r["concurrency"]): r for r in record["rows"]}
+    print(f"\nload average {load_before[0]:.2f} before, {record['load_after'][0]:.2f} after; {os.cpu_count()} cores")
+    for name in a.models.split(","):
+        for c in levels:
+            h, t = rows.get((name, "hwlm", c)), rows.get((name, "transformers", c))
+            ratio = f"{h['tokens_per_s'] / t['tokens_per_s']:.2f}x" if h and t else "-"
+            print(f"{name} c={c}: hwlm/transformers {ratio}")
+        h1, h32 = rows.get((name, "hwlm", levels[0])), rows.get((name, "hwlm", levels[-1]))
+        if h1 and h32:
+            print(f"{name}: hwlm at {levels[-1]} clients / at {levels[0]}: {h32['tokens_per_s'] / h1['tokens_per_s']:.2f}x")
+    print(f"record: {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
