@@ -40,7 +40,7 @@ def test_inference_recommendation() -> None:
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"tokens": 1e9, "objective": "speed"}, r"unknown objective 'speed'; choose one of time, cost, energy"),
-    ({}, r"give either --tokens \(training\) or an inference workload"),
+    ({}, r"give either --tokens \(training\), --rate \(serving a request rate\) or an inference workload"),
 ])
 def test_bad_inputs(kwargs, message) -> None:
     with pytest.raises(PlanError, match=message):
@@ -73,3 +73,18 @@ def test_default_shows_the_best_of_each_family() -> None:
     assert len(top.options) == 3 and top.options[0] == r.options[0]
     with pytest.raises(PlanError, match="--top must be a whole number >= 1"):
         recommend("llama-2-7b", tokens=2e11, top=0, max_devices=8)
+
+
+def test_serving_a_rate_sizes_a_fleet_per_device() -> None:
+    r = recommend("llama-3.1-8b", serving={"rate": 40.0, "prompt_len": 256, "gen_len": 128, "slo_ttft": 0.5},
+                  hardware=["h100-sxm", "a100-80gb", "l4"], objective="cost", top=10)
+    assert r.options and {o.hardware for o in r.options} <= {"h100-sxm", "a100-80gb", "l4"}
+    for o in r.options:
+        assert o.devices == o.detail["replicas"] * o.detail["tp"] and o.detail["ttft_p90_s"] <= 0.5
+        assert o.detail["output_tokens_per_s"] == pytest.approx(40.0 * 128)
+    costs = [o.cost_usd for o in r.options]
+    assert costs == sorted(costs)
+    with pytest.raises(PlanError, match="no hardware in the catalog serves 10 requests/s .*SLO below one request"):
+        recommend("llama-3.1-8b", serving={"rate": 10.0, "slo_itl": 1e-5}, hardware=["h100-sxm"])
+    with pytest.raises(PlanError, match="give either --tokens"):
+        recommend("llama-3.1-8b", tokens=1e9, serving={"rate": 1.0})

@@ -163,6 +163,9 @@ def _register_choosers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--model", required=True, help="preset name or config.json path")
     r.add_argument("--tokens", type=_num, help="training tokens (omit for serving)")
     r.add_argument("--serve-tokens", type=_num, help="output tokens to serve (serving; default 1M)")
+    r.add_argument("--rate", type=_num, help="requests per second to carry (serving under load: the fleet per device)")
+    r.add_argument("--slo-ttft", type=_dur, help="p90 time-to-first-token objective, seconds (with --rate)")
+    r.add_argument("--slo-itl", type=_dur, help="p90 inter-token-latency objective, seconds (with --rate)")
     r.add_argument("--batch", type=_int, help="serving batch (serving)")
     r.add_argument("--prompt-len", type=_int, help="serving prompt length")
     r.add_argument("--gen-len", type=_int, help="serving generation length")
@@ -326,18 +329,25 @@ def _models(a: argparse.Namespace) -> int:
 def _recommend(a: argparse.Namespace) -> int:
     from hwlm.plan import recommend
 
-    inference = None
-    if a.tokens is None:
+    inference = serving = None
+    if a.rate is not None:
+        serving = {"rate": a.rate, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "slo_ttft": a.slo_ttft,
+                   "slo_itl": a.slo_itl}
+    elif a.tokens is None:
         inference = {k: v for k, v in (("batch", a.batch), ("prompt_len", a.prompt_len), ("gen_len", a.gen_len),
                                        ("tokens", int(a.serve_tokens) if a.serve_tokens else None)) if v}
-    r = recommend(a.model, tokens=a.tokens, inference=inference, deadline_s=a.deadline, budget_usd=a.budget,
+    r = recommend(a.model, tokens=a.tokens, inference=inference, serving=serving, deadline_s=a.deadline,
+                  budget_usd=a.budget,
                   objective=a.objective, precision=a.precision, kind=a.kind, max_devices=a.max_devices, top=a.top)
     lines = [f"{r.model}: {r.workload}; best by {r.objective}",
              f"  {'family':<17} {'hardware':<20} {'devices':>7} {'time':>12} {'cost':>14} {'energy':>12}  layout"]
     for o in r.options:
         en = "unknown TDP" if o.energy_kwh is None else f"{o.energy_kwh:,.1f}kWh"
-        lines.append(f"  {o.detail.get('family', ''):<17} {o.hardware:<20} {o.devices:>7} {o.time_s / 3600:>11,.1f}h "
-                     f"{_money(o.cost_usd):>14} {en:>12}  {o.layout}")
+        when = f"{o.time_s:>11,.2f}s" if serving else f"{o.time_s / 3600:>11,.1f}h"
+        cost = _money(o.cost_usd) + ("/h" if serving and o.cost_usd is not None else "")
+        en = en + ("/h" if serving and o.energy_kwh is not None else "")
+        lines.append(f"  {o.detail.get('family', ''):<17} {o.hardware:<20} {o.devices:>7} {when} "
+                     f"{cost:>14} {en:>12}  {o.layout}")
     if not r.options:
         lines.append("  no option meets the constraints")
     lines.append(f"  Pareto front (time, cost, energy): {len(r.pareto)} options; dropped: "

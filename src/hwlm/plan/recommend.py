@@ -157,6 +157,49 @@ def _infer_options(m: Model, work: dict[str, int], devs: list[Device], precision
     return out
 
 
+def _serve_options(m: Model, work: dict[str, Any], devs: list[Device], precision: str,
+                   dropped: dict[str, int]) -> list[Option]:
+    """A fleet per device: for each tensor-parallel size inside a node, the replicas that carry the rate
+    within the SLOs (``plan serve``'s simulation); the cheapest fleet per device is kept. Time is one
+    request's p90 latency; cost and energy are per hour of the fleet."""
+    from hwlm.plan.jobs import ServingJob
+    from hwlm.plan.serving import estimate_serving
+
+    out = []
+    for dev in devs:
+        if dev.kind not in ("gpu", "tpu", "accelerator") or precision not in (*dev.flops, "w8a16", "w4a16"):
+            dropped["not a serving accelerator or no " + precision] = \
+                dropped.get("not a serving accelerator or no " + precision, 0) + 1
+            continue
+        best: Option | None = None
+        for tp in (1, 2, 4, 8):
+            if tp > dev.devices_per_node:
+                break
+            try:
+                e = estimate_serving(ServingJob(model=m, hardware=dev, devices=tp, rate=work["rate"],
+                                                prompt_len=work["prompt_len"], gen_len=work["gen_len"],
+                                                precision=precision, slo_ttft=work.get("slo_ttft"),
+                                                slo_itl=work.get("slo_itl"), requests=300))
+            except HwlmError as exc:
+                why = ("SLO below one request's latency" if "alone takes" in str(exc) else
+                       "rate beyond any fleet" if "needs more than" in str(exc) else
+                       "does not fit" if "does not fit" in str(exc) else "unsupported")
+                dropped[why] = dropped.get(why, 0) + 1
+                continue
+            n = e.replicas * tp
+            price, power = dev.price_per_hour, (None if dev.tdp_w is None else dev.tdp_w)
+            o = Option(dev.id, n, f"{e.replicas} x tp={tp} ({e.engine})",
+                       e.ttft_p90_s + (work["gen_len"] - 1) * e.itl_p90_s,
+                       None if price is None else n * price, None if power is None else n * power / 1000,
+                       {"family": family(dev), "replicas": e.replicas, "tp": tp, "ttft_p90_s": e.ttft_p90_s,
+                        "itl_p90_s": e.itl_p90_s, "output_tokens_per_s": e.output_tokens_per_s})
+            if best is None or (o.key("cost"), o.devices) < (best.key("cost"), best.devices):
+                best = o
+        if best is not None:
+            out.append(best)
+    return out
+
+
 def _pareto(options: list[Option]) -> list[Option]:
     def vec(o: Option) -> tuple[float, float, float]:
         return (o.time_s, o.key("cost"), o.key("energy"))
@@ -170,22 +213,36 @@ def _pareto(options: list[Option]) -> list[Option]:
 
 
 def recommend(model: str | Model, *, tokens: float | None = None, inference: dict[str, int] | None = None,
+              serving: dict[str, Any] | None = None,
               deadline_s: float | None = None, budget_usd: float | None = None, objective: str = "time",
               precision: str = "bf16", kind: str | None = None, hardware: list[str] | None = None,
               max_devices: int = 16384, top: int | None = None, **kw: Any) -> Recommendation:
-    """Rank hardware for training on ``tokens`` tokens, or for ``inference`` = {batch, prompt_len, gen_len, tokens}.
+    """Rank hardware for training on ``tokens`` tokens, for ``inference`` = {batch, prompt_len, gen_len, tokens},
+    or for ``serving`` = {rate, prompt_len, gen_len, slo_ttft, slo_itl} (a request rate: the fleet that carries it).
 
     ``top=None``: the best option of each hardware family; ``top=N``: the N best overall."""
     if objective not in OBJECTIVES:
         raise PlanError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if (tokens is None) == (inference is None):
-        raise PlanError("give either --tokens (training) or an inference workload (--batch/--prompt-len/--gen-len)")
+    if sum(x is not None for x in (tokens, inference, serving)) != 1:
+        raise PlanError("give either --tokens (training), --rate (serving a request rate) or an inference "
+                        "workload (--batch/--prompt-len/--gen-len)")
     m = get_model(model)
     devs = list_devices(kind) if hardware is None else [d for d in list_devices() if d.id in set(hardware)]
     dropped: dict[str, int] = {}
     if tokens is not None:
         opts = _train_options(m, tokens, devs, max_devices, precision, dropped, kw)
         workload = f"train on {tokens:.3g} tokens"
+    elif serving is not None:
+        work = {"prompt_len": 512, "gen_len": 256, **{k: v for k, v in serving.items() if v is not None}}
+        opts = _serve_options(m, work, devs, precision, dropped)
+        workload = (f"serve {work['rate']:g} requests/s, prompt {work['prompt_len']}, gen {work['gen_len']}"
+                    + (f", p90 TTFT <= {work['slo_ttft']:g} s" if work.get("slo_ttft") else "")
+                    + (f", p90 ITL <= {work['slo_itl']:g} s" if work.get("slo_itl") else "")
+                    + "; time = one request's p90 latency, cost and energy per hour of the fleet")
+        if not opts:
+            raise PlanError(f"no hardware in the catalog serves {work['rate']:g} requests/s of {m.name} within the "
+                            f"SLOs ({', '.join(f'{k} {v}' for k, v in dropped.items()) or 'none tried'}); "
+                            "relax --slo-ttft/--slo-itl, shorten the requests or use a narrower --precision")
     else:
         assert inference is not None
         work = {"batch": 1, "prompt_len": 512, "gen_len": 256, "tokens": 1_000_000, **inference}
