@@ -133,14 +133,19 @@ def test_saved_activations_equal_autograd_saved_tensors(name: str, kw: dict, ker
     assert saved_bytes(model, idx, kernel, precision, loss) == model.cfg.n_layer * layers + outside
 
 
-def test_math_attention_saves_the_probabilities_and_selective_recompute_drops_them() -> None:
-    from hwlm.formulas import saved_activation_bytes_per_layer
-    spec = build("debug", {}).cfg.to_arch()
-    B, T = 2, 32
-    probs = B * spec.n_heads * T * T * 4  # (B, H, T, T) fp32
-    none = saved_activation_bytes_per_layer(spec, B * T, T, "fp32", "math", "none")
-    assert none - saved_activation_bytes_per_layer(spec, B * T, T, "fp32", "math", "selective") == probs
-    assert saved_activation_bytes_per_layer(spec, B * T, T, "fp32", "math", "full") == B * T * spec.d_model * 4
+@pytest.mark.parametrize("mode", ["selective", "full"])
+@pytest.mark.parametrize("name", ["debug", "llama-debug"])
+def test_recompute_keeps_what_the_formulas_count(name: str, mode: str) -> None:
+    """hwlm.model.recompute checkpoints a region (the attention sublayer, or the whole block): autograd
+    saves nothing inside it but the region's input (the fp32 residual stream, kept for the replay)."""
+    from hwlm.formulas import saved_activation_bytes_per_layer, saved_outside_layers_bytes
+    model = build(name, {})
+    model.recompute = mode
+    B, T = 2, model.cfg.block_size
+    idx = torch.randint(0, 100, (B, T))
+    spec = model.cfg.to_arch()
+    expected = model.cfg.n_layer * saved_activation_bytes_per_layer(spec, B * T, T, "fp32", "flash", mode)
+    assert saved_bytes(model, idx, "flash", "fp32", "full") == expected + saved_outside_layers_bytes(spec, B * T)
 
 
 def test_memory_options_are_checked() -> None:

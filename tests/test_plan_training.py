@@ -51,7 +51,7 @@ def test_activation_memory_is_the_formulas_count() -> None:
     def layer(rc: str) -> float:
         return saved_activation_bytes_per_layer(m.spec, s, s, "bf16", "flash", rc)
     assert acts("none") == acts("selective") == pytest.approx(L * layer("none") + loss)
-    assert acts("full") == pytest.approx(L * layer("full") + layer("none") + loss)
+    assert acts("full") == pytest.approx(L * layer("full") + layer("none") - layer("full") + loss)
     assert layer("full") == 4 * s * 4096   # the fp32 residual stream entering each layer
 
 

@@ -299,18 +299,22 @@ def saved_activation_bytes_per_layer(spec: ArchSpec, tokens: int, seq_len: int, 
       the output H D and its transposed copy that ``c_proj`` reads; the ``flash`` kernel (what CPU and
       CUDA run with no mask and no dropout) keeps the log-sum-exp (H, fp32), the ``math`` kernel instead
       its own copies of q, k and v with k, v repeated to H heads, and the (H, T) attention probabilities
-      (the 5 a s^2 b term of Korthikanti et al. 2022, arXiv:2205.05198), which selective recompute drops;
+      (the 5 a s^2 b term of Korthikanti et al. 2022, arXiv:2205.05198);
     - MLP: its input, and GELU's input and output (F each) or SwiGLU's gate|up (2F), silu(gate) and the
       product (F each);
     - under bf16/fp16 autocast the matmul inputs and outputs are 16-bit and each matmul also saves its
       16-bit weight copy (counted per layer here; the residual stream and norm outputs stay fp32).
 
-    ``recompute="full"`` keeps only the block input (C, fp32); the block's own set is alive again while its
-    backward runs, which :func:`training_memory` adds once.
+    Recompute (``hwlm train --recompute``, ``hwlm.model.recompute``): ``full`` checkpoints each block and
+    keeps only its input (C, fp32); ``selective`` checkpoints the attention sublayer (``ln_1`` and
+    attention), keeping its input and the MLP half's tensors. The recomputed region's set is alive
+    again while its backward runs, which :func:`training_memory` adds once.
 
     >>> tiny = ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, max_positions=64)
     >>> saved_activation_bytes_per_layer(tiny, 16 * 64, 64) / 2**20  # 16 C per token in fp32 + statistics
     8.03125
+    >>> [saved_activation_bytes_per_layer(tiny, 16 * 64, 64, recompute=r) / 2**20 for r in ("selective", "full")]
+    [5.5078125, 0.5]
     """
     if recompute not in RECOMPUTE:
         from hwlm.errors import ConfigError
@@ -318,33 +322,52 @@ def saved_activation_bytes_per_layer(spec: ArchSpec, tokens: int, seq_len: int, 
     if attention not in ATTENTION_KERNELS:
         from hwlm.errors import ConfigError
         raise ConfigError(f"attention kernel {attention!r} is unknown; choose one of {', '.join(ATTENTION_KERNELS)}")
-    C, H, K, D, F = spec.d_model, spec.n_heads, spec.kv_heads, spec.hd, spec.ff
-    cw, fp32 = compute_bytes(precision), 4.0
+    block_input = tokens * spec.d_model * 4.0  # the residual stream is fp32 (autocast keeps it so)
     if recompute == "full":
-        return tokens * C * fp32
-    rms = spec.norm == "rmsnorm"
-    # Two norms: input (fp32) + statistics (fp32), RMSNorm also the normalized input (fp32); the matmul
-    # that reads a norm's output saves it (as its 16-bit cast under autocast) in ``matmul_inputs``.
-    norms = 2 * (C * fp32 + (1 if rms else 2) * fp32 + (C * fp32 if rms else 0.0))
-    matmul_inputs = 2 * C * cw + H * D * cw      # c_attn and c_fc read the norms' outputs; c_proj its input
+        return block_input
+    attn, mlp = _attention_half_bytes(spec, tokens, seq_len, precision, attention), _mlp_half_bytes(spec, tokens, precision)
+    return (block_input if recompute == "selective" else attn) + mlp
+
+
+def _norm_bytes(spec: ArchSpec) -> float:
+    """Per token: a norm's input and statistics (LayerNorm mean and 1/std; RMSNorm 1/rms and the
+    normalized input, which its weight multiplies), all fp32; the next matmul saves the output."""
+    C, fp32 = spec.d_model, 4.0
+    return C * fp32 + 2 * fp32 if spec.norm != "rmsnorm" else 2 * C * fp32 + fp32
+
+
+def _matmul_weights16(spec: ArchSpec, mats: float, precision: str) -> float:
+    """16-bit weight copies the matmuls save under autocast (none in fp32)."""
+    cw = compute_bytes(precision)
+    return mats * cw if cw < 4.0 else 0.0
+
+
+def _attention_half_bytes(spec: ArchSpec, tokens: int, seq_len: int, precision: str, attention: str) -> float:
+    """``ln_1`` + attention of one block (the region selective recompute checkpoints)."""
+    C, H, K, D = spec.d_model, spec.n_heads, spec.kv_heads, spec.hd
+    cw, fp32 = compute_bytes(precision), 4.0
+    matmul_inputs = C * cw + H * D * cw      # c_attn reads ln_1's output, c_proj attention's output
     qkv = (H + 2 * K) * D * cw
     rope = (H + K) * D * cw if spec.pos == "rope" else 0.0
     if attention == "flash":
         # The kernel's output is laid out (B, T, H, D), so c_proj's (B, T, H*D) input is a view of it.
-        attn = qkv + rope + H * fp32     # + the log-sum-exp per head
+        core = qkv + rope + H * fp32     # + the log-sum-exp per head
     else:
         # math saves its own q (scaled), k^T and v at H heads (k, v repeated under grouped-query attention),
-        # not the q/k/v output, and the probabilities; it runs in fp32 under autocast (measured: its saved
-        # tensors are fp32). Its output is (B, H, T, D), so c_proj's input is a copy.
-        probs = H * seq_len * fp32 if recompute == "none" else 0.0
-        attn = 3 * H * D * fp32 + probs
-    mlp = (4 * F if spec.mlp == "swiglu" else 2 * F) * cw
-    per_token = norms + matmul_inputs + attn + mlp
-    weights16 = 0.0
-    if cw < fp32:
-        mm = C * (H + 2 * K) * D + H * D * C + (3 if spec.mlp == "swiglu" else 2) * C * F
-        weights16 = mm * cw
-    return tokens * per_token + weights16
+        # not the q/k/v output, and the (H, T) probabilities; it runs in fp32 under autocast (measured: its
+        # saved tensors are fp32). Its output is (B, H, T, D), so c_proj's input is a copy.
+        core = 3 * H * D * fp32 + H * seq_len * fp32
+    per_token = _norm_bytes(spec) + matmul_inputs + core
+    return tokens * per_token + _matmul_weights16(spec, C * (H + 2 * K) * D + H * D * C, precision)
+
+
+def _mlp_half_bytes(spec: ArchSpec, tokens: int, precision: str) -> float:
+    """``ln_2`` + MLP of one block: c_fc's input, then GELU's input and output (F each) or SwiGLU's
+    gate|up (2F), silu(gate) and the product (F each)."""
+    C, F, cw = spec.d_model, spec.ff, compute_bytes(precision)
+    gated = spec.mlp == "swiglu"
+    per_token = _norm_bytes(spec) + C * cw + (4 * F if gated else 2 * F) * cw
+    return tokens * per_token + _matmul_weights16(spec, (3 if gated else 2) * C * F, precision)
 
 
 def saved_outside_layers_bytes(spec: ArchSpec, tokens: int, precision: str = "fp32", loss: str = "full") -> float:
@@ -457,12 +480,12 @@ def training_memory(spec: ArchSpec, batch: int, seq_len: int, precision: str = "
     n = param_count(spec).total if params is None else params
     per_layer = saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, attention, recompute)
     acts = spec.n_layers * per_layer + saved_outside_layers_bytes(spec, tokens, precision, loss)
-    if recompute == "full":
-        # While a block's backward runs, its whole saved set exists again (recomputed).
-        acts += saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, attention, "none")
+    if recompute != "none":
+        # While a region's backward runs, its saved set exists again (recomputed), once at a time.
+        acts += saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, attention, "none") - per_layer
     copies = 0.0
-    if compute_bytes(precision) < 4.0 and recompute == "full":
-        # Recomputed blocks save no weight copies of their own, but autocast's cache keeps one per weight.
+    if compute_bytes(precision) < 4.0 and recompute != "none":
+        # Checkpointed regions save no weight copies, but autocast's cache keeps one per weight for the forward.
         copies = param_count(spec).matmul_active * compute_bytes(precision)
     return TrainingMemory(weights=state.weights * n, gradients=state.gradients * n, optimizer=state.optimizer * n,
                           activations=acts, loss=loss_transient_bytes(spec, tokens, precision, loss, device_kind, compiled),

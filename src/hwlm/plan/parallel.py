@@ -152,13 +152,11 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
 
     def per_layer(mode: str) -> float:
         return saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, "flash", mode) / layout.tp
-    # 1F1B: the first stage holds pp micro-batches of L/pp layers = L layers' worth. With full
-    # recompute one layer's working set is alive again during its backward.
-    if layout.recompute in ("full", "partial"):
-        k = round(layout.recompute_fraction(L) * L)
-        acts = k * per_layer("full") + (L - k) * per_layer("selective") + per_layer("none")
-    else:
-        acts = L * per_layer(layout.recompute)
+    # Megatron's selective recompute drops the attention core's (T, T) tensors, which flash kernels never
+    # keep: its layers hold what no recompute holds. 1F1B: the first stage holds pp micro-batches of L/pp
+    # layers = L layers' worth. A fully recomputed layer's set is alive again during its backward.
+    k = round(layout.recompute_fraction(L) * L) if layout.recompute in ("full", "partial") else 0
+    acts = k * per_layer("full") + (L - k) * per_layer("none") + (per_layer("none") - per_layer("full") if k else 0.0)
     # The loss's peak, on the last stage, split by tp (formulas: saved gradient, logits and their copies).
     compiled = device_kind != "cpu"
     acts += (saved_outside_layers_bytes(spec, tokens, precision, "full")

@@ -104,7 +104,12 @@ def _cpu_trial(model: nn.Module, batch_size: int, block_size: int, repeats: int 
 @torch.no_grad()
 def loss_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: str,
               precision: str) -> tuple[float, int]:
-    """Summed cross-entropy (nats) and number of predicted tokens over ``batches``, in eval mode."""
+    """Summed cross-entropy (nats) and number of predicted tokens over ``batches``, in eval mode.
+
+    Without a gradient: during training the parameters require one, and each batch would otherwise
+    build a graph whose saved tensors (a training forward's worth, plus the loss's (N, V) gradient)
+    stay alive until the next batch replaces them (benchmarks/train_memory.py saw the heap grow by
+    three (N, V) fp32 blocks at the first evaluation)."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -112,7 +117,7 @@ def loss_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            with autocast(device.split(":")[0], precision):
+            with torch.no_grad(), autocast(device.split(":")[0], precision):
                 _, loss = model(x, y)
             n = int((y != -1).sum())
             total += loss.double() * n  # loss is the mean over the batch's targets
