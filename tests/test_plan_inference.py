@@ -170,3 +170,21 @@ def test_neuron_pads_heads_instead_of_refusing() -> None:
     assert t["weights_per_device"] == pytest.approx(padded.params.total * 2.0 / 12)
     with pytest.raises(PlanError, match="tp=12 does not divide the 40 attention heads"):
         estimate_inference("llama-2-13b", "h100-sxm", 12, batch=1)
+
+
+def test_compressed_formats_use_their_own_calibration_first(tmp_path) -> None:
+    from hwlm.plan.efficiency import priors_for
+    def cal(entries):
+        p = tmp_path / f"cal{len(entries)}.json"
+        p.write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "entries": entries}))
+        return str(p)
+    bf16 = {"device": "a100-80gb", "dtype": "bf16", "phase": "decode", "efficiency": 0.8}
+    own = {"device": "a100-80gb", "dtype": "w4a16", "phase": "decode", "efficiency": 0.3}
+    t = lambda e: {x.name: x.value for x in e.terms}["decode_memory_time"]  # noqa: E731
+    kw = dict(batch=1, prompt_len=16, gen_len=16, precision="w4a16")
+    only16 = estimate_inference("llama-2-7b", "a100-80gb", 1, calibration=cal([bf16]), **kw)
+    both = estimate_inference("llama-2-7b", "a100-80gb", 1, calibration=cal([bf16, own]), **kw)
+    # With its own entry the format's efficiency is used as is; with only a 16-bit one, the prior's
+    # int4 kernel factor scales it.
+    factor = priors_for("gpu", "bf16", weight_dtype="int4").decode_bw_eff / priors_for("gpu", "bf16").decode_bw_eff
+    assert t(both) / t(only16) == pytest.approx(0.8 * factor / 0.3, rel=1e-6)

@@ -122,13 +122,21 @@ def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tupl
         return pri, src, src, pri.decode_bw_eff
     copy = cal.lookup(dev.id, cdtype, "membw") or cal.lookup(dev.id, "bf16", "membw")
     ew_eff = copy.efficiency if copy else pri.decode_bw_eff
-    mm = cal.lookup(dev.id, cdtype, "prefill") or cal.lookup(dev.id, cdtype, "matmul")
-    bw = cal.lookup(dev.id, cdtype, "decode") or cal.lookup(dev.id, cdtype, "membw") \
+    # A compressed format's own entries (dtype "w4a16", ... as the compress stage names them) come first.
+    fmt = precision if precision != cdtype else None
+    mm = (fmt and cal.lookup(dev.id, fmt, "prefill")) or cal.lookup(dev.id, cdtype, "prefill") \
+        or cal.lookup(dev.id, cdtype, "matmul")
+    own = fmt and cal.lookup(dev.id, fmt, "decode")
+    bw = own or cal.lookup(dev.id, cdtype, "decode") or cal.lookup(dev.id, cdtype, "membw") \
         or cal.lookup(dev.id, "bf16", "decode") or cal.lookup(dev.id, "bf16", "membw")
     if mm:
         pri = replace(pri, matmul_eff=mm.efficiency)
     if bw:
-        pri = replace(pri, decode_bw_eff=bw.efficiency)
+        # A 16-bit rate stands in for a weight-only format with the prior's kernel factor kept
+        # (dequantisation in the kernel: Priors.int8_decode / int4_decode).
+        factor = 1.0 if own or precision not in _WEIGHT_ONLY else pri.decode_bw_eff / priors_for(
+            dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw).decode_bw_eff
+        pri = replace(pri, decode_bw_eff=bw.efficiency * factor)
     return (pri, f"calibration {mm.phase} {mm.efficiency} ({mm.source})" if mm else src,
             f"calibration {bw.phase} {bw.efficiency} ({bw.source})" if bw else src,
             None if mm and mm.phase == "prefill" else ew_eff)
