@@ -52,11 +52,10 @@ from hwlm.train.parallel import (World, agree, broadcast_object, current_world, 
 from hwlm.train.progress import Progress
 from hwlm.train.runtime import autocast, choose_precision, loss_sums, seed_everything
 from hwlm.train.resolve import ResolvedRun, resolve_run
-from hwlm.train.signals import StopSignals
+from hwlm.train.signals import StopSignals, agree_step
 
 __all__ = ["TrainResult", "train", "build_model_config", "peak_flops_for"]
 
-RUN_CONFIG_VERSION = 1
 
 
 @dataclass
@@ -215,7 +214,7 @@ def _setup(resolved: ResolvedRun, say: Callable[[str], None],
     from hwlm.data import TokenLoader
     from hwlm.model import Transformer
 
-    cfg, model_cfg, manifest = resolved.train, resolved.model, resolved.manifest
+    cfg, model_cfg = resolved.train, resolved.model
     if not cfg.horizon_given:
         raise ConfigError("the run has no end: set max_steps, max_tokens or time_budget")
     choice = select_device(cfg.device)
@@ -256,7 +255,7 @@ def _setup(resolved: ResolvedRun, say: Callable[[str], None],
                "strategy": strategy, "peak_flops": peak, "params": sum(p.numel() for p in model.parameters())}
     run = _Run(cfg=cfg, model_cfg=model_cfg, world=world, device=device, model=model,
                step_model=model, optimizer=optimizer, scaler=scaler, loader=loader, precision=precision,
-               run_config=_run_config(cfg, model_cfg, manifest, runtime),
+               run_config=resolved.run_record(runtime),
                tokenizer_file=Path(cfg.data) / "tokenizer.json",
                total_steps=_horizon(cfg, tokens_per_step), tokens_per_step=tokens_per_step,
                flops_per_token=train_flops_per_token(model_cfg.to_arch(), model_cfg.block_size), peak=peak,
@@ -267,15 +266,6 @@ def _setup(resolved: ResolvedRun, say: Callable[[str], None],
     if world.is_main:
         atomic_write_json(cfg.out / "config.json", run.run_config)
     return run, (run.step if resume is not None else None)
-
-
-def _run_config(cfg: TrainConfig, model_cfg: ModelConfig, manifest: dict[str, Any],
-                runtime: dict[str, Any]) -> dict[str, Any]:
-    """What config.json (run folder and every checkpoint) records: enough to rebuild and judge the run."""
-    data = {k: manifest.get(k) for k in ("vocab_size", "eot_id", "dtype", "tokenizer_sha256")}
-    data |= {"dir": str(Path(cfg.data).resolve()), "prepare": manifest.get("config", {})}
-    return {"version": RUN_CONFIG_VERSION, "train": to_dict(cfg), "model": to_dict(model_cfg), "data": data,
-            "runtime": runtime}
 
 
 def _restore(run: _Run, ckpt: Path, say: Callable[[str], None]) -> None:
@@ -362,7 +352,7 @@ def _train_step(run: _Run, lr: float) -> tuple[torch.Tensor, bool]:
             (run.scaler.scale(scaled) if run.scaler else scaled).backward()
         loss_sum += loss.detach()
     # Every rank must take the same branch, or the next collective would hang: agree on one flag.
-    finite, run.stop_signal = _agree(bool(torch.isfinite(loss_sum)), run.signals.signum, run.world)
+    finite, run.stop_signal = agree_step(bool(torch.isfinite(loss_sum)), run.signals.signum, run.world)
     if not finite:
         run.optimizer.zero_grad(set_to_none=True)
         if run.scaler:
@@ -379,18 +369,6 @@ def _train_step(run: _Run, lr: float) -> tuple[torch.Tensor, bool]:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return loss_sum / cfg.grad_accum, True
-
-
-def _agree(finite: bool, signum: int, world: World) -> tuple[bool, int]:
-    """(finite on every rank, the signal any rank got) in one all-reduce of two numbers: MIN of
-    ``finite`` and of ``-signum``. The stop request rides on the collective each step makes anyway."""
-    if not world.distributed or world.world_size == 1:
-        return finite, signum
-    import torch.distributed as dist
-
-    t = torch.tensor([1.0 if finite else 0.0, -float(signum)], dtype=torch.float64, device=world.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t[0].item()), int(-t[1].item())
 
 
 def _progress_fraction(run: _Run) -> float:

@@ -31,6 +31,7 @@ from hwlm.train.config import TrainConfig
 __all__ = ["ResolvedRun", "resolve_run", "data_facts", "RESOLVED_VERSION"]
 
 RESOLVED_VERSION = 1
+RUN_CONFIG_VERSION = 1  # of config.json in the run folder and in every checkpoint
 _KEYS = {"version", "train", "model", "manifest"}
 
 
@@ -59,6 +60,15 @@ class ResolvedRun:
     def with_train(self, **changes: Any) -> "ResolvedRun":
         """A copy with some train settings changed (e.g. the strategy the launcher chose)."""
         return replace(self, train=replace(self.train, **changes))
+
+    def run_record(self, runtime: dict[str, Any]) -> dict[str, Any]:
+        """What config.json (run folder and every checkpoint) records: enough to rebuild and judge the
+        run; ``runtime`` holds what only the started run knows (device, precision, world size, ...)."""
+        m = self.manifest
+        data = {k: m.get(k) for k in ("vocab_size", "eot_id", "dtype", "tokenizer_sha256")}
+        data |= {"dir": str(Path(self.train.data).resolve()), "prepare": m.get("config", {})}
+        return {"version": RUN_CONFIG_VERSION, "train": to_dict(self.train), "model": to_dict(self.model),
+                "data": data, "runtime": runtime}
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": RESOLVED_VERSION, "train": to_dict(self.train), "model": to_dict(self.model),

@@ -10,7 +10,7 @@ SIGKILL after its grace period is the hard stop.
 
 Under torchrun every rank must stop after the same step, or the next collective hangs: the
 request travels in the all-reduce the loop already makes each step (the "was the loss finite"
-flag), so agreeing costs no extra collective (see ``_agree`` in :mod:`hwlm.train.loop`).
+flag), so agreeing costs no extra collective (:func:`agree_step`).
 
 Set-up (building the model, the precision trial) runs before the handlers are installed: a
 Ctrl-C there stops at once, with nothing to save.
@@ -25,7 +25,7 @@ import threading
 from types import FrameType
 from typing import Any, Iterable
 
-__all__ = ["StopSignals", "exit_code", "resume_command", "RESUME_COMMAND_ENV"]
+__all__ = ["StopSignals", "agree_step", "exit_code", "resume_command", "RESUME_COMMAND_ENV"]
 
 # Set by `hwlm train --nproc N` for its workers: the user's command, so that rank 0 prints it and
 # not the worker's own flags.
@@ -78,6 +78,19 @@ class StopSignals:
     def name(self) -> str | None:
         """``"SIGINT"`` / ``"SIGTERM"`` once a stop was asked, else None."""
         return signal.Signals(self.signum).name if self.signum else None
+
+
+def agree_step(finite: bool, signum: int, world: Any) -> tuple[bool, int]:
+    """(finite on every rank, the signal any rank got) in one all-reduce of two numbers: MIN of
+    ``finite`` and of ``-signum``. ``world`` is a :class:`hwlm.train.parallel.World`."""
+    if not world.distributed or world.world_size == 1:
+        return finite, signum
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if finite else 0.0, -float(signum)], dtype=torch.float64, device=world.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t[0].item()), int(-t[1].item())
 
 
 def resume_command(argv: Iterable[str]) -> str:
