@@ -126,3 +126,14 @@ def test_energy_per_token_follows_power_and_pue() -> None:
     assert b.energy_per_token_j == pytest.approx(1.5 * a.energy_per_token_j)
     tpu = estimate_serving(ServingJob(model="llama-3.1-8b", hardware="tpu-v6e", concurrency=4))
     assert tpu.energy_per_token_j is None and any("no published TDP" in n for n in tpu.notes)
+
+
+def test_an_slo_below_one_request_says_what_would_work() -> None:
+    import re
+    with pytest.raises(Exception) as err:
+        estimate_serving(ServingJob(model="llama-2-70b", hardware="h100-sxm", devices=2, concurrency=4, slo_itl=0.012))
+    m = re.search(r"use --devices (\d+) \(([0-9.]+) s alone\)", str(err.value))
+    assert m and int(m.group(1)) > 2 and float(m.group(2)) <= 0.012
+    ok = estimate_serving(ServingJob(model="llama-2-70b", hardware="h100-sxm", devices=int(m.group(1)), concurrency=1,
+                                     slo_itl=0.012))
+    assert ok.single_itl_s <= 0.012

@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hwlm.errors import PlanError
@@ -292,6 +292,29 @@ def _capacity(job: ServingJob, m: Model, dev: Device, engine: Stack) -> tuple[in
     return cap, f"engine max_batch {cap}", kv_tokens, free
 
 
+def _single(job: ServingJob, m: Model, dev: Device, engine: Stack, tp: int) -> tuple[float, float]:
+    """(TTFT, ITL) of one request alone on ``tp`` devices."""
+    j = replace(job, devices=tp, concurrency=1, rate=None)
+    sm = _step_model(j, m, dev, engine)
+    chunk = engine.chunk_tokens if engine.chunk_tokens < (1 << 30) else job.prompt_len + 1
+    r = simulate(sm, job.prompt_len, job.gen_len, 2, 1, chunk, concurrency=1)
+    return max(r.ttft or [0.0]), _weighted_percentile(r.itl, 0.5)
+
+
+def _what_would_work(job: ServingJob, m: Model, dev: Device, engine: Stack, name: str) -> str:
+    """The first larger tensor-parallel replica on this hardware whose lone request meets the SLO."""
+    slo = job.slo_ttft if name == "--slo-ttft" else job.slo_itl
+    tp = job.devices * 2
+    while tp <= max(dev.devices_per_node, dev.scale_up_devices):
+        if m.spec.n_heads % tp == 0 or dev.vendor in PADS_HEADS:
+            ttft, itl = _single(job, pad_heads(m, tp)[0], dev, engine, tp)
+            got = ttft if name == "--slo-ttft" else itl
+            if got <= slo:  # type: ignore[operator]
+                return f"use --devices {tp} ({got:.3g} s alone), a narrower precision or faster hardware"
+        tp *= 2
+    return "no replica of this hardware meets it: use a narrower precision or faster hardware"
+
+
 def _run(job: ServingJob, sm: StepModel, cap: int, chunk: int, n: int, *, concurrency: int | None = None,
          rate: float | None = None, stagger: float = 0.0) -> _Run:
     return simulate(sm, job.prompt_len, job.gen_len, n, cap, chunk, concurrency=concurrency, rate=rate,
@@ -355,8 +378,8 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
     for name, slo, best in (("--slo-ttft", job.slo_ttft, single_ttft), ("--slo-itl", job.slo_itl, single_itl)):
         if slo is not None and slo < best:
             raise PlanError(f"{name} {slo:g} s is below the {best:.3g} s one request alone takes on {job.devices} x "
-                            f"{dev.id} with {engine.id}: no load meets it; raise it, or use more devices per replica, "
-                            "a narrower precision or faster hardware")
+                            f"{dev.id} with {engine.id}: no load meets it; raise it, or "
+                            + _what_would_work(job, m, dev, engine, name))
     span = single_ttft + (job.gen_len - 1) * single_itl  # one request's duration: the users' start spread
     sat = _run(job, sm, cap, chunk, max(job.requests // 2, 10), concurrency=cap, stagger=span)
     capacity = t.add("capacity", f"requests / time with {cap} always running (saturated)",
