@@ -35,6 +35,15 @@ def test_peak_copy_bandwidth_counts_read_and_write(record):
     assert record["summary"]["membw_bytes_per_s"] > 0
 
 
+def test_peak_measures_a_cache_resident_copy(record):
+    s = next(x for x in record["samples"] if x["name"] == "cachebw")
+    assert s["bytes"] == 512 * 1024 and s["bytes_moved_per_call"] == 2 * 512 * 1024
+    assert record["summary"]["cachebw_bytes_per_s"] == s["bytes_per_s"]["median"]
+    assert "cache copy 512 KiB" in format_peak(record)
+    with pytest.raises(HardwareError, match="--cache-kib must be at least 4"):
+        PeakConfig(cache_kib=1)
+
+
 def test_peak_says_what_it_could_not_measure(record):
     text = " | ".join(record["findings"])
     assert "matmul tf32 on cpu: tf32 is a CUDA tensor-core mode" in text

@@ -333,3 +333,25 @@ def test_report_from_real_train_run_and_bench_records(tmp_path: Path) -> None:
     decode = next(p for p in points if p.phase == "decode")
     s = infer.summary
     assert decode.bytes == pytest.approx(s["b1_p8_decode_bytes_per_s"] * s["b1_p8_tpot_ms_p50"] / 1e3, rel=1e-9)
+
+
+def test_a_point_above_the_dram_roof_is_cache_resident_and_never_over_100_percent() -> None:
+    """Decode of a small model runs faster than DRAM allows (its weights stay in cache): the table measures
+    it against the cache roof, or says cache-resident without a percentage when no cache roof was measured."""
+    from hwlm.report.analysis import Roof, WorkPoint
+    from hwlm.report.sections import _of_roof
+    # 1 FLOP/byte: the DRAM roof is 10 GFLOP/s there, the cache roof 100 GFLOP/s, the matmul roof 1 TFLOP/s.
+    decode = WorkPoint(label="decode", phase="decode", flops=21e9, bytes=21e9, seconds=1.0, device="cpu",
+                       precision="fp32", source="t")  # 2.1x the DRAM roof
+    slow = WorkPoint(label="slow", phase="train", flops=5e9, bytes=5e9, seconds=1.0, device="cpu",
+                     precision="fp32", source="t")
+    with_cache = Roof(device="cpu", flops={"fp32": 1e12}, bytes_per_s=1e10, source="t", cache_bytes_per_s=1e11)
+    without = Roof(device="cpu", flops={"fp32": 1e12}, bytes_per_s=1e10, source="t")
+    assert with_cache.attainable(decode) == (1e11, "cache")
+    assert _of_roof(with_cache, decode) == "21% of the cache roof (cache-resident)"
+    assert _of_roof(with_cache, slow) == _of_roof(without, slow) == "50%"
+    assert _of_roof(without, decode) == "above the DRAM roof: cache-resident (no cache roof measured)"
+    beyond = WorkPoint(label="x", phase="decode", flops=2e11, bytes=1e9, seconds=1.0, device="cpu",
+                       precision="fp32", source="t")  # 200 FLOP/B: under the matmul roof, past both ridges
+    assert with_cache.attainable(beyond) == (1e12, "compute")
+    assert _of_roof(with_cache, beyond) == "20%"

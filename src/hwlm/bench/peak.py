@@ -2,7 +2,8 @@
 
 Measured: square-matmul FLOP/s for each data type the device supports (fp32, tf32,
 bf16, fp16, int8 via ``torch._int_mm`` on CUDA), device memory bandwidth from one large
-copy (bytes read + bytes written), and on CUDA pinned host-to-device bandwidth. Each
+copy (bytes read + bytes written), cache bandwidth from a copy that fits in cache (the roof
+of work whose operands stay there), and on CUDA pinned host-to-device bandwidth. Each
 figure is the median of ``repeats`` timed samples after warm-up, stored with its spread
 (min, max, IQR, count). A data type the device cannot run fast, or at all, is skipped
 and the reason is written into the record's findings rather than hidden.
@@ -34,6 +35,7 @@ class PeakConfig:
     repeats: int = 10
     warmup: int = 2
     membw_mib: int | None = None    # copy size; None: 2048 MiB on CUDA, 256 MiB elsewhere (capped by free RAM)
+    cache_kib: int | None = None    # cache-resident copy; None: 512 KiB on a CPU (src + dst fit an L2), 8 MiB on CUDA (L2)
     h2d_mib: int | None = None      # pinned host->device copy; None: 1024 MiB (CUDA only)
     max_call_s: float = 2.0         # on CPU, a dtype whose single matmul takes longer is skipped as slow
     energy: str = "auto"
@@ -45,6 +47,8 @@ class PeakConfig:
                 raise HardwareError(f"unknown data type '{d}'; choose among {', '.join(DTYPES)}")
         if self.repeats < 1 or self.warmup < 0:
             raise HardwareError(f"--repeats must be >= 1 and --warmup >= 0, got {self.repeats} and {self.warmup}")
+        if self.cache_kib is not None and self.cache_kib < 4:
+            raise HardwareError(f"--cache-kib must be at least 4, got {self.cache_kib}")
         if self.size is not None and self.size < 16:
             raise HardwareError(f"--size must be at least 16, got {self.size}")
 
@@ -167,6 +171,12 @@ def _measure_copy(cfg: PeakConfig, device: str, nbytes: int, h2d: bool) -> dict[
             "seconds": secs, "bytes_per_s": spread([moved / s for s in secs])}
 
 
+def _cache_size(cfg: PeakConfig, kind: str) -> int:
+    """Bytes of one buffer of the cache-resident copy: source and destination together fit the last
+    private cache (a CPU core's L2 is 1-2 MiB on current x86 and Arm server parts) or a GPU's L2."""
+    return (cfg.cache_kib or (8192 if kind == "cuda" else 512)) * 1024
+
+
 def _copy_size(cfg: PeakConfig, kind: str, findings: list[str]) -> int:
     mib = cfg.membw_mib or (2048 if kind == "cuda" else 256)
     if kind == "cpu":
@@ -214,7 +224,9 @@ def run_peak(cfg: PeakConfig) -> dict[str, Any]:
 
 
 def _copies(cfg: PeakConfig, device: str, kind: str, samples: list, summary: dict, findings: list) -> None:
-    jobs = [("membw", _copy_size(cfg, kind, findings), False)]
+    # The cache copy is the roof of work whose operands stay in cache (a small model's decode step reads
+    # weights that fit in L2/L3): without it such points plot above the DRAM roof.
+    jobs = [("membw", _copy_size(cfg, kind, findings), False), ("cachebw", _cache_size(cfg, kind), False)]
     if kind == "cuda":
         jobs.append(("h2d", (cfg.h2d_mib or 1024) * 2**20, True))
     else:
@@ -226,6 +238,7 @@ def _copies(cfg: PeakConfig, device: str, kind: str, samples: list, summary: dic
             findings.append(f"{name}: {'out of memory' if is_oom(exc) else _first_line(exc)} at {nbytes >> 20} MiB")
             _free(kind)
             continue
+        s["name"] = name
         samples.append(s)
         summary[f"{name}_bytes_per_s"] = s["bytes_per_s"]["median"]
         summary[f"{name}_iqr_pct"] = 100.0 * s["bytes_per_s"]["iqr"] / s["bytes_per_s"]["median"]
@@ -248,7 +261,9 @@ def format_peak(record: dict[str, Any]) -> str:
             label = f"matmul {s['dtype']:<5} n={s['n']}"
         else:
             st, unit, scale = s["bytes_per_s"], "GB/s", 1e9
-            label = f"{'copy' if s['name'] == 'membw' else 'host->device'} {s['bytes'] >> 20} MiB"
+            what = {"membw": "copy", "cachebw": "cache copy", "h2d": "host->device"}.get(s["name"], s["name"])
+            size = f"{s['bytes'] >> 20} MiB" if s["bytes"] >= 2**20 else f"{s['bytes'] >> 10} KiB"
+            label = f"{what} {size}"
         line = (f"  {label:<26} {st['median'] / scale:10.3f} {unit:<8} min {st['min'] / scale:.3f} "
                 f"max {st['max'] / scale:.3f} IQR {st['iqr'] / scale:.3f} (n={st['count']} x {s['inner']} calls)")
         if s.get("energy") and s["energy"]["joules"]:

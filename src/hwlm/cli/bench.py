@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed samples per measurement (default: 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up calls (default: 2)")
     p.add_argument("--membw-mib", type=int, default=None, help="copy size in MiB (default: 2048 CUDA, 256 CPU)")
+    p.add_argument("--cache-kib", type=int, default=None,
+                   help="cache-resident copy size in KiB (default: 8192 CUDA, 512 CPU)")
     p.add_argument("--h2d-mib", type=int, default=None, help="pinned host-to-device copy in MiB (default: 1024)")
     p.set_defaults(func=_peak)
 
@@ -129,7 +131,7 @@ def _peak(args: argparse.Namespace) -> int:
     from hwlm.bench.peak import PeakConfig, format_peak, run_peak
     from hwlm.hw import DTYPES
     cfg = PeakConfig(device=args.device, dtypes=args.dtypes or list(DTYPES), size=args.size, repeats=args.repeats,
-                     warmup=args.warmup, membw_mib=args.membw_mib, h2d_mib=args.h2d_mib, energy=args.energy,
+                     warmup=args.warmup, membw_mib=args.membw_mib, cache_kib=args.cache_kib, h2d_mib=args.h2d_mib, energy=args.energy,
                      tdp_w=args.tdp)
     record = run_peak(cfg)
     return _write(record, args, format_peak(record))

@@ -44,8 +44,26 @@ class Roof:
 
     device: str
     flops: dict[str, float]          # data type -> measured matmul FLOP/s
-    bytes_per_s: float | None        # measured device copy bandwidth
+    bytes_per_s: float | None        # measured device (DRAM/HBM) copy bandwidth
     source: str
+    cache_bytes_per_s: float | None = None  # measured copy bandwidth of a buffer that fits in cache
+
+    def attainable(self, p: "WorkPoint") -> tuple[float | None, str]:
+        """(the roof over ``p``, which roof): min(matmul peak of its precision, bandwidth x intensity),
+        with the DRAM bandwidth, or the cache bandwidth when ``p`` runs faster than DRAM allows (its
+        operands stay in cache: a small model's weights in decode). (None, reason) when no measured roof
+        bounds it: never more than 100% of a roof."""
+        peak = self.flops.get(p.precision) or (max(self.flops.values()) if self.flops else None)
+        for bw, name in ((self.bytes_per_s, "DRAM"), (self.cache_bytes_per_s, "cache")):
+            if bw is None:
+                continue
+            roof = min(peak, bw * p.intensity) if peak else bw * p.intensity
+            if p.flops_per_s <= roof:
+                return roof, name if roof < (peak or float("inf")) else "compute"
+        if not self.bytes_per_s and peak and p.flops_per_s <= peak:
+            return peak, "compute"
+        return None, ("above the DRAM roof: cache-resident (no cache roof measured)" if not self.cache_bytes_per_s
+                      else "above every measured roof (the traffic model counts more bytes than moved)")
 
 
 @dataclass
@@ -127,11 +145,11 @@ def roof_from_peak(rec: BenchRecord) -> Roof | None:
     s = rec.summary
     flops = {d: float(s[f"matmul_{d}_flops"]) for d in _DTYPE_ORDER if isinstance(s.get(f"matmul_{d}_flops"),
                                                                                   (int, float))}
-    bw = s.get("membw_bytes_per_s")
+    bw, cache = s.get("membw_bytes_per_s"), s.get("cachebw_bytes_per_s")
     if not flops and not bw:
         return None
     return Roof(device=rec.device, flops=flops, bytes_per_s=float(bw) if bw else None,
-                source=f"{rec.path.name} ({rec.created or 'undated'})")
+                source=f"{rec.path.name} ({rec.created or 'undated'})", cache_bytes_per_s=float(cache) if cache else None)
 
 
 def _arch(model: str, **overrides: Any) -> ArchSpec:

@@ -174,6 +174,11 @@ def roofline_figure(roof: Roof, points: Sequence[WorkPoint]) -> str:
         top_ridge = max(ridges)
         ax.plot([x_lo, top_ridge], [bw * x_lo, bw * top_ridge], color="black", lw=2.4,
                 label=f"memory roof: copy bandwidth {si(bw, 'B/s')}")
+    cache = roof.cache_bytes_per_s
+    if cache and peaks:
+        cache_ridge = max(pk for _, pk in peaks) / cache
+        ax.plot([x_lo, cache_ridge], [cache * x_lo, cache * cache_ridge], color="#7b7d7d", lw=1.8, ls="--",
+                label=f"cache roof: copy of a cache-sized buffer {si(cache, 'B/s')}")
     roof_colours = ["#1b4f72", "#117a65", "#b9770e", "#6c3483", "#7b7d7d"]
     for i, (dtype, peak) in enumerate(peaks):
         start = peak / bw if bw else x_lo
@@ -182,9 +187,12 @@ def roofline_figure(roof: Roof, points: Sequence[WorkPoint]) -> str:
                                                                                    if bw else ""))
     for i, p in enumerate(points):
         marker, _ = _PHASE_STYLE.get(p.phase, ("D", "#555"))
-        ax.scatter([p.intensity], [p.flops_per_s], marker=marker, s=70, color=_colour(i), edgecolor="black",
-                   linewidth=0.6, zorder=3,
-                   label=f"{p.label}: {p.intensity:.3g} FLOP/B, {si(p.flops_per_s, 'FLOP/s')}")
+        bound, which = roof.attainable(p)
+        cached = which not in ("DRAM", "compute")  # above the DRAM roof: its operands live in cache
+        ax.scatter([p.intensity], [p.flops_per_s], marker=marker, s=70, color="white" if cached else _colour(i),
+                   edgecolor=_colour(i) if cached else "black", linewidth=1.6 if cached else 0.6, zorder=3,
+                   label=f"{p.label}: {p.intensity:.3g} FLOP/B, {si(p.flops_per_s, 'FLOP/s')}"
+                         + (" (cache-resident, hollow)" if cached else ""))
     ys_pts = [p.flops_per_s for p in points]
     top = max([pk for _, pk in peaks] + ys_pts + ([bw * x_hi] if bw and not peaks else []) + [1.0])
     ax.set_xscale("log")

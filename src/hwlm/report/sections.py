@@ -106,15 +106,17 @@ def throughput_section(inputs: ReportInputs) -> str:
     return section("throughput", "Throughput and MFU", intro, parts)
 
 
-def _attainable(roof: Roof, p: WorkPoint) -> float | None:
-    peak = roof.flops.get(p.precision) or (max(roof.flops.values()) if roof.flops else None)
-    if peak is None:
-        return None
-    return min(peak, roof.bytes_per_s * p.intensity) if roof.bytes_per_s else peak
+def _of_roof(roof: Roof, p: WorkPoint) -> str:
+    """Achieved share of the roof that bounds ``p`` (DRAM, or cache when it is cache-resident): at most 100%."""
+    bound, which = roof.attainable(p)
+    if bound is None:
+        return which
+    return _pct(p.flops_per_s, bound) + ("" if which in ("DRAM", "compute") else f" of the {which} roof (cache-resident)")
 
 
 def roofline_section(inputs: ReportInputs) -> str:
-    intro = ("Roofs measured by <code>hwlm bench peak</code> (square matmul per data type, one large copy); "
+    intro = ("Roofs measured by <code>hwlm bench peak</code> (square matmul per data type, one large copy, and a "
+             "copy that fits in cache: the roof of work whose operands stay there, marked cache-resident); "
              "each point is a measured workload at its arithmetic intensity (FLOPs from <code>hwlm.formulas</code>, "
              "bytes from the traffic model in <code>hwlm.report.analysis</code>, an estimate) and its achieved "
              "FLOP/s.")
@@ -136,7 +138,7 @@ def roofline_section(inputs: ReportInputs) -> str:
     if here:
         parts.append(table(["workload", "FLOPs", "bytes moved (est.)", "FLOP/byte", "achieved", "of roof", "source"],
                            [[p.label, si(p.flops, "FLOP"), si(p.bytes, "B"), f"{p.intensity:.3g}",
-                             si(p.flops_per_s, "FLOP/s"), _pct(p.flops_per_s, _attainable(roof, p)), p.source]
+                             si(p.flops_per_s, "FLOP/s"), _of_roof(roof, p), p.source]
                             for p in here], numeric=(1, 2, 3, 4, 5)))
     else:
         parts.append(missing("No measured workload on this device to place on the roofline.",
