@@ -11,7 +11,6 @@ from classify_tiny import prepare_cls, rows, write_csv, write_jsonl
 from hwlm.cli import main
 from hwlm.data.classify import dedupe, prepare_classify, read_split, stratified_split
 from hwlm.data.config import PrepareConfig
-from hwlm.errors import DataError
 
 
 def _cfg(tmp_path: Path, *inputs: Path, **kw) -> PrepareConfig:

@@ -12,7 +12,7 @@ import torch
 from classify_tiny import cls_cfg, prepare_cls, rows, write_csv, write_jsonl
 from hwlm.cli import main
 from hwlm.errors import ConfigError, DataError
-from hwlm.evaluate_classify import evaluate_classifier, predict_file
+from hwlm.evaluate_classify import evaluate_classifier
 from hwlm.train.classify import train_classifier
 from hwlm.train.task_config import TaskConfig
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from hwlm.config import to_dict
 from hwlm.device import select_device
-from hwlm.errors import ConfigError, DataError, HwlmError
+from hwlm.errors import ConfigError, DataError
 from hwlm.io import atomic_dir, atomic_write_json
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.classify_load import SEEDS_FILE, build_for_spec, classifier_spec, lm_trunk
