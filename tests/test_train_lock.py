@@ -55,10 +55,10 @@ def test_second_train_on_one_run_folder_stops_naming_the_first(tiny_data: Path, 
         if first.poll() is None:
             os.kill(first.pid, signal.SIGKILL)
         first.communicate(timeout=60)
-    # kill -9 left no stale lock: the folder can be trained on again at once.
-    again = _train(tiny_data, out, steps=2)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err[-2000:]
+    # kill -9 left no stale lock: the folder can be locked again at once.
+    from hwlm.io import folder_lock
+    with folder_lock(out, what="hwlm train"):
+        pass
 
 
 _HOLD = """
