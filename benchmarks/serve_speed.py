@@ -12,6 +12,7 @@ over hwlm at 1 client (its own sequential throughput).
     flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/serve_speed.py
     .venv/bin/python benchmarks/serve_speed.py --models tiny --concurrency 1,8 --requests 16 --no-peer
 
+``--hwlm-dtypes fp32,bf16`` adds hwlm rows in bf16 (weights and KV cache); fp32 is the like-for-like row.
 The models have 2 training steps: speed does not depend on what the weights say, and both servers
 decode the same greedy tokens. The machine's load average is printed before and after: on a shared
 machine the client, the server and other work compete for the same cores.
@@ -54,8 +55,10 @@ def build(root: Path, preset: str) -> tuple[Path, Path]:
         write_corpus(root / "text", n_docs=900, seed=1)
         prepare(PrepareConfig(inputs=[str(root / "text")], out=data, vocab_size=2048, val_fraction=0.2, seed=0))
     if not (hf / "config.json").exists():
+        # tiny as the quickstart trains it (a 2048-token vocabulary); mid with its preset's padded GPT-2 vocabulary.
+        vocab = 2048 if preset == "tiny" else ModelConfig.from_name(preset).vocab_size
         train(tiny_cfg(data, run, max_steps=2, batch_size=2, ckpt_interval=2, eval_interval=2, eval_batches=1),
-              ModelConfig.from_name(preset))
+              ModelConfig.from_name(preset, vocab_size=vocab))
         loaded = load_model(run)
         export_hf(loaded.model, loaded.model_cfg, loaded.path / "tokenizer.json", hf)
     return run, hf
@@ -154,10 +157,11 @@ def load(url: str, model: str, concurrency: int, requests: int, tokens: int) -> 
 def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Path, levels: list[int],
                requests: int, tokens: int) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if kind == "hwlm":
+    if kind.startswith("hwlm"):
+        dtype = kind.split("-")[1] if "-" in kind else "fp32"
         cmd = [sys.executable, "-m", "hwlm", "serve", "--run", str(run), "--port", "0", "--no-auth",
-               "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256"]
-        server, model = Proc(cmd, None, logs / "hwlm.log", env), "m"
+               "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256", "--dtype", dtype]
+        server, model = Proc(cmd, None, logs / f"{kind}.log", env), "m"
     else:
         exe = str(Path(sys.executable).parent / "transformers")
         cmd = [exe, "serve", "--continuous-batching", "--device", "cpu", "--dtype", "float32", "--port", str(port),
@@ -178,6 +182,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="OMP threads of each server")
     ap.add_argument("--no-peer", action="store_true", help="skip transformers serve")
+    ap.add_argument("--hwlm-dtypes", default="fp32,bf16", help="precisions of hwlm serve (fp32 is like for like)")
     ap.add_argument("--root", type=Path, default=ROOT / "runs" / "serve-bench")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "serve_speed.json")
     a = ap.parse_args()
@@ -192,7 +197,8 @@ def main() -> int:
     for name in a.models.split(","):
         run, hf = build(a.root, name)
         n = int(tokens.get(name, 48))
-        for kind in (["hwlm"] if a.no_peer else ["hwlm", "transformers"]):
+        kinds = ["hwlm"] + [f"hwlm-{d}" for d in a.hwlm_dtypes.split(",") if d and d != "fp32"]
+        for kind in kinds + ([] if a.no_peer else ["transformers"]):
             for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n):
                 row.update(model=name, new_tokens=n)
                 record["rows"].append(row)
@@ -207,9 +213,11 @@ def main() -> int:
     print(f"\nload average {load_before[0]:.2f} before, {record['load_after'][0]:.2f} after; {os.cpu_count()} cores")
     for name in a.models.split(","):
         for c in levels:
-            h, t = rows.get((name, "hwlm", c)), rows.get((name, "transformers", c))
-            ratio = f"{h['tokens_per_s'] / t['tokens_per_s']:.2f}x" if h and t else "-"
-            print(f"{name} c={c}: hwlm/transformers {ratio}")
+            t = rows.get((name, "transformers", c))
+            for kind in ("hwlm", "hwlm-bf16"):
+                h = rows.get((name, kind, c))
+                if h and t:
+                    print(f"{name} c={c}: {kind}/transformers {h['tokens_per_s'] / t['tokens_per_s']:.2f}x")
         h1, h32 = rows.get((name, "hwlm", levels[0])), rows.get((name, "hwlm", levels[-1]))
         if h1 and h32:
             print(f"{name}: hwlm at {levels[-1]} clients / at {levels[0]}: {h32['tokens_per_s'] / h1['tokens_per_s']:.2f}x")
