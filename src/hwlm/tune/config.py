@@ -53,7 +53,8 @@ class TuneConfig:
     data: Path | None = option(None, "prepared data folder every trial trains on")
     out: Path = option(Path("runs/tune"), "study folder: study.db, trials/, best.toml, report")
     task: Literal["lm", "classify"] = option("lm", "lm: minimize validation loss; classify: maximize val macro-F1")
-    trials: int = option(12, "finished (complete or pruned) trials to reach in the study")
+    trials: int = option(12, "finished (complete or pruned) trials to reach in the study (with --workers N, up to "
+                                 "N-1 more: workers busy when the count is reached finish their trial)")
     trial_budget: str = option("20s", "per-trial budget: seconds ('20s'), tokens ('2M tokens') or joules ('500J')")
     workers: int = option(1, "trials run in parallel processes on this machine")
     storage: str | None = option(None, "Optuna storage URL (default sqlite:///OUT/study.db); a shared database "

@@ -61,8 +61,9 @@ def _optuna() -> Any:
     return optuna
 
 
-def open_study(cfg: TuneConfig) -> Any:
-    """Create or load the study in ``cfg.storage_url``; an unreachable storage is a one-line ConfigError."""
+def open_study(cfg: TuneConfig, worker: int = 0) -> Any:
+    """Create or load the study in ``cfg.storage_url``; an unreachable storage is a one-line ConfigError.
+    Worker ``w`` seeds its sampler with ``seed + w``, so parallel workers do not draw the same startup trials."""
     optuna = _optuna()
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -71,7 +72,7 @@ def open_study(cfg: TuneConfig) -> Any:
         cfg.out.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):  # two processes creating one database's tables at once: the loser retries
         try:
-            return _create(cfg, optuna, RDBStorage, RetryHeartbeatStaleTrialCallback)
+            return _create(cfg, optuna, RDBStorage, RetryHeartbeatStaleTrialCallback, worker)
         except ConfigError:
             if attempt == 2:
                 raise
@@ -79,7 +80,7 @@ def open_study(cfg: TuneConfig) -> Any:
     raise AssertionError("unreachable")
 
 
-def _create(cfg: TuneConfig, optuna: Any, RDBStorage: Any, Retry: Any) -> Any:
+def _create(cfg: TuneConfig, optuna: Any, RDBStorage: Any, Retry: Any, worker: int) -> Any:
     url = cfg.storage_url
     try:
         storage = RDBStorage(url, heartbeat_interval=cfg.heartbeat, grace_period=2 * cfg.heartbeat,
@@ -88,7 +89,7 @@ def _create(cfg: TuneConfig, optuna: Any, RDBStorage: Any, Retry: Any) -> Any:
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.eval_interval)
                   if cfg.prune else optuna.pruners.NopPruner())
         study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction=cfg.direction,
-                                    sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=4),
+                                    sampler=optuna.samplers.TPESampler(seed=cfg.seed + worker, n_startup_trials=4),
                                     pruner=pruner, load_if_exists=True)
     except HwlmError:
         raise
@@ -192,13 +193,13 @@ class _TrialFailed(Exception):
     """A trial's run failed (its one-line error is in the trial's user attributes)."""
 
 
-def _work(cfg: TuneConfig, threads: int) -> None:
+def _work(cfg: TuneConfig, threads: int, worker: int = 0) -> None:
     """One worker's loop: draw and run trials until the study holds ``cfg.trials`` finished ones."""
     optuna = _optuna()
     from optuna.study import MaxTrialsCallback
 
     space = load_space(cfg.config)
-    study = open_study(cfg)
+    study = open_study(cfg, worker)
     vocab = int(_data_facts(cfg).get("vocab_size") or 0)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     objective = _objective(cfg, space, vocab, threads)
@@ -217,10 +218,10 @@ def _work(cfg: TuneConfig, threads: int) -> None:
                               f"(see {cfg.out / 'trials' / f'{last.number:04d}' / 'stderr.txt'})")
 
 
-def _spawn_worker(cfg_dict: dict[str, Any], threads: int) -> None:
+def _spawn_worker(cfg_dict: dict[str, Any], threads: int, worker: int) -> None:
     from hwlm.config import from_dict
 
-    _work(from_dict(TuneConfig, cfg_dict), threads)
+    _work(from_dict(TuneConfig, cfg_dict), threads, worker)
 
 
 def tune(cfg: TuneConfig) -> TuneResult:
@@ -238,7 +239,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
     procs = []
     if cfg.workers > 1:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_spawn_worker, args=(to_dict(cfg), threads)) for _ in range(cfg.workers - 1)]
+        procs = [ctx.Process(target=_spawn_worker, args=(to_dict(cfg), threads, w)) for w in range(1, cfg.workers)]
         for p in procs:
             p.start()
     try:
