@@ -21,7 +21,7 @@ from torch import nn
 
 from hwlm.compress.finetune import train_steps
 from hwlm.errors import ConfigError
-from hwlm.model.quantized import _targets
+from hwlm.model.quantized import linear_targets
 
 __all__ = ["magnitude_mask", "two_four_mask", "prune_model", "sparsity_of"]
 
@@ -53,14 +53,14 @@ def two_four_mask(weight: torch.Tensor) -> torch.Tensor:
 
 def sparsity_of(model: nn.Module) -> float:
     """Fraction of zeros over the block Linears' weights."""
-    weights = [getattr(p, n).weight for p, n in _targets(model, False)]
+    weights = [getattr(p, n).weight for p, n in linear_targets(model, False)]
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
 def prune_model(model: nn.Module, sparsity: float, pattern: str, data_dir: Path, finetune_steps: int,
                 batch_size: int, lr: float, seed: int) -> dict:
     """Prune ``model`` in place and fine-tune it with the masks held; returns what was done."""
-    layers = [getattr(p, n) for p, n in _targets(model, False)]
+    layers = [getattr(p, n) for p, n in linear_targets(model, False)]
     with torch.no_grad():
         masks = [two_four_mask(l.weight) if pattern == "2:4" else magnitude_mask(l.weight, sparsity)
                  for l in layers]

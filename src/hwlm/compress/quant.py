@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hwlm.errors import HardwareError
-from hwlm.model.quantized import _targets, check_int4_shape, int4_kernel, quantize_linear, use_module_decode
+from hwlm.model.quantized import check_int4_shape, int4_kernel, linear_targets, quantize_linear, use_module_decode
 
 __all__ = ["quantize_model", "choose_int8", "compression_section"]
 
@@ -32,7 +32,7 @@ def _check(model: nn.Module, precision: str, group_size: int, include_head: bool
         raise HardwareError(f"this torch has no int4 matmul kernel for {device.type} (CPU needs "
                             f"_weight_int4pack_mm_for_cpu, CUDA compute capability 8.0+): use --method int8 "
                             f"(w8a16), or hwlm export --format onnx --quantize int4 (onnxruntime MatMulNBits)")
-    for parent, name in _targets(model, include_head):
+    for parent, name in linear_targets(model, include_head):
         lin = getattr(parent, name)
         check_int4_shape(lin.in_features, lin.out_features, group_size)
 
@@ -41,7 +41,7 @@ def quantize_model(model: nn.Module, precision: str, group_size: int = 128, incl
     """Quantize ``model``'s block Linears (and the output layer) in place to ``precision``; returns it."""
     _check(model, precision, group_size, include_head)
     with torch.no_grad():
-        for parent, name in _targets(model, include_head):
+        for parent, name in linear_targets(model, include_head):
             setattr(parent, name, quantize_linear(getattr(parent, name), precision, group_size))
     use_module_decode(model)
     return model.eval()

@@ -34,8 +34,8 @@ from torch import nn
 
 from hwlm.errors import CheckpointError, ConfigError, HardwareError
 
-__all__ = ["Int8Linear", "Int4Linear", "quantize_linear", "apply_compression", "after_load", "dequantize",
-           "is_quantized", "module_decode_step", "int4_kernel", "QUANT_MODES", "INT4_GROUPS"]
+__all__ = ["Int8Linear", "Int4Linear", "quantize_linear", "linear_targets", "apply_compression", "after_load",
+           "dequantize", "is_quantized", "module_decode_step", "int4_kernel", "QUANT_MODES", "INT4_GROUPS"]
 
 QUANT_MODES = ("w8a8", "w8a16", "w4a16")
 INT4_GROUPS = (32, 64, 128, 256)
@@ -196,7 +196,7 @@ def quantize_linear(linear: nn.Linear, mode: str, group_size: int = 128) -> nn.M
     return Int8Linear.from_linear(linear, mode)
 
 
-def _targets(model: nn.Module, include_head: bool) -> list[tuple[nn.Module, str]]:
+def linear_targets(model: nn.Module, include_head: bool) -> list[tuple[nn.Module, str]]:
     """(parent module, attribute) of every Linear compression swaps, in model order."""
     found = [(block.attn, n) for block in model.h for n in ("c_attn", "c_proj")]
     found += [(block.mlp, n) for block in model.h for n in ("c_fc", "c_proj")]
@@ -218,7 +218,7 @@ def apply_compression(model: nn.Module, section: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"run config names compression precision {mode!r}; this hwlm knows "
                               f"{', '.join(QUANT_MODES)}: use a newer hwlm or the original run")
     group = int(section.get("group_size", 128))
-    for parent, name in _targets(model, bool(section.get("quantize_head", True))):
+    for parent, name in linear_targets(model, bool(section.get("quantize_head", True))):
         lin = getattr(parent, name)
         bias = lin.bias is not None
         if mode == "w4a16":
@@ -235,7 +235,7 @@ def after_load(model: nn.Module, section: dict[str, Any]) -> nn.Module:
     if section.get("pattern") == "2:4" and next(model.parameters()).device.type == "cuda":
         from torch.sparse import to_sparse_semi_structured
 
-        for parent, name in _targets(model, False):
+        for parent, name in linear_targets(model, False):
             lin = getattr(parent, name)
             if isinstance(lin, nn.Linear) and lin.weight.dtype in (torch.float16, torch.bfloat16):
                 lin.weight = nn.Parameter(to_sparse_semi_structured(lin.weight.detach()), requires_grad=False)

@@ -1,0 +1,223 @@
+"""What each compression method buys and costs, measured: decode speed on the GPT-2 124M shape, quality on a trained model.
+
+1. **Speed** (``gpt2-124m`` shape, random weights, seed 0): batch-1 greedy decode, prompt 16, ``--new``
+   tokens, ``--threads`` threads, against Hugging Face ``GPT2LMHeadModel.generate`` (fp32, KV cache) on
+   the *same* weights in the same run, rounds interleaved, median. Rows: hwlm fp32, int8 ``w8a8`` /
+   ``w8a16``, int4 ``w4a16`` (group 128), eager and (``--compile``) through the compiled fixed-shape
+   decode step. Each row also gives the CPU time per token of this process (``time.process_time``):
+   on a machine shared with other jobs wall time swings with their load, CPU time much less.
+   Batched decode (``--batches``) tokens/s for every row.
+2. **Quality** (``--quality-run RUN``, default: the ``tiny`` preset trained ``--quality-steps`` steps on
+   the quickstart corpus, Python's pydoc topics): ``hwlm compress`` with every method on the same run,
+   and the trade-off table it prints (perplexity and KL against the original, size, memory, tokens/s at
+   batch 1/8/32, TTFT, energy per token with its source).
+
+Results go to docs/benchmarks.md between the ``compress_speed`` markers (``--write-docs``) and to
+``runs/bench/compress_speed.json``. Run it alone: ``flock /tmp/hwlm-bench.lock python benchmarks/compress_speed.py``.
+
+    python benchmarks/compress_speed.py --threads 2 --new 32 --compile --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from generate_speed import copy_bandwidth, hf_twin  # noqa: E402  (benchmarks/ is a folder of scripts)
+from train_speed import cpu_model  # noqa: E402
+
+from hwlm.compress import CompressConfig, compress, quantize_model, render_table  # noqa: E402
+from hwlm.compress.table import _decode, model_bytes  # noqa: E402
+from hwlm.model import ModelConfig, Transformer, generate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- compress_speed:start -->", "<!-- compress_speed:end -->"
+
+
+def _timed(fn: Callable[[], list[int]]) -> tuple[float, float, list[int]]:
+    c, w = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - w, time.process_time() - c, out
+
+
+def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[int]) -> dict[str, Any]:
+    """Batch-1 decode tokens/s of every form of one random gpt2-124m, and of HF on the same weights."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = Transformer(ModelConfig.from_name("gpt2-124m")).eval()
+    hf = hf_twin(base)
+    prompt = list(range(16))
+    forms: dict[str, tuple[torch.nn.Module, bool]] = {"hwlm fp32": (base, False)}
+    for precision in ("w8a8", "w8a16", "w4a16"):
+        q = quantize_model(copy.deepcopy(base), precision, 128)
+        forms[f"{precision} eager"] = (q, False)
+        if use_compile and precision != "w8a16":
+            forms[f"{precision} compiled"] = (q, True)
+
+    def hf_fn() -> list[int]:
+        with torch.inference_mode():
+            out = hf.generate(torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                              use_cache=True, pad_token_id=0)
+        return out[0, len(prompt):].tolist()
+
+    fns: dict[str, Callable[[], list[int]]] = {"HF fp32": hf_fn}
+    for name, (model, comp) in forms.items():
+        fns[name] = (lambda m=model, c=comp: list(generate(m, prompt, new, temperature=0, compile=c)))
+    first: dict[str, list[int]] = {}
+    compile_s: dict[str, float] = {}
+    for name, fn in fns.items():  # warm-up (and compilation), and the tokens each form emits
+        wall, _, first[name] = _timed(fn)
+        compile_s[name] = wall
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            wall, cpu, _ = _timed(fn)
+            runs[name].append((wall, cpu))
+    rows = []
+    hf_tps = new / statistics.median(w for w, _ in runs["HF fp32"])
+    for name, samples in runs.items():
+        tps = new / statistics.median(w for w, _ in samples)
+        row = {"form": name, "tok_s": tps, "vs_hf": tps / hf_tps,
+               "cpu_ms_per_token": 1e3 * statistics.median(c for _, c in samples) / new,
+               "same_tokens_as_fp32": first[name] == first["hwlm fp32"], "first_call_s": compile_s[name]}
+        if name in forms:
+            model = forms[name][0]
+            row["weight_mb"] = model_bytes(model) / 1e6
+            if not forms[name][1]:
+                for b in batches:
+                    row[f"tok_s_b{b}"] = b / _decode(model, b, 8, 16)[1]
+        rows.append(row)
+    return {"threads": threads, "new_tokens": new, "rounds": rounds, "rows": rows,
+            "copy_bandwidth_gb_s": copy_bandwidth() / 1e9}
+
+
+def quality_run(out: Path, steps: int) -> Path:
+    """A ``tiny`` run trained on the quickstart corpus (prepared and trained once, then reused)."""
+    from hwlm.quickstart import QuickstartConfig, prepare_corpus
+    from hwlm.train import train
+    from hwlm.train.config import TrainConfig
+
+    run = out / f"tiny-{steps}"
+    if (run / "checkpoints").is_dir():
+        return run
+    data, _ = prepare_corpus(QuickstartConfig(out=out))
+    train(TrainConfig(data=data, out=run, model="tiny", batch_size=16, max_steps=steps, lr=3e-3, min_lr=3e-4,
+                      warmup=20, eval_interval=0, ckpt_interval=0, precision="fp32", device="cpu",
+                      progress=False, tensorboard=False, peak_flops=1e9))
+    return run
+
+
+METHODS = [("int8 w8a8", dict(method="int8", precision="w8a8")),
+           ("int8 w8a16", dict(method="int8", precision="w8a16")),
+           ("int4 g32", dict(method="int4", group_size=32)),
+           ("int4 g128", dict(method="int4", group_size=128)),
+           ("prune 50%", dict(method="prune", sparsity=0.5)),
+           ("prune 2:4", dict(method="prune", pattern="2:4")),
+           ("prune 2:4, no fine-tune", dict(method="prune", pattern="2:4", finetune_fraction=0.0)),
+           ("distill -> debug", dict(method="distill", model="debug", steps=100))]
+
+
+def quality(run: Path, work: Path, batches: list[int]) -> dict[str, Any]:
+    from hwlm.bench.energy import EnergyMeter
+
+    rows, records = [], {}
+    for label, kw in METHODS:
+        out = work / label.replace(" ", "_").replace(":", "").replace("%", "").replace(">", "")
+        shutil.rmtree(out, ignore_errors=True)
+        result = compress(CompressConfig(run=run, out=out, batches=batches, decode_steps=16, eval_batches=16, **kw),
+                          energy_meter=EnergyMeter)
+        if not rows:
+            rows.append(result.rows[0])
+        row = dict(result.rows[1], name=label)
+        rows.append(row)
+        records[label] = {k: result.record.get(k) for k in ("precision_choice", "prune", "distill", "notes")}
+    return {"run": str(run), "rows": rows, "records": records, "table": render_table(rows, batches)}
+
+
+def _speed_table(res: dict[str, Any], batches: list[int]) -> str:
+    head = ["form", "generate tok/s", "vs HF", "CPU ms/token", "weights MB"] + [f"step tok/s b{b}" for b in batches] + [
+        "same tokens as fp32"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in res["rows"]:
+        cells = [r["form"], f"{r['tok_s']:.1f}", f"{r['vs_hf']:.2f}x", f"{r['cpu_ms_per_token']:.1f}",
+                 f"{r['weight_mb']:.0f}" if "weight_mb" in r else "-"]
+        cells += [f"{r[f'tok_s_b{b}']:,.0f}" if f"tok_s_b{b}" in r else "-" for b in batches]
+        cells.append("yes" if r["same_tokens_as_fp32"] else "no")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", default="2", help="comma list of thread counts, e.g. 1,2")
+    p.add_argument("--new", type=int, default=32, help="new tokens per batch-1 generation")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="also time the compiled decode step (slow to compile)")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--quality-run", type=Path, default=None)
+    p.add_argument("--quality-steps", type=int, default=300)
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--write-docs", action="store_true")
+    args = p.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    work = ROOT / "runs" / "bench" / "compress"
+    load_before = os.getloadavg()
+    result: dict[str, Any] = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+                                          "torch": torch.__version__}, "load_before": load_before}
+    if not args.skip_speed:
+        result["speed"] = [speed(int(t), args.new, args.rounds, args.compile, batches)
+                           for t in args.threads.split(",")]
+        for s in result["speed"]:
+            print(f"{s['threads']} thread(s)\n" + _speed_table(s, batches), flush=True)
+    if not args.skip_quality:
+        torch.set_num_threads(int(args.threads.split(",")[-1]))
+        run = args.quality_run or quality_run(work, args.quality_steps)
+        result["quality"] = quality(run, work, batches)
+        print(result["quality"]["table"], flush=True)
+    result["load_after"] = os.getloadavg()
+    (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
+    (ROOT / "runs" / "bench" / "compress_speed.json").write_text(json.dumps(result, indent=2))
+    print(f"load average before {load_before[0]:.2f}, after {result['load_after'][0]:.2f}")
+    if args.write_docs:
+        write_docs(result, batches, args)
+
+
+def write_docs(result: dict[str, Any], batches: list[int], args: argparse.Namespace) -> None:
+    m = result["machine"]
+    parts = [START, "", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average "
+             f"{result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after (the machine was shared "
+             "with other jobs while this ran).", ""]
+    for s in result.get("speed", []):
+        parts += [f"`python benchmarks/compress_speed.py --threads {s['threads']} --new {s['new_tokens']}"
+                  f"{' --compile' if args.compile else ''}`: gpt2-124m shape, batch-1 greedy, "
+                  f"{s['threads']} threads, median of {s['rounds']} interleaved rounds; copy bandwidth "
+                  f"{s['copy_bandwidth_gb_s']:.1f} GB/s.", "", _speed_table(s, batches), ""]
+    if "quality" in result:
+        parts += [f"Trade-off table (`hwlm compress` on {result['quality']['run']}):", "",
+                  result["quality"]["table"], ""]
+    parts.append(END)
+    text = DOCS.read_text(encoding="utf-8")
+    block = "\n".join(parts)
+    if START in text:
+        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n## Compression (hwlm compress)\n\n" + block + "\n"
+    DOCS.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
