@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compress", help="quantize, prune or distill a run into a new run folder",
         description="Write a new run folder from --run: int8 (w8a8 / w8a16), int4 (w4a16), prune "
                     "(magnitude or 2:4, then a masked fine-tune) or distill (a smaller student). The new run "
-                    "loads in eval, generate, bench infer and export. Prints the measured trade-off table.")
+                    "loads in eval, generate and export. Prints the measured trade-off table.")
     p.add_argument("--config", metavar="RECIPE.toml", help="TOML file with a [compress] table")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     add_arguments(p, CompressConfig)
