@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 
 from hwlm.formulas import mfu, train_flops_per_token
-from hwlm.hw import keep_freed_memory  # the same allocator setting hwlm train uses on a CPU
+from hwlm.train.runtime import keep_freed_memory  # the same allocator setting hwlm train uses on a CPU
 from hwlm.model import ModelConfig, Transformer
 
 

@@ -91,14 +91,23 @@ def test_nvml_unsupported_counter_leaves_field_empty(monkeypatch):
 
 
 def test_quick_matmul_peak_is_positive_and_cached():
-    a = hw.quick_matmul_peak("cpu", "fp32")
+    from hwlm.train.runtime import quick_matmul_peak
+    a = quick_matmul_peak("cpu", "fp32")
     assert a > 1e8  # any CPU that runs torch does more than 0.1 GFLOP/s
-    assert hw.quick_matmul_peak("cpu", "fp32") == a
+    assert quick_matmul_peak("cpu", "fp32") == a
 
 
 def test_unknown_dtype_is_one_line_hardware_error():
+    from hwlm.train.runtime import quick_matmul_peak
     with pytest.raises(HardwareError, match="unknown data type 'fp7'; choose one of fp32, tf32, bf16, fp16, int8"):
-        hw.quick_matmul_peak("cpu", "fp7")
+        quick_matmul_peak("cpu", "fp7")
+
+
+def test_hw_is_detection_only():
+    """Measuring lives in hwlm.device (a device's clock), hwlm.train.runtime (training's probe and allocator
+    setting) and hwlm.bench.measure; hwlm.hw only says what the machine is."""
+    for name in ("quick_matmul_peak", "measure_seconds", "synchronize", "torch_dtype", "keep_freed_memory", "DTYPES"):
+        assert not hasattr(hw, name), name
 
 
 def test_cli_hw_json(capsys):

@@ -441,7 +441,7 @@ class TrainingMemory:
 def heap_slack_bytes(spec: ArchSpec, tokens: int, loss: str = "full", device_kind: str = "cpu") -> float:
     """Heap a CPU run keeps above its live peak: one of the step's largest blocks, 0 on accelerators.
 
-    ``hwlm train`` on a CPU keeps freed memory in the heap (``hwlm.hw.keep_freed_memory``: no trimming, no
+    ``hwlm train`` on a CPU keeps freed memory in the heap (``hwlm.train.runtime.keep_freed_memory``: no trimming, no
     mmap), so the resident heap is the high-water mark of glibc's heap, not the live peak. From the second
     step on, long-lived allocations made during the first one (AdamW's moments, the loss scalars, logging)
     sit in the holes the first step's blocks left, and the largest block of a step no longer fits its old

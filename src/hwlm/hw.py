@@ -1,10 +1,10 @@
-"""What this machine is: CPU, instruction sets, memory, GPUs, and a quick matmul peak.
+"""What this machine is: CPU, instruction sets, memory and GPUs (detection only).
 
 ``detect()`` gathers everything ``hwlm hw`` prints into a typed :class:`MachineInfo`;
-``to_dict()`` is the form stored in every bench record. ``quick_matmul_peak()`` is a
-sub-second matmul throughput probe that training uses for MFU when no bench record
-is at hand. torch and pynvml are imported only inside functions, so the planner can
-import this module without paying for torch.
+``to_dict()`` is the form stored in every bench record. Measuring what the machine does lives
+elsewhere: a device's clock in :mod:`hwlm.device`, training's MFU probe and allocator setting in
+:mod:`hwlm.train.runtime`, the benchmarks' probes in :mod:`hwlm.bench.measure`. torch and pynvml
+are imported only inside functions, so the planner can import this module without paying for torch.
 
     >>> info = detect()
     >>> info.device, info.cpu.logical_cores  # doctest: +SKIP
@@ -16,22 +16,15 @@ from __future__ import annotations
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hwlm.errors import HardwareError
 
-__all__ = ["CpuInfo", "GpuInfo", "MachineInfo", "detect", "render", "quick_matmul_peak", "measure_seconds",
-           "synchronize", "torch_dtype", "DTYPES", "cpu_features_from_flags", "memory_bytes",
+__all__ = ["CpuInfo", "GpuInfo", "MachineInfo", "detect", "render", "cpu_features_from_flags", "memory_bytes",
            "detect_cpu", "detect_gpus"]
-
-# Data types hwlm measures, by their short names. tf32 is fp32 storage with TF32 tensor-core math.
-DTYPES = ("fp32", "tf32", "bf16", "fp16", "int8")
 
 # Instruction-set features that decide CPU matmul speed: our name -> /proc/cpuinfo flag.
 _LINUX_FLAGS = {
@@ -312,120 +305,3 @@ def render(info: MachineInfo) -> str:
     lines.append(f"device    hwlm will use '{info.device}': {info.device_reason}")
     lines.extend(f"note      {n}" for n in info.notes)
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- timing
-
-
-def synchronize(device: str) -> None:
-    """Wait for queued work on ``device`` so wall-clock timings are honest."""
-    import torch
-    kind = device.split(":")[0]
-    if kind == "cuda":
-        torch.cuda.synchronize(device)
-    elif kind == "mps":
-        torch.mps.synchronize()
-    elif kind == "xla":
-        import torch_xla
-        if hasattr(torch_xla, "sync"):
-            torch_xla.sync()
-        import torch_xla.core.xla_model as xm
-        xm.wait_device_ops()
-
-
-def measure_seconds(fn: Callable[[], Any], device: str, warmup: int = 1, repeats: int = 5,
-                    inner: int = 1) -> list[float]:
-    """Seconds per call of ``fn``: ``repeats`` samples, each the mean over ``inner`` back-to-back calls.
-
-    On CUDA the samples come from CUDA events (GPU time between two points in the stream),
-    so the Python launch loop is not timed; elsewhere from ``perf_counter`` after a sync.
-    """
-    import torch
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    out = []
-    cuda = device.startswith("cuda")
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            end.synchronize()
-            out.append(start.elapsed_time(end) / 1000.0 / inner)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            synchronize(device)
-            out.append((time.perf_counter() - t0) / inner)
-    return out
-
-
-def torch_dtype(name: str) -> Any:
-    """The torch dtype for a short name (tf32 computes in fp32 storage); unknown -> HardwareError."""
-    import torch
-    table = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
-             "fp16": torch.float16, "int8": torch.int8}
-    if name not in table:
-        raise HardwareError(f"unknown data type '{name}'; choose one of {', '.join(DTYPES)}")
-    return table[name]
-
-
-_PEAK_CACHE: dict[tuple[str, str], float] = {}
-
-
-def quick_matmul_peak(device: str = "cpu", dtype: str = "fp32") -> float:
-    """Large-square matmul throughput in FLOP/s: median of a few timed runs after a warm-up.
-
-    Fast (well under a second on a CPU) and cached per process, for MFU during training.
-    ``hwlm bench peak`` is the careful measurement. tf32 is only meaningful on CUDA.
-    """
-    key = (device, dtype)
-    if key in _PEAK_CACHE:
-        return _PEAK_CACHE[key]
-    import torch
-    tdt = torch_dtype(dtype)
-    if dtype == "int8":
-        raise HardwareError("quick_matmul_peak measures floating-point types; use 'hwlm bench peak' for int8")
-    kind = device.split(":")[0]
-    n = {"cuda": 8192, "xla": 4096, "mps": 4096}.get(kind, 1024)
-    if kind == "cpu" and dtype in ("bf16", "fp16"):
-        n = 512  # without AMX/AVX-512 these can be 10-100x slower than fp32; stay under a second
-    a = torch.randn(n, n, device=device).to(tdt)
-    b = torch.randn(n, n, device=device).to(tdt)
-    prev = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if dtype == "tf32" else "highest")
-    try:
-        inner = 10 if kind == "cuda" else 1
-        secs = measure_seconds(lambda: torch.mm(a, b), device, warmup=2, repeats=5, inner=inner)
-    finally:
-        torch.set_float32_matmul_precision(prev)
-    peak = 2.0 * n**3 / statistics.median(secs)
-    _PEAK_CACHE[key] = peak
-    return peak
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc malloc keep freed memory in the heap instead of returning it to the kernel.
-
-    By default each allocation over 128 KiB (adaptively up to 32 MiB) is its own ``mmap``:
-    freeing it unmaps it, and the next training step's same-size tensor page-faults every
-    4 KiB page again while the kernel zeroes it. On small CPU models that first touch costs as
-    much as the arithmetic. With mmap off and no trimming the heap is reused across steps: the
-    same effect as ``LD_PRELOAD``ing jemalloc or tcmalloc, which Intel's PyTorch CPU tuning guide
-    advises. Process-wide and one-way; returns False where glibc is not the allocator.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's <malloc.h>
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-

@@ -1,66 +1,26 @@
-"""Measuring helpers shared by every benchmark, the quickstart and training's MFU probe.
+"""Measuring what this machine does, for the benchmarks and the quickstart.
 
-Timing (:func:`synchronize`, :func:`measure_seconds`, :func:`fastest_seconds`), the probes the planner is
-fed from (:func:`quick_matmul_peak`, :func:`matmul_peak`, :func:`copy_bandwidth`, :func:`kernel_seconds`)
-and training memory as the quickstart reports it (:class:`MemoryWatch`). Detection of what the machine
-*is* stays in :mod:`hwlm.hw`; this module measures what it *does*. torch is imported inside functions.
+The probes the planner is fed from (:func:`matmul_peak`, :func:`copy_bandwidth`, :func:`kernel_seconds`,
+each the fastest of a few samples: :func:`fastest_seconds`) and training memory as the quickstart reports
+it (:class:`MemoryWatch`). What the machine *is* stays in :mod:`hwlm.hw`; a device's clock
+(``synchronize``, ``measure_seconds``) is :mod:`hwlm.device`'s, and the two things training itself needs
+(the quick matmul peak for MFU, the CPU allocator setting) are :mod:`hwlm.train.runtime`'s, since a stage
+cannot import a later one. torch is imported inside functions.
 """
 
 from __future__ import annotations
 
-import statistics
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hwlm.errors import HardwareError
+from hwlm.device import measure_seconds, torch_dtype
 
-__all__ = ["synchronize", "measure_seconds", "fastest_seconds", "quick_matmul_peak", "matmul_peak",
-           "copy_bandwidth", "kernel_seconds", "torch_dtype", "resident_bytes", "load_training_runtime",
-           "MemoryWatch"]
-
-
-def torch_dtype(name: str) -> Any:
-    """The torch dtype for a short name (tf32 computes in fp32 storage); unknown -> HardwareError."""
-    import torch
-
-    table = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
-             "fp16": torch.float16, "int8": torch.int8}
-    if name not in table:
-        raise HardwareError(f"unknown data type '{name}'; choose one of {', '.join(table)}")
-    return table[name]
+__all__ = ["fastest_seconds", "matmul_peak", "copy_bandwidth", "kernel_seconds", "resident_bytes",
+           "load_training_runtime", "MemoryWatch"]
 
 
-def synchronize(device: str) -> None:
-    """Wait for the device's queued work (CUDA, MPS, XLA); a no-op on the CPU."""
-    import torch
 
-    kind = device.split(":")[0]
-    if kind == "cuda":
-        torch.cuda.synchronize(device)
-    elif kind == "mps":
-        torch.mps.synchronize()
-    elif kind == "xla":
-        import torch_xla.core.xla_model as xm  # type: ignore[import-not-found]
-        xm.wait_device_ops()
-
-
-def measure_seconds(fn: Callable[[], Any], device: str, warmup: int = 1, repeats: int = 5,
-                    inner: int = 1) -> list[float]:
-    """Seconds per call of ``fn`` for each of ``repeats`` samples (each the mean of ``inner`` calls),
-    after ``warmup`` untimed calls, with the device synchronized around every sample."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        synchronize(device)
-        out.append((time.perf_counter() - t0) / inner)
-    return out
 
 
 def fastest_seconds(fn: Callable[[], Any], device: str, repeats: int = 7) -> float:
@@ -68,52 +28,13 @@ def fastest_seconds(fn: Callable[[], Any], device: str, repeats: int = 7) -> flo
     return min(measure_seconds(fn, device, warmup=1, repeats=repeats))
 
 
-def _square_side(device: str, dtype: str) -> int:
-    kind = device.split(":")[0]
-    n = {"cuda": 8192, "xla": 4096, "mps": 4096}.get(kind, 1024)
-    if kind == "cpu" and dtype in ("bf16", "fp16"):
-        n = 512  # without AMX/AVX-512 these can be 10-100x slower than fp32; stay under a second
-    return n
-
-
-_PEAK_CACHE: dict[tuple[str, str], float] = {}
-
-
-def quick_matmul_peak(device: str = "cpu", dtype: str = "fp32") -> float:
-    """Large-square matmul throughput in FLOP/s: median of a few timed runs after a warm-up.
-
-    Fast (well under a second on a CPU) and cached per process, for MFU during training.
-    ``hwlm bench peak`` is the careful measurement. tf32 is only meaningful on CUDA.
-    """
-    key = (device, dtype)
-    if key in _PEAK_CACHE:
-        return _PEAK_CACHE[key]
-    import torch
-
-    if dtype == "int8":
-        raise HardwareError("quick_matmul_peak measures floating-point types; use 'hwlm bench peak' for int8")
-    tdt = torch_dtype(dtype)
-    n = _square_side(device, dtype)
-    a = torch.randn(n, n, device=device).to(tdt)
-    b = torch.randn(n, n, device=device).to(tdt)
-    prev = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if dtype == "tf32" else "highest")
-    try:
-        inner = 10 if device.startswith("cuda") else 1
-        secs = measure_seconds(lambda: torch.mm(a, b), device, warmup=2, repeats=5, inner=inner)
-    finally:
-        torch.set_float32_matmul_precision(prev)
-    peak = 2.0 * n**3 / statistics.median(secs)
-    _PEAK_CACHE[key] = peak
-    return peak
-
-
 def matmul_peak(device: str, precision: str) -> float:
-    """FLOP/s of the fastest of several large square products (the sizes of :func:`quick_matmul_peak`,
+    """FLOP/s of the fastest of several large square products (the sizes of ``quick_matmul_peak``,
     whose median serves MFU): the planner wants what the machine can do, not what a busy moment allowed."""
     import torch
 
-    n = _square_side(device, precision)
+    from hwlm.train.runtime import matmul_side
+    n = matmul_side(device, precision)
     a = torch.randn(n, n, device=device).to(torch_dtype(precision))
     b = torch.randn(n, n, device=device).to(torch_dtype(precision))
     return 2.0 * n**3 / fastest_seconds(lambda: torch.mm(a, b), device, repeats=5)

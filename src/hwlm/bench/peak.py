@@ -20,7 +20,8 @@ from typing import Any, Callable
 from hwlm.bench.energy import EnergyMeter
 from hwlm.bench.records import make_record, spread
 from hwlm.errors import HardwareError
-from hwlm.hw import DTYPES, measure_seconds, synchronize, torch_dtype
+from hwlm.device import TORCH_DTYPES as DTYPES
+from hwlm.device import measure_seconds, synchronize, torch_dtype
 
 __all__ = ["PeakConfig", "run_peak", "format_peak", "is_oom", "adaptive_inner"]
 

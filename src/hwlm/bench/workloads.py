@@ -2,7 +2,7 @@
 
 train: full training steps (forward, backward, AdamW) of a preset model; reports tokens/s,
 step time p50/p90/p99, MFU against the *measured* matmul peak (a peak record's, or
-:func:`hwlm.hw.quick_matmul_peak`) and, if given, against a datasheet peak, peak memory,
+:func:`hwlm.train.runtime.quick_matmul_peak`) and, if given, against a datasheet peak, peak memory,
 and energy per token. FLOPs per token come from :mod:`hwlm.formulas` (PaLM convention).
 
 infer: over a grid of batch sizes and prompt lengths, prefill (time to first token, TTFT)
@@ -26,7 +26,8 @@ from hwlm.bench.peak import is_oom
 from hwlm.bench.records import load_record, make_record, spread
 from hwlm.errors import HardwareError
 from hwlm.formulas import forward_flops_per_token, kv_cache_bytes_per_token, mfu, train_flops_per_token, training_memory
-from hwlm.hw import measure_seconds, memory_bytes, synchronize, torch_dtype
+from hwlm.device import measure_seconds, synchronize, torch_dtype
+from hwlm.hw import memory_bytes
 
 __all__ = ["TrainBenchConfig", "InferBenchConfig", "run_train_bench", "run_infer_bench", "format_workload"]
 
@@ -146,7 +147,7 @@ def _mfu_reference(cfg: TrainBenchConfig, device: str) -> tuple[float | None, st
             raise HardwareError(f"{cfg.peak_record} has no '{key}' (a 'peak' record measuring {dtype} is needed); "
                                 f"run 'hwlm bench peak --dtypes {dtype}'")
         return float(rec["summary"][key]), f"{key} from {cfg.peak_record}"
-    from hwlm.hw import quick_matmul_peak
+    from hwlm.train.runtime import quick_matmul_peak
     try:
         return quick_matmul_peak(device, dtype), f"quick_matmul_peak({device}, {dtype})"
     except (RuntimeError, HardwareError) as exc:

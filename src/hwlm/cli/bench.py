@@ -129,7 +129,7 @@ def _write(record: dict, args: argparse.Namespace, table: str) -> int:
 
 def _peak(args: argparse.Namespace) -> int:
     from hwlm.bench.peak import PeakConfig, format_peak, run_peak
-    from hwlm.hw import DTYPES
+    from hwlm.device import TORCH_DTYPES as DTYPES
     cfg = PeakConfig(device=args.device, dtypes=args.dtypes or list(DTYPES), size=args.size, repeats=args.repeats,
                      warmup=args.warmup, membw_mib=args.membw_mib, cache_kib=args.cache_kib, h2d_mib=args.h2d_mib, energy=args.energy,
                      tdp_w=args.tdp)

@@ -5,7 +5,7 @@ laptop CPU, a power-capped GPU). Its device is built on the fly from measurement
 ``hwlm plan ... --hardware this-machine`` and ``hwlm quickstart`` predict what this machine does:
 
 * peak FLOP/s per data type: the measured matmul rate (``hwlm bench peak``, or
-  :func:`hwlm.hw.quick_matmul_peak`), so efficiencies are relative to what the machine *can*
+  :func:`hwlm.train.runtime.quick_matmul_peak`), so efficiencies are relative to what the machine *can*
   do, the convention of ``hwlm bench calibrate --device this-machine``;
 * memory bandwidth: the measured copy bandwidth;
 * memory capacity: the detected RAM (CPU) or GPU memory;

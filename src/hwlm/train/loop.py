@@ -35,7 +35,6 @@ import torch
 
 from hwlm.config import to_dict
 from hwlm.device import select_device
-from hwlm.hw import keep_freed_memory
 from hwlm.errors import ConfigError, HwlmError, ResourceError
 from hwlm.formulas import mfu as model_flops_utilization
 from hwlm.formulas import train_flops_per_token
@@ -50,7 +49,7 @@ from hwlm.train.launch import choose_strategy, training_bytes
 from hwlm.train.parallel import (World, agree, broadcast_object, current_world, grad_sync,
                                  init_distributed, mean_across, shard_model, shutdown, wrap_model)
 from hwlm.train.progress import Progress
-from hwlm.train.runtime import autocast, choose_precision, loss_sums, seed_everything
+from hwlm.train.runtime import autocast, choose_precision, keep_freed_memory, loss_sums, seed_everything
 from hwlm.train.resolve import ResolvedRun, resolve_run
 from hwlm.train.signals import StopSignals, agree_step
 
@@ -94,7 +93,7 @@ def build_model_config(cfg: TrainConfig, overrides: dict[str, Any] | None = None
 def peak_flops_for(device: str, precision: str) -> float | None:
     """Measured matmul peak in FLOP/s for MFU, or None when it cannot be measured (never guessed)."""
     try:
-        from hwlm.hw import quick_matmul_peak
+        from hwlm.train.runtime import quick_matmul_peak
     except ImportError:
         return None
     try:

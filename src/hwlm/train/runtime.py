@@ -1,4 +1,5 @@
-"""Numerics of a run: seeding, the precision decision, autocast, and summed loss over batches.
+"""Numerics of a run: seeding, the precision decision, autocast, and summed loss over batches; the
+quick matmul peak that training's MFU divides by, and the CPU allocator setting training runs with.
 
 ``precision=auto`` picks bf16 autocast on CUDA (fp16 with loss scaling if the GPU lacks
 bf16) and fp32 everywhere else, except on a CPU where a short timed trial of the real
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -18,9 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwlm.errors import ConfigError
+from hwlm.device import measure_seconds, torch_dtype
+from hwlm.errors import ConfigError, HardwareError
 
-__all__ = ["seed_everything", "PrecisionChoice", "choose_precision", "autocast", "loss_sums"]
+__all__ = ["seed_everything", "PrecisionChoice", "choose_precision", "autocast", "loss_sums", "quick_matmul_peak",
+           "matmul_side", "keep_freed_memory"]
 
 CPU_BF16_MIN_SPEEDUP = 1.2  # below this the rounding error of bf16 is not worth it
 
@@ -126,3 +131,65 @@ def loss_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
         model.train(was_training)
     return float(total), count
 
+
+_PEAK_CACHE: dict[tuple[str, str], float] = {}
+
+
+def matmul_side(device: str, dtype: str) -> int:
+    """Side of the square product the matmul probes time: large enough to reach the peak, small enough
+    to take well under a second."""
+    kind = device.split(":")[0]
+    n = {"cuda": 8192, "xla": 4096, "mps": 4096}.get(kind, 1024)
+    if kind == "cpu" and dtype in ("bf16", "fp16"):
+        n = 512  # without AMX/AVX-512 these can be 10-100x slower than fp32; stay under a second
+    return n
+
+
+def quick_matmul_peak(device: str = "cpu", dtype: str = "fp32") -> float:
+    """Large-square matmul throughput in FLOP/s: median of a few timed runs after a warm-up.
+
+    Fast (well under a second on a CPU) and cached per process, for MFU during training.
+    ``hwlm bench peak`` is the careful measurement. tf32 is only meaningful on CUDA.
+    """
+    key = (device, dtype)
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    tdt = torch_dtype(dtype)
+    if dtype == "int8":
+        raise HardwareError("quick_matmul_peak measures floating-point types; use 'hwlm bench peak' for int8")
+    kind = device.split(":")[0]
+    n = matmul_side(device, dtype)
+    a = torch.randn(n, n, device=device).to(tdt)
+    b = torch.randn(n, n, device=device).to(tdt)
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if dtype == "tf32" else "highest")
+    try:
+        inner = 10 if kind == "cuda" else 1
+        secs = measure_seconds(lambda: torch.mm(a, b), device, warmup=2, repeats=5, inner=inner)
+    finally:
+        torch.set_float32_matmul_precision(prev)
+    peak = 2.0 * n**3 / statistics.median(secs)
+    _PEAK_CACHE[key] = peak
+    return peak
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc malloc keep freed memory in the heap instead of returning it to the kernel.
+
+    By default each allocation over 128 KiB (adaptively up to 32 MiB) is its own ``mmap``:
+    freeing it unmaps it, and the next training step's same-size tensor page-faults every
+    4 KiB page again while the kernel zeroes it. On small CPU models that first touch costs as
+    much as the arithmetic. With mmap off and no trimming the heap is reused across steps: the
+    same effect as ``LD_PRELOAD``ing jemalloc or tcmalloc, which Intel's PyTorch CPU tuning guide
+    advises. Process-wide and one-way; returns False where glibc is not the allocator.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's <malloc.h>
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
