@@ -47,9 +47,9 @@ for f in peak train-gpt2-124m infer-gpt2-124m; do
     [ -f "$DEST/$f.json" ] && records+=("$DEST/$f.json")
 done
 if [ "${#records[@]}" -gt 0 ]; then
-    step calibrate 30 "${HWLM[@]}" bench calibrate "${records[@]}" --device this-machine --out "$DEST/calibration-this-machine.json"
+    step calibrate 30 "${HWLM[@]}" bench calibrate "${records[@]}" --hardware this-machine --out "$DEST/calibration-this-machine.json"
     if [ -n "${CATALOG_ID:-}" ]; then
-        step calibrate-catalog 30 "${HWLM[@]}" bench calibrate "${records[@]}" --device "$CATALOG_ID" \
+        step calibrate-catalog 30 "${HWLM[@]}" bench calibrate "${records[@]}" --hardware "$CATALOG_ID" \
             --out "$DEST/calibration-$CATALOG_ID.json"
     fi
 fi

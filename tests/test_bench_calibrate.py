@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from hwlm.bench.calibrate import Datasheet, calibrate, calibrate_files, write_calibration
+from hwlm.bench.calibrate import Datasheet, calibrate, calibrate_files
+from hwlm.calibration import write_calibration
 from hwlm.bench.records import make_record, write_record
 from hwlm.cli import main
 from hwlm.errors import DataError
@@ -61,7 +62,7 @@ def test_output_is_accepted_by_the_planner(tmp_path):
 def test_errors():
     with pytest.raises(DataError, match="no bench records given"):
         calibrate([], "this-machine")
-    with pytest.raises(DataError, match="device 'h100-sxm' needs datasheet peaks"):
+    with pytest.raises(DataError, match="hardware 'h100-sxm' needs datasheet peaks"):
         calibrate(_records(), "h100-sxm")
     other = make_record("peak", {}, [], {"matmul_bf16_flops": 1e12}, machine={"cpu": {"model": "Other"}, "gpus": []})
     with pytest.raises(DataError, match="the records come from 2 different machines"):
@@ -71,13 +72,13 @@ def test_errors():
 def test_cli_calibrate(tmp_path, capsys):
     paths = [str(write_record(r, tmp_path / name)) for name, r in _records()]
     out = tmp_path / "cal.json"
-    assert main(["bench", "calibrate", *paths, "--device", "this-machine", "--out", str(out)]) == 0
+    assert main(["bench", "calibrate", *paths, "--hardware", "this-machine", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["entries"]
-    assert main(["bench", "calibrate", *paths, "--device", "mybox", "--datasheet-flops", "bf16=1e15",
+    assert main(["bench", "calibrate", *paths, "--hardware", "mybox", "--datasheet-flops", "bf16=1e15",
                  "--datasheet-bw", "4e12", "--out", str(out)]) == 0
     assert calibrate_files(paths, "mybox", Datasheet({"bf16": 1e15}, 4e12))["entries"]
     capsys.readouterr()
-    assert main(["bench", "calibrate", *paths, "--device", "x", "--datasheet-flops", "bf16:1", "--out",
+    assert main(["bench", "calibrate", *paths, "--hardware", "x", "--datasheet-flops", "bf16:1", "--out",
                  str(out)]) == 1
     assert "--datasheet-flops item 'bf16:1' is not DTYPE=FLOPS" in capsys.readouterr().err
 
@@ -85,10 +86,10 @@ def test_cli_calibrate(tmp_path, capsys):
 def test_cli_calibrate_reads_the_catalog(tmp_path, capsys):
     paths = [str(write_record(r, tmp_path / name)) for name, r in _records()]
     out = tmp_path / "cal.json"
-    assert main(["bench", "calibrate", *paths, "--device", "h200", "--out", str(out)]) == 0
+    assert main(["bench", "calibrate", *paths, "--hardware", "h200", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert {e["reference"] for e in doc["entries"]} == {"datasheet"}
     capsys.readouterr()
-    assert main(["bench", "calibrate", *paths, "--device", "no-such-gpu-9000", "--out", str(out)]) == 1
+    assert main(["bench", "calibrate", *paths, "--hardware", "no-such-gpu-9000", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("hwlm: error:") and err.count("\n") == 1

@@ -1,12 +1,8 @@
-"""The loop on this machine: ``hwlm bench peak`` + ``bench train`` -> ``bench calibrate`` -> ``hwlm plan
-train --hardware this-machine --calibration FILE`` predicts another bench workload.
+"""The loop on this machine: ``hwlm bench peak`` + ``bench train`` -> ``bench calibrate --hardware
+this-machine`` -> ``hwlm plan train --calibration FILE`` reads the measured peaks and efficiencies.
 
-Not circular: the calibration comes from one workload (tiny model, batch 8 x 64 tokens) and the
-planner predicts another (batch 16 x 32 tokens: same tokens per step, a different shape and
-attention FLOP count), compared with that workload's own record. Tests never time anything:
-the assertions relate the records' numbers to the planner's. The tolerance is 15% plus the
-two records' own step-time spread (p90/p50 - 1), since on a shared 2-core machine other
-processes move the measurement itself.
+Tests never time anything: whether the calibrated plan predicts another workload's measured speed is
+benchmarks/calibration_loop.py's question; here the records only carry numbers from one stage to the next.
 """
 
 from __future__ import annotations
@@ -28,65 +24,42 @@ pytestmark = pytest.mark.slow
 BENCH = ["--device", "cpu", "--energy", "off", "--model", "tiny", "--steps", "6", "--warmup", "2"]
 
 
-def _bench(tmp: Path) -> tuple[Path, list[Path], Path]:
-    """Peak, then the two workloads alternately twice: other processes on a shared machine slow
-    some runs down, and the faster of two alternating runs is the machine's own speed (calibrate
-    keeps the highest rate of its records; the target is the faster record too)."""
-    peak = tmp / "peak.json"
-    assert main(["bench", "peak", "--device", "cpu", "--dtypes", "fp32", "--size", "256", "--repeats", "5",
-                 "--membw-mib", "32", "--energy", "off", "--out", str(peak)]) == 0
-    calib, target = [], []
-    for i in range(2):
-        for batch, seq, out in ((8, 64, calib), (16, 32, target)):
-            path = tmp / f"train-b{batch}-{i}.json"
-            assert main(["bench", "train", *BENCH, "--batch", str(batch), "--seq", str(seq), "--peak-record",
-                         str(peak), "--out", str(path)]) == 0
-            out.append(path)
-    fastest = max(target, key=lambda p: load_record(p)["summary"]["tokens_per_s"])
-    return peak, calib, fastest
-
-
-def _spread(rec: dict) -> float:
-    return rec["summary"]["step_s_p90"] / rec["summary"]["step_s_p50"] - 1
-
-
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("loop")
-    peak, calib, target = _bench(tmp)
+    peak, train = tmp / "peak.json", tmp / "train.json"
+    assert main(["bench", "peak", "--device", "cpu", "--dtypes", "fp32", "--size", "256", "--repeats", "3",
+                 "--membw-mib", "8", "--energy", "off", "--out", str(peak)]) == 0
+    assert main(["bench", "train", *BENCH, "--batch", "8", "--seq", "64", "--peak-record", str(peak),
+                 "--out", str(train)]) == 0
     cal = tmp / "calibration.json"
-    assert main(["bench", "calibrate", str(peak), *map(str, calib), "--device", "this-machine",
-                 "--out", str(cal)]) == 0
-    best = max((load_record(p) for p in calib), key=lambda r: r["summary"]["tokens_per_s"])
-    return {"tmp": tmp, "cal": cal, "calib": best, "target": load_record(target)}
+    assert main(["bench", "calibrate", str(peak), str(train), "--hardware", "this-machine", "--out", str(cal)]) == 0
+    return {"tmp": tmp, "cal": cal, "train": load_record(train)}
 
 
-def test_calibrated_plan_predicts_another_workload(loop: dict, capsys: pytest.CaptureFixture) -> None:
-    rec = loop["target"]
-    cfg = rec["config"]
-    tokens = cfg["batch"] * cfg["seq"] * 10
+def test_the_plan_uses_the_calibration(loop: dict, capsys: pytest.CaptureFixture) -> None:
+    """--hardware omitted: the calibration names this machine, and its train efficiency replaces the
+    prior (the same job on the same measured peaks without it is predicted differently)."""
+    args = ["plan", "train", "--model", "tiny", "--tokens", "1e6", "--precision", "fp32", "--seq-len", "32",
+            "--global-batch", "16", "--micro-batch", "16", "--tp", "1", "--pp", "1", "--zero-stage", "0",
+            "--recompute", "none", "--json"]
     capsys.readouterr()
-    assert main(["plan", "train", "--model", "tiny", "--calibration", str(loop["cal"]), "--tokens", str(tokens),
-                 "--precision", "fp32", "--seq-len", str(cfg["seq"]), "--global-batch", str(cfg["batch"]),
-                 "--micro-batch", str(cfg["batch"]), "--tp", "1", "--pp", "1", "--zero-stage", "0",
-                 "--recompute", "none", "--json"]) == 0  # --hardware omitted: the calibration names this machine
+    assert main([*args, "--calibration", str(loop["cal"])]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["hardware"] == "this-machine"
-    predicted = tokens / (plan["time_s"] - plan["overhead_time_s"])  # steps alone, as the bench times them
-    measured = rec["summary"]["tokens_per_s"]
-    tolerance = 0.15 + _spread(rec) + _spread(loop["calib"])
-    assert abs(predicted / measured - 1) <= tolerance, (predicted, measured, tolerance)
-
-    # the same prediction from the uncalibrated CPU priors, on the same measured peaks: how far they were
     dev = device_from_calibration(loop["cal"])
-    e = estimate_training(trainable_model("tiny", block_size=64), tokens, dev, 1, precision="fp32",
-                          seq_len=cfg["seq"], global_batch=cfg["batch"], micro_batch=cfg["batch"], tp=1, pp=1,
-                          zero_stage=0, recompute="none", find_smallest=False)
-    prior = tokens / (e.time_s - e.overhead_time_s)
-    # Reported, not asserted: the priors now model small CPU runs well enough that which of the two
-    # lands nearer depends on the machine's noise, and a test must not hinge on that.
-    print(f"calibrated {predicted:.0f} tokens/s, priors {prior:.0f}, measured {measured:.0f}")
-    assert prior > 0
+    e = estimate_training(trainable_model("tiny", block_size=64), 1e6, dev, 1, precision="fp32", seq_len=32,
+                          global_batch=16, micro_batch=16, tp=1, pp=1, zero_stage=0, recompute="none",
+                          find_smallest=False)
+    assert plan["time_s"] != pytest.approx(e.time_s, rel=1e-9)
+
+
+def test_calibrate_takes_hardware_not_device(loop: dict, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["bench", "calibrate", str(loop["tmp"] / "peak.json"), "--device", "this-machine",
+                 "--out", str(loop["tmp"] / "x.json")]) == 1
+    err = capsys.readouterr().err
+    assert "takes --hardware this-machine" in err and err.count("\n") == 1
 
 
 def test_this_machine_device_has_the_measured_peaks(loop: dict) -> None:

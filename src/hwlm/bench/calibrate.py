@@ -1,6 +1,7 @@
 """``hwlm bench calibrate``: turn bench records into the planner's calibration file.
 
-Each measured rate becomes one entry per (dtype, phase) (schema in docs/architecture.md):
+Each measured rate becomes one entry per (dtype, phase) (the file's schema, writer and reader are
+:mod:`hwlm.calibration`):
 
 | phase   | measured rate (from)                                        | unit   |
 |---------|-------------------------------------------------------------|--------|
@@ -12,11 +13,11 @@ Each measured rate becomes one entry per (dtype, phase) (schema in docs/architec
 
 ``efficiency`` = measured / reference, where the reference is
 
-* the **datasheet** peak of a catalog device (``--device h100-sxm``): dense FLOP/s for the
+* the **datasheet** peak of a catalog device (``--hardware h100-sxm``): dense FLOP/s for the
   entry's dtype, memory bandwidth for membw and decode. The bench stage does not import
   the planner; the caller passes the datasheet figures in (the CLI reads them from the
   catalog), so efficiency means exactly what the planner's priors mean;
-* for ``--device this-machine`` (no catalog entry), the **measured peak** of this machine:
+* for ``--hardware this-machine`` (no catalog entry), the **measured peak** of this machine:
   matmul and membw entries are 1.0 by definition and carry the absolute rate in
   ``measured``; train and prefill are relative to the measured matmul peak of their dtype,
   decode to the measured copy bandwidth. A planner using a this-machine calibration
@@ -34,18 +35,15 @@ rejects them, and the notes say why.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from hwlm.bench.records import load_record
+from hwlm.calibration import MAX_EFFICIENCY, THIS_MACHINE, calibration_document
 from hwlm.errors import DataError
-from hwlm.io import atomic_write_json
 
-__all__ = ["Datasheet", "calibrate", "calibrate_files", "write_calibration", "THIS_MACHINE"]
+__all__ = ["Datasheet", "calibrate", "calibrate_files"]
 
-THIS_MACHINE = "this-machine"
-MAX_EFFICIENCY = 1.5  # the planner's accepted upper bound
 MEMBW_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
 
 
@@ -89,7 +87,7 @@ def calibrate(records: Sequence[tuple[str, dict[str, Any]]], device: str,
     if not records:
         raise DataError("no bench records given; pass one or more files written by 'hwlm bench peak/train/infer'")
     if device != THIS_MACHINE and datasheet is None:
-        raise DataError(f"device '{device}' needs datasheet peaks; use a catalog id or --device {THIS_MACHINE}")
+        raise DataError(f"hardware '{device}' needs datasheet peaks; use a catalog id or --hardware {THIS_MACHINE}")
     keys = {_machine_key(r) for _, r in records}
     if len(keys) > 1:
         raise DataError(f"the records come from {len(keys)} different machines; calibrate one machine at a time")
@@ -124,10 +122,7 @@ def calibrate(records: Sequence[tuple[str, dict[str, Any]]], device: str,
                             "unit": unit, "reference": ref_kind, "reference_value": ref, "source": src})
     if not entries:
         raise DataError("none of the records yields a calibration entry; run 'hwlm bench peak' (and train/infer) first")
-    machine = records[0][1].get("machine", {})
-    return {"version": 1, "kind": "hwlm-calibration", "device": device,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "entries": entries, "machine": machine, "notes": notes}
+    return calibration_document(device, entries, records[0][1].get("machine", {}), notes)
 
 
 def _reference(dtype: str, phase: str, best: dict, datasheet: Datasheet | None) -> tuple[float | None, str]:
@@ -145,9 +140,3 @@ def _reference(dtype: str, phase: str, best: dict, datasheet: Datasheet | None) 
 def calibrate_files(paths: Sequence[str | Path], device: str, datasheet: Datasheet | None = None) -> dict[str, Any]:
     """Load record files strictly and :func:`calibrate` them."""
     return calibrate([(str(p), load_record(p)) for p in paths], device, datasheet)
-
-
-def write_calibration(doc: dict[str, Any], out: str | Path) -> Path:
-    """Write the calibration atomically."""
-    atomic_write_json(out, doc)
-    return Path(out)

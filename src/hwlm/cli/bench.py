@@ -4,7 +4,7 @@
     hwlm bench train  --model gpt2-124m --batch 8 --seq 1024 --steps 20 --precision bf16 --compile
     hwlm bench infer  --model tiny --batch-sizes 1,8 --prompt-lens 128,512 --new-tokens 64
     hwlm bench compare A.json B.json
-    hwlm bench calibrate RECORDS... --device h100-sxm --out calibration.json
+    hwlm bench calibrate RECORDS... --hardware h100-sxm --out calibration.json
 
 Every run writes a versioned JSON record (``--out``, default ``runs/bench/<benchmark>-<time>.json``).
 torch-using code is imported inside the handlers.
@@ -105,8 +105,10 @@ def _add_workloads(sub: argparse._SubParsersAction) -> None:
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="turn bench records into the planner's calibration file")
     p.add_argument("records", nargs="+", help="bench record files (peak, train, infer)")
-    p.add_argument("--device", required=True,
+    # "device" is a torch device everywhere else in hwlm; a catalog id is "hardware" (as in hwlm plan).
+    p.add_argument("--hardware", default=None,
                    help="catalog id of this hardware (e.g. h100-sxm), or 'this-machine' for measured peaks")
+    p.add_argument("--device", default=None, help=argparse.SUPPRESS)  # the old name: an error naming the new
     p.add_argument("--out", required=True, help="calibration JSON to write")
     p.add_argument("--datasheet-flops", type=_csv(str), default=None, metavar="DTYPE=FLOPS,...",
                    help="datasheet peaks instead of the catalog's, e.g. bf16=989e12,fp32=67e12")
@@ -165,7 +167,8 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _datasheet(args: argparse.Namespace):
     """Datasheet peaks from the flags, else from the planner catalog (the CLI may import any stage)."""
-    from hwlm.bench.calibrate import THIS_MACHINE, Datasheet
+    from hwlm.bench.calibrate import Datasheet
+    from hwlm.calibration import THIS_MACHINE
     from hwlm.errors import ConfigError
     flops: dict[str, float] = {}
     for item in args.datasheet_flops or []:
@@ -176,16 +179,23 @@ def _datasheet(args: argparse.Namespace):
             raise ConfigError(f"--datasheet-flops item '{item}' is not DTYPE=FLOPS (e.g. bf16=989e12)") from None
     if flops or args.datasheet_bw:
         return Datasheet(flops, args.datasheet_bw, "command line")
-    if args.device == THIS_MACHINE:
+    if args.hardware == THIS_MACHINE:
         return None
     from hwlm.plan.catalog import get_device
-    dev = get_device(args.device)
+    dev = get_device(args.hardware)
     return Datasheet(dict(dev.flops), dev.memory_bw, dev.name)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from hwlm.bench.calibrate import calibrate_files, write_calibration
-    doc = calibrate_files(args.records, args.device, _datasheet(args))
+    from hwlm.bench.calibrate import calibrate_files
+    from hwlm.calibration import write_calibration
+    from hwlm.errors import ConfigError
+    if args.device is not None:
+        raise ConfigError(f"bench calibrate takes --hardware {args.device} (a catalog id or this-machine); "
+                          "--device names a torch device elsewhere in hwlm")
+    if not args.hardware:
+        raise ConfigError("bench calibrate needs --hardware: a catalog id (e.g. h100-sxm) or this-machine")
+    doc = calibrate_files(args.records, args.hardware, _datasheet(args))
     path = write_calibration(doc, args.out)
     for e in doc["entries"]:
         print(f"{e['device']:<14} {e['phase']:<8} {e['dtype']:<5} efficiency {e['efficiency']:.3f} "

@@ -70,7 +70,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name (see `hwlm plan models`) or a config.json path")
     p.add_argument("--hardware", default=None,
                    help="catalog id (see `hwlm plan hardware`), or this-machine with --calibration FILE from "
-                        "`hwlm bench calibrate --device this-machine` (the default when --calibration is given)")
+                        "`hwlm bench calibrate --hardware this-machine` (the default when --calibration is given)")
     p.add_argument("--devices", type=_int, default=1, help="number of devices (default 1)")
     p.add_argument("--calibration", help="calibration JSON from `hwlm bench calibrate` (replaces the priors)")
     p.add_argument("--pue", type=float, default=None, help="data-centre PUE (default 1.2)")

@@ -25,18 +25,17 @@ The numbers are fitted on the *fit* half of ``benchmarks/planner_cases.toml`` (p
 measurements, each with its source) by ``benchmarks/planner_validation.py --fit``; the
 other half is held out and reported in ``docs/planner-validation.md``.
 
-A calibration file (``hwlm bench calibrate``; schema in ``docs/architecture.md``) replaces
+A calibration file (``hwlm bench calibrate``; schema and reader in :mod:`hwlm.calibration`) replaces
 a prior with a measured efficiency for a (device, dtype, phase).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hwlm.errors import PlanError
+from hwlm.calibration import PHASES, THIS_MACHINE, CalibrationEntry, read_calibration
 
 __all__ = ["Priors", "priors_for", "Calibration", "load_calibration", "DEFAULT_PUE",
            "DEFAULT_GRID_KG_PER_KWH", "PUE_SOURCE", "GRID_SOURCE", "PRIOR_SOURCE", "PHASES", "OP_OVERHEAD_SOURCE",
@@ -47,7 +46,6 @@ PUE_SOURCE = "PUE 1.2: Luccioni et al. 2022, arXiv:2211.02001 (BLOOM's Jean Zay 
 DEFAULT_GRID_KG_PER_KWH = 0.475
 GRID_SOURCE = "475 gCO2/kWh: IEA Global Energy & CO2 Status Report 2019 (world average of power generation)"
 PRIOR_SOURCE = "fitted on the fit split of benchmarks/planner_cases.toml (see docs/planner-validation.md)"
-PHASES = ("matmul", "train", "prefill", "decode", "membw")
 
 
 @dataclass(frozen=True)
@@ -194,16 +192,6 @@ def kind_priors(kind: str) -> Priors:
     return _KIND_PRIORS.get(kind, _KIND_PRIORS[_DEFAULT_KIND])
 
 
-@dataclass(frozen=True)
-class CalibrationEntry:
-    device: str
-    dtype: str
-    phase: str
-    efficiency: float
-    source: str
-    measured: float | None = None   # the absolute rate (FLOP/s or B/s) behind the efficiency
-
-
 class Calibration:
     """Measured efficiencies that replace the priors for matching (device, dtype, phase)."""
 
@@ -214,48 +202,16 @@ class Calibration:
 
     def lookup(self, device_id: str, dtype: str, phase: str) -> CalibrationEntry | None:
         """Exact device first, then entries for ``this-machine``."""
-        for dev in (device_id, "this-machine"):
+        for dev in (device_id, THIS_MACHINE):
             for e in self.entries:
                 if e.device == dev and e.dtype == dtype and e.phase == phase:
                     return e
         return None
 
 
-def _entry(path: Path, i: int, raw: Any) -> CalibrationEntry:
-    where = f"calibration file {path}: entry {i}"
-    if not isinstance(raw, dict):
-        raise PlanError(f"{where} is not an object; see the schema in docs/architecture.md")
-    for key in ("device", "dtype", "phase", "efficiency"):
-        if key not in raw:
-            raise PlanError(f"{where} lacks '{key}'; see the schema in docs/architecture.md")
-    if raw["phase"] not in PHASES:
-        raise PlanError(f"{where} has phase {raw['phase']!r}; use one of {', '.join(PHASES)}")
-    eff = raw["efficiency"]
-    if isinstance(eff, bool) or not isinstance(eff, (int, float)) or not 0 < eff <= 1.5:
-        raise PlanError(f"{where} has efficiency {eff!r}; it must be measured/peak, a number in (0, 1.5]")
-    return CalibrationEntry(device=str(raw["device"]).lower(), dtype=str(raw["dtype"]).lower(),
-                            phase=raw["phase"], efficiency=float(eff),
-                            source=str(raw.get("source") or f"calibration file {path}"),
-                            measured=float(raw["measured"]) if isinstance(raw.get("measured"), (int, float)) else None)
-
-
 def load_calibration(path: str | Path | None) -> Calibration | None:
-    """Read and validate a calibration JSON file; ``None`` passes through."""
+    """Read and check a calibration file (:func:`hwlm.calibration.read_calibration`); ``None`` passes through."""
     if path is None or isinstance(path, Calibration):
         return path
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"calibration file {p} does not exist; run `hwlm bench calibrate` or fix the path") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanError(f"calibration file {p} is not valid JSON ({exc}); run `hwlm bench calibrate` again") from None
-    if not isinstance(data, dict) or data.get("kind") != "hwlm-calibration":
-        raise PlanError(f"calibration file {p} is not an hwlm calibration (kind must be 'hwlm-calibration')")
-    if data.get("version") != 1:
-        raise PlanError(f"calibration file {p} has version {data.get('version')!r}; this hwlm reads version 1")
-    entries = data.get("entries")
-    if not isinstance(entries, list) or not entries:
-        raise PlanError(f"calibration file {p} has no entries; run `hwlm bench calibrate` again")
-    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
-    return Calibration([_entry(p, i, e) for i, e in enumerate(entries)], str(p), machine)
+    f = read_calibration(path)
+    return Calibration(f.entries, f.path, f.machine)

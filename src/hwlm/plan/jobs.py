@@ -212,5 +212,5 @@ def resolve_hardware(hardware: Any, calibration: Any = None) -> Device:
         return get_device(hardware)
     if calibration is None:
         raise PlanError("--hardware is required (a catalog id, see `hwlm plan hardware`), unless --calibration FILE "
-                        "from `hwlm bench calibrate --device this-machine` describes this machine")
+                        "from `hwlm bench calibrate --hardware this-machine` describes this machine")
     return device_from_calibration(calibration)

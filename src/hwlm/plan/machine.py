@@ -6,7 +6,7 @@ laptop CPU, a power-capped GPU). Its device is built on the fly from measurement
 
 * peak FLOP/s per data type: the measured matmul rate (``hwlm bench peak``, or
   :func:`hwlm.train.runtime.quick_matmul_peak`), so efficiencies are relative to what the machine *can*
-  do, the convention of ``hwlm bench calibrate --device this-machine``;
+  do, the convention of ``hwlm bench calibrate --hardware this-machine``;
 * memory bandwidth: the measured copy bandwidth;
 * memory capacity: the detected RAM (CPU) or GPU memory;
 * optionally, two figures that matter for small models (:class:`MachineDevice`): the host
@@ -26,13 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from hwlm.calibration import THIS_MACHINE, is_this_machine
 from hwlm.errors import PlanError
 from hwlm.plan.catalog import KINDS, Device, normalize_dtype
 from hwlm.plan.efficiency import Calibration, load_calibration
 
 __all__ = ["THIS_MACHINE", "MachineDevice", "machine_device", "device_from_calibration", "is_this_machine"]
-
-THIS_MACHINE = "this-machine"
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,6 @@ class MachineDevice(Device):
 
     op_overhead_s: float | None = None   # host seconds per eager kernel (dispatch + autograd)
     act_bw: float | None = None          # bytes/s of a copy the size of one activation tensor
-
-
-def is_this_machine(hardware: str | None) -> bool:
-    """True for ``None`` and the names that mean the local machine."""
-    return hardware is None or hardware.strip().lower() in (THIS_MACHINE, "this", "local")
 
 
 def machine_device(flops: Mapping[str, float], memory_bw: float, memory_bytes: float, *, name: str = "this machine",
@@ -99,12 +93,12 @@ def device_from_calibration(calibration: str | Calibration | Any) -> Device:
     become the peaks (their efficiencies are 1.0 by construction, see ``hwlm.bench.calibrate``)."""
     cal = load_calibration(calibration)
     if cal is None:
-        raise PlanError("--hardware this-machine needs --calibration FILE (from `hwlm bench calibrate --device "
+        raise PlanError("--hardware this-machine needs --calibration FILE (from `hwlm bench calibrate --hardware "
                         "this-machine`)")
     mine = [e for e in cal.entries if e.device == THIS_MACHINE]
     if not mine:
         raise PlanError(f"calibration file {cal.path} has no '{THIS_MACHINE}' entries; calibrate with "
-                        f"`hwlm bench calibrate --device {THIS_MACHINE}` or pass a catalog --hardware")
+                        f"`hwlm bench calibrate --hardware {THIS_MACHINE}` or pass a catalog --hardware")
     flops = {e.dtype: e.measured for e in mine if e.phase == "matmul" and e.measured}
     bws = [e.measured for e in mine if e.phase == "membw" and e.measured]
     if not flops or not bws:
