@@ -43,3 +43,14 @@ def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from serve_helpers import make_serve_run
 
     return make_serve_run(tmp_path_factory.mktemp("serve-run"))
+
+
+@pytest.fixture(scope="session")
+def serve_server(serve_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One `hwlm serve` subprocess (8 slots, a key, an audit log) shared by the serving tests."""
+    from serve_helpers import start_server
+
+    server = start_server(serve_run, tmp_path_factory.mktemp("serve-shared"), "--max-num-seqs", "8",
+                          "--rate-requests", "0", "--rate-tokens", "0")  # per-key limits: test_serve_security
+    yield server
+    server.stop()

@@ -13,14 +13,12 @@ import pytest
 pytest.importorskip("fastapi", reason="pip install 'hwlm[serve]'")
 openai = pytest.importorskip("openai", reason="pip install openai")
 
-from serve_helpers import MODEL, Server, start_server  # noqa: E402
+from serve_helpers import MODEL, Server  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def server(serve_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    s = start_server(serve_run, tmp_path_factory.mktemp("serve-api"), "--max-num-seqs", "8")
-    yield s
-    s.stop()
+@pytest.fixture()
+def server(serve_server: Server) -> Server:
+    return serve_server  # conftest.py: one server for the API, load and browser tests
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +156,7 @@ def test_prompt_longer_than_context_is_400_before_the_stream(server: Server) -> 
     ({"model": MODEL, "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"model": MODEL, "prompt": "x", "top_p": 0}, "top_p"),
     ({"model": MODEL, "prompt": [99999]}, "prompt"),
+    ({"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
 ])
 def test_bad_requests_are_400_in_openai_format(server: Server, body: dict, param: str) -> None:
     r = httpx.post(server.base + "/completions", json=body, headers=server.headers())

@@ -22,11 +22,9 @@ from serve_helpers import MODEL, Server, start_server  # noqa: E402
 LONG = 2000
 
 
-@pytest.fixture(scope="module")
-def server(serve_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    s = start_server(serve_run, tmp_path_factory.mktemp("serve-load"), "--max-num-seqs", "8")
-    yield s
-    s.stop()
+@pytest.fixture()
+def server(serve_server: Server) -> Server:
+    return serve_server  # conftest.py: one server for the API, load and browser tests
 
 
 @pytest.fixture(scope="module")

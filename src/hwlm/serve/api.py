@@ -185,6 +185,8 @@ def _params(state: ServerState, body: Any, max_tokens: int, logprobs: int | None
             stops: tuple[str, ...]) -> SamplingParams:
     if body.n > state.cfg.max_n:
         raise APIError(400, f"n must be at most {state.cfg.max_n}", param="n")
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
     if body.model != state.model_name:
         raise APIError(404, f"model {body.model!r} does not exist; this server has {state.model_name!r}",
                        type="not_found_error", param="model", code="model_not_found")
