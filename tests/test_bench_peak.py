@@ -22,7 +22,7 @@ def record():
 def test_peak_measures_fp32_with_spread(record):
     s = next(x for x in record["samples"] if x["name"] == "matmul" and x["dtype"] == "fp32")
     st = s["flops_per_s"]
-    assert st["count"] == 3 and st["min"] <= st["median"] <= st["max"] and st["iqr"] >= 0
+    assert st["count"] == 3 and st["min"] <= st["median"] <= st["max"]
     assert len(s["seconds"]) == 3 and s["n"] == 64
     # the rate is 2 n^3 FLOPs per call divided by seconds per call
     assert st["median"] == pytest.approx(sorted(2 * 64**3 / t for t in s["seconds"])[1])

@@ -22,7 +22,7 @@ def test_train_record_has_throughput_percentiles_and_mfu():
     rec = run_train_bench(_train_cfg(datasheet_peak=1e12))
     s = rec["summary"]
     assert rec["benchmark"] == "train" and len(rec["samples"]) == 1
-    assert s["steps"] == 2 and s["tokens_per_s"] == pytest.approx(16 / s["step_s_p50"])
+    assert s["steps"] == 2
     assert s["step_s_p50"] <= s["step_s_p90"] <= s["step_s_p99"]
     fpt = train_flops_per_token(ModelConfig.from_name("debug").to_arch(), 8)
     assert s["train_flops_per_token"] == fpt

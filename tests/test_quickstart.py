@@ -70,15 +70,13 @@ def test_quickstart_prints_the_planner_prediction(tmp_path: Path) -> None:
     p = r.predicted
     assert p is not None, r.notes
     assert p["seconds"] > 0 and p["memory_bytes"] > 0
-    # the prediction is for this run: its tokens over its predicted time
-    assert p["tokens_per_s"] == pytest.approx(r.tokens / p["seconds"])
     assert "priors for kind cpu" in p["efficiencies"]
     table = render_summary(r)
     assert "tokens/s measured" in table and "| predicted" in table and "vs prediction" in table
     assert "hwlm.plan with planner priors" in table
     # steps against steps (evaluation and checkpoint left out), training memory against the training state
-    assert r.step_seconds == pytest.approx(r.tokens / r.tokens_per_s) and r.step_seconds <= r.train_seconds
-    assert r.train_memory_bytes is not None and r.train_memory_bytes >= 0
+    assert r.step_seconds <= r.train_seconds
+    assert r.train_memory_bytes is not None and r.train_memory_bytes > 0  # training adds memory to the process
     assert set(p["memory_parts"]) == {"weights", "gradients", "optimizer", "activations"}
     assert p["memory_bytes"] == pytest.approx(sum(p["memory_parts"].values()))
     for label in ("train steps", "train memory", "measured (peak minus baseline before the model)",
