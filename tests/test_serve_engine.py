@@ -148,3 +148,15 @@ def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_run) -> N
     c = _run_engine(loaded, [p], 10, params={**sampled, "seed": 8})
     assert a[0] == b[0] and a[0]
     assert c[0] != a[0]  # another seed, another draw (10 tokens from a near-flat distribution)
+
+
+@pytest.mark.slow
+def test_a_compressed_run_serves_through_load_model(tiny_run, tmp_path) -> None:
+    from hwlm.compress import CompressConfig, compress
+    from hwlm.train.load import load_model
+
+    compress(CompressConfig(run=tiny_run, out=tmp_path / "int8", method="int8", precision="w8a16"))
+    loaded = load_model(tmp_path / "int8")
+    prompts = [loaded.tokenizer.encode(t).ids for t in ("The cat", "A dog ran")]
+    ref = [list(generate(loaded.model, p, 8, temperature=0, eos_id=loaded.eot_id)) for p in prompts]
+    assert _run_engine(loaded, prompts[:1], 8) == ref[:1] and _run_engine(loaded, prompts, 8) == ref
