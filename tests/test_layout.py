@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "hwlm"
-CORE = {"errors", "io", "config", "formulas", "calibration", "device", "hw", "__init__"}
+CORE = {"errors", "io", "config", "formulas", "calibration", "device", "hw", "crypt", "__init__"}
 ORDER = ["data", "model", "train", "evaluate", "evaluate_classify", "export", "compress", "bench", "plan", "tune", "serve",
          "report"]
 TOP = {"cli", "quickstart", "__main__"}

@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "hwlm.cli.plan",
     "hwlm.cli.tune",
     "hwlm.cli.serve",
+    "hwlm.cli.crypt",
     "hwlm.cli.report",
 )
 

@@ -1,0 +1,213 @@
+"""Encryption at rest: AES-256-GCM files in 1 MiB chunks, read by range, and key rotation.
+
+    key = load_key(Path("data.key"))                      # 32 bytes from a 0600 file (or $HWLM_DATA_KEY)
+    write_encrypted(Path("shard.bin.enc"), data, key)     # atomic: temp file, then rename
+    with EncryptedReader(Path("shard.bin.enc"), key) as r:
+        window = r.read(offset, 4096)                     # decrypts only the chunks it touches
+    rotate_dir(Path("runs/data"), old_key, new_key)       # every encrypted file under a new key, atomically
+
+File layout (``hwlm-enc`` version 1)::
+
+    header  magic "HWLMENC1" | version u8 | key id (8 B) | file id (16 random B) | chunk size u32 | length u64
+    chunk i nonce (12 random B) | ciphertext | GCM tag (16 B), at header + i * (chunk size + 28)
+
+Each chunk's associated data is the whole header (so the file id and key id) plus the chunk index and a
+last-chunk flag: chunks cannot be reordered, swapped between files, or cut off at a chunk boundary without
+the tag failing. The key id (a hash of the key) tells a wrong key apart from a damaged file: a mismatch is
+:class:`WrongKeyError`, never a corrupt file to skip. The key never touches the data folder or a log.
+Torch-free core module (``cryptography`` is the ``crypt`` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+import struct
+from pathlib import Path
+
+from hwlm.errors import ConfigError, DataError
+from hwlm.io import atomic_dir, atomic_write_bytes, resource_error
+
+__all__ = ["load_key", "key_id", "write_encrypted", "EncryptedReader", "is_encrypted", "read_encrypted",
+           "rotate_dir", "WrongKeyError", "CHUNK"]
+
+MAGIC, VERSION, CHUNK = b"HWLMENC1", 1, 1 << 20
+_HEADER = struct.Struct("<8sB8s16sIQ")  # magic, version, key id, file id, chunk size, plaintext length
+_OVERHEAD = 12 + 16  # nonce + tag per chunk
+ENV = "HWLM_DATA_KEY"
+
+
+class WrongKeyError(ConfigError):
+    """The file was encrypted under another key (its key id differs)."""
+
+
+def _aesgcm(key: bytes):
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        raise ConfigError("encryption needs cryptography: pip install 'hwlm[crypt]'") from None
+    return AESGCM(key)
+
+
+def key_id(key: bytes) -> bytes:
+    """8 bytes naming a key without revealing it."""
+    return hashlib.sha256(b"hwlm-key-id|" + key).digest()[:8]
+
+
+def load_key(path: Path | None = None, env: str = ENV) -> bytes:
+    """A 32-byte key (64 hex digits) from ``path`` (refused unless mode 0600) or the environment variable."""
+    if path is None:
+        text = os.environ.get(env)
+        if not text:
+            raise ConfigError(f"no encryption key: give --key-file FILE (mode 0600) or set ${env}")
+        where = f"${env}"
+    else:
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            raise ConfigError(f"key file {path} does not exist: make one with `hwlm crypt keygen {path}`") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"key file {path} is unreadable ({type(exc).__name__})") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"key file {path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 {path}")
+        where = str(path)
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"the key in {where} is not 64 hex digits (AES-256)")
+    return key
+
+
+def new_key_file(path: Path) -> None:
+    """Write a fresh random key to ``path`` with mode 0600 (refuses to overwrite)."""
+    if path.exists():
+        raise ConfigError(f"key file {path} exists: refusing to overwrite a key")
+    atomic_write_bytes(path, (secrets.token_hex(32) + "\n").encode())
+    os.chmod(path, 0o600)
+
+
+def _aad(header: bytes, index: int, last: bool) -> bytes:
+    return header + struct.pack("<QB", index, int(last))
+
+
+def encrypt_bytes(data: bytes, key: bytes, chunk: int = CHUNK) -> bytes:
+    aes = _aesgcm(key)
+    header = _HEADER.pack(MAGIC, VERSION, key_id(key), secrets.token_bytes(16), chunk, len(data))
+    parts, n = [header], max(1, -(-len(data) // chunk))
+    for i in range(n):
+        nonce = secrets.token_bytes(12)  # fresh per chunk: a nonce is never reused under a key
+        parts += [nonce, aes.encrypt(nonce, data[i * chunk:(i + 1) * chunk], _aad(header, i, i == n - 1))]
+    return b"".join(parts)
+
+
+def write_encrypted(path: Path, data: bytes, key: bytes, chunk: int = CHUNK) -> None:
+    """Encrypt ``data`` into ``path`` atomically."""
+    atomic_write_bytes(path, encrypt_bytes(data, key, chunk))
+
+
+def is_encrypted(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+class EncryptedReader:
+    """Random-access reads of an encrypted file; each read decrypts only the chunks it overlaps."""
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        self.path = path
+        try:
+            self._f = open(path, "rb")
+        except OSError as exc:
+            raise resource_error(exc, path) from exc
+        self.header = self._f.read(_HEADER.size)
+        if len(self.header) < _HEADER.size or self.header[:8] != MAGIC:
+            self._f.close()
+            raise DataError(f"{path} is not an hwlm encrypted file (no HWLMENC1 header)")
+        _, version, kid, _, self.chunk, self.size = _HEADER.unpack(self.header)
+        if version != VERSION:
+            self._f.close()
+            raise DataError(f"{path}: encrypted-file version {version}, this hwlm reads {VERSION}")
+        if kid != key_id(key):
+            self._f.close()
+            raise WrongKeyError(f"{path} was encrypted under key id {kid.hex()}, the key given is "
+                                f"{key_id(key).hex()}: wrong key")
+        self.chunks = max(1, -(-self.size // self.chunk))
+        expected = _HEADER.size + self.chunks * _OVERHEAD + self.size
+        actual = os.fstat(self._f.fileno()).st_size
+        if actual != expected:
+            self._f.close()
+            raise DataError(f"{path} holds {actual} bytes where its header promises {expected}: truncated or "
+                            f"extended (chunk {min(self.chunks - 1, max(0, (actual - _HEADER.size) // (self.chunk + _OVERHEAD)))})")
+        self._aes = _aesgcm(key)
+
+    def _chunk(self, i: int) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        length = min(self.chunk, self.size - i * self.chunk)
+        self._f.seek(_HEADER.size + i * (self.chunk + _OVERHEAD))
+        blob = self._f.read(length + _OVERHEAD)
+        try:
+            return self._aes.decrypt(blob[:12], blob[12:], _aad(self.header, i, i == self.chunks - 1))
+        except InvalidTag:
+            raise DataError(f"{self.path}: chunk {i} fails authentication (tampered, reordered or from another "
+                            f"file); nothing of it is used") from None
+
+    def read(self, offset: int = 0, n: int | None = None) -> bytes:
+        n = self.size - offset if n is None else n
+        if offset < 0 or n < 0 or offset + n > self.size:
+            raise DataError(f"{self.path}: read of {n} bytes at {offset} is outside its {self.size} bytes")
+        if n == 0:
+            return b""
+        first, last = offset // self.chunk, (offset + n - 1) // self.chunk
+        data = b"".join(self._chunk(i) for i in range(first, last + 1))
+        start = offset - first * self.chunk
+        return data[start:start + n]
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> EncryptedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_encrypted(path: Path, key: bytes) -> bytes:
+    with EncryptedReader(path, key) as r:
+        return r.read()
+
+
+def rotate_dir(folder: Path, old_key: bytes, new_key: bytes) -> int:
+    """Re-encrypt every encrypted file under ``folder`` with ``new_key``; other files are copied as they are.
+
+    The new folder is built beside the old one and swapped in whole (``hwlm.io.atomic_dir``): a crash
+    leaves the old folder under the old key or the new one under the new key, never a mix. Every file
+    is verified under the old key first. Returns the number of files re-encrypted.
+    """
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder")
+    count = 0
+    with atomic_dir(folder) as tmp:
+        for src in sorted(folder.rglob("*")):
+            dst = tmp / src.relative_to(folder)
+            if src.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if is_encrypted(src):
+                with EncryptedReader(src, old_key) as r:
+                    dst.write_bytes(encrypt_bytes(r.read(), new_key, r.chunk))
+                count += 1
+            else:
+                shutil.copy2(src, dst)
+    return count
