@@ -174,6 +174,23 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
         server.stop()
 
 
+def markdown(record: dict, levels: list[int]) -> str:
+    """The docs/benchmarks.md table: per model and server, tokens/s, TTFT and ITL at each concurrency."""
+    rows = {(r["model"], r["server"], r["concurrency"]): r for r in record["rows"]}
+    head = " / ".join(str(c) for c in levels)
+    out = [f"| model | server | tokens/s at {head} clients | TTFT p50/p95 ms at {head.replace(' / ', ' · ')} "
+           f"| ITL p50 ms at {head} "
+           f"| errors, truncated |", "|---|---|---|---|---|---|"]
+    for model, server in dict.fromkeys((r["model"], r["server"]) for r in record["rows"]):
+        cells = [rows[model, server, c] for c in levels if (model, server, c) in rows]
+        fmt = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
+        out.append(f"| {model} | {server} | {' / '.join(fmt(r['tokens_per_s']) for r in cells)} | "
+                   f"{' · '.join(fmt(r['ttft_ms_p50']) + '/' + fmt(r['ttft_ms_p95']) for r in cells)} | "
+                   f"{' / '.join(fmt(r['itl_ms_p50'], 1) for r in cells)} | "
+                   f"{sum(r['errors'] for r in cells)}, {sum(r['truncated'] for r in cells)} |")
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="tiny,mid")
@@ -221,6 +238,7 @@ def main() -> int:
         h1, h32 = rows.get((name, "hwlm", levels[0])), rows.get((name, "hwlm", levels[-1]))
         if h1 and h32:
             print(f"{name}: hwlm at {levels[-1]} clients / at {levels[0]}: {h32['tokens_per_s'] / h1['tokens_per_s']:.2f}x")
+    print("\n" + markdown(record, levels))
     print(f"record: {a.out}")
     return 0
 

@@ -150,7 +150,6 @@ def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_run) -> N
     assert c[0] != a[0]  # another seed, another draw (10 tokens from a near-flat distribution)
 
 
-@pytest.mark.slow
 def test_a_compressed_run_serves_through_load_model(tiny_run, tmp_path) -> None:
     from hwlm.compress import CompressConfig, compress
     from hwlm.train.load import load_model
