@@ -26,7 +26,8 @@ class ServeConfig:
     run: Path | None = option(None, "run folder (or one checkpoint folder) to serve: trained, compressed or distilled")
     backend: Literal["torch"] = option("torch", "inference back end")
     device: str = option("cpu", "device: auto, cpu, cuda[:N], mps")
-    dtype: Literal["fp32", "bf16"] = option("fp32", "weights and KV-cache precision")
+    dtype: Literal["fp32", "bf16", "auto"] = option("fp32", "weights and KV-cache precision; auto times a few "
+                                                            "batched decode steps in each at start-up and keeps the faster")
     host: str = option("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = option(8000, "TCP port (0 picks a free one; the address is printed)")
     api_keys: Path | None = option(Path("hwlm-keys.json"), "API keys file written by `hwlm keys add`")

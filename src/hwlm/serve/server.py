@@ -57,7 +57,8 @@ def build_state(cfg: ServeConfig) -> Any:
     audit = AuditLog(Path(cfg.audit_log), Path(cfg.audit_key)) if cfg.audit_log else None
     loaded = load_model(cfg.run, select_device(cfg.device).device)
     model = loaded.model
-    if cfg.dtype == "bf16":
+    dtype = _fastest_dtype(model, cfg.max_num_seqs) if cfg.dtype == "auto" else cfg.dtype
+    if dtype == "bf16":
         model.to(torch.bfloat16)
     prep = (loaded.run_config or {}).get("data", {}).get("prepare", {})
     tok = loaded.tokenizer
@@ -78,6 +79,35 @@ def build_state(cfg: ServeConfig) -> Any:
     return ServerState(cfg=cfg, engine=engine, tokenizer=tok, encode=encode, model_name=name,
                        context=model.cfg.block_size, chat_template=template, limiter=limiter, keystore=keystore,
                        audit=audit, metrics=metrics)
+
+
+def _fastest_dtype(model: Any, slots: int) -> str:
+    """fp32 or bf16, whichever decodes a batch of min(8, slots) rows faster here (a few timed steps each)."""
+    import copy
+    import time
+
+    import torch
+
+    from hwlm.serve.engine.model_runner import ModelRunner
+
+    tensors = list(model.state_dict().values())
+    if any(t.dtype != torch.float32 for t in tensors):
+        return "fp32"  # a compressed run (int8/int4 weights) or a half-precision one stays as it was saved
+    rows = min(8, slots)
+    best, best_time = "fp32", float("inf")
+    for name, m in (("fp32", model), ("bf16", copy.deepcopy(model).to(torch.bfloat16))):
+        runner = ModelRunner(m, rows)
+        for s in range(rows):
+            runner.prefill([0] * 16, s, 0)
+        times = []
+        for step in range(6):
+            t = time.perf_counter()
+            runner.decode([1] * rows, list(range(rows)), [16 + step] * rows)
+            times.append(time.perf_counter() - t)
+        median = sorted(times[1:])[len(times[1:]) // 2]  # the first step warms up
+        if median < best_time:
+            best, best_time = name, median
+    return best
 
 
 def _bind(host: str, port: int) -> socket.socket:
