@@ -155,7 +155,7 @@ def load(url: str, model: str, concurrency: int, requests: int, tokens: int) -> 
 
 
 def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Path, levels: list[int],
-               requests: int, tokens: int) -> list[dict]:
+               requests: int, tokens: int, seq_requests: int) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if kind.startswith("hwlm"):
         dtype = kind.split("-")[1] if "-" in kind else "fp32"
@@ -169,7 +169,9 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
         server, model = Proc(cmd, f"http://127.0.0.1:{port}", logs / "transformers.log", env), str(hf)
     try:
         load(server.url, model, 2, 4, tokens)  # warm-up: first-call costs (allocations, lazy imports)
-        return [{"server": kind, **load(server.url, model, c, requests, tokens)} for c in levels]
+        # One client is a sequential loop: fewer requests give the same steady rate in less time.
+        return [{"server": kind, **load(server.url, model, c, requests if c > 1 else min(requests, seq_requests),
+                                        tokens)} for c in levels]
     finally:
         server.stop()
 
@@ -197,6 +199,7 @@ def main() -> int:
     ap.add_argument("--tokens", default="tiny=48,mid=64", help="new tokens per request, per model")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--sequential-requests", type=int, default=8, help="requests at 1 client (a sequential loop)")
     ap.add_argument("--threads", type=int, default=2, help="OMP threads of each server")
     ap.add_argument("--no-peer", action="store_true", help="skip transformers serve")
     ap.add_argument("--hwlm-dtypes", default="fp32,bf16", help="precisions of hwlm serve (fp32 is like for like)")
@@ -216,7 +219,8 @@ def main() -> int:
         n = int(tokens.get(name, 48))
         kinds = ["hwlm"] + [f"hwlm-{d}" for d in a.hwlm_dtypes.split(",") if d and d != "fp32"]
         for kind in kinds + ([] if a.no_peer else ["transformers"]):
-            for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n):
+            for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n,
+                                  a.sequential_requests):
                 row.update(model=name, new_tokens=n)
                 record["rows"].append(row)
                 print(f"{name:5s} {kind:12s} c={row['concurrency']:3d} {row['tokens_per_s']:8.1f} tok/s  TTFT p50 "
