@@ -190,9 +190,12 @@ def test_bad_serve_input_is_one_line(server: Server, tmp_path: Path, capsys) -> 
     with pytest.raises(ConfigError, match="--no-auth is refused"):
         ServeConfig(run=tmp_path, host="0.0.0.0", auth=False)
     port = server.url.rsplit(":", 1)[1]
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text("{not json")
     cases = [(["--run", str(tmp_path / "missing")], "does not exist"),
              (["--run", str(tmp_path), "--api-keys", str(tmp_path / "none.json")], "hwlm keys add"),
-             (["--run", str(tmp_path), "--port", port, "--no-auth"], "in use")]
+             (["--run", str(tmp_path), "--port", port, "--no-auth"], "in use"),
+             (["--run", str(tmp_path), "--api-keys", str(garbled)], "not an hwlm keys file")]
     for args, words in cases:  # through the CLI's one error handler, in-process (each fails before loading)
         assert main(["serve", *args]) == 1
         err = capsys.readouterr().err

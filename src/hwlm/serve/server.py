@@ -41,7 +41,7 @@ def build_state(cfg: ServeConfig) -> Any:
     from hwlm.serve.audit import AuditLog
     from hwlm.serve.chat import load_chat_template
     from hwlm.serve.engine import EngineConfig, LLMEngine
-    from hwlm.serve.keys import KeyStore
+    from hwlm.serve.keys import KeyStore, list_keys
     from hwlm.serve.limits import RateLimiter
     from hwlm.serve.metrics import ServeMetrics
     from hwlm.train.load import load_model
@@ -54,6 +54,8 @@ def build_state(cfg: ServeConfig) -> Any:
     if keystore is not None and not keystore.path.is_file():
         raise ConfigError(f"API keys file {keystore.path} does not exist: create a key with "
                           f"`hwlm keys add NAME --file {keystore.path}`, or serve with --no-auth on loopback")
+    if keystore is not None:
+        list_keys(keystore.path)  # a malformed file is one clear error now, not a server that refuses everyone
     audit = AuditLog(Path(cfg.audit_log), Path(cfg.audit_key)) if cfg.audit_log else None
     loaded = load_model(cfg.run, select_device(cfg.device).device)
     model = loaded.model
