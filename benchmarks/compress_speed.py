@@ -183,11 +183,17 @@ def main() -> None:
                            for t in args.threads.split(",")]
         for s in result["speed"]:
             print(f"{s['threads']} thread(s)\n" + _speed_table(s, batches), flush=True)
+    saved = ROOT / "runs" / "bench" / "compress_quality.json"
     if not args.skip_quality:
         torch.set_num_threads(int(args.threads.split(",")[-1]))
         run = args.quality_run or quality_run(work, args.quality_steps)
         result["quality"] = quality(run, work, batches)
+        result["quality"]["load"] = [load_before[0], os.getloadavg()[0]]
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(result["quality"], indent=2))
         print(result["quality"]["table"], flush=True)
+    elif saved.is_file():  # the table of an earlier --skip-speed run, so the docs keep both halves
+        result["quality"] = json.loads(saved.read_text())
     result["load_after"] = os.getloadavg()
     (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
     (ROOT / "runs" / "bench" / "compress_speed.json").write_text(json.dumps(result, indent=2))
@@ -207,8 +213,14 @@ def write_docs(result: dict[str, Any], batches: list[int], args: argparse.Namesp
                   f"{s['threads']} threads, median of {s['rounds']} interleaved rounds; copy bandwidth "
                   f"{s['copy_bandwidth_gb_s']:.1f} GB/s.", "", _speed_table(s, batches), ""]
     if "quality" in result:
-        parts += [f"Trade-off table (`hwlm compress` on {result['quality']['run']}):", "",
-                  result["quality"]["table"], ""]
+        q = result["quality"]
+        load = " before, ".join(f"{v:.2f}" for v in q.get("load", [])) or "?"
+        run = Path(q["run"]).resolve()
+        run_name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+        parts += [f"Trade-off table (`hwlm compress` on {run_name}: the `tiny` preset trained {args.quality_steps} "
+                  f"steps on the quickstart corpus; {args.threads.split(',')[-1]} threads; load average "
+                  f"{load} after):", "",
+                  render_table(q["rows"], batches), ""]
     parts.append(END)
     text = DOCS.read_text(encoding="utf-8")
     block = "\n".join(parts)

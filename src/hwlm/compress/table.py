@@ -141,7 +141,7 @@ def render_table(rows: list[dict[str, Any]], batches: list[int]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         delta = "-" if r.get("ppl_delta_pct") is None else f"{r['ppl_delta_pct']:+.2f}%"
-        cells = [r["name"], _fmt(r["ppl"], ".3f"), delta, _fmt(r["kl"], ".4f"), _fmt(r["size_mb"], ".2f"),
+        cells = [r["name"], _fmt(r["ppl"], ".3f"), delta, _fmt(r["kl"], ".2g"), _fmt(r["size_mb"], ".2f"),
                  _fmt(r["memory_mb"], ".1f")]
         cells += [_fmt(r.get(f"tok_s_b{b}"), ",.0f") for b in batches]
         energy = r.get("energy_j_per_token")
