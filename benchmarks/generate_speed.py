@@ -288,9 +288,11 @@ def main() -> None:
               "copy GB/s | fraction |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(big_rows))
     if args.target and args.draft:
-        for temp in (float(t) for t in args.spec_temperatures.split(",")):
-            print(bench_speculative(args.target, args.draft, args.prompt, args.new_tokens, args.repeats,
-                                    args.draft_k, temp))
+        for threads in (int(t) for t in args.threads.split(",")):
+            torch.set_num_threads(threads)
+            for temp in (float(t) for t in args.spec_temperatures.split(",")):
+                print(f"\n{threads} thread(s):", bench_speculative(args.target, args.draft, args.prompt,
+                                                                  args.new_tokens, args.repeats, args.draft_k, temp))
     if args.ops:
         ops = ops_per_token(tiny, tiny_hf, prompt, args.new_tokens)
         print(f"\naten ops per token (tiny, prefill included): hwlm {ops['hwlm']:.0f}, HF {ops['HF']:.0f}")
