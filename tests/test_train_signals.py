@@ -134,6 +134,7 @@ def test_two_processes_stop_at_one_step_on_sigint_and_resume_bit_identical(tiny_
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert err.count("finishing this step and writing a checkpoint") == 1  # rank 0 alone says it
+    assert "hwlm: resume with:" in err.strip().splitlines()[-1]  # the launcher adds nothing after it
     stopped = next(int(ln.split("after step ")[1].split(";")[0]) for ln in err.splitlines() if "stopped by" in ln)
     assert latest_checkpoint(out).name == f"step-{stopped:07d}" and stopped < 10
     cmd = shlex.split(next(ln for ln in err.splitlines() if "resume with:" in ln).split("resume with: ")[1])

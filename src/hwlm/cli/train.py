@@ -112,7 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
         os._exit(rc)
     from hwlm.train.launch import launch, plan_launch
     from hwlm.train.logs import info
-    from hwlm.train.signals import RESUME_COMMAND_ENV, resume_command
+    from hwlm.train.signals import RESUME_COMMAND_ENV, StoppedBySignal, exit_code, resume_command
 
     plan = plan_launch(run, args.nproc, args.nnodes)
     if plan.nproc * args.nnodes == 1 and plan.strategy != "fsdp":
@@ -127,6 +127,8 @@ def run_train(args: argparse.Namespace) -> int:
     os.environ[RESUME_COMMAND_ENV] = resume_command(_command_line(args))  # what rank 0 prints on a signal
     try:
         launch(worker, plan.nproc, args.nnodes, args.node_rank, args.master, threads_per_proc=threads)
+    except StoppedBySignal as exc:  # rank 0 printed where it stopped and the command that resumes
+        return exit_code(exc.signame)
     finally:
         resolved_file.unlink(missing_ok=True)
     return 0

@@ -197,8 +197,13 @@ def launch(worker_args: list[str], nproc: int, nnodes: int = 1, node_rank: int =
             rank, failure = min(exc.failures.items())
             raise HwlmError(f"training worker rank {rank} failed (exit code {failure.exitcode}); "
                             "its traceback is above") from None
-        except SignalException:
-            raise KeyboardInterrupt from None  # Ctrl-C: the workers were stopped; the CLI says "interrupted"
+        except SignalException as exc:
+            # Ctrl-C or SIGTERM: torchrun's agent passed it on to the workers and waited for them (they
+            # checkpoint and exit 130/143). A KeyboardInterrupt, so that a caller that does not look says
+            # "interrupted".
+            from hwlm.train.signals import StoppedBySignal
+
+            raise StoppedBySignal(exc.sigval.name) from None
         except Exception as exc:  # rendezvous time-outs and the like, from the agent itself
             if isinstance(exc, HwlmError):
                 raise

@@ -25,12 +25,20 @@ import threading
 from types import FrameType
 from typing import Any, Iterable
 
-__all__ = ["StopSignals", "agree_step", "exit_code", "resume_command", "RESUME_COMMAND_ENV"]
+__all__ = ["StopSignals", "StoppedBySignal", "agree_step", "exit_code", "resume_command", "RESUME_COMMAND_ENV"]
 
 # Set by `hwlm train --nproc N` for its workers: the user's command, so that rank 0 prints it and
 # not the worker's own flags.
 RESUME_COMMAND_ENV = "HWLM_RESUME_COMMAND"
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class StoppedBySignal(KeyboardInterrupt):
+    """The launcher (``hwlm train --nproc N``) got SIGINT/SIGTERM and its workers stopped: ``signame``."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
 
 
 def exit_code(signame: str) -> int:
