@@ -131,6 +131,7 @@ def run_train(args: argparse.Namespace) -> int:
         return exit_code(exc.signame)
     finally:
         resolved_file.unlink(missing_ok=True)
+        os.environ.pop(RESUME_COMMAND_ENV, None)  # for this launch's workers only
     return 0
 
 
