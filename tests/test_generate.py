@@ -125,11 +125,9 @@ def test_static_step_rows_at_different_positions_equal_eager_decoding(name: str)
             cache = KVCache(model.cfg, 1)
             model(torch.tensor([prompt]), cache=cache)
             refs.append((cache, model.decode_state()))
-        # Fill the static cache's row with the same prompt (a one-row prefill, then copy the row in).
-        one = StaticDecoder(model, batch_size=1, max_len=model.cfg.block_size)
-        one.prefill(torch.tensor([prompt]))
-        for buf, src in zip(dec.cache.kv, one.cache.kv):
-            buf[:, row].copy_(src[:, 0])
+        first = dec.prefill_row(row, prompt)  # each row gets its own prompt, of its own length
+        with torch.no_grad():
+            torch.testing.assert_close(first, model(torch.tensor([prompt]))[0][0, -1], rtol=0, atol=1e-5)
     tokens, pos = [7, 11], [len(p) for p in prompts]
     for _ in range(6):
         got = dec.step(torch.tensor(tokens), torch.tensor(pos))  # (2, V)

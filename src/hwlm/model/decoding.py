@@ -16,6 +16,7 @@ in one step.
     >>> dec = StaticDecoder(model, batch_size=1, max_len=64, compile=True)
     >>> logits = dec.prefill(torch.tensor([[1, 2, 3]]))          # (1, V), cache rows 0..2 written
     >>> logits = dec.step(torch.tensor([7]), torch.tensor([3]))  # (1, V), token 7 at position 3
+    >>> dec.prefill_row(0, [4, 5])                               # row 0 restarts with another prompt
 
 Masked-out keys get exactly zero weight, so the step computes what the eager path does, in a
 different summation order: logits agree to float round-off and greedy tokens are the same (tested).
@@ -117,6 +118,19 @@ class StaticDecoder:
         """Logits (B, V) of the last of ``idx`` (B, T), its keys/values stored from ``start_pos`` (eager forward)."""
         logits, _ = self.model(idx, cache=self.cache, start_pos=start_pos, last_only=True)
         return logits[:, -1]
+
+    @torch.no_grad()
+    def prefill_row(self, row: int, ids: list[int]) -> torch.Tensor:
+        """Logits (V,) after ``ids`` in row ``row`` alone (a new sequence joining a running batch).
+
+        The prompt runs through a one-row cache whose keys/values are then copied into the row; the
+        other rows are untouched, so a scheduler can admit a request between two ``step`` calls."""
+        one = KVCache(self.model.cfg, 1, self.max_len, device=self.device, dtype=self.cache.kv[0].dtype)
+        logits, _ = self.model(torch.tensor([ids], device=self.device), cache=one, start_pos=0, last_only=True)
+        n = len(ids)
+        for buf, src in zip(self.cache.kv, one.kv):
+            buf[:, row, :, :n].copy_(src[:, 0, :, :n])
+        return logits[0, -1]
 
     @torch.no_grad()
     def step(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
