@@ -83,6 +83,8 @@ def test_cli_nproc_that_does_not_divide_is_one_line(tiny_run: Path, capsys: pyte
     assert "--nproc 3 does not divide the model's 2 attention heads" in err and len(err.splitlines()) == 1
     assert main(["generate", "--run", str(tiny_run), "--nproc", "2", "--draft", str(tiny_run)]) == 1
     assert "--draft and --nproc do not combine" in capsys.readouterr().err
+    assert main(["generate", "--run", str(tiny_run), "--compile", "--backend", "onnx", "--onnx", str(tiny_run)]) == 1
+    assert "--backend onnx and --compile do not combine" in capsys.readouterr().err
 
 
 WORKER = """

@@ -269,7 +269,8 @@ def run_generate(args: argparse.Namespace) -> int:
     check_args([0], args.max_new_tokens, args.temperature, args.top_k, args.top_p, vocab_size=1)
 
     chosen = [name for name, on in (("--backend onnx", args.backend == "onnx"), ("--draft", args.draft is not None),
-                                    ("--nproc", args.nproc != 1 or under_torchrun())) if on]
+                                    ("--nproc", args.nproc != 1 or under_torchrun()), ("--compile", args.compile))
+              if on]
     if len(chosen) > 1:
         raise ConfigError(f"{' and '.join(chosen)} do not combine: choose one way to decode")
     if args.backend == "onnx" and args.onnx is None:
