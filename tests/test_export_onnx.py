@@ -148,3 +148,16 @@ def test_bench_infer_backend_onnx_times_the_same_grid() -> None:
     assert [c["batch"] for c in cells] == [1, 2] and all(len(c["tpot_seconds"]) == 2 for c in cells)
     with pytest.raises(HardwareError, match="--backend onnx runs fp32 on the CPU"):
         run_infer_bench(InferBenchConfig(model="debug", device="cpu", backend="onnx", precision="bf16"))
+
+
+@pytest.mark.slow
+def test_llama_flavour_exports_with_rotary_positions_and_grouped_heads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("llama-debug", vocab_size=64)).eval()  # 2 query heads, 1 key/value
+    om = OnnxModel.load(export_onnx(model, tmp_path / "llama"))
+    ids = torch.randint(0, 64, (2, 9))
+    _, past = om.run(ids[:, :6].numpy(), om.empty_past(2))
+    logits, _ = om.run(ids[:, 6:].numpy(), past)
+    with torch.no_grad():
+        want, _ = model(ids)
+    np.testing.assert_allclose(logits, want[:, 6:].numpy(), rtol=0, atol=1e-4)
