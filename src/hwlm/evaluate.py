@@ -96,8 +96,12 @@ def _raw_text(cfg: EvalConfig, loaded: Any) -> tuple[Iterator[Any], int | None, 
     from hwlm.data.tokenizer import encode_documents
 
     prep = (loaded.run_config or {}).get("data", {}).get("prepare", {})
+    # Cut the files into documents as the run's data was cut (runs prepared before paragraph
+    # splitting existed record no "paragraphs" key: one document per file, as then).
     docs = list(read_documents(cfg.files, text_field=prep.get("text_field", "text"),
-                               form=prep.get("normalize", "nfkc"), strip_control=prep.get("strip_control", True)))
+                               form=prep.get("normalize", "nfkc"), strip_control=prep.get("strip_control", True),
+                               max_doc_chars=prep.get("max_doc_chars", 1_000_000),
+                               paragraphs=prep.get("paragraphs", False)))
     eot = loaded.tokenizer.id_to_token(loaded.eot_id) if loaded.eot_id is not None else None
     ids = [t for doc in encode_documents(loaded.tokenizer, docs, eot) for t in doc]
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
