@@ -517,6 +517,15 @@ NOTES = """## How to read this
   schedule means plain 1F1B.
 - TFLOP/s-per-device rows count executed FLOPs (recomputed forwards included, Megatron's eq. 3 convention);
   MFU rows count model FLOPs.
+- Each row runs on the stack its source names (`framework` in the cases file), else the planner's default
+  for the hardware (Megatron on GPUs, MaxText on TPUs, hwlm's own elsewhere). The stack selects the
+  activation-memory count (`hwlm.plan.software`, field `activations`): Megatron-style stacks (16-bit weights,
+  FlashAttention: megatron, nemo, deepspeed, fsdp, torchtitan, maxtext, llm-foundry) keep Korthikanti et
+  al.'s count (`hwlm.formulas.korthikanti_activation_bytes_per_layer`, arXiv:2205.05198 table 2: 34·s·b·h
+  per layer for GPT's shape, 2·s·b·h under full recompute, /t with sequence parallelism); hwlm's own loop
+  keeps its autocast model's count (`saved_activation_bytes_per_layer`, about 100·s·b·h per layer for Llama
+  3.1 405B). torchtitan rows with `compile = true` run as `torchtitan` (FSDP2 + torch.compile), the eager
+  ones as `fsdp` (eager FSDP with SDPA); MT-NLG, Megatron 1T and BLOOM (Megatron-DeepSpeed) as `megatron`.
 - A case may describe its own hardware variant (`[case.device]`): torchtitan's H100s are 96 GB HBM2e,
   2.4 TB/s parts capped at 500 W whose peak its docs place between the SXM and NVL parts; the cases use the
   midpoint. gpt-fast's 330 W A100s are predicted at nominal figures (decode is bandwidth-bound).
@@ -527,11 +536,12 @@ NOTES = """## How to read this
   every other Llama run on the same hardware (the 70B card row is within a few percent). The card gives no
   device count, layout or breakdown that would explain it; we found no source for one, so the row stays
   as published and is not special-cased.
-- `bloom-176b-pretrain-gpu-hours` (about -29%): the GPU-hours span 3.5 months including restarts, hardware
+- `bloom-176b-pretrain-gpu-hours` (about -26%): the GPU-hours span 3.5 months including restarts, hardware
   failures and evaluation, beyond the planner's average overhead.
-- `torchtitan-llama-3.1-405b-512xh100-3d` (about +26%): float8 covers only the linear layers, and the
-  planner does not know torchtitan's number of chunks per stage for its interleaved schedule (it picks the
-  fastest, which is optimistic).
+- `torchtitan-llama-3.1-405b-512xh100-3d` (about +33%; +24% when it ran as the default Megatron stack):
+  float8 covers only the linear layers, the planner does not know torchtitan's number of chunks per stage
+  for its interleaved schedule (it picks the fastest, which is optimistic), and the `torchtitan` stack's
+  fusion (element-wise x 0.85) and async-TP overlap (30%) priors are assumed sizes, not measured.
 - `mt-nlg-530b-*` (about -15% to -19%) with full recompute (see the case notes for the source).
 
 ## Round 2 rows (added after the split was frozen in `benchmarks/planner_split.toml`)
@@ -542,7 +552,7 @@ FP8 static-batch table, and Oracle's vLLM Llama 3.1 405B on 8 x MI300X. No prior
 shipped priors are the ones fitted before they were added, so every round-2 row (fit or held-out) is new
 to the planner. What they show, and what is not modelled yet:
 
-- **Tensor-parallel decode is slower than the all-reduce term says.** 6 of the 14 rows off by more than 35% are
+- **Tensor-parallel decode is slower than the all-reduce term says.** 6 of the 11 rows off by more than 35% are
   decode-heavy runs under tensor parallelism: TensorRT-LLM 0.5 Llama 2 70B at tp 4 with 2,048 output
   tokens (+83%, +118%), Gaudi 2 Llama 2 70B on 4 HPUs (+163%), vLLM on 8 x MI300X (+41% to +96%). The
   same stacks at tp 1 are within 20%. The measured step times imply 30-400 us per all-reduce against the
@@ -555,14 +565,16 @@ to the planner. What they show, and what is not modelled yet:
 - **TPU v6e / v5p dense Llama under MaxText** (-20% to -35%) while Mixtral is within 5%: the TPU priors are
   the GPU's (no TPU row was in the fit set when they were fitted); the per-device batch of these runs is
   not published, and one sequence per device is assumed.
-- **Training memory from `hwlm.formulas` (commits 3a729c4, 35102f0).** Since the memory formula moved into
-  `hwlm.formulas.saved_activation_bytes_per_layer`, counted tensor by tensor from hwlm's own autocast model
-  (fp32 residual stream, a 16-bit copy of each weight saved per matmul: about 100 s·b·h bytes per layer for
-  Llama 3.1 405B against Korthikanti et al.'s 34 for Megatron-style runs with 16-bit weights), the planner
-  needs more recompute, tensor and pipeline parallelism for the large published runs, and the training
-  held-out median went from 10.2% to 18.0% (Llama 3.1 405B GPU-hours +21% -> +50%, PaLM +6% -> -21%,
-  MaxText dense Llama -20..-35% -> -33..-45%; beyond NVIDIA held-out 11.6% -> 20.8%). A Megatron-style (16-bit weights, no autocast copies) count
-  in `hwlm.formulas` would restore them; that module is the formulas helper's, so it is left as reported.
+- **Training memory by stack (after commits 3a729c4, 35102f0).** When the memory formula moved into
+  `hwlm.formulas` as hwlm's own autocast count and was applied to every published run, the training held-out
+  median went from 10.2% to 18.0% (beyond NVIDIA 11.6% -> 20.8%). The count is now the stack's (see *How to
+  read this*): Megatron-style rows use Korthikanti et al.'s, and `_fit_partial` (the fewest fully recomputed
+  layers that fit) no longer stops a layer short (memory is linear in k only from k = 1, where the one
+  recomputed layer's set alive in its backward appears), which had dropped FSDP layouts such as Llama 3.1
+  405B's at 8,192 GPUs (-30% -> -10%). Training held-out 18.0% -> 9.9%, beyond NVIDIA 20.8% -> 11.6%. The
+  Gaudi 2 training rows name no stack (Intel's page lists none), so they take the default for an
+  accelerator, hwlm's own loop and its count (Llama 2 70B on 64 HPUs: -3.5% before commit 3a729c4, with
+  the Megatron-style count; -12% now, under hwlm's).
 - **Serving under load** (14 rows, `kind = "serve"`): two published vLLM concurrency sweeps (closed loop,
   fixed 256-token prompts and 128-token outputs) on an L4 (Qwen2.5 0.5B) and an RTX 4090 (Mistral 7B),
   predicted by `plan serve`'s continuous-batching simulation with the vLLM engine's priors. Both are

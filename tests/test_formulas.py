@@ -210,3 +210,43 @@ def test_launch_decision_and_planner_agree_on_memory() -> None:
                                      zero_stage=0, find_smallest=False)
             launch = training_bytes(spec, batch, cfg.block_size, precision, compiled=kind == "gpu", device_kind=kind)
             assert launch == pytest.approx(plan.memory.total, rel=1e-9), (preset, kind)
+
+
+def test_korthikanti_count_is_the_papers_table_2() -> None:
+    """Korthikanti et al. 2022 (arXiv:2205.05198), table 2, on their GPT-3 175B and MT-NLG 530B shapes, and
+    section 5's 70% / 65% activation savings of selective recompute for those two models."""
+    from hwlm.formulas import ArchSpec, korthikanti_activation_bytes_per_layer as kor
+    for h, a, selective_saving in ((12288, 96, 0.70), (20480, 128, 0.65)):
+        spec = ArchSpec(vocab_size=51200, d_model=h, n_layers=1, n_heads=a)
+        s, b, t = 2048, 1, 8
+        sbh = s * b * h
+        assert kor(spec, s, b, attention="math") == pytest.approx(sbh * (34 + 5 * a * s / h))
+        assert kor(spec, s, b, tp=t, attention="math", sequence_parallel=False) == pytest.approx(
+            sbh * (10 + 24 / t + 5 * a * s / (h * t)))
+        assert kor(spec, s, b, tp=t, attention="math") == pytest.approx(sbh / t * (34 + 5 * a * s / h))
+        assert kor(spec, s, b, "selective", tp=t) == pytest.approx(34 * sbh / t)
+        assert kor(spec, s, b, "full", tp=t, sequence_parallel=False) == pytest.approx(2 * sbh)
+        assert kor(spec, s, b, "full", tp=t) == pytest.approx(2 * sbh / t)
+        saving = 1 - kor(spec, s, b, "selective") / kor(spec, s, b, attention="math")
+        assert saving == pytest.approx(selective_saving, abs=0.005)
+        # FlashAttention keeps no s² tensors: no recompute holds what selective recompute does.
+        assert kor(spec, s, b) == kor(spec, s, b, "selective")
+        # No dropout: the two 1-byte masks go and softmax keeps only its output (2·a·s²·b).
+        assert kor(spec, s, b, attention="math", dropout=False) == pytest.approx(sbh * (32 + 2 * a * s / h))
+
+
+def test_korthikanti_count_follows_the_shape() -> None:
+    """GQA and SwiGLU (Llama 3 70B: h 8192, 64 query and 8 key/value heads of 128, F 28672): the same tensors
+    counted from the shape, 10 h + 2 (a + 2k) D + 2 a D + 6 F bytes per token in bf16."""
+    from hwlm.errors import ConfigError
+    from hwlm.formulas import ArchSpec, korthikanti_activation_bytes_per_layer as kor, korthikanti_outside_layers_bytes
+    spec = ArchSpec(vocab_size=128256, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8, d_ff=28672,
+                    mlp="swiglu", norm="rmsnorm", pos="rope")
+    h, a, k, D, F, s = 8192, 64, 8, 128, 28672, 8192
+    assert kor(spec, s) == pytest.approx(s * (10 * h + 2 * (a + 2 * k) * D + 2 * a * D + 6 * F))
+    assert kor(spec, s, 2, tp=4) == pytest.approx(2 * kor(spec, s) / 4)
+    assert korthikanti_outside_layers_bytes(spec, s, 1, 4) == pytest.approx(4 * s * h / 4 * (1 + 128256 / h))
+    with pytest.raises(ConfigError, match="recompute 'some' is unknown"):
+        kor(spec, s, recompute="some")
+    with pytest.raises(ConfigError, match="tp=0"):
+        kor(spec, s, tp=0)

@@ -37,22 +37,72 @@ def test_mixed_precision_adam_is_16_bytes_per_param_and_zero_shards() -> None:
 
 
 def test_activation_memory_is_the_formulas_count() -> None:
-    """The planner's activations are hwlm.formulas' tensor-by-tensor count (tested against autograd in
-    test_formulas.py): flash kernels keep no (T, T) probabilities, so none == selective; full keeps the
-    layer inputs and one layer's set; the loss's saved gradient and compiled logits come on top."""
+    """Under framework=hwlm the planner's activations are hwlm.formulas' tensor-by-tensor count (tested
+    against autograd in test_formulas.py): flash kernels keep no (T, T) probabilities, so none == selective;
+    full keeps the layer inputs and one layer's set; the loss's saved gradient and compiled logits on top."""
     from hwlm.formulas import loss_transient_bytes, saved_activation_bytes_per_layer, saved_outside_layers_bytes
     m = get_model("llama-2-7b")
     s, L = 4096, 32
     loss = saved_outside_layers_bytes(m.spec, s, "bf16") + loss_transient_bytes(m.spec, s, "bf16", compiled=True)
 
     def acts(rc: str) -> float:
-        return estimate_training(m, 1e9, "a100-80gb", 8, layout=Layout(dp=8, zero_stage=3, recompute=rc)).memory.activations
+        return estimate_training(m, 1e9, "a100-80gb", 8, framework="hwlm",
+                                 layout=Layout(dp=8, zero_stage=3, recompute=rc)).memory.activations
 
     def layer(rc: str) -> float:
         return saved_activation_bytes_per_layer(m.spec, s, s, "bf16", "flash", rc)
     assert acts("none") == acts("selective") == pytest.approx(L * layer("none") + loss)
     assert acts("full") == pytest.approx(L * layer("full") + layer("none") - layer("full") + loss)
     assert layer("full") == 4 * s * 4096   # the fp32 residual stream entering each layer
+
+
+@pytest.mark.parametrize("framework", ["megatron", "nemo", "deepspeed", "fsdp", "torchtitan", "llm-foundry"])
+def test_megatron_style_frameworks_use_korthikantis_count(framework: str) -> None:
+    """16-bit-weight stacks keep Korthikanti et al.'s 34·s·b·h per layer (FlashAttention: no s² terms),
+    2·s·b·h under full recompute, divided by tp with sequence parallelism, plus 4·s·b·(h + v)/t outside
+    the layers and the compiled loss's transient logits; hwlm's autocast count is larger."""
+    from hwlm.formulas import korthikanti_activation_bytes_per_layer, korthikanti_outside_layers_bytes, loss_transient_bytes
+    m = get_model("llama-2-7b")
+    s, L, h, tp = 4096, 32, 4096, 2
+    loss = (korthikanti_outside_layers_bytes(m.spec, s, 1, 1) + loss_transient_bytes(m.spec, s, "bf16", compiled=True)) / tp
+
+    def est(rc: str, **kw):
+        return estimate_training(m, 1e9, "a100-80gb", 8, framework=framework,
+                                 layout=Layout(dp=4, tp=tp, zero_stage=3, recompute=rc), **kw)
+    # Llama's SwiGLU (F = 11008) is not GPT's 4h MLP: the count follows the shape (34 sbh only for GPT).
+    layer = korthikanti_activation_bytes_per_layer(m.spec, s, 1, "selective", tp)
+    assert layer == korthikanti_activation_bytes_per_layer(m.spec, s, 1, "none", tp)
+    assert est("selective").memory.activations == pytest.approx(L * layer + loss)
+    full = 2 * s * h / tp
+    assert est("full").memory.activations == pytest.approx(L * full + layer - full + loss)
+    hwlm = estimate_training(m, 1e9, "a100-80gb", 8, framework="hwlm", layout=Layout(dp=4, tp=tp, zero_stage=3))
+    assert hwlm.memory.activations > 1.5 * est("selective").memory.activations
+    # autocast=True is hwlm's loop (fp32 weights cast per matmul) whatever the stack is called.
+    assert est("selective", autocast=True).memory.activations == pytest.approx(hwlm.memory.activations)
+    assert any("korthikanti count" in t.formula for t in est("selective").terms)
+
+
+def test_partial_recompute_is_the_fewest_layers_that_fit() -> None:
+    # Llama 3.1 405B at tp 8, pp 16 under FSDP (the published 8,192-GPU layout): a few layers recomputed
+    # fully fit, one fewer does not (the recomputed layer's set alive again in its backward counted).
+    from dataclasses import replace as _replace
+    kw = dict(seq_len=8192, global_batch=2048, tp=8, pp=16, zero_stage=3, schedule="1f1b", find_smallest=False)
+    e = estimate_training("llama-3.1-405b", 1.6e7, "h100-sxm", 8192, **kw)
+    k = e.layout.recompute_layers
+    assert e.fits and e.layout.recompute == "partial" and 1 <= k < 126
+    fewer = estimate_training("llama-3.1-405b", 1.6e7, "h100-sxm", 8192, layout=_replace(e.layout, recompute_layers=k - 1),
+                              find_smallest=False)
+    assert not fewer.fits
+
+
+def test_this_machine_defaults_to_hwlms_count() -> None:
+    # A calibrated local GPU (vendor "local") ran hwlm's own loop, so its default stack and count are hwlm's.
+    from dataclasses import replace as _replace
+    from hwlm.plan import get_device
+    local = _replace(get_device("h100-sxm"), vendor="local")
+    e = estimate_training("gpt2-124m", 1e8, local, 1, seq_len=256, global_batch=4)
+    assert e.framework == "hwlm" and any("hwlm count" in t.formula for t in e.terms)
+    assert estimate_training("gpt2-124m", 1e8, "h100-sxm", 1, seq_len=256, global_batch=4).framework == "megatron"
 
 
 def test_recompute_costs_time() -> None:
@@ -187,8 +237,12 @@ def test_cpu_bf16_pays_casts_and_fp32_elementwise() -> None:
 def test_fp32_activations_take_four_bytes() -> None:
     m = get_model("gpt2")
     lay = Layout(dp=1, recompute="selective")
-    a16 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="bf16").memory.activations
-    a32 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="fp32").memory.activations
+    a16 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="bf16", framework="hwlm").memory.activations
+    a32 = estimate_training(m, 1e9, "a100-80gb", 1, layout=lay, precision="fp32", framework="hwlm").memory.activations
+    # Megatron-style count: every saved value doubles in fp32 but the 1-byte dropout masks (2 sbh of 34).
+    from hwlm.formulas import korthikanti_activation_bytes_per_layer as kor
+    sbh = 1024 * m.spec.d_model
+    assert kor(m.spec, 1024, precision="fp32") - kor(m.spec, 1024) == pytest.approx(32 * sbh)
     from hwlm.formulas import loss_transient_bytes, saved_activation_bytes_per_layer
     layer32, layer16 = (saved_activation_bytes_per_layer(m.spec, 1024, 1024, p) for p in ("fp32", "bf16"))
     assert layer16 < layer32 < 2 * layer16  # the residual stream and norms are fp32 in both (and 16-bit weight copies)
@@ -246,9 +300,10 @@ def test_calibrated_prediction_reproduces_the_calibrating_record(tmp_path) -> No
 def test_micro_batch_grows_to_what_fits() -> None:
     # gpt2-124m, 16 x 1024 on an H200: one micro-batch of 16 fits (as hwlm bench train ran it) and
     # needs fewer kernel launches than 16 micro-steps of one sequence.
-    e = estimate_training("gpt2-124m", 1e8, "h200", 1, seq_len=1024, global_batch=16)
+    # The measurement is hwlm's own loop (hwlm bench train), so its stack and activation count.
+    e = estimate_training("gpt2-124m", 1e8, "h200", 1, seq_len=1024, global_batch=16, framework="hwlm")
     assert e.layout.micro_batch == 16
-    one = estimate_training("gpt2-124m", 1e8, "h200", 1, seq_len=1024, global_batch=16, micro_batch=1)
+    one = estimate_training("gpt2-124m", 1e8, "h200", 1, seq_len=1024, global_batch=16, micro_batch=1, framework="hwlm")
     assert one.layout.micro_batch == 1 and one.tokens_per_s < e.tokens_per_s
     # Memory: hwlm.formulas' count (16 B/param, the blocks' saved tensors, 10 B per compiled bf16 logit).
     from hwlm.formulas import training_memory

@@ -21,7 +21,10 @@ The names, by what they count (import them from here; no other module keeps a co
   ``saved_outside_layers_bytes`` (what autograd saves, counted from the model), ``loss_transient_bytes``
   (the logits alive at the loss's backward), ``heap_slack_bytes`` (what a CPU heap keeps above the live
   peak) and ``training_memory`` / ``TrainingMemory`` (their sum on one device: the launch decision's and,
-  sharded by a layout, the planner's figure); options ``RECOMPUTE``, ``ATTENTION_KERNELS``, ``LOSS_PATHS``.
+  sharded by a layout, the planner's figure); options ``RECOMPUTE``, ``ATTENTION_KERNELS``, ``LOSS_PATHS``;
+- training memory of other stacks: ``korthikanti_activation_bytes_per_layer`` and
+  ``korthikanti_outside_layers_bytes`` (Megatron-style: 16-bit weights, no autocast copies; Korthikanti et
+  al. 2022), the count ``ACTIVATION_COUNTS`` names ``"korthikanti"`` beside hwlm's own ``"hwlm"``.
 
 Worked example: GPT-2 small (124M)
 
@@ -40,7 +43,8 @@ __all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token",
            "WEIGHT_BYTES", "DTYPE_BYTES", "dtype_bytes", "compute_bytes", "StateBytes", "ADAM_FP32", "ADAM_MIXED",
            "mfu", "RECOMPUTE", "ATTENTION_KERNELS", "LOSS_PATHS", "saved_activation_bytes_per_layer",
            "saved_outside_layers_bytes", "loss_transient_bytes", "heap_slack_bytes", "TrainingMemory",
-           "training_memory"]
+           "training_memory", "ACTIVATION_COUNTS", "korthikanti_activation_bytes_per_layer",
+           "korthikanti_outside_layers_bytes"]
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,79 @@ def saved_activation_bytes_per_layer(spec: ArchSpec, tokens: int, seq_len: int, 
         return block_input
     attn, mlp = _attention_half_bytes(spec, tokens, seq_len, precision, attention), _mlp_half_bytes(spec, tokens, precision)
     return (block_input if recompute == "selective" else attn) + mlp
+
+
+ACTIVATION_COUNTS = ("hwlm", "korthikanti")
+
+
+def korthikanti_activation_bytes_per_layer(spec: ArchSpec, seq_len: int, micro_batch: int = 1,
+                                           recompute: str = "none", tp: int = 1, *, precision: str = "bf16",
+                                           attention: str = "flash", sequence_parallel: bool = True,
+                                           dropout: bool = True) -> float:
+    """Activation bytes one layer of a Megatron-style stack keeps (16-bit weights, no autocast copies).
+
+    Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
+    arXiv:2205.05198, section 4 and table 2, counted per tensor from the shape so that GQA, SwiGLU and
+    any MLP width fit (s = seq_len, b = micro_batch, h = d_model, a = heads, F = MLP width, 16-bit values,
+    1-byte dropout masks):
+
+    - two norms' inputs, 4·sbh; attention: the QKV matmul's input 2·sbh, Q and K 2·sb(a+k)·D for k key/value
+      heads of width D, V 2·sbk·D, the output projection's input 2·sb·a·D, its dropout mask sbh;
+      softmax output 2·as²b, its dropout mask as²b and output 2·as²b (the 5·as²b term; attention dropout off:
+      2·as²b) unless ``attention="flash"``, whose kernel keeps only the output and per-row statistics;
+    - MLP: the input 2·sbh, GELU's input and output 2·sbF each (SwiGLU: the gate|up output 4·sbF and the
+      product 2·sbF), its dropout mask sbh.
+
+    For GPT's shape (F = 4h, a = k) that is the paper's 34·sbh + 5·as²b. ``selective`` recompute drops
+    the s² terms (34·sbh), ``full`` keeps the layer input (2·sbh). Tensor parallelism with sequence
+    parallelism divides all of it by t (table 2); without it only the 24·sbh inside the parallel regions
+    (and the s² terms) are divided, and full recompute keeps 2·sbh. fp32 training doubles the 16-bit values.
+
+    >>> gpt3 = ArchSpec(vocab_size=51200, d_model=12288, n_layers=96, n_heads=96)  # paper's 175B
+    >>> sbh = 2048 * 1 * 12288
+    >>> korthikanti_activation_bytes_per_layer(gpt3, 2048, attention="math") / sbh  # 34 + 5·a·s/h
+    114.0
+    >>> [korthikanti_activation_bytes_per_layer(gpt3, 2048, 1, r, tp=8) / sbh for r in ("selective", "full")]
+    [4.25, 0.25]
+    """
+    if recompute not in RECOMPUTE:
+        from hwlm.errors import ConfigError
+        raise ConfigError(f"recompute {recompute!r} is unknown; choose one of {', '.join(RECOMPUTE)}")
+    if attention not in ATTENTION_KERNELS:
+        from hwlm.errors import ConfigError
+        raise ConfigError(f"attention kernel {attention!r} is unknown; choose one of {', '.join(ATTENTION_KERNELS)}")
+    if tp < 1:
+        from hwlm.errors import ConfigError
+        raise ConfigError(f"tp={tp!r} must be a whole number >= 1")
+    sb, h, w = float(seq_len * micro_batch), spec.d_model, compute_bytes(precision)
+    H, K, D, F = spec.n_heads, spec.kv_heads, spec.hd, spec.ff
+    if recompute == "full":  # only the layer input (sharded along the sequence under sequence parallelism)
+        return sb * h * w / (tp if sequence_parallel else 1)
+    mask = 1.0 if dropout else 0.0
+    # Outside the tensor-parallel regions (10·sbh for GPT, what only sequence parallelism shards): the two
+    # norms' inputs, the QKV and first MLP matmuls' inputs (the norms' outputs) and the two dropout masks.
+    outside = 4 * h * w + 2 * mask * h
+    # Inside (24·sbh for GPT): Q, K, V, the projection's input and the MLP's activations.
+    mlp = (3 if spec.mlp == "swiglu" else 2) * F * w
+    inside = (H + 2 * K) * D * w + H * D * w + mlp
+    per_token = outside / (tp if sequence_parallel else 1) + inside / tp
+    if recompute == "none" and attention == "math":
+        per_token += H * seq_len * (w + (mask + w) * (1 if dropout else 0)) / tp
+    return sb * per_token
+
+
+def korthikanti_outside_layers_bytes(spec: ArchSpec, seq_len: int, micro_batch: int = 1, tp: int = 1,
+                                     precision: str = "bf16") -> float:
+    """Activation bytes a Megatron-style stack keeps outside the layers: the final norm's input, the output
+    layer's input (16-bit) and the fp32 logits the cross-entropy keeps, 4·sbh/t·(1 + v/h) (Korthikanti et al.
+    2022, arXiv:2205.05198, section 4.3; the embedding dropout mask, which they call negligible, left out).
+
+    >>> gpt3 = ArchSpec(vocab_size=51200, d_model=12288, n_layers=96, n_heads=96)
+    >>> korthikanti_outside_layers_bytes(gpt3, 2048, 1, 8) / (4 * 2048 * 12288 / 8 * (1 + 51200 / 12288))
+    1.0
+    """
+    sb, h, w = float(seq_len * micro_batch), spec.d_model, compute_bytes(precision)
+    return sb * (2 * h * w + 4.0 * spec.vocab_size) / tp
 
 
 def _norm_bytes(spec: ArchSpec) -> float:

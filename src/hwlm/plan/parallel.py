@@ -10,9 +10,13 @@ section 3.1): 2 bytes of bf16 weights + 2 of gradients + 12 of fp32 master copy,
 variance = 16 bytes per parameter; ZeRO stage 1 shards the 12, stage 2 also the gradients,
 stage 3 (FSDP) also the weights, over dp. tp and pp divide everything.
 
-Activations per layer and micro-batch: :func:`hwlm.formulas.saved_activation_bytes_per_layer`, counted
-tensor by tensor from hwlm's model and tested against autograd's saved tensors (about Korthikanti et al.
-2022, arXiv:2205.05198, table 2, without dropout masks), divided by t with sequence parallelism; full
+Activations per layer and micro-batch, by the training stack's count (``hwlm.plan.software``):
+Megatron-style stacks (16-bit weights, FlashAttention) keep
+:func:`hwlm.formulas.korthikanti_activation_bytes_per_layer` (Korthikanti et al. 2022, arXiv:2205.05198,
+table 2: 34·s·b·h per layer, 2·s·b·h under full recompute, divided by t with sequence parallelism) and
+:func:`~hwlm.formulas.korthikanti_outside_layers_bytes`; hwlm's own loop keeps
+:func:`hwlm.formulas.saved_activation_bytes_per_layer`, counted tensor by tensor from hwlm's model (fp32
+residual stream, autocast weight copies) and tested against autograd's saved tensors, divided by t; full
 recompute keeps only the layer input; "partial" recomputes k of the L layers fully and the rest
 selectively (Megatron's ``--recompute-num-layers``), the cheapest choice that fits. Under 1F1B the first
 pipeline stage holds ``pp`` micro-batches of its ``L/pp`` layers, so ``L`` layers' worth in total (ibid.,
@@ -29,7 +33,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hwlm.errors import PlanError
-from hwlm.formulas import (ADAM_MIXED, ArchSpec, heap_slack_bytes, loss_transient_bytes, saved_activation_bytes_per_layer,
+from hwlm.formulas import (ACTIVATION_COUNTS, ADAM_MIXED, ArchSpec, heap_slack_bytes, korthikanti_activation_bytes_per_layer,
+                           korthikanti_outside_layers_bytes, loss_transient_bytes, saved_activation_bytes_per_layer,
                            saved_outside_layers_bytes)
 
 __all__ = ["Layout", "MemoryBreakdown", "validate_layout", "training_memory", "link_bandwidth",
@@ -132,7 +137,7 @@ class MemoryBreakdown:
 
 
 def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: int, capacity: float,
-                    precision: str = "bf16", device_kind: str = "gpu") -> MemoryBreakdown:
+                    precision: str = "bf16", device_kind: str = "gpu", activations: str = "korthikanti") -> MemoryBreakdown:
     """Memory per device of Adam training under ``layout``: :func:`hwlm.formulas.training_memory`'s parts
     (the launch decision's figure on one device), sharded by the layout.
 
@@ -141,7 +146,11 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
     keep no (T, T) probabilities, so ``none`` and ``selective`` keep the same set; ``partial`` recomputes
     k layers fully and the rest selectively; sequence parallelism divides them by tp. Accelerators are
     assumed to run compiled (the loss's logits as in the H200 record), CPUs eager with the heap slack.
+    ``activations`` names the count (:data:`~hwlm.formulas.ACTIVATION_COUNTS`): ``"korthikanti"`` for
+    Megatron-style stacks, ``"hwlm"`` for hwlm's own loop (the framework's field in ``hwlm.plan.software``).
     """
+    if activations not in ACTIVATION_COUNTS:
+        raise PlanError(f"activation count {activations!r} is unknown; choose one of {', '.join(ACTIVATION_COUNTS)}")
     shard = layout.tp * layout.pp
     local = total_params / shard
     dp, z, L = layout.dp, layout.zero_stage, spec.n_layers
@@ -150,7 +159,12 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
     optimizer = ADAM_MIXED.optimizer * local / (dp if z >= 1 else 1)
     tokens = seq_len * layout.micro_batch
 
+    megatron = activations == "korthikanti"
+
     def per_layer(mode: str) -> float:
+        if megatron:
+            return korthikanti_activation_bytes_per_layer(spec, seq_len, layout.micro_batch, mode, layout.tp,
+                                                          precision=precision)
         return saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, "flash", mode) / layout.tp
     # Megatron's selective recompute drops the attention core's (T, T) tensors, which flash kernels never
     # keep: its layers hold what no recompute holds. 1F1B: the first stage holds pp micro-batches of L/pp
@@ -158,9 +172,12 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
     k = round(layout.recompute_fraction(L) * L) if layout.recompute in ("full", "partial") else 0
     acts = k * per_layer("full") + (L - k) * per_layer("none") + (per_layer("none") - per_layer("full") if k else 0.0)
     # The loss's peak, on the last stage, split by tp (formulas: saved gradient, logits and their copies).
+    # Megatron-style: Korthikanti's fp32 logits and the two matmul inputs, plus the logits' transient at the
+    # loss's backward as measured for a compiled loop (4 + 6 = 10 B per bf16 logit, the H200 record).
     compiled = device_kind != "cpu"
-    acts += (saved_outside_layers_bytes(spec, tokens, precision, "full")
-             + loss_transient_bytes(spec, tokens, precision, "full", device_kind, compiled)
+    saved = (korthikanti_outside_layers_bytes(spec, seq_len, layout.micro_batch, 1, precision) if megatron
+             else saved_outside_layers_bytes(spec, tokens, precision, "full"))
+    acts += (saved + loss_transient_bytes(spec, tokens, precision, "full", device_kind, compiled)
              + heap_slack_bytes(spec, tokens, "full", device_kind)) / layout.tp
     return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
                            capacity=capacity)

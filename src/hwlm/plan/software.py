@@ -15,7 +15,16 @@ planner models it (each a multiplier on a fitted prior, 1.0 = as fitted, or a sw
 * **CUDA graphs** (serving, ``cuda_graphs``): one replay issues a whole decode step, so a GPU does not
   wait for the host (vLLM, TensorRT-LLM, gpt-fast); eager stacks (HF ``generate``, hwlm's loop) pay
   each op's host cost;
-* **where it runs** (``vendors``/``kinds``): TensorRT-LLM is NVIDIA-only, MaxText is JAX (TPU, GPU).
+* **where it runs** (``vendors``/``kinds``): TensorRT-LLM is NVIDIA-only, MaxText is JAX (TPU, GPU);
+* **activation memory** (training, ``activations``): which count of saved activations applies.
+  ``"korthikanti"`` (:func:`hwlm.formulas.korthikanti_activation_bytes_per_layer`): stacks that hold 16-bit
+  weights and run their matmuls on them (no per-matmul autocast weight copies) with a FlashAttention-style
+  kernel (no s² probabilities kept): Megatron-LM/Core and NeMo (``--bf16``), DeepSpeed's bf16/fp16 engine
+  (the model itself is cast to 16 bits), FSDP/FSDP2 with ``param_dtype=bf16`` (torchtitan's and LLM
+  Foundry's mixed-precision policy), MaxText (XLA computes in ``dtype: bfloat16`` and keeps what its remat
+  policy saves). ``"hwlm"`` (:func:`hwlm.formulas.saved_activation_bytes_per_layer`): hwlm's own loop,
+  fp32 weights under ``torch.autocast`` with an fp32 residual stream and a 16-bit weight copy per matmul,
+  counted from its model and tested against autograd's saved tensors.
 
 The multipliers are priors with the mechanism sourced; their sizes are assumptions where no
 independent measurement is cited (``assumed`` in the source). None of them comes from a publication
@@ -47,6 +56,7 @@ class Stack:
     max_batch: int = 256              # serving: default cap on running sequences
     chunk_tokens: int = 2048          # serving: prefill tokens per engine step (chunked prefill)
     fused_prefill: bool = True        # serving: a step's prefill chunks run in the decode forward (else apart)
+    activations: str = "korthikanti"  # training: the saved-activation count (hwlm.formulas.ACTIVATION_COUNTS)
     source: str = ""
 
     def runs_on(self, dev: Device) -> bool:
@@ -81,8 +91,9 @@ FRAMEWORKS: dict[str, Stack] = {s.id: s for s in (
     Stack("llm-foundry", "MosaicML LLM Foundry (Composer + FSDP)", ("nvidia", "amd"), ("gpu",), elementwise=0.9,
           source="FSDP with FlashAttention-2 and fused LayerNorm/cross-entropy kernels (llm-foundry "
           "model code); 10% less traffic than the reference assumed"),
-    Stack("hwlm", "hwlm's own loop (eager, torch.autocast)", ("*",), _ALL_KINDS,
-          source="hwlm.train: eager PyTorch with SDPA; the priors as fitted"),
+    Stack("hwlm", "hwlm's own loop (eager, torch.autocast)", ("*",), _ALL_KINDS, activations="hwlm",
+          source="hwlm.train: eager PyTorch with SDPA; the priors as fitted; activation memory counted from "
+          "hwlm's model (fp32 residual stream, autocast weight copies)"),
 )}
 
 ENGINES: dict[str, Stack] = {s.id: s for s in (
@@ -135,7 +146,10 @@ def get_engine(name: str, dev: Device) -> Stack:
 
 
 def default_framework(dev: Device) -> Stack:
-    """The usual stack for the hardware: MaxText on TPUs, Megatron on NVIDIA/AMD GPUs, else hwlm's own."""
+    """The usual stack for the hardware: MaxText on TPUs, Megatron on NVIDIA/AMD GPUs, else hwlm's own
+    (also on this machine, whose calibration measured hwlm's own loop)."""
+    if dev.vendor == "local":
+        return FRAMEWORKS["hwlm"]
     for sid in ("maxtext",) if dev.kind == "tpu" else ("megatron",) if dev.kind == "gpu" else ():
         if FRAMEWORKS[sid].runs_on(dev):
             return FRAMEWORKS[sid]

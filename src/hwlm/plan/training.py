@@ -368,15 +368,22 @@ def routed_expert_params(m: Model) -> float:
     return (pc.total - pc.active) * spec.n_experts / (spec.n_experts - spec.experts_per_token)
 
 
+def _activation_count(ctx: _Ctx) -> str:
+    """The framework's count of saved activations; hwlm's own under ``autocast`` (fp32 weights cast per
+    matmul: hwlm's loop, whatever the stack is called)."""
+    return "hwlm" if ctx.autocast else ctx.stack.activations
+
+
 def _memory(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
     # The routed experts are sharded over ep ranks of the data-parallel group as well (their ZeRO
     # sharding then spans the dp/ep "expert data parallel" ranks); the rest of the model as before.
     routed = routed_expert_params(ctx.model)
+    count = _activation_count(ctx)
     mem = training_memory(ctx.model.spec, ctx.model.params.total - routed, lay, ctx.seq_len, ctx.dev.memory_bytes,
-                          ctx.precision, ctx.dev.kind)
+                          ctx.precision, ctx.dev.kind, count)
     if routed:
         ex = training_memory(ctx.model.spec, routed, replace(lay, dp=lay.dp // lay.ep, tp=lay.tp * lay.ep),
-                             ctx.seq_len, ctx.dev.memory_bytes, ctx.precision, ctx.dev.kind)
+                             ctx.seq_len, ctx.dev.memory_bytes, ctx.precision, ctx.dev.kind, count)
         mem = replace(mem, weights=mem.weights + ex.weights, gradients=mem.gradients + ex.gradients,
                       optimizer=mem.optimizer + ex.optimizer)
     return mem
@@ -385,13 +392,20 @@ def _memory(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
 def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
     """The fewest fully recomputed layers (rest selective) that make ``lay`` fit; None if none do."""
     L = ctx.model.spec.n_layers
-    sel = replace(lay, recompute="partial", recompute_layers=0)
-    full = replace(lay, recompute="partial", recompute_layers=L)
-    m0, m1 = _memory(ctx, sel), _memory(ctx, full)
-    if not m1.fits:
+
+    def mem(k: int) -> MemoryBreakdown:
+        return _memory(ctx, replace(lay, recompute="partial", recompute_layers=k))
+    if not mem(L).fits:
         return None
-    excess = m0.total - m0.capacity * USABLE_MEMORY_FRACTION
-    k = 0 if excess <= 0 else min(L, math.ceil(excess / ((m0.total - m1.total) / L)))
+    if mem(0).fits:
+        return replace(lay, recompute="partial", recompute_layers=0)
+    # Memory is linear in k from k = 1 on (k = 0 lacks the one recomputed layer's set that is alive
+    # again in its backward, so a line through k = 0 would stop a layer or more short).
+    m1, mL = mem(1), mem(L)
+    excess = m1.total - m1.capacity * USABLE_MEMORY_FRACTION
+    k = 1 if excess <= 0 or L == 1 else min(L, 1 + math.ceil(excess / ((m1.total - mL.total) / (L - 1))))
+    while k < L and not mem(k).fits:  # rounding: at most a step or two
+        k += 1
     return replace(lay, recompute="full" if k == L else "partial", recompute_layers=k if k < L else 0)
 
 
@@ -600,8 +614,10 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
     fp32 = ctx.precision in ("fp32", "tf32")
     logit_text = "logits + fp32 gradient, 8" if fp32 else "16-bit logits + fp32 copy + fp32 gradient, 10"
     t.add("memory_activations", f"{ctx.model.spec.n_layers} layers x {lay.recompute} recompute, s={ctx.seq_len}, "
-          f"b={lay.micro_batch}, /tp, {'4' if fp32 else '2'}-byte + logits ({logit_text} B per element)",
-          mem.activations, "B", KORTHIKANTI)
+          f"b={lay.micro_batch}, /tp, {'4' if fp32 else '2'}-byte + logits ({logit_text} B per element), "
+          f"{_activation_count(ctx)} count", mem.activations, "B",
+          KORTHIKANTI + " (34 sbh per layer; Megatron-style stacks)" if _activation_count(ctx) == "korthikanti"
+          else "hwlm.formulas.saved_activation_bytes_per_layer (hwlm's model under autocast, tested against autograd)")
     t.add("memory_per_device", "weights + gradients + optimizer + activations", mem.total, "B")
     t.add("memory_usable", f"capacity {dev.memory_bytes:.4g} x {USABLE_MEMORY_FRACTION}",
           dev.memory_bytes * USABLE_MEMORY_FRACTION, "B", dev.source("memory_bytes"))
