@@ -85,3 +85,18 @@ def test_cli_engine_and_framework(capsys) -> None:
                  "--framework", "torchtitan", "--explain"]) == 0
     out = capsys.readouterr().out
     assert "framework" in out and "torchtitan" in out
+
+
+def test_the_framework_selects_the_activation_count() -> None:
+    """Megatron-style stacks (16-bit weights, FlashAttention) keep Korthikanti et al.'s count, hwlm's own loop
+    its autocast model's count; on TPUs MaxText the former, and this machine defaults to hwlm's."""
+    from dataclasses import replace
+    from hwlm.formulas import ACTIVATION_COUNTS
+    assert {s.activations for s in FRAMEWORKS.values()} <= set(ACTIVATION_COUNTS)
+    assert [s.id for s in FRAMEWORKS.values() if s.activations == "hwlm"] == ["hwlm"]
+    kw = dict(seq_len=4096, global_batch=64, tp=1, pp=1, zero_stage=3, recompute="selective", micro_batch=1)
+    mt = estimate_training("llama-2-7b", 1e9, "tpu-v5p", 64, framework="maxtext", **kw)
+    own = estimate_training("llama-2-7b", 1e9, "tpu-v5p", 64, framework="hwlm", **kw)
+    assert own.memory.activations > 1.5 * mt.memory.activations
+    local = replace(get_device("h100-sxm"), vendor="local")
+    assert default_framework(local).id == "hwlm"
