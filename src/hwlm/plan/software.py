@@ -21,8 +21,10 @@ planner models it (each a multiplier on a fitted prior, 1.0 = as fitted, or a sw
   weights and run their matmuls on them (no per-matmul autocast weight copies) with a FlashAttention-style
   kernel (no s² probabilities kept): Megatron-LM/Core and NeMo (``--bf16``), DeepSpeed's bf16/fp16 engine
   (the model itself is cast to 16 bits), FSDP/FSDP2 with ``param_dtype=bf16`` (torchtitan's and LLM
-  Foundry's mixed-precision policy), MaxText (XLA computes in ``dtype: bfloat16`` and keeps what its remat
-  policy saves). ``"hwlm"`` (:func:`hwlm.formulas.saved_activation_bytes_per_layer`): hwlm's own loop,
+  Foundry's mixed-precision policy: the gathered weights are already 16-bit, so autocast copies nothing),
+  MaxText (its weights stay fp32, ``weight_dtype: float32``, but activations are ``dtype: bfloat16`` and
+  what the backward keeps is what its remat policy names; that XLA keeps no per-matmul bf16 weight copy
+  across the step is assumed, not measured). ``"hwlm"`` (:func:`hwlm.formulas.saved_activation_bytes_per_layer`): hwlm's own loop,
   fp32 weights under ``torch.autocast`` with an fp32 residual stream and a 16-bit weight copy per matmul,
   counted from its model and tested against autograd's saved tensors.
 
