@@ -210,6 +210,9 @@ def test_launch_decision_and_planner_agree_on_memory() -> None:
                                      zero_stage=0, find_smallest=False)
             launch = training_bytes(spec, batch, cfg.block_size, precision, compiled=kind == "gpu", device_kind=kind)
             assert launch == pytest.approx(plan.memory.total, rel=1e-9), (preset, kind)
+            state = (4, 4, 8) if precision == "fp32" else (2, 2, 12)  # ADAM_FP32 / ADAM_MIXED per parameter
+            n = param_count(spec).total
+            assert (plan.memory.weights, plan.memory.gradients, plan.memory.optimizer) == tuple(b * n for b in state)
 
 
 def test_korthikanti_count_is_the_papers_table_2() -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hwlm.errors import PlanError
-from hwlm.formulas import (ACTIVATION_COUNTS, ADAM_MIXED, ArchSpec, heap_slack_bytes, korthikanti_activation_bytes_per_layer,
+from hwlm.formulas import (ACTIVATION_COUNTS, ADAM_FP32, ADAM_MIXED, ArchSpec, heap_slack_bytes, korthikanti_activation_bytes_per_layer,
                            korthikanti_outside_layers_bytes, loss_transient_bytes, saved_activation_bytes_per_layer,
                            saved_outside_layers_bytes)
 
@@ -141,7 +141,8 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
     """Memory per device of Adam training under ``layout``: :func:`hwlm.formulas.training_memory`'s parts
     (the launch decision's figure on one device), sharded by the layout.
 
-    State: :data:`~hwlm.formulas.ADAM_MIXED`, ZeRO stage 1 shards the optimizer part, 2 also the gradients,
+    State: :data:`~hwlm.formulas.ADAM_MIXED` (:data:`~hwlm.formulas.ADAM_FP32` in fp32), ZeRO stage 1 shards the
+    optimizer part, 2 also the gradients,
     3 also the weights, over dp; tp and pp divide everything. Activations: the flash-attention kernels
     keep no (T, T) probabilities, so ``none`` and ``selective`` keep the same set; ``partial`` recomputes
     k layers fully and the rest selectively; sequence parallelism divides them by tp. Accelerators are
@@ -154,9 +155,11 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
     shard = layout.tp * layout.pp
     local = total_params / shard
     dp, z, L = layout.dp, layout.zero_stage, spec.n_layers
-    weights = ADAM_MIXED.weights * local / (dp if z >= 3 else 1)
-    grads = ADAM_MIXED.gradients * local / (dp if z >= 2 else 1)
-    optimizer = ADAM_MIXED.optimizer * local / (dp if z >= 1 else 1)
+    # fp32 training has no 16-bit copies and no master copy: 4 + 4 + AdamW's 8 (what ZeRO-1 then shards).
+    state = ADAM_FP32 if precision in ("fp32", "tf32") else ADAM_MIXED
+    weights = state.weights * local / (dp if z >= 3 else 1)
+    grads = state.gradients * local / (dp if z >= 2 else 1)
+    optimizer = state.optimizer * local / (dp if z >= 1 else 1)
     tokens = seq_len * layout.micro_batch
 
     megatron = activations == "korthikanti"
