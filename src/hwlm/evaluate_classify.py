@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from hwlm.data.readers import json_lines
 from hwlm.errors import ConfigError, DataError
 from hwlm.io import atomic_write_json, atomic_write_text
 from hwlm.train.metrics import classification_report, confusion_matrix, macro_f1, summarize_seeds
@@ -150,17 +151,10 @@ def _read_texts(path: Path, text_field: str) -> list[str]:
                                 " pass --text-field NAME")
             texts = [row[text_field] or "" for row in reader]
         return texts
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{i} is not valid JSON ({exc.msg}); fix or remove that line") from None
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                raise DataError(f"{path}:{i} has no string field {text_field!r}; pass --text-field NAME")
-            texts.append(row[text_field])
+    for i, row in json_lines(path):
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise DataError(f"{path}:{i} has no string field {text_field!r}; pass --text-field NAME")
+        texts.append(row[text_field])
     return texts
 
 

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 from hwlm.config import to_dict
 from hwlm.data.config import PrepareConfig
 from hwlm.data.normalize import normalize
+from hwlm.data.readers import json_lines
 from hwlm.errors import ConfigError, DataError
 from hwlm.io import atomic_dir, atomic_write_json, sha256_file
 
@@ -89,21 +90,14 @@ def _csv_rows(path: Path, text_field: str, label_field: str) -> Iterator[tuple[A
 
 
 def _jsonl_rows(path: Path, text_field: str, label_field: str) -> Iterator[tuple[Any, Any, str]]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{i} is not valid JSON ({exc.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{i} is not a JSON object; each line needs {text_field!r} and {label_field!r}")
-            for want, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
-                if want not in row:
-                    raise DataError(f"{path}:{i} has no field {want!r} (fields: {', '.join(row) or 'none'}); "
-                                    f"pass {flag} NAME")
-            yield row[text_field], row[label_field], f"{path}:{i}"
+    for i, row in json_lines(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{i} is not a JSON object; each line needs {text_field!r} and {label_field!r}")
+        for want, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
+            if want not in row:
+                raise DataError(f"{path}:{i} has no field {want!r} (fields: {', '.join(row) or 'none'}); "
+                                f"pass {flag} NAME")
+        yield row[text_field], row[label_field], f"{path}:{i}"
 
 
 def read_labelled(inputs: list[str], text_field: str, label_field: str, form: str = "nfkc",

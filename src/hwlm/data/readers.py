@@ -247,6 +247,19 @@ def _iter_jsonl(path: str, text_field: str, stats: Utf8Stats) -> Iterator[str]:
         raise DataError(f"cannot read input {path}: {exc.strerror}") from None
 
 
+def json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` of each non-blank line of a JSON Lines file (labelled data,
+    conversations); a line that is not JSON is a DataError naming the file and line."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{i} is not valid JSON ({exc.msg}); fix or remove that line") from None
+
+
 def _iter_builtin() -> Iterator[str]:
     from pydoc_data.topics import topics
 

@@ -27,6 +27,7 @@ import torch
 from hwlm.config import to_dict
 from hwlm.data.chat import check_messages, training_segments
 from hwlm.data.normalize import normalize
+from hwlm.data.readers import json_lines
 from hwlm.errors import ConfigError, DataError
 from hwlm.io import atomic_write_json
 from hwlm.train import checkpoint as ckpt_io
@@ -62,15 +63,8 @@ def read_conversations(path: Path) -> list[list[dict[str, str]]]:
     if path is None or not Path(path).is_file():
         raise DataError(f"--task chat reads --data as a JSON Lines file of conversations; {path} is not a file")
     out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{i} is not valid JSON ({exc.msg}); fix or remove that line") from None
-            out.append(check_messages(row.get("messages") if isinstance(row, dict) else None, f"{path}:{i}"))
+    for i, row in json_lines(path):
+        out.append(check_messages(row.get("messages") if isinstance(row, dict) else None, f"{path}:{i}"))
     if len(out) < 2:
         raise DataError(f"{path} holds {len(out)} conversation(s); chat fine-tuning needs at least 2 (one held out)")
     return out
