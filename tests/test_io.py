@@ -109,6 +109,36 @@ def test_folder_lock_is_shared_by_nested_calls_and_released_after(tmp_path: Path
     holder.wait()
 
 
+_HOLD_OUTPUT = """
+import sys, time
+from hwlm.io import atomic_dir
+with atomic_dir(sys.argv[1], what="hwlm compress") as tmp:
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_atomic_dir_with_a_command_has_one_writer_and_kill_9_leaves_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    out = tmp_path / "small"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_OUTPUT, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ResourceError, match=f"^{out} is being written by process {holder.pid} "
+                                                r"\(hwlm compress\); wait for it or use another --out$"):
+            with atomic_dir(out, what="hwlm export"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not out.exists()  # the killed writer published nothing
+    with atomic_dir(out, what="hwlm export") as tmp:
+        (tmp / "f").write_text("x")
+    assert (out / "f").read_text() == "x"
+    assert not (tmp_path / ".small.lock").exists()  # no lock file is left beside the output
+
+
 _APPEND = """
 import sys
 from hwlm.io import append_line

@@ -97,15 +97,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, what: str | None = None) -> Iterator[Path]:
     """Yield a temp folder beside ``path``; on success fsync it and rename it to ``path``.
 
     An existing ``path`` is replaced only after the new folder is complete. On any
     error the temp folder is removed and ``path`` is left as it was.
+
+    With ``what`` (the command, e.g. ``"hwlm compress"``) the output has one writer: an flock on
+    ``.<name>.lock`` beside ``path`` is held from the start to the rename (then removed), and a second writer of
+    the same ``path`` stops at once with one line naming the holder (as :func:`folder_lock`).
+    Inside a folder that is already locked (checkpoints of a run) leave it out.
     """
     path = Path(path)
+    with contextlib.ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise resource_error(exc, path) from exc
+        if what is not None:
+            stack.enter_context(_exclusive(path.parent / f".{path.name}.lock", path, what, remove=True))
+        yield from _build_then_publish(path)
+
+
+def _build_then_publish(path: Path) -> Iterator[Path]:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise resource_error(exc, path) from exc
@@ -190,7 +205,22 @@ def folder_lock(path: str | os.PathLike, what: str = "hwlm") -> Iterator[Path]:
         finally:
             _held[key] -= 1
         return
-    lock_path = folder / LOCK_FILE
+    with _exclusive(folder / LOCK_FILE, folder, what):
+        _held[key] = 1
+        try:
+            yield folder
+        finally:
+            del _held[key]
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, folder: Path, what: str, remove: bool = False) -> Iterator[None]:
+    """``flock(LOCK_EX | LOCK_NB)`` on ``lock_path`` (holding pid and ``what``), or one line naming the holder.
+
+    ``remove`` unlinks the lock file while still holding it, for locks beside an output rather
+    than inside a folder: a writer that opened the old file in that instant gets its lock on an
+    unlinked file and publishes its own complete folder by rename, so the output is never mixed.
+    """
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
@@ -203,11 +233,12 @@ def folder_lock(path: str | os.PathLike, what: str = "hwlm") -> Iterator[Path]:
                                 "wait for it or use another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode("utf-8"), 0)
-        _held[key] = 1
         try:
-            yield folder
+            yield
         finally:
-            del _held[key]
+            if remove:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_path)
     finally:
         os.close(fd)  # closing the last descriptor of the open file releases the flock
 

@@ -180,7 +180,7 @@ def compress(cfg: CompressConfig, energy_meter: Callable[[str], Any] | None = No
         "source": {"run": str(cfg.run), "checkpoint": str(loaded.path), "step": loaded.step},
         "config": to_dict(cfg), **extra}
     rows: list[dict[str, Any]] = []
-    with atomic_dir(cfg.out) as tmp:
+    with atomic_dir(cfg.out, what="hwlm compress") as tmp:
         ckpt = _write_checkpoint(tmp, model, loaded, section)
         reloaded = load_model(tmp, device)  # the folder loads as any run does, before it is published
         if cfg.table:

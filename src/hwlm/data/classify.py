@@ -228,7 +228,7 @@ def prepare_classify(cfg: PrepareConfig) -> ClassifyPrepareResult:
         "imbalance": round(max(train_counts) / min(train_counts), 4), "removed": removed,
         "rows_read": len(rows) + removed["duplicates"] + removed["conflicting_rows"],
     }
-    with atomic_dir(cfg.out) as tmp:
+    with atomic_dir(cfg.out, what="hwlm prepare") as tmp:
         if features:
             manifest["n_features"] = len(rows[0][0])
         else:

@@ -149,7 +149,7 @@ def export_hf(model: Transformer, model_cfg: ModelConfig, tokenizer_json_path: s
     dtype = next(iter(tensors.values())).dtype
     out = Path(out_dir)
     special = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, what="hwlm export") as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(tmp / "config.json", hf_config(model_cfg, eot, dtype))
         atomic_write_json(tmp / "generation_config.json",

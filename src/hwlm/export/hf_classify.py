@@ -55,7 +55,7 @@ def export_hf_classifier(run: str | os.PathLike, out_dir: str | os.PathLike) -> 
     eot = loaded.tokenizer.id_to_token(pad)
     special = {"bos_token": eot, "eos_token": eot, "unk_token": eot, "pad_token": eot}
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, what="hwlm export") as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(tmp / "config.json", config)
         shutil.copyfile(loaded.path / "tokenizer.json", tmp / "tokenizer.json")

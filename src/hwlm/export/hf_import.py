@@ -193,7 +193,7 @@ def import_hf(src: str | Path, out: str | Path) -> ImportResult:
     config = {"model": to_dict(cfg), "data": {"eot_id": eot, "vocab_size": cfg.vocab_size},
               "imported": {"format": "hf", "from": str(folder), "model_type": hf.get("model_type"),
                            "architectures": hf.get("architectures")}}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, what="hwlm import") as tmp:
         ckpt = tmp / "checkpoints" / "step-0000000"
         ckpt.mkdir(parents=True)
         save_model(model, str(ckpt / ckpt_io.MODEL_FILE), metadata={"format": "pt", "step": "0"})

@@ -164,7 +164,7 @@ def export_onnx(model: Transformer, out_dir: str | os.PathLike, tokenizer_json: 
     meta = {"hwlm.model_config": json.dumps(to_dict(model.cfg), sort_keys=True),
             "hwlm.weights_sha256": weights_fingerprint(model), "hwlm.quantize": quantize or "none"}
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, what="hwlm export") as tmp:
         plain = tmp / ("fp32.onnx" if quantize else ONNX_FILE)
         _trace(model).save(str(plain))
         if quantize:

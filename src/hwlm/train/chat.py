@@ -29,7 +29,7 @@ from hwlm.data.chat import check_messages, training_segments
 from hwlm.data.normalize import normalize
 from hwlm.data.readers import json_lines
 from hwlm.errors import ConfigError, DataError
-from hwlm.io import atomic_write_json
+from hwlm.io import atomic_write_json, folder_lock
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.classify import Examples
 from hwlm.train.classify_load import LORA_TARGETS
@@ -153,6 +153,12 @@ def _restore(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
 def train_chat(cfg: TrainConfig, task: TaskConfig, *, say: Callable[[str], None] | None = None,
                stop_at_step: int | None = None) -> ChatTrainResult:
     """Fine-tune ``task.init_from`` on the conversations in ``cfg.data``, writing the run ``cfg.out``."""
+    with folder_lock(cfg.out, what="hwlm train"):  # one writer per run folder
+        return _train_chat(cfg, task, say, stop_at_step)
+
+
+def _train_chat(cfg: TrainConfig, task: TaskConfig, say: Callable[[str], None] | None,
+                stop_at_step: int | None) -> ChatTrainResult:
     from hwlm.device import select_device
 
     say = say or info

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from hwlm.config import to_dict
 from hwlm.device import select_device
 from hwlm.errors import ConfigError, DataError
-from hwlm.io import atomic_dir, atomic_write_json
+from hwlm.io import atomic_dir, atomic_write_json, folder_lock
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.classify_load import SEEDS_FILE, build_for_spec, classifier_spec, lm_trunk
 from hwlm.train.config import TrainConfig
@@ -425,6 +425,13 @@ def train_classifier(cfg: TrainConfig, task: TaskConfig, model_overrides: dict[s
     say = say or info
     if task.task != "classify":
         raise ConfigError(f"train_classifier trains --task classify, not {task.task!r}")
+    with folder_lock(cfg.out, what="hwlm train"):  # one writer per run folder (its seed sub-runs included)
+        return _train_seeds(cfg, task, model_overrides, say, report, stop_at_step)
+
+
+def _train_seeds(cfg: TrainConfig, task: TaskConfig, model_overrides: dict[str, Any] | None,
+                 say: Callable[[str], None], report: Callable[[int, dict[str, float]], None] | None,
+                 stop_at_step: int | None) -> ClassifyTrainResult:
     if task.seeds == 1:
         return _train_one(cfg, task, model_overrides, say, report, stop_at_step)
     results = []
