@@ -57,6 +57,8 @@ def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
     greedy = list(generate(model, [5], 10, temperature=0))
     assert list(generate(model, [5], 10, temperature=0.8, top_k=1, seed=0)) == greedy
     assert list(generate(model, [5], 10, temperature=0.8, top_p=1e-6, seed=0)) == greedy
+    # below float32's smallest number top_p rounds to 0: still greedy, never an empty distribution
+    assert list(generate(model, [5], 10, temperature=0.8, top_p=1e-50, seed=0)) == greedy
 
 
 def test_sampling_respects_top_k() -> None:

@@ -68,6 +68,7 @@ def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int | None =
         sorted_logits, order = torch.sort(logits, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        drop[0] = False  # even when top_p rounds to 0 in float32 (e.g. 1e-50): the top token is kept
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     return F.softmax(logits, dim=-1)
 
