@@ -131,6 +131,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(cfg: ServeConfig, ready: Callable[[str], None] | None = None) -> None:
     """Serve ``cfg.run`` until SIGINT/SIGTERM; ``ready(line)`` is called with the address once it listens."""
+    _require_extra()  # before anything else: without hwlm[serve] one line, not a traceback
     import uvicorn
 
     from hwlm.serve.api import create_app
