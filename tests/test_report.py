@@ -355,3 +355,38 @@ def test_a_point_above_the_dram_roof_is_cache_resident_and_never_over_100_percen
                        precision="fp32", source="t")  # 200 FLOP/B: under the matmul roof, past both ridges
     assert with_cache.attainable(beyond) == (1e12, "compute")
     assert _of_roof(with_cache, beyond) == "20%"
+
+
+# --------------------------------------------------------------------------- classification section
+
+def test_classifier_runs_get_a_confusion_matrix_and_f1_per_class(tmp_path: Path) -> None:
+    from classify_tiny import cls_cfg, prepare_cls
+
+    from hwlm.evaluate_classify import evaluate_classifier
+    from hwlm.train.classify import train_classifier
+    from hwlm.train.task_config import TaskConfig
+
+    data = prepare_cls(tmp_path / "data")
+    run = tmp_path / "clf"
+    task = TaskConfig(task="classify", classifier="bow", buckets=1024)
+    train_classifier(cls_cfg(data, run, max_steps=15), task, say=lambda m: None)
+    ev = evaluate_classifier(run, device="cpu")  # writes run/eval-test.json, which the report reads
+    html = report(ReportConfig(runs=[run], out=tmp_path / "r.html", job_model="llama-2-7b")).read_text()
+    part = html[html.index('<section id="classify"'):]
+    part = part[:part.index("</section>")]
+    assert part.count("<svg") == 1  # one figure: the matrix and the F1 bars
+    assert f"{ev.report['accuracy']:.4g}" in part and f"{ev.report['macro avg']['f1-score']:.4g}" in part
+    assert ev.seeds is None and "<td>n/a</td>" in part.replace(' class="num"', "")  # one seed: no spread
+    for label in ev.labels:
+        assert f">{label}<" in part  # each class is named on the axes
+
+
+def test_no_evaluated_classifier_says_how_to_get_one(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "lm")
+    (run / "eval-test.json").write_text('{"kind": "something else"}')
+    inputs = collect_inputs([run], [])
+    assert inputs.runs[0].classify_evals == {}
+    assert any("not a version-1 hwlm classifier evaluation" in n for n in inputs.runs[0].notes)
+    html = report(ReportConfig(runs=[run], out=tmp_path / "r.html", job_model="llama-2-7b")).read_text()
+    part = html[html.index('<section id="classify"'):]
+    assert "No evaluated classifier run was given." in part[:part.index("</section>")]

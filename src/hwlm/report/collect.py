@@ -34,6 +34,8 @@ class RunData:
     log: list[dict[str, Any]]
     config: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
+    # ``hwlm eval`` results of a classifier run (RUN/eval-<split>.json, kind hwlm-classify-eval), by file stem
+    classify_evals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def model(self) -> dict[str, Any] | None:
@@ -139,7 +141,24 @@ def load_run(path: str | Path) -> RunData:
             raise DataError(f"{path / RUN_CONFIG} is not a JSON object; restore it or re-run training")
     else:
         notes.append(f"{path} has no {RUN_CONFIG}: model shape unknown, so no FLOP figures for this run")
-    return RunData(path=path, name=path.resolve().name, log=log, config=config, notes=notes)
+    return RunData(path=path, name=path.resolve().name, log=log, config=config, notes=notes,
+                   classify_evals=_classify_evals(path, notes))
+
+
+def _classify_evals(path: Path, notes: list[str]) -> dict[str, dict[str, Any]]:
+    """The classifier evaluations ``hwlm eval`` left in a run folder; an unreadable one is a note."""
+    found = {}
+    for f in sorted(path.glob("eval-*.json")):
+        try:
+            doc = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            notes.append(f"{f} is not readable JSON: skipped")
+            continue
+        if isinstance(doc, dict) and doc.get("kind") == "hwlm-classify-eval" and doc.get("version") == 1:
+            found[f.stem] = doc
+        else:
+            notes.append(f"{f} is not a version-1 hwlm classifier evaluation: skipped")
+    return found
 
 
 def _kind_of(path: Path) -> tuple[bool, Any]:

@@ -13,6 +13,8 @@ import math
 import re
 from typing import Any, Sequence
 
+import numpy as np
+
 from hwlm.report.analysis import EnergyRow, Roof, WorkPoint
 from hwlm.report.collect import BenchRecord, RunData
 from hwlm.report.jobs import JobRow
@@ -293,3 +295,31 @@ def energy_figure(rows: Sequence[EnergyRow]) -> str:
                         Patch(color=KIND_COLOURS["estimate"], label="estimate (TDP x utilization, or planner)")],
                loc="outside lower center", ncol=2, frameon=False)
     return svg_of(fig, "energy")
+
+
+@_styled
+def classify_figure(evaluation: dict[str, Any], title: str) -> str:
+    """The confusion matrix (rows: true class, columns: predicted; counts and row share) and the F1 per class."""
+    labels = list(evaluation["labels"])
+    report = evaluation["report"]
+    m = np.asarray(report["confusion_matrix"], dtype=float)
+    fig, (cm, f1) = _figure(11, max(3.2, 0.45 * len(labels) + 2.0), 2)
+    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+    cm.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    cm.grid(False)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            cm.text(j, i, f"{int(m[i, j])}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=9)
+    cm.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="true",
+           title=f"confusion matrix, {title}")
+    cm.set_xticklabels(labels, rotation=45, ha="right")
+    cm.set_yticklabels(labels)
+    scores = [report[str(name)]["f1-score"] for name in labels]
+    f1.barh(range(len(labels)), scores, color=_colour(0))
+    f1.axvline(report["macro avg"]["f1-score"], color=_colour(1), ls="--", lw=1.2, label="macro avg")
+    f1.set(yticks=range(len(labels)), xlim=(0, 1), xlabel="F1", title="F1 per class")
+    f1.set_yticklabels(labels)
+    f1.invert_yaxis()
+    f1.legend(frameon=False, loc="lower right")
+    return svg_of(fig, "classify")

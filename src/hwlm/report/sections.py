@@ -17,11 +17,12 @@ from hwlm.report.jobs import JobRow
 from hwlm.report.plots import si
 
 __all__ = ["machine_block", "loss_section", "throughput_section", "roofline_section", "plan_section",
-           "energy_section", "SECTIONS"]
+           "energy_section", "classify_section", "SECTIONS"]
 
 # (id, title) in page order; the test checks each id is present.
 SECTIONS = (("loss", "Training loss"), ("throughput", "Throughput and MFU"), ("roofline", "Roofline of this device"),
-            ("plan", "Predicted job across hardware"), ("energy", "Energy per token"))
+            ("plan", "Predicted job across hardware"), ("energy", "Energy per token"),
+            ("classify", "Classification quality"))
 
 TRAIN_CMD = "hwlm train --data runs/data --out runs/train --model tiny --max-steps 200"
 
@@ -219,3 +220,30 @@ def _peak_energy_rows(inputs: ReportInputs) -> list[list[str]]:
                             _tag(energy_kind(method), method_text(method)), "", "bench peak matmul energy",
                             rec.path.name])
     return out
+
+
+CLASSIFY_CMD = "hwlm eval --run runs/classifier   # writes runs/classifier/eval-test.json"
+
+
+def classify_section(inputs: ReportInputs) -> str:
+    """Confusion matrix and F1 per class of each classifier run that `hwlm eval` has evaluated."""
+    intro = ("For each classifier run, what <code>hwlm eval</code> measured (its <code>eval-&lt;split&gt;.json</code>): "
+             "the confusion matrix (rows the true class, columns the predicted one; the shade is the row's share) "
+             "and the F1 of each class against the macro average, named as scikit-learn's "
+             "<code>classification_report</code> names them.")
+    parts, rows = [], []
+    for run in inputs.runs:
+        for stem, ev in run.classify_evals.items():
+            rep = ev["report"]
+            label = f"{run.name} ({ev.get('source', stem)})"
+            parts.append(figure(plots.classify_figure(ev, label)))
+            spread = (ev.get("seeds") or {}).get("macro avg f1-score")  # {"mean", "std", ...} of --seeds K runs
+            rows.append([esc(label), _f(ev.get("examples"), ","), _f(rep["accuracy"]),
+                         _f(rep["macro avg"]["f1-score"]), _f(rep["weighted avg"]["f1-score"]),
+                         "n/a" if not isinstance(spread, dict) else f"{_f(spread.get('mean'))} ± {_f(spread.get('std'))}"])
+    if not rows:
+        return section("classify", "Classification quality", intro,
+                       [missing("No evaluated classifier run was given.", CLASSIFY_CMD)])
+    tab = table(["run (source)", "examples", "accuracy", "macro F1", "weighted F1", "macro F1 over seeds"], rows,
+                numeric=(1, 2, 3, 4))
+    return section("classify", "Classification quality", intro, [tab, *parts])
