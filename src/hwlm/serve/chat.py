@@ -23,12 +23,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hwlm.data.chat import DEFAULT_STOP, render_prompt  # the default template, shared with chat fine-tuning
 from hwlm.errors import ConfigError
 
 __all__ = ["ChatTemplate", "load_chat_template", "DEFAULT_STOP"]
-
-DEFAULT_STOP = "\nUser:"
-_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 
 
 class ChatTemplate:
@@ -52,8 +50,7 @@ class ChatTemplate:
     def render(self, messages: list[dict[str, str]]) -> str:
         """The prompt for ``messages`` (dicts with role and content), ending where the assistant speaks."""
         if self._jinja is None:
-            turns = [f"{_ROLES[m['role']]}: {m['content']}" for m in messages]
-            return "\n".join(turns) + "\nAssistant:"
+            return render_prompt(messages)
         try:
             return self._jinja.render(messages=messages, add_generation_prompt=True, bos_token="",
                                       eos_token=self.eos_token)
