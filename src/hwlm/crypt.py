@@ -31,7 +31,7 @@ from pathlib import Path
 from hwlm.errors import ConfigError, DataError
 from hwlm.io import atomic_dir, atomic_write_bytes, resource_error
 
-__all__ = ["load_key", "key_id", "write_encrypted", "EncryptedReader", "is_encrypted", "read_encrypted",
+__all__ = ["load_key", "read_secret_file", "key_id", "write_encrypted", "EncryptedReader", "is_encrypted", "read_encrypted",
            "rotate_dir", "WrongKeyError", "CHUNK"]
 
 MAGIC, VERSION, CHUNK = b"HWLMENC1", 1, 1 << 20
@@ -57,6 +57,23 @@ def key_id(key: bytes) -> bytes:
     return hashlib.sha256(b"hwlm-key-id|" + key).digest()[:8]
 
 
+def read_secret_file(path: Path, what: str, missing: str) -> str:
+    """The text of a secret file (an encryption or audit key), refused unless only its owner can read it.
+
+    ``what`` names it in messages ("key file", "audit key"); ``missing`` says what to do when it is absent.
+    """
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist: {missing}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} is unreadable ({type(exc).__name__}): check the path and rights") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{what} {path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 {path}")
+    return text.strip()
+
+
 def load_key(path: Path | None = None, env: str = ENV) -> bytes:
     """A 32-byte key (64 hex digits) from ``path`` (refused unless mode 0600) or the environment variable."""
     if path is None:
@@ -65,15 +82,7 @@ def load_key(path: Path | None = None, env: str = ENV) -> bytes:
             raise ConfigError(f"no encryption key: give --key-file FILE (mode 0600) or set ${env}")
         where = f"${env}"
     else:
-        try:
-            mode = path.stat().st_mode
-            text = path.read_text(encoding="ascii")
-        except FileNotFoundError:
-            raise ConfigError(f"key file {path} does not exist: make one with `hwlm crypt keygen {path}`") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"key file {path} is unreadable ({type(exc).__name__})") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"key file {path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 {path}")
+        text = read_secret_file(path, "key file", f"make one with `hwlm crypt keygen {path}`")
         where = str(path)
     try:
         key = bytes.fromhex(text.strip())

@@ -190,6 +190,22 @@ def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk
     ttft: list[float] = []
     itl: list[tuple[float, int]] = []
     done, batch_sum, warm = 0, 0.0, int(n * WARMUP_FRACTION)
+
+    def retire(ended: int) -> None:
+        """Requests whose last token came out leave the batch (``ended`` more already left without
+        decoding); in a closed loop each finished user sends the next request at once."""
+        nonlocal running, ctx_sum, done, issued
+        while finish and finish[0][0] <= step:
+            heapq.heappop(finish)
+            running -= 1
+            ctx_sum -= prompt + gen
+            ended += 1
+        done += ended
+        if concurrency is not None:
+            more = min(ended, n - issued)
+            arrivals.extend([clock] * more)
+            issued += more
+
     while done < n:
         while next_arrival < len(arrivals) and arrivals[next_arrival] <= clock:
             waiting.append(arrivals[next_arrival])
@@ -212,17 +228,7 @@ def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk
             batch_sum += running * k
             itl.append((dt, running * k if done >= warm else 0))
             ctx_sum += running * k
-            ended = 0
-            while finish and finish[0][0] <= step:
-                heapq.heappop(finish)
-                running -= 1
-                ctx_sum -= prompt + gen
-                ended += 1
-            done += ended
-            if concurrency is not None:
-                more = min(ended, n - issued)
-                arrivals.extend([clock] * more)
-                issued += more
+            retire(0)
             continue
         # vLLM-style engines count decode tokens against the step's budget; hwlm's spends it on prompts only.
         budget = max(0, chunk - running) if sm.engine.fused_prefill else chunk
@@ -261,16 +267,7 @@ def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk
                 ctx_sum += prompt + 1
             else:
                 ended += 1
-        while finish and finish[0][0] <= step:
-            heapq.heappop(finish)
-            running -= 1
-            ctx_sum -= prompt + gen
-            ended += 1
-        done += ended
-        if concurrency is not None:  # a closed loop: each finished user sends the next request at once
-            more = min(ended, n - issued)
-            arrivals.extend([clock] * more)
-            issued += more
+        retire(ended)
     return _Run(ttft, itl, done, clock, batch_sum / max(step, 1), step)
 
 

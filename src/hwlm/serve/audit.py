@@ -23,12 +23,12 @@ import hmac
 import json
 import os
 import secrets
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hwlm.crypt import read_secret_file
 from hwlm.errors import ConfigError, DataError
 from hwlm.io import atomic_write_bytes, resource_error
 
@@ -40,15 +40,7 @@ def load_audit_key(path: Path, create: bool = False) -> bytes:
     if not path.exists() and create:
         atomic_write_bytes(path, (secrets.token_hex(32) + "\n").encode())
         os.chmod(path, 0o600)
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"audit key {path} does not exist: give the key file the log was written with") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"audit key {path} is unreadable ({type(exc).__name__}): check the path and rights") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"audit key {path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 {path}")
+    text = read_secret_file(path, "audit key", "give the key file the log was written with")
     try:
         key = bytes.fromhex(text)
     except ValueError:
