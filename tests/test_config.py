@@ -77,3 +77,12 @@ def test_argparse_only_typed_flags_override() -> None:
     assert overrides_from_args(args, Demo) == {"steps": "5", "flag": True, "mode": "b"}
     cfg = resolve(Demo, overrides=overrides_from_args(args, Demo))
     assert cfg.steps == 5 and cfg.flag and cfg.mode == "b" and cfg.lr == 1e-3
+
+
+def test_bool_field_named_no_x_is_refused_at_definition() -> None:
+    @dataclass
+    class Bad:
+        no_cache: bool = False
+
+    with pytest.raises(TypeError, match="name a bool field positively"):
+        add_arguments(argparse.ArgumentParser(), Bad)

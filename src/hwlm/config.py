@@ -231,6 +231,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
         kwargs: dict[str, Any] = {"dest": prefix.replace("-", "_") + f.name, "default": argparse.SUPPRESS,
                                   "help": help_text}
         if tp is bool:
+            if f.name.startswith("no_"):  # argparse would read --no-x as the negation of --x
+                raise TypeError(f"{cls.__name__}.{f.name}: name a bool field positively "
+                                f"({f.name[3:]}=False), its flag pair is --{f.name[3:].replace('_', '-')}/--no-...")
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["metavar"] = f.name.upper()
