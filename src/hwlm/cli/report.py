@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Render training runs (loss, tokens/s, MFU), bench records (roofline, energy per token) and a "
                     "planner job priced on every catalog device into one HTML file with inline SVG charts.")
     p.add_argument("--run", dest="runs", nargs="+", action="extend", default=argparse.SUPPRESS, metavar="RUN_DIR",
-                   help="training run folders written by `hwlm train` (repeatable)")
+                   help="run folders written by `hwlm train`, or by `hwlm compress` for the trade-off section "
+                        "(repeatable)")
     p.add_argument("--bench", nargs="+", action="extend", default=argparse.SUPPRESS, metavar="RECORD_OR_DIR",
                    help="bench record files, or folders of them, written by `hwlm bench` (repeatable)")
     add_arguments(p, ReportConfig, skip=("runs", "bench"))

@@ -143,6 +143,18 @@ def _table(cfg: CompressConfig, loaded: Any, new: Any, section: dict[str, Any], 
     return rows
 
 
+def _measured_on(device: Any) -> dict[str, Any]:
+    """Where and under what load the table was timed: its speeds mean little without it."""
+    import os
+    import platform
+
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"host": platform.node(), "device": str(device), "threads": torch.get_num_threads(),
+            "load_avg_1m": None if load is None else round(load[0], 2)}
+
+
 def _label(cfg: CompressConfig, section: dict[str, Any]) -> str:
     if cfg.method == "prune":
         return f"prune {cfg.pattern}" + ("" if cfg.pattern == "2:4" else f" {cfg.sparsity:.0%}")
@@ -186,6 +198,7 @@ def compress(cfg: CompressConfig, energy_meter: Callable[[str], Any] | None = No
         if cfg.table:
             rows = _table(cfg, loaded, reloaded.model, section, data, ckpt / "model.safetensors", energy_meter)
             record["table"] = rows
+            record["measured_on"] = _measured_on(device)
         atomic_write_json(tmp / RECORD_FILE, record)
     return CompressResult(out=cfg.out, method=cfg.method, precision=section["precision"], record=record,
                           rows=rows, table=render_table(rows, cfg.batches) if rows else "")

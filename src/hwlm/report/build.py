@@ -19,8 +19,8 @@ from hwlm.report.collect import ReportInputs, collect_inputs
 from hwlm.report.config import ReportConfig
 from hwlm.report.html import esc, notes, page
 from hwlm.report.jobs import price_job
-from hwlm.report.sections import (SECTIONS, classify_section, energy_section, loss_section, machine_block,
-                                  plan_section, roofline_section, throughput_section)
+from hwlm.report.sections import (SECTIONS, classify_section, compress_section, energy_section, loss_section,
+                                  machine_block, plan_section, roofline_section, throughput_section)
 
 __all__ = ["report", "render_report"]
 
@@ -57,8 +57,9 @@ def render_report(cfg: ReportConfig, inputs: ReportInputs, now: datetime | None 
     body = [machine_block(machine, source, _versions(recorded)),
             loss_section(inputs), throughput_section(inputs), roofline_section(inputs),
             plan_section(model, jobs, cfg.job_tokens, cfg.job_devices, cfg.job_precision),
-            energy_section(inputs, jobs, model.name), classify_section(inputs)]
-    given = [f"run {r.path}" for r in inputs.runs] + [f"bench {r.benchmark} {r.path}" for r in inputs.records]
+            energy_section(inputs, jobs, model.name), classify_section(inputs), compress_section(inputs)]
+    given = [f"run {r.path}" for r in inputs.runs] + [f"compressed run {r.path}" for r in inputs.compressed] \
+        + [f"bench {r.benchmark} {r.path}" for r in inputs.records]
     body.append('<section id="inputs"><h2>Inputs</h2>' + (notes(given + inputs.notes) or "<p>none</p>")
                 + "</section>")
     stamp = now.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

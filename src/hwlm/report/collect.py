@@ -1,7 +1,9 @@
 """Reading the report's inputs: training run folders and bench records, strictly.
 
 A run folder must hold ``log.jsonl`` (``hwlm train`` writes it from the first log step);
-``config.json`` is read when present (model shape, device, precision, peak FLOP/s). Bench
+``config.json`` is read when present (model shape, device, precision, peak FLOP/s). A folder
+written by ``hwlm compress`` holds ``compress.json`` instead (what was done and its trade-off
+rows), read as a :class:`CompressedRun`. Bench
 inputs are record files or folders of them; records are read by
 :func:`hwlm.bench.records.load_record`, which rejects other kinds and versions. In a folder,
 JSON objects of another kind (a calibration file, `hwlm hw --json` output) are skipped with a note, but a
@@ -19,10 +21,12 @@ from typing import Any
 from hwlm.bench.records import RECORD_KIND, load_record
 from hwlm.errors import DataError
 
-__all__ = ["RunData", "BenchRecord", "ReportInputs", "load_run", "load_bench", "collect_inputs"]
+__all__ = ["RunData", "BenchRecord", "CompressedRun", "ReportInputs", "load_run", "load_compressed", "load_bench",
+           "collect_inputs"]
 
 LOG_FILE = "log.jsonl"
 RUN_CONFIG = "config.json"
+COMPRESS_RECORD = "compress.json"  # hwlm.compress.run.RECORD_FILE (report reads it without importing torch)
 
 
 @dataclass
@@ -81,12 +85,31 @@ class BenchRecord:
 
 
 @dataclass
+class CompressedRun:
+    """A run folder ``hwlm compress`` wrote: its ``compress.json`` (method, precision, trade-off rows)."""
+
+    path: Path
+    name: str
+    record: dict[str, Any]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The trade-off rows, the original first (empty when compress ran with --no-table)."""
+        return list(self.record.get("table") or [])
+
+    @property
+    def source(self) -> str:
+        return str((self.record.get("source") or {}).get("checkpoint") or "?")
+
+
+@dataclass
 class ReportInputs:
     """Everything read from disk, grouped by what the report does with it."""
 
     runs: list[RunData] = field(default_factory=list)
     records: list[BenchRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    compressed: list[CompressedRun] = field(default_factory=list)
 
     def bench(self, benchmark: str) -> list[BenchRecord]:
         """Records of one benchmark (``peak``, ``train``, ``infer``), oldest first."""
@@ -145,6 +168,25 @@ def load_run(path: str | Path) -> RunData:
                    classify_evals=_classify_evals(path, notes))
 
 
+def load_compressed(path: str | Path) -> CompressedRun:
+    """Read the ``compress.json`` of a compressed run folder; a damaged or foreign one is a DataError."""
+    path = Path(path)
+    f = path / COMPRESS_RECORD
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{f} is not readable JSON ({exc}); re-run `hwlm compress` into a new folder") from None
+    if not isinstance(doc, dict) or doc.get("kind") != "hwlm-compress":
+        raise DataError(f"{f} is not an hwlm compress record (kind must be 'hwlm-compress'); re-run `hwlm compress`")
+    if doc.get("version") != 1:
+        raise DataError(f"{f} has version {doc.get('version')!r}; this hwlm reads version 1")
+    table = doc.get("table")
+    if table is not None and not (isinstance(table, list) and all(isinstance(r, dict) and "name" in r
+                                                                   for r in table)):
+        raise DataError(f"{f} has a damaged 'table' (a list of rows with a name is expected); re-run `hwlm compress`")
+    return CompressedRun(path=path, name=path.resolve().name, record=doc)
+
+
 def _classify_evals(path: Path, notes: list[str]) -> dict[str, dict[str, Any]]:
     """The classifier evaluations ``hwlm eval`` left in a run folder; an unreadable one is a note."""
     found = {}
@@ -195,9 +237,14 @@ def load_bench(paths: list[Path]) -> tuple[list[BenchRecord], list[str]]:
     return records, notes
 
 
+def _is_compressed(path: Path) -> bool:
+    return path.is_dir() and (path / COMPRESS_RECORD).is_file() and not (path / LOG_FILE).is_file()
+
+
 def collect_inputs(runs: list[Path], bench: list[Path]) -> ReportInputs:
-    """Read every run folder and bench input; run names are made unique for the legends."""
-    loaded = [load_run(p) for p in runs]
+    """Read every run folder (training or compressed) and bench input; run names are made unique for the legends."""
+    compressed = [load_compressed(p) for p in map(Path, runs) if _is_compressed(p)]
+    loaded = [load_run(p) for p in map(Path, runs) if not _is_compressed(p)]
     seen: dict[str, int] = {}
     for run in loaded:
         seen[run.name] = seen.get(run.name, 0) + 1
@@ -207,4 +254,4 @@ def collect_inputs(runs: list[Path], bench: list[Path]) -> ReportInputs:
     records, notes = load_bench(bench)
     for run in loaded:
         notes.extend(run.notes)
-    return ReportInputs(runs=loaded, records=records, notes=notes)
+    return ReportInputs(runs=loaded, records=records, notes=notes, compressed=compressed)

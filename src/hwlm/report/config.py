@@ -23,7 +23,8 @@ __all__ = ["ReportConfig"]
 class ReportConfig:
     """Arguments of :func:`hwlm.report.report`; one docstring per field becomes ``--help``."""
 
-    runs: list[Path] = option(help="training run folders written by `hwlm train` (each holds log.jsonl)",
+    runs: list[Path] = option(help="run folders written by `hwlm train` (each holds log.jsonl) or by `hwlm compress` "
+                                   "(compress.json: the trade-off section)",
                               factory=list)
     bench: list[Path] = option(help="bench record files, or folders of them, written by `hwlm bench`", factory=list)
     out: Path = option(Path("runs/report.html"), "HTML file to write (one self-contained file)")

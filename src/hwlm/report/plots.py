@@ -20,7 +20,7 @@ from hwlm.report.collect import BenchRecord, RunData
 from hwlm.report.jobs import JobRow
 
 __all__ = ["svg_of", "si", "loss_figure", "throughput_figure", "bench_train_figure", "roofline_figure",
-           "job_figure", "energy_figure", "KIND_COLOURS"]
+           "job_figure", "energy_figure", "classify_figure", "compress_figure", "KIND_COLOURS"]
 
 KIND_COLOURS = {"measured": "#2a9d5c", "estimate": "#e08a1e", "none": "#9a9a9a"}
 _PHASE_STYLE = {"train": ("^", "#c0392b"), "prefill": ("o", "#2471a3"), "decode": ("s", "#7d3c98")}
@@ -323,3 +323,28 @@ def classify_figure(evaluation: dict[str, Any], title: str) -> str:
     f1.invert_yaxis()
     f1.legend(frameon=False, loc="lower right")
     return svg_of(fig, "classify")
+
+
+@_styled
+def compress_figure(points: Sequence[tuple[str, float, float, bool]], batch: int = 1) -> str:
+    """Speed against quality: one point per model, ``(label, perplexity change in %, tokens/s, is original)``.
+
+    The original (float) model is the black star at 0%; up and to the left is better."""
+    fig, (ax,) = _figure(9, 5.2)
+    for i, (label, delta, tok_s, original) in enumerate(points):
+        if original:
+            ax.scatter([delta], [tok_s], marker="*", s=260, color="black", zorder=4, label=f"{label} (original)")
+        else:
+            ax.scatter([delta], [tok_s], marker="o", s=80, color=_colour(i), edgecolor="black", linewidth=0.6,
+                       zorder=3, label=label)
+        ax.annotate(f" {label}", (delta, tok_s), fontsize=8.5, va="center")
+    ax.axvline(0.0, color="#777", lw=0.8, ls=":")
+    deltas = [p[1] for p in points]
+    span = max([abs(d) for d in deltas] + [0.05])
+    ax.set_xlim(min(deltas + [0.0]) - 0.3 * span, max(deltas + [0.0]) + 0.6 * span)
+    ax.set_ylim(bottom=0, top=max([p[2] for p in points] + [1.0]) * 1.2)
+    ax.set(xlabel="perplexity change against the original (%; left is better)",
+           ylabel=f"decode tokens / s at batch {batch} (up is faster)",
+           title="speed versus quality of each compression (hwlm compress trade-off rows)")
+    fig.legend(loc="outside lower center", ncol=min(4, max(1, len(points))), fontsize=8.5, frameon=False)
+    return svg_of(fig, "compress")

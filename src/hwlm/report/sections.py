@@ -17,12 +17,12 @@ from hwlm.report.jobs import JobRow
 from hwlm.report.plots import si
 
 __all__ = ["machine_block", "loss_section", "throughput_section", "roofline_section", "plan_section",
-           "energy_section", "classify_section", "SECTIONS"]
+           "energy_section", "classify_section", "compress_section", "SECTIONS"]
 
 # (id, title) in page order; the test checks each id is present.
 SECTIONS = (("loss", "Training loss"), ("throughput", "Throughput and MFU"), ("roofline", "Roofline of this device"),
             ("plan", "Predicted job across hardware"), ("energy", "Energy per token"),
-            ("classify", "Classification quality"))
+            ("classify", "Classification quality"), ("compress", "Compression trade-off"))
 
 TRAIN_CMD = "hwlm train --data runs/data --out runs/train --model tiny --max-steps 200"
 
@@ -247,3 +247,83 @@ def classify_section(inputs: ReportInputs) -> str:
     tab = table(["run (source)", "examples", "accuracy", "macro F1", "weighted F1", "macro F1 over seeds"], rows,
                 numeric=(1, 2, 3, 4))
     return section("classify", "Classification quality", intro, [tab, *parts])
+
+
+COMPRESS_CMD = "hwlm compress --run runs/train --method int8 --out runs/int8   (then hwlm report --run runs/int8)"
+
+
+def _batches(rows: list[dict[str, Any]]) -> list[int]:
+    found = {int(k[len("tok_s_b"):]) for r in rows for k in r if k.startswith("tok_s_b") and k[7:].isdigit()}
+    return sorted(found)
+
+
+def _compress_rows(inputs: ReportInputs) -> tuple[list[tuple[str, str, dict[str, Any], bool]], list[str]]:
+    """(run, source, row, is original) in the given order: each source's original once, then every method."""
+    out: list[tuple[str, str, dict[str, Any], bool]] = []
+    why: list[str] = []
+    originals: dict[str, dict[str, Any]] = {}
+    for run in inputs.compressed:
+        rows = run.rows
+        if not rows:
+            why.append(f"{run.name}: compressed with --no-table, so nothing was measured; re-run hwlm compress "
+                       "without it")
+            continue
+        orig, *methods = rows
+        if run.source not in originals:
+            originals[run.source] = orig
+            out.append((run.name, run.source, orig, True))
+        else:
+            first = originals[run.source].get("tok_s_b1")
+            why.append(f"{run.name}: its own timing of the original reads {_f(orig.get('tok_s_b1'), ',.0f')} tokens/s "
+                       f"at batch 1 (the row shown: {_f(first, ',.0f')}); the speed-up column uses its own")
+        out += [(run.name, run.source, m, False) for m in methods]
+        where = run.record.get("measured_on") or {}
+        if where:
+            why.append(f"{run.name}: timed on {where.get('host', '?')} ({where.get('device', '?')}, "
+                       f"{where.get('threads', '?')} threads, load average {where.get('load_avg_1m', '?')})")
+    return out, why
+
+
+def _own_original(inputs: ReportInputs, run_name: str) -> dict[str, Any]:
+    return next(r.rows[0] for r in inputs.compressed if r.name == run_name and r.rows)
+
+
+def compress_section(inputs: ReportInputs) -> str:
+    """The trade-off table of every compressed run given, and tokens/s at batch 1 against perplexity change."""
+    intro = ("What each <code>hwlm compress</code> method bought and cost, as the command measured it into the "
+             "compressed run's <code>compress.json</code>: perplexity and its change and the mean per-token KL "
+             "against the original on the same validation windows, size on disk, memory of the weights plus a "
+             "full-context KV cache, greedy decode tokens/s at each batch, TTFT of a 16-token prompt, and energy "
+             "per token with how it was obtained.")
+    shown, why = _compress_rows(inputs)
+    if not shown:
+        what = ("No compressed run was given." if not inputs.compressed
+                else "The compressed runs given hold no trade-off rows.")
+        return section("compress", "Compression trade-off", intro,
+                       [missing(what + " Pass folders written by `hwlm compress` with --run.", COMPRESS_CMD),
+                        notes(why)])
+    batches = _batches([r for _, _, r, _ in shown])
+    body = []
+    for run_name, _, r, original in shown:
+        delta = "-" if original or r.get("ppl_delta_pct") is None else f"{r['ppl_delta_pct']:+.2f}%"
+        base = _own_original(inputs, run_name).get("tok_s_b1")
+        speed = "1 (reference)" if original else (
+            "n/a" if not base or r.get("tok_s_b1") is None else f"{r['tok_s_b1'] / base:.2f}x")
+        energy = r.get("energy_j_per_token")
+        method = str(r.get("energy_source") or "none")
+        method = "none" if method.startswith("n/a") else method  # compress ran without a meter
+        body.append([r["name"], "original" if original else run_name, _f(r.get("ppl"), ".4g"), delta,
+                     _f(r.get("kl"), ".2g"), _f(r.get("size_mb"), ".2f"), _f(r.get("memory_mb"), ".1f"),
+                     *[_f(r.get(f"tok_s_b{b}"), ",.0f") for b in batches], _f(r.get("ttft_ms"), ".1f"),
+                     f"{si(energy, 'J') if energy else 'n/a'} {_tag(energy_kind(method), method_text(method))}",
+                     speed])
+    headers = (["model", "run", "perplexity", "vs original", "KL", "disk MB", "memory MB"]
+               + [f"tokens/s b{b}" for b in batches] + ["TTFT ms", "energy / token (source)", "b1 speed vs original"])
+    n = len(headers)
+    tab = table(headers, body, numeric=tuple(range(2, n - 2)) + (n - 1,), raw=(n - 2,))
+    points = [(r["name"], 0.0 if original else float(r.get("ppl_delta_pct") or 0.0), float(r["tok_s_b1"]), original)
+              for _, _, r, original in shown if r.get("tok_s_b1") is not None]
+    parts = [figure(plots.compress_figure(points))] if points else []
+    if not points:
+        why.append("no row has tokens/s at batch 1 (compress --batches without 1), so no scatter")
+    return section("compress", "Compression trade-off", intro, [*parts, tab, notes(why)])
