@@ -98,6 +98,30 @@ def test_batched_decode_matches_single_rows_and_full_forward(flavour: str) -> No
     torch.testing.assert_close(pair, batch[:2], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("flavour", ["debug", "llama-debug"])
+def test_one_packed_step_mixes_prefills_chunks_and_decodes(flavour: str) -> None:
+    """Decode rows, a whole prompt and a prompt's second chunk in one forward equal the full forward."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name(flavour, vocab_size=300)).eval()
+    runner = ModelRunner(model, num_slots=5)
+    seqs = {0: [5, 9, 17, 20], 1: [3, 4], 2: [8, 8, 2, 30, 41, 7], 4: [11, 12, 13, 14, 15]}
+    runner.prefill(seqs[0][:3], 0, 0)  # slot 0 decodes its 4th token
+    runner.prefill(seqs[1][:1], 1, 0)  # slot 1 decodes its 2nd token
+    runner.prefill(seqs[4][:2], 4, 0)  # slot 4's prompt: its second chunk now
+    rows = [([20], 0, 3), ([4], 1, 1), (seqs[2], 2, 0), (seqs[4][2:], 4, 2)]  # slot 2: a whole prompt
+    logits = runner.step(rows)  # (4, V)
+    with torch.inference_mode():
+        for row, slot in enumerate((0, 1, 2, 4)):
+            full, _ = model(torch.tensor([seqs[slot]]))
+            torch.testing.assert_close(logits[row], full[0, -1], atol=1e-5, rtol=1e-5)
+    # The cache now holds every token: one more packed decode step still equals the full forward.
+    after = runner.step([([7], 2, 6), ([9], 4, 5)])
+    with torch.inference_mode():
+        for row, slot in enumerate((2, 4)):
+            full, _ = model(torch.tensor([seqs[slot] + [[7], [9]][row]]))
+            torch.testing.assert_close(after[row], full[0, -1], atol=1e-5, rtol=1e-5)
+
+
 def _run_engine(loaded, prompts: list[list[int]], max_tokens: int, prefill_budget: int = 512,
                 params: dict | None = None) -> list[list[int]]:
     engine = LLMEngine(loaded.model, loaded.tokenizer, loaded.eot_id,

@@ -4,10 +4,14 @@
     engine.start()
     engine.submit([Sequence(prompt_ids, SamplingParams(max_tokens=16), emit, decode)])
 
-Each step: drop cancelled and expired sequences (their slots are free at once), prefill new prompts
-within the token budget, decode every running sequence by one token, sample each row with its own
+Each step: drop cancelled and expired sequences (their slots are free at once), then one packed
+forward (``ModelRunner.step``) that prefills new prompts within the token budget and decodes every
+running sequence by one token, sample each row with its own
 parameters (its own seeded generator, so a choice's tokens never depend on its neighbours), and
-send each sequence an :class:`Event`. No HTTP here: callers give ``emit`` callbacks.
+send each sequence an :class:`Event`. No HTTP here: callers give ``emit`` callbacks, and
+``after_step`` (if given) runs after each step, so a process boundary can send one step's events
+together (``hwlm.serve.engine.worker``). ``runner`` is any object with ``ModelRunner``'s ``step``,
+``device``, ``context`` and ``num_slots`` (the ONNX back end's ``OnnxRunner``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -39,10 +43,11 @@ class EngineConfig:
 
 class LLMEngine:
     def __init__(self, model: Any, tokenizer: Any, eot_id: int | None, cfg: EngineConfig,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, runner: Any = None, after_step: Callable[[], None] | None = None) -> None:
         self.model, self.tokenizer, self.eot_id, self.cfg = model, tokenizer, eot_id, cfg
-        self.context = model.cfg.block_size
-        self.runner = ModelRunner(model, cfg.max_num_seqs)
+        self.runner = runner if runner is not None else ModelRunner(model, cfg.max_num_seqs)
+        self.context = self.runner.context
+        self.after_step = after_step
         self.scheduler = Scheduler(cfg.max_num_seqs, cfg.max_waiting, cfg.prefill_budget)
         self.metrics = metrics
         self._cond = threading.Condition()
@@ -105,6 +110,8 @@ class LLMEngine:
                 for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
                     self.scheduler.finish(seq)
                     seq.emit(Event("", [], finish_reason="stop", error=f"engine error: {type(exc).__name__}"))
+            if self.after_step is not None:
+                self.after_step()
 
     def step(self) -> None:
         now = time.monotonic()
@@ -117,20 +124,17 @@ class LLMEngine:
         for seq in (s for s, _ in prefill if s.num_cached == 0):  # admitted this step
             if self.metrics is not None:
                 self.metrics.queue_time(now - seq.arrival)
+        # One forward for the step: each prefill chunk and each decoding sequence is a row, in slot order.
+        work = sorted([(seq, seq.prompt_ids[seq.num_cached:seq.num_cached + n]) for seq, n in prefill] +
+                      [(seq, seq.output_ids[-1:]) for seq in decode], key=lambda w: w[0].slot)
         with torch.inference_mode():
             rows = []
-            for seq, n in prefill:
-                logits = self.runner.prefill(seq.prompt_ids[seq.num_cached:seq.num_cached + n], seq.slot,
-                                             seq.num_cached)
-                seq.num_cached += n
-                if seq.prefilled:
-                    rows.append((seq, logits))
-            if decode:
-                logits = self.runner.decode([s.output_ids[-1] for s in decode], [s.slot for s in decode],
-                                            [s.length - 1 for s in decode])
-                for seq in decode:
-                    seq.num_cached += 1
-                rows.extend(zip(decode, logits))
+            if work:
+                logits = self.runner.step([(tokens, seq.slot, seq.num_cached) for seq, tokens in work])
+                for (seq, tokens), row in zip(work, logits):
+                    seq.num_cached += len(tokens)
+                    if seq.prefilled:  # a prompt's last chunk, or a decode: sample the next token
+                        rows.append((seq, row))
             for seq, row in rows:
                 try:
                     self._accept(seq, row)

@@ -1,16 +1,19 @@
-"""The model side of the engine: a slot KV cache and the two kinds of step, prefill and batched decode.
+"""The model side of the engine: a slot KV cache and one packed forward per engine step.
 
 The cache is preallocated once per layer as ``(S, K, max_len, D)`` for ``S`` slots (one
 :class:`hwlm.model.KVCache` of batch ``S``); a running sequence owns one slot for its lifetime.
 
-* **Prefill** runs one sequence's prompt chunk through ``Transformer.forward`` on a one-slot view
-  of the cache (``start_pos`` = tokens already cached, so a long prompt is prefilled in chunks
-  with the model's own bottom-right causal mask).
-* **Decode** feeds one token for each of B running sequences at once, each at its own position:
-  the model's weights and modules with per-row positions (learned or rotary), k/v written at
-  ``(slot, position)`` for each row, and attention over each slot's valid prefix through a boolean
-  mask in ``scaled_dot_product_attention``. A batch of one takes ``Transformer.decode_step``, the
-  path ``hwlm generate`` uses, so a lone request gives exactly ``hwlm generate``'s numbers.
+A step is a list of rows ``(tokens, slot, start)``: a decoding sequence's one new token, or a
+chunk of a prompt being prefilled. :meth:`ModelRunner.step` runs them all in one forward
+("chunked prefill mixed into decode", as vLLM and Sarathi-Serve do): the rows' tokens are packed
+into one ``(N, C)`` matrix for every linear layer (no padding, the weights read once per step for
+prefills and decodes together), k/v are written at ``(slot, position)`` per token, and only attention
+pads the rows to ``(R, H, T, L)`` with a boolean mask (row r's token t sees keys ``[0, start_r + t]``).
+The logits come back for the last token of each row only.
+
+Two cases keep exactly ``hwlm generate``'s numbers: one decoding row takes
+``Transformer.decode_step``, and one prefill row ``Transformer.forward`` on a one-slot view of the
+cache (the model's own bottom-right causal mask for a chunk that starts past 0).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import torch.nn.functional as F
 from hwlm.model import KVCache, Transformer
 from hwlm.model.transformer import apply_rope
 
-__all__ = ["ModelRunner"]
+__all__ = ["ModelRunner", "Row"]
+
+Row = tuple[list[int], int, int]  # (tokens, slot, start position)
 
 
 class ModelRunner:
@@ -32,6 +37,7 @@ class ModelRunner:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.num_slots, self.max_len = num_slots, self.cfg.block_size
+        self.context, self.vocab_size = self.cfg.block_size, self.cfg.vocab_size
         with torch.inference_mode():
             self.cache = KVCache(self.cfg, batch_size=num_slots, device=self.device, dtype=self.dtype)
             self.state = model.decode_state()  # for decode_step at batch 1, built once
@@ -50,53 +56,76 @@ class ModelRunner:
     def cache_bytes(self) -> int:
         return sum(kv.numel() * kv.element_size() for kv in self.cache.kv)
 
-    @torch.inference_mode()
     def prefill(self, tokens: list[int], slot: int, start_pos: int) -> torch.Tensor:
         """Write ``tokens`` into ``slot`` from ``start_pos``; logits (V,) of the last one."""
-        idx = torch.tensor([tokens], device=self.device)
-        logits, _ = self.model(idx, cache=self.views[slot], start_pos=start_pos, last_only=True)
-        return logits[0, -1]
+        return self.step([(tokens, slot, start_pos)])[0]
 
-    @torch.inference_mode()
     def decode(self, tokens: list[int], slots: list[int], positions: list[int]) -> torch.Tensor:
         """Logits (B, V) for one new token per row, row b at ``positions[b]`` of ``slots[b]``."""
-        if len(tokens) == 1:
-            return self.model.decode_step(tokens[0], self.views[slots[0]], positions[0], self.state).view(1, -1)
-        return self._decode_batch(torch.tensor(tokens, device=self.device),
-                                  torch.tensor(slots, device=self.device),
-                                  torch.tensor(positions, device=self.device), slots)
+        return self.step([([t], s, p) for t, s, p in zip(tokens, slots, positions)])
 
-    def _decode_batch(self, tokens: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor,
-                      slot_list: list[int]) -> torch.Tensor:
-        m, cfg = self.model, self.cfg
-        B, H, K, D = tokens.size(0), cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        x = m.wte(tokens)  # (B, C)
+    @torch.inference_mode()
+    def step(self, rows: list[Row]) -> torch.Tensor:
+        """Logits (R, V) of each row's last token, after writing every row's tokens into its slot."""
+        if len(rows) == 1:
+            tokens, slot, start = rows[0]
+            if len(tokens) == 1:
+                return self.model.decode_step(tokens[0], self.views[slot], start, self.state).view(1, -1)
+            idx = torch.tensor([tokens], device=self.device)
+            logits, _ = self.model(idx, cache=self.views[slot], start_pos=start, last_only=True)
+            return logits[0, -1:]
+        return self._packed(rows)
+
+    def _packed(self, rows: list[Row]) -> torch.Tensor:
+        m, cfg, dev = self.model, self.cfg, self.device
+        H, K, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        R, T = len(rows), max(len(t) for t, _, _ in rows)
+        lens = [len(t) for t, _, _ in rows]
+        flat = torch.tensor([t for toks, _, _ in rows for t in toks], device=dev)  # (N,)
+        pos = torch.tensor([s + i for (_, _, s), n in zip(rows, lens) for i in range(n)], device=dev)  # (N,)
+        slot_of = torch.tensor([slot for (_, slot, _), n in zip(rows, lens) for _ in range(n)], device=dev)
+        row_of = torch.tensor([r for r, n in enumerate(lens) for _ in range(n)], device=dev)  # (N,)
+        t_of = torch.tensor([i for n in lens for i in range(n)], device=dev)  # (N,)
+        starts = torch.tensor([s for _, _, s in rows], device=dev)  # (R,)
+        slot_list = [slot for _, slot, _ in rows]
+        slots = torch.tensor(slot_list, device=dev)  # (R,)
+        N = flat.numel()
+        L = max(s + n for (_, _, s), n in zip(rows, lens))
+        # Row r's token t (at position starts[r] + t) sees keys [0, starts[r] + t]; a padding query
+        # (t >= lens[r]) sees the same and is dropped afterwards.
+        qpos = starts.view(R, 1) + torch.arange(T, device=dev).view(1, T)  # (R, T)
+        mask = (torch.arange(L, device=dev).view(1, 1, L) <= qpos.view(R, T, 1)).view(R, 1, T, L)
+        # The engine hands out the lowest free slots, so the rows usually are a run of slots: a view.
+        first = slot_list[0]
+        contiguous = slot_list == list(range(first, first + R))
+        x = m.wte(flat)  # (N, C)
         rope = None
         if m.wpe is not None:
-            x = x + m.wpe(pos)  # each row its own learned position
+            x = x + m.wpe(pos)  # each token its own learned position
         else:
-            rope = (m.rope_cos[pos].view(B, 1, D), m.rope_sin[pos].view(B, 1, D))  # (B, 1, D)
-        L = int(pos.max()) + 1
-        # Row b sees keys [0, pos[b]]: the rest of the window is other tokens' stale k/v or zeros.
-        mask = (torch.arange(L, device=self.device).view(1, L) <= pos.view(B, 1)).view(B, 1, 1, L)
-        # The engine hands out the lowest free slots, so a batch usually is a run of slots: a view, no copy.
-        first = slot_list[0]
-        contiguous = slot_list == list(range(first, first + B))
+            rope = (m.rope_cos[pos].view(N, 1, D), m.rope_sin[pos].view(N, 1, D))  # (N, 1, D)
         for layer, block in enumerate(m.h):
             attn = block.attn
-            qkv = attn.c_attn(block.ln_1(x)).view(B, H + 2 * K, D)
-            q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]  # (B, H, D), (B, K, D), (B, K, D)
+            qkv = attn.c_attn(block.ln_1(x)).view(N, H + 2 * K, D)
+            q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]  # (N, H, D), (N, K, D), (N, K, D)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             ck, cv = self.cache.k[layer], self.cache.v[layer]  # (S, K, max_len, D)
-            ck[slots, :, pos] = k  # row b's k at (slots[b], :, pos[b])
-            cv[slots, :, pos] = v
+            ck[slot_of, :, pos] = k  # token n's k at (slot_of[n], :, pos[n]): no padding is written
+            cv[slot_of, :, pos] = v
             if contiguous:
-                keys, values = ck[first:first + B, :, :L], cv[first:first + B, :, :L]
+                keys, values = ck[first:first + R, :, :L], cv[first:first + R, :, :L]
             else:
                 keys, values = ck[:, :, :L].index_select(0, slots), cv[:, :, :L].index_select(0, slots)
-            y = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=mask,
-                                               enable_gqa=K != H)  # (B, H, 1, D)
-            x = x + attn.c_proj(y.reshape(B, H * D))
+            if T == 1:
+                qp = q.unsqueeze(2)  # (R, H, 1, D): every row one token, nothing to pad
+            else:
+                qp = q.new_zeros(R, T, H, D)
+                qp[row_of, t_of] = q
+                qp = qp.transpose(1, 2)  # (R, H, T, D)
+            y = F.scaled_dot_product_attention(qp, keys, values, attn_mask=mask, enable_gqa=K != H)  # (R, H, T, D)
+            y = y.reshape(R, H * D) if T == 1 else y.transpose(1, 2)[row_of, t_of].reshape(N, H * D)
+            x = x + attn.c_proj(y)
             x = x + block.mlp(block.ln_2(x))
-        return m.lm_head(m.ln_f(x))  # (B, V)
+        last = torch.tensor(lens, device=dev).cumsum(0) - 1  # (R,) each row's last token in the packing
+        return m.lm_head(m.ln_f(x[last]))  # (R, V)
