@@ -6,6 +6,12 @@
         window = r.read(offset, 4096)                     # decrypts only the chunks it touches
     rotate_dir(Path("runs/data"), old_key, new_key)       # every encrypted file under a new key, atomically
 
+Where a folder of files is encrypted (a prepared data folder, a run's checkpoints), its plain JSON index
+(``manifest.json``, ``COMPLETE``) records :func:`encryption_section` (scheme and key id, never the key)
+and the sha256 of each file *as stored* (the ciphertext), so a damaged file is found without the key;
+:func:`rotate_dir` rewrites those digests and key ids as it re-encrypts. Readers find their key with
+:func:`key_for`: the one given, else ``$HWLM_DATA_KEY``, else one line naming ``--key-file``.
+
 File layout (``hwlm-enc`` version 1)::
 
     header  magic "HWLMENC1" | version u8 | key id (8 B) | file id (16 random B) | chunk size u32 | length u64
@@ -21,20 +27,24 @@ Torch-free core module (``cryptography`` is the ``crypt`` extra).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
 import stat
 import struct
 from pathlib import Path
+from typing import Any
 
 from hwlm.errors import ConfigError, DataError
-from hwlm.io import atomic_dir, atomic_write_bytes, resource_error
+from hwlm.io import LOCK_FILE, atomic_dir, atomic_write_bytes, folder_lock, resource_error, sha256_file
 
-__all__ = ["load_key", "read_secret_file", "key_id", "write_encrypted", "EncryptedReader", "is_encrypted", "read_encrypted",
-           "rotate_dir", "WrongKeyError", "CHUNK"]
+__all__ = ["load_key", "optional_key", "key_for", "encryption_section", "read_secret_file", "key_id", "write_encrypted",
+           "encrypt_bytes", "EncryptedReader", "is_encrypted", "read_encrypted", "check_chunks", "rotate_dir",
+           "WrongKeyError", "CHUNK", "SCHEME"]
 
 MAGIC, VERSION, CHUNK = b"HWLMENC1", 1, 1 << 20
+SCHEME = "hwlm-enc-1 (AES-256-GCM, 1 MiB chunks)"
 _HEADER = struct.Struct("<8sB8s16sIQ")  # magic, version, key id, file id, chunk size, plaintext length
 _OVERHEAD = 12 + 16  # nonce + tag per chunk
 ENV = "HWLM_DATA_KEY"
@@ -93,6 +103,36 @@ def load_key(path: Path | None = None, env: str = ENV) -> bytes:
     return key
 
 
+def optional_key(path: Path | None) -> bytes | None:
+    """The key in ``path`` when one is given (``--key-file``), else None: readers then fall back to
+    ``$HWLM_DATA_KEY`` only if what they read is encrypted (:func:`key_for`)."""
+    return None if path is None else load_key(path)
+
+
+def encryption_section(key: bytes) -> dict[str, str]:
+    """What a manifest or COMPLETE file records about its encrypted files: the scheme and key id."""
+    return {"scheme": SCHEME, "key_id": key_id(key).hex()}
+
+
+def key_for(what: str, section: dict | None, key: bytes | None) -> bytes | None:
+    """The key that opens ``what`` (a folder whose index holds ``section``), or None when it is plain.
+
+    ``key`` is the one given; without it ``$HWLM_DATA_KEY`` is read, and without that it is one line naming
+    the flag. A key whose id differs from the recorded one is :class:`WrongKeyError` before any file is read.
+    """
+    if not section:
+        return None
+    want = section.get("key_id", "?")
+    if key is None:
+        if not os.environ.get(ENV):
+            raise ConfigError(f"{what} is encrypted (key id {want}): give --key-file FILE (mode 0600) or set ${ENV}")
+        key = load_key(None)
+    if key_id(key).hex() != want:
+        raise WrongKeyError(f"{what} is encrypted under key id {want}, the key given is {key_id(key).hex()}: "
+                            "wrong key; give the key it was written with (after `hwlm crypt rotate`: the new one)")
+    return key
+
+
 def new_key_file(path: Path) -> None:
     """Write a fresh random key to ``path`` with mode 0600 (refuses to overwrite)."""
     if path.exists():
@@ -129,10 +169,16 @@ def is_encrypted(path: Path) -> bool:
 
 
 class EncryptedReader:
-    """Random-access reads of an encrypted file; each read decrypts only the chunks it overlaps."""
+    """Random-access reads of an encrypted file; each read decrypts only the chunks it overlaps.
 
-    def __init__(self, path: Path, key: bytes) -> None:
+    The last ``cache`` decrypted chunks are kept, so neighbouring small reads (training windows, a
+    window that spans a chunk edge) decrypt a chunk once rather than once per read.
+    """
+
+    def __init__(self, path: Path, key: bytes, cache: int = 2) -> None:
         self.path = path
+        self._cache: dict[int, bytes] = {}  # chunk index -> plaintext, oldest first
+        self._cache_size = cache
         try:
             self._f = open(path, "rb")
         except OSError as exc:
@@ -170,6 +216,17 @@ class EncryptedReader:
             raise DataError(f"{self.path}: chunk {i} fails authentication (tampered, reordered or from another "
                             f"file); nothing of it is used") from None
 
+    def _cached(self, i: int) -> bytes:
+        if i in self._cache:
+            self._cache[i] = self._cache.pop(i)  # now the newest
+            return self._cache[i]
+        plain = self._chunk(i)
+        if self._cache_size > 0:
+            self._cache[i] = plain
+            while len(self._cache) > self._cache_size:
+                del self._cache[next(iter(self._cache))]
+        return plain
+
     def read(self, offset: int = 0, n: int | None = None) -> bytes:
         n = self.size - offset if n is None else n
         if offset < 0 or n < 0 or offset + n > self.size:
@@ -177,7 +234,7 @@ class EncryptedReader:
         if n == 0:
             return b""
         first, last = offset // self.chunk, (offset + n - 1) // self.chunk
-        data = b"".join(self._chunk(i) for i in range(first, last + 1))
+        data = b"".join(self._cached(i) for i in range(first, last + 1))
         start = offset - first * self.chunk
         return data[start:start + n]
 
@@ -196,27 +253,67 @@ def read_encrypted(path: Path, key: bytes) -> bytes:
         return r.read()
 
 
+def check_chunks(path: Path, key: bytes) -> None:
+    """Authenticate every chunk of ``path``; the first bad one raises DataError naming it."""
+    with EncryptedReader(path, key, cache=0) as r:
+        for i in range(r.chunks):
+            r._chunk(i)
+
+
+def _is_index(path: Path) -> bool:
+    """A plain JSON file that may list digests and key ids of encrypted files (manifest, COMPLETE, ...)."""
+    return path.name == "COMPLETE" or path.suffix == ".json"
+
+
+def _repoint(obj: Any, swap: dict[str, str]) -> Any:
+    """``obj`` with every string in ``swap`` (old digest or key id) replaced by its new value."""
+    if isinstance(obj, dict):
+        return {k: _repoint(v, swap) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_repoint(v, swap) for v in obj]
+    return swap.get(obj, obj) if isinstance(obj, str) else obj
+
+
 def rotate_dir(folder: Path, old_key: bytes, new_key: bytes) -> int:
     """Re-encrypt every encrypted file under ``folder`` with ``new_key``; other files are copied as they are.
 
     The new folder is built beside the old one and swapped in whole (``hwlm.io.atomic_dir``): a crash
     leaves the old folder under the old key or the new one under the new key, never a mix. Every file
-    is verified under the old key first. Returns the number of files re-encrypted.
+    is verified under the old key first. The plain JSON indexes (``manifest.json``, ``progress.json``,
+    checkpoints' ``COMPLETE``) get the new ciphertexts' sha256 and the new key id, so the folder verifies
+    and opens under the new key. The folder's lock (:func:`hwlm.io.folder_lock`) is held throughout: a
+    running ``hwlm prepare`` or ``hwlm train`` stops it with one line. Returns the files re-encrypted.
     """
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder")
-    count = 0
-    with atomic_dir(folder) as tmp:
+    count, swap = 0, {key_id(old_key).hex(): key_id(new_key).hex()}
+    with folder_lock(folder, what="hwlm crypt rotate"), atomic_dir(folder) as tmp:
+        shutil.copymode(folder, tmp)
+        indexes = []
         for src in sorted(folder.rglob("*")):
             dst = tmp / src.relative_to(folder)
             if src.is_dir():
                 dst.mkdir(parents=True, exist_ok=True)
                 continue
+            if src.name == LOCK_FILE:
+                continue  # the lock stays with the folder being replaced
             dst.parent.mkdir(parents=True, exist_ok=True)
             if is_encrypted(src):
-                with EncryptedReader(src, old_key) as r:
-                    dst.write_bytes(encrypt_bytes(r.read(), new_key, r.chunk))
+                with EncryptedReader(src, old_key, cache=0) as r:
+                    blob = encrypt_bytes(r.read(), new_key, r.chunk)
+                dst.write_bytes(blob)
+                swap[sha256_file(src)] = hashlib.sha256(blob).hexdigest()
                 count += 1
             else:
                 shutil.copy2(src, dst)
+                if _is_index(src):
+                    indexes.append(dst)
+        for dst in indexes:
+            try:
+                doc = json.loads(dst.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                continue  # not JSON after all: copied as it is
+            new = _repoint(doc, swap)
+            if new != doc:
+                dst.write_text(json.dumps(new, indent=2) + "\n", encoding="utf-8")
     return count

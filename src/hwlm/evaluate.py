@@ -41,10 +41,13 @@ class EvalConfig:
     max_batches: int | None = option(None, "stop after this many batches (default: all of the text)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N, mps or xla")
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "auto: bf16 autocast on CUDA, fp32 elsewhere")
+    key_file: Path | None = option(None, "key file (mode 0600) of an encrypted run or data folder; unset: "
+                                   "$HWLM_DATA_KEY")
 
     def __post_init__(self) -> None:
         self.run = Path(self.run) if self.run is not None else None
         self.data = Path(self.data) if self.data is not None else None
+        self.key_file = Path(self.key_file) if self.key_file is not None else None
         self.files = [str(f) for f in self.files]
         if self.batch_size <= 0:
             raise ConfigError(f"eval batch_size is {self.batch_size}; it must be more than zero")
@@ -111,7 +114,7 @@ def _raw_text(cfg: EvalConfig, loaded: Any) -> tuple[Iterator[Any], int | None, 
     return batches, n_bytes, f"{len(cfg.files)} file(s)"
 
 
-def _prepared_split(cfg: EvalConfig, loaded: Any) -> tuple[Iterator[Any], float, int, str]:
+def _prepared_split(cfg: EvalConfig, loaded: Any, key: bytes | None = None) -> tuple[Iterator[Any], float, int, str]:
     """Batches from a prepared split; returns (batches, split tokens per byte scale, bytes, label)."""
     from hwlm.data import eval_batches, load_manifest
 
@@ -126,12 +129,14 @@ def _prepared_split(cfg: EvalConfig, loaded: Any) -> tuple[Iterator[Any], float,
     split = manifest.get("splits", {}).get(cfg.split, {})
     if split.get("tokens", 0) < 2 or split.get("bytes", 0) <= 0:
         raise DataError(f"the {cfg.split} split of {data} is empty: prepare more text with `hwlm prepare`")
-    batches = eval_batches(data, cfg.split, cfg.batch_size, loaded.model_cfg.block_size, max_batches=cfg.max_batches)
+    batches = eval_batches(data, cfg.split, cfg.batch_size, loaded.model_cfg.block_size, max_batches=cfg.max_batches,
+                           key=key)
     return batches, float(split["tokens"]), int(split["bytes"]), f"{data} ({cfg.split})"
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
     """Load ``cfg.run`` and measure it on a prepared split or on raw files."""
+    from hwlm.crypt import optional_key
     from hwlm.device import select_device
     from hwlm.train.load import load_model
     from hwlm.train.runtime import loss_sums
@@ -140,13 +145,14 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         raise ConfigError("no run given: pass --run DIR (a run or checkpoint folder)")
     device = select_device(cfg.device).device
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
-    loaded = load_model(cfg.run, device)
+    key = optional_key(cfg.key_file)
+    loaded = load_model(cfg.run, device, key)
     if cfg.files:
         batches, n_bytes, label = _raw_text(cfg, loaded)
         nats, n = loss_sums(loaded.model, batches, device, precision)
         total_nats = nats
     else:
-        batches, split_tokens, n_bytes, label = _prepared_split(cfg, loaded)
+        batches, split_tokens, n_bytes, label = _prepared_split(cfg, loaded, key)
         nats, n = loss_sums(loaded.model, batches, device, precision)
         total_nats = nats / max(n, 1) * split_tokens
     if n == 0:

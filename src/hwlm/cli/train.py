@@ -5,6 +5,7 @@
     hwlm eval --run runs/train --json
     hwlm generate --run runs/train --prompt "The" --max-new-tokens 100
     hwlm export --run runs/train --format hf --out runs/hf
+    hwlm train --data runs/data --encrypt --key-file data.key ...   # encrypted checkpoints (README)
     hwlm train --nproc 2 --strategy ddp --data runs/data --max-steps 500   # torchrun, 2 processes
     torchrun --nproc-per-node 8 -m hwlm train --data runs/data ...         # under an external torchrun
 
@@ -198,6 +199,13 @@ def _train_here(args: argparse.Namespace, run: Any) -> int:
     return code
 
 
+def _key(args: argparse.Namespace) -> bytes | None:
+    """The key of --key-file, if given (else encrypted runs are read with $HWLM_DATA_KEY)."""
+    from hwlm.crypt import optional_key
+
+    return optional_key(getattr(args, "key_file", None))
+
+
 def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     from hwlm.evaluate import EvalConfig
 
@@ -255,6 +263,8 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="tensor-parallel decoding over N torchrun processes (heads and MLP split; gloo on CPU, "
                         "NCCL on CUDA); on a CPU this checks the sharded path, it is not faster")
+    p.add_argument("--key-file", type=Path, default=None, metavar="FILE",
+                   help="key file (mode 0600) of an encrypted run (`hwlm train --encrypt`); default: $HWLM_DATA_KEY")
     p.set_defaults(func=run_generate)
 
 
@@ -279,7 +289,7 @@ def run_generate(args: argparse.Namespace) -> int:
         return _launch_tp_generate(args)
     if under_torchrun():
         return _tp_worker(args)
-    loaded = load_model(args.run, "cpu" if args.backend == "onnx" else select_device(args.device).device)
+    loaded = load_model(args.run, "cpu" if args.backend == "onnx" else select_device(args.device).device, _key(args))
     tokens, after = _token_source(args, loaded)
     _stream(args, loaded, tokens, show=True)
     if after is not None:
@@ -317,7 +327,7 @@ def _tp_worker(args: argparse.Namespace) -> int:
         if args.nproc not in (1, world):
             raise ConfigError(f"--nproc {args.nproc} differs from torchrun's {world} processes: drop --nproc")
         tp = TensorParallel.start_group(select_device(args.device).type)
-        loaded = load_model(args.run, tp.device)
+        loaded = load_model(args.run, tp.device, _key(args))
         tp.shard(loaded.model)
         sample = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, loaded.eot_id)
         _stream(args, loaded, lambda ids: tp.generate(ids, *sample), show=tp.rank == 0)
@@ -357,7 +367,7 @@ def _speculative_source(args: argparse.Namespace, loaded: Any, sample: tuple) ->
     from hwlm.model.speculative import SpecStats, check_draft, speculative_generate
     from hwlm.train.load import load_model
 
-    draft = load_model(args.draft, next(loaded.model.parameters()).device)
+    draft = load_model(args.draft, next(loaded.model.parameters()).device, _key(args))
     check_draft(loaded.model, draft.model, loaded.tokenizer.get_vocab(), draft.tokenizer.get_vocab(),
                 f"draft {args.draft}")
     stats, start = SpecStats(), time.perf_counter()
@@ -389,7 +399,8 @@ def _launch_tp_generate(args: argparse.Namespace) -> int:
               str(args.max_new_tokens), "--temperature", repr(args.temperature), "--device", args.device,
               *(["--top-k", str(args.top_k)] if args.top_k is not None else []),
               *(["--top-p", repr(args.top_p)] if args.top_p is not None else []),
-              *(["--seed", str(args.seed)] if args.seed is not None else [])]
+              *(["--seed", str(args.seed)] if args.seed is not None else []),
+              *(["--key-file", str(args.key_file)] if args.key_file is not None else [])]
     launch(worker, args.nproc, threads_per_proc=max(1, (os.cpu_count() or 1) // args.nproc))
     return 0
 
@@ -405,6 +416,8 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", choices=["int8", "int4"], default=None,
                    help="onnx only: int8 (dynamic, per-channel weights) or int4 (MatMulNBits, groups of 32)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
+    p.add_argument("--key-file", type=Path, default=None, metavar="FILE",
+                   help="key file (mode 0600) of an encrypted run (`hwlm train --encrypt`); default: $HWLM_DATA_KEY")
     p.set_defaults(func=run_export)
 
 
@@ -417,7 +430,7 @@ def run_export(args: argparse.Namespace) -> int:
         from hwlm.cli.classify import run_classify_export
 
         return run_classify_export(args)
-    loaded = load_model(args.run, "cpu")
+    loaded = load_model(args.run, "cpu", _key(args))
     if getattr(args, "format", "hf") == "onnx":
         return _export_onnx(args, loaded)
     if getattr(args, "quantize", None):

@@ -1,7 +1,9 @@
 """Batches of token windows from prepared shards, for training (random) and evaluation (sequential).
 
 Shards are memory-mapped (``numpy.memmap``), so opening a split costs no memory and a batch reads
-only its own windows. A split is treated as one stream: the shards of a split are concatenated in
+only its own windows. An encrypted data folder (``hwlm prepare --encrypt``) is read through
+:class:`hwlm.data.shards.EncryptedShard` instead: each window decrypts only the 1 MiB chunks it
+touches; ``key`` is the folder's key (None: ``$HWLM_DATA_KEY``, else one line naming ``--key-file``). A split is treated as one stream: the shards of a split are concatenated in
 order and **a window may span a shard boundary** (so every position is equally likely and no token
 is wasted at shard ends).
 
@@ -30,11 +32,12 @@ __all__ = ["TokenLoader", "eval_batches", "TokenStream"]
 
 
 class TokenStream:
-    """The shards of one split seen as one array of token ids (read-only, memory-mapped)."""
+    """The shards of one split seen as one array of token ids (read-only; memory-mapped, or decrypted
+    by range when the folder is encrypted)."""
 
-    def __init__(self, data_dir: str | Path, split: str, verify: bool = True) -> None:
+    def __init__(self, data_dir: str | Path, split: str, verify: bool = True, key: bytes | None = None) -> None:
         self.manifest = load_manifest(data_dir)
-        self.arrays = shard_arrays(data_dir, self.manifest, split, verify=verify)
+        self.arrays = shard_arrays(data_dir, self.manifest, split, verify=verify, key=key)
         self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
         self.split = split
 
@@ -69,11 +72,11 @@ class TokenLoader:
     """Random training windows, deterministic per (seed, step), sliced per rank."""
 
     def __init__(self, data_dir: str | Path, split: str, batch_size: int, block_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, verify: bool = True) -> None:
+                 rank: int = 0, world_size: int = 1, verify: bool = True, key: bytes | None = None) -> None:
         _check_sizes(batch_size, block_size)
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside world_size {world_size}: use 0 <= rank < world_size")
-        self.stream = TokenStream(data_dir, split, verify=verify)
+        self.stream = TokenStream(data_dir, split, verify=verify, key=key)
         self.stream.need(block_size, "one training window")
         self.batch_size, self.block_size = batch_size, block_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -103,12 +106,13 @@ class TokenLoader:
 
 
 def eval_batches(data_dir: str | Path, split: str, batch_size: int, block_size: int,
-                 max_batches: int | None = None, verify: bool = True) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+                 max_batches: int | None = None, verify: bool = True,
+                 key: bytes | None = None) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
     """Sequential non-overlapping windows (window i starts at i*block_size); the last batch may be short."""
     import torch
 
     _check_sizes(batch_size, block_size)
-    stream = TokenStream(data_dir, split, verify=verify)
+    stream = TokenStream(data_dir, split, verify=verify, key=key)
     stream.need(block_size, "one evaluation window")
     n_windows = (len(stream) - 1) // block_size
     n_batches = -(-n_windows // batch_size)

@@ -14,6 +14,10 @@ Flow (memory stays flat whatever the corpus size):
 4. Shards are written atomically as they fill. After each batch that finished a shard, a
    checkpoint (``progress.json`` + the unfinished buffers) lets ``--resume`` continue from there.
 5. ``manifest.json`` is written last, atomically; progress files are then removed.
+
+With ``encrypt`` every shard and pending buffer is written encrypted (``.bin.enc``, see
+:mod:`hwlm.data.shards`) and the manifest records ``encryption: {scheme, key_id}``; the key (from
+``key_file`` or ``$HWLM_DATA_KEY``) is read once here and never written. A resume needs the same key.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from hwlm.config import to_dict
+from hwlm.crypt import encryption_section, key_for, load_key
 from hwlm.data.config import PrepareConfig
 from hwlm.data.normalize import normalize
 from hwlm.data.readers import Source, Utf8Stats, iter_raw_documents, resolve_inputs
@@ -228,21 +233,21 @@ def _clean(out: Path) -> None:
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     for split in SPLITS:
-        for pattern in ("shard-*.bin", ".pending-*.bin"):
+        for pattern in ("shard-*.bin", ".pending-*.bin", "shard-*.bin.enc", ".pending-*.bin.enc"):
             for f in (out / split).glob(pattern):
                 f.unlink(missing_ok=True)
 
 
 def _drop_pending(out: Path, keep: set[str]) -> None:
     for split in SPLITS:
-        for f in (out / split).glob(".pending-*.bin"):
+        for f in [*(out / split).glob(".pending-*.bin"), *(out / split).glob(".pending-*.bin.enc")]:
             if f"{split}/{f.name}" not in keep:
                 f.unlink(missing_ok=True)
 
 
 def _fingerprint(cfg: PrepareConfig, sources: list[Source]) -> dict[str, Any]:
     """Everything that decides the output bytes; a resume must match it exactly."""
-    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "workers", "batch_chars")}
+    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "workers", "batch_chars", "key_file")}
     tok = tokenizer_sha256(cfg.tokenizer) if cfg.tokenizer is not None and cfg.tokenizer.is_file() else None
     return {"config": conf, "tokenizer_input_sha256": tok, "sources": [s.fingerprint() for s in sources]}
 
@@ -274,9 +279,11 @@ class _Checkpointer:
         splits = {}
         for name, w in self.writers.items():
             splits[name] = {**w.summary(), "pending": w.fill, "pending_file": w.save_pending(raw_done)}
+        key = self.writers["train"].key
         atomic_write_json(self.out / PROGRESS_FILE, {
             "version": 1, "fingerprint": self.fingerprint, "tokenizer_sha256": self.tok_sha,
-            "raw_done": raw_done, "kept": kept, "splits": splits})
+            "raw_done": raw_done, "kept": kept, "splits": splits,
+            **({"encryption": encryption_section(key)} if key is not None else {})})
         _drop_pending(self.out, {s["pending_file"] for s in splits.values()})
 
 
@@ -288,15 +295,16 @@ def prepare(cfg: PrepareConfig, *, _after_checkpoint: Callable[[int], None] | No
     """
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    key = load_key(cfg.key_file) if cfg.encrypt else None  # before any work: a bad key file is one line
     stats = Utf8Stats()
     sources = resolve_inputs(cfg.inputs, stats)
     _open_out(out)
     with folder_lock(out, what="hwlm prepare"):
-        return _prepare_locked(cfg, out, sources, stats, t0, _after_checkpoint)
+        return _prepare_locked(cfg, out, sources, stats, t0, _after_checkpoint, key)
 
 
 def _prepare_locked(cfg: PrepareConfig, out: Path, sources: list[Source], stats: Utf8Stats, t0: float,
-                    _after_checkpoint: Callable[[int], None] | None) -> PrepareResult:
+                    _after_checkpoint: Callable[[int], None] | None, key: bytes | None) -> PrepareResult:
     """The body of :func:`prepare`, run while this process holds ``out``'s lock."""
     fingerprint = _fingerprint(cfg, sources)
     progress = _load_progress(out, fingerprint) if cfg.resume else None
@@ -305,10 +313,11 @@ def _prepare_locked(cfg: PrepareConfig, out: Path, sources: list[Source], stats:
         tok_sha = _make_tokenizer(cfg, sources, out)
     else:
         tok_sha = progress["tokenizer_sha256"]
+        key_for(f"the interrupted preparation in {out}", progress.get("encryption"), key)
     tok = load_tokenizer(out / TOKENIZER_FILE)
     eot_id, vocab = token_id(tok, cfg.eot_token), tok.get_vocab_size()
     dtype = dtype_for_vocab(vocab)
-    writers = {s: ShardWriter(out, s, dtype, cfg.tokens_per_shard) for s in SPLITS}
+    writers = {s: ShardWriter(out, s, dtype, cfg.tokens_per_shard, key=key) for s in SPLITS}
     ckpt = _Checkpointer(out, fingerprint, tok_sha, writers)
     raw_done = kept = restored_bytes = 0
     if progress is not None:
@@ -326,6 +335,8 @@ def _prepare_locked(cfg: PrepareConfig, out: Path, sources: list[Source], stats:
                 "tokenizer_sha256": tok_sha, "splits": {s: w.summary() for s, w in writers.items()},
                 "val_source": "train_tail" if notes else "documents",
                 "invalid_utf8": stats.to_dict(), "config": to_dict(cfg)}
+    if key is not None:
+        manifest["encryption"] = encryption_section(key)
     atomic_write_json(out / MANIFEST_FILE, manifest)
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     _drop_pending(out, set())

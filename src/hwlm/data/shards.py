@@ -5,6 +5,12 @@ A shard is raw little-endian token ids (``uint16`` when the vocabulary fits, els
 as they fill, so a preparation streams: memory holds one shard buffer per split, never the corpus.
 ``manifest.json`` is written last (see docs/architecture.md for its fields); a folder without it
 is not a finished data set.
+
+Encrypted (``hwlm prepare --encrypt``): each shard is ``shard-NNNNN.bin.enc``, the same bytes in
+:mod:`hwlm.crypt`'s chunked AES-256-GCM; the manifest gains ``"encryption": {"scheme", "key_id"}`` and
+each shard's ``sha256`` is that of the file as stored (the ciphertext: checked without the key).
+Readers then get :class:`EncryptedShard` in place of a memory map: a slice decrypts only the 1 MiB
+chunks it touches (the last two are cached).
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hwlm.crypt import EncryptedReader, WrongKeyError, check_chunks, encrypt_bytes, key_for, read_encrypted
 from hwlm.errors import DataError
 from hwlm.io import atomic_write_bytes, sha256_file
 
-__all__ = ["ShardWriter", "dtype_for_vocab", "load_manifest", "shard_arrays", "MANIFEST_FILE", "SPLITS",
-           "MANIFEST_VERSION"]
+__all__ = ["ShardWriter", "EncryptedShard", "dtype_for_vocab", "load_manifest", "shard_arrays", "data_key",
+           "MANIFEST_FILE", "SPLITS", "MANIFEST_VERSION"]
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
@@ -37,11 +44,14 @@ def _np_dtype(name: str) -> np.dtype:
 
 
 class ShardWriter:
-    """Append token ids of one split; every full buffer becomes ``<split>/shard-NNNNN.bin``."""
+    """Append token ids of one split; every full buffer becomes ``<split>/shard-NNNNN.bin``
+    (``.bin.enc``, encrypted, when a ``key`` is given; the pending buffers of a resumable run too)."""
 
     def __init__(self, root: Path, split: str, dtype: str, tokens_per_shard: int,
-                 on_shard: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_shard: Callable[[dict[str, Any]], None] | None = None, key: bytes | None = None) -> None:
         self.root, self.split, self.dtype = Path(root), split, dtype
+        self.key = key
+        self.suffix = ".bin.enc" if key is not None else ".bin"
         self.buf = np.empty(tokens_per_shard, dtype=_np_dtype(dtype))
         self.fill = 0
         self.shards: list[dict[str, Any]] = []
@@ -62,10 +72,19 @@ class ShardWriter:
             if self.fill == len(self.buf):
                 self._flush()
 
+    def _write(self, name: str, data: bytes) -> bytes:
+        """Write ``data`` (encrypted with a key) to ``name`` atomically; return the bytes as stored."""
+        stored = encrypt_bytes(data, self.key) if self.key is not None else data
+        atomic_write_bytes(self.root / name, stored)
+        return stored
+
+    def _read(self, path: Path) -> np.ndarray:
+        data = read_encrypted(path, self.key) if self.key is not None else path.read_bytes()
+        return np.frombuffer(data, dtype=self.buf.dtype)
+
     def _flush(self) -> None:
-        data = self.buf[:self.fill].tobytes()
-        name = f"{self.split}/shard-{len(self.shards):05d}.bin"
-        atomic_write_bytes(self.root / name, data)
+        name = f"{self.split}/shard-{len(self.shards):05d}{self.suffix}"
+        data = self._write(name, self.buf[:self.fill].tobytes())
         entry = {"file": name, "tokens": self.fill, "sha256": hashlib.sha256(data).hexdigest()}
         self.shards.append(entry)
         self.fill = 0
@@ -92,7 +111,7 @@ class ShardWriter:
             if self.fill == 0:
                 entry = self.shards.pop()
                 path = self.root / entry["file"]
-                data = np.fromfile(path, dtype=self.buf.dtype)
+                data = self._read(path)
                 self.buf[:len(data)] = data
                 self.fill = len(data)
                 path.unlink()
@@ -113,8 +132,8 @@ class ShardWriter:
 
         A new name per checkpoint means a crash mid-checkpoint leaves the previous one intact.
         """
-        name = f"{self.split}/.pending-{tag:012d}.bin"
-        atomic_write_bytes(self.root / name, self.buf[:self.fill].tobytes())
+        name = f"{self.split}/.pending-{tag:012d}{self.suffix}"
+        self._write(name, self.buf[:self.fill].tobytes())
         return name
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -126,7 +145,7 @@ class ShardWriter:
             if not path.is_file() or sha256_file(path) != entry["sha256"]:
                 raise DataError(f"cannot resume: shard {path} is missing or changed; rerun without --resume")
         path = self.root / state["pending_file"]
-        pending = np.fromfile(path, dtype=self.buf.dtype) if path.is_file() else None
+        pending = self._read(path) if path.is_file() else None
         if pending is None or len(pending) != state["pending"]:
             raise DataError(f"cannot resume: {path} is missing or truncated; rerun without --resume")
         self.buf[:len(pending)] = pending
@@ -149,21 +168,68 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def shard_arrays(data_dir: str | Path, manifest: dict[str, Any], split: str, verify: bool = True) -> list[np.ndarray]:
-    """Memory-map every shard of ``split``, checking presence, size and (if ``verify``) sha256."""
+class EncryptedShard:
+    """One encrypted shard as a read-only token array: ``len``, ``shard[a:b]`` and ``np.asarray(shard)``.
+
+    A slice decrypts only the chunks it overlaps (:class:`hwlm.crypt.EncryptedReader`, last two cached).
+    """
+
+    def __init__(self, path: Path, key: bytes, dtype: np.dtype, tokens: int) -> None:
+        self.dtype = dtype
+        try:
+            self.reader = EncryptedReader(path, key)
+        except WrongKeyError:  # the manifest's key id matched the key: this file's header does not
+            raise DataError(f"shard {path} names another key than its manifest: it was swapped or damaged; "
+                            "rerun hwlm prepare") from None
+        if self.reader.size != tokens * dtype.itemsize:
+            raise DataError(f"shard {path} holds {self.reader.size} bytes of tokens, expected "
+                            f"{tokens * dtype.itemsize}; it is damaged: rerun hwlm prepare")
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return self.tokens
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(self.tokens)
+        if step != 1:
+            raise TypeError("an encrypted shard is read in contiguous slices")
+        size = self.dtype.itemsize
+        data = self.reader.read(start * size, max(0, stop - start) * size)
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[0:self.tokens]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def data_key(data_dir: str | Path, manifest: dict[str, Any], key: bytes | None) -> bytes | None:
+    """The key of an encrypted data folder (``key``, else $HWLM_DATA_KEY), checked; None when it is plain."""
+    return key_for(f"data folder {data_dir}", manifest.get("encryption"), key)
+
+
+def shard_arrays(data_dir: str | Path, manifest: dict[str, Any], split: str, verify: bool = True,
+                 key: bytes | None = None) -> list[np.ndarray | EncryptedShard]:
+    """Memory-map every shard of ``split`` (or open it for decryption, when the folder is encrypted),
+    checking presence, size and (if ``verify``) sha256 of the file as stored."""
     if split not in manifest["splits"]:
         raise DataError(f"split {split!r} is not in {data_dir}; choose one of {', '.join(manifest['splits'])}")
     dtype = _np_dtype(manifest["dtype"])
-    arrays = []
+    key = data_key(data_dir, manifest, key)  # a wrong or missing key stops here, before any shard is read
+    arrays: list[np.ndarray | EncryptedShard] = []
     for entry in manifest["splits"][split]["shards"]:
         path = Path(data_dir) / entry["file"]
         if not path.is_file():
             raise DataError(f"shard {path} listed in the manifest is missing; rerun hwlm prepare")
-        if path.stat().st_size != entry["tokens"] * dtype.itemsize:
+        if key is None and path.stat().st_size != entry["tokens"] * dtype.itemsize:
             raise DataError(f"shard {path} has {path.stat().st_size} bytes, expected "
                             f"{entry['tokens'] * dtype.itemsize}; it is damaged: rerun hwlm prepare")
         if verify and sha256_file(path) != entry["sha256"]:
+            if key is not None:
+                check_chunks(path, key)  # names the chunk that fails, if one does
             raise DataError(f"shard {path} does not match its sha256 in the manifest; it is damaged: "
                             "rerun hwlm prepare")
-        arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+        if key is None:
+            arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+        else:
+            arrays.append(EncryptedShard(path, key, dtype, entry["tokens"]))
     return arrays

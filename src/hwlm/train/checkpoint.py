@@ -19,6 +19,16 @@ file loads with ``torch.load(weights_only=True)``: nothing in a checkpoint runs 
 An FSDP run's checkpoint holds ``dcp/`` (sharded model and optimizer state, see
 :mod:`hwlm.train.sharded`) instead of ``optimizer.pt``; ``model.safetensors`` is always there.
 
+Encrypted (``hwlm train --encrypt``, a ``key`` given to :func:`save_checkpoint`): ``model.safetensors``,
+``optimizer.pt`` and ``trainer_state.pt`` keep their names but hold :mod:`hwlm.crypt` files (chunked
+AES-256-GCM, encrypted in memory: no plaintext touches the disk); ``state.json``, ``config.json``,
+``tokenizer.json`` and ``COMPLETE`` stay plain. COMPLETE gains ``"encryption": {"scheme", "key_id"}`` and
+its sha256s are those of the files as stored (the ciphertext), so verifying needs no key. Readers check the
+key id first (:func:`checkpoint_key`): a wrong key is :class:`hwlm.crypt.WrongKeyError`, never a corrupt
+checkpoint, and ``--resume auto`` stops on it with nothing moved aside. A changed byte fails the sha256
+(and, with the key, names the chunk that fails authentication): that checkpoint *is* corrupt and is
+moved aside like any other.
+
 Old checkpoints are renamed to a hidden name before they are deleted, so a kill while pruning
 never leaves a half-deleted folder that still looks complete; hidden leftovers (``.step-*``) of
 killed saves are removed at the next save. Two test-only environment hooks exercise the failure
@@ -29,6 +39,7 @@ paths from outside the process: ``HWLM_TEST_SLOW_CKPT_WRITE=SECONDS`` sleeps ins
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import random
@@ -42,13 +53,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwlm.errors import CheckpointError, ResourceError
-from hwlm.io import atomic_dir, atomic_write_json, sha256_file
+from hwlm.crypt import check_chunks, encrypt_bytes, encryption_section, is_encrypted, key_for, read_encrypted
+from hwlm.errors import CheckpointError, DataError, ResourceError
+from hwlm.io import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
 
 __all__ = ["CKPT_VERSION", "save_checkpoint", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint",
            "verify_checkpoint", "read_json", "restore_training", "capture_rng", "restore_rng",
            "check_same_model", "prune_checkpoints", "complete_files", "test_pause", "test_fail",
-           "remove_stale", "CorruptCheckpointError", "move_aside", "newest_valid_checkpoint"]
+           "remove_stale", "CorruptCheckpointError", "move_aside", "newest_valid_checkpoint", "checkpoint_key",
+           "load_weights"]
 
 CKPT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -106,30 +119,87 @@ def _save_torch(obj: Any, path: Path) -> None:
         torch.save(obj, f)
 
 
+def _save_torch_encrypted(obj: Any, path: Path, key: bytes) -> None:
+    """``torch.save`` into memory, written encrypted: no plaintext reaches the disk."""
+    test_fail(path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, encrypt_bytes(buf.getvalue(), key))
+
+
+def _load_torch(path: Path, key: bytes | None, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` of a checkpoint file, decrypted in memory when ``key`` is given."""
+    if key is None:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(io.BytesIO(read_encrypted(path, key)), map_location=map_location, weights_only=True)
+
+
+def _weights_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
+    """What ``safetensors.torch.save_model`` writes, as bytes (tied tensors stored once, the same way)."""
+    from safetensors.torch import _remove_duplicate_names, save
+
+    state = model.state_dict()
+    for kept, removed in _remove_duplicate_names(state).items():
+        for name in removed:
+            metadata.setdefault(name, kept)
+            del state[name]
+    return save({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
+
+
+def _load_weights_bytes(model: nn.Module, data: bytes, device: str) -> None:
+    """``safetensors.torch.load_model(strict=True)`` from bytes: tied names count as present."""
+    from safetensors.torch import _remove_duplicate_names, load
+
+    state = {k: v.to(device) for k, v in load(data).items()}
+    removed = _remove_duplicate_names(model.state_dict(), preferred_names=list(state))
+    result = model.load_state_dict(state, strict=False)
+    missing, unexpected = set(result.missing_keys), list(result.unexpected_keys)
+    for group in removed.values():
+        for name in group:
+            if name in missing:
+                missing.remove(name)
+            else:
+                unexpected.append(name)
+    if missing or unexpected:
+        raise RuntimeError(f"missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
+
+
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], config: dict[str, Any], tokenizer_file: Path,
-                    keep: int, trainer_extra: dict[str, Any] | None = None) -> Path:
+                    keep: int, trainer_extra: dict[str, Any] | None = None, key: bytes | None = None) -> Path:
     """Write checkpoint ``step`` of ``run_dir`` atomically, then drop all but the newest ``keep``.
 
-    ``trainer_extra`` (e.g. the fp16 loss scaler's state) is stored beside the RNG states."""
+    ``trainer_extra`` (e.g. the fp16 loss scaler's state) is stored beside the RNG states. With ``key``
+    the weights, optimizer and trainer state are written encrypted (see the module docstring)."""
     from safetensors.torch import save_model
 
     final = Path(run_dir) / "checkpoints" / _step_name(step)
     remove_stale(final.parent)
     with atomic_dir(final) as tmp:
+        metadata = {"format": "pt", "step": str(step)}
         try:
-            save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+            if key is None:
+                save_model(model, str(tmp / MODEL_FILE), metadata=metadata)
+            else:
+                atomic_write_bytes(tmp / MODEL_FILE, encrypt_bytes(_weights_bytes(model, metadata), key))
         except Exception as exc:  # safetensors reports write failures as its own error type
-            if isinstance(exc, OSError):
+            if isinstance(exc, (OSError, ResourceError)):
                 raise
             raise ResourceError(f"cannot write {final / MODEL_FILE}: {exc}; check free disk space") from None
-        _save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
-        _save_torch({"rng": capture_rng(), **(trainer_extra or {})}, tmp / "trainer_state.pt")
+        for obj, name in ((optimizer.state_dict(), "optimizer.pt"),
+                          ({"rng": capture_rng(), **(trainer_extra or {})}, "trainer_state.pt")):
+            if key is None:
+                _save_torch(obj, tmp / name)
+            else:
+                _save_torch_encrypted(obj, tmp / name, key)
         atomic_write_json(tmp / "state.json", {"version": CKPT_VERSION, **state, "step": step})
         atomic_write_json(tmp / "config.json", config)
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
         test_pause()
-        atomic_write_json(tmp / "COMPLETE", {"version": CKPT_VERSION, "step": step, "files": complete_files(tmp)})
+        done = {"version": CKPT_VERSION, "step": step, "files": complete_files(tmp)}
+        if key is not None:
+            done["encryption"] = encryption_section(key)
+        atomic_write_json(tmp / "COMPLETE", done)
     prune_checkpoints(run_dir, keep)
     return final
 
@@ -211,8 +281,17 @@ class CorruptCheckpointError(CheckpointError):
     :class:`CheckpointError`."""
 
 
-def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
-    """Check COMPLETE's version and every file's sha256; return COMPLETE's contents."""
+def checkpoint_key(ckpt: Path, key: bytes | None) -> bytes | None:
+    """The key that opens checkpoint ``ckpt`` (``key``, else $HWLM_DATA_KEY), checked against the key id in
+    COMPLETE; None for a plain checkpoint. A wrong key is WrongKeyError, a missing one a line naming the flag."""
+    return key_for(f"checkpoint {ckpt}", read_json(ckpt / "COMPLETE").get("encryption"), key)
+
+
+def verify_checkpoint(ckpt: Path, key: bytes | None = None) -> dict[str, Any]:
+    """Check COMPLETE's version and every file's sha256; return COMPLETE's contents.
+
+    With the (checked) ``key`` of an encrypted checkpoint, a file that fails its sha256 is also
+    authenticated chunk by chunk, so the message names the chunk that was changed."""
     done = read_json(ckpt / "COMPLETE")
     if done.get("version") != CKPT_VERSION:
         raise CheckpointError(f"checkpoint {ckpt} has format version {done.get('version')}; "
@@ -227,7 +306,13 @@ def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
             raise CheckpointError(f"cannot read checkpoint file {f}: {exc.strerror or exc}; check the run "
                                   "folder's permissions") from None
         if actual != digest:
-            raise CorruptCheckpointError(f"checkpoint file {f} does not match its sha256 in COMPLETE; it is "
+            where = ""
+            if key is not None and is_encrypted(f):
+                try:
+                    check_chunks(f, key)
+                except DataError as exc:
+                    where = f" ({str(exc).removeprefix(f'{f}: ')})"
+            raise CorruptCheckpointError(f"checkpoint file {f} does not match its sha256 in COMPLETE{where}; it is "
                                          "corrupt, use an older checkpoint")
     return done
 
@@ -249,17 +334,19 @@ def move_aside(ckpt: Path) -> Path:
     return dest
 
 
-def newest_valid_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
+def newest_valid_checkpoint(run_dir: Path, warn: Callable[[str], None], key: bytes | None = None) -> Path | None:
     """The newest checkpoint of ``run_dir`` that verifies, or None when there is none at all.
 
     A newer corrupt one (:class:`CorruptCheckpointError`) is moved aside with a warning naming it;
-    any other error stops here with nothing moved. If every checkpoint was corrupt, that is an error
-    too: starting afresh would be a silent loss of the whole run.
+    any other error stops here with nothing moved: above all a wrong or missing key of an encrypted
+    checkpoint (checked before its files), which says nothing about the files. If every checkpoint was
+    corrupt, that is an error too: starting afresh would be a silent loss of the whole run.
     """
     moved = []
     for ckpt in reversed(list_checkpoints(run_dir)):
+        ckpt_key = checkpoint_key(ckpt, key)  # WrongKeyError / no key: stop here, nothing moved
         try:
-            verify_checkpoint(ckpt)
+            verify_checkpoint(ckpt, ckpt_key)
         except CorruptCheckpointError as exc:
             moved.append(move_aside(ckpt))
             warn(f"warning: {exc}; moved it aside to {moved[-1].name} and trying the one before")
@@ -281,31 +368,38 @@ def check_same_model(ckpt: Path, saved: dict[str, Any], current: dict[str, Any])
                               f"{', '.join(diffs)}); use the same model settings or another --out folder")
 
 
-def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu") -> None:
-    """Load ``model.safetensors`` into ``model`` strictly; mismatches become a one-line CheckpointError."""
+def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu", key: bytes | None = None) -> None:
+    """Load ``model.safetensors`` into ``model`` strictly; mismatches become a one-line CheckpointError.
+
+    An encrypted checkpoint is decrypted in memory with ``key`` (else $HWLM_DATA_KEY), all of it before
+    any tensor reaches the model: a chunk that fails authentication loads nothing."""
     from safetensors.torch import load_model
 
+    key = checkpoint_key(ckpt, key)
     try:
-        load_model(model, str(ckpt / MODEL_FILE), strict=True, device=str(device))
+        if key is None:
+            load_model(model, str(ckpt / MODEL_FILE), strict=True, device=str(device))
+        else:
+            _load_weights_bytes(model, read_encrypted(ckpt / MODEL_FILE, key), str(device))
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"weights in {ckpt} do not fit this model: {first}") from None
 
 
 def restore_training(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     device: str | torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load weights, optimizer and RNG states from a verified checkpoint.
-
-    Returns state.json and the rest of trainer_state.pt (what ``trainer_extra`` saved)."""
-    load_weights(ckpt, model, device)
+                     device: str | torch.device, key: bytes | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load weights, optimizer and RNG states from a verified checkpoint (decrypted with ``key`` if it
+    is encrypted). Returns state.json and the rest of trainer_state.pt (what ``trainer_extra`` saved)."""
+    key = checkpoint_key(ckpt, key)
+    load_weights(ckpt, model, device, key)
     if not (ckpt / "optimizer.pt").is_file() and (ckpt / "dcp").is_dir():
         from hwlm.train.sharded import load_dcp_state  # an FSDP checkpoint, resumed unsharded
 
         load_dcp_state(ckpt, model, optimizer)
     try:
         if (ckpt / "optimizer.pt").is_file():
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
-        trainer = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+            optimizer.load_state_dict(_load_torch(ckpt / "optimizer.pt", key, device))
+        trainer = _load_torch(ckpt / "trainer_state.pt", key, "cpu")
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"optimizer state in {ckpt} does not fit this run: {first}") from None

@@ -64,10 +64,16 @@ class TrainConfig:
                                         "or auto (ddp when the model fits one device)")
     max_nonfinite: int = option(5, "stop after this many optimizer steps in a row with a NaN/inf loss "
                                    "(each such step is skipped)")
+    encrypt: bool = option(False, "write checkpoints encrypted (weights, optimizer, trainer state; AES-256-GCM) under "
+                           "the key of --key-file or $HWLM_DATA_KEY")
+    key_file: Path | None = option(None, "key file (mode 0600) for --encrypt and for reading encrypted data or "
+                                   "checkpoints; unset: $HWLM_DATA_KEY. The path is recorded, never the key")
 
     def __post_init__(self) -> None:
         if self.data is not None:
             self.data = Path(self.data)
+        if self.key_file is not None:
+            self.key_file = Path(self.key_file)
         self.out = Path(self.out)
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         _check(self)

@@ -31,13 +31,17 @@ class LoadedModel:
     run_config: dict[str, Any] | None = None
 
 
-def load_model(run_or_checkpoint_dir: str | Path, device: str = "cpu") -> LoadedModel:
-    """The newest complete checkpoint of a run folder (or the given checkpoint), verified and loaded."""
+def load_model(run_or_checkpoint_dir: str | Path, device: str = "cpu", key: bytes | None = None) -> LoadedModel:
+    """The newest complete checkpoint of a run folder (or the given checkpoint), verified and loaded.
+
+    An encrypted checkpoint (``hwlm train --encrypt``) is opened with ``key``, else ``$HWLM_DATA_KEY``;
+    without either, or with the wrong one, it is one line and nothing is loaded."""
     from hwlm.data import load_tokenizer
     from hwlm.model import Transformer
 
     ckpt = ckpt_io.resolve_checkpoint(Path(run_or_checkpoint_dir))
-    ckpt_io.verify_checkpoint(ckpt)
+    key = ckpt_io.checkpoint_key(ckpt, key)
+    ckpt_io.verify_checkpoint(ckpt, key)
     config = ckpt_io.read_json(ckpt / "config.json")
     try:
         model_cfg = from_dict(ModelConfig, config["model"], where=str(ckpt / "config.json"))
@@ -51,7 +55,7 @@ def load_model(run_or_checkpoint_dir: str | Path, device: str = "cpu") -> Loaded
         from hwlm.model.quantized import after_load, apply_compression
 
         apply_compression(model, compression)
-    ckpt_io.load_weights(ckpt, model, "cpu")
+    ckpt_io.load_weights(ckpt, model, "cpu", key)
     model.to(device).eval()
     if compression:
         after_load(model, compression)

@@ -103,7 +103,7 @@ def peak_flops_for(device: str, precision: str) -> float | None:
         return None
 
 
-def _resume_from(cfg: TrainConfig, say: Callable[[str], None]) -> Path | None:
+def _resume_from(cfg: TrainConfig, say: Callable[[str], None], key: bytes | None = None) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run. ``auto`` takes the newest one that
     verifies, moving corrupt newer ones aside (see checkpoint.newest_valid_checkpoint)."""
     if cfg.resume == "none":
@@ -113,7 +113,7 @@ def _resume_from(cfg: TrainConfig, say: Callable[[str], None]) -> Path | None:
                               "to continue that run, or choose another --out folder")
         return None
     if cfg.resume == "auto":
-        return ckpt_io.newest_valid_checkpoint(cfg.out, say)
+        return ckpt_io.newest_valid_checkpoint(cfg.out, say, key)
     return ckpt_io.resolve_checkpoint(Path(cfg.resume))
 
 
@@ -156,6 +156,7 @@ class _Run:
     last_ckpt: Path | None = None
     signals: StopSignals = field(default_factory=StopSignals)
     stop_signal: int = 0        # the signal every rank agreed to stop on (0: none)
+    key: bytes | None = field(default=None, repr=False)  # data/checkpoint key (--key-file): never logged or saved
 
 
 def _strategy(cfg: TrainConfig, world: World, model_cfg: ModelConfig, device: str) -> tuple[str, str]:
@@ -169,12 +170,13 @@ def _strategy(cfg: TrainConfig, world: World, model_cfg: ModelConfig, device: st
     return choose_strategy(cfg.strategy, need, memory)
 
 
-def _agreed_resume(cfg: TrainConfig, world: World, say: Callable[[str], None]) -> Path | None:
+def _agreed_resume(cfg: TrainConfig, world: World, say: Callable[[str], None],
+                   key: bytes | None = None) -> Path | None:
     """Rank 0 picks the checkpoint to resume and every rank takes the same one."""
     found, err = None, None
     if world.is_main:
         try:
-            found = _resume_from(cfg, say)
+            found = _resume_from(cfg, say, key)
         except HwlmError as exc:
             err = exc
     agree(err, world, "rank 0 could not choose a checkpoint to resume; see its message")
@@ -193,6 +195,18 @@ def _precision(cfg: TrainConfig, saved: dict[str, Any] | None, device_type: str,
         if world.is_main else None
     pc = broadcast_object(pc, world)  # a timed trial may come out differently per rank: rank 0 decides
     return pc.name, pc.reason
+
+
+def _key(cfg: TrainConfig, manifest: dict[str, Any], strategy: str, say: Callable[[str], None]) -> bytes | None:
+    """The key of ``--key-file`` (or, for --encrypt, $HWLM_DATA_KEY); None leaves readers to $HWLM_DATA_KEY."""
+    from hwlm.crypt import load_key
+
+    if cfg.encrypt and strategy == "fsdp":
+        raise ConfigError("--encrypt does not cover FSDP's sharded checkpoints (dcp/) yet: use --strategy ddp "
+                          "or one process")
+    if manifest.get("encryption") and not cfg.encrypt:
+        say("note: the data is encrypted but this run's checkpoints will not be: add --encrypt to encrypt them")
+    return load_key(cfg.key_file) if cfg.key_file is not None or cfg.encrypt else None
 
 
 def _lock_out(cfg: TrainConfig, world: World, stack: contextlib.ExitStack) -> None:
@@ -226,7 +240,8 @@ def _setup(resolved: ResolvedRun, say: Callable[[str], None],
     strategy, why = _strategy(cfg, world, model_cfg, device)
     if world.distributed:
         say(f"{world.world_size} process(es), strategy {strategy}: {why}")
-    resume = _agreed_resume(cfg, world, say)
+    key = _key(cfg, resolved.manifest, strategy, say)
+    resume = _agreed_resume(cfg, world, say, key)
     saved = ckpt_io.read_json(resume / "config.json") if resume is not None else None
     if saved is not None:
         if not (world.is_main and cfg.resume == "auto"):  # auto: rank 0 verified it while choosing it
@@ -246,7 +261,7 @@ def _setup(resolved: ResolvedRun, say: Callable[[str], None],
     say(opt_text)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     loader = TokenLoader(cfg.data, "train", cfg.batch_size, model_cfg.block_size, seed=cfg.seed,
-                         rank=world.rank, world_size=world.world_size)
+                         rank=world.rank, world_size=world.world_size, key=key)
     tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum * world.world_size
     peak = cfg.peak_flops or peak_flops_for(device, precision)
     runtime = {"device": device, "device_reason": choice.reason, "precision": precision,
@@ -258,7 +273,7 @@ def _setup(resolved: ResolvedRun, say: Callable[[str], None],
                tokenizer_file=Path(cfg.data) / "tokenizer.json",
                total_steps=_horizon(cfg, tokens_per_step), tokens_per_step=tokens_per_step,
                flops_per_token=train_flops_per_token(model_cfg.to_arch(), model_cfg.block_size), peak=peak,
-               strategy=strategy, nonfinite=NonFiniteGuard(cfg.max_nonfinite))
+               strategy=strategy, nonfinite=NonFiniteGuard(cfg.max_nonfinite), key=key)
     if resume is not None:
         _restore(run, resume, say)
     run.step_model = wrap_model(model, cfg.compile, world, strategy)
@@ -274,7 +289,7 @@ def _restore(run: _Run, ckpt: Path, say: Callable[[str], None]) -> None:
 
         state, extra = restore_sharded(ckpt, run.model, run.optimizer)
     else:
-        state, extra = ckpt_io.restore_training(ckpt, run.model, run.optimizer, run.device)
+        state, extra = ckpt_io.restore_training(ckpt, run.model, run.optimizer, run.device, run.key)
     if run.scaler is not None and "scaler" in extra:
         run.scaler.load_state_dict(extra["scaler"])
     run.loader.load_state_dict(state["loader"])
@@ -304,7 +319,8 @@ def _save(run: _Run) -> None:
     if run.world.is_main:
         try:
             ckpt_io.save_checkpoint(run.cfg.out, run.step, run.model, run.optimizer, state, run.run_config,
-                                    run.tokenizer_file, run.cfg.keep_checkpoints, trainer_extra=extra)
+                                    run.tokenizer_file, run.cfg.keep_checkpoints, trainer_extra=extra,
+                                    key=run.key if run.cfg.encrypt else None)
         except HwlmError as exc:
             err = exc
     agree(err, run.world, f"rank 0 could not write the checkpoint of step {run.step}; see its message")
@@ -318,7 +334,7 @@ def _val_loss(run: _Run) -> float:
 
     w = run.world
     batches = list(eval_batches(run.cfg.data, "val", run.cfg.batch_size, run.model_cfg.block_size,
-                                max_batches=run.cfg.eval_batches * w.world_size))
+                                max_batches=run.cfg.eval_batches * w.world_size, key=run.key))
     mine = batches[w.rank::w.world_size]
     # FSDP must run the wrapped module on every rank (it gathers shards); DDP needs no wrapper to evaluate.
     model = run.model if run.strategy == "ddp" else run.step_model
@@ -344,7 +360,7 @@ def _train_step(run: _Run, lr: float) -> tuple[torch.Tensor, bool]:
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         with grad_sync(run.step_model, micro == cfg.grad_accum - 1):
             with autocast(dev_type, run.precision):
-                _, loss = run.step_model(x, y)
+                _, loss = run.step_model(x, y, return_logits=False)  # fp32: output layer + loss fused in chunks
             if poison:
                 loss = loss * float("nan")
             scaled = loss / cfg.grad_accum
