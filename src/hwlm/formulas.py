@@ -41,7 +41,7 @@ from typing import Literal
 __all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token",
            "train_flops_per_token", "kv_cache_bytes_per_token", "PRECISIONS", "PRECISION_CHOICES",
            "WEIGHT_BYTES", "DTYPE_BYTES", "dtype_bytes", "compute_bytes", "StateBytes", "ADAM_FP32", "ADAM_MIXED",
-           "mfu", "RECOMPUTE", "ATTENTION_KERNELS", "LOSS_PATHS", "saved_activation_bytes_per_layer",
+           "mfu", "RECOMPUTE", "ATTENTION_KERNELS", "LOSS_PATHS", "loss_path", "saved_activation_bytes_per_layer",
            "saved_outside_layers_bytes", "loss_transient_bytes", "heap_slack_bytes", "TrainingMemory",
            "training_memory", "ACTIVATION_COUNTS", "korthikanti_activation_bytes_per_layer",
            "korthikanti_outside_layers_bytes"]
@@ -232,6 +232,17 @@ DTYPE_BYTES: dict[str, float] = {"fp64": 8.0, "fp32": 4.0, "tf32": 4.0, "bf16": 
 RECOMPUTE = ("none", "selective", "full")
 ATTENTION_KERNELS = ("flash", "math")
 LOSS_PATHS = ("full", "chunked")
+
+
+def loss_path(precision: str) -> str:
+    """The loss path hwlm's training step takes at ``precision``: ``Transformer.forward(..., return_logits=False)``
+    fuses the output layer and the loss in row chunks (``LinearCrossEntropy``) unless autocast is on, so fp32
+    and tf32 train ``"chunked"`` and bf16/fp16 autocast ``"full"`` (``FusedCrossEntropy`` on whole logits).
+
+    >>> loss_path("fp32"), loss_path("bf16")
+    ('chunked', 'full')
+    """
+    return "chunked" if precision in ("fp32", "tf32") else "full"
 
 
 def dtype_bytes(name: str) -> float:
@@ -541,19 +552,24 @@ def heap_slack_bytes(spec: ArchSpec, tokens: int, loss: str = "full", device_kin
 
 
 def training_memory(spec: ArchSpec, batch: int, seq_len: int, precision: str = "fp32", *, recompute: str = "none",
-                    attention: str = "flash", loss: str = "full", compiled: bool = False, device_kind: str = "cpu",
+                    attention: str = "flash", loss: str | None = None, compiled: bool = False, device_kind: str = "cpu",
                     state: StateBytes = ADAM_FP32, params: int | None = None) -> TrainingMemory:
     """Training memory of one unsharded device with micro-batch ``batch``: the launch decision's and the
     planner's figure (the planner divides the parts by its layout's degrees, ``hwlm.plan.parallel``).
+
+    ``loss`` defaults to the path hwlm's training step takes at ``precision`` (:func:`loss_path`).
 
     Gradients are counted at the peak although ``zero_grad(set_to_none=True)`` frees them between steps:
     the last blocks' gradients exist while the first blocks' activations are still saved.
 
     >>> tiny = ArchSpec(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, max_positions=64)
     >>> round(training_memory(tiny, 16, 64).total / 2**20, 1)   # quickstart's model and batch, fp32 on a CPU
+    58.4
+    >>> round(training_memory(tiny, 16, 64, loss="full").total / 2**20, 1)   # with whole (N, V) logits
     81.4
     """
     tokens = batch * seq_len
+    loss = loss_path(precision) if loss is None else loss
     n = param_count(spec).total if params is None else params
     per_layer = saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, attention, recompute)
     acts = spec.n_layers * per_layer + saved_outside_layers_bytes(spec, tokens, precision, loss)

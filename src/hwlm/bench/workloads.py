@@ -217,7 +217,7 @@ def _time_training(cfg: TrainBenchConfig, device: str, kind: str, seq: int) -> d
 
     def step() -> None:
         with _precision(kind, cfg.precision):
-            _, loss = step_model(x, y)
+            _, loss = step_model(x, y, return_logits=False)  # what hwlm train's step calls
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()

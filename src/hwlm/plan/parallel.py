@@ -34,7 +34,7 @@ from typing import Literal
 
 from hwlm.errors import PlanError
 from hwlm.formulas import (ACTIVATION_COUNTS, ADAM_FP32, ADAM_MIXED, ArchSpec, heap_slack_bytes, korthikanti_activation_bytes_per_layer,
-                           korthikanti_outside_layers_bytes, loss_transient_bytes, saved_activation_bytes_per_layer,
+                           korthikanti_outside_layers_bytes, loss_path, loss_transient_bytes, saved_activation_bytes_per_layer,
                            saved_outside_layers_bytes)
 
 __all__ = ["Layout", "MemoryBreakdown", "validate_layout", "training_memory", "link_bandwidth",
@@ -177,11 +177,13 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
     # The loss's peak, on the last stage, split by tp (formulas: saved gradient, logits and their copies).
     # Megatron-style: Korthikanti's fp32 logits and the two matmul inputs, plus the logits' transient at the
     # loss's backward as measured for a compiled loop (4 + 6 = 10 B per bf16 logit, the H200 record).
+    # hwlm's own loop fuses the output layer and loss in row chunks when no autocast is on (formulas.loss_path).
     compiled = device_kind != "cpu"
+    loss = "full" if megatron else loss_path(precision)
     saved = (korthikanti_outside_layers_bytes(spec, seq_len, layout.micro_batch, 1, precision) if megatron
-             else saved_outside_layers_bytes(spec, tokens, precision, "full"))
-    acts += (saved + loss_transient_bytes(spec, tokens, precision, "full", device_kind, compiled)
-             + heap_slack_bytes(spec, tokens, "full", device_kind)) / layout.tp
+             else saved_outside_layers_bytes(spec, tokens, precision, loss))
+    acts += (saved + loss_transient_bytes(spec, tokens, precision, loss, device_kind, compiled)
+             + heap_slack_bytes(spec, tokens, loss, device_kind)) / layout.tp
     return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
                            capacity=capacity)
 
