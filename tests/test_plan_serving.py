@@ -131,9 +131,9 @@ def test_energy_per_token_follows_power_and_pue() -> None:
 def test_an_slo_below_one_request_says_what_would_work() -> None:
     import re
     with pytest.raises(Exception) as err:
-        estimate_serving(ServingJob(model="llama-2-70b", hardware="h100-sxm", devices=2, concurrency=4, slo_itl=0.012))
+        estimate_serving(ServingJob(model="llama-2-70b", hardware="h100-sxm", devices=2, concurrency=4, slo_itl=0.0125))
     m = re.search(r"use --devices (\d+) \(([0-9.]+) s alone\)", str(err.value))
-    assert m and int(m.group(1)) > 2 and float(m.group(2)) <= 0.012
+    assert m and int(m.group(1)) > 2 and float(m.group(2)) <= 0.0125
     ok = estimate_serving(ServingJob(model="llama-2-70b", hardware="h100-sxm", devices=int(m.group(1)), concurrency=1,
-                                     slo_itl=0.012))
-    assert ok.single_itl_s <= 0.012
+                                     slo_itl=0.0125))
+    assert ok.single_itl_s <= 0.0125

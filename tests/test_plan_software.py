@@ -12,7 +12,7 @@ from hwlm.plan.software import default_engine, default_framework, get_engine, ge
 
 def test_every_stack_is_sourced_and_the_issue_names_exist() -> None:
     assert set(FRAMEWORKS) == {"megatron", "deepspeed", "fsdp", "torchtitan", "maxtext", "llm-foundry", "nemo", "hwlm"}
-    assert set(ENGINES) == {"vllm", "tensorrt-llm", "gpt-fast", "llama.cpp", "hf", "hwlm"}
+    assert set(ENGINES) == {"vllm", "tensorrt-llm", "tensorrt-llm-0.7", "gpt-fast", "llama.cpp", "hf", "hwlm"}
     for s in (*FRAMEWORKS.values(), *ENGINES.values()):
         assert s.source and 0 < s.elementwise and 0 <= s.tp_overlap < 1
 
@@ -100,3 +100,23 @@ def test_the_framework_selects_the_activation_count() -> None:
     assert own.memory.activations > 1.5 * mt.memory.activations
     local = replace(get_device("h100-sxm"), vendor="local")
     assert default_framework(local).id == "hwlm"
+
+
+def test_pre_xqa_tensorrt_llm_reads_the_kv_cache_once_per_query_head() -> None:
+    """Llama 2 70B has 64 query heads over 8 KV heads: the masked-MHA engine's decode step reads each KV byte
+    8 times, the XQA one once; the weights read and everything else are the same."""
+    from hwlm.plan import estimate_inference
+    from hwlm.plan.inference import kv_read_factor
+    from hwlm.plan.models import get_model
+    m = get_model("llama-2-70b")
+    assert kv_read_factor(m, ENGINES["tensorrt-llm-0.7"])[0] == 64 / 8
+    assert kv_read_factor(m, ENGINES["tensorrt-llm"])[0] == 1.0
+    assert kv_read_factor(get_model("llama-2-7b"), ENGINES["tensorrt-llm-0.7"])[0] == 1.0  # MHA: nothing to share
+    kw = dict(tp=4, batch=64, prompt_len=2048, gen_len=2048, precision="fp8")
+    old = estimate_inference("llama-2-70b", "h100-sxm", 4, engine="tensorrt-llm-0.7", **kw)
+    new = estimate_inference("llama-2-70b", "h100-sxm", 4, engine="tensorrt-llm", **kw)
+    term = {t.name: t.value for t in old.terms}
+    kv = 64 * (2048 + 2048 / 2) * term["kv_bytes_per_token_device"]
+    diff = term["decode_bytes_per_step"] - {t.name: t.value for t in new.terms}["decode_bytes_per_step"]
+    assert diff == pytest.approx(kv * (8 - 1))
+    assert get_engine("tensorrt-llm-0.5", get_device("h100-sxm")).id == "tensorrt-llm-0.7"

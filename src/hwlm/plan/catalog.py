@@ -20,6 +20,7 @@ File format (all numbers in base SI units: bytes, bytes/s, FLOP/s, watts, USD)::
     inter_node_bw = 50e9             # optional: per device, per direction, across nodes (its NIC share)
     devices_per_node = 8             # typical devices in one node / host
     scale_up_devices = 8             # optional: devices reachable at intra_node_bw (NVL72: 72, TPU pod: 256)
+    topology = "switch"              # optional: switch | mesh | torus-2d | torus-3d | ring | pcie (how peers connect)
     tdp_w = 700                      # optional (not all vendors publish it): board / module power
     idle_w = 70                      # optional
     price_per_hour = 2.99            # optional: typical cloud price per device-hour, USD
@@ -59,13 +60,15 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from hwlm.errors import ConfigError, PlanError
 
-__all__ = ["Device", "Catalog", "DTYPES", "KINDS", "load_catalog", "get_device", "list_devices",
+__all__ = ["Device", "Catalog", "DTYPES", "KINDS", "TOPOLOGIES", "load_catalog", "get_device", "list_devices",
            "format_device", "normalize_id", "normalize_dtype"]
 
 CATALOG_DIR = Path(__file__).with_name("catalog")
 ENV_VAR = "HWLM_CATALOG"
 
 KINDS = ("cpu", "gpu", "tpu", "accelerator", "fpga", "asic")
+# How the devices of a scale-up domain connect (hwlm.plan.collectives costs a collective on each).
+TOPOLOGIES = ("switch", "mesh", "torus-2d", "torus-3d", "ring", "pcie")
 # Widest first, so listings read naturally.
 DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "int8", "int4")
 _DTYPE_ALIASES = {"float64": "fp64", "double": "fp64", "float32": "fp32", "float": "fp32",
@@ -88,12 +91,12 @@ _RANGES: dict[str, tuple[float, float, str]] = {
 _SOURCE_GROUPS = {
     "memory_bytes": "memory", "memory_bw": "memory",
     "intra_node_bw": "interconnect", "inter_node_bw": "interconnect",
-    "devices_per_node": "interconnect", "scale_up_devices": "interconnect",
+    "devices_per_node": "interconnect", "scale_up_devices": "interconnect", "topology": "interconnect",
     "tdp_w": "power", "idle_w": "power", "price_per_hour": "price",
 }
 _KNOWN_KEYS = {"id", "name", "vendor", "kind", "aliases", "memory_bytes", "memory_bw", "intra_node_bw",
                "inter_node_bw", "devices_per_node", "scale_up_devices", "tdp_w", "idle_w",
-               "price_per_hour", "release", "notes", "override", "flops", "sources"}
+               "price_per_hour", "release", "notes", "override", "flops", "sources", "topology"}
 _REQUIRED = ("id", "name", "vendor", "kind", "memory_bytes", "memory_bw", "devices_per_node", "flops",
              "sources")
 
@@ -130,6 +133,7 @@ class Device:
     intra_node_bw: float | None = None
     inter_node_bw: float | None = None
     scale_up_devices: int = 1
+    topology: str = "switch"              # how scale-up peers connect (TOPOLOGIES)
     idle_w: float | None = None
     price_per_hour: float | None = None
     release: int | None = None
@@ -300,7 +304,11 @@ def _parse_device(path: Path, raw: Any, index: int) -> tuple[Device, bool]:
     nums = {k: _number(path, ident, k, raw[k]) for k in _RANGES if k != "flops" and k in raw}
     per_node = _count(path, ident, "devices_per_node", raw["devices_per_node"])
     scale_up = _count(path, ident, "scale_up_devices", raw.get("scale_up_devices", per_node))
-    figures = [k for k in nums] + ["devices_per_node"] + (["scale_up_devices"] if "scale_up_devices" in raw else [])
+    figures = [k for k in nums] + ["devices_per_node"] + (["scale_up_devices"] if "scale_up_devices" in raw else []) \
+        + (["topology"] if "topology" in raw else [])
+    topology = _text(path, ident, "topology", raw.get("topology", "switch"))
+    if topology not in TOPOLOGIES:
+        raise _fail(path, ident, f"topology '{topology}' is not one of: {', '.join(TOPOLOGIES)}")
     sources = _check_sources(path, ident, raw["sources"], figures, list(flops))
     aliases = raw.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
@@ -320,7 +328,7 @@ def _parse_device(path: Path, raw: Any, index: int) -> tuple[Device, bool]:
         kind=kind, flops=types.MappingProxyType(flops), memory_bytes=nums["memory_bytes"],
         memory_bw=nums["memory_bw"], devices_per_node=per_node, tdp_w=nums.get("tdp_w"),
         sources=types.MappingProxyType(sources), intra_node_bw=nums.get("intra_node_bw"),
-        inter_node_bw=nums.get("inter_node_bw"), scale_up_devices=scale_up, idle_w=nums.get("idle_w"),
+        inter_node_bw=nums.get("inter_node_bw"), scale_up_devices=scale_up, topology=topology, idle_w=nums.get("idle_w"),
         price_per_hour=nums.get("price_per_hour"), release=release, notes=notes.strip(),
         aliases=tuple(a for a in dict.fromkeys(normalize_id(a) for a in aliases) if a != ident), path=str(path))
     return dev, override

@@ -19,9 +19,11 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from hwlm.calibration import compute_dtype
 from hwlm.errors import PlanError
 from hwlm.formulas import WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token
 from hwlm.plan.catalog import Device
+from hwlm.plan.collectives import allreduce_time, library_for
 from hwlm.plan.efficiency import (GRID_SOURCE,
                                   INFER_OP_OVERHEAD_SOURCE, PUE_SOURCE, Priors, load_calibration, ops_per_forward,
                                   priors_for)
@@ -31,13 +33,9 @@ from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION, link_bandwidth
 from hwlm.plan.software import ENGINES, Stack, default_engine, get_engine
 
-__all__ = ["InferenceEstimate", "InferenceJob", "estimate_inference", "INFER_PRECISIONS", "WEIGHT_BYTES"]
+__all__ = ["InferenceEstimate", "InferenceJob", "estimate_inference", "INFER_PRECISIONS", "WEIGHT_BYTES",
+           "kv_read_factor"]
 
-# The data type the matrix units run in for each format: weight-only w8a16/w4a16 dequantise to 16
-# bits in the kernel; w8a8 and fp8 use the 8-bit units when the device has them.
-_COMPUTE_DTYPE = {"fp32": ("fp32",), "bf16": ("bf16", "fp16"), "fp16": ("fp16", "bf16"),
-                  "fp8": ("fp8", "bf16", "fp16"), "w8a8": ("int8", "fp8", "bf16", "fp16"),
-                  "w8a16": ("bf16", "fp16"), "w4a16": ("bf16", "fp16")}
 # The weight-only kernels' decode-efficiency prior (Priors.int8_decode / int4_decode).
 _WEIGHT_ONLY = {"w8a16": "int8", "w4a16": "int4"}
 
@@ -90,10 +88,9 @@ class InferenceEstimate:
 
 
 def _compute_dtype(dev: Device, precision: str) -> str:
-    for d in _COMPUTE_DTYPE[precision]:
-        if d in dev.flops:
-            return d
-    return dev.dtypes[-1] if "fp32" not in dev.flops else "fp32"
+    """The data type the matrix units run ``precision`` in (``hwlm.calibration.compute_dtype``: the calibration
+    divides a format's prefill rate by that data type's peak), else the device's widest."""
+    return compute_dtype(precision, dev.flops) or (dev.dtypes[-1] if "fp32" not in dev.flops else "fp32")
 
 
 def _weights_read_per_step(m: Model, batch: int, bytes_w: float) -> tuple[float, str]:
@@ -188,13 +185,32 @@ def _kv_per_token_device(m: Model, tp: int, kv_bytes: float) -> tuple[float, str
     return full * heads_here / spec.kv_heads, f"{heads_here} of {spec.kv_heads} KV heads per device"
 
 
+def kv_read_factor(m: Model, engine: Stack) -> tuple[float, str]:
+    """How many times a decode step reads each KV-cache byte: the query heads per KV head when the engine's
+    decode kernel runs one block per query head (``Stack.kv_per_query_head``), else once."""
+    spec = m.spec
+    if not engine.kv_per_query_head or spec.kv_lora_rank > 0 or spec.kv_heads >= spec.n_heads:
+        return 1.0, ""
+    g = spec.n_heads / spec.kv_heads
+    return g, f" x {g:g} ({engine.id}: K/V read once per query head, {spec.n_heads} query / {spec.kv_heads} KV heads)"
+
+
 def _comm(m: Model, dev: Device, tp: int, tokens: int, pri: Priors) -> tuple[float, str]:
+    """Two all-reduces per layer of ``tokens x hidden`` 16-bit activations over the tp group, each costed by
+    the collective library's latency model on the device's fabric (:mod:`hwlm.plan.collectives`)."""
     if tp == 1:
         return 0.0, ""
-    bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, tp, dev.scale_up_devices)
-    per = pri.allreduce_latency_s + 2 * (tp - 1) / tp * tokens * m.spec.d_model * 2.0 / (bw * pri.comm_eff)
-    return 2 * m.spec.n_layers * per, f"2 x {m.spec.n_layers} layers x ({pri.allreduce_latency_s * 1e6:.3g} us + " \
-        f"2(t-1)/t x {tokens} tok x {m.spec.d_model} x 2 B / ({what} {bw:.4g} x {pri.comm_eff}))"
+    if dev.kind == "cpu":  # shared-memory all-reduce: the prior's latency, the link's bandwidth
+        bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, tp, dev.scale_up_devices)
+        per = pri.allreduce_latency_s + 2 * (tp - 1) / tp * tokens * m.spec.d_model * 2.0 / (bw * pri.comm_eff)
+        return 2 * m.spec.n_layers * per, f"2 x {m.spec.n_layers} layers x ({pri.allreduce_latency_s * 1e6:.3g} us " \
+            f"+ 2(t-1)/t x {tokens} tok x {m.spec.d_model} x 2 B / ({what} {bw:.4g} x {pri.comm_eff}))"
+    per, formula = allreduce_time(dev, tp, tokens * m.spec.d_model * 2.0, pri.comm_eff)
+    return 2 * m.spec.n_layers * per, f"2 x {m.spec.n_layers} layers x all-reduce of {tokens} tok x " \
+        f"{m.spec.d_model} x 2 B: {formula}"
+
+
+COMM_SOURCE = "Megatron TP: 2 all-reduces per layer, arXiv:1909.08053; latency: "
 
 
 @dataclass(frozen=True)
@@ -222,8 +238,10 @@ def _host_time(j: _Job, t: Terms, phase: str) -> float:
     A CPU runs its ops itself (``layer_overhead_s`` covers their fixed cost); a TPU runs compiled XLA."""
     if j.graphs or j.dev.kind != "gpu":
         return 0.0
-    ops = ops_per_forward(j.m.spec)
-    return t.add(f"{phase}_host_time", f"{ops:.0f} ops per eager forward x {j.pri.infer_op_overhead_s:g} s",
+    # Under tensor parallelism an eager step also launches its 2 all-reduces per layer one by one.
+    ops = ops_per_forward(j.m.spec) + (2 * j.m.spec.n_layers if j.tp > 1 else 0)
+    return t.add(f"{phase}_host_time", f"{ops:.0f} ops per eager forward"
+                 + (" (2 all-reduces per layer included)" if j.tp > 1 else "") + f" x {j.pri.infer_op_overhead_s:g} s",
                  ops * j.pri.infer_op_overhead_s, "s", INFER_OP_OVERHEAD_SOURCE)
 
 
@@ -278,7 +296,7 @@ def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
                 w_dev / (bw * pri.decode_bw_eff), "s", j.bw_src)
     comm, comm_f = _comm(j.m, dev, tp, j.batch * j.prompt_len, pri)
     if comm:
-        t.add("prefill_tp_comm_time", comm_f, comm, "s", "Megatron TP: 2 all-reduces per layer, arXiv:1909.08053")
+        t.add("prefill_tp_comm_time", comm_f, comm, "s", COMM_SOURCE + library_for(dev).source)
     launch = spec.n_layers * pri.layer_overhead_s
     host = _host_time(j, t, "prefill")
     return t.add("ttft", f"max(max(compute + elementwise, weight read) + {spec.n_layers} x {pri.layer_overhead_s:g} s"
@@ -290,8 +308,10 @@ def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
     peak, bw = dev.peak_flops(j.cdtype), dev.memory_bw
     ctx_avg = j.prompt_len + j.gen_len / 2  # average context over the generation
     w_read, w_what = _weights_read_per_step(j.m, j.batch, bytes_w)
-    step = t.add("decode_bytes_per_step", f"weights read ({w_what}) / tp + batch x {ctx_avg:g} ctx x kv per token",
-                 w_read / tp + j.batch * ctx_avg * kv_tok, "B")
+    reads, reads_f = kv_read_factor(j.m, j.engine)
+    step = t.add("decode_bytes_per_step", f"weights read ({w_what}) / tp + batch x {ctx_avg:g} ctx x kv per token"
+                 + reads_f, w_read / tp + j.batch * ctx_avg * kv_tok * reads, "B",
+                 j.engine.source if reads > 1 else "")
     t_mem = t.add("decode_memory_time", f"{step:.4g} B / (bw {bw:.4g} x {pri.decode_bw_eff:.3g})",
                   step / (bw * pri.decode_bw_eff), "s", f"{dev.source('memory_bw')}; {j.bw_src}")
     f_dec = j.batch * forward_flops_per_token(spec, int(ctx_avg))
@@ -299,7 +319,7 @@ def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
                  f_dec / (tp * peak * pri.matmul_eff), "s", j.mm_src)
     comm, comm_f = _comm(j.m, dev, tp, j.batch, pri)
     if comm:
-        t.add("decode_tp_comm_time", comm_f, comm, "s", "Megatron TP: 2 all-reduces per layer, arXiv:1909.08053")
+        t.add("decode_tp_comm_time", comm_f, comm, "s", COMM_SOURCE + library_for(dev).source)
     launch = t.add("layer_overhead", f"{spec.n_layers} layers x {pri.layer_overhead_s:g} s",
                    spec.n_layers * pri.layer_overhead_s, "s", pri.source)
     host = _host_time(j, t, "decode")

@@ -37,7 +37,7 @@ from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE, ops_per_forward
 from hwlm.plan.explain import Term, Terms
 from hwlm.formulas import WEIGHT_BYTES
 from hwlm.plan.inference import (PADS_HEADS, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
-                                 _weights_read_per_step, pad_heads)
+                                 _weights_read_per_step, kv_read_factor, pad_heads)
 from hwlm.plan.jobs import ServingJob, resolve_hardware
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION
@@ -113,7 +113,8 @@ class StepModel:
         attention spans ``prefill_ctx`` tokens on average."""
         spec, tokens = self.m.spec, decode + prefill
         w_read, _ = _weights_read_per_step(self.m, max(tokens, 1), self.bytes_w)
-        t_mem = (w_read / self.tp + (ctx_sum + prefill) * self.kv_tok) / (self.dev.memory_bw * self.bw_eff)
+        reads, _ = kv_read_factor(self.m, self.engine)
+        t_mem = (w_read / self.tp + (ctx_sum * reads + prefill) * self.kv_tok) / (self.dev.memory_bw * self.bw_eff)
         f_lin = 2.0 * self.m.params.matmul_active * tokens
         per_ctx = forward_flops_per_token(spec, 1) - forward_flops_per_token(spec, 0)  # attention FLOPs per ctx token
         f_att = per_ctx * (ctx_sum + prefill * prefill_ctx)
@@ -132,7 +133,8 @@ def _step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepMo
     graphs = engine.cuda_graphs if job.cuda_graphs is None else bool(job.cuda_graphs)
     kv_bytes = 1.0 if job.precision == "fp8" else 2.0
     kv_tok, _ = _kv_per_token_device(m, job.devices, kv_bytes)
-    host = 0.0 if graphs or dev.kind != "gpu" else ops_per_forward(m.spec) * pri.infer_op_overhead_s
+    ops = ops_per_forward(m.spec) + (2 * m.spec.n_layers if job.devices > 1 else 0)  # + eager all-reduce launches
+    host = 0.0 if graphs or dev.kind != "gpu" else ops * pri.infer_op_overhead_s
     return StepModel(m=m, dev=dev, tp=job.devices, engine=engine, graphs=graphs, cdtype=cdtype,
                      bytes_w=WEIGHT_BYTES[job.precision], kv_tok=kv_tok, mm_eff=pri.matmul_eff,
                      bw_eff=pri.decode_bw_eff, ew_eff=ew if ew is not None else pri.decode_bw_eff,

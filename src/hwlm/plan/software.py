@@ -15,6 +15,14 @@ planner models it (each a multiplier on a fitted prior, 1.0 = as fitted, or a sw
 * **CUDA graphs** (serving, ``cuda_graphs``): one replay issues a whole decode step, so a GPU does not
   wait for the host (vLLM, TensorRT-LLM, gpt-fast); eager stacks (HF ``generate``, hwlm's loop) pay
   each op's host cost;
+* **grouped-query decode** (serving, ``kv_per_query_head``): a decode-attention kernel that runs one
+  thread block per (query head, sequence) reads its KV head's cache once for every query head of the group,
+  so grouped-query attention saves KV memory but not KV traffic. TensorRT-LLM's masked multi-head attention
+  kernel launches ``grid{num_heads, batch_size}`` (``mmha_launch_kernel_ex``,
+  cpp/tensorrt_llm/kernels/decoderMaskedMultiheadAttention); its XQA kernel, which shares the KV reads of a
+  group ("reducing data loading"), arrived in v0.8 (TensorRT-LLM docs/source/blogs/XQA-kernel.md). vLLM's
+  FlashAttention backend folds a group's query heads into one block for decode (FlashAttention-2
+  ``mha_fwd_kvcache``, seqlen_q = 1 with GQA), so it reads each KV head once;
 * **where it runs** (``vendors``/``kinds``): TensorRT-LLM is NVIDIA-only, MaxText is JAX (TPU, GPU);
 * **activation memory** (training, ``activations``): which count of saved activations applies.
   ``"korthikanti"`` (:func:`hwlm.formulas.korthikanti_activation_bytes_per_layer`): stacks that hold 16-bit
@@ -59,6 +67,7 @@ class Stack:
     chunk_tokens: int = 2048          # serving: prefill tokens per engine step (chunked prefill)
     fused_prefill: bool = True        # serving: a step's prefill chunks run in the decode forward (else apart)
     activations: str = "korthikanti"  # training: the saved-activation count (hwlm.formulas.ACTIVATION_COUNTS)
+    kv_per_query_head: bool = False   # serving: decode attention reads each KV head once per query head (no GQA reuse)
     source: str = ""
 
     def runs_on(self, dev: Device) -> bool:
@@ -107,6 +116,12 @@ ENGINES: dict[str, Stack] = {s.id: s for s in (
     Stack("tensorrt-llm", "TensorRT-LLM", ("nvidia",), ("gpu",), elementwise=0.6, attention=1.15, cuda_graphs=True,
           max_batch=256, chunk_tokens=8192, source="TensorRT-LLM: fused multi-head attention kernels and fused "
           "epilogues, in-flight batching (performance-tuning guide); sizes assumed"),
+    Stack("tensorrt-llm-0.7", "TensorRT-LLM 0.5-0.7 (before the XQA kernel)", ("nvidia",), ("gpu",),
+          elementwise=0.6, attention=1.15, cuda_graphs=True, max_batch=256, chunk_tokens=8192,
+          kv_per_query_head=True, source="TensorRT-LLM as above, but decode attention in the masked multi-head "
+          "attention kernel (one block per query head and sequence: grid{num_heads, batch_size}, "
+          "decoderMaskedMultiheadAttention), so grouped-query models read their KV cache once per query head; "
+          "XQA, which shares those reads, came in v0.8 (docs/source/blogs/XQA-kernel.md)"),
     Stack("gpt-fast", "gpt-fast (torch.compile, CUDA graphs)", ("nvidia", "amd"), ("gpu",), elementwise=0.8,
           cuda_graphs=True, max_batch=1, chunk_tokens=8192,
           source="pytorch-labs/gpt-fast: compile(mode='reduce-overhead') captures decode in CUDA graphs; batch 1"),
@@ -125,7 +140,8 @@ ENGINES: dict[str, Stack] = {s.id: s for s in (
 
 def _get(table: dict[str, Stack], what: str, name: str, dev: Device, alt: str) -> Stack:
     key = name.strip().lower().replace("_", "-")
-    key = {"trt-llm": "tensorrt-llm", "trtllm": "tensorrt-llm", "llamacpp": "llama.cpp", "transformers": "hf",
+    key = {"trt-llm": "tensorrt-llm", "trtllm": "tensorrt-llm", "tensorrt-llm-0.5": "tensorrt-llm-0.7",
+           "tensorrt-llm-0.6": "tensorrt-llm-0.7", "llamacpp": "llama.cpp", "transformers": "hf",
            "megatron-lm": "megatron", "foundry": "llm-foundry"}.get(key, key)
     if key not in table:
         raise PlanError(f"unknown {what} {name!r}; choose one of {', '.join(table)}")

@@ -1,0 +1,151 @@
+"""Collectives on a device's fabric: the latency and bandwidth of one all-reduce (or all-to-all) over n devices.
+
+An all-reduce of V bytes over a ring of n ranks (Patarasuk & Yuan 2009) takes ``2(n-1)`` steps; each
+step pays a per-hop latency and the whole moves ``2(n-1)/n x V`` bytes per rank. Decode under tensor
+parallelism runs two such all-reduces per layer of ``batch x hidden`` activations (kilobytes to a few
+megabytes), where the latency term dominates, so the time is the collective library's own cost model::
+
+    t = base + 2(n-1) x hop + 2(n-1)/n x V / (group bandwidth x comm_eff)
+
+``base`` and ``hop`` are the figures each library ships for its own algorithm selection (ring, low-latency
+protocol; :data:`LIBRARIES`, quoted with file and constant): NCCL's ``baseLat`` / ``hwLat`` tables in
+``src/graph/tuning.cc`` and RCCL's copies of them. Where a vendor publishes none (Habana HCCL, XLA on
+TPU ICI, Neuron), the nearest published figure is taken and marked *assumed*.
+
+The group bandwidth follows the catalog's ``topology`` (:func:`group_bandwidth`):
+
+* ``switch`` (NVSwitch, the default): every device reaches any peer at its full per-device bandwidth;
+* ``mesh`` (AMD Infinity Fabric, Gaudi's RoCE ports): point-to-point links to each of the node's other
+  devices, so a group of n inside a node of N reaches only n-1 of the N-1 links (a tp=2 pair of Gaudi 2
+  cards has 3 x 100 GbE between them, not 21);
+* ``torus-2d`` / ``torus-3d`` (TPU ICI, Trainium NeuronLink): 4 or 6 links per chip, a ring along one
+  dimension uses its 2 (both directions), a group spanning k dimensions 2k; the dimension length is taken
+  as the pod's side (``scale_up_devices ** (1/d)``);
+* ``pcie``: through the host's PCIe switch, at ``intra_node_bw``, with NCCL's PCI hop latency.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hwlm.plan.catalog import TOPOLOGIES, Device
+from hwlm.plan.parallel import FALLBACK_LINK_BW
+
+__all__ = ["Library", "LIBRARIES", "TOPOLOGIES", "library_for", "group_bandwidth", "allreduce_time",
+           "allreduce_latency", "ring_steps"]
+
+_NCCL = "NVIDIA/nccl src/graph/tuning.cc"
+_RCCL = "ROCm/rccl src/graph/tuning.cc"
+
+
+@dataclass(frozen=True)
+class Library:
+    """A collective library's latency model for ring all-reduce with its low-latency protocol (seconds)."""
+
+    name: str
+    base_s: float        # fixed cost of one collective (launch, handshake)
+    hop_fabric_s: float  # per ring step over the scale-up fabric (NVLink, xGMI, ICI)
+    hop_pcie_s: float    # per ring step through PCIe
+    hop_net_s: float     # per ring step across the network
+    source: str
+
+
+LIBRARIES: dict[str, Library] = {
+    "nccl": Library("NCCL", 6.6e-6, 0.6e-6, 1.0e-6, 2.7e-6,
+                    f"{_NCCL}: baseLat Ring/LL 6.6 us; hwLat Ring/LL NVLINK 0.6, PCI 1.0, NET 2.7 us per step"),
+    "rccl": Library("RCCL", 12.0e-6, 0.8e-6, 2.2e-6, 9.5e-6,
+                    f"{_RCCL}: baseLat Ring/LL 12.0 us; tuning_model_0 hwLat Ring/LL NVLINK (xGMI) 0.8, PCI 2.2, "
+                    "NET 9.5 us per step"),
+    "hccl": Library("Habana HCCL", 6.6e-6, 2.7e-6, 2.7e-6, 2.7e-6,
+                    "assumed: Habana publishes no HCCL latency model; Gaudi's scale-up links are RoCE ports, so "
+                    f"NCCL's network figures ({_NCCL}: baseLat Ring/LL 6.6 us, hwLat Ring/LL NET 2.7 us) stand in"),
+    "xla-ici": Library("XLA on ICI", 6.6e-6, 0.6e-6, 1.0e-6, 2.7e-6,
+                       "assumed: Google publishes no ICI collective latency; NCCL's NVLink figures "
+                       f"({_NCCL}: 6.6 us + 0.6 us per step) stand in for a direct chip-to-chip link"),
+    "neuron-cc": Library("Neuron collectives", 6.6e-6, 2.7e-6, 2.7e-6, 2.7e-6,
+                         "assumed: AWS publishes no Neuron collective latency; NCCL's network figures "
+                         f"({_NCCL}: 6.6 us + 2.7 us per step) stand in"),
+    "host": Library("gloo / oneCCL on host memory", 50e-6, 5e-6, 5e-6, 10e-6,
+                    "assumed: a CPU all-reduce through shared memory or TCP (gloo), tens of microseconds"),
+}
+_BY_VENDOR = {"nvidia": "nccl", "amd": "rccl", "intel": "hccl", "google": "xla-ici", "aws": "neuron-cc"}
+
+
+def library_for(dev: Device) -> Library:
+    """The collective library a device's stack uses: NCCL on NVIDIA, RCCL on AMD, HCCL on Gaudi, ..."""
+    if dev.kind == "cpu":
+        return LIBRARIES["host"]
+    return LIBRARIES[_BY_VENDOR.get(dev.vendor, "nccl")]
+
+
+def ring_steps(n: int, dims: int = 1) -> int:
+    """Steps of a ring all-reduce over n ranks: n-1 of reduce-scatter, n-1 of all-gather; on a torus the
+    rings of the ``dims`` dimensions it spans run one after another, each over n^(1/dims) ranks.
+
+    >>> ring_steps(8), ring_steps(256, dims=2)
+    (14, 60)
+    """
+    side = round(n ** (1.0 / dims))
+    return 2 * (n - 1) if dims == 1 else dims * 2 * (side - 1)
+
+
+def _torus_dims(topology: str) -> int:
+    return 3 if topology == "torus-3d" else 2
+
+
+def _spanned_dims(dev: Device, n: int) -> int:
+    """Torus dimensions a group of n neighbouring chips spans (1 off a torus)."""
+    if dev.topology not in ("torus-2d", "torus-3d"):
+        return 1
+    d = _torus_dims(dev.topology)
+    side = max(2, round(dev.scale_up_devices ** (1.0 / d)))
+    return min(d, max(1, math.ceil(math.log(n) / math.log(side) - 1e-9)))
+
+
+def group_bandwidth(dev: Device, n: int) -> tuple[float, str, str]:
+    """Per-device bandwidth (bytes/s, per direction) of a collective over ``n`` neighbouring devices, a
+    description, and the hop kind ("fabric", "pcie" or "net") for the latency."""
+    topo = dev.topology
+    if n > dev.scale_up_devices or not dev.intra_node_bw:
+        if dev.inter_node_bw:
+            return dev.inter_node_bw, "inter-node network", "net"
+        return dev.intra_node_bw or FALLBACK_LINK_BW, "assumed PCIe 4.0 x16 (catalog gives no link)", "pcie"
+    bw = dev.intra_node_bw
+    if topo == "pcie":
+        return bw, f"PCIe {bw:.4g} B/s", "pcie"
+    if topo == "mesh" and dev.devices_per_node > 1:
+        used = min(n, dev.devices_per_node) - 1
+        share = used / (dev.devices_per_node - 1)
+        return bw * share, f"full mesh: {used} of {dev.devices_per_node - 1} links x {bw / (dev.devices_per_node - 1):.4g}", \
+            "fabric"
+    if topo in ("torus-2d", "torus-3d"):
+        d, spans = _torus_dims(topo), _spanned_dims(dev, n)
+        side = max(2, round(dev.scale_up_devices ** (1.0 / d)))
+        return bw * spans / d, f"{topo}: ring over {spans} of {d} dimensions ({2 * spans} of {2 * d} links, " \
+            f"side {side})", "fabric"
+    if topo == "ring" and dev.devices_per_node > 1:
+        return bw, f"ring link {bw:.4g}", "fabric"
+    return bw, "switched fabric (any peer at full bandwidth)", "fabric"
+
+
+def allreduce_latency(dev: Device, n: int) -> tuple[float, str]:
+    """Seconds of latency of one small all-reduce over ``n`` devices and the formula."""
+    if n <= 1:
+        return 0.0, ""
+    lib = library_for(dev)
+    _, _, hop_kind = group_bandwidth(dev, n)
+    hop = {"fabric": lib.hop_fabric_s, "pcie": lib.hop_pcie_s, "net": lib.hop_net_s}[hop_kind]
+    steps = ring_steps(n, _spanned_dims(dev, n) if hop_kind == "fabric" else 1)
+    return lib.base_s + steps * hop, f"{lib.name} {lib.base_s * 1e6:.3g} us + {steps} steps x {hop * 1e6:.3g} us ({hop_kind})"
+
+
+def allreduce_time(dev: Device, n: int, nbytes: float, comm_eff: float) -> tuple[float, str]:
+    """Seconds of one ring all-reduce of ``nbytes`` over ``n`` devices: latency + bytes over the group's
+    bandwidth; and the formula with its numbers."""
+    if n <= 1:
+        return 0.0, ""
+    lat, lat_f = allreduce_latency(dev, n)
+    bw, what, _ = group_bandwidth(dev, n)
+    t = lat + 2 * (n - 1) / n * nbytes / (bw * comm_eff)
+    return t, f"({lat_f}) + 2({n}-1)/{n} x {nbytes:.4g} B / ({what}: {bw:.4g} x {comm_eff:.3g})"
