@@ -37,6 +37,11 @@ def test_round_trip_and_range_reads_touch_only_their_chunks(tmp_path: Path) -> N
         r._chunk = (lambda orig: lambda i: seen.append(i) or orig(i))(r._chunk)
         r.read(130, 70)
         assert seen == [2, 3]  # bytes 130..199 live in chunks 2 and 3 only
+        r.read(140, 40)
+        r.read(200, 10)
+        assert seen == [2, 3]  # the last two chunks are cached: reads within them decrypt nothing
+        r.read(0, 1)
+        assert seen == [2, 3, 0]
     write_encrypted(tmp_path / "empty.enc", b"", key)
     assert read_encrypted(tmp_path / "empty.enc", key) == b""
 
@@ -101,3 +106,28 @@ def test_rotate_reencrypts_the_folder_under_the_new_key(tmp_path: Path, capsys) 
     with pytest.raises(WrongKeyError):  # rotating with the wrong old key changes nothing
         rotate_dir(folder, old, new)
     assert read_encrypted(folder / "manifest.json.enc", new) == b"{}"
+
+
+def test_rotate_rewrites_the_digests_and_key_ids_of_plain_indexes(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+    import json
+
+    from hwlm.crypt import encryption_section, key_for
+
+    _, old = _key(tmp_path)
+    _, new = _key(tmp_path, "new.key")
+    folder = tmp_path / "run"
+    write_encrypted(folder / "model.bin", b"w" * 500, old, chunk=CHUNK)
+    digest = hashlib.sha256((folder / "model.bin").read_bytes()).hexdigest()
+    index = {"files": {"model.bin": digest, "note.txt": "abc"}, "encryption": encryption_section(old)}
+    (folder / "COMPLETE").write_text(json.dumps(index))
+    rotate_dir(folder, old, new)
+    after = json.loads((folder / "COMPLETE").read_text())
+    assert after["files"] == {"model.bin": hashlib.sha256((folder / "model.bin").read_bytes()).hexdigest(),
+                              "note.txt": "abc"} and after["files"]["model.bin"] != digest
+    assert key_for("run", after["encryption"], new) == new
+    with pytest.raises(WrongKeyError, match="wrong key"):
+        key_for("run", after["encryption"], old)
+    monkeypatch.delenv("HWLM_DATA_KEY", raising=False)
+    with pytest.raises(ConfigError, match="--key-file"):
+        key_for("run", after["encryption"], None)  # no key and no $HWLM_DATA_KEY: one line naming the flag

@@ -53,8 +53,8 @@ class PrepareConfig:
     resume: bool = option(False, "continue an interrupted preparation in --out instead of starting over")
     encrypt: bool = option(False, "write the token shards encrypted (AES-256-GCM, shard-NNNNN.bin.enc) under the key "
                            "of --key-file or $HWLM_DATA_KEY")
-    key_file: Path | None = option(None, "with --encrypt: the key file (64 hex digits, mode 0600; `hwlm crypt keygen`); "
-                                   "unset: $HWLM_DATA_KEY. Its path is recorded, never the key")
+    key_file: Path | None = option(None, "with --encrypt: the key file (64 hex digits, mode 0600; `hwlm crypt "
+                                   "keygen`); unset: $HWLM_DATA_KEY. Its path is recorded, never the key")
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)

@@ -3,7 +3,8 @@
 Shards are memory-mapped (``numpy.memmap``), so opening a split costs no memory and a batch reads
 only its own windows. An encrypted data folder (``hwlm prepare --encrypt``) is read through
 :class:`hwlm.data.shards.EncryptedShard` instead: each window decrypts only the 1 MiB chunks it
-touches; ``key`` is the folder's key (None: ``$HWLM_DATA_KEY``, else one line naming ``--key-file``). A split is treated as one stream: the shards of a split are concatenated in
+touches; ``key`` is the folder's key (None: ``$HWLM_DATA_KEY``, else one line naming ``--key-file``).
+A split is treated as one stream: the shards of a split are concatenated in
 order and **a window may span a shard boundary** (so every position is equally likely and no token
 is wasted at shard ends).
 

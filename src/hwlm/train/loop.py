@@ -204,9 +204,13 @@ def _key(cfg: TrainConfig, manifest: dict[str, Any], strategy: str, say: Callabl
     if cfg.encrypt and strategy == "fsdp":
         raise ConfigError("--encrypt does not cover FSDP's sharded checkpoints (dcp/) yet: use --strategy ddp "
                           "or one process")
+    from hwlm.data.shards import data_key
+
+    key = load_key(cfg.key_file) if cfg.key_file is not None or cfg.encrypt else None
+    data_key(cfg.data, manifest, key)  # a wrong or missing data key stops here, before the model is built
     if manifest.get("encryption") and not cfg.encrypt:
         say("note: the data is encrypted but this run's checkpoints will not be: add --encrypt to encrypt them")
-    return load_key(cfg.key_file) if cfg.key_file is not None or cfg.encrypt else None
+    return key
 
 
 def _lock_out(cfg: TrainConfig, world: World, stack: contextlib.ExitStack) -> None:

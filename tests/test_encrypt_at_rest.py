@@ -1,0 +1,236 @@
+"""Encryption at rest end to end: ``prepare --encrypt`` -> ``train --encrypt`` -> resume -> eval, rotation,
+and the failures (wrong key, missing key, tampered chunk) as one line with nothing moved or loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cryptography", reason="pip install 'hwlm[crypt]'")
+
+from hwlm.cli import main  # noqa: E402
+from hwlm.crypt import WrongKeyError, encrypt_bytes, key_id, load_key  # noqa: E402
+from hwlm.data import PrepareConfig, TokenLoader, prepare  # noqa: E402
+from hwlm.data.loader import TokenStream  # noqa: E402
+from hwlm.data.shards import EncryptedShard  # noqa: E402
+from hwlm.errors import ConfigError, DataError  # noqa: E402
+from hwlm.train import checkpoint as ckpt_io  # noqa: E402
+from tiny import tiny_cfg, write_corpus  # noqa: E402
+
+HEADER = 45  # bytes before chunk 0 (hwlm.crypt's header)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HWLM_DATA_KEY", raising=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two keys, the tiny corpus prepared plain and encrypted (same settings), and an encrypted 3-step run."""
+    from hwlm.train import train
+
+    root = tmp_path_factory.mktemp("enc")
+    for name in ("k1.key", "k2.key"):
+        assert main(["crypt", "keygen", str(root / name)]) == 0
+    write_corpus(root / "text")
+    common = dict(inputs=[str(root / "text")], vocab_size=300, val_fraction=0.2, seed=0, tokens_per_shard=2000)
+    prepare(PrepareConfig(out=root / "plain", **common))
+    prepare(PrepareConfig(out=root / "data", encrypt=True, key_file=root / "k1.key", **common))
+    train(tiny_cfg(root / "data", root / "run", max_steps=3, encrypt=True, key_file=root / "k1.key"))
+    return {"root": root, "k1": root / "k1.key", "k2": root / "k2.key", "plain": root / "plain",
+            "data": root / "data", "run": root / "run"}
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hwlm: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err  # progress notes aside, one line says what is wrong
+    return errors[0]
+
+
+def _files(folder: Path) -> list[Path]:
+    return [f for f in folder.rglob("*") if f.is_file()]
+
+
+def test_encrypted_shards_hold_no_plaintext_and_read_back_the_same_tokens(world: dict[str, Path]) -> None:
+    key = load_key(world["k1"])
+    manifest = json.loads((world["data"] / "manifest.json").read_text())
+    assert manifest["encryption"]["key_id"] == key_id(key).hex()
+    assert all(e["file"].endswith(".bin.enc") for e in manifest["splits"]["train"]["shards"])
+    assert len(manifest["splits"]["train"]["shards"]) > 1
+    plain_bytes = (world["plain"] / "train" / "shard-00000.bin").read_bytes()
+    known = plain_bytes[100:164]  # 32 tokens of real text
+    for f in _files(world["data"]):
+        blob = f.read_bytes()
+        assert known not in blob, f
+        assert key.hex().encode() not in blob and key not in blob, f  # the key is never written
+    for f in _files(world["run"]):
+        assert key.hex().encode() not in f.read_bytes() and key not in f.read_bytes(), f
+    plain, enc = TokenStream(world["plain"], "train"), TokenStream(world["data"], "train", key=key)
+    assert len(plain) == len(enc)
+    for start in (0, 1999, 2000, 3333, len(plain) - 40):  # windows inside and across shard boundaries
+        assert np.array_equal(plain.window(start, 40), enc.window(start, 40))
+
+
+def test_an_encrypted_shard_slices_across_chunk_edges(tmp_path: Path, world: dict[str, Path]) -> None:
+    key = load_key(world["k1"])
+    tokens = np.arange(1000, dtype="<u2")
+    f = tmp_path / "s.bin.enc"
+    f.write_bytes(encrypt_bytes(tokens.tobytes(), key, chunk=64))  # 32 tokens a chunk
+    shard = EncryptedShard(f, key, np.dtype("<u2"), 1000)
+    assert len(shard) == 1000 and np.array_equal(np.asarray(shard), tokens)
+    for a, b in ((0, 1), (31, 33), (30, 200), (999, 1000), (500, 500)):
+        assert np.array_equal(shard[a:b], tokens[a:b])
+    with pytest.raises(DataError, match="expected 2002"):
+        EncryptedShard(f, key, np.dtype("<u2"), 1001)
+
+
+def test_train_resume_and_eval_on_encrypted_data_with_the_key(world: dict[str, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    from hwlm.train import train
+
+    ckpt = world["run"] / "checkpoints" / "step-0000003"
+    for name in ("model.safetensors", "optimizer.pt", "trainer_state.pt"):
+        assert (ckpt / name).read_bytes()[:8] == b"HWLMENC1", name
+    done = json.loads((ckpt / "COMPLETE").read_text())
+    assert done["encryption"]["key_id"] == key_id(load_key(world["k1"])).hex()
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    resumed = train(tiny_cfg(world["data"], run, max_steps=6, encrypt=True, key_file=world["k1"], resume="auto"))
+    straight = train(tiny_cfg(world["data"], tmp_path / "straight", max_steps=6, encrypt=True, key_file=world["k1"]))
+    assert resumed.steps == 6 and resumed.val_loss == straight.val_loss  # the encrypted state round-trips exactly
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--key-file", str(world["k1"]), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 6
+
+
+def test_wrong_key_on_data_and_on_checkpoints_is_one_line_and_moves_nothing(world: dict[str, Path], tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    train_args = ["train", "--model", "debug", "--batch-size", "4", "--max-steps", "6", "--device", "cpu",
+                  "--precision", "fp32", "--no-progress", "--no-tensorboard", "--peak-flops", "1e9"]
+    err = _one_line_error(capsys, [*train_args, "--data", str(world["data"]), "--out", str(tmp_path / "fresh"),
+                                   "--key-file", str(world["k2"])])
+    assert "data folder" in err and "wrong key" in err
+    assert not (tmp_path / "fresh" / "config.json").exists()
+    from hwlm.train import train
+
+    run = tmp_path / "run"  # plain data, encrypted checkpoints: the checkpoint's key alone is wrong
+    train(tiny_cfg(world["plain"], run, max_steps=3, ckpt_interval=1, encrypt=True, key_file=world["k1"]))
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    err = _one_line_error(capsys, [*train_args, "--data", str(world["plain"]), "--out", str(run), "--resume", "auto",
+                                   "--encrypt", "--key-file", str(world["k2"])])
+    assert "checkpoint" in err and "wrong key" in err
+    assert len(before) == 3 and sorted(p.name for p in (run / "checkpoints").iterdir()) == before  # none moved aside
+    err = _one_line_error(capsys, ["eval", "--run", str(run), "--key-file", str(world["k2"]), "--device", "cpu"])
+    assert "wrong key" in err
+    with pytest.raises(WrongKeyError):
+        TokenLoader(world["data"], "train", 2, 16, key=load_key(world["k2"]))
+
+
+def test_a_missing_key_names_the_flag(world: dict[str, Path], capsys: pytest.CaptureFixture,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    err = _one_line_error(capsys, ["eval", "--run", str(world["run"]), "--device", "cpu"])
+    assert "is encrypted" in err and "--key-file" in err and "$HWLM_DATA_KEY" in err
+    with pytest.raises(ConfigError, match="data folder .* is encrypted .*--key-file"):
+        TokenLoader(world["data"], "train", 2, 16)
+    monkeypatch.setenv("HWLM_DATA_KEY", load_key(world["k1"]).hex())  # the environment is the other way
+    assert TokenLoader(world["data"], "train", 2, 16).next_batch()[0].shape == (2, 16)
+
+
+def test_a_tampered_chunk_names_the_file_and_chunk(world: dict[str, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    key = load_key(world["k1"])
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    shard = data / "train" / "shard-00001.bin.enc"
+    blob = bytearray(shard.read_bytes())
+    blob[HEADER + 12 + 100] ^= 1  # one ciphertext byte of chunk 0
+    shard.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match=r"shard-00001\.bin\.enc: chunk 0 fails authentication"):
+        TokenLoader(data, "train", 2, 16, key=key)  # verify: the sha256 fails, then the chunk is named
+    stream = TokenStream(data, "train", verify=False, key=key)
+    with pytest.raises(DataError, match=r"shard-00001\.bin\.enc: chunk 0 fails authentication"):
+        stream.window(2000, 16)  # unverified: the read itself refuses the chunk, nothing of it is used
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    weights = run / "checkpoints" / "step-0000003" / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[HEADER + 12 + 5] ^= 1
+    weights.write_bytes(bytes(blob))
+    err = _one_line_error(capsys, ["eval", "--run", str(run), "--key-file", str(world["k1"]), "--device", "cpu"])
+    assert "model.safetensors" in err and "chunk 0 fails authentication" in err
+    # For --resume auto a tampered checkpoint is corrupt (its sha256 fails): moved aside, and with no older one
+    # that verifies, the run stops rather than start afresh.
+    warnings: list[str] = []
+    with pytest.raises(ckpt_io.CheckpointError, match="every checkpoint .* was corrupt"):
+        ckpt_io.newest_valid_checkpoint(run, warnings.append, key)
+    assert "chunk 0" in warnings[0]
+    assert [p.name[:20] for p in (run / "checkpoints").iterdir()] == ["corrupt-step-0000003"]
+
+
+def test_rotate_then_resume_and_eval_with_the_new_key(world: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from hwlm.train import train
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(world["data"], data)
+    shutil.copytree(world["run"], run)
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["dir"] = str(data.resolve())  # eval reads the run's own (rotated) data folder
+    (run / "config.json").write_text(json.dumps(config))
+    for folder in (data, run):
+        assert main(["crypt", "rotate", str(folder), "--old-key-file", str(world["k1"]),
+                     "--new-key-file", str(world["k2"])]) == 0
+    with pytest.raises(WrongKeyError):
+        TokenLoader(data, "train", 2, 16, key=load_key(world["k1"]))
+    result = train(tiny_cfg(data, run, max_steps=6, encrypt=True, key_file=world["k2"], resume="auto"))
+    assert result.steps == 6
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--key-file", str(world["k2"]), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 6
+
+
+def test_an_interrupted_encrypted_prepare_resumes_to_the_same_tokens(world: dict[str, Path], tmp_path: Path) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop(shards: int) -> None:
+        if shards >= 2:
+            raise Stop
+
+    key = load_key(world["k1"])
+    base = dict(inputs=[str(world["root"] / "text")], vocab_size=300, val_fraction=0.2, seed=0, tokens_per_shard=2000,
+                batch_chars=300, out=tmp_path / "data", encrypt=True, key_file=world["k1"])
+    with pytest.raises(Stop):
+        prepare(PrepareConfig(**base), _after_checkpoint=stop)
+    pending = list((tmp_path / "data").glob("*/.pending-*"))
+    assert pending and all(p.name.endswith(".bin.enc") and p.read_bytes()[:8] == b"HWLMENC1" for p in pending)
+    with pytest.raises(WrongKeyError):
+        prepare(PrepareConfig(**{**base, "key_file": world["k2"], "resume": True}))
+    res = prepare(PrepareConfig(**{**base, "resume": True}))
+    assert res.resumed
+    whole, again = TokenStream(world["plain"], "train"), TokenStream(res.out, "train", key=key)
+    assert np.array_equal(whole.window(0, len(whole)), again.window(0, len(again)))
+
+
+def test_encrypt_refuses_classification_data_and_a_stray_key_file(tmp_path: Path, world: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match="classification splits .* not encrypted"):
+        PrepareConfig(task="classify", encrypt=True, key_file=world["k1"])
+    with pytest.raises(ConfigError, match="without encrypt"):
+        PrepareConfig(key_file=world["k1"])
+    os.chmod(world["k2"], 0o644)
+    try:
+        with pytest.raises(ConfigError, match="chmod 600"):
+            prepare(PrepareConfig(out=tmp_path / "d", encrypt=True, key_file=world["k2"]))
+    finally:
+        os.chmod(world["k2"], 0o600)
+    assert not (tmp_path / "d").exists()  # refused before anything was written
