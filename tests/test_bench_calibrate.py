@@ -93,3 +93,21 @@ def test_cli_calibrate_reads_the_catalog(tmp_path, capsys):
     assert main(["bench", "calibrate", *paths, "--hardware", "no-such-gpu-9000", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("hwlm: error:") and err.count("\n") == 1
+
+
+def test_a_compressed_format_is_calibrated_against_the_dtype_it_computes_in():
+    """``bench infer --run`` of a w8a8 / w4a16 run names the format as its precision; prefill is divided by the
+    matmul peak of the data type the format runs in (int8 where known, else 16-bit), decode by bandwidth."""
+    peak = make_record("peak", {"device": "cpu"}, [], {"matmul_bf16_flops": 2e11, "matmul_int8_flops": 8e11,
+                                                       "membw_bytes_per_s": 2e10}, machine=M)
+    recs = [("peak.json", peak)] + [
+        (f"{fmt}.json", make_record("infer", {"precision": fmt}, [], {"max_prefill_flops_per_s": 4e10,
+                                                                      "max_decode_bytes_per_s": 5e9}, machine=M))
+        for fmt in ("w8a8", "w4a16")]
+    doc = calibrate(recs, "this-machine")
+    assert _by(doc, "prefill", "w8a8")["efficiency"] == pytest.approx(0.05)  # 4e10 / the int8 peak
+    assert _by(doc, "prefill", "w4a16")["efficiency"] == pytest.approx(0.2)  # 4e10 / the bf16 peak
+    assert _by(doc, "decode", "w4a16")["efficiency"] == pytest.approx(0.25)
+    sheet = calibrate(recs[1:], "some-gpu", Datasheet({"bf16": 1e12, "int8": 2e12}, 1e11))
+    assert _by(sheet, "prefill", "w8a8")["reference_value"] == 2e12
+    assert _by(sheet, "prefill", "w4a16")["reference_value"] == 1e12

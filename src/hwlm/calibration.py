@@ -16,6 +16,11 @@ the schema does not name is an error that names it (a typo must not silently dro
 ``this-machine`` (:data:`THIS_MACHINE`) is the device id of a calibration of the machine it was measured
 on, where no catalog entry exists: its matmul and membw entries carry the machine's measured peaks.
 
+An entry's ``dtype`` is a matmul data type (``fp32``, ``bf16``, ``int8``, ...) or one of the compressed
+weight formats (``w8a8``, ``w8a16``, ``w4a16``: ``hwlm bench infer --run`` of a compressed run). A format's
+``prefill`` efficiency is relative to the matmul peak of the data type its matrix units run in,
+:func:`compute_dtype`, which the planner uses too; its ``decode`` efficiency to memory bandwidth.
+
     >>> doc = calibration_document("this-machine", [{"device": "this-machine", "dtype": "fp32",
     ...     "phase": "matmul", "efficiency": 1.0, "measured": 3.5e11}], machine={}, notes=[])
     >>> parse_calibration(doc, "example").entries[0].measured
@@ -34,7 +39,7 @@ from hwlm.errors import PlanError
 
 __all__ = ["KIND", "VERSION", "THIS_MACHINE", "THIS_MACHINE_ALIASES", "PHASES", "MAX_EFFICIENCY", "CalibrationEntry",
            "CalibrationFile", "calibration_document", "parse_calibration", "read_calibration", "write_calibration",
-           "is_this_machine"]
+           "is_this_machine", "COMPUTE_DTYPES", "compute_dtype"]
 
 KIND, VERSION = "hwlm-calibration", 1
 THIS_MACHINE = "this-machine"
@@ -44,6 +49,20 @@ MAX_EFFICIENCY = 1.5  # above it a "measurement" is a cache-resident toy beating
 _REQUIRED = ("device", "dtype", "phase", "efficiency")
 _OPTIONAL = ("measured", "unit", "reference", "reference_value", "source")
 _DOC_KEYS = ("kind", "version", "device", "created", "entries", "machine", "notes")
+# The data type the matrix units run in for each inference precision, in order of preference: weight-only
+# w8a16/w4a16 dequantise to 16 bits in the kernel; w8a8 and fp8 use the 8-bit units when the device has them.
+COMPUTE_DTYPES = {"fp32": ("fp32",), "bf16": ("bf16", "fp16"), "fp16": ("fp16", "bf16"),
+                  "fp8": ("fp8", "bf16", "fp16"), "w8a8": ("int8", "fp8", "bf16", "fp16"),
+                  "w8a16": ("bf16", "fp16"), "w4a16": ("bf16", "fp16")}
+
+
+def compute_dtype(precision: str, available: "list[str] | tuple[str, ...] | dict[str, float]") -> str | None:
+    """The first of ``precision``'s compute data types in ``available`` (matmul peaks known), else None.
+
+    >>> compute_dtype("w8a8", {"fp32": 1e11, "bf16": 2e11}), compute_dtype("w4a16", ["fp32"])
+    ('bf16', None)
+    """
+    return next((d for d in COMPUTE_DTYPES.get(precision, (precision,)) if d in available), None)
 
 
 def is_this_machine(hardware: str | None) -> bool:

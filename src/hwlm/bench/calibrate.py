@@ -11,6 +11,12 @@ Each measured rate becomes one entry per (dtype, phase) (the file's schema, writ
 | prefill | max_prefill_flops_per_s (infer record)                       | FLOP/s |
 | decode  | max_decode_bytes_per_s (infer record)                        | B/s    |
 
+An infer record of a compressed run (``hwlm bench infer --run``) names its weight format (``w8a8``,
+``w8a16``, ``w4a16``) as its precision, and its entries carry that name as their dtype: the planner
+looks a format's own entries up first. Its prefill efficiency is relative to the matmul peak of the
+data type the format computes in (:func:`hwlm.calibration.compute_dtype`: int8 for w8a8 where it was
+measured, else 16-bit), its decode efficiency to memory bandwidth, like any other.
+
 ``efficiency`` = measured / reference, where the reference is
 
 * the **datasheet** peak of a catalog device (``--hardware h100-sxm``): dense FLOP/s for the
@@ -39,7 +45,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hwlm.bench.records import load_record
-from hwlm.calibration import MAX_EFFICIENCY, THIS_MACHINE, calibration_document
+from hwlm.calibration import MAX_EFFICIENCY, THIS_MACHINE, calibration_document, compute_dtype
 from hwlm.errors import DataError
 
 __all__ = ["Datasheet", "calibrate", "calibrate_files"]
@@ -130,10 +136,11 @@ def _reference(dtype: str, phase: str, best: dict, datasheet: Datasheet | None) 
     if datasheet is not None:
         if bandwidth:
             return datasheet.memory_bw, "datasheet"
-        return datasheet.flops.get(dtype), "datasheet"
+        return datasheet.flops.get(compute_dtype(dtype, datasheet.flops) or dtype), "datasheet"
     if phase in ("matmul", "membw"):
         return best[(dtype, phase)][0], "measured-peak"
-    key = ("any", "membw") if bandwidth else (dtype, "matmul")
+    measured = [d for d, ph in best if ph == "matmul"]
+    key = ("any", "membw") if bandwidth else (compute_dtype(dtype, measured) or dtype, "matmul")
     return (best[key][0] if key in best else None), "measured-peak"
 
 

@@ -8,6 +8,9 @@ and energy per token. FLOPs per token come from :mod:`hwlm.formulas` (PaLM conve
 infer: over a grid of batch sizes and prompt lengths, prefill (time to first token, TTFT)
 and greedy decode with the KV cache (time per output token, TPOT p50/p90/p99), with
 throughputs and peak memory. Weights are cast to the inference data type, as servers do.
+``--run RUN`` times a trained or compressed run instead of a preset's random weights: it loads
+through ``hwlm.train.load_model`` (a w8a8 / w8a16 / w4a16 run into its quantized modules), and
+the record's ``precision`` is the run's weight format, the name the planner and calibration use.
 
 Out of memory (torch's OOM error, or a size whose estimate exceeds free RAM on the CPU)
 is a finding in the record, "at what size", never a crash.
@@ -25,7 +28,8 @@ from hwlm.bench.energy import EnergyMeter
 from hwlm.bench.peak import is_oom
 from hwlm.bench.records import load_record, make_record, spread
 from hwlm.errors import HardwareError
-from hwlm.formulas import forward_flops_per_token, kv_cache_bytes_per_token, mfu, train_flops_per_token, training_memory
+from hwlm.formulas import (WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token, mfu, param_count,
+                           train_flops_per_token, training_memory)
 from hwlm.device import measure_seconds, synchronize, torch_dtype
 from hwlm.hw import memory_bytes
 
@@ -70,6 +74,7 @@ class InferBenchConfig:
     seed: int = 0
     vocab_size: int | None = None
     backend: str = "torch"              # torch | onnx (the same weights exported, run by onnxruntime on the CPU)
+    run: str | None = None              # a run (or compressed run) folder instead of the preset's random weights
 
 
 def _check_common(device_kind: str, precision: str, what: str) -> None:
@@ -290,25 +295,34 @@ def run_infer_bench(cfg: InferBenchConfig) -> dict[str, Any]:
         if not values or min(values) < 1:
             raise HardwareError(f"--{flag} needs one or more values of at least 1, got {values}")
     max_len = max(cfg.prompt_lens) + cfg.new_tokens
-    mcfg, model = _build_model(cfg.model, device, max_len, cfg.seed, cfg.vocab_size)
-    model = model.to(torch_dtype(cfg.precision)).eval()
+    if cfg.run is not None:
+        mcfg, model, fmt = _load_run(cfg, device, max_len)
+    else:
+        mcfg, model = _build_model(cfg.model, device, max_len, cfg.seed, cfg.vocab_size)
+        model, fmt = model.to(torch_dtype(cfg.precision)).eval(), {"precision": cfg.precision}
     onnx_model = _onnx_backend(model, cfg, kind) if cfg.backend != "torch" else None
-    config = {**asdict(cfg), "device": device, "device_reason": choice.reason, "block_size": mcfg.block_size}
+    params = param_count(mcfg.to_arch()).total  # the planner's count: quantized weights are buffers, not parameters
+    config = {**asdict(cfg), "device": device, "device_reason": choice.reason, "block_size": mcfg.block_size,
+              "precision": fmt["precision"], "kv_dtype": cfg.precision}
+    if cfg.run is not None:
+        config.update(model=_run_model_name(model, cfg.run), format=fmt, model_config=_config_dict(mcfg))
+    # a decode step reads every weight once (in its stored format) and the whole KV cache of every sequence
+    weight_bytes = params * WEIGHT_BYTES[fmt["precision"]]
     samples, findings = [], []
-    summary: dict[str, Any] = {"device": device, "params": model.num_params()}
+    summary: dict[str, Any] = {"device": device, "params": params, "weight_bytes": weight_bytes}
     meter = EnergyMeter(device, cfg.energy, cfg.tdp_w)
     meter.start()
     for b in cfg.batch_sizes:
         for p in cfg.prompt_lens:
-            need = model.num_params() * 4 + b * (p + cfg.new_tokens) * kv_cache_bytes_per_token(
+            need = params * 4 + b * (p + cfg.new_tokens) * kv_cache_bytes_per_token(
                 mcfg.to_arch(), 4) + b * p * mcfg.n_embd * 4 * 8 + b * mcfg.vocab_size * 4
             reason = _fits_in_ram(kind, need)
             if reason:
                 findings.append(f"out of memory (estimated) at batch {b}, prompt {p}: {reason}")
                 continue
             try:
-                s = (_time_cell(model, mcfg, cfg, device, kind, b, p) if onnx_model is None
-                     else _time_cell_onnx(onnx_model, model, mcfg, cfg, kind, b, p))
+                s = (_time_cell(model, mcfg, cfg, device, kind, b, p, weight_bytes) if onnx_model is None
+                     else _time_cell_onnx(onnx_model, mcfg, cfg, kind, b, p, weight_bytes))
             except (RuntimeError, MemoryError) as exc:
                 if not is_oom(exc):
                     raise
@@ -322,8 +336,8 @@ def run_infer_bench(cfg: InferBenchConfig) -> dict[str, Any]:
     return make_record("infer", config, samples, summary, findings)
 
 
-def _time_cell(model: Any, mcfg: Any, cfg: InferBenchConfig, device: str, kind: str, b: int, p: int
-               ) -> dict[str, Any]:
+def _time_cell(model: Any, mcfg: Any, cfg: InferBenchConfig, device: str, kind: str, b: int, p: int,
+               weight_bytes: float) -> dict[str, Any]:
     """One grid cell: ``repeats`` x (prefill of a (b, p) prompt, then new_tokens - 1 decode steps)."""
     import torch
 
@@ -352,7 +366,46 @@ def _time_cell(model: Any, mcfg: Any, cfg: InferBenchConfig, device: str, kind: 
             if r > 0:
                 ttft.append(t_first)
                 tpot.extend(steps)
-    return _cell_summary(mcfg, model, cfg, b, p, ttft, tpot, kind)
+    return _cell_summary(mcfg, cfg, b, p, ttft, tpot, kind, weight_bytes)
+
+
+def _load_run(cfg: InferBenchConfig, device: str, max_len: int) -> tuple[Any, Any, dict[str, Any]]:
+    """(model config, model, weight format) of ``cfg.run``, loaded as ``hwlm generate`` loads it."""
+    from hwlm.train.load import load_model
+
+    loaded = load_model(cfg.run, device)
+    mcfg = loaded.model_cfg
+    fmt = dict((loaded.run_config or {}).get("compression") or {"precision": "fp32"})
+    if max_len > mcfg.block_size:
+        raise HardwareError(f"prompt {max(cfg.prompt_lens)} + {cfg.new_tokens} new tokens exceed run {cfg.run}'s "
+                            f"{mcfg.block_size}-token context: shorten --prompt-lens or --new-tokens")
+    if fmt["precision"] != "fp32":
+        if cfg.precision != "fp32":
+            raise HardwareError(f"run {cfg.run} stores {fmt['precision']} weights; --precision {cfg.precision} "
+                                f"would cast a float model: leave --precision at fp32 (activations and KV cache)")
+        if cfg.backend != "torch":
+            raise HardwareError(f"--backend onnx runs float weights; for run {cfg.run} ({fmt['precision']}) export "
+                                f"the original run with hwlm export --format onnx --quantize int8|int4")
+        return mcfg, loaded.model.eval(), fmt
+    fmt["precision"] = cfg.precision  # a float run is cast, as for a preset
+    return mcfg, loaded.model.to(torch_dtype(cfg.precision)).eval(), fmt
+
+
+def _run_model_name(model: Any, run: str) -> str:
+    """The preset name when the run's shape is one (the report and planner know presets), else the folder name."""
+    from pathlib import Path
+
+    from hwlm.model import ModelConfig
+    from hwlm.model.config import PRESETS
+    for name in PRESETS:
+        if ModelConfig.from_name(name, vocab_size=model.cfg.vocab_size, block_size=model.cfg.block_size) == model.cfg:
+            return name
+    return Path(run).resolve().name
+
+
+def _config_dict(mcfg: Any) -> dict[str, Any]:
+    from hwlm.config import to_dict
+    return to_dict(mcfg)
 
 
 def _onnx_backend(model: Any, cfg: InferBenchConfig, kind: str) -> Any:
@@ -370,7 +423,7 @@ def _onnx_backend(model: Any, cfg: InferBenchConfig, kind: str) -> Any:
         return OnnxModel.load(export_onnx(model, Path(tmp) / "export"))  # the session holds the graph
 
 
-def _time_cell_onnx(om: Any, model: Any, mcfg: Any, cfg: InferBenchConfig, kind: str, b: int, p: int
+def _time_cell_onnx(om: Any, mcfg: Any, cfg: InferBenchConfig, kind: str, b: int, p: int, weight_bytes: float
                     ) -> dict[str, Any]:
     """``_time_cell`` through onnxruntime: the same prompts, rounds and greedy steps."""
     import torch
@@ -383,11 +436,11 @@ def _time_cell_onnx(om: Any, model: Any, mcfg: Any, cfg: InferBenchConfig, kind:
         if r > 0:
             ttft.append(first)
             tpot.extend(steps)
-    return _cell_summary(mcfg, model, cfg, b, p, ttft, tpot, kind)
+    return _cell_summary(mcfg, cfg, b, p, ttft, tpot, kind, weight_bytes)
 
 
-def _cell_summary(mcfg: Any, model: Any, cfg: InferBenchConfig, b: int, p: int, ttft: list[float],
-                  tpot: list[float], kind: str) -> dict[str, Any]:
+def _cell_summary(mcfg: Any, cfg: InferBenchConfig, b: int, p: int, ttft: list[float],
+                  tpot: list[float], kind: str, weight_bytes: float) -> dict[str, Any]:
     arch = mcfg.to_arch()
     width = 4 if cfg.precision == "fp32" else 2
     t = spread(ttft)
@@ -397,8 +450,8 @@ def _cell_summary(mcfg: Any, model: Any, cfg: InferBenchConfig, b: int, p: int, 
     if tpot:
         d = spread(tpot)
         mid_ctx = p + cfg.new_tokens // 2
-        # a decode step reads every weight once and the whole KV cache of every sequence
-        step_bytes = model.num_params() * width + b * mid_ctx * kv_cache_bytes_per_token(arch, width)
+        # a decode step reads every weight once and the whole KV cache (at ``width``) of every sequence
+        step_bytes = weight_bytes + b * mid_ctx * kv_cache_bytes_per_token(arch, width)
         out.update({"tpot_ms_p50": 1e3 * d["median"], "tpot_ms_p90": 1e3 * d["p90"], "tpot_ms_p99": 1e3 * d["p99"],
                     "decode_tokens_per_s": b / d["median"], "decode_bytes_per_s": step_bytes / d["median"]})
     mem = _peak_memory(kind)

@@ -3,6 +3,7 @@
     hwlm bench peak   [--device D] [--dtypes fp32,bf16] [--size N] [--repeats R]
     hwlm bench train  --model gpt2-124m --batch 8 --seq 1024 --steps 20 --precision bf16 --compile
     hwlm bench infer  --model tiny --batch-sizes 1,8 --prompt-lens 128,512 --new-tokens 64
+    hwlm bench infer  --run runs/int8 --batch-sizes 1 --prompt-lens 16   # a compressed run, in its format
     hwlm bench compare A.json B.json
     hwlm bench calibrate RECORDS... --hardware h100-sxm --out calibration.json
 
@@ -99,6 +100,9 @@ def _add_workloads(sub: argparse._SubParsersAction) -> None:
                    help="data type of weights and KV cache (default: fp32)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                    help="torch, or onnx: the same weights exported and run by onnxruntime (CPU, fp32)")
+    p.add_argument("--run", default=None, metavar="RUN_DIR",
+                   help="time a run's own weights instead of --model's random ones; a compressed run (w8a8, w8a16, "
+                        "w4a16) runs in its stored format, which the record names as its precision")
     p.set_defaults(func=_infer)
 
 
@@ -160,7 +164,7 @@ def _infer(args: argparse.Namespace) -> int:
     cfg = InferBenchConfig(model=args.model, device=args.device, batch_sizes=args.batch_sizes,
                            prompt_lens=args.prompt_lens, new_tokens=args.new_tokens, repeats=args.repeats,
                            precision=args.precision, energy=args.energy, tdp_w=args.tdp, seed=args.seed,
-                           vocab_size=args.vocab_size, backend=args.backend)
+                           vocab_size=args.vocab_size, backend=args.backend, run=args.run)
     record = run_infer_bench(cfg)
     return _write(record, args, format_workload(record))
 

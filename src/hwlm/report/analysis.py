@@ -191,10 +191,11 @@ def _bench_train_point(rec: BenchRecord) -> WorkPoint:
 
 def _infer_points(rec: BenchRecord) -> list[WorkPoint]:
     c = rec.config
-    precision = str(c.get("precision", "fp32"))
-    width = DTYPE_BYTES.get(precision, 4.0)
-    arch = _arch(str(c["model"]), block_size=c.get("block_size"), vocab_size=c.get("vocab_size"))
-    weights = param_count(arch).total * width
+    precision = str(c.get("precision", "fp32"))  # a compressed run's weight format (bench infer --run)
+    width = DTYPE_BYTES.get(str(c.get("kv_dtype", precision)), 4.0)
+    arch = (_arch_from_dict(c["model_config"]) if isinstance(c.get("model_config"), dict)
+            else _arch(str(c["model"]), block_size=c.get("block_size"), vocab_size=c.get("vocab_size")))
+    weights = float(rec.summary.get("weight_bytes") or param_count(arch).total * width)
     kv_tok = kv_cache_bytes_per_token(arch, width)
     out = []
     for smp in rec.record.get("samples") or []:
