@@ -222,9 +222,13 @@ def test_an_interrupted_encrypted_prepare_resumes_to_the_same_tokens(world: dict
     assert np.array_equal(whole.window(0, len(whole)), again.window(0, len(again)))
 
 
-def test_encrypt_refuses_classification_data_and_a_stray_key_file(tmp_path: Path, world: dict[str, Path]) -> None:
+def test_encrypt_refuses_classification_data_and_a_stray_key_file(tmp_path: Path, world: dict[str, Path],
+                                                                  capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ConfigError, match="classification splits .* not encrypted"):
         PrepareConfig(task="classify", encrypt=True, key_file=world["k1"])
+    err = _one_line_error(capsys, ["train", "--task", "classify", "--encrypt", "--data", str(world["data"]),
+                                   "--out", str(tmp_path / "clf")])
+    assert "language-model runs only" in err
     with pytest.raises(ConfigError, match="without encrypt"):
         PrepareConfig(key_file=world["k1"])
     os.chmod(world["k2"], 0o644)

@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {split:5s} {d['documents'][split]:>9,} documents {d['tokens'][split]:>13,} tokens "
               f"{d['bytes'][split] / 1e6:>10.2f} MB in {d['shards'][split]} shards")
     print(f"  {d['mb_per_s']:.2f} MB/s over {d['seconds']:.1f} s; invalid UTF-8 bytes replaced: {bad['count']}{where}")
+    if result.manifest.get("encryption"):
+        print(f"  shards encrypted under key id {result.manifest['encryption']['key_id']} "
+              f"({result.manifest['encryption']['scheme']})")
     for note in d["notes"]:
         print(f"  note: {note}")
     if d["skipped_files"]:

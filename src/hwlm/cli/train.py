@@ -91,6 +91,9 @@ def run_train(args: argparse.Namespace) -> int:
     from hwlm.cli.classify import run_task_train, task_of
 
     if task_of(args) != "lm":
+        if getattr(args, "encrypt", False):
+            raise ConfigError("--encrypt covers language-model runs only: classifier and chat checkpoints are not "
+                              "encrypted yet; drop --encrypt (or train with --task lm)")
         return run_task_train(args)
     from hwlm.train.parallel import under_torchrun
     from hwlm.train.resolve import ResolvedRun, resolve_run
