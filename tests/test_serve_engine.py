@@ -183,7 +183,7 @@ def test_a_compressed_run_serves_through_load_model(tiny_run, tmp_path) -> None:
     prompts = [loaded.tokenizer.encode(t).ids for t in ("The cat", "A dog ran")]
     ref = [list(generate(loaded.model, p, 8, temperature=0, eos_id=loaded.eot_id)) for p in prompts]
     assert _run_engine(loaded, prompts[:1], 8) == ref[:1] and _run_engine(loaded, prompts, 8) == ref
-    from hwlm.serve.server import _fastest_dtype
+    from hwlm.serve.engine.worker import fastest_dtype as _fastest_dtype
 
     assert _fastest_dtype(loaded.model, 4) == "fp32"  # --dtype auto leaves quantized weights alone
     assert _fastest_dtype(load_model(tiny_run).model, 4) in ("fp32", "bf16")  # timed, so either may win

@@ -6,7 +6,9 @@ A request is validated (400 in OpenAI's format, never 422), its prompt encoded a
 the context (400 before any stream starts), its choices submitted to the engine (503 with
 Retry-After when the queue is full), and the engine's events relayed: as one JSON answer, or as
 server-sent events ending in ``data: [DONE]``. A client that goes away aborts its sequences, which
-frees their KV-cache slots at the engine's next step.
+frees their KV-cache slots at the engine's next step. The engine runs in its own process
+(``engine.client.EngineClient``); its events reach the handlers' queues on this event loop, and if it
+dies ``/health`` and new requests answer 503. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hwlm.serve.chat import ChatTemplate, message_text
-from hwlm.serve.engine import Event, LLMEngine, QueueFull, SamplingParams, Sequence
+from hwlm.serve.engine import EngineClient, EngineDown, Event, QueueFull, SamplingParams, Sequence
 from hwlm.serve.gate import Gate
 from hwlm.serve.protocol import (APIError, ChatRequest, CompletionRequest, chat_logprobs, completion_logprobs,
                                  error_body, now, usage)
@@ -37,7 +39,7 @@ _TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "functio
 @dataclass
 class ServerState:
     cfg: Any                      # ServeConfig
-    engine: LLMEngine
+    engine: EngineClient
     tokenizer: Any
     encode: Callable[[str], list[int]]
     model_name: str
@@ -55,8 +57,10 @@ def create_app(state: ServerState) -> Any:
     _handlers(app)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> Response:
+        if not state.engine.alive:
+            return JSONResponse({"status": "error", "error": state.engine.error}, 503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -156,7 +160,7 @@ def _check_ids(state: ServerState, ids: list[int], param: str) -> None:
     if len(ids) > state.context:
         raise APIError(400, f"this model's context is {state.context} tokens, the prompt has {len(ids)}: "
                             "shorten it", param=param, code="context_length_exceeded")
-    vocab = state.engine.model.cfg.vocab_size
+    vocab = state.engine.vocab_size
     if any(not 0 <= t < vocab for t in ids):
         raise APIError(400, f"token ids must be in [0, {vocab})", param=param)
 
@@ -210,13 +214,16 @@ async def _run(state: ServerState, request: Request, prefix: str, prompts: list[
         for j in range(body.n):
             i = len(seqs)
             p_i = params if params.seed is None else SamplingParams(**{**params.__dict__, "seed": params.seed + j})
-            emit = (lambda i: lambda ev: loop.call_soon_threadsafe(queue.put_nowait, (i, ev)))(i)
+            emit = (lambda i: lambda ev: queue.put_nowait((i, ev)))(i)  # called on this loop by the client
             seqs.append(Sequence(p, p_i, emit, decode, deadline=deadline))
     try:
         state.engine.submit(seqs)
     except QueueFull:
         raise APIError(503, "the server is at capacity: retry shortly", type="server_overloaded",
                        code="server_busy", headers={"Retry-After": "1"}) from None
+    except EngineDown as exc:
+        raise APIError(503, f"the engine is not running ({exc}): the server must be restarted", type="server_error",
+                       code="engine_down") from None
     events = _events(state, request, queue, seqs)
     first = await anext(events, None)  # the first token (or error) arrives before any byte is sent
     if first is not None and first[1].error:

@@ -8,13 +8,16 @@
     hwlm:e2e_request_latency_seconds, hwlm:request_queue_time_seconds   histograms
 
 Each app gets its own registry (no global state), exposed at ``/metrics`` in Prometheus text format.
+The engine runs in its own process: there a :class:`MetricsRecorder` takes the engine's hooks and
+turns them into plain observations, sent with each step's events, which :meth:`ServeMetrics.apply`
+adds to the HTTP process's registry (the gauges read the engine's last reported counts).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["ServeMetrics"]
+__all__ = ["ServeMetrics", "MetricsRecorder"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                     7.5, 10.0, 20.0, 40.0, 80.0)
@@ -52,24 +55,51 @@ class ServeMetrics:
                                buckets=_LATENCY_BUCKETS, registry=r).labels(**labels)
         self.labels = labels
 
-    # Hooks the engine thread calls (prometheus_client's metrics are thread-safe).
-    def queue_time(self, seconds: float) -> None:
-        self.queue.observe(seconds)
-
-    def token(self, seq: Any, now: float) -> None:
-        if seq.first_token_time is None:
-            self.ttft.observe(now - seq.arrival)
-            self.prompt_tokens.inc(len(seq.prompt_ids))
-        elif seq.last_token_time is not None:
-            self.itl.observe(now - seq.last_token_time)
-        self.generation_tokens.inc()
-
-    def finished(self, seq: Any, reason: str) -> None:
-        self.success.labels(finished_reason=reason, **self.labels).inc()
-        if seq.last_token_time is not None:
-            self.e2e.observe(seq.last_token_time - seq.arrival)
+    def apply(self, ops: list[tuple]) -> None:
+        """Add a :class:`MetricsRecorder`'s observations (from the engine process)."""
+        for op in ops:
+            kind = op[0]
+            if kind == "queue":
+                self.queue.observe(op[1])
+            elif kind == "first":
+                self.ttft.observe(op[1])
+                self.prompt_tokens.inc(op[2])
+                self.generation_tokens.inc()
+            elif kind == "next":
+                if op[1] is not None:
+                    self.itl.observe(op[1])
+                self.generation_tokens.inc()
+            elif kind == "finished":
+                self.success.labels(finished_reason=op[1], **self.labels).inc()
+                if op[2] is not None:
+                    self.e2e.observe(op[2])
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+class MetricsRecorder:
+    """The engine's metric hooks as plain observations, collected between two :meth:`take` calls."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+
+    def queue_time(self, seconds: float) -> None:
+        self.ops.append(("queue", seconds))
+
+    def token(self, seq: Any, now: float) -> None:
+        if seq.first_token_time is None:
+            self.ops.append(("first", now - seq.arrival, len(seq.prompt_ids)))
+        else:
+            gap = now - seq.last_token_time if seq.last_token_time is not None else None
+            self.ops.append(("next", gap))
+
+    def finished(self, seq: Any, reason: str) -> None:
+        e2e = seq.last_token_time - seq.arrival if seq.last_token_time is not None else None
+        self.ops.append(("finished", reason, e2e))
+
+    def take(self) -> list[tuple]:
+        ops, self.ops = self.ops, []
+        return ops

@@ -1,4 +1,4 @@
-"""``serve(cfg)``: load a run, start the engine thread and the HTTP server, until interrupted.
+"""``serve(cfg)``: start the engine process (it loads the run), then the HTTP server, until interrupted.
 
     from hwlm.serve import ServeConfig, serve
     serve(ServeConfig(run=Path("runs/train"), port=8000, api_keys=Path("hwlm-keys.json")))
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,25 +32,29 @@ def _require_extra() -> None:
 
 
 def build_state(cfg: ServeConfig) -> Any:
-    """Everything the app needs: the loaded model in an engine (not started), keys, limits, audit, metrics."""
-    _require_extra()
-    import torch
+    """Everything the app needs: the engine process (started, model loaded), keys, limits, audit, metrics.
 
+    The HTTP process itself loads only the tokenizer (to encode prompts and render chats); torch stays
+    out of it unless something else brought it in, and then keeps one thread.
+    """
+    _require_extra()
+    from hwlm.data import load_tokenizer
     from hwlm.data.normalize import normalize
-    from hwlm.device import select_device
     from hwlm.serve.api import ServerState
     from hwlm.serve.audit import AuditLog
     from hwlm.serve.chat import load_chat_template
-    from hwlm.serve.engine import EngineConfig, LLMEngine
+    from hwlm.serve.engine.client import EngineClient
     from hwlm.serve.keys import KeyStore, list_keys
     from hwlm.serve.limits import RateLimiter
     from hwlm.serve.metrics import ServeMetrics
-    from hwlm.train.load import load_model
 
     if cfg.run is None:
         raise ConfigError("give the run to serve: --run RUN_FOLDER")
     if not Path(cfg.run).is_dir():
         raise CheckpointError(f"run folder {cfg.run} does not exist: give a folder made by `hwlm train`")
+    if cfg.backend == "onnx" and not Path(cfg.onnx).exists():
+        raise CheckpointError(f"{cfg.onnx} does not exist: export the run with "
+                              f"`hwlm export --run {cfg.run} --format onnx --out DIR` and give --onnx DIR")
     keystore = None if not cfg.auth else KeyStore(Path(cfg.api_keys or "hwlm-keys.json"))
     if keystore is not None and not keystore.path.is_file():
         raise ConfigError(f"API keys file {keystore.path} does not exist: create a key with "
@@ -57,59 +62,29 @@ def build_state(cfg: ServeConfig) -> Any:
     if keystore is not None:
         list_keys(keystore.path)  # a malformed file is one clear error now, not a server that refuses everyone
     audit = AuditLog(Path(cfg.audit_log), Path(cfg.audit_key)) if cfg.audit_log else None
-    loaded = load_model(cfg.run, select_device(cfg.device).device)
-    model = loaded.model
-    dtype = _fastest_dtype(model, cfg.max_num_seqs) if cfg.dtype == "auto" else cfg.dtype
-    if dtype == "bf16":
-        model.to(torch.bfloat16)
-    prep = (loaded.run_config or {}).get("data", {}).get("prepare", {})
-    tok = loaded.tokenizer
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)  # the cores are the engine process's
+    engine = EngineClient.start(cfg)
+    info = engine.info
+    checkpoint = Path(info["checkpoint"])
+    prep = (info["run_config"] or {}).get("data", {}).get("prepare", {})
+    tok = load_tokenizer(checkpoint)
 
     def encode(text: str) -> list[int]:
         # The same normalization and encoding as `hwlm generate` (hwlm.train.load.stream_text).
         text = normalize(text, prep.get("normalize", "nfkc"), prep.get("strip_control", True)) if text else ""
         return tok.encode(text, add_special_tokens=False).ids if text else []
 
-    eos = tok.id_to_token(loaded.eot_id) if loaded.eot_id is not None else ""
-    template = load_chat_template([loaded.path, Path(cfg.run)], eos or "")
+    eot_id = info["eot_id"]
+    eos = tok.id_to_token(eot_id) if eot_id is not None else ""
+    template = load_chat_template([checkpoint, Path(cfg.run)], eos or "")
     name = cfg.model_name or Path(cfg.run).resolve().name
-    engine_cfg = EngineConfig(cfg.max_num_seqs, cfg.max_waiting, cfg.prefill_budget)
-    engine = LLMEngine(model, tok, loaded.eot_id, engine_cfg)
     metrics = ServeMetrics(name, engine.counts, engine.kv_usage)
     engine.metrics = metrics
     limiter = RateLimiter(cfg.rate_window, cfg.rate_requests, cfg.rate_tokens, cfg.key_concurrency)
     return ServerState(cfg=cfg, engine=engine, tokenizer=tok, encode=encode, model_name=name,
-                       context=model.cfg.block_size, chat_template=template, limiter=limiter, keystore=keystore,
+                       context=engine.context, chat_template=template, limiter=limiter, keystore=keystore,
                        audit=audit, metrics=metrics)
-
-
-def _fastest_dtype(model: Any, slots: int) -> str:
-    """fp32 or bf16, whichever decodes a batch of min(8, slots) rows faster here (a few timed steps each)."""
-    import copy
-    import time
-
-    import torch
-
-    from hwlm.serve.engine.model_runner import ModelRunner
-
-    tensors = list(model.state_dict().values())
-    if any(t.dtype != torch.float32 for t in tensors):
-        return "fp32"  # a compressed run (int8/int4 weights) or a half-precision one stays as it was saved
-    rows = min(8, slots)
-    best, best_time = "fp32", float("inf")
-    for name, m in (("fp32", model), ("bf16", copy.deepcopy(model).to(torch.bfloat16))):
-        runner = ModelRunner(m, rows)
-        for s in range(rows):
-            runner.prefill([0] * 16, s, 0)
-        times = []
-        for step in range(6):
-            t = time.perf_counter()
-            runner.decode([1] * rows, list(range(rows)), [16 + step] * rows)
-            times.append(time.perf_counter() - t)
-        median = sorted(times[1:])[len(times[1:]) // 2]  # the first step warms up
-        if median < best_time:
-            best, best_time = name, median
-    return best
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -152,13 +127,14 @@ def serve(cfg: ServeConfig, ready: Callable[[str], None] | None = None) -> None:
                             ssl_certfile=str(cfg.ssl_certfile) if cfg.ssl_certfile else None,
                             ssl_keyfile=str(cfg.ssl_keyfile) if cfg.ssl_keyfile else None)
     server = uvicorn.Server(config)
-    state.engine.start()
     url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
 
     # The socket already listens, so a client that reads this line and connects at once waits in
     # the backlog until uvicorn accepts: no race.
     if ready is not None:
-        ready(f"hwlm serve: {state.model_name} (context {state.context}) on {url}")
+        info = state.engine.info
+        ready(f"hwlm serve: {state.model_name} (context {state.context}, {info['backend']} {info['dtype']}, engine "
+              f"process {info['pid']} with {info['threads']} threads) on {url}")
     try:
         server.run(sockets=[sock])
     except HwlmError:

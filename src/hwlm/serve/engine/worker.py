@@ -1,0 +1,182 @@
+"""The engine in its own process: ``worker_main(conn, cfg)`` is the child's whole life.
+
+The HTTP process (``client.EngineClient``) starts this with multiprocessing's ``spawn``, so the model,
+the scheduler and the KV cache live in a process whose GIL no HTTP work competes for. The child
+loads the run, picks the precision (``--dtype auto`` times both), builds an :class:`LLMEngine`, says
+``("ready", info)`` (or ``("error", class, message)``: a bad run is one line in the parent) and then:
+
+* reads commands: ``("submit", [(seq_id, prompt_ids, params, deadline, arrival), ...])``,
+  ``("abort", [seq_id, ...])``, ``("stop",)``; the pipe closing (the parent died, even by SIGKILL)
+  ends the child too;
+* after each engine step sends one message, ``("step", events, (running, waiting, kv_usage),
+  metric_ops)``: every sequence's event of that step as a plain tuple, the counts the gauges show and
+  the metric observations. Text is decoded here (stop strings need it, and it keeps the HTTP process's
+  work per token to relaying), so the message is a few bytes per sequence per step.
+
+Both processes read ``time.monotonic()`` from the same clock (CLOCK_MONOTONIC), so deadlines and
+arrival times cross the boundary as plain floats.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+__all__ = ["worker_main", "fastest_dtype", "event_tuple"]
+
+
+def event_tuple(seq_id: int, ev: Any) -> tuple:
+    return (seq_id, ev.text, ev.token_ids, ev.logprobs, ev.finish_reason, ev.prompt_tokens, ev.completion_tokens,
+            ev.error, ev.detail)
+
+
+def worker_main(conn: Any, cfg: Any) -> None:
+    """Run the engine for ``cfg`` (a ServeConfig), talking over ``conn`` until told to stop or orphaned."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    try:
+        worker = _Worker(conn, *_build(cfg))
+    except BaseException as exc:  # noqa: BLE001 - every start-up failure becomes one line in the parent
+        from hwlm.errors import HwlmError
+
+        kind = type(exc).__name__ if isinstance(exc, HwlmError) else "HwlmError"
+        message = str(exc) if isinstance(exc, HwlmError) else f"the engine did not start: {type(exc).__name__}: {exc}"
+        conn.send(("error", kind, message))
+        conn.close()
+        return
+    worker.run()
+
+
+class _Worker:
+    """The command loop (this thread) around the engine (its own thread), and the step messages."""
+
+    def __init__(self, conn: Any, engine: Any, recorder: Any, info: dict) -> None:
+        self.conn, self.engine, self.recorder, self.info = conn, engine, recorder, info
+        self.lock = threading.Lock()  # the command thread also sends (a refused submit)
+        self.pending: list[tuple] = []  # this step's events; only the engine thread touches it
+        self.seqs: dict[int, Any] = {}  # live sequences by id, for aborts
+        tok = engine.tokenizer
+        self.decode = lambda ids: tok.decode(ids, skip_special_tokens=False)
+        engine.after_step = self.flush
+
+    def run(self) -> None:
+        self.send(("ready", self.info))
+        self.engine.start()
+        try:
+            while True:
+                msg = self.conn.recv()
+                if msg[0] == "submit":
+                    self.submit(msg[1])
+                elif msg[0] == "abort":
+                    self.engine.abort([self.seqs[i] for i in msg[1] if i in self.seqs])
+                elif msg[0] == "stop":
+                    break
+        except (EOFError, OSError):
+            os._exit(0)  # the HTTP process is gone: nobody is left to serve
+        self.engine.stop()
+
+    def send(self, msg: tuple) -> None:
+        with self.lock:
+            try:
+                self.conn.send(msg)
+            except OSError:
+                os._exit(0)
+
+    def submit(self, items: list[tuple]) -> None:
+        from hwlm.serve.engine.scheduler import QueueFull
+        from hwlm.serve.engine.sequence import Sequence
+
+        batch = [Sequence(prompt_ids, params, self._emitter(seq_id), self.decode, deadline=deadline, seq_id=seq_id,
+                          arrival=arrival) for seq_id, prompt_ids, params, deadline, arrival in items]
+        for seq in batch:
+            self.seqs[seq.seq_id] = seq  # before the engine can finish it
+        try:
+            self.engine.submit(batch)
+        except QueueFull:  # the parent counts conservatively, so at most a race: fail these choices
+            for seq in batch:
+                self.seqs.pop(seq.seq_id, None)
+            events = [(seq.seq_id, "", [], [], "stop", 0, 0, "the server is at capacity: retry shortly", None)
+                      for seq in batch]
+            self.send(("step", events, self.counts(), []))
+
+    def _emitter(self, seq_id: int) -> Any:
+        return lambda ev: self.pending.append(event_tuple(seq_id, ev))
+
+    def counts(self) -> tuple[int, int, float]:
+        running, waiting = self.engine.counts()
+        return running, waiting, self.engine.kv_usage()
+
+    def flush(self) -> None:
+        """After each engine step: that step's events, counts and metric observations in one message."""
+        ops = self.recorder.take()
+        if not self.pending and not ops:
+            return
+        events, self.pending[:] = list(self.pending), []
+        for e in events:
+            if e[4] is not None:  # finished
+                self.seqs.pop(e[0], None)
+        self.send(("step", events, self.counts(), ops))
+
+
+def _build(cfg: Any) -> tuple[Any, Any, dict]:
+    """(engine, metrics recorder, info for the parent) for ``cfg``."""
+    import torch
+
+    from hwlm.device import select_device
+    from hwlm.serve.engine.llm_engine import EngineConfig, LLMEngine
+    from hwlm.serve.metrics import MetricsRecorder
+    from hwlm.train.load import load_model
+
+    # The engine process gets the cores (OMP_NUM_THREADS when set); the HTTP process keeps one.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+    onnx = cfg.backend == "onnx"
+    loaded = load_model(cfg.run, "cpu" if onnx else select_device(cfg.device).device)
+    model, runner = loaded.model, None
+    if onnx:
+        from hwlm.export.onnx import OnnxModel, weights_fingerprint
+        from hwlm.serve.engine.onnx_runner import OnnxRunner
+
+        onnx_model = OnnxModel.load(cfg.onnx)
+        onnx_model.check_matches(loaded.model_cfg, weights_fingerprint(model), f"run {cfg.run}")
+        runner, model, dtype = OnnxRunner(onnx_model, cfg.max_num_seqs), None, "fp32"
+    else:
+        dtype = fastest_dtype(model, cfg.max_num_seqs) if cfg.dtype == "auto" else cfg.dtype
+        if dtype == "bf16":
+            model.to(torch.bfloat16)
+    recorder = MetricsRecorder()
+    engine = LLMEngine(model, loaded.tokenizer, loaded.eot_id,
+                       EngineConfig(cfg.max_num_seqs, cfg.max_waiting, cfg.prefill_budget), recorder, runner)
+    info = {"checkpoint": str(loaded.path), "eot_id": loaded.eot_id, "run_config": loaded.run_config,
+            "context": engine.context, "vocab_size": loaded.model_cfg.vocab_size, "dtype": dtype,
+            "backend": cfg.backend, "cache_bytes": engine.runner.cache_bytes, "pid": os.getpid(),
+            "threads": torch.get_num_threads()}
+    return engine, recorder, info
+
+
+def fastest_dtype(model: Any, slots: int) -> str:
+    """fp32 or bf16, whichever decodes a batch of min(8, slots) rows faster here (a few timed steps each)."""
+    import torch
+
+    from hwlm.serve.engine.model_runner import ModelRunner
+
+    tensors = list(model.state_dict().values())
+    if any(t.dtype != torch.float32 for t in tensors):
+        return "fp32"  # a compressed run (int8/int4 weights) or a half-precision one stays as it was saved
+    rows = min(8, slots)
+    best, best_time = "fp32", float("inf")
+    for name, m in (("fp32", model), ("bf16", copy.deepcopy(model).to(torch.bfloat16))):
+        runner = ModelRunner(m, rows)
+        for s in range(rows):
+            runner.prefill([0] * 16, s, 0)
+        times = []
+        for step in range(6):
+            t = time.perf_counter()
+            runner.decode([1] * rows, list(range(rows)), [16 + step] * rows)
+            times.append(time.perf_counter() - t)
+        median = sorted(times[1:])[len(times[1:]) // 2]  # the first step warms up
+        if median < best_time:
+            best, best_time = name, median
+    return best

@@ -1,0 +1,116 @@
+"""The engine in its own process: the HTTP process stays torch-free, an engine that dies is reported
+(``/health`` 503, a clean stream error, 503 for new requests) instead of hanging, a bad run is one
+line from the child, and ``--backend onnx`` serves the same greedy text as torch fp32."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+pytest.importorskip("fastapi", reason="pip install 'hwlm[serve]'")
+openai = pytest.importorskip("openai", reason="pip install openai")
+
+from hwlm.cli import main  # noqa: E402
+from serve_helpers import MODEL, Server, start_server  # noqa: E402
+
+
+def _engine_pid(server: Server) -> int:
+    (child,) = [c for c in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+    return child.pid
+
+
+def _maps_torch(pid: int) -> bool:
+    return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_the_model_lives_in_the_engine_process_only(serve_server: Server) -> None:
+    engine = _engine_pid(serve_server)
+    assert _maps_torch(engine), "the engine process should hold torch and the model"
+    assert not _maps_torch(serve_server.proc.pid), "the HTTP process loaded torch: the GIL is shared again"
+    got = serve_server.client().completions.create(model=MODEL, prompt="The cat", max_tokens=4, temperature=0)
+    assert got.usage.completion_tokens >= 1
+
+
+def test_a_killed_engine_is_reported_not_a_hang(serve_run: Path, tmp_path: Path) -> None:
+    server = start_server(serve_run, tmp_path / "dying")
+    try:
+        client = server.client()
+        stream = client.completions.create(model=MODEL, prompt="The cat", max_tokens=2000, stream=True, temperature=0)
+        assert next(iter(stream)).id
+        os.kill(_engine_pid(server), signal.SIGKILL)
+        with pytest.raises((openai.APIError, httpx.HTTPError)):
+            for _ in stream:  # the stream ends with an error event, not silence
+                pass
+        deadline = time.monotonic() + 20
+        while httpx.get(server.url + "/health", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline, "/health still says ok after the engine died"
+            time.sleep(0.1)
+        assert "engine process exited" in httpx.get(server.url + "/health", timeout=5).json()["error"]
+        busy = httpx.post(server.base + "/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+                          headers=server.headers(), timeout=10)
+        assert busy.status_code == 503 and busy.json()["error"]["code"] == "engine_down"
+    finally:
+        server.stop()
+    assert server.proc.returncode is not None
+
+
+def test_the_engine_process_leaves_with_a_killed_server(serve_run: Path, tmp_path: Path) -> None:
+    server = start_server(serve_run, tmp_path / "orphan")
+    engine = psutil.Process(_engine_pid(server))
+    server.proc.kill()  # SIGKILL: the parent cannot stop its child, the closed pipe must
+    server.proc.wait(timeout=10)
+    engine.wait(timeout=20)  # raises psutil.TimeoutExpired if the engine outlives its server
+
+
+def test_a_folder_that_is_not_a_run_is_one_line_from_the_engine(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["serve", "--run", str(tmp_path / "empty"), "--no-auth", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "checkpoint" in err.lower(), err
+
+
+def test_backend_onnx_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
+    cases = [(["--backend", "onnx"], "--backend onnx needs --onnx"),
+             (["--onnx", str(tmp_path)], "--onnx is for --backend onnx"),
+             (["--backend", "onnx", "--onnx", str(tmp_path / "none")], "does not exist")]
+    for args, words in cases:
+        assert main(["serve", "--run", str(tmp_path), "--no-auth", *args]) == 1
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_backend_onnx_serves_the_same_greedy_text_as_torch(serve_run: Path, serve_server: Server,
+                                                           tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="pip install 'hwlm[onnx]'")
+    from hwlm.export.onnx import export_onnx
+    from hwlm.train.load import load_model
+
+    loaded = load_model(serve_run)
+    out = export_onnx(loaded.model, tmp_path / "onnx", loaded.path / "tokenizer.json")
+    onnx = start_server(serve_run, tmp_path / "onnx-serve", "--backend", "onnx", "--onnx", str(out),
+                        "--max-num-seqs", "4")
+    try:
+        prompts = ["The cat", "A dog ran to the park"]
+        for prompt in prompts:
+            want = serve_server.client().completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+            got = onnx.client().completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+            assert got.choices[0].text == want.choices[0].text and got.usage == want.usage
+        # Both prompts at once (n=2 each: rows that share a length decode as one batch), streamed.
+        texts = {}
+        for prompt in prompts:
+            stream = onnx.client().completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0, n=2,
+                                                      stream=True)
+            for chunk in stream:
+                for c in chunk.choices:
+                    texts[prompt, c.index] = texts.get((prompt, c.index), "") + c.text
+        single = {p: serve_server.client().completions.create(model=MODEL, prompt=p, max_tokens=12,
+                                                               temperature=0).choices[0].text for p in prompts}
+        assert all(texts[p, i] == single[p] for p in prompts for i in (0, 1))
+    finally:
+        onnx.stop()
