@@ -45,7 +45,7 @@ LLMA_GPUS = {"a100-80gb": "a100-sxm-80gb", "a100-40gb": "a100-sxm-40gb", "h100-s
              "h100-pcie": "h100-pcie-80gb", "v100": "v100-sxm-32gb", "a10g": "a10g-pcie-24gb",
              "mi250x": "mi250x-128gb"}
 FIT_KEYS = ("matmul_eff", "act_traffic", "train_overhead", "decode_bw_eff", "layer_overhead_s", "comm_eff",
-            "allreduce_latency_s", "ridge_exponent", "int8_decode", "int4_decode")
+            "ridge_exponent", "int8_decode", "int4_decode")
 
 
 SPLIT = ROOT / "benchmarks" / "planner_split.toml"
@@ -374,7 +374,7 @@ def _set_all(p: eff.Priors) -> None:
     tpu = eff.kind_priors("tpu")
     eff.set_kind_priors("tpu", replace(tpu, matmul_eff=p.matmul_eff, act_traffic=p.act_traffic,
                                        train_overhead=p.train_overhead, comm_eff=p.comm_eff,
-                                       decode_bw_eff=p.decode_bw_eff, ridge_exponent=p.ridge_exponent))
+                                       decode_bw_eff=p.decode_bw_eff))  # no GPU balance penalty on TPUs
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -484,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     cases = load_cases(a.cases)
     if a.fit:
-        p = fit([c for c in cases if not held_out(c)])
+        # The fit rows of the frozen split only: the rows added since (round 2) stay new to the priors.
+        _, frozen = _split()
+        p = fit([c for c in cases if frozen.get(c["id"]) == "fit"])
         print(json.dumps({k: round(getattr(p, k), 5) for k in FIT_KEYS}))
     loo = leave_one_out(cases) if a.loo else None
     llma = {} if a.no_llm_analysis else run_llm_analysis(cases)

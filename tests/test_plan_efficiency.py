@@ -86,3 +86,31 @@ def test_op_overhead_priors_have_a_source() -> None:
     from hwlm.plan.efficiency import OP_OVERHEAD_SOURCE
     assert priors_for("cpu", "fp32").op_overhead_s > priors_for("tpu", "bf16").op_overhead_s > 0
     assert "horace.io" in OP_OVERHEAD_SOURCE
+
+
+def test_mxu_fill_pads_k_and_n_to_the_array() -> None:
+    """A 256-wide array half-fills the attention products of 128-dim heads and fully fills the rest."""
+    from hwlm.formulas import ArchSpec
+    from hwlm.plan.efficiency import gemm_shapes, mxu_utilization
+    spec = ArchSpec(vocab_size=32768, d_model=4096, n_layers=2, n_heads=32)  # head_dim 128, all else x256
+    gemms = gemm_shapes(spec, 4096, 4096)
+    att = sum(g.flops * g.count for g in gemms[-2:])
+    lin = sum(g.flops * g.count for g in gemms[:-2])
+    assert mxu_utilization(spec, 4096, 4096, 256) == pytest.approx((lin + att) / (lin + att / 0.5))
+    assert mxu_utilization(spec, 4096, 4096, 128) == pytest.approx(1.0)
+    odd = ArchSpec(vocab_size=32000, d_model=4000, n_layers=2, n_heads=32)  # 4000 = 31.25 x 128
+    assert mxu_utilization(odd, 4096, 4096, 128) < 1.0
+
+
+def test_tpu_training_divides_its_matmul_time_by_the_mxu_fill() -> None:
+    from dataclasses import replace
+    from hwlm.plan import estimate_training, get_device
+    v6e = get_device("tpu-v6e")
+    kw = dict(tokens=1e9, devices=256, seq_len=8192, framework="maxtext", find_smallest=False)
+    e = estimate_training("llama-3.1-8b", hardware=v6e, **kw)
+    flat = estimate_training("llama-3.1-8b", hardware=replace(v6e, matrix_unit=None), **kw)
+    terms = {t.name: t.value for t in e.terms}
+    fill = terms["mxu_fill"]
+    assert 0.5 < fill < 1.0 and "mxu_fill" not in {t.name for t in flat.terms}
+    assert terms["matmul_time"] == pytest.approx({t.name: t.value for t in flat.terms}["matmul_time"] / fill)
+    assert get_device("h100-sxm").matrix_unit is None and get_device("tpu-v5p").matrix_unit == 128

@@ -330,3 +330,18 @@ def test_largest_micro_batch_that_fits_is_reported() -> None:
     over = estimate_training("llama-2-7b", 1e10, "h100-sxm", 8, layout=_replace(e.layout, micro_batch=2 * mb),
                              find_smallest=False)
     assert fits.fits and not over.fits
+
+
+def test_trainium_pads_heads_under_a_tp_that_does_not_divide_them() -> None:
+    """Llama 2 13B has 40 heads: tp=16 on Trainium trains the model padded to 48 (the inference rule),
+    shown as a term; the FLOPs are the padded model's."""
+    from hwlm.formulas import train_flops_per_token
+    from hwlm.plan.models import get_model, pad_heads
+    e = estimate_training("llama-2-13b", 1e9, "trn1", 32, tp=16, seq_len=4096, find_smallest=False)
+    padded, note = pad_heads(get_model("llama-2-13b"), 16)
+    assert padded.spec.n_heads == 48 and note in e.notes
+    terms = {t.name: t.value for t in e.terms}
+    assert terms["head_padding"] == 48
+    assert e.flops == pytest.approx(1e9 * train_flops_per_token(padded.spec, 4096))
+    with pytest.raises(PlanError, match="does not divide the 40 attention heads"):
+        estimate_training("llama-2-13b", 1e9, "h100-sxm", 32, tp=16, find_smallest=False)

@@ -21,6 +21,7 @@ File format (all numbers in base SI units: bytes, bytes/s, FLOP/s, watts, USD)::
     devices_per_node = 8             # typical devices in one node / host
     scale_up_devices = 8             # optional: devices reachable at intra_node_bw (NVL72: 72, TPU pod: 256)
     topology = "switch"              # optional: switch | mesh | torus-2d | torus-3d | ring | pcie (how peers connect)
+    matrix_unit = 128                # optional: side of the systolic matrix unit (TPU MXU); shapes are padded to it
     tdp_w = 700                      # optional (not all vendors publish it): board / module power
     idle_w = 70                      # optional
     price_per_hour = 2.99            # optional: typical cloud price per device-hour, USD
@@ -92,11 +93,13 @@ _SOURCE_GROUPS = {
     "memory_bytes": "memory", "memory_bw": "memory",
     "intra_node_bw": "interconnect", "inter_node_bw": "interconnect",
     "devices_per_node": "interconnect", "scale_up_devices": "interconnect", "topology": "interconnect",
+    "matrix_unit": "flops",
     "tdp_w": "power", "idle_w": "power", "price_per_hour": "price",
 }
 _KNOWN_KEYS = {"id", "name", "vendor", "kind", "aliases", "memory_bytes", "memory_bw", "intra_node_bw",
                "inter_node_bw", "devices_per_node", "scale_up_devices", "tdp_w", "idle_w",
-               "price_per_hour", "release", "notes", "override", "flops", "sources", "topology"}
+               "price_per_hour", "release", "notes", "override", "flops", "sources", "topology",
+               "matrix_unit"}
 _REQUIRED = ("id", "name", "vendor", "kind", "memory_bytes", "memory_bw", "devices_per_node", "flops",
              "sources")
 
@@ -134,6 +137,7 @@ class Device:
     inter_node_bw: float | None = None
     scale_up_devices: int = 1
     topology: str = "switch"              # how scale-up peers connect (TOPOLOGIES)
+    matrix_unit: int | None = None        # systolic array side (TPU MXU: 128 or 256); None: no shape padding modelled
     idle_w: float | None = None
     price_per_hour: float | None = None
     release: int | None = None
@@ -305,7 +309,10 @@ def _parse_device(path: Path, raw: Any, index: int) -> tuple[Device, bool]:
     per_node = _count(path, ident, "devices_per_node", raw["devices_per_node"])
     scale_up = _count(path, ident, "scale_up_devices", raw.get("scale_up_devices", per_node))
     figures = [k for k in nums] + ["devices_per_node"] + (["scale_up_devices"] if "scale_up_devices" in raw else []) \
-        + (["topology"] if "topology" in raw else [])
+        + [k for k in ("topology", "matrix_unit") if k in raw]
+    unit = raw.get("matrix_unit")
+    if unit is not None and (isinstance(unit, bool) or not isinstance(unit, int) or not 8 <= unit <= 1024):
+        raise _fail(path, ident, f"key 'matrix_unit' must be the systolic array's side, 8..1024, got {unit!r}")
     topology = _text(path, ident, "topology", raw.get("topology", "switch"))
     if topology not in TOPOLOGIES:
         raise _fail(path, ident, f"topology '{topology}' is not one of: {', '.join(TOPOLOGIES)}")
@@ -328,7 +335,7 @@ def _parse_device(path: Path, raw: Any, index: int) -> tuple[Device, bool]:
         kind=kind, flops=types.MappingProxyType(flops), memory_bytes=nums["memory_bytes"],
         memory_bw=nums["memory_bw"], devices_per_node=per_node, tdp_w=nums.get("tdp_w"),
         sources=types.MappingProxyType(sources), intra_node_bw=nums.get("intra_node_bw"),
-        inter_node_bw=nums.get("inter_node_bw"), scale_up_devices=scale_up, topology=topology, idle_w=nums.get("idle_w"),
+        inter_node_bw=nums.get("inter_node_bw"), scale_up_devices=scale_up, topology=topology, matrix_unit=unit, idle_w=nums.get("idle_w"),
         price_per_hour=nums.get("price_per_hour"), release=release, notes=notes.strip(),
         aliases=tuple(a for a in dict.fromkeys(normalize_id(a) for a in aliases) if a != ident), path=str(path))
     return dev, override

@@ -31,6 +31,7 @@ a prior with a measured efficiency for a (device, dtype, phase).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ from hwlm.calibration import PHASES, THIS_MACHINE, CalibrationEntry, read_calibr
 
 __all__ = ["Priors", "priors_for", "Calibration", "load_calibration", "DEFAULT_PUE",
            "DEFAULT_GRID_KG_PER_KWH", "PUE_SOURCE", "GRID_SOURCE", "PRIOR_SOURCE", "PHASES", "OP_OVERHEAD_SOURCE",
-           "kernels_per_step", "gemm_shapes", "Gemm", "ops_per_forward", "INFER_OP_OVERHEAD_SOURCE"]
+           "kernels_per_step", "gemm_shapes", "Gemm", "ops_per_forward", "INFER_OP_OVERHEAD_SOURCE",
+           "mxu_utilization", "MXU_SOURCE", "shape_efficiency"]
 
 DEFAULT_PUE = 1.2
 PUE_SOURCE = "PUE 1.2: Luccioni et al. 2022, arXiv:2211.02001 (BLOOM's Jean Zay data centre)"
@@ -76,9 +78,12 @@ _KIND_PRIORS: dict[str, Priors] = {
                   ridge_exponent=0.195, int8_decode=0.615, int4_decode=0.578, op_overhead_s=10e-6),
     # TPU: no case in the fit split (PaLM is held out), so it takes the GPU's fitted values;
     # a smaller launch cost per layer (XLA compiles the whole step).
+    # The GPU's balance penalty (ridge_exponent, fitted on A100/H100 rows: GPU kernels need larger tiles and
+    # more on-chip reuse as peak/bandwidth grows) is left out: a TPU's compiler tiles to its MXU, whose fill
+    # by the model's shapes is modelled instead (shape_efficiency, the catalog's matrix_unit).
     "tpu": Priors(matmul_eff=0.605, act_traffic=2.54, decode_bw_eff=0.790, layer_overhead_s=10e-6,
                   train_overhead=0.164, comm_eff=0.837, power_fraction=1.0, allreduce_latency_s=10e-6,
-                  ridge_exponent=0.195, int8_decode=0.615, int4_decode=0.578, op_overhead_s=1e-6),
+                  ridge_exponent=0.0, int8_decode=0.615, int4_decode=0.578, op_overhead_s=1e-6),
     # CPU: not fitted (no published CPU cases); assumptions: oneDNN GEMMs reach about half of
     # peak, STREAM-like decode about 60% of bandwidth, a launch cost per layer of ~50 us.
     "cpu": Priors(matmul_eff=0.50, act_traffic=2.60, decode_bw_eff=0.60, layer_overhead_s=50e-6,
@@ -181,6 +186,44 @@ def gemm_shapes(spec: Any, tokens: float, seq_len: int, tp: int = 1) -> list[Gem
     out.append(Gemm(T, T, spec.qk_dim, heads, io / 2))
     out.append(Gemm(T, spec.vd, T, heads, io / 2))
     return out
+
+
+MXU_SOURCE = ("Google Cloud TPU performance guide (cloud.google.com/tpu/docs/performance-guide): the MXU is a "
+              "systolic array fed in tiles of its side; a matrix dimension that is not a multiple of it is padded, "
+              "so the padding's share of the array does no work (128 on v2-v5p, 256 on v6e)")
+
+
+def mxu_utilization(spec: Any, tokens: float, seq_len: int, unit: int, tp: int = 1) -> float:
+    """FLOP-weighted share of a ``unit`` x ``unit`` systolic array the forward pass's matrix products fill.
+
+    Each product (M x K) @ (K x N) holds a K x N tile in the array while M rows stream through, so K and N
+    are padded up to multiples of ``unit`` (M only streams). Attention's score products contract over the
+    head dimension (Q K^T: K = head_dim) and produce it (P V: N = head_dim), so a head_dim of 128 fills half of
+    a 256-wide array. Returns sum(FLOPs) / sum(FLOPs / utilisation).
+
+    >>> from hwlm.formulas import ArchSpec
+    >>> s = ArchSpec(vocab_size=32768, d_model=4096, n_layers=2, n_heads=32)   # head_dim 128
+    >>> round(mxu_utilization(s, 4096, 4096, 128), 3), round(mxu_utilization(s, 4096, 4096, 256), 3)
+    (1.0, 0.9)
+    """
+    def fill(d: float) -> float:
+        return d / (math.ceil(d / unit - 1e-9) * unit) if d > 0 else 1.0
+    work = cost = 0.0
+    for g in gemm_shapes(spec, tokens, seq_len, tp):
+        f = g.flops * g.count
+        work += f
+        cost += f / (fill(g.k) * fill(g.n))
+    return work / cost if cost else 1.0
+
+
+def shape_efficiency(dev: Any, spec: Any, tokens: float, seq_len: int, tp: int = 1) -> tuple[float, str]:
+    """The matrix unit's fill for this model's products on ``dev`` (1.0 where the catalog gives no
+    ``matrix_unit``: GPU kernels tile flexibly and their fitted ``matmul_eff`` covers it) and a description."""
+    unit = getattr(dev, "matrix_unit", None)
+    if not unit:
+        return 1.0, ""
+    u = mxu_utilization(spec, tokens, max(1, seq_len), unit, tp)
+    return u, f"MXU {unit}x{unit} filled {u:.3f} by this model's shapes"
 
 
 def set_kind_priors(kind: str, priors: Priors) -> None:

@@ -24,12 +24,12 @@ from hwlm.errors import PlanError
 from hwlm.formulas import WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import allreduce_time, library_for
-from hwlm.plan.efficiency import (GRID_SOURCE,
+from hwlm.plan.efficiency import (GRID_SOURCE, MXU_SOURCE, shape_efficiency,
                                   INFER_OP_OVERHEAD_SOURCE, PUE_SOURCE, Priors, load_calibration, ops_per_forward,
                                   priors_for)
 from hwlm.plan.explain import Term, Terms
 from hwlm.plan.jobs import INFER_PRECISIONS, InferenceJob, resolve_hardware
-from hwlm.plan.models import Model, get_model
+from hwlm.plan.models import PAD_SOURCE, PADS_HEADS, Model, get_model, pad_heads
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION, link_bandwidth
 from hwlm.plan.software import ENGINES, Stack, default_engine, get_engine
 
@@ -155,27 +155,6 @@ def _check(m: Model, dev: Device, devices: int, tp: int, batch: int, prompt_len:
                         f"choose a divisor of {m.spec.n_heads}")
 
 
-# Vendors whose compiler pads the attention heads up to a multiple of the tensor-parallel degree instead of
-# refusing: AWS Neuron (transformers-neuronx / NxD Inference pad heads and replicate KV heads).
-PADS_HEADS = ("aws",)
-PAD_SOURCE = ("AWS Neuron SDK, transformers-neuronx / NxD Inference: when tp_degree does not divide the attention "
-              "heads, the heads (and their q/k/v/o weights) are padded with zeros up to a multiple of it")
-
-
-def pad_heads(m: Model, tp: int) -> tuple[Model, str | None]:
-    """The model as a Neuron device runs it under ``tp``: heads padded to a multiple of tp (zeros that still
-    cost memory, FLOPs and KV cache), and a note; unchanged when tp divides the heads."""
-    spec = m.spec
-    if spec.n_heads % tp == 0:
-        return m, None
-    padded = math.ceil(spec.n_heads / tp) * tp
-    kv = padded if spec.kv_heads == spec.n_heads else spec.kv_heads
-    new = replace(spec, n_heads=padded, n_kv_heads=kv, head_dim=spec.hd)
-    note = (f"heads padded {spec.n_heads} -> {padded} for tp={tp} (Neuron pads to a multiple of the tp degree): "
-            f"{padded / spec.n_heads - 1:.0%} more attention FLOPs, weights and KV cache")
-    return replace(m, spec=new, name=m.name), note
-
-
 def _kv_per_token_device(m: Model, tp: int, kv_bytes: float) -> tuple[float, str]:
     spec = m.spec
     full = kv_cache_bytes_per_token(spec, kv_bytes)
@@ -279,9 +258,12 @@ def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
                                                                    - 2.0 * j.m.params.matmul_active), "FLOP",
                   "hwlm.formulas.forward_flops_per_token (full T x T product, PaLM convention)")
     att = j.engine.attention
+    fill, fill_text = shape_efficiency(dev, spec, j.prompt_len, j.prompt_len, tp)
+    if fill < 1.0:
+        t.add("prefill_mxu_fill", fill_text, fill, "", MXU_SOURCE)
     t_mm = t.add("prefill_compute_time", f"(prefill_flops - attention + attention / {att:g} ({j.engine.id} kernel)) "
-                 f"/ (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g})",
-                 (f_pre - f_att + f_att / att) / (tp * peak * pri.matmul_eff), "s",
+                 f"/ (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g}" + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"),
+                 (f_pre - f_att + f_att / att) / (tp * peak * pri.matmul_eff * fill), "s",
                  f"{j.mm_src}; attention kernel: {j.engine.source}")
     if j.ew_bw_eff is None:
         t_ew = t.add("prefill_elementwise_time", "0: included in the calibrated prefill rate", 0.0, "s", j.mm_src)
@@ -315,8 +297,10 @@ def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
     t_mem = t.add("decode_memory_time", f"{step:.4g} B / (bw {bw:.4g} x {pri.decode_bw_eff:.3g})",
                   step / (bw * pri.decode_bw_eff), "s", f"{dev.source('memory_bw')}; {j.bw_src}")
     f_dec = j.batch * forward_flops_per_token(spec, int(ctx_avg))
-    t_fl = t.add("decode_compute_time", f"{f_dec:.4g} FLOP / (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g})",
-                 f_dec / (tp * peak * pri.matmul_eff), "s", j.mm_src)
+    fill, _ = shape_efficiency(dev, spec, j.batch, 1, tp)
+    t_fl = t.add("decode_compute_time", f"{f_dec:.4g} FLOP / (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g}"
+                 + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"), f_dec / (tp * peak * pri.matmul_eff * fill), "s",
+                 j.mm_src + ("; " + MXU_SOURCE if fill < 1 else ""))
     comm, comm_f = _comm(j.m, dev, tp, j.batch, pri)
     if comm:
         t.add("decode_tp_comm_time", comm_f, comm, "s", COMM_SOURCE + library_for(dev).source)

@@ -9,6 +9,7 @@ Everything ends up as one :class:`hwlm.formulas.ArchSpec`, counted by ``hwlm.for
 from __future__ import annotations
 
 import difflib
+import math
 import json
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -19,7 +20,7 @@ from typing import Any
 from hwlm.errors import PlanError
 from hwlm.formulas import ArchSpec, ParamCount, param_count
 
-__all__ = ["Model", "get_model", "list_models", "spec_from_hf_config", "SUPPORTED_MODEL_TYPES",
+__all__ = ["Model", "get_model", "pad_heads", "PADS_HEADS", "PAD_SOURCE", "list_models", "spec_from_hf_config", "SUPPORTED_MODEL_TYPES",
            "normalize_name", "trainable_model"]
 
 _PRESET_DIR = Path(__file__).with_name("presets")
@@ -307,3 +308,24 @@ def trainable_model(name: str, **overrides: Any) -> Model | None:
     cfg = ModelConfig.from_name(name, **overrides)
     return Model(name=name, spec=cfg.to_arch(), source=f"hwlm.model.config preset {name!r}",
                  model_type="hwlm", seq_len=cfg.block_size)
+
+
+# Vendors whose compiler pads the attention heads up to a multiple of the tensor-parallel degree instead of
+# refusing: AWS Neuron (transformers-neuronx / NxD Inference pad heads and replicate KV heads).
+PADS_HEADS = ("aws",)
+PAD_SOURCE = ("AWS Neuron SDK, transformers-neuronx / NxD Inference: when tp_degree does not divide the attention "
+              "heads, the heads (and their q/k/v/o weights) are padded with zeros up to a multiple of it")
+
+
+def pad_heads(m: Model, tp: int) -> tuple[Model, str | None]:
+    """The model as a Neuron device runs it under ``tp``: heads padded to a multiple of tp (zeros that still
+    cost memory, FLOPs and KV cache), and a note; unchanged when tp divides the heads."""
+    spec = m.spec
+    if spec.n_heads % tp == 0:
+        return m, None
+    padded = math.ceil(spec.n_heads / tp) * tp
+    kv = padded if spec.kv_heads == spec.n_heads else spec.kv_heads
+    new = replace(spec, n_heads=padded, n_kv_heads=kv, head_dim=spec.hd)
+    note = (f"heads padded {spec.n_heads} -> {padded} for tp={tp} (Neuron pads to a multiple of the tp degree): "
+            f"{padded / spec.n_heads - 1:.0%} more attention FLOPs, weights and KV cache")
+    return replace(m, spec=new, name=m.name), note

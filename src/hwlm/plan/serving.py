@@ -33,7 +33,7 @@ from typing import Any
 from hwlm.errors import PlanError
 from hwlm.formulas import forward_flops_per_token
 from hwlm.plan.catalog import Device
-from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE, ops_per_forward
+from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE, ops_per_forward, shape_efficiency
 from hwlm.plan.explain import Term, Terms
 from hwlm.formulas import WEIGHT_BYTES
 from hwlm.plan.inference import (PADS_HEADS, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
@@ -135,8 +135,9 @@ def _step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepMo
     kv_tok, _ = _kv_per_token_device(m, job.devices, kv_bytes)
     ops = ops_per_forward(m.spec) + (2 * m.spec.n_layers if job.devices > 1 else 0)  # + eager all-reduce launches
     host = 0.0 if graphs or dev.kind != "gpu" else ops * pri.infer_op_overhead_s
+    fill, _ = shape_efficiency(dev, m.spec, min(engine.chunk_tokens, job.prompt_len), job.prompt_len, job.devices)
     return StepModel(m=m, dev=dev, tp=job.devices, engine=engine, graphs=graphs, cdtype=cdtype,
-                     bytes_w=WEIGHT_BYTES[job.precision], kv_tok=kv_tok, mm_eff=pri.matmul_eff,
+                     bytes_w=WEIGHT_BYTES[job.precision], kv_tok=kv_tok, mm_eff=pri.matmul_eff * fill,
                      bw_eff=pri.decode_bw_eff, ew_eff=ew if ew is not None else pri.decode_bw_eff,
                      act_traffic=pri.act_traffic, layer_overhead_s=pri.layer_overhead_s, host_s=host, pri=pri)
 

@@ -28,13 +28,14 @@ from typing import Any
 from hwlm.errors import PlanError
 from hwlm.formulas import ADAM_MIXED, train_flops_per_token
 from hwlm.plan.catalog import Device
-from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, GRID_SOURCE, OP_OVERHEAD_SOURCE,
+from hwlm.plan.collectives import group_bandwidth
+from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, GRID_SOURCE, MXU_SOURCE, OP_OVERHEAD_SOURCE,
                                   PUE_SOURCE, Calibration, Priors, gemm_shapes, kernels_per_step, load_calibration,
-                                  priors_for)
+                                  priors_for, shape_efficiency)
 from hwlm.plan.explain import Term, Terms
 from hwlm.plan.jobs import TRAIN_PRECISIONS, TrainingJob, resolve_hardware
 from hwlm.plan.machine import THIS_MACHINE
-from hwlm.plan.models import Model, get_model
+from hwlm.plan.models import PAD_SOURCE, PADS_HEADS, Model, get_model, pad_heads
 from hwlm.plan.software import FRAMEWORKS, Stack, default_framework, get_framework
 from hwlm.plan.parallel import (USABLE_MEMORY_FRACTION, Layout, MemoryBreakdown, link_bandwidth, training_memory,
                                 validate_layout)
@@ -138,6 +139,7 @@ class _Ctx:
     autocast: bool = False      # fp32 weights cast to 16 bits every step (hwlm's loop), not 16-bit weights
     stack: Stack = FRAMEWORKS["megatron"]  # the training framework (fusion, communication overlap)
     user_stack: bool = False    # the user named the framework (else it is the assumed default)
+    padding: str | None = None  # Neuron head padding applied to the model (a note), None if none
 
 
 # Passes over the logits per step (write, max, exp-sum, scale to the gradient, read by the two
@@ -216,8 +218,12 @@ def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
         compute = t.add("compute_time", f"flops x {rc:.3g} / ({n} x peak {peak:.4g} x calibrated eff {ctx.train_eff})",
                         flops * rc / (n * peak * ctx.train_eff), "s", ctx.eff_source)
     else:
-        mm = t.add("matmul_time", f"flops x {rc:.3g} / ({n} devices x peak {peak:.4g} x matmul_eff {pri.matmul_eff:.3g})",
-                   flops * rc / (n * peak * pri.matmul_eff), "s", ctx.eff_source)
+        fill, fill_text = shape_efficiency(dev, spec, lay.micro_batch * ctx.seq_len, ctx.seq_len, lay.tp)
+        if fill < 1.0:
+            t.add("mxu_fill", fill_text, fill, "", MXU_SOURCE)
+        mm = t.add("matmul_time", f"flops x {rc:.3g} / ({n} devices x peak {peak:.4g} x matmul_eff {pri.matmul_eff:.3g}"
+                   + (f" x MXU fill {fill:.3f})" if fill < 1.0 else ")"),
+                   flops * rc / (n * peak * pri.matmul_eff * fill), "s", ctx.eff_source)
         eb = _elem_bytes(ctx)
         bw, bw_text = _act_bw(ctx)
         ew_bytes = 3 * spec.n_layers * pri.act_traffic * 34 * spec.d_model * eb
@@ -252,7 +258,7 @@ def _comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> dict[str, fl
     tok_dev = ctx.tokens / lay.dp
     out = {"tp": 0.0, "pp": 0.0, "dp_step": 0.0}
     if lay.tp > 1:
-        bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, lay.tp, up)
+        bw, what, _ = group_bandwidth(dev, lay.tp)
         n_coll = 4 + 2 * lay.recompute_fraction(spec.n_layers)
         hidden = ctx.stack.tp_overlap
         out["tp"] = t.add("tp_comm_time",
@@ -274,7 +280,7 @@ def _comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> dict[str, fl
     if lay.ep > 1:
         out["tp"] += _all_to_all(ctx, lay, t, tok_dev)
     if lay.dp > 1:
-        bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, ctx.devices, up)
+        bw, what, _ = group_bandwidth(dev, ctx.devices)
         # A node holding g ranks of the data-parallel group sends its share of a ring collective
         # through all g of their NICs at once (NCCL runs one ring per NIC; hierarchical all-reduce,
         # Jia et al. 2018, arXiv:1807.11205), so each rank's network share is g links wide.
@@ -305,7 +311,7 @@ def _all_to_all(ctx: _Ctx, lay: Layout, t: Terms, tok_dev: float) -> float:
     overlaps it; arXiv:2412.19437, section 3.2.1)."""
     spec, dev, eff = ctx.model.spec, ctx.dev, ctx.pri.comm_eff
     n_moe = spec.n_layers - spec.first_dense_layers
-    bw, what = link_bandwidth(dev.intra_node_bw, dev.inter_node_bw, lay.tp * lay.ep, dev.scale_up_devices)
+    bw, what, _ = group_bandwidth(dev, lay.tp * lay.ep)
     n_a2a = 4 + 2 * lay.recompute_fraction(spec.n_layers)
     vol = tok_dev / lay.tp * spec.experts_per_token * spec.d_model * 2.0 * (lay.ep - 1) / lay.ep
     return t.add("ep_all_to_all_time", f"{n_moe}/pp MoE layers x {n_a2a:.3g} all-to-alls x tokens/dp/tp x k "
@@ -541,6 +547,12 @@ def estimate_training(model: str | Model | TrainingJob, tokens: float | None = N
 def _estimate(job: TrainingJob) -> TrainingEstimate:
     m = get_model(job.model)
     dev = resolve_hardware(job.hardware, job.calibration)
+    # Neuron pads the heads up to a multiple of a tp degree that does not divide them (the inference rule,
+    # hwlm.plan.models.pad_heads): the padded model is what the devices train.
+    tp_asked = job.layout.tp if job.layout is not None else job.tp
+    padding = None
+    if tp_asked and dev.vendor in PADS_HEADS:
+        m, padding = pad_heads(m, tp_asked)
     devices, precision = job.devices, job.precision
     dev.peak_flops(precision)  # PlanError naming the dtypes the device has
     if job.schedule not in (None, *SCHEDULES):
@@ -555,7 +567,7 @@ def _estimate(job: TrainingJob) -> TrainingEstimate:
     gb = int(job.global_batch or max(1, round(DEFAULT_BATCH_TOKENS / seq), math.ceil(devices / 8)))
     ctx = _Ctx(model=m, dev=dev, devices=devices, precision=precision, tokens=float(job.tokens), seq_len=seq,
                batch_tokens=float(gb * seq), pri=pri, train_eff=train_eff, eff_source=eff_source,
-               autocast=job.autocast, stack=stack, user_stack=bool(job.framework))
+               autocast=job.autocast, stack=stack, user_stack=bool(job.framework), padding=padding)
     tp, pp, micro_batch = job.tp, job.pp, job.micro_batch
     fixed = {"tp": tp, "pp": pp, "zero_stage": job.zero_stage, "recompute": job.recompute,
              "micro_batch": micro_batch, "virtual_stages": job.virtual_stages, "schedule": job.schedule,
@@ -645,6 +657,10 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
     notes = [f"layout: {lay.describe()}", f"largest micro-batch that fits: {biggest} sequences per device",
              f"framework: {ctx.stack.id}" + (
         "" if ctx.user_stack else f" (assumed: the usual one for {dev.kind}; pass --framework to change)")]
+    if ctx.padding:
+        notes.append(ctx.padding)
+        t.add("head_padding", ctx.padding + " (assumed in training as in NxD Inference: the same neuronx-distributed "
+              "parallel layers)", ctx.model.spec.n_heads, "heads", PAD_SOURCE)
     smallest = None
     if not fits and fixed is not None:
         smallest = _smallest_fitting(ctx, fixed)
