@@ -58,12 +58,12 @@ def _device(device: str) -> str:
 
 
 def _rows_of(loaded: Any, texts: list[Any]) -> list[Any]:
-    """Model inputs: token ids (cut to the run's max_len) for text models, feature rows as they are."""
-    from hwlm.train.classify import encode_texts
+    """Model inputs: token ids cut to the run's max_len (the bag of words: their features), feature rows as is."""
+    from hwlm.train.classify import encode_rows
 
     if loaded.tokenizer is None:
         return texts
-    return encode_texts(loaded.tokenizer, texts, loaded.spec["max_len"])
+    return encode_rows(loaded.tokenizer, texts, loaded.spec)
 
 
 def _labelled(loaded: Any, run: Path, split: str, files: Sequence[str], text_field: str,

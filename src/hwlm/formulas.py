@@ -22,6 +22,9 @@ The names, by what they count (import them from here; no other module keeps a co
   (the logits alive at the loss's backward), ``heap_slack_bytes`` (what a CPU heap keeps above the live
   peak) and ``training_memory`` / ``TrainingMemory`` (their sum on one device: the launch decision's and,
   sharded by a layout, the planner's figure); options ``RECOMPUTE``, ``ATTENTION_KERNELS``, ``LOSS_PATHS``;
+- the small classifiers (LSTM, MLP, bag of words of ``hwlm.model.classifier``): ``ClassifierShape``,
+  ``classifier_param_count``, ``classifier_forward_flops`` / ``classifier_train_flops``,
+  ``classifier_activation_bytes`` (training's MFU and ``hwlm.plan.classifier``);
 - training memory of other stacks: ``korthikanti_activation_bytes_per_layer`` and
   ``korthikanti_outside_layers_bytes`` (Megatron-style: 16-bit weights, no autocast copies; Korthikanti et
   al. 2022), the count ``ACTIVATION_COUNTS`` names ``"korthikanti"`` beside hwlm's own ``"hwlm"``.
@@ -44,7 +47,8 @@ __all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token",
            "mfu", "RECOMPUTE", "ATTENTION_KERNELS", "LOSS_PATHS", "loss_path", "saved_activation_bytes_per_layer",
            "saved_outside_layers_bytes", "loss_transient_bytes", "heap_slack_bytes", "TrainingMemory",
            "training_memory", "ACTIVATION_COUNTS", "korthikanti_activation_bytes_per_layer",
-           "korthikanti_outside_layers_bytes"]
+           "korthikanti_outside_layers_bytes", "ClassifierShape", "CLASSIFIER_KINDS", "classifier_param_count",
+           "classifier_forward_flops", "classifier_train_flops", "classifier_activation_bytes"]
 
 
 @dataclass(frozen=True)
@@ -583,3 +587,114 @@ def training_memory(spec: ArchSpec, batch: int, seq_len: int, precision: str = "
     return TrainingMemory(weights=state.weights * n, gradients=state.gradients * n, optimizer=state.optimizer * n,
                           activations=acts, loss=loss_transient_bytes(spec, tokens, precision, loss, device_kind, compiled),
                           autocast_copies=copies, allocator_slack=heap_slack_bytes(spec, tokens, loss, device_kind))
+
+
+# ---------------------------------------------------------------------------------------------
+# The small classifiers of hwlm.model.classifier (the LSTM, the digits MLP, the bag of words): their counts.
+# ---------------------------------------------------------------------------------------------
+
+CLASSIFIER_KINDS = ("lstm", "mlp", "bow")
+
+
+@dataclass(frozen=True)
+class ClassifierShape:
+    """The shape of a non-Transformer classifier, enough to count its parameters, FLOPs and bytes.
+
+    ``from_spec`` reads the ``classifier`` spec a run saves (``hwlm.model.classifier.build_classifier``).
+    LSTM: embedding (``vocab_size`` x ``embed``), ``layers`` stacked LSTMs of state ``hidden``, a dense head.
+    MLP: ``n_features`` -> ``hidden`` (x ``layers``) -> classes. Bag of words: ``vocab_size`` + ``buckets``
+    embedding rows (``buckets``: all its hashed rows), their mean, a dense head.
+    """
+
+    kind: Literal["lstm", "mlp", "bow"]
+    n_classes: int
+    vocab_size: int = 0
+    embed: int = 64
+    hidden: int = 128
+    layers: int = 1
+    n_features: int = 0
+    buckets: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "ClassifierShape":
+        kind = spec.get("kind")
+        if kind not in CLASSIFIER_KINDS:
+            from hwlm.errors import ConfigError
+            raise ConfigError(f"classifier kind {kind!r} has no formula here; choose one of {', '.join(CLASSIFIER_KINDS)}")
+        keys = {"n_classes", "vocab_size", "embed", "hidden", "layers", "n_features"}
+        kw = {k: int(spec[k]) for k in keys if spec.get(k) is not None}
+        if kind == "bow":  # hashed rows: token bigrams (ngrams 2), then words and word bigrams (features "words")
+            ranges = (int(spec.get("ngrams", 2)) == 2) + (spec.get("features", "tokens") == "words")
+            kw["buckets"] = int(spec["buckets"]) * ranges
+        return cls(kind=kind, **kw)
+
+    def lstm_layers(self) -> list[tuple[int, int]]:
+        """(input width, state width) of each LSTM layer."""
+        return [(self.embed if i == 0 else self.hidden, self.hidden) for i in range(self.layers)]
+
+    def mlp_layers(self) -> list[tuple[int, int]]:
+        """(in, out) of each Linear of the MLP, the head last."""
+        dims = [self.n_features] + [self.hidden] * self.layers
+        return list(zip(dims, dims[1:])) + [(dims[-1], self.n_classes)]
+
+
+def classifier_param_count(shape: ClassifierShape) -> int:
+    """Parameters exactly as torch counts them (``nn.LSTM`` keeps two bias vectors per layer, ``b_ih`` and ``b_hh``).
+
+    An LSTM layer of input ``n`` and state ``h`` holds 4 gates' weights 4h(n + h) and biases 2 x 4h
+    (Hochreiter & Schmidhuber 1997; torch.nn.LSTM's documented ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_*``).
+
+    >>> classifier_param_count(ClassifierShape("lstm", n_classes=2, vocab_size=8000, embed=128, hidden=128))
+    1156354
+    >>> classifier_param_count(ClassifierShape("mlp", n_classes=10, n_features=64, hidden=256, layers=2))
+    85002
+    """
+    k = shape.n_classes
+    if shape.kind == "lstm":
+        lstm = sum(4 * h * (n + h) + 8 * h for n, h in shape.lstm_layers())
+        return shape.vocab_size * shape.embed + lstm + shape.hidden * k + k
+    if shape.kind == "mlp":
+        return sum(a * b + b for a, b in shape.mlp_layers())
+    return (shape.vocab_size + shape.buckets) * shape.embed + shape.embed * k + k
+
+
+def classifier_forward_flops(shape: ClassifierShape, tokens: float, examples: float) -> float:
+    """Forward FLOPs over ``examples`` texts of ``tokens`` real tokens in all (MLP: feature rows; tokens unused).
+
+    Matrix products only, 2 FLOPs per multiply-add (the convention of :func:`forward_flops_per_token`): an
+    LSTM layer costs 2 x 4h(n + h) per real token (packed sequences skip padding), the head 2hK per example;
+    an MLP 2 x its weights per example; the bag of words one add per embedding element it averages
+    (``tokens`` there counts features: tokens and bigrams) and 2EK per example for its head.
+
+    >>> classifier_forward_flops(ClassifierShape("lstm", 2, 8000, 128, 128), tokens=1, examples=0)
+    262144.0
+    """
+    k = shape.n_classes
+    if shape.kind == "lstm":
+        per_token = sum(2 * 4 * h * (n + h) for n, h in shape.lstm_layers())
+        return float(per_token * tokens + 2 * shape.hidden * k * examples)
+    if shape.kind == "mlp":
+        return float(2 * sum(a * b for a, b in shape.mlp_layers()) * examples)
+    return float(shape.embed * tokens + 2 * shape.embed * k * examples)
+
+
+def classifier_train_flops(shape: ClassifierShape, tokens: float, examples: float) -> float:
+    """Training FLOPs: forward + backward (twice the forward), as :func:`train_flops_per_token`."""
+    return 3.0 * classifier_forward_flops(shape, tokens, examples)
+
+
+def classifier_activation_bytes(shape: ClassifierShape, tokens: float, examples: float) -> float:
+    """Bytes (fp32) autograd keeps for one batch of ``examples`` texts holding ``tokens`` real tokens.
+
+    LSTM, per token and layer: the layer's input (n), the four gate activations (4h), the cell state and its
+    tanh (2h) and the output (h), as PyTorch's LSTM cell saves them for its backward; the head's input per
+    example. MLP per example: each Linear's input and each ReLU's output. Bag of words: the embedding rows it
+    gathered (E per feature) and the mean (E per example).
+    """
+    fp32 = 4.0
+    if shape.kind == "lstm":
+        per_token = sum(n + 7 * h for n, h in shape.lstm_layers())
+        return fp32 * (per_token * tokens + shape.hidden * examples)
+    if shape.kind == "mlp":
+        return fp32 * examples * (shape.n_features + 2 * shape.hidden * shape.layers)
+    return fp32 * shape.embed * (tokens + examples)

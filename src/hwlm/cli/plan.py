@@ -66,8 +66,9 @@ _num = _arg(parse_number)
 _dur = _arg(parse_duration)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="preset name (see `hwlm plan models`) or a config.json path")
+def _common(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument("--model", required=model_required,
+                   help="preset name (see `hwlm plan models`) or a config.json path")
     p.add_argument("--hardware", default=None,
                    help="catalog id (see `hwlm plan hardware`), or this-machine with --calibration FILE from "
                         "`hwlm bench calibrate --hardware this-machine` (the default when --calibration is given)")
@@ -96,8 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         return field_help(InferenceJob, name)
 
     t = sub.add_parser("train", help="estimate a training run")
-    _common(t)
-    t.add_argument("--tokens", type=_num, required=True, help=th("tokens"))
+    _common(t, model_required=False)
+    t.add_argument("--tokens", type=_num, help=th("tokens") + " (required with --model)")
+    _classifier_arguments(t)
     t.add_argument("--precision", default="bf16", help=th("precision") + " (default bf16)")
     t.add_argument("--framework", help=th("framework"))
     t.add_argument("--seq-len", type=_int, help=th("seq_len"))
@@ -221,9 +223,49 @@ def _money(x: float | None) -> str:
     return "n/a (no price)" if x is None else f"${x:,.0f}" if x >= 100 else f"${x:,.2f}"
 
 
+def _classifier_arguments(t: argparse.ArgumentParser) -> None:
+    """``hwlm plan train --config RECIPE``: an LSTM, MLP or bag-of-words recipe (hwlm.plan.classifier)."""
+    g = t.add_argument_group("classifier recipes (instead of --model and --tokens)")
+    g.add_argument("--config", metavar="RECIPE", help="classifier recipe (lstm-sentences, digits-mlp or a TOML file)")
+    g.add_argument("--data", help="a `hwlm prepare --task classify` folder: its examples, classes and token lengths")
+    g.add_argument("--examples", type=_int, help="training examples (default: --data's, else the recipe's [plan])")
+    g.add_argument("--mean-len", type=float, help="tokens per text (default: --data's, else the recipe's [plan])")
+
+
+def _train_classifier(a: argparse.Namespace) -> int:
+    from hwlm.plan.classifier import estimate_classifier, job_from_recipe
+
+    if a.model or a.tokens:
+        raise PlanError("give either --config RECIPE (a classifier) or --model and --tokens, not both")
+    if a.devices != 1:
+        raise PlanError("hwlm trains classifiers on one device: drop --devices")
+    job = job_from_recipe(a.config, a.hardware, data=a.data, examples=a.examples, mean_len=a.mean_len,
+                          steps_len=a.mean_len, **_env_kw(a))
+    e = estimate_classifier(job)
+    energy = "n/a" if e.energy_kwh is None else f"{e.energy_kwh * 1000:,.3g} Wh, {e.co2_kg * 1000:,.3g} g CO2"
+    ij = "n/a" if e.infer_energy_per_example_j is None else f"{e.infer_energy_per_example_j:.3g} J/example"
+    lines = [f"train the {e.kind} classifier of {a.config} ({e.params:,} parameters) on {e.examples:,} examples, "
+             f"1 x {e.hardware}, fp32",
+             f"  fits         {'yes' if e.fits else 'NO'} ({e.memory_bytes / 1e6:,.1f} MB: weights, gradients, AdamW, "
+             "activations)",
+             f"  compute      {e.flops:.3g} FLOP in {e.steps:,} steps, predicted MFU {e.mfu:.2%}",
+             f"  throughput   {e.tokens_per_s:,.0f} tokens/s, {e.examples_per_s:,.0f} examples/s "
+             f"({e.step_time_s * 1e3:.3g} ms per step)",
+             f"  time         {e.time_s:,.1f} s ({e.train_time_s:,.1f} s training + {e.eval_time_s:,.1f} s evaluation)",
+             f"  energy       {energy}", f"  cost         {_money(e.cost_usd)}",
+             f"  inference    {e.infer_examples_per_s:,.0f} examples/s in batches of {job.infer_batch} "
+             f"({e.infer_batch_s * 1e3:.3g} ms each), {ij}, {_money(e.infer_cost_per_million_usd)} per million"]
+    lines += [f"  note: {n}" for n in e.notes]
+    return _emit(a, e.to_dict(), "\n".join(lines), e.terms)
+
+
 def _train(a: argparse.Namespace) -> int:
     from hwlm.plan import TrainingJob, estimate_training
 
+    if a.config:
+        return _train_classifier(a)
+    if not a.model or not a.tokens:
+        raise PlanError("plan train needs --model and --tokens (or --config RECIPE for a classifier recipe)")
     job = TrainingJob(model=a.model, tokens=a.tokens, hardware=a.hardware, devices=a.devices, precision=a.precision,
                       seq_len=a.seq_len, global_batch=a.global_batch, framework=a.framework, tp=a.tp, pp=a.pp,
                       ep=a.ep, zero_stage=3 if a.fsdp else a.zero_stage, recompute=a.recompute,

@@ -1,5 +1,8 @@
 """Classifiers: a Transformer with a pooled head, the source's LSTM, a fastText-style bag of words, a digits MLP.
 
+Their parameter, FLOP and activation counts live in :mod:`hwlm.formulas` (``classifier_param_count`` ...,
+tested against these modules) for training's MFU and the planner.
+
 Every model maps a batch to class logits ``(B, K)``:
 
 * text models take ``ids`` (B, T) int64, padded on the *right* with ``pad_id``, and ``mask`` (B, T) bool
@@ -19,6 +22,8 @@ exports (:mod:`hwlm.export.hf_classify`). ``mean`` averages the hidden states of
 
 from __future__ import annotations
 
+import re
+import zlib
 from typing import Any
 
 import torch
@@ -30,7 +35,7 @@ from hwlm.model.config import ModelConfig
 from hwlm.model.transformer import Transformer
 
 __all__ = ["TransformerClassifier", "LSTMClassifier", "BagOfWords", "DigitsMLP", "build_classifier", "KINDS",
-           "last_token_index"]
+           "last_token_index", "bow_features", "bow_rows", "BOW_FEATURES"]
 
 KINDS = ("transformer", "lstm", "bow", "mlp")
 
@@ -108,33 +113,68 @@ class LSTMClassifier(nn.Module):
         return self.head(self.drop(h[-1]))
 
 
-class BagOfWords(nn.Module):
-    """fastText-style: the mean of token and hashed token-bigram embeddings, then one Linear.
+# Words for the bag of words: a CJK ideograph, kana or hangul syllable alone (those scripts write no spaces; a
+# character n-gram is their word n-gram, as TF-IDF's char analyzer uses), else a run of letters/digits, else one
+# punctuation mark; lower-cased.
+_WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W_]+|[^\w\s]")
+BOW_FEATURES = ("tokens", "words")
 
-    Bigram ``(a, b)`` gets bucket ``(a * 1_000_003 + b) % buckets`` after the vocabulary's rows
-    (Joulin et al. 2017 hash word n-grams the same way to bound memory)."""
+
+def bow_features(ids: list[int], text: str, vocab_size: int, buckets: int, ngrams: int = 2,
+                 features: str = "words") -> list[int]:
+    """Embedding rows a text's bag holds (fastText's inputs, Joulin et al. 2017, arXiv:1607.01759).
+
+    ``features="tokens"``: the token ids and, with ``ngrams=2``, each token bigram ``(a, b)`` hashed to
+    ``vocab_size + (a * 1_000_003 + b) % buckets``, every occurrence counted. ``features="words"`` adds the
+    text's words and (``ngrams=2``) word bigrams, CRC-32 hashed into a second range of ``buckets`` rows after
+    the first, and keeps each row once (binary features, which TF-IDF's sublinear counts approach).
+
+    >>> bow_features([5, 7], "a b", vocab_size=10, buckets=4, features="tokens")
+    [5, 7, 12]
+    """
+    out = list(ids)
+    if ngrams == 2:
+        out += [vocab_size + (a * 1_000_003 + b) % buckets for a, b in zip(ids, ids[1:])]
+    if features == "tokens":
+        return out
+    base = vocab_size + (buckets if ngrams == 2 else 0)
+    words = _WORD.findall(text.lower())
+    grams = words + ([f"{a} {b}" for a, b in zip(words, words[1:])] if ngrams == 2 else [])
+    out += [base + zlib.crc32(g.encode("utf-8")) % buckets for g in grams]
+    return list(dict.fromkeys(out))
+
+
+def bow_rows(vocab_size: int, buckets: int, ngrams: int, features: str) -> int:
+    """Rows of the bag of words' embedding table: the vocabulary and each hashed range."""
+    return vocab_size + buckets * ((ngrams == 2) + (features == "words"))
+
+
+class BagOfWords(nn.Module):
+    """fastText-style: the mean of the embedding rows of a text's features (:func:`bow_features`), then one Linear.
+
+    The table is an ``nn.EmbeddingBag`` with sparse gradients: a step touches only the rows its batch holds, and
+    ``hwlm train`` updates them with ``torch.optim.SparseAdam`` (a dense optimizer would read and write the whole
+    table every step). Its input is already features (``ids`` (B, N) padded, ``mask`` True on real ones)."""
 
     def __init__(self, vocab_size: int, n_classes: int, pad_id: int, embed: int = 64, ngrams: int = 2,
-                 buckets: int = 1 << 16, dropout: float = 0.0) -> None:
+                 buckets: int = 1 << 16, dropout: float = 0.0, features: str = "tokens") -> None:
         super().__init__()
         if ngrams not in (1, 2):
             raise ConfigError(f"ngrams is {ngrams}; the bag of words takes 1 (tokens) or 2 (tokens and bigrams)")
-        self.vocab_size, self.ngrams, self.buckets = vocab_size, ngrams, buckets
-        self.embed = nn.Embedding(vocab_size + (buckets if ngrams == 2 else 0), embed)
+        if features not in BOW_FEATURES:
+            raise ConfigError(f"bag-of-words features {features!r} are unknown; choose one of "
+                              f"{', '.join(BOW_FEATURES)}")
+        self.vocab_size, self.ngrams, self.buckets, self.features = vocab_size, ngrams, buckets, features
+        self.embed = nn.EmbeddingBag(bow_rows(vocab_size, buckets, ngrams, features), embed, mode="mean", sparse=True)
         nn.init.uniform_(self.embed.weight, -1.0 / embed, 1.0 / embed)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(embed, n_classes)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        m = mask.to(torch.float32)
-        feats, weights = [ids], [m]
-        if self.ngrams == 2 and ids.shape[1] > 1:
-            bigram = (ids[:, :-1] * 1_000_003 + ids[:, 1:]) % self.buckets + self.vocab_size  # (B, T-1)
-            feats.append(bigram)
-            weights.append(m[:, :-1] * m[:, 1:])
-        ids_all, w = torch.cat(feats, 1), torch.cat(weights, 1)  # (B, N)
-        e = self.embed(ids_all) * w.unsqueeze(-1)  # (B, N, E)
-        pooled = e.sum(1) / w.sum(1, keepdim=True).clamp_min(1.0)
+        counts = mask.sum(1)  # (B,)
+        offsets = torch.zeros_like(counts)
+        offsets[1:] = counts.cumsum(0)[:-1]
+        pooled = self.embed(ids[mask], offsets)  # (B, E): the mean of each bag (an empty bag gives zeros)
         return self.head(self.drop(pooled))
 
 
@@ -168,7 +208,7 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
                               spec["dropout"])
     if kind == "bow":
         return BagOfWords(spec["vocab_size"], k, spec["pad_id"], spec["embed"], spec["ngrams"], spec["buckets"],
-                          spec["dropout"])
+                          spec["dropout"], spec.get("features", "tokens"))
     if kind == "mlp":
         return DigitsMLP(spec["n_features"], k, spec["hidden"], spec["layers"], spec["dropout"])
     raise ConfigError(f"classifier kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")

@@ -45,7 +45,8 @@ from hwlm.train.progress import Progress
 from hwlm.train.runtime import autocast, seed_everything
 from hwlm.train.task_config import TaskConfig
 
-__all__ = ["ClassifyTrainResult", "train_classifier", "Examples", "encode_texts", "collate", "predict_batches"]
+__all__ = ["ClassifyTrainResult", "train_classifier", "Examples", "encode_texts", "encode_rows", "collate",
+           "predict_batches", "SparseDenseAdam"]
 
 RUN_CONFIG_VERSION = 1
 
@@ -76,6 +77,69 @@ def encode_texts(tokenizer: Any, texts: list[str], max_len: int) -> list[list[in
     """Token ids of each text, cut to its first ``max_len`` tokens (specials in text stay plain text)."""
     tokenizer.encode_special_tokens = True
     return [e.ids[:max_len] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def encode_rows(tokenizer: Any, texts: list[str], spec: dict[str, Any]) -> list[list[int]]:
+    """A text model's input rows: token ids cut to ``max_len``; the bag of words' features of them
+    (:func:`hwlm.model.classifier.bow_features`)."""
+    ids = encode_texts(tokenizer, texts, spec["max_len"])
+    if spec["kind"] != "bow":
+        return ids
+    from hwlm.model.classifier import bow_features
+
+    return [bow_features(row, text, spec["vocab_size"], spec["buckets"], spec["ngrams"], spec.get("features", "tokens"))
+            for row, text in zip(ids, texts)]
+
+
+class SparseDenseAdam:
+    """``torch.optim.SparseAdam`` for sparse-gradient tables and AdamW for the rest, driven as one optimizer.
+
+    The bag of words' table has sparse gradients (only the rows a batch holds), which AdamW cannot take;
+    fastText likewise updates only those rows. ``param_groups`` lists both optimizers' groups, so the
+    schedule sets their learning rate as it does AdamW's; the state dict holds both."""
+
+    def __init__(self, sparse: list[torch.nn.Parameter], dense: torch.optim.Optimizer, lr: float,
+                 betas: tuple[float, float]) -> None:
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas)
+        self.dense = dense
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        # Read each time: load_state_dict replaces an optimizer's group dicts.
+        return self.sparse.param_groups + self.dense.param_groups
+
+    def step(self) -> None:
+        self.sparse.step()
+        self.dense.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.sparse.zero_grad(set_to_none=set_to_none)
+        self.dense.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sparse": self.sparse.state_dict(), "dense": self.dense.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sparse.load_state_dict(state["sparse"])
+        self.dense.load_state_dict(state["dense"])
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> tuple[Any, str]:
+    """AdamW (``hwlm.train.optim``); a model with sparse-gradient tables also gets SparseAdam for them."""
+    tables = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+              and m.sparse and m.weight.requires_grad]
+    if not tables:
+        return build_optimizer(model, cfg, device_type)
+    ids = {id(p) for p in tables}
+    for p in tables:  # hidden from AdamW's groups while they are built
+        p.requires_grad_(False)
+    dense, text = build_optimizer(model, cfg, device_type)
+    for p in tables:
+        p.requires_grad_(True)
+    assert not any(id(p) in ids for g in dense.param_groups for p in g["params"])
+    rows = sum(p.numel() for p in tables)
+    return (SparseDenseAdam(tables, dense, cfg.lr, tuple(cfg.betas)),
+            f"SparseAdam on {rows:,} sparse embedding parameters (only a batch's rows), {text}")
 
 
 def collate(rows: list[Any], pad_id: int, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -203,23 +267,15 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
     seed_everything(cfg.seed)
     model = build_for_spec(spec) if not task.init_from or saved else _from_lm(spec, task, manifest, cfg, say)
     model.to(device)
-    optimizer, opt_text = build_optimizer(model, cfg, choice.type)
+    optimizer, opt_text = _optimizer(model, cfg, choice.type)
     say(f"{spec['kind']} classifier, {sum(p.numel() for p in model.parameters()):,} parameters "
         f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained) on {device}; {opt_text}")
     train_x, train_y = read_split(cfg.data, "train", manifest)
     val_x, val_y = read_split(cfg.data, "val", manifest)
     if manifest["input"] == "text":
         tok = load_tokenizer(Path(cfg.data))
-        train_x, val_x = (encode_texts(tok, xs, spec["max_len"]) for xs in (train_x, val_x))
-    flops = peak = None
-    if spec["kind"] == "transformer":
-        from hwlm.formulas import train_flops_per_token
-        from hwlm.model.config import ModelConfig
-        from hwlm.config import from_dict
-
-        trunk = from_dict(ModelConfig, spec["trunk"])
-        flops = train_flops_per_token(trunk.to_arch(), spec["max_len"])
-        peak = cfg.peak_flops
+        train_x, val_x = (encode_rows(tok, xs, spec) for xs in (train_x, val_x))
+    flops, peak = _flops_per_token(spec), cfg.peak_flops  # MFU when the peak is given
     run_config = {"version": RUN_CONFIG_VERSION, "task": "classify", "train": to_dict(cfg), "task_config": to_dict(task),
                   "classifier": spec, "data": {"dir": str(Path(cfg.data).resolve()), "labels": manifest["labels"],
                                                "input": manifest["input"], "pad_id": manifest.get("pad_id"),
@@ -240,6 +296,22 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
         say(f"resumed from {resume} at step {run.step}")
     atomic_write_json(cfg.out / "config.json", run_config)
     return run, (run.step if resume is not None else None)
+
+
+def _flops_per_token(spec: dict[str, Any]) -> float:
+    """Training FLOPs per token the loop counts (real tokens; bag-of-words features; feature values), for MFU."""
+    if spec["kind"] == "transformer":
+        from hwlm.config import from_dict
+        from hwlm.formulas import train_flops_per_token
+        from hwlm.model.config import ModelConfig
+
+        return train_flops_per_token(from_dict(ModelConfig, spec["trunk"]).to_arch(), spec["max_len"])
+    from hwlm.formulas import ClassifierShape, classifier_train_flops
+
+    shape = ClassifierShape.from_spec(spec)
+    if spec["kind"] == "mlp":  # the loop counts examples x features as its tokens
+        return classifier_train_flops(shape, 0, 1) / shape.n_features
+    return classifier_train_flops(shape, 1, 0)  # the head's per-example share left out (under 1% here)
 
 
 def _from_lm(spec: dict[str, Any], task: TaskConfig, manifest: dict[str, Any], cfg: TrainConfig,
@@ -317,8 +389,9 @@ def _step(run: _Run, lr: float) -> tuple[float, int]:
     weight = None if run.weight is None else run.weight.to(run.device)
     loss = F.cross_entropy(logits.float(), y, weight=weight)
     loss.backward()
-    if run.cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    if run.cfg.grad_clip > 0:  # over the dense gradients (a sparse table's rows are each touched by a few texts)
+        torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.grad is not None
+                                        and not p.grad.is_sparse], run.cfg.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return float(loss.detach()), int(mask.sum()) if mask is not None else len(idx) * x.shape[1]

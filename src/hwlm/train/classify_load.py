@@ -77,6 +77,7 @@ def classifier_spec(cfg: TrainConfig, task: TaskConfig, manifest: dict[str, Any]
                 "dropout": task.dropout, "max_len": task.max_len}
     if task.classifier == "bow":
         return {"kind": "bow", **common, "embed": task.embed, "ngrams": task.ngrams, "buckets": task.buckets,
+                "features": "words",
                 "dropout": task.dropout, "max_len": task.max_len}
     if task.init_from is not None:
         if model_overrides:
