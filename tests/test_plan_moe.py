@@ -70,3 +70,55 @@ def test_bad_expert_parallel_degrees(kwargs, message) -> None:
     model = kwargs.pop("model")
     with pytest.raises(PlanError, match=message):
         estimate_training(model, 1e10, "h100-sxm", 8, **kwargs)
+
+
+def test_expert_parallel_serving_splits_experts_and_batch() -> None:
+    """ep=8 groups of tp=1 on 8 devices: each device holds the dense part whole and 1/8 of the routed experts,
+    the KV cache of 1/8 of the sequences, and pays 2 all-to-alls per MoE layer."""
+    from hwlm.formulas import WEIGHT_BYTES
+    from hwlm.plan import estimate_inference, get_device
+    from hwlm.plan.collectives import all_to_all_time
+    from hwlm.plan.experts import moe_parts, weights_per_device
+    from hwlm.plan.efficiency import priors_for
+    m = get_model("mixtral-8x7b")
+    dense, per_expert, n_moe = moe_parts(m)
+    assert dense + n_moe * m.spec.n_experts * per_expert == pytest.approx(m.params.total)
+    kw = dict(batch=64, prompt_len=512, gen_len=128, engine="vllm")
+    tp8 = estimate_inference("mixtral-8x7b", "h100-sxm", 8, **kw)
+    ep8 = estimate_inference("mixtral-8x7b", "h100-sxm", 8, ep=8, **kw)
+    assert (ep8.tp, ep8.ep) == (1, 8)
+    b = WEIGHT_BYTES["bf16"]
+    assert ep8.weights_bytes_per_device == pytest.approx((dense + n_moe * 8 * per_expert / 8) * b)
+    assert ep8.weights_bytes_per_device == pytest.approx(weights_per_device(m, b, 1, 8))
+    assert tp8.weights_bytes_per_device == pytest.approx(m.params.total * b / 8)
+    terms = {t.name: t.value for t in ep8.terms}
+    # the KV cache of 64 / 8 sequences, whole heads (tp=1)
+    assert ep8.kv_cache_bytes_per_device == pytest.approx(8 * (512 + 128) * terms["kv_bytes_per_token_device"])
+    dev = get_device("h100-sxm")
+    one, _ = all_to_all_time(dev, 8, 8 * m.spec.experts_per_token * m.spec.d_model * 2.0,
+                             priors_for("gpu", "bf16").comm_eff)
+    assert terms["decode_ep_all_to_all_time"] == pytest.approx(2 * n_moe * one)
+    assert "decode_tp_comm_time" not in terms and "decode_tp_comm_time" in {t.name for t in tp8.terms}
+
+
+def test_expert_parallel_bad_input_is_one_line() -> None:
+    from hwlm.plan import ServingJob, estimate_inference, estimate_serving
+    with pytest.raises(PlanError, match="dense model; expert parallelism needs a mixture-of-experts model"):
+        estimate_inference("llama-2-7b", "h100-sxm", 8, ep=8)
+    with pytest.raises(PlanError, match="does not divide the 8 routed experts"):
+        estimate_inference("mixtral-8x7b", "h100-sxm", 6, ep=3, tp=2)
+    with pytest.raises(PlanError, match="does not divide --devices 8"):
+        estimate_inference("mixtral-8x7b", "h100-sxm", 8, ep=4, tp=4)
+    with pytest.raises(PlanError, match="dense model"):
+        estimate_serving(ServingJob(model="llama-2-7b", hardware="h100-sxm", devices=8, ep=8, concurrency=4))
+
+
+def test_expert_parallel_serving_holds_a_kv_cache_per_attention_group() -> None:
+    """MLA's latent is replicated on every tp rank; with data-parallel attention each of the ep groups keeps its
+    own sequences, so the replica's KV capacity grows by about ep (less the replicated dense weights)."""
+    from hwlm.plan import ServingJob, estimate_serving
+    kw = dict(model="deepseek-v3", hardware="h200", devices=8, concurrency=16, prompt_len=1024, gen_len=128,
+              precision="fp8")
+    tp = estimate_serving(ServingJob(**kw))
+    ep = estimate_serving(ServingJob(ep=8, **kw))
+    assert ep.ep == 8 and ep.kv_capacity_tokens > 4 * tp.kv_capacity_tokens

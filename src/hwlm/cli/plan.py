@@ -120,6 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--gen-len", type=_int, default=256, help=ih("gen_len") + " (default 256)")
     i.add_argument("--precision", default="bf16", help=ih("precision") + " (default bf16)")
     i.add_argument("--tp", type=_int, help=ih("tp"))
+    i.add_argument("--ep", type=_int, help=ih("ep"))
     i.add_argument("--engine", help=ih("engine"))
     i.add_argument("--cuda-graphs", action="store_true", default=None,
                    help="force CUDA graphs on (the engine decides by default: vllm, tensorrt-llm and gpt-fast "
@@ -141,6 +142,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--gen-len", type=_int, default=256, help=sh("gen_len") + " (default 256)")
     v.add_argument("--precision", default="bf16", help=sh("precision") + " (default bf16)")
     v.add_argument("--engine", help=sh("engine"))
+    v.add_argument("--ep", type=_int, help=sh("ep"))
     v.add_argument("--max-batch", type=_int, help=sh("max_batch"))
     v.add_argument("--slo-ttft", type=_dur, help=sh("slo_ttft") + " (0.5, 500ms is written 0.5)")
     v.add_argument("--slo-itl", type=_dur, help=sh("slo_itl"))
@@ -290,11 +292,13 @@ def _infer(a: argparse.Namespace) -> int:
     from hwlm.plan import InferenceJob, estimate_inference
 
     job = InferenceJob(model=a.model, hardware=a.hardware, devices=a.devices, batch=a.batch, prompt_len=a.prompt_len,
-                       gen_len=a.gen_len, precision=a.precision, tp=a.tp, engine=a.engine, cuda_graphs=a.cuda_graphs,
+                       gen_len=a.gen_len, precision=a.precision, tp=a.tp, ep=a.ep, engine=a.engine,
+                       cuda_graphs=a.cuda_graphs,
                        allow_beyond_context=a.allow_beyond_context, **_env_kw(a))
     e = estimate_inference(job)
     ept = "n/a" if e.energy_per_token_j is None else f"{e.energy_per_token_j:.3g} J/token"
-    lines = [f"serve {e.model} on {e.devices} x {e.hardware} (tp={e.tp}), {e.precision}, batch {e.batch}, "
+    ep = f", ep={e.ep}" if e.ep > 1 else ""
+    lines = [f"serve {e.model} on {e.devices} x {e.hardware} (tp={e.tp}{ep}), {e.precision}, batch {e.batch}, "
              f"prompt {e.prompt_len}, gen {e.gen_len}",
              f"  fits         {'yes' if e.fits else 'NO'} ({_gb(e.memory_per_device_bytes)} per device; "
              f"max batch {e.max_batch}, max context {e.max_context:,} at this batch)",
@@ -313,12 +317,13 @@ def _serve(a: argparse.Namespace) -> int:
     from hwlm.plan import ServingJob, estimate_serving
 
     job = ServingJob(model=a.model, hardware=a.hardware, devices=a.devices, concurrency=a.concurrency, rate=a.rate,
-                     prompt_len=a.prompt_len, gen_len=a.gen_len, precision=a.precision, engine=a.engine,
+                     prompt_len=a.prompt_len, gen_len=a.gen_len, precision=a.precision, engine=a.engine, ep=a.ep,
                      max_batch=a.max_batch, slo_ttft=a.slo_ttft, slo_itl=a.slo_itl,
                      allow_beyond_context=a.allow_beyond_context, **_env_kw(a))
     e = estimate_serving(job)
     load = f"concurrency {e.concurrency}" if e.concurrency is not None else f"{e.rate:g} requests/s"
-    lines = [f"serve {e.model} on {e.replicas} replica(s) x {e.devices} x {e.hardware} with {e.engine}, {e.precision}, "
+    lines = [f"serve {e.model} on {e.replicas} replica(s) x {e.devices} x {e.hardware}"
+             f"{f' (ep={e.ep})' if e.ep > 1 else ''} with {e.engine}, {e.precision}, "
              f"{load}, prompt {e.prompt_len}, gen {e.gen_len}",
              f"  throughput   {e.output_tokens_per_s:,.0f} output tokens/s ({e.requests_per_s:.3g} requests/s); "
              f"one replica at most {e.capacity_requests_per_s:.3g} requests/s",

@@ -33,7 +33,7 @@ from hwlm.plan.catalog import TOPOLOGIES, Device
 from hwlm.plan.parallel import FALLBACK_LINK_BW
 
 __all__ = ["Library", "LIBRARIES", "TOPOLOGIES", "library_for", "group_bandwidth", "allreduce_time",
-           "allreduce_latency", "ring_steps"]
+           "allreduce_latency", "ring_steps", "all_to_all_time"]
 
 _NCCL = "NVIDIA/nccl src/graph/tuning.cc"
 _RCCL = "ROCm/rccl src/graph/tuning.cc"
@@ -149,3 +149,18 @@ def allreduce_time(dev: Device, n: int, nbytes: float, comm_eff: float) -> tuple
     bw, what, _ = group_bandwidth(dev, n)
     t = lat + 2 * (n - 1) / n * nbytes / (bw * comm_eff)
     return t, f"({lat_f}) + 2({n}-1)/{n} x {nbytes:.4g} B / ({what}: {bw:.4g} x {comm_eff:.3g})"
+
+
+def all_to_all_time(dev: Device, n: int, nbytes: float, comm_eff: float) -> tuple[float, str]:
+    """Seconds of one all-to-all in which each of ``n`` ranks sends ``nbytes`` spread evenly over the group
+    (expert-parallel dispatch or combine): (n-1)/n of it leaves the rank, as n-1 direct sends in one group
+    (one latency step per peer), over the group's bandwidth."""
+    if n <= 1:
+        return 0.0, ""
+    lib = library_for(dev)
+    bw, what, hop_kind = group_bandwidth(dev, n)
+    hop = {"fabric": lib.hop_fabric_s, "pcie": lib.hop_pcie_s, "net": lib.hop_net_s}[hop_kind]
+    lat = lib.base_s + (n - 1) * hop
+    t = lat + (n - 1) / n * nbytes / (bw * comm_eff)
+    return t, (f"({lib.name} {lib.base_s * 1e6:.3g} us + {n - 1} peers x {hop * 1e6:.3g} us) + ({n}-1)/{n} x "
+               f"{nbytes:.4g} B / ({what}: {bw:.4g} x {comm_eff:.3g})")

@@ -24,6 +24,7 @@ from hwlm.errors import PlanError
 from hwlm.formulas import WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import allreduce_time, library_for
+from hwlm.plan.experts import EP_SOURCE, check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
 from hwlm.plan.efficiency import (GRID_SOURCE, MXU_SOURCE, shape_efficiency,
                                   INFER_OP_OVERHEAD_SOURCE, PUE_SOURCE, Priors, load_calibration, ops_per_forward,
                                   priors_for)
@@ -65,6 +66,7 @@ class InferenceEstimate:
     throughput_tokens_per_s: float
     energy_per_token_j: float | None
     cost_per_million_tokens_usd: float | None
+    ep: int = 1
     terms: list[Term] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -78,7 +80,7 @@ class InferenceEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in (
-            "model", "hardware", "devices", "tp", "precision", "batch", "prompt_len", "gen_len", "fits", "graphs", "engine", "ttft_s",
+            "model", "hardware", "devices", "tp", "ep", "precision", "batch", "prompt_len", "gen_len", "fits", "graphs", "engine", "ttft_s",
             "tpot_s", "memory_per_device_bytes", "weights_bytes_per_device", "kv_cache_bytes_per_device", "max_batch",
             "max_context", "throughput_tokens_per_s", "energy_per_token_j", "cost_per_million_tokens_usd",
             "request_time_s", "tokens_per_joule", "notes")}
@@ -94,16 +96,9 @@ def _compute_dtype(dev: Device, precision: str) -> str:
 
 
 def _weights_read_per_step(m: Model, batch: int, bytes_w: float) -> tuple[float, str]:
-    """Bytes of weights one decode step reads; MoE reads only the experts some token picked."""
-    pc, spec = m.params, m.spec
-    if not m.is_moe:
-        return pc.total * bytes_w, "all weights"
-    e, k = spec.n_experts, spec.experts_per_token
-    per_expert = (pc.total - pc.active) / ((e - k) * (spec.n_layers - spec.first_dense_layers))
-    n_moe = spec.n_layers - spec.first_dense_layers
-    touched = e * (1.0 - (1.0 - k / e) ** batch)  # distinct experts hit by batch x k uniform picks
-    dense = pc.total - n_moe * e * per_expert
-    return (dense + n_moe * touched * per_expert) * bytes_w, f"dense part + {touched:.2f} of {e} experts per layer"
+    """Bytes of weights one decode step reads on one unsharded replica; MoE reads only the experts some token
+    picked (:func:`hwlm.plan.experts.weights_read_per_step`)."""
+    return weights_read_per_step(m, batch, bytes_w)
 
 
 def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tuple[Priors, str, str, float | None]:
@@ -209,6 +204,17 @@ class _Job:
     graphs: bool = False
     ew_bw_eff: float | None = None  # element-wise traffic's bandwidth efficiency; None: in a calibrated prefill
     engine: Stack = ENGINES["hwlm"]
+    ep: int = 1  # expert-parallel groups of tp devices (attention data-parallel over them)
+
+    @property
+    def width(self) -> int:
+        """Devices of one replica: tp x ep."""
+        return self.tp * self.ep
+
+    @property
+    def group_batch(self) -> float:
+        """Sequences one attention group (tp devices) runs: the batch spread over the ep groups."""
+        return self.batch / self.ep
 
 
 def _host_time(j: _Job, t: Terms, phase: str) -> float:
@@ -218,9 +224,11 @@ def _host_time(j: _Job, t: Terms, phase: str) -> float:
     if j.graphs or j.dev.kind != "gpu":
         return 0.0
     # Under tensor parallelism an eager step also launches its 2 all-reduces per layer one by one.
-    ops = ops_per_forward(j.m.spec) + (2 * j.m.spec.n_layers if j.tp > 1 else 0)
+    n_moe = moe_parts(j.m)[2] if j.ep > 1 else 0
+    ops = ops_per_forward(j.m.spec) + (2 * j.m.spec.n_layers if j.tp > 1 else 0) + 2 * n_moe
     return t.add(f"{phase}_host_time", f"{ops:.0f} ops per eager forward"
-                 + (" (2 all-reduces per layer included)" if j.tp > 1 else "") + f" x {j.pri.infer_op_overhead_s:g} s",
+                 + (" (2 all-reduces per layer included)" if j.tp > 1 else "")
+                 + (" (2 all-to-alls per MoE layer included)" if n_moe else "") + f" x {j.pri.infer_op_overhead_s:g} s",
                  ops * j.pri.infer_op_overhead_s, "s", INFER_OP_OVERHEAD_SOURCE)
 
 
@@ -228,22 +236,30 @@ def _memory(j: _Job, t: Terms) -> dict[str, float]:
     spec, tp, batch = j.m.spec, j.tp, j.batch
     bytes_w = WEIGHT_BYTES[j.precision]
     kv_bytes = 1.0 if j.precision == "fp8" else 2.0  # fp8 serving also stores the KV cache in fp8
-    w_dev = t.add("weights_per_device", f"{j.m.params.total:.4g} params x {bytes_w} B / tp {tp}",
-                  j.m.params.total * bytes_w / tp, "B", j.m.source)
+    w_dev = t.add("weights_per_device", f"{j.m.params.total:.4g} params x {bytes_w} B / tp {tp}" if j.ep == 1 else
+                  f"(dense / tp {tp} + routed experts / (tp {tp} x ep {j.ep})) x {bytes_w} B",
+                  weights_per_device(j.m, bytes_w, tp, j.ep), "B", j.m.source)
     kv_tok, kv_what = _kv_per_token_device(j.m, tp, kv_bytes)
     kv_tok = t.add("kv_bytes_per_token_device", f"kv_cache_bytes_per_token at {kv_bytes:g} B/elem, {kv_what}", kv_tok,
                    "B", "hwlm.formulas.kv_cache_bytes_per_token (GQA: n_kv_heads, MLA: latent)")
     ctx_end = j.prompt_len + j.gen_len
-    kv = t.add("kv_cache_per_device", f"batch {batch} x {ctx_end} tokens x {kv_tok:.4g} B", batch * ctx_end * kv_tok, "B")
-    chunk = min(j.prompt_len, 2048) * batch  # chunked prefill keeps one chunk's activations alive
+    per_group = math.ceil(batch / j.ep)  # sequences on one attention group (all of them without ep)
+    kv = t.add("kv_cache_per_device", f"batch {per_group} x {ctx_end} tokens x {kv_tok:.4g} B"
+               + (f" (batch {batch} over ep {j.ep} attention groups)" if j.ep > 1 else ""),
+               per_group * ctx_end * kv_tok, "B")
+    chunk = min(j.prompt_len, 2048) * per_group  # chunked prefill keeps one chunk's activations alive
     ws = t.add("workspace", f"{chunk} prefill tokens x (4h + 3 d_ff/tp) x 2 B + fp32 logits",
-               chunk * (4 * spec.d_model + 3 * spec.ff / tp) * 2.0 + batch * spec.vocab_size * 4.0, "B",
+               chunk * (4 * spec.d_model + 3 * spec.ff / tp) * 2.0 + per_group * spec.vocab_size * 4.0, "B",
                "assumed: vLLM-style chunked prefill of 2048 tokens")
     mem = t.add("memory_per_device", "weights + kv_cache + workspace", w_dev + kv + ws, "B")
     free = j.dev.memory_bytes * USABLE_MEMORY_FRACTION - w_dev - ws
     return {"weights": w_dev, "kv_tok": kv_tok, "kv": kv, "total": mem, "bytes_w": bytes_w,
-            "max_batch": max(0, int(free // (ctx_end * kv_tok))) if free > 0 else 0,
-            "max_context": max(0, int(free // (batch * kv_tok))) if free > 0 else 0}
+            "max_batch": j.ep * max(0, int(free // (ctx_end * kv_tok))) if free > 0 else 0,
+            "max_context": max(0, int(free // (per_group * kv_tok))) if free > 0 else 0}
+
+
+def _devs(j: _Job) -> str:
+    return f"tp {j.tp}" if j.ep == 1 else f"tp {j.tp} x ep {j.ep}"
 
 
 def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
@@ -261,24 +277,28 @@ def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
     fill, fill_text = shape_efficiency(dev, spec, j.prompt_len, j.prompt_len, tp)
     if fill < 1.0:
         t.add("prefill_mxu_fill", fill_text, fill, "", MXU_SOURCE)
+    w = j.width  # the replica's FLOPs and activations spread over tp x ep devices
     t_mm = t.add("prefill_compute_time", f"(prefill_flops - attention + attention / {att:g} ({j.engine.id} kernel)) "
-                 f"/ (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g}" + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"),
-                 (f_pre - f_att + f_att / att) / (tp * peak * pri.matmul_eff * fill), "s",
+                 f"/ ({_devs(j)} x peak {peak:.4g} x {pri.matmul_eff:.3g}" + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"),
+                 (f_pre - f_att + f_att / att) / (w * peak * pri.matmul_eff * fill), "s",
                  f"{j.mm_src}; attention kernel: {j.engine.source}")
     if j.ew_bw_eff is None:
         t_ew = t.add("prefill_elementwise_time", "0: included in the calibrated prefill rate", 0.0, "s", j.mm_src)
     else:
         t_ew = t.add("prefill_elementwise_time",
                      f"tokens x {spec.n_layers} layers x {pri.act_traffic:.3g} x {j.engine.elementwise:g} x 34h x 2 B "
-                     f"/ (tp x bw x {j.ew_bw_eff:.3g})",
+                     f"/ ({_devs(j)} x bw x {j.ew_bw_eff:.3g})",
                      j.batch * j.prompt_len * spec.n_layers * pri.act_traffic * j.engine.elementwise * 34 * spec.d_model
-                     * 2.0 / (tp * bw * j.ew_bw_eff), "s",
+                     * 2.0 / (w * bw * j.ew_bw_eff), "s",
                      f"Korthikanti et al. 2022, arXiv:2205.05198; x {j.engine.elementwise:g} fusion of {j.engine.id}")
     t_w = t.add("prefill_weight_read_time", f"weights_per_device / (bw {bw:.4g} x {pri.decode_bw_eff:.3g})",
                 w_dev / (bw * pri.decode_bw_eff), "s", j.bw_src)
-    comm, comm_f = _comm(j.m, dev, tp, j.batch * j.prompt_len, pri)
+    comm, comm_f = _comm(j.m, dev, tp, j.group_batch * j.prompt_len, pri)
     if comm:
         t.add("prefill_tp_comm_time", comm_f, comm, "s", COMM_SOURCE + library_for(dev).source)
+    a2a, a2a_f = ep_comm(j.m, dev, j.ep, j.group_batch * j.prompt_len, pri.comm_eff)
+    if a2a:
+        comm += t.add("prefill_ep_all_to_all_time", a2a_f, a2a, "s", EP_SOURCE + "; " + library_for(dev).source)
     launch = spec.n_layers * pri.layer_overhead_s
     host = _host_time(j, t, "prefill")
     return t.add("ttft", f"max(max(compute + elementwise, weight read) + {spec.n_layers} x {pri.layer_overhead_s:g} s"
@@ -289,21 +309,25 @@ def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
     spec, pri, dev, tp = j.m.spec, j.pri, j.dev, j.tp
     peak, bw = dev.peak_flops(j.cdtype), dev.memory_bw
     ctx_avg = j.prompt_len + j.gen_len / 2  # average context over the generation
-    w_read, w_what = _weights_read_per_step(j.m, j.batch, bytes_w)
+    w_read, w_what = weights_read_per_step(j.m, j.batch, bytes_w, tp, j.ep)
     reads, reads_f = kv_read_factor(j.m, j.engine)
-    step = t.add("decode_bytes_per_step", f"weights read ({w_what}) / tp + batch x {ctx_avg:g} ctx x kv per token"
-                 + reads_f, w_read / tp + j.batch * ctx_avg * kv_tok * reads, "B",
+    step = t.add("decode_bytes_per_step", f"weights read ({w_what}) + batch {j.group_batch:g} x {ctx_avg:g} ctx x kv "
+                 "per token" + reads_f, w_read + j.group_batch * ctx_avg * kv_tok * reads, "B",
                  j.engine.source if reads > 1 else "")
     t_mem = t.add("decode_memory_time", f"{step:.4g} B / (bw {bw:.4g} x {pri.decode_bw_eff:.3g})",
                   step / (bw * pri.decode_bw_eff), "s", f"{dev.source('memory_bw')}; {j.bw_src}")
     f_dec = j.batch * forward_flops_per_token(spec, int(ctx_avg))
     fill, _ = shape_efficiency(dev, spec, j.batch, 1, tp)
-    t_fl = t.add("decode_compute_time", f"{f_dec:.4g} FLOP / (tp {tp} x peak {peak:.4g} x {pri.matmul_eff:.3g}"
-                 + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"), f_dec / (tp * peak * pri.matmul_eff * fill), "s",
+    t_fl = t.add("decode_compute_time", f"{f_dec:.4g} FLOP / ({_devs(j)} x peak {peak:.4g} x {pri.matmul_eff:.3g}"
+                 + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"), f_dec / (j.width * peak * pri.matmul_eff * fill),
+                 "s",
                  j.mm_src + ("; " + MXU_SOURCE if fill < 1 else ""))
-    comm, comm_f = _comm(j.m, dev, tp, j.batch, pri)
+    comm, comm_f = _comm(j.m, dev, tp, math.ceil(j.group_batch), pri)
     if comm:
         t.add("decode_tp_comm_time", comm_f, comm, "s", COMM_SOURCE + library_for(dev).source)
+    a2a, a2a_f = ep_comm(j.m, dev, j.ep, j.group_batch, pri.comm_eff)
+    if a2a:
+        comm += t.add("decode_ep_all_to_all_time", a2a_f, a2a, "s", EP_SOURCE + "; " + library_for(dev).source)
     launch = t.add("layer_overhead", f"{spec.n_layers} layers x {pri.layer_overhead_s:g} s",
                    spec.n_layers * pri.layer_overhead_s, "s", pri.source)
     host = _host_time(j, t, "decode")
@@ -349,7 +373,9 @@ def _estimate(job: InferenceJob) -> InferenceEstimate:
     m = get_model(job.model)
     dev = resolve_hardware(job.hardware, job.calibration)
     devices, batch, prompt_len, gen_len, precision = job.devices, job.batch, job.prompt_len, job.gen_len, job.precision
-    tp = devices if job.tp is None else job.tp
+    ep = 1 if job.ep is None else job.ep
+    tp = devices // ep if job.tp is None else job.tp
+    check_ep(m, devices, tp, ep)
     _check(m, dev, devices, tp, batch, prompt_len, gen_len, precision)
     beyond = _context_check(m, prompt_len, gen_len, job.allow_beyond_context)
     m, padding = pad_heads(m, tp)
@@ -361,12 +387,12 @@ def _estimate(job: InferenceJob) -> InferenceEstimate:
     cdtype = _compute_dtype(dev, precision)
     pri, mm_src, bw_src, ew_eff = _resolve(dev, cdtype, precision, calibration)
     j = _Job(m, dev, devices, tp, batch, prompt_len, gen_len, precision, cdtype, pri, mm_src, bw_src, bool(graphs),
-             ew_eff, engine)
+             ew_eff, engine, ep)
     t = Terms()
     mem = _memory(j, t)
     ttft = _prefill(j, t, mem["weights"])
     tpot = _decode(j, t, mem["kv_tok"], mem["bytes_w"])
-    replicas = devices // tp
+    replicas = devices // (tp * ep)
     req = t.add("request_time", f"ttft + (gen {gen_len} - 1) x tpot", ttft + (gen_len - 1) * tpot, "s")
     thr = t.add("throughput", f"{replicas} replicas x batch {batch} x gen {gen_len} / request_time",
                 replicas * batch * gen_len / req, "tokens/s")
@@ -406,7 +432,7 @@ def _estimate(job: InferenceJob) -> InferenceEstimate:
     if ept is None:
         notes.append(f"{dev.id} has no published TDP; pass --power-w for energy")
     return InferenceEstimate(
-        model=m.name, hardware=dev.id, devices=devices, tp=tp, precision=precision, batch=batch, prompt_len=prompt_len,
+        model=m.name, hardware=dev.id, devices=devices, tp=tp, ep=ep, precision=precision, batch=batch, prompt_len=prompt_len,
         gen_len=gen_len, fits=fits, graphs=bool(graphs), engine=engine.id, ttft_s=ttft, tpot_s=tpot, memory_per_device_bytes=mem["total"],
         weights_bytes_per_device=mem["weights"], kv_cache_bytes_per_device=mem["kv"], max_batch=mem["max_batch"],
         max_context=mem["max_context"], throughput_tokens_per_s=thr, energy_per_token_j=ept,

@@ -124,7 +124,9 @@ class InferenceJob:
     gen_len: int = option(256, "generated tokens")
     precision: str = option("bf16", "fp32 | bf16 | fp16 | fp8 | w8a8 | w8a16 | w4a16 (weights x activations, "
                                      "the compress stage's names)")
-    tp: int | None = option(None, "tensor-parallel degree (default: all devices)")
+    tp: int | None = option(None, "tensor-parallel degree (default: all devices, or devices / ep)")
+    ep: int | None = option(None, "expert-parallel degree (MoE): the routed experts spread over ep groups of tp "
+                                  "devices, attention data-parallel over the groups (default 1)")
     engine: str | None = option(None, "serving engine: vllm | tensorrt-llm | gpt-fast | llama.cpp | hf | hwlm "
                                       "(default: hwlm, eager PyTorch, as `hwlm bench infer` runs)")
     cuda_graphs: bool | None = option(None, "override the engine's use of CUDA graphs (the engine decides "
@@ -146,7 +148,7 @@ class InferenceJob:
         if self.precision not in INFER_PRECISIONS:
             raise PlanError(f"inference precision {self.precision!r} is not supported; choose one of "
                             f"{', '.join(INFER_PRECISIONS)}")
-        for name, lo in (("devices", 1), ("batch", 1), ("prompt_len", 1), ("gen_len", 1), ("tp", 1)):
+        for name, lo in (("devices", 1), ("batch", 1), ("prompt_len", 1), ("gen_len", 1), ("tp", 1), ("ep", 1)):
             _whole(name, getattr(self, name), lo)
         _energy_checks(self.pue, self.grid_intensity, self.price_per_hour, self.power_w)
 
@@ -157,7 +159,9 @@ class ServingJob:
 
     model: Any = option(None, "preset name, config.json path, or a plan.Model")
     hardware: Any = option(None, "catalog id, a plan.Device, or this-machine with a calibration file")
-    devices: int = option(1, "devices per replica (the tensor-parallel group)")
+    devices: int = option(1, "devices per replica (tp x ep)")
+    ep: int | None = option(None, "expert-parallel degree (MoE): routed experts over ep groups of devices / ep, "
+                                  "attention data-parallel over the groups (default 1)")
     concurrency: int | None = option(None, "requests in flight at all times (closed loop); or give --rate")
     rate: float | None = option(None, "requests per second arriving (Poisson, open loop); or give --concurrency")
     prompt_len: int = option(512, "prompt tokens per request")
@@ -188,7 +192,8 @@ class ServingJob:
         _whole("concurrency", self.concurrency, 1)
         if self.rate is not None and (isinstance(self.rate, bool) or not self.rate > 0):
             raise PlanError(f"--rate must be a positive number of requests per second, got {self.rate!r}")
-        for name, lo in (("devices", 1), ("prompt_len", 1), ("gen_len", 1), ("max_batch", 1), ("requests", 10)):
+        for name, lo in (("devices", 1), ("prompt_len", 1), ("gen_len", 1), ("max_batch", 1), ("requests", 10),
+                         ("ep", 1)):
             _whole(name, getattr(self, name), lo)
         if self.precision not in INFER_PRECISIONS:
             raise PlanError(f"inference precision {self.precision!r} is not supported; choose one of "

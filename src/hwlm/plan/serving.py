@@ -34,10 +34,11 @@ from hwlm.errors import PlanError
 from hwlm.formulas import forward_flops_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE, ops_per_forward, shape_efficiency
+from hwlm.plan.experts import check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
 from hwlm.plan.explain import Term, Terms
 from hwlm.formulas import WEIGHT_BYTES
 from hwlm.plan.inference import (PADS_HEADS, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
-                                 _weights_read_per_step, kv_read_factor, pad_heads)
+                                 kv_read_factor, pad_heads)
 from hwlm.plan.jobs import ServingJob, resolve_hardware
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION
@@ -80,6 +81,7 @@ class ServingEstimate:
     single_itl_s: float
     cost_per_million_tokens_usd: float | None
     energy_per_token_j: float | None = None   # None: no TDP in the catalog and no --power-w
+    ep: int = 1                               # expert-parallel groups per replica (devices / ep per group)
     terms: list[Term] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -107,22 +109,25 @@ class StepModel:
     layer_overhead_s: float
     host_s: float          # eager host time per step (0 under CUDA graphs / off GPUs)
     pri: Any
+    ep: int = 1            # expert-parallel groups of tp devices (attention data-parallel over them)
 
     def seconds(self, decode: int, ctx_sum: float, prefill: int, prefill_ctx: float = 0.0) -> float:
         """``decode`` sequences with ``ctx_sum`` context tokens in all, plus ``prefill`` prompt tokens whose
         attention spans ``prefill_ctx`` tokens on average."""
-        spec, tokens = self.m.spec, decode + prefill
-        w_read, _ = _weights_read_per_step(self.m, max(tokens, 1), self.bytes_w)
+        spec, tokens, w = self.m.spec, decode + prefill, self.tp * self.ep
+        w_read, _ = weights_read_per_step(self.m, max(tokens, 1), self.bytes_w, self.tp, self.ep)
         reads, _ = kv_read_factor(self.m, self.engine)
-        t_mem = (w_read / self.tp + (ctx_sum * reads + prefill) * self.kv_tok) / (self.dev.memory_bw * self.bw_eff)
+        # each attention group holds 1/ep of the sequences and their KV cache
+        t_mem = (w_read + (ctx_sum * reads + prefill) * self.kv_tok / self.ep) / (self.dev.memory_bw * self.bw_eff)
         f_lin = 2.0 * self.m.params.matmul_active * tokens
         per_ctx = forward_flops_per_token(spec, 1) - forward_flops_per_token(spec, 0)  # attention FLOPs per ctx token
         f_att = per_ctx * (ctx_sum + prefill * prefill_ctx)
         peak = self.dev.peak_flops(self.cdtype)
-        t_fl = (f_lin + f_att / self.engine.attention) / (self.tp * peak * self.mm_eff)
+        t_fl = (f_lin + f_att / self.engine.attention) / (w * peak * self.mm_eff)
         t_ew = prefill * spec.n_layers * self.act_traffic * self.engine.elementwise * 34 * spec.d_model * 2.0 / (
-            self.tp * self.dev.memory_bw * self.ew_eff)
-        comm, _ = _comm(self.m, self.dev, self.tp, tokens, self.pri)
+            w * self.dev.memory_bw * self.ew_eff)
+        comm = _comm(self.m, self.dev, self.tp, math.ceil(tokens / self.ep), self.pri)[0] \
+            + ep_comm(self.m, self.dev, self.ep, tokens / self.ep, self.pri.comm_eff)[0]
         device = max(t_mem, t_fl + t_ew) + spec.n_layers * self.layer_overhead_s + comm
         return max(device, self.host_s)
 
@@ -132,11 +137,14 @@ def _step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepMo
     pri, _, _, ew = _resolve(dev, cdtype, job.precision, job.calibration)
     graphs = engine.cuda_graphs if job.cuda_graphs is None else bool(job.cuda_graphs)
     kv_bytes = 1.0 if job.precision == "fp8" else 2.0
-    kv_tok, _ = _kv_per_token_device(m, job.devices, kv_bytes)
-    ops = ops_per_forward(m.spec) + (2 * m.spec.n_layers if job.devices > 1 else 0)  # + eager all-reduce launches
+    ep = job.ep or 1
+    tp = job.devices // ep
+    kv_tok, _ = _kv_per_token_device(m, tp, kv_bytes)
+    # + eager all-reduce (tp) and all-to-all (ep) launches
+    ops = ops_per_forward(m.spec) + (2 * m.spec.n_layers if tp > 1 else 0) + (2 * moe_parts(m)[2] if ep > 1 else 0)
     host = 0.0 if graphs or dev.kind != "gpu" else ops * pri.infer_op_overhead_s
-    fill, _ = shape_efficiency(dev, m.spec, min(engine.chunk_tokens, job.prompt_len), job.prompt_len, job.devices)
-    return StepModel(m=m, dev=dev, tp=job.devices, engine=engine, graphs=graphs, cdtype=cdtype,
+    fill, _ = shape_efficiency(dev, m.spec, min(engine.chunk_tokens, job.prompt_len), job.prompt_len, tp)
+    return StepModel(m=m, dev=dev, tp=tp, ep=ep, engine=engine, graphs=graphs, cdtype=cdtype,
                      bytes_w=WEIGHT_BYTES[job.precision], kv_tok=kv_tok, mm_eff=pri.matmul_eff * fill,
                      bw_eff=pri.decode_bw_eff, ew_eff=ew if ew is not None else pri.decode_bw_eff,
                      act_traffic=pri.act_traffic, layer_overhead_s=pri.layer_overhead_s, host_s=host, pri=pri)
@@ -276,11 +284,13 @@ def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk
 
 def _capacity(job: ServingJob, m: Model, dev: Device, engine: Stack) -> tuple[int, str, int, float]:
     """(running-sequence cap, what limits it, KV capacity in tokens, free bytes)."""
-    sm_tok = _kv_per_token_device(m, job.devices, 1.0 if job.precision == "fp8" else 2.0)[0]
-    w = m.params.total * WEIGHT_BYTES[job.precision] / job.devices
-    ws = engine.chunk_tokens * min(1.0, 2048 / engine.chunk_tokens) * (4 * m.spec.d_model + 3 * m.spec.ff / job.devices) * 2
+    ep = job.ep or 1
+    tp = job.devices // ep
+    sm_tok = _kv_per_token_device(m, tp, 1.0 if job.precision == "fp8" else 2.0)[0]
+    w = weights_per_device(m, WEIGHT_BYTES[job.precision], tp, ep)
+    ws = engine.chunk_tokens * min(1.0, 2048 / engine.chunk_tokens) * (4 * m.spec.d_model + 3 * m.spec.ff / tp) * 2
     free = dev.memory_bytes * USABLE_MEMORY_FRACTION - w - ws
-    kv_tokens = int(free // sm_tok) if free > 0 else 0
+    kv_tokens = ep * int(free // sm_tok) if free > 0 else 0  # each of the ep attention groups holds its own
     by_kv = kv_tokens // (job.prompt_len + job.gen_len)
     cap = job.max_batch or engine.max_batch
     if by_kv < 1:
@@ -304,10 +314,10 @@ def _single(job: ServingJob, m: Model, dev: Device, engine: Stack, tp: int) -> t
 def _what_would_work(job: ServingJob, m: Model, dev: Device, engine: Stack, name: str) -> str:
     """The first larger tensor-parallel replica on this hardware whose lone request meets the SLO."""
     slo = job.slo_ttft if name == "--slo-ttft" else job.slo_itl
-    tp = job.devices * 2
+    tp, ep = job.devices * 2, job.ep or 1
     while tp <= max(dev.devices_per_node, dev.scale_up_devices):
-        if m.spec.n_heads % tp == 0 or dev.vendor in PADS_HEADS:
-            ttft, itl = _single(job, pad_heads(m, tp)[0], dev, engine, tp)
+        if m.spec.n_heads % (tp // ep) == 0 or dev.vendor in PADS_HEADS:
+            ttft, itl = _single(job, pad_heads(m, tp // ep)[0], dev, engine, tp)
             got = ttft if name == "--slo-ttft" else itl
             if got <= slo:  # type: ignore[operator]
                 return f"use --devices {tp} ({got:.3g} s alone), a narrower precision or faster hardware"
@@ -356,11 +366,14 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
     m = get_model(job.model)
     dev = resolve_hardware(job.hardware, job.calibration)
     engine = get_engine(job.engine, dev) if job.engine else default_engine(dev, serving=True)
-    if m.spec.n_heads % job.devices and dev.vendor not in PADS_HEADS:
-        raise PlanError(f"{job.devices} devices per replica do not divide the {m.spec.n_heads} attention heads of "
-                        f"{m.name}; choose a divisor of {m.spec.n_heads} for --devices")
+    ep = job.ep or 1
+    check_ep(m, job.devices, job.devices // ep if job.devices % ep == 0 else 1, ep)
+    tp = job.devices // ep
+    if m.spec.n_heads % tp and dev.vendor not in PADS_HEADS:
+        raise PlanError(f"{tp} devices per attention group do not divide the {m.spec.n_heads} attention heads of "
+                        f"{m.name}; choose a divisor of {m.spec.n_heads} for --devices / --ep")
     beyond = _context_check(m, job.prompt_len, job.gen_len, job.allow_beyond_context)
-    m, padding = pad_heads(m, job.devices)
+    m, padding = pad_heads(m, tp)
     sm = _step_model(job, m, dev, engine)
     cap, limit, kv_tokens, _ = _capacity(job, m, dev, engine)
     chunk = engine.chunk_tokens if engine.chunk_tokens < (1 << 30) else job.prompt_len * cap + cap
@@ -419,7 +432,7 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
         notes.append(f"{job.concurrency - cap} of {job.concurrency} requests wait in the queue at any time "
                      f"(the batch is capped at {cap} by {limit}): TTFT includes that wait")
     return ServingEstimate(
-        model=m.name, hardware=dev.id, devices=job.devices, engine=engine.id, precision=job.precision,
+        model=m.name, hardware=dev.id, devices=job.devices, ep=job.ep or 1, engine=engine.id, precision=job.precision,
         prompt_len=job.prompt_len, gen_len=job.gen_len, concurrency=job.concurrency, rate=job.rate, replicas=replicas,
         requests_per_s=rps, output_tokens_per_s=out_tps, mean_batch=r.batch_sum, batch_limit=cap, limited_by=limit,
         kv_capacity_tokens=kv_tokens, ttft_p50_s=_percentile(r.ttft, 0.5), ttft_p90_s=_percentile(r.ttft, 0.9),
