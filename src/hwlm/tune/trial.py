@@ -85,7 +85,12 @@ def trial_tables(space_fixed: dict[str, dict[str, Any]], values: dict[str, Any],
         kind = tables["task"].get("classifier", "transformer")
         if kind in TASK_DROPOUT_KINDS and "dropout" in tables["model"]:
             tables["task"]["dropout"] = tables["model"].pop("dropout")  # those classifiers own their dropout
-    tables["train"].update(seed=seed, eval_interval=cfg.eval_interval)
+    train = tables["train"]
+    if "lr" in train and "min_lr" not in train:
+        # The schedule's floor follows a searched peak (lr / 10, Chinchilla's and nanoGPT's ratio): the default
+        # floor would sit above a small drawn lr, which TrainConfig refuses.
+        train["min_lr"] = train["lr"] / 10
+    train.update(seed=seed, eval_interval=cfg.eval_interval)
     for key in ("max_steps", "max_tokens", "time_budget"):
         tables["train"].pop(key, None)  # the trial budget is the only horizon
     return tables
