@@ -112,6 +112,23 @@ def test_train_resume_and_eval_on_encrypted_data_with_the_key(world: dict[str, P
     assert json.loads(capsys.readouterr().out)["step"] == 6
 
 
+def test_weights_of_many_chunks_round_trip_exactly(tmp_path: Path, world: dict[str, Path]) -> None:
+    import torch
+
+    from hwlm.model import ModelConfig, Transformer
+
+    key = load_key(world["k1"])
+    cfg = ModelConfig.from_name("debug", vocab_size=4096, n_embd=128)  # embedding alone is 2 MiB: 3+ chunks
+    model, fresh = Transformer(cfg), Transformer(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text("{}")
+    ckpt = ckpt_io.save_checkpoint(tmp_path / "run", 1, model, opt, {}, {}, tok, keep=2, key=key)
+    assert (ckpt / "model.safetensors").stat().st_size > 2 * (1 << 20)
+    ckpt_io.load_weights(ckpt, fresh, "cpu", key)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+
+
 def test_wrong_key_on_data_and_on_checkpoints_is_one_line_and_moves_nothing(world: dict[str, Path], tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     train_args = ["train", "--model", "debug", "--batch-size", "4", "--max-steps", "6", "--device", "cpu",

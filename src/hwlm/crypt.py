@@ -145,14 +145,24 @@ def _aad(header: bytes, index: int, last: bool) -> bytes:
     return header + struct.pack("<QB", index, int(last))
 
 
-def encrypt_bytes(data: bytes, key: bytes, chunk: int = CHUNK) -> bytes:
+def encrypt_bytes(data: bytes | bytearray | memoryview, key: bytes, chunk: int = CHUNK) -> bytearray:
+    """The whole encrypted file for ``data``, built in one buffer (each chunk encrypted in place: on a
+    machine where fresh memory is slow to fault in, copies, not AES, would dominate)."""
     aes = _aesgcm(key)
-    header = _HEADER.pack(MAGIC, VERSION, key_id(key), secrets.token_bytes(16), chunk, len(data))
-    parts, n = [header], max(1, -(-len(data) // chunk))
+    src = memoryview(data).cast("B")
+    header = _HEADER.pack(MAGIC, VERSION, key_id(key), secrets.token_bytes(16), chunk, len(src))
+    n = max(1, -(-len(src) // chunk))
+    out = bytearray(len(header) + n * _OVERHEAD + len(src))
+    view = memoryview(out)
+    view[:len(header)] = header
+    pos = len(header)
     for i in range(n):
+        piece = src[i * chunk:(i + 1) * chunk]
         nonce = secrets.token_bytes(12)  # fresh per chunk: a nonce is never reused under a key
-        parts += [nonce, aes.encrypt(nonce, data[i * chunk:(i + 1) * chunk], _aad(header, i, i == n - 1))]
-    return b"".join(parts)
+        view[pos:pos + 12] = nonce
+        aes.encrypt_into(nonce, piece, _aad(header, i, i == n - 1), view[pos + 12:pos + 12 + len(piece) + 16])
+        pos += len(piece) + _OVERHEAD
+    return out
 
 
 def write_encrypted(path: Path, data: bytes, key: bytes, chunk: int = CHUNK) -> None:
@@ -203,20 +213,30 @@ class EncryptedReader:
             raise DataError(f"{path} holds {actual} bytes where its header promises {expected}: truncated or "
                             f"extended (chunk {min(self.chunks - 1, max(0, (actual - _HEADER.size) // (self.chunk + _OVERHEAD)))})")
         self._aes = _aesgcm(key)
+        self._blob = bytearray(min(self.chunk, self.size) + _OVERHEAD)  # one chunk as stored, reused
 
-    def _chunk(self, i: int) -> bytes:
+    def _length(self, i: int) -> int:
+        return min(self.chunk, self.size - i * self.chunk)
+
+    def _decrypt_into(self, i: int, out: memoryview) -> None:
+        """Authenticate chunk ``i`` and decrypt it into ``out`` (its plaintext length)."""
         from cryptography.exceptions import InvalidTag
 
-        length = min(self.chunk, self.size - i * self.chunk)
+        blob = memoryview(self._blob)[:self._length(i) + _OVERHEAD]
         self._f.seek(_HEADER.size + i * (self.chunk + _OVERHEAD))
-        blob = self._f.read(length + _OVERHEAD)
+        self._f.readinto(blob)
         try:
-            return self._aes.decrypt(blob[:12], blob[12:], _aad(self.header, i, i == self.chunks - 1))
+            self._aes.decrypt_into(blob[:12], blob[12:], _aad(self.header, i, i == self.chunks - 1), out)
         except InvalidTag:
             raise DataError(f"{self.path}: chunk {i} fails authentication (tampered, reordered or from another "
                             f"file); nothing of it is used") from None
 
-    def _cached(self, i: int) -> bytes:
+    def _chunk(self, i: int) -> bytearray:
+        out = bytearray(self._length(i))
+        self._decrypt_into(i, memoryview(out))
+        return out
+
+    def _cached(self, i: int) -> bytearray:
         if i in self._cache:
             self._cache[i] = self._cache.pop(i)  # now the newest
             return self._cache[i]
@@ -227,16 +247,26 @@ class EncryptedReader:
                 del self._cache[next(iter(self._cache))]
         return plain
 
-    def read(self, offset: int = 0, n: int | None = None) -> bytes:
+    def read(self, offset: int = 0, n: int | None = None) -> bytes | bytearray:
+        """Plaintext bytes ``[offset, offset + n)`` (all from ``offset`` when ``n`` is None)."""
         n = self.size - offset if n is None else n
         if offset < 0 or n < 0 or offset + n > self.size:
             raise DataError(f"{self.path}: read of {n} bytes at {offset} is outside its {self.size} bytes")
         if n == 0:
             return b""
         first, last = offset // self.chunk, (offset + n - 1) // self.chunk
-        data = b"".join(self._cached(i) for i in range(first, last + 1))
         start = offset - first * self.chunk
-        return data[start:start + n]
+        if last - first <= 1:  # a window: through the cache
+            if first == last:
+                return bytes(memoryview(self._cached(first))[start:start + n])
+            return bytes(self._cached(first)[start:] + self._cached(last)[:start + n - self.chunk])
+        # A long read (a whole file): every chunk straight into one buffer, bypassing the cache.
+        out = bytearray(min(self.size, (last + 1) * self.chunk) - first * self.chunk)
+        view = memoryview(out)
+        for i in range(first, last + 1):
+            at = (i - first) * self.chunk
+            self._decrypt_into(i, view[at:at + self._length(i)])
+        return out if start == 0 and n == len(out) else out[start:start + n]
 
     def close(self) -> None:
         self._f.close()

@@ -146,11 +146,11 @@ def _weights_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
     return save({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
 
 
-def _load_weights_bytes(model: nn.Module, data: bytes, device: str) -> None:
+def _load_weights_bytes(model: nn.Module, data: bytes | bytearray, device: str) -> None:
     """``safetensors.torch.load_model(strict=True)`` from bytes: tied names count as present."""
     from safetensors.torch import _remove_duplicate_names, load
 
-    state = {k: v.to(device) for k, v in load(data).items()}
+    state = {k: v.to(device) for k, v in load(bytes(data)).items()}  # safetensors takes bytes, not a bytearray
     removed = _remove_duplicate_names(model.state_dict(), preferred_names=list(state))
     result = model.load_state_dict(state, strict=False)
     missing, unexpected = set(result.missing_keys), list(result.unexpected_keys)
