@@ -124,7 +124,7 @@ def _save_torch_encrypted(obj: Any, path: Path, key: bytes) -> None:
     test_fail(path)
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, encrypt_bytes(buf.getvalue(), key))
+    atomic_write_bytes(path, encrypt_bytes(buf.getbuffer(), key))  # a view of the buffer: no copy
 
 
 def _load_torch(path: Path, key: bytes | None, map_location: Any) -> Any:
