@@ -88,3 +88,18 @@ def test_serving_a_rate_sizes_a_fleet_per_device() -> None:
         recommend("llama-3.1-8b", serving={"rate": 10.0, "slo_itl": 1e-5}, hardware=["h100-sxm"])
     with pytest.raises(PlanError, match="give either --tokens"):
         recommend("llama-3.1-8b", tokens=1e9, serving={"rate": 1.0})
+
+
+def test_the_search_shortcuts_change_no_number() -> None:
+    """The layout search's fast paths are exact: _relayout is dataclasses.replace, the cached activation
+    bytes equal the uncached ones."""
+    from dataclasses import replace
+
+    from hwlm.plan import Layout, get_model
+    from hwlm.plan.parallel import _activation_bytes, training_memory
+    from hwlm.plan.training import _relayout
+    lay = Layout(dp=4, tp=2, pp=2, zero_stage=1, recompute="partial", recompute_layers=3, micro_batch=2)
+    assert _relayout(lay, micro_batch=4, recompute_layers=5) == replace(lay, micro_batch=4, recompute_layers=5)
+    spec = get_model("llama-2-7b").spec
+    mem = training_memory(spec, 7e9, lay, 4096, 80e9)
+    assert mem.activations == _activation_bytes.__wrapped__(spec, 4096, 2, 2, 3, "bf16", "gpu", "korthikanti")

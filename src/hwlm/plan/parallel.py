@@ -30,6 +30,7 @@ one more all-gather (``3·(n-1)/n·V``, ZeRO paper section 7.2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from hwlm.errors import PlanError
@@ -160,32 +161,42 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
     weights = state.weights * local / (dp if z >= 3 else 1)
     grads = state.gradients * local / (dp if z >= 2 else 1)
     optimizer = state.optimizer * local / (dp if z >= 1 else 1)
-    tokens = seq_len * layout.micro_batch
+    k = round(layout.recompute_fraction(L) * L) if layout.recompute in ("full", "partial") else 0
+    acts = _activation_bytes(spec, seq_len, layout.micro_batch, layout.tp, k, precision, device_kind, activations)
+    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
+                           capacity=capacity)
 
+
+@lru_cache(maxsize=1 << 14)
+def _activation_bytes(spec: ArchSpec, seq_len: int, micro_batch: int, tp: int, k: int, precision: str,
+                      device_kind: str, activations: str) -> float:
+    """Saved activations per device of one layout (k of the L layers fully recomputed): the part of
+    :func:`training_memory` that does not depend on dp or the ZeRO stage, cached because a layout search asks
+    for it once per ZeRO stage and data-parallel width."""
+    L = spec.n_layers
+    tokens = seq_len * micro_batch
     megatron = activations == "korthikanti"
 
     def per_layer(mode: str) -> float:
         if megatron:
-            return korthikanti_activation_bytes_per_layer(spec, seq_len, layout.micro_batch, mode, layout.tp,
-                                                          precision=precision)
-        return saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, "flash", mode) / layout.tp
+            return korthikanti_activation_bytes_per_layer(spec, seq_len, micro_batch, mode, tp, precision=precision)
+        return saved_activation_bytes_per_layer(spec, tokens, seq_len, precision, "flash", mode) / tp
     # Megatron's selective recompute drops the attention core's (T, T) tensors, which flash kernels never
     # keep: its layers hold what no recompute holds. 1F1B: the first stage holds pp micro-batches of L/pp
     # layers = L layers' worth. A fully recomputed layer's set is alive again during its backward.
-    k = round(layout.recompute_fraction(L) * L) if layout.recompute in ("full", "partial") else 0
-    acts = k * per_layer("full") + (L - k) * per_layer("none") + (per_layer("none") - per_layer("full") if k else 0.0)
+    none = per_layer("none")
+    full = per_layer("full") if k else 0.0
+    acts = k * full + (L - k) * none + (none - full if k else 0.0)
     # The loss's peak, on the last stage, split by tp (formulas: saved gradient, logits and their copies).
     # Megatron-style: Korthikanti's fp32 logits and the two matmul inputs, plus the logits' transient at the
     # loss's backward as measured for a compiled loop (4 + 6 = 10 B per bf16 logit, the H200 record).
     # hwlm's own loop fuses the output layer and loss in row chunks when no autocast is on (formulas.loss_path).
     compiled = device_kind != "cpu"
     loss = "full" if megatron else loss_path(precision)
-    saved = (korthikanti_outside_layers_bytes(spec, seq_len, layout.micro_batch, 1, precision) if megatron
+    saved = (korthikanti_outside_layers_bytes(spec, seq_len, micro_batch, 1, precision) if megatron
              else saved_outside_layers_bytes(spec, tokens, precision, loss))
-    acts += (saved + loss_transient_bytes(spec, tokens, precision, loss, device_kind, compiled)
-             + heap_slack_bytes(spec, tokens, loss, device_kind)) / layout.tp
-    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
-                           capacity=capacity)
+    return acts + (saved + loss_transient_bytes(spec, tokens, precision, loss, device_kind, compiled)
+                   + heap_slack_bytes(spec, tokens, loss, device_kind)) / tp
 
 
 def link_bandwidth(intra_bw: float | None, inter_bw: float | None, group_span: int, scale_up: int) -> tuple[float, str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwlm.errors import HwlmError, PlanError
+from hwlm.formulas import train_flops_per_token
 from hwlm.plan.catalog import Device, list_devices
 from hwlm.plan.inference import estimate_inference
 from hwlm.plan.models import Model, get_model
@@ -99,9 +100,10 @@ def _counts(dev: Device, max_devices: int) -> list[int]:
 
 
 def _train_options(m: Model, tokens: float, devs: list[Device], max_devices: int, precision: str,
-                   dropped: dict[str, int], kw: dict[str, Any]) -> list[Option]:
+                   dropped: dict[str, int], kw: dict[str, Any], deadline_s: float | None = None) -> list[Option]:
     out = []
     seq = int(kw.get("seq_len") or m.seq_len)
+    flops = tokens * train_flops_per_token(m.spec, seq)
     if "global_batch" not in kw:  # the compute-optimal batch, at least one sequence
         kw = {**kw, "global_batch": max(1, round(critical_batch_tokens(m.params.active, tokens) / seq))}
     for dev in devs:
@@ -112,6 +114,10 @@ def _train_options(m: Model, tokens: float, devs: list[Device], max_devices: int
             # Lower bound: even fully sharded, 16 B/param must fit; skip the estimate when it cannot.
             if 16.0 * m.params.total / n > dev.memory_bytes:
                 dropped["does not fit"] = dropped.get("does not fit", 0) + 1
+                continue
+            # Lower bound: even at the full peak the FLOPs take flops / (n x peak); skip what cannot make it.
+            if deadline_s is not None and flops / (n * dev.peak_flops(precision)) > deadline_s:
+                dropped["misses deadline"] = dropped.get("misses deadline", 0) + 1
                 continue
             try:
                 e = estimate_training(m, tokens, dev, n, precision=precision, find_smallest=False, **kw)
@@ -230,7 +236,7 @@ def recommend(model: str | Model, *, tokens: float | None = None, inference: dic
     devs = list_devices(kind) if hardware is None else [d for d in list_devices() if d.id in set(hardware)]
     dropped: dict[str, int] = {}
     if tokens is not None:
-        opts = _train_options(m, tokens, devs, max_devices, precision, dropped, kw)
+        opts = _train_options(m, tokens, devs, max_devices, precision, dropped, kw, deadline_s)
         workload = f"train on {tokens:.3g} tokens"
     elif serving is not None:
         work = {"prompt_len": 512, "gen_len": 256, **{k: v for k, v in serving.items() if v is not None}}

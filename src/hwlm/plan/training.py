@@ -204,9 +204,19 @@ def _small_model_time(ctx: _Ctx, lay: Layout, t: Terms, device_time: float) -> f
     return gemm + logits + casts + exposed
 
 
+class _Quiet(Terms):
+    """Terms that keep nothing: the layout search only needs the values."""
+
+    def add(self, name: str, formula: str, value: float, unit: str, source: str = "") -> float:
+        return float(value)
+
+
+_QUIET = _Quiet()
+
+
 def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
     """Wall-time parts for one layout (whole run). Records terms when ``t`` is given."""
-    t = t if t is not None else Terms()
+    t = t if t is not None else _QUIET
     spec, dev, pri, n = ctx.model.spec, ctx.dev, ctx.pri, ctx.devices
     peak = dev.peak_flops(ctx.precision)
     f_tok = train_flops_per_token(spec, ctx.seq_len)
@@ -395,16 +405,24 @@ def _memory(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
     return mem
 
 
+def _relayout(lay: Layout, **changes: Any) -> Layout:
+    """``dataclasses.replace`` for a Layout without its per-call field introspection (the layout search
+    makes tens of thousands of these; ``replace`` was a fifth of ``hwlm plan recommend``'s time)."""
+    d = dict(lay.__dict__)
+    d.update(changes)
+    return Layout(**d)
+
+
 def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
     """The fewest fully recomputed layers (rest selective) that make ``lay`` fit; None if none do."""
     L = ctx.model.spec.n_layers
 
     def mem(k: int) -> MemoryBreakdown:
-        return _memory(ctx, replace(lay, recompute="partial", recompute_layers=k))
+        return _memory(ctx, _relayout(lay, recompute="partial", recompute_layers=k))
+    if mem(0).fits:  # k = 0 fitting implies every k does
+        return _relayout(lay, recompute="partial", recompute_layers=0)
     if not mem(L).fits:
         return None
-    if mem(0).fits:
-        return replace(lay, recompute="partial", recompute_layers=0)
     # Memory is linear in k from k = 1 on (k = 0 lacks the one recomputed layer's set that is alive
     # again in its backward, so a line through k = 0 would stop a layer or more short).
     m1, mL = mem(1), mem(L)
@@ -412,7 +430,7 @@ def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
     k = 1 if excess <= 0 or L == 1 else min(L, 1 + math.ceil(excess / ((m1.total - mL.total) / (L - 1))))
     while k < L and not mem(k).fits:  # rounding: at most a step or two
         k += 1
-    return replace(lay, recompute="full" if k == L else "partial", recompute_layers=k if k < L else 0)
+    return _relayout(lay, recompute="full" if k == L else "partial", recompute_layers=k if k < L else 0)
 
 
 def _choose(ctx: _Ctx, fixed: dict[str, Any]) -> tuple[Layout, bool]:
@@ -471,10 +489,10 @@ def _grow_micro_batch(ctx: _Ctx, lay: Layout) -> Layout:
 
 def _max_micro_batch(ctx: _Ctx, lay: Layout, limit: int = 1 << 16) -> int:
     """The largest power-of-two micro-batch that fits ``lay`` (0: not even one sequence)."""
-    if not _memory(ctx, replace(lay, micro_batch=1)).fits:
+    if not _memory(ctx, _relayout(lay, micro_batch=1)).fits:
         return 0
     mb = 1
-    while mb * 2 <= limit and _memory(ctx, replace(lay, micro_batch=mb * 2)).fits:
+    while mb * 2 <= limit and _memory(ctx, _relayout(lay, micro_batch=mb * 2)).fits:
         mb *= 2
     return mb
 
