@@ -113,6 +113,8 @@ def _train_kwargs(case: dict[str, Any]) -> dict[str, Any]:
     kw["global_batch"] = gb
     if case.get("framework"):
         kw["framework"] = case["framework"]
+    if case.get("capacity_factor"):  # a token-dropping MoE run, as its published config names it
+        kw["capacity_factor"] = case["capacity_factor"]
     return kw
 
 

@@ -122,3 +122,21 @@ def test_expert_parallel_serving_holds_a_kv_cache_per_attention_group() -> None:
     tp = estimate_serving(ServingJob(**kw))
     ep = estimate_serving(ServingJob(ep=8, **kw))
     assert ep.ep == 8 and ep.kv_capacity_tokens > 4 * tp.kv_capacity_tokens
+
+
+def test_capacity_factor_pads_the_routed_experts_flops() -> None:
+    """A token-dropping MoE computes capacity_factor x its share in every expert: the padding adds
+    (cf - 1) x the routed experts' training FLOPs to the matrix time, and nothing to the model FLOPs (MFU)."""
+    from hwlm.plan.experts import moe_parts
+    kw = dict(tokens=1e9, hardware="h100-sxm", devices=64, seq_len=4096, tp=1, pp=1, ep=8, find_smallest=False)
+    a = estimate_training("mixtral-8x7b", **kw)
+    b = estimate_training("mixtral-8x7b", capacity_factor=1.25, **kw)
+    m = get_model("mixtral-8x7b")
+    _, per_expert, n_moe = moe_parts(m)
+    pad = {t.name: t.value for t in b.terms}["capacity_padding_flops"]
+    assert pad == pytest.approx(1e9 * 6 * n_moe * m.spec.experts_per_token * per_expert * 0.25)
+    ta, tb = ({t.name: t.value for t in e.terms}["matmul_time"] for e in (a, b))
+    assert tb / ta == pytest.approx((a.flops + pad) / a.flops)
+    assert a.flops == b.flops
+    with pytest.raises(PlanError, match="capacity-factor must be a number >= 1"):
+        estimate_training("mixtral-8x7b", capacity_factor=0.5, **kw)

@@ -28,7 +28,7 @@ LAYOUT_KEYS = {"tp", "pp", "dp", "cp", "ep", "fsdp", "zero", "recompute", "micro
                "compile", "schedule", "virtual_stages"}
 CASE_KEYS = {"id", "kind", "model", "hardware", "devices", "precision", "weight_dtype", "tokens", "seq_len",
              "batch", "prompt_len", "gen_len", "measured", "unit", "scope", "layout", "arch", "device", "source", "notes",
-             "framework", "engine", "verified", "concurrency", "rate"}
+             "framework", "engine", "verified", "concurrency", "rate", "capacity_factor"}
 DEVICE_KEYS = {"memory_bytes", "memory_bw", "flops_bf16", "flops_fp16", "flops_fp8", "flops_fp32"}
 ARCH_KEYS = {"n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"}
 

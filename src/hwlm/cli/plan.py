@@ -107,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--tp", type=_int, help=th("tp"))
     t.add_argument("--pp", type=_int, help=th("pp"))
     t.add_argument("--ep", type=_int, help=th("ep"))
+    t.add_argument("--capacity-factor", type=_num, help=th("capacity_factor"))
     t.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help=th("zero_stage"))
     t.add_argument("--fsdp", action="store_true", help="same as --zero-stage 3")
     t.add_argument("--recompute", choices=["none", "selective", "full"], help=th("recompute"))
@@ -270,7 +271,8 @@ def _train(a: argparse.Namespace) -> int:
         raise PlanError("plan train needs --model and --tokens (or --config RECIPE for a classifier recipe)")
     job = TrainingJob(model=a.model, tokens=a.tokens, hardware=a.hardware, devices=a.devices, precision=a.precision,
                       seq_len=a.seq_len, global_batch=a.global_batch, framework=a.framework, tp=a.tp, pp=a.pp,
-                      ep=a.ep, zero_stage=3 if a.fsdp else a.zero_stage, recompute=a.recompute,
+                      ep=a.ep, capacity_factor=a.capacity_factor, zero_stage=3 if a.fsdp else a.zero_stage,
+                      recompute=a.recompute,
                       micro_batch=a.micro_batch, **_env_kw(a))
     e = estimate_training(job)
     energy = "n/a" if e.energy_kwh is None else f"{e.energy_kwh:,.0f} kWh, {e.co2_kg / 1000:,.1f} t CO2"

@@ -77,6 +77,8 @@ class TrainingJob:
     tp: int | None = option(None, "tensor-parallel degree (default: chosen)")
     pp: int | None = option(None, "pipeline-parallel degree (default: chosen)")
     ep: int | None = option(None, "expert-parallel degree for mixture-of-experts models (default: chosen)")
+    capacity_factor: float | None = option(None, "MoE with token dropping: each expert computes capacity_factor x "
+                                                 "its even share of the tokens (default: dropless, 1)")
     zero_stage: int | None = option(None, "ZeRO stage, 3 = FSDP (default: chosen)")
     recompute: str | None = option(None, "activation recompute: none | selective | full (default: chosen)")
     micro_batch: int | None = option(None, "sequences per device per micro-step (default: the largest that "
@@ -105,6 +107,10 @@ class TrainingJob:
         if self.precision not in TRAIN_PRECISIONS:
             raise PlanError(f"training precision {self.precision!r} is not supported; choose one of "
                             f"{', '.join(TRAIN_PRECISIONS)}")
+        cf = self.capacity_factor
+        if cf is not None and (isinstance(cf, bool) or not isinstance(cf, (int, float)) or not cf >= 1):
+            raise PlanError(f"--capacity-factor must be a number >= 1 (1: each expert gets exactly its share), "
+                            f"got {cf!r}")
         if self.zero_stage not in (None, 0, 1, 2, 3):
             raise PlanError(f"--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
         if self.recompute not in (None, "none", "selective", "full", "partial"):

@@ -32,6 +32,7 @@ from hwlm.plan.collectives import group_bandwidth
 from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, GRID_SOURCE, MXU_SOURCE, OP_OVERHEAD_SOURCE,
                                   PUE_SOURCE, Calibration, Priors, gemm_shapes, kernels_per_step, load_calibration,
                                   priors_for, shape_efficiency)
+from hwlm.plan.experts import moe_parts
 from hwlm.plan.explain import Term, Terms
 from hwlm.plan.jobs import TRAIN_PRECISIONS, TrainingJob, resolve_hardware
 from hwlm.plan.machine import THIS_MACHINE
@@ -140,6 +141,7 @@ class _Ctx:
     stack: Stack = FRAMEWORKS["megatron"]  # the training framework (fusion, communication overlap)
     user_stack: bool = False    # the user named the framework (else it is the assumed default)
     padding: str | None = None  # Neuron head padding applied to the model (a note), None if none
+    capacity_factor: float = 1.0  # MoE token dropping: experts compute this x their share of the tokens
 
 
 # Passes over the logits per step (write, max, exp-sum, scale to the gradient, read by the two
@@ -204,6 +206,21 @@ def _small_model_time(ctx: _Ctx, lay: Layout, t: Terms, device_time: float) -> f
     return gemm + logits + casts + exposed
 
 
+def _capacity_padding_flops(ctx: _Ctx, t: Terms) -> float:
+    """Extra FLOPs of a token-dropping MoE: every expert runs capacity_factor x its even share of the tokens
+    (the slots a capacity leaves empty are computed as padding), so the routed experts' products grow by
+    (capacity_factor - 1). GShard, Lepikhin et al. 2020, arXiv:2006.16668, section 2.2 (expert capacity);
+    Switch Transformer, Fedus et al. 2021, arXiv:2101.03961, section 2.2 (capacity factor)."""
+    cf = ctx.capacity_factor
+    _, per_expert, n_moe = moe_parts(ctx.model)
+    if cf <= 1.0 or not n_moe:
+        return 0.0
+    routed = 6.0 * n_moe * ctx.model.spec.experts_per_token * per_expert  # train FLOPs per token in experts
+    return t.add("capacity_padding_flops", f"tokens x 6 x {n_moe} MoE layers x k {ctx.model.spec.experts_per_token} x "
+                 f"{per_expert:.4g} params per expert x (capacity factor {cf:g} - 1)", ctx.tokens * routed * (cf - 1),
+                 "FLOP", "GShard, arXiv:2006.16668, section 2.2; Switch Transformer, arXiv:2101.03961, section 2.2")
+
+
 class _Quiet(Terms):
     """Terms that keep nothing: the layout search only needs the values."""
 
@@ -231,9 +248,10 @@ def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
         fill, fill_text = shape_efficiency(dev, spec, lay.micro_batch * ctx.seq_len, ctx.seq_len, lay.tp)
         if fill < 1.0:
             t.add("mxu_fill", fill_text, fill, "", MXU_SOURCE)
-        mm = t.add("matmul_time", f"flops x {rc:.3g} / ({n} devices x peak {peak:.4g} x matmul_eff {pri.matmul_eff:.3g}"
-                   + (f" x MXU fill {fill:.3f})" if fill < 1.0 else ")"),
-                   flops * rc / (n * peak * pri.matmul_eff * fill), "s", ctx.eff_source)
+        pad = _capacity_padding_flops(ctx, t)
+        mm = t.add("matmul_time", f"(flops{' + capacity padding' if pad else ''}) x {rc:.3g} / ({n} devices x peak "
+                   f"{peak:.4g} x matmul_eff {pri.matmul_eff:.3g}" + (f" x MXU fill {fill:.3f})" if fill < 1.0 else ")"),
+                   (flops + pad) * rc / (n * peak * pri.matmul_eff * fill), "s", ctx.eff_source)
         eb = _elem_bytes(ctx)
         bw, bw_text = _act_bw(ctx)
         ew_bytes = 3 * spec.n_layers * pri.act_traffic * 34 * spec.d_model * eb
@@ -585,7 +603,8 @@ def _estimate(job: TrainingJob) -> TrainingEstimate:
     gb = int(job.global_batch or max(1, round(DEFAULT_BATCH_TOKENS / seq), math.ceil(devices / 8)))
     ctx = _Ctx(model=m, dev=dev, devices=devices, precision=precision, tokens=float(job.tokens), seq_len=seq,
                batch_tokens=float(gb * seq), pri=pri, train_eff=train_eff, eff_source=eff_source,
-               autocast=job.autocast, stack=stack, user_stack=bool(job.framework), padding=padding)
+               autocast=job.autocast, stack=stack, user_stack=bool(job.framework), padding=padding,
+               capacity_factor=float(job.capacity_factor or 1.0))
     tp, pp, micro_batch = job.tp, job.pp, job.micro_batch
     fixed = {"tp": tp, "pp": pp, "zero_stage": job.zero_stage, "recompute": job.recompute,
              "micro_batch": micro_batch, "virtual_stages": job.virtual_stages, "schedule": job.schedule,
