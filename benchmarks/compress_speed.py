@@ -71,6 +71,8 @@ def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[
     hf = hf_twin(base)
     prompt = list(range(16))
     forms: dict[str, tuple[torch.nn.Module, bool]] = {"hwlm fp32": (base, False)}
+    if use_compile:
+        forms["hwlm fp32 compiled"] = (base, True)  # the Linears as fused row reductions (decoding.row_linear)
     for precision in ("w8a8", "w8a16", "w4a16"):
         q = quantize_model(copy.deepcopy(base), precision, 128)
         forms[f"{precision} eager"] = (q, False)

@@ -20,6 +20,13 @@ in one step.
 
 Masked-out keys get exactly zero weight, so the step computes what the eager path does, in a
 different summation order: logits agree to float round-off and greedy tokens are the same (tested).
+
+One row on a CPU (batch-1 decode, fp32): under ``torch.compile`` each float Linear is written as
+``(W * x).sum(-1)`` (:func:`row_linear`), which inductor turns into one fused, vectorised reduction
+whose rows are split over the OpenMP threads. MKL's gemv, what ``F.linear`` / ``torch.mv`` call at
+one row, stays on one core: over gpt2-124m's weights it streams 12.8 GB/s at 1 or 2 threads, the
+reduction 23.9 GB/s at 2 (74% of the 32.2 GB/s copy bandwidth; benchmarks/gemv_bandwidth.py,
+docs/benchmarks.md). Quantized layers, several rows and GPUs keep their module call.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import torch.nn.functional as F
 
 from hwlm.model.transformer import KVCache, Transformer, apply_rope
 
-__all__ = ["StaticDecoder", "static_step", "cache_length", "compile_mode"]
+__all__ = ["StaticDecoder", "static_step", "cache_length", "compile_mode", "row_linear"]
 
 # Cache lengths are rounded up to a power of two from this size, so that generation with different
 # prompt lengths reuses a few compiled graphs instead of compiling one per length.
@@ -55,6 +62,41 @@ def compile_mode(device: torch.device) -> str | None:
     return "reduce-overhead" if device.type == "cuda" else None
 
 
+def _reduces(layer: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``layer(x)`` is one row of a float CPU Linear inside a compiled graph (see the module docstring)."""
+    w = getattr(layer, "weight", None)
+    return (type(layer) is torch.nn.Linear and torch.compiler.is_compiling() and x.numel() == x.size(-1)
+            and w.device.type == "cpu" and w.dtype == torch.float32 and w.layout == torch.strided
+            and x.dtype == torch.float32)
+
+
+def row_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``; one row of a float CPU Linear under torch.compile as ``(W * x).sum(-1) + b``.
+
+    Inductor fuses the product and the sum into one reduction over K for each of the N outputs, with
+    the N rows split over the threads, so the weight is read once, at both cores' bandwidth. The sum
+    runs in another order than MKL's: outputs agree to float round-off (tested within 1e-5)."""
+    if not _reduces(layer, x):
+        return layer(x)
+    y = (layer.weight * x.reshape(1, -1)).sum(-1)  # (N,): W (N, K) times the row, summed over K
+    if layer.bias is not None:
+        y = y + layer.bias
+    return y.view(*x.shape[:-1], -1)
+
+
+def _mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` with its two Linears through :func:`row_linear` (``hwlm.model.transformer.MLP``'s math)."""
+    if not _reduces(mlp.c_fc, x):
+        return mlp(x)
+    h = row_linear(mlp.c_fc, x)
+    if mlp.gated:
+        gate, up = h.chunk(2, dim=-1)
+        h = F.silu(gate) * up
+    else:
+        h = F.gelu(h, approximate="tanh")
+    return row_linear(mlp.c_proj, h)
+
+
 def static_step(model: Transformer, kv: list[torch.Tensor], idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Logits (B, V) for tokens ``idx`` (B,) at positions ``pos`` (B,), writing their keys/values into ``kv``.
 
@@ -75,7 +117,7 @@ def static_step(model: Transformer, kv: list[torch.Tensor], idx: torch.Tensor, p
     mask = (keys.view(1, max_len) <= pos.view(B, 1)).view(B, 1, 1, max_len)  # (B, 1, 1, L)
     for block, buf in zip(model.h, kv):
         attn = block.attn
-        qkv = attn.c_attn(block.ln_1(x)).view(B, H + 2 * K, 1, D)  # a module call: quantized layers fit too
+        qkv = row_linear(attn.c_attn, block.ln_1(x)).view(B, H + 2 * K, 1, D)  # quantized layers: their module
         q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]  # (B, H|K, 1, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -83,9 +125,9 @@ def static_step(model: Transformer, kv: list[torch.Tensor], idx: torch.Tensor, p
         buf[0, rows, :, pos] = k[:, :, 0]
         buf[1, rows, :, pos] = v[:, :, 0]
         y = F.scaled_dot_product_attention(q, buf[0], buf[1], attn_mask=mask, enable_gqa=K != H)  # (B, H, 1, D)
-        x = x + attn.c_proj(y.view(B, 1, H * D))
-        x = x + block.mlp(block.ln_2(x))
-    return model.lm_head(model.ln_f(x)).view(B, -1)  # (B, V)
+        x = x + row_linear(attn.c_proj, y.view(B, 1, H * D))
+        x = x + _mlp(block.mlp, block.ln_2(x))
+    return row_linear(model.lm_head, model.ln_f(x)).view(B, -1)  # (B, V)
 
 
 class StaticDecoder:

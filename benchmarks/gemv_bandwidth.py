@@ -1,0 +1,111 @@
+"""Batch-1 decode is a row of matrix-vector products: how fast does each way of computing them stream fp32 weights?
+
+The gpt2-124m shape's Linears at one row (per layer c_attn 2304x768, c_proj 768x768, c_fc 3072x768,
+mlp c_proj 768x3072; 12 layers; the output layer 50304x768), every weight read once per token, timed
+as one sweep through all of them, against the copy bandwidth of the same machine (bytes read plus
+written, as benchmarks/generate_speed.py counts it). Each form is checked against ``F.linear`` (max
+abs difference of the outputs). Forms:
+
+* ``F.linear``: what the model calls (MKL sgemv at M=1);
+* ``torch.mv``: the same product spelt as a matrix-vector op;
+* ``x @ W^T (pre-transposed)``: ``torch.mm`` on a (K, N) copy of the weight: MKL's gemm with M=1;
+* ``bmm over T row blocks``: the weight as (T, N/T, K) and one ``torch.bmm`` (ATen may split the batch
+  over threads);
+* ``mkldnn packed``: ``torch.ops.mkldnn._linear_pointwise`` on a weight reordered once for oneDNN;
+* ``compiled (W * x).sum(-1)``: inductor's fused, vectorised, OpenMP-parallel reduction over the rows;
+* ``compiled F.linear``: what ``torch.compile`` makes of the plain call;
+* ``read only: W.sum()``: no product at all, ATen's parallel sum of each weight: the read-only roof.
+
+hwlm's compiled decode step (``hwlm.model.decoding.row_linear``) takes the fused reduction.
+
+    flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/gemv_bandwidth.py --threads 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from generate_speed import copy_bandwidth  # noqa: E402  (benchmarks/ is a folder of scripts)
+
+C, LAYERS, VOCAB = 768, 12, 50304
+SHAPES = [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)] * LAYERS + [(VOCAB, C)]
+
+
+def _weights(seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, k, generator=gen) * 0.02 for n, k in SHAPES]
+
+
+def _sweep(fn: Callable[[int, torch.Tensor], torch.Tensor], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [fn(i, x) for i, x in enumerate(xs)]
+
+
+def _forms(ws: list[torch.Tensor]) -> dict[str, Callable[[int, torch.Tensor], torch.Tensor]]:
+    wt = [w.t().contiguous() for w in ws]
+    forms: dict[str, Callable[[int, torch.Tensor], torch.Tensor]] = {
+        "F.linear": lambda i, x: F.linear(x, ws[i]),
+        "torch.mv": lambda i, x: torch.mv(ws[i], x.view(-1)).view(1, -1),
+        "x @ W^T (pre-transposed)": lambda i, x: torch.mm(x, wt[i]),
+    }
+    for t in (2, 8):
+        blocks = [w.view(t, w.size(0) // t, w.size(1)) for w in ws]
+        forms[f"bmm over {t} row blocks"] = (
+            lambda i, x, b=blocks, t=t: torch.bmm(b[i], x.view(1, -1, 1).expand(t, -1, 1)).view(1, -1))
+    try:
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in ws]
+        forms["mkldnn packed"] = lambda i, x: torch.ops.mkldnn._linear_pointwise(x, packed[i], None, "none", [], "")
+    except (RuntimeError, AttributeError) as exc:
+        print(f"mkldnn packed linear unavailable: {str(exc).splitlines()[0]}")
+    # one compiled function per weight shape, so each keeps its own graph (dynamo's recompile limit is 8)
+    red = {s: torch.compile(lambda w, x: (w * x).sum(-1).view(1, -1), dynamic=False) for s in set(SHAPES)}
+    forms["compiled (W * x).sum(-1)"] = lambda i, x: red[SHAPES[i]](ws[i], x)
+    lin = {s: torch.compile(lambda w, x: F.linear(x, w), dynamic=False) for s in set(SHAPES)}
+    forms["compiled F.linear"] = lambda i, x: lin[SHAPES[i]](ws[i], x)
+    forms["read only: W.sum()"] = lambda i, x: ws[i].sum()
+    return forms
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--repeats", type=int, default=15)
+    args = p.parse_args()
+    ws = _weights()
+    n_bytes = sum(w.numel() * 4 for w in ws)
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(1, k, generator=gen) for _, k in SHAPES]
+    print(f"load average {os.getloadavg()[0]:.2f}; {len(ws)} matrices, {n_bytes / 1e6:.0f} MB of fp32 weights")
+    ref = _sweep(lambda i, x: F.linear(x, ws[i]), xs)
+    forms = _forms(ws)
+    print("| threads | form | GB/s | of copy bandwidth | ms per sweep | max abs diff vs F.linear |")
+    print("|---|---|---|---|---|---|")
+    torch._dynamo.config.recompile_limit = 64  # a graph per shape and thread count
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        copy = copy_bandwidth()
+        for name, fn in forms.items():
+            out = _sweep(fn, xs)  # warm-up (and compilation)
+            diff = max(float((a - b).abs().max()) if a.shape == b.shape else float("nan") for a, b in zip(out, ref))
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                _sweep(fn, xs)
+                times.append(time.perf_counter() - t0)
+            sec = statistics.median(times)
+            print(f"| {threads} | {name} | {n_bytes / sec / 1e9:.1f} | {n_bytes / sec / copy:.0%} | {1e3 * sec:.1f} "
+                  f"| {diff:.1e} |", flush=True)
+        print(f"| {threads} | copy (read + write) | {copy / 1e9:.1f} | 100% | | |", flush=True)
+    print(f"load average after {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
