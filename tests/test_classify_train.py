@@ -160,3 +160,20 @@ def test_classification_recipes_train_one_step(name: str, cls_data: Path, tmp_pa
     cfg = resolve(TrainConfig, file=name, section="train", overrides=dict(
         data=data, out=tmp_path / "run", max_steps=1, device="cpu", progress=False, tensorboard=False))
     assert train_classifier(cfg, task, say=lambda m: None).steps == 1
+
+
+def test_lstm_on_the_padded_batch_equals_packed_rows() -> None:
+    """The state at each row's last real token of the padded run is the packed run's final state."""
+    from torch import nn
+
+    from hwlm.model.classifier import LSTMClassifier
+
+    torch.manual_seed(0)
+    model = LSTMClassifier(50, 3, 0, embed=8, hidden=12, layers=2).eval()
+    lengths = torch.tensor([7, 1, 4, 7, 2])
+    mask = torch.arange(7)[None] < lengths[:, None]
+    ids = torch.randint(1, 50, (5, 7)).masked_fill(~mask, 0)
+    packed = nn.utils.rnn.pack_padded_sequence(model.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+    _, (h, _) = model.lstm(packed)
+    with torch.no_grad():
+        assert torch.allclose(model(ids, mask), model.head(h[-1]), atol=1e-6)

@@ -662,7 +662,8 @@ def classifier_forward_flops(shape: ClassifierShape, tokens: float, examples: fl
     """Forward FLOPs over ``examples`` texts of ``tokens`` real tokens in all (MLP: feature rows; tokens unused).
 
     Matrix products only, 2 FLOPs per multiply-add (the convention of :func:`forward_flops_per_token`): an
-    LSTM layer costs 2 x 4h(n + h) per real token (packed sequences skip padding), the head 2hK per example;
+    LSTM layer costs 2 x 4h(n + h) per token it runs (hwlm's runs the padded batch; MFU counts real tokens),
+    the head 2hK per example;
     an MLP 2 x its weights per example; the bag of words one add per embedding element it averages
     (``tokens`` there counts features: tokens and bigrams) and 2EK per example for its head.
 

@@ -94,7 +94,13 @@ class TransformerClassifier(nn.Module):
 
 
 class LSTMClassifier(nn.Module):
-    """Embedding -> LSTM -> dense on the last real step's hidden state (the source's sentence classifier)."""
+    """Embedding -> LSTM -> dense on the last real step's hidden state (the source's sentence classifier).
+
+    The LSTM runs over the right-padded batch and the state at each row's last real token is taken: the
+    LSTM is unidirectional, so that state has read that row's tokens and no padding. The same as packing
+    the rows (``pack_padded_sequence``), and much faster on a CPU: there the padded batch is one oneDNN RNN
+    call per layer, while packed rows of many lengths take ATen's step-by-step path, whose backward measured
+    5-7x slower in total on the benchmark's reviews (docs/benchmarks.md)."""
 
     def __init__(self, vocab_size: int, n_classes: int, pad_id: int, embed: int = 64, hidden: int = 128,
                  layers: int = 1, dropout: float = 0.0) -> None:
@@ -106,11 +112,9 @@ class LSTMClassifier(nn.Module):
         self.head = nn.Linear(hidden, n_classes)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lengths = mask.sum(1).clamp_min(1).cpu()  # (B,)
-        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True,
-                                                   enforce_sorted=False)
-        _, (h, _) = self.lstm(packed)  # h: (layers, B, H), the state after each row's last real token
-        return self.head(self.drop(h[-1]))
+        out, _ = self.lstm(self.embed(ids))  # (B, T, H): the last layer's state after each position
+        last = (mask.sum(1) - 1).clamp_min(0)  # (B,) the last real token (an empty row: its first position)
+        return self.head(self.drop(out[torch.arange(ids.shape[0], device=ids.device), last]))
 
 
 # Words for the bag of words: a CJK ideograph, kana or hangul syllable alone (those scripts write no spaces; a

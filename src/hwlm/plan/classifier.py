@@ -12,17 +12,18 @@ bandwidth, and the host's ``op_overhead_s`` per kernel (the priors of :mod:`hwlm
 calibration). A CPU core does one thing at a time, so there the three add; a GPU's host runs ahead of the
 device, so a kernel takes the largest of the three (the convention of :mod:`hwlm.plan.training`).
 
-The LSTM is sequential in time: a batch of ``B`` texts whose longest has ``S`` tokens runs ``S`` dependent
-steps per layer, each a thin product ``(b x h) @ (h x 4h)`` (``b`` = the texts still running, ``B`` x mean
-length / ``S`` on average) and the gate arithmetic; the backward runs two more thin products per step. The
-input projection of all steps is one large product per layer (cuDNN computes it so, Appleyard 2016, and so
-does ATen's CPU LSTM). So its matrix efficiency is *not* a large-matmul figure: the thin products pay their
-operands' traffic (roofline) and, above all, the per-step kernels: on a GPU a step is 2 kernels forward
-(the GEMM and one fused gate kernel) and 2 backward, so a small LSTM is launch-bound (``S`` x layers x 4
-launches per batch whatever the GPU's FLOP/s); on a CPU ATen's LSTM cell runs about 10 operations per step
-(the GEMM, the add of the input projection, three sigmoids, two tanh, three products and a sum) and about
-twice that in its backward. The prediction is checked against ``hwlm train --config lstm-sentences`` /
-``digits-mlp`` on this machine (``benchmarks/classify.py --plan-check``, docs/benchmarks.md).
+The LSTM is sequential in time. hwlm's LSTM runs over the right-padded batch (``hwlm.model.classifier``): a
+batch of ``B`` texts whose longest has ``S`` tokens runs ``S`` dependent steps per layer over all ``B`` rows
+(``B x S`` tokens processed, of which ``B`` x mean length are real), each step a thin product
+``(B x h) @ (h x 4h)`` and the gate arithmetic; the backward runs two more thin products per step. The input
+projection of all steps is one large product per layer (cuDNN computes it so, Appleyard 2016; so does
+oneDNN). So its matrix efficiency is *not* a large-matmul figure: the thin products pay their operands'
+traffic each step (roofline), and on a GPU each step is 2 kernels forward (the GEMM and one fused gate
+kernel) and 2 backward, so a small LSTM is launch-bound there (``S`` x layers x 4 launches per batch whatever
+the GPU's FLOP/s). On an x86 CPU the whole recurrence of a layer is one oneDNN RNN call (``mkldnn_rnn_layer``
+and its backward, seen in the profiler), so no per-step host cost: the thin products and gate traffic remain.
+The prediction is checked against ``hwlm train --config lstm-sentences`` / ``digits-mlp`` on this machine
+(``benchmarks/classify.py --plan-check``, docs/benchmarks.md).
 
     >>> est = estimate_classifier(job_from_recipe("digits-mlp", hardware="h100-sxm"))
     >>> est.kind, est.params, est.steps
@@ -55,11 +56,11 @@ __all__ = ["ClassifierJob", "ClassifierEstimate", "estimate_classifier", "job_fr
 
 APPLEYARD = ("Appleyard 2016, 'Optimizing Recurrent Neural Networks in cuDNN 5', NVIDIA developer blog: the input "
              "GEMMs of all steps as one, one recurrent GEMM and one fused element-wise kernel per step")
-CPU_CELL = ("ATen's LSTM cell (aten/src/ATen/native/RNN.cpp, torch 2.13): gate GEMM, add, 3 sigmoid, 2 tanh, 3 mul, "
-            "1 add per step; autograd's backward about twice as many")
+CPU_CELL = ("oneDNN's RNN primitive: one call per layer for all steps (aten::mkldnn_rnn_layer and its backward in "
+            "torch 2.13's profiler), so no per-step host cost")
 TF32_CUDNN = "PyTorch defaults: torch.backends.cudnn.allow_tf32 = True, torch.backends.cuda.matmul.allow_tf32 = False"
 # Kernels per recurrent step and layer (forward, backward), by where the LSTM runs (see the module docstring).
-STEP_KERNELS = {"gpu": (2, 2), "cpu": (10, 20)}
+STEP_KERNELS = {"gpu": (2, 2), "cpu": (0, 0)}
 # Values read or written per token and layer by the gate arithmetic: forward 4h pre-activations written and read,
 # 4h activations, c, tanh(c) and h (about 16h); the backward about twice that.
 GATE_VALUES = 16
@@ -272,9 +273,8 @@ def _hardware(job: ClassifierJob, t: Terms) -> _Hw:
 
 def _recurrence(job: ClassifierJob, hw: _Hw, t: Terms, backward: bool, examples: int) -> float:
     """Seconds of one batch's recurrent steps (LSTM only): thin products, gate arithmetic, per-step kernels."""
-    s, tokens = job.shape, examples * job.mean_len
-    steps = job.steps_len
-    rows = tokens / steps  # texts still running, on average over the steps
+    s, steps = job.shape, job.steps_len
+    rows, tokens = examples, examples * steps  # every row runs every step (padded batch)
     fwd_k, bwd_k = STEP_KERNELS["cpu" if hw.cpu else "gpu"]
     kernels = fwd_k + (bwd_k if backward else 0)
     products = 3 if backward else 1  # forward h @ W_hh; backward dgates @ W_hh and the W_hh gradient
@@ -294,7 +294,7 @@ def _recurrence(job: ClassifierJob, hw: _Hw, t: Terms, backward: bool, examples:
 def _batch_time(job: ClassifierJob, hw: _Hw, t: Terms, examples: int, train: bool) -> float:
     """Seconds of one batch: forward (and backward and optimizer step when ``train``)."""
     s = job.shape
-    tokens = examples * job.mean_len
+    tokens = examples * (job.steps_len if s.kind == "lstm" else job.mean_len)  # processed (the LSTM's padded)
     mult = 3.0 if train else 1.0
     p = classifier_param_count(s)
     flops = (classifier_train_flops if train else classifier_forward_flops)(s, tokens, examples)
@@ -329,7 +329,7 @@ def estimate_classifier(job: ClassifierJob) -> ClassifierEstimate:
     steps = int(t.add("steps", f"{job.epochs:g} epochs x {job.examples} examples / batch {job.batch_size}", steps, "",
                       job.workload_source))
     tokens = steps * job.batch_size * (job.mean_len or s.n_features)
-    flops = t.add("flops", "steps x classifier_train_flops(batch)",
+    flops = t.add("flops", "steps x classifier_train_flops(batch's real tokens): the useful work MFU counts",
                   steps * classifier_train_flops(s, job.batch_size * job.mean_len, job.batch_size), "FLOP")
     step = _batch_time(job, hw, t, job.batch_size, train=True)
     train_s = t.add("train_time", f"{steps} steps x step_time", steps * step, "s")
@@ -339,7 +339,8 @@ def estimate_classifier(job: ClassifierJob) -> ClassifierEstimate:
                    "infer_batch_time", evals * math.ceil(job.val_examples / job.infer_batch) * batch, "s")
     time_s = t.add("time", "train_time + eval_time (checkpoints left out: a few MB)", train_s + eval_s, "s")
     mfu = t.add("mfu", f"flops / (train_time x peak {hw.peak:.4g})", flops / (train_s * hw.peak), "")
-    act = classifier_activation_bytes(s, job.batch_size * job.mean_len, job.batch_size)
+    act = classifier_activation_bytes(s, job.batch_size * (job.steps_len if s.kind == "lstm" else job.mean_len),
+                                      job.batch_size)
     mem = t.add("memory", f"params x {ADAM_FP32.total:g} B (fp32 weights, gradients, AdamW) + activations {act:.4g} B",
                 params * ADAM_FP32.total + act, "B", "hwlm.formulas.ADAM_FP32, classifier_activation_bytes")
     fits = mem <= dev.memory_bytes * USABLE_MEMORY_FRACTION
