@@ -117,8 +117,8 @@ def group_bandwidth(dev: Device, n: int) -> tuple[float, str, str]:
     if topo == "mesh" and dev.devices_per_node > 1:
         used = min(n, dev.devices_per_node) - 1
         share = used / (dev.devices_per_node - 1)
-        return bw * share, f"full mesh: {used} of {dev.devices_per_node - 1} links x {bw / (dev.devices_per_node - 1):.4g}", \
-            "fabric"
+        link = bw / (dev.devices_per_node - 1)
+        return bw * share, f"full mesh: {used} of {dev.devices_per_node - 1} links x {link:.4g}", "fabric"
     if topo in ("torus-2d", "torus-3d"):
         d, spans = _torus_dims(topo), _spanned_dims(dev, n)
         side = max(2, round(dev.scale_up_devices ** (1.0 / d)))
@@ -137,7 +137,8 @@ def allreduce_latency(dev: Device, n: int) -> tuple[float, str]:
     _, _, hop_kind = group_bandwidth(dev, n)
     hop = {"fabric": lib.hop_fabric_s, "pcie": lib.hop_pcie_s, "net": lib.hop_net_s}[hop_kind]
     steps = ring_steps(n, _spanned_dims(dev, n) if hop_kind == "fabric" else 1)
-    return lib.base_s + steps * hop, f"{lib.name} {lib.base_s * 1e6:.3g} us + {steps} steps x {hop * 1e6:.3g} us ({hop_kind})"
+    return lib.base_s + steps * hop, \
+        f"{lib.name} {lib.base_s * 1e6:.3g} us + {steps} steps x {hop * 1e6:.3g} us ({hop_kind})"
 
 
 def allreduce_time(dev: Device, n: int, nbytes: float, comm_eff: float) -> tuple[float, str]:

@@ -279,7 +279,8 @@ def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
         t.add("prefill_mxu_fill", fill_text, fill, "", MXU_SOURCE)
     w = j.width  # the replica's FLOPs and activations spread over tp x ep devices
     t_mm = t.add("prefill_compute_time", f"(prefill_flops - attention + attention / {att:g} ({j.engine.id} kernel)) "
-                 f"/ ({_devs(j)} x peak {peak:.4g} x {pri.matmul_eff:.3g}" + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"),
+                 f"/ ({_devs(j)} x peak {peak:.4g} x {pri.matmul_eff:.3g}"
+                 + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"),
                  (f_pre - f_att + f_att / att) / (w * peak * pri.matmul_eff * fill), "s",
                  f"{j.mm_src}; attention kernel: {j.engine.source}")
     if j.ew_bw_eff is None:
