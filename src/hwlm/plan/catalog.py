@@ -466,6 +466,10 @@ def format_device(dev: Device) -> str:
         rows.append(("in-node link", _si(dev.intra_node_bw, "B/s") + " per direction", "intra_node_bw"))
     if dev.inter_node_bw is not None:
         rows.append(("network", _si(dev.inter_node_bw, "B/s") + " per direction", "inter_node_bw"))
+    if dev.topology != "switch" or "topology" in dev.sources:
+        rows.append(("topology", dev.topology, "topology"))
+    if dev.matrix_unit:
+        rows.append(("matrix unit", f"{dev.matrix_unit} x {dev.matrix_unit}", "matrix_unit"))
     rows.append(("devices per node", str(dev.devices_per_node), "devices_per_node"))
     if dev.scale_up_devices != dev.devices_per_node:
         rows.append(("scale-up domain", f"{dev.scale_up_devices} devices", "scale_up_devices"))
