@@ -131,3 +131,27 @@ def test_rotate_rewrites_the_digests_and_key_ids_of_plain_indexes(tmp_path: Path
     monkeypatch.delenv("HWLM_DATA_KEY", raising=False)
     with pytest.raises(ConfigError, match="--key-file"):
         key_for("run", after["encryption"], None)  # no key and no $HWLM_DATA_KEY: one line naming the flag
+
+
+def test_rotate_copies_a_corrupt_checkpoint_set_aside_as_it_is_with_a_note(tmp_path: Path, capsys) -> None:
+    old_path, old = _key(tmp_path)
+    new_path, new = _key(tmp_path, "new.key")
+    run = tmp_path / "run"
+    good = run / "checkpoints" / "step-0000006"
+    aside = run / "checkpoints" / "corrupt-step-0000003-20261203T000000Z"
+    write_encrypted(good / "model.safetensors", b"w" * 300, old, chunk=CHUNK)
+    write_encrypted(aside / "model.safetensors", b"v" * 300, old, chunk=CHUNK)
+    blob = bytearray((aside / "model.safetensors").read_bytes())
+    blob[HEADER + 20] ^= 1  # the reason it was set aside: a chunk that no longer decrypts
+    (aside / "model.safetensors").write_bytes(bytes(blob))
+    (aside / "COMPLETE").write_text('{"files": {}}')
+    capsys.readouterr()
+    assert main(["crypt", "rotate", str(run), "--old-key-file", str(old_path), "--new-key-file",
+                 str(new_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "1 files re-encrypted" in out
+    notes = err.strip().splitlines()
+    assert len(notes) == 1 and aside.name in notes[0] and "set aside as corrupt" in notes[0]
+    assert read_encrypted(good / "model.safetensors", new) == b"w" * 300
+    assert (aside / "model.safetensors").read_bytes() == bytes(blob)  # kept for a post-mortem, untouched
+    assert (aside / "COMPLETE").read_text() == '{"files": {}}'

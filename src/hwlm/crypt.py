@@ -34,7 +34,7 @@ import shutil
 import stat
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hwlm.errors import ConfigError, DataError
 from hwlm.io import LOCK_FILE, atomic_dir, atomic_write_bytes, folder_lock, resource_error, sha256_file
@@ -92,6 +92,7 @@ def load_key(path: Path | None = None, env: str = ENV) -> bytes:
             raise ConfigError(f"no encryption key: give --key-file FILE (mode 0600) or set ${env}")
         where = f"${env}"
     else:
+        path = Path(path)  # a command-line string as well as a Path
         text = read_secret_file(path, "key file", f"make one with `hwlm crypt keygen {path}`")
         where = str(path)
     try:
@@ -106,7 +107,7 @@ def load_key(path: Path | None = None, env: str = ENV) -> bytes:
 def optional_key(path: Path | None) -> bytes | None:
     """The key in ``path`` when one is given (``--key-file``), else None: readers then fall back to
     ``$HWLM_DATA_KEY`` only if what they read is encrypted (:func:`key_for`)."""
-    return None if path is None else load_key(path)
+    return None if path is None else load_key(Path(path))
 
 
 def encryption_section(key: bytes) -> dict[str, str]:
@@ -304,7 +305,18 @@ def _repoint(obj: Any, swap: dict[str, str]) -> Any:
     return swap.get(obj, obj) if isinstance(obj, str) else obj
 
 
-def rotate_dir(folder: Path, old_key: bytes, new_key: bytes) -> int:
+CORRUPT_PREFIX = "corrupt-step-"  # checkpoints that --resume auto set aside (hwlm.train.checkpoint.move_aside)
+
+
+def _set_aside(rel: Path) -> Path | None:
+    """The ``corrupt-step-*`` folder that ``rel`` (a path inside the folder being rotated) lies in, if any."""
+    for i, part in enumerate(rel.parts):
+        if part.startswith(CORRUPT_PREFIX):
+            return Path(*rel.parts[:i + 1])
+    return None
+
+
+def rotate_dir(folder: Path, old_key: bytes, new_key: bytes, note: Callable[[str], None] | None = None) -> int:
     """Re-encrypt every encrypted file under ``folder`` with ``new_key``; other files are copied as they are.
 
     The new folder is built beside the old one and swapped in whole (``hwlm.io.atomic_dir``): a crash
@@ -313,6 +325,9 @@ def rotate_dir(folder: Path, old_key: bytes, new_key: bytes) -> int:
     checkpoints' ``COMPLETE``) get the new ciphertexts' sha256 and the new key id, so the folder verifies
     and opens under the new key. The folder's lock (:func:`hwlm.io.folder_lock`) is held throughout: a
     running ``hwlm prepare`` or ``hwlm train`` stops it with one line. Returns the files re-encrypted.
+
+    A checkpoint that ``--resume auto`` set aside as corrupt (``corrupt-step-*``) may no longer decrypt:
+    it is copied as it is (still under the old key, kept for a post-mortem) and ``note`` gets one line.
     """
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder")
@@ -322,6 +337,14 @@ def rotate_dir(folder: Path, old_key: bytes, new_key: bytes) -> int:
         indexes = []
         for src in sorted(folder.rglob("*")):
             dst = tmp / src.relative_to(folder)
+            aside = _set_aside(src.relative_to(folder))
+            if aside is not None:
+                if aside == src.relative_to(folder):  # the folder itself: copied whole, once
+                    shutil.copytree(src, dst, symlinks=True)
+                    if note is not None:
+                        note(f"note: {folder / aside} is a checkpoint set aside as corrupt: copied as it is, not "
+                             "re-encrypted (still under the old key); delete it once it is no longer needed")
+                continue
             if src.is_dir():
                 dst.mkdir(parents=True, exist_ok=True)
                 continue

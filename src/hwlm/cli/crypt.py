@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -35,6 +36,6 @@ def run_rotate(args: argparse.Namespace) -> int:
     from hwlm.crypt import key_id, load_key, rotate_dir
 
     old, new = load_key(args.old_key_file), load_key(args.new_key_file)
-    n = rotate_dir(args.folder, old, new)
+    n = rotate_dir(args.folder, old, new, note=lambda line: print(line, file=sys.stderr))
     print(f"{args.folder}: {n} files re-encrypted from key {key_id(old).hex()} to {key_id(new).hex()}")
     return 0
