@@ -239,19 +239,142 @@ def test_an_interrupted_encrypted_prepare_resumes_to_the_same_tokens(world: dict
     assert np.array_equal(whole.window(0, len(whole)), again.window(0, len(again)))
 
 
-def test_encrypt_refuses_classification_data_and_a_stray_key_file(tmp_path: Path, world: dict[str, Path],
-                                                                  capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(ConfigError, match="classification splits .* not encrypted"):
-        PrepareConfig(task="classify", encrypt=True, key_file=world["k1"])
-    err = _one_line_error(capsys, ["train", "--task", "classify", "--encrypt", "--data", str(world["data"]),
-                                   "--out", str(tmp_path / "clf")])
-    assert "language-model runs only" in err
+def test_a_stray_key_file_and_a_readable_key_are_refused(tmp_path: Path, world: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="without encrypt"):
         PrepareConfig(key_file=world["k1"])
     os.chmod(world["k2"], 0o644)
     try:
         with pytest.raises(ConfigError, match="chmod 600"):
             prepare(PrepareConfig(out=tmp_path / "d", encrypt=True, key_file=world["k2"]))
+        with pytest.raises(ConfigError, match="chmod 600"):
+            prepare(PrepareConfig(out=tmp_path / "c", task="classify", encrypt=True, key_file=world["k2"]))
     finally:
         os.chmod(world["k2"], 0o600)
-    assert not (tmp_path / "d").exists()  # refused before anything was written
+    assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def _encrypted(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"HWLMENC1"
+
+
+@pytest.mark.parametrize("method", ["int8", "distill"])
+def test_compress_of_an_encrypted_run_is_encrypted_under_its_key(world: dict[str, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture, method: str) -> None:
+    out = tmp_path / "out"
+    extra = ["--precision", "w8a16"] if method == "int8" else ["--steps", "2"]
+    capsys.readouterr()
+    assert main(["compress", "--run", str(world["run"]), "--method", method, *extra, "--no-table",
+                 "--key-file", str(world["k1"]), "--out", str(out)]) == 0
+    assert f"key id {key_id(load_key(world['k1'])).hex()}" in capsys.readouterr().out
+    ckpt = ckpt_io.latest_checkpoint(out)
+    assert _encrypted(ckpt / "model.safetensors")  # no plaintext copy of the weights
+    assert ckpt_io.read_json(ckpt / "COMPLETE")["encryption"]["key_id"] == key_id(load_key(world["k1"])).hex()
+    assert json.loads((out / "compress.json").read_text())["encryption"]["key_id"] == key_id(load_key(world["k1"])).hex()
+    err = _one_line_error(capsys, ["eval", "--run", str(out), "--device", "cpu"])
+    assert "is encrypted" in err and "--key-file" in err
+    assert main(["eval", "--run", str(out), "--key-file", str(world["k1"]), "--device", "cpu", "--json"]) == 0
+
+
+def test_export_of_an_encrypted_run_is_plain_and_says_so(world: dict[str, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["export", "--run", str(world["run"]), "--key-file", str(world["k1"]), "--out",
+                 str(tmp_path / "hf")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "is encrypted" in line]
+    assert len(notes) == 1 and "written in plain" in notes[0]
+    assert not _encrypted(tmp_path / "hf" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def cls_world(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A labelled set prepared for classification encrypted under k1, and a bag-of-words run on it."""
+    from classify_tiny import cls_cfg, prepare_cls
+
+    from hwlm.train.classify import train_classifier
+    from hwlm.train.task_config import TaskConfig
+
+    root = tmp_path_factory.mktemp("enc-cls")
+    data = prepare_cls(root, n=240, encrypt=True, key_file=world["k1"])
+    cfg = cls_cfg(data, root / "run", max_steps=6, ckpt_interval=3, eval_interval=3, encrypt=True,
+                  key_file=world["k1"])
+    train_classifier(cfg, TaskConfig(task="classify", classifier="bow", buckets=256), say=lambda m: None)
+    return {"root": root, "data": data, "run": root / "run"}
+
+
+def test_classification_splits_are_encrypted_and_read_back(world: dict[str, Path], cls_world: dict[str, Path],
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from hwlm.data.classify import read_split
+
+    data, key = cls_world["data"], load_key(world["k1"])
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["encryption"]["key_id"] == key_id(key).hex()
+    texts = [json.loads(line)["text"] for line in (cls_world["root"] / "rows.jsonl").read_text().splitlines()]
+    for split in ("train", "val", "test"):
+        f = data / manifest["splits"][split]["file"]
+        assert f.name == f"{split}.jsonl.enc" and _encrypted(f)
+        xs, ys = read_split(data, split, key=key)
+        assert len(xs) == len(ys) == manifest["splits"][split]["examples"] and set(xs) <= set(texts)
+    blobs = [f.read_bytes() for f in _files(data) if f.name != "rows.jsonl"]
+    assert not any(t.encode() in b for t in texts[:50] for b in blobs)  # no row's text in plain
+    with pytest.raises(WrongKeyError):
+        read_split(data, "train", key=load_key(world["k2"]))
+    with pytest.raises(ConfigError, match="is encrypted .*--key-file"):
+        read_split(data, "train")
+
+
+def test_an_encrypted_classifier_resumes_evaluates_predicts_and_exports_with_the_key(
+        world: dict[str, Path], cls_world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from classify_tiny import cls_cfg
+
+    from hwlm.train.classify import train_classifier
+    from hwlm.train.task_config import TaskConfig
+
+    ckpt = ckpt_io.latest_checkpoint(cls_world["run"])
+    for name in ("model.safetensors", "optimizer.pt", "trainer_state.pt"):
+        assert _encrypted(ckpt / name), name
+    assert json.loads((ckpt / "labels.json").read_text())["labels"] == ["mid", "neg", "pos"]
+    task = TaskConfig(task="classify", classifier="bow", buckets=256)
+    run = tmp_path / "run"
+    shutil.copytree(cls_world["run"], run)
+    shutil.rmtree(run / "checkpoints" / "step-0000006")  # resume from step 3
+    common = dict(max_steps=6, ckpt_interval=3, eval_interval=3, encrypt=True, key_file=world["k1"])
+    resumed = train_classifier(cls_cfg(cls_world["data"], run, resume="auto", **common), task, say=lambda m: None)
+    straight = train_classifier(cls_cfg(cls_world["data"], tmp_path / "straight", **common), task,
+                                say=lambda m: None)
+    assert resumed.steps == 6 and resumed.val_loss == straight.val_loss  # the encrypted state round-trips exactly
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--key-file", str(world["k1"]), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 6
+    err = _one_line_error(capsys, ["eval", "--run", str(run), "--key-file", str(world["k2"]), "--device", "cpu"])
+    assert "wrong key" in err
+    rows = tmp_path / "new.jsonl"
+    rows.write_text(json.dumps({"text": "a lovely film"}) + "\n")
+    assert main(["predict", str(rows), "--run", str(run), "--out", str(tmp_path / "p.jsonl"), "--device", "cpu",
+                 "--no-progress", "--key-file", str(world["k1"])]) == 0
+    assert json.loads((tmp_path / "p.jsonl").read_text())["label"] in ("mid", "neg", "pos")
+    err = _one_line_error(capsys, ["predict", str(rows), "--run", str(run), "--out", str(tmp_path / "q.jsonl"),
+                                   "--device", "cpu", "--no-progress"])
+    assert "is encrypted" in err and not (tmp_path / "q.jsonl").exists()
+
+
+def test_an_encrypted_chat_fine_tune_resumes_with_the_key(world: dict[str, Path], tmp_path: Path) -> None:
+    from hwlm.train.chat import train_chat
+    from hwlm.train.load import load_model
+    from hwlm.train.task_config import TaskConfig
+
+    dialogues = tmp_path / "d.jsonl"
+    dialogues.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {w}"},
+                                                          {"role": "assistant", "content": w}]}) + "\n"
+                                 for w in ["cat", "dog", "sun", "moon"] * 3))
+    task = TaskConfig(task="chat", init_from=world["run"])
+    common = dict(encrypt=True, key_file=world["k1"], ckpt_interval=2, batch_size=2)
+    train_chat(tiny_cfg(dialogues, tmp_path / "chat", max_steps=2, **common), task, say=lambda m: None)
+    ckpt = ckpt_io.latest_checkpoint(tmp_path / "chat")
+    assert all(_encrypted(ckpt / n) for n in ("model.safetensors", "optimizer.pt", "trainer_state.pt"))
+    resumed = train_chat(tiny_cfg(dialogues, tmp_path / "chat", max_steps=4, resume="auto", **common), task,
+                         say=lambda m: None)
+    straight = train_chat(tiny_cfg(dialogues, tmp_path / "straight", max_steps=4, **common), task, say=lambda m: None)
+    assert resumed.steps == 4 and resumed.val_loss == straight.val_loss
+    assert load_model(tmp_path / "chat", "cpu", load_key(world["k1"])).step == 4
+    with pytest.raises(ConfigError, match="is encrypted"):
+        load_model(tmp_path / "chat", "cpu")

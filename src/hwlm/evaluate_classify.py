@@ -67,12 +67,12 @@ def _rows_of(loaded: Any, texts: list[Any]) -> list[Any]:
 
 
 def _labelled(loaded: Any, run: Path, split: str, files: Sequence[str], text_field: str,
-              label_field: str) -> tuple[list[Any], list[int], str]:
+              label_field: str, key: bytes | None = None) -> tuple[list[Any], list[int], str]:
     from hwlm.data.classify import read_labelled, read_split
 
     if not files:
         data_dir = Path(loaded.run_config["data"]["dir"])
-        xs, ys = read_split(data_dir, split)
+        xs, ys = read_split(data_dir, split, key=key)
         return xs, ys, f"{split} split of {data_dir}"
     if loaded.tokenizer is None:
         raise ConfigError("this classifier reads feature rows; evaluate it on its prepared split, not on FILES")
@@ -88,12 +88,12 @@ def _labelled(loaded: Any, run: Path, split: str, files: Sequence[str], text_fie
 
 
 def _evaluate_one(run: Path, split: str, files: Sequence[str], text_field: str, label_field: str, device: str,
-                  batch_size: int) -> ClassifyEvalResult:
+                  batch_size: int, key: bytes | None = None) -> ClassifyEvalResult:
     from hwlm.train.classify import predict_batches
     from hwlm.train.classify_load import load_classifier
 
-    loaded = load_classifier(run, device)
-    xs, ys, source = _labelled(loaded, run, split, files, text_field, label_field)
+    loaded = load_classifier(run, device, key)
+    xs, ys, source = _labelled(loaded, run, split, files, text_field, label_field, key)
     if not ys:
         raise DataError(f"the {source} holds no examples to evaluate on")
     probs = predict_batches(loaded.model, _rows_of(loaded, xs), loaded.spec.get("pad_id") or 0,
@@ -105,21 +105,24 @@ def _evaluate_one(run: Path, split: str, files: Sequence[str], text_field: str, 
 
 def evaluate_classifier(run: str | Path, split: str = "test", files: Sequence[str] = (), text_field: str = "text",
                         label_field: str = "label", device: str = "auto", batch_size: int = 256,
-                        write: bool = True) -> ClassifyEvalResult:
-    """Metrics of a classification run (or of every seed of a --seeds run) on ``split`` or ``files``."""
+                        write: bool = True, key: bytes | None = None) -> ClassifyEvalResult:
+    """Metrics of a classification run (or of every seed of a --seeds run) on ``split`` or ``files``.
+
+    ``key`` opens an encrypted run and data folder (else $HWLM_DATA_KEY)."""
     from hwlm.train.classify_load import SEEDS_FILE, seed_runs
 
     run = Path(run)
     dev = _device(device)
     if (run / SEEDS_FILE).is_file():
-        results = [_evaluate_one(r, split, files, text_field, label_field, dev, batch_size) for r in seed_runs(run)]
+        results = [_evaluate_one(r, split, files, text_field, label_field, dev, batch_size, key)
+                   for r in seed_runs(run)]
         first = results[0]
         result = ClassifyEvalResult(run=str(run), step=first.step, source=first.source, examples=first.examples,
                                     labels=first.labels, report=first.report,
                                     seeds=summarize_seeds([r.report for r in results]),
                                     per_seed=[{"run": r.run, "report": r.report} for r in results])
     else:
-        result = _evaluate_one(run, split, files, text_field, label_field, dev, batch_size)
+        result = _evaluate_one(run, split, files, text_field, label_field, dev, batch_size, key)
     if write:
         name = "files" if files else split
         atomic_write_json(run / f"eval-{name}.json", {"version": 1, "kind": "hwlm-classify-eval",
@@ -159,7 +162,8 @@ def _read_texts(path: Path, text_field: str) -> list[str]:
 
 
 def predict_file(run: str | Path, file: str | Path, out: str | Path, text_field: str = "text",
-                 batch_size: int = 256, device: str = "auto", progress: bool = True) -> PredictResult:
+                 batch_size: int = 256, device: str = "auto", progress: bool = True,
+                 key: bytes | None = None) -> PredictResult:
     """Label every row of a CSV / JSON Lines ``file``; write ``out`` (.jsonl: ``{"text", "label",
     "probabilities": {label: p}}``; .csv: ``text,label,p_<label>...``) atomically."""
     from hwlm.data.normalize import normalize
@@ -168,7 +172,7 @@ def predict_file(run: str | Path, file: str | Path, out: str | Path, text_field:
 
     t0 = time.perf_counter()
     dev = _device(device)
-    loaded = load_classifier(run, dev)
+    loaded = load_classifier(run, dev, key)
     if loaded.tokenizer is None:
         raise ConfigError("this classifier reads feature rows, not text; predict needs a text classifier")
     texts = _read_texts(Path(file), text_field)

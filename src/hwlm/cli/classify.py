@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or xla (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--key-file", type=Path, default=None, metavar="FILE",
+                   help="key file (mode 0600) of an encrypted run (`hwlm train --encrypt`); default: $HWLM_DATA_KEY")
     p.set_defaults(func=run_predict)
 
 
@@ -111,11 +113,18 @@ def run_task_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key(args: argparse.Namespace) -> bytes | None:
+    """The key of --key-file, if given (else encrypted runs and data are read with $HWLM_DATA_KEY)."""
+    from hwlm.crypt import optional_key
+
+    return optional_key(getattr(args, "key_file", None))
+
+
 def run_classify_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from hwlm.evaluate_classify import evaluate_classifier
 
     r = evaluate_classifier(args.run, split=overrides.get("split", "test"), files=overrides.get("files", []),
-                            device=overrides.get("device", "auto"))
+                            device=overrides.get("device", "auto"), key=_key(args))
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0
@@ -147,7 +156,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from hwlm.evaluate_classify import predict_file
 
     r = predict_file(args.run, args.file, args.out, args.text_field, args.batch_size, args.device,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, key=_key(args))
     print(f"labelled {r.rows:,} rows in {r.seconds:.1f} s -> {r.out}")
     return 0
 
@@ -155,6 +164,12 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_classify_export(args: argparse.Namespace) -> int:
     from hwlm.export.hf_classify import export_hf_classifier
 
-    out, arch = export_hf_classifier(args.run, args.out)
+    from hwlm.train import checkpoint as ckpt_io
+
+    out, arch = export_hf_classifier(args.run, args.out, _key(args))
+    if ckpt_io.is_encrypted_checkpoint(ckpt_io.resolve_checkpoint(args.run)):
+        import sys
+
+        print(ckpt_io.PLAIN_EXPORT_NOTE.format(run=args.run, out=out), file=sys.stderr)
     print(f"exported {args.run} as a Hugging Face {arch} folder: {out}")
     return 0

@@ -51,6 +51,8 @@ def run_compress(args: argparse.Namespace) -> int:
     choice = result.record.get("precision_choice", {})
     why = f" ({choice.get('asked')} -> {choice.get('chosen')}, measured)" if choice.get("asked") == "auto" else ""
     print(f"wrote {result.out}: {result.method}, {result.precision}{why}")
+    if result.record.get("encryption"):
+        print(f"  encrypted under key id {result.record['encryption']['key_id']}, as its source run")
     if result.table:
         print(result.table)
     return 0

@@ -91,9 +91,6 @@ def run_train(args: argparse.Namespace) -> int:
     from hwlm.cli.classify import run_task_train, task_of
 
     if task_of(args) != "lm":
-        if getattr(args, "encrypt", False):
-            raise ConfigError("--encrypt covers language-model runs only: classifier and chat checkpoints are not "
-                              "encrypted yet; drop --encrypt (or train with --task lm)")
         return run_task_train(args)
     from hwlm.train.parallel import under_torchrun
     from hwlm.train.resolve import ResolvedRun, resolve_run
@@ -411,7 +408,9 @@ def _launch_tp_generate(args: argparse.Namespace) -> int:
 def _register_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="write a trained run in another format (Hugging Face)",
                               description="Export a run's newest checkpoint; hf writes a folder that "
-                                          "transformers' AutoModelForCausalLM.from_pretrained loads.")
+                                          "transformers' AutoModelForCausalLM.from_pretrained loads. The export "
+                                          "is always plain, an encrypted run's too (other tools cannot read "
+                                          "hwlm's encryption): a one-line note says so.")
     p.add_argument("--run", required=True, type=Path, help="run folder or checkpoint folder")
     p.add_argument("--format", choices=["hf", "onnx"], default="hf",
                    help="hf (transformers folder) or onnx (model.onnx with the KV cache as inputs/outputs, for "
@@ -426,6 +425,7 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from hwlm.export.hf import export_hf
+    from hwlm.train import checkpoint as ckpt_io
     from hwlm.train.classify_load import is_classifier_run
     from hwlm.train.load import load_model
 
@@ -434,6 +434,8 @@ def run_export(args: argparse.Namespace) -> int:
 
         return run_classify_export(args)
     loaded = load_model(args.run, "cpu", _key(args))
+    if ckpt_io.is_encrypted_checkpoint(loaded.path):
+        print(ckpt_io.PLAIN_EXPORT_NOTE.format(run=args.run, out=args.out), file=sys.stderr)
     if getattr(args, "format", "hf") == "onnx":
         return _export_onnx(args, loaded)
     if getattr(args, "quantize", None):

@@ -48,11 +48,14 @@ class CompressConfig:
     decode_steps: int = option(16, "decode steps timed per batch size in the table")
     device: str = option("cpu", "cpu, cuda, cuda:N or auto")
     seed: int = option(0, "seed for fine-tuning, distillation and measurement prompts")
+    key_file: Path | None = option(None, "key file (mode 0600) of an encrypted run or data folder (unset: "
+                                         "$HWLM_DATA_KEY); an encrypted run gives an encrypted output under its key")
 
     def __post_init__(self) -> None:
         self.run = Path(self.run) if self.run is not None else None
         self.out = Path(self.out) if self.out is not None else None
         self.data = Path(self.data) if self.data is not None else None
+        self.key_file = Path(self.key_file) if self.key_file is not None else None
         if self.method in _ALIASES:
             if self.precision not in ("auto", self.method):
                 raise ConfigError(f"--method {self.method} and --precision {self.precision} disagree: give one")

@@ -36,8 +36,9 @@ def student_config(preset: str, teacher: ModelConfig) -> ModelConfig:
 
 
 def distill_model(teacher: nn.Module, preset: str, data_dir: Path, steps: int, batch_size: int, lr: float,
-                  alpha: float, temperature: float, seed: int) -> tuple[Transformer, dict]:
-    """A student trained from ``teacher``; returns it (eval mode) and what was done."""
+                  alpha: float, temperature: float, seed: int, key: bytes | None = None) -> tuple[Transformer, dict]:
+    """A student trained from ``teacher``; returns it (eval mode) and what was done. ``key`` opens an
+    encrypted data folder (else $HWLM_DATA_KEY)."""
     cfg = student_config(preset, teacher.cfg)
     torch.manual_seed(seed)
     device = next(teacher.parameters()).device
@@ -51,7 +52,7 @@ def distill_model(teacher: nn.Module, preset: str, data_dir: Path, steps: int, b
         lm = F.cross_entropy(s_logits.flatten(0, 1), y.flatten(), ignore_index=-1)
         return alpha * kl_div(s_logits, t_logits, temperature) + (1 - alpha) * lm
 
-    losses = train_steps(student, loss, data_dir, steps, batch_size, lr, seed)
+    losses = train_steps(student, loss, data_dir, steps, batch_size, lr, seed, key=key)
     return student.eval(), {"student": preset, "steps": steps, "lr": lr, "alpha": alpha,
                             "temperature": temperature, "loss_first_last": [losses[0], losses[-1]],
                             "student_params": student.num_params(), "teacher_params": teacher.num_params()}

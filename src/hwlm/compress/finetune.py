@@ -21,12 +21,13 @@ __all__ = ["train_steps"]
 
 def train_steps(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data_dir: Path,
                 steps: int, batch_size: int, lr: float, seed: int,
-                after_step: Callable[[], None] | None = None) -> list[float]:
-    """Run ``steps`` optimizer steps of ``loss_fn(x, y)`` on ``model``; return the losses."""
+                after_step: Callable[[], None] | None = None, key: bytes | None = None) -> list[float]:
+    """Run ``steps`` optimizer steps of ``loss_fn(x, y)`` on ``model``; return the losses (``key``: of an
+    encrypted data folder, else $HWLM_DATA_KEY)."""
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    loader = TokenLoader(data_dir, "train", batch_size, model.cfg.block_size, seed=seed)
+    loader = TokenLoader(data_dir, "train", batch_size, model.cfg.block_size, seed=seed, key=key)
     warmup = max(1, steps // 10)
     losses = []
     model.train()

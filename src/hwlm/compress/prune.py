@@ -58,8 +58,9 @@ def sparsity_of(model: nn.Module) -> float:
 
 
 def prune_model(model: nn.Module, sparsity: float, pattern: str, data_dir: Path, finetune_steps: int,
-                batch_size: int, lr: float, seed: int) -> dict:
-    """Prune ``model`` in place and fine-tune it with the masks held; returns what was done."""
+                batch_size: int, lr: float, seed: int, key: bytes | None = None) -> dict:
+    """Prune ``model`` in place and fine-tune it with the masks held; returns what was done.
+    ``key`` opens an encrypted data folder (else $HWLM_DATA_KEY)."""
     layers = [getattr(p, n) for p, n in linear_targets(model, False)]
     with torch.no_grad():
         masks = [two_four_mask(l.weight) if pattern == "2:4" else magnitude_mask(l.weight, sparsity)
@@ -77,7 +78,8 @@ def prune_model(model: nn.Module, sparsity: float, pattern: str, data_dir: Path,
 
     losses = []
     if finetune_steps > 0:
-        losses = train_steps(model, lm_loss, data_dir, finetune_steps, batch_size, lr, seed, after_step=reapply)
+        losses = train_steps(model, lm_loss, data_dir, finetune_steps, batch_size, lr, seed, after_step=reapply,
+                             key=key)
     return {"pattern": pattern, "sparsity": sparsity_of(model), "finetune_steps": finetune_steps,
             "finetune_lr": lr, "finetune_loss_first_last": [losses[0], losses[-1]] if losses else None}
 

@@ -14,6 +14,10 @@ through ``hwlm.train.load_model``)::
 
 It is written under a temp name, loaded back through ``load_model`` (so a folder that would not load
 is never published) and renamed into place: a failure at any point leaves nothing behind.
+
+An encrypted run (``hwlm train --encrypt``) gives an encrypted run under the same key: its weights go
+through :func:`hwlm.train.checkpoint.write_weights` encrypted, COMPLETE records the key id. The key is
+``--key-file`` (else $HWLM_DATA_KEY), and it opens an encrypted data folder too.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ def _train_value(run_config: dict[str, Any], key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _build(cfg: CompressConfig, loaded: Any, data: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def _build(cfg: CompressConfig, loaded: Any, data: Path,
+           key: bytes | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(compressed model, compression section, extra record) for ``cfg.method``."""
     from hwlm.compress.quant import choose_int8, compression_section, quantize_model
 
@@ -83,7 +88,7 @@ def _build(cfg: CompressConfig, loaded: Any, data: Path) -> tuple[Any, dict[str,
         model = copy.deepcopy(loaded.model)
         steps = int(src_steps * cfg.finetune_fraction)
         lr = cfg.lr or float(_train_value(run_config, "min_lr", 6e-5))
-        done = prune_model(model, cfg.sparsity, cfg.pattern, data, steps, batch, lr, cfg.seed)
+        done = prune_model(model, cfg.sparsity, cfg.pattern, data, steps, batch, lr, cfg.seed, key)
         section = compression_section("prune", "fp32", pattern=cfg.pattern, sparsity=done["sparsity"])
         return model.eval(), section, {"prune": done, "source_steps": src_steps}
     from hwlm.compress.distill import distill_model
@@ -91,7 +96,7 @@ def _build(cfg: CompressConfig, loaded: Any, data: Path) -> tuple[Any, dict[str,
     steps = cfg.steps or src_steps
     lr = cfg.lr or float(_train_value(run_config, "lr", 6e-4))
     model, done = distill_model(loaded.model, cfg.model, data, steps, batch, lr, cfg.alpha, cfg.temperature,
-                                cfg.seed)
+                                cfg.seed, key)
     section = compression_section("distill", "fp32", teacher=str(loaded.path), student=cfg.model, steps=steps)
     return model, section, {"distill": done}
 
@@ -100,17 +105,17 @@ def _int4_fits(layer: Any, group_size: int) -> bool:
     return layer.out_features % 8 == 0 and layer.in_features % group_size == 0
 
 
-def _write_checkpoint(folder: Path, model: Any, loaded: Any, section: dict[str, Any]) -> Path:
-    """The checkpoint folder of the new run, in the layout ``hwlm.train.load_model`` reads."""
-    from safetensors.torch import save_model
-
+def _write_checkpoint(folder: Path, model: Any, loaded: Any, section: dict[str, Any],
+                      key: bytes | None = None) -> Path:
+    """The checkpoint folder of the new run, in the layout ``hwlm.train.load_model`` reads (encrypted
+    under ``key`` when one is given: that of an encrypted source)."""
     from hwlm.io import atomic_write_json
     from hwlm.train import checkpoint as ckpt_io
 
     step = int(section.get("steps") or loaded.step)  # a student's own steps, else the source's
     ckpt = folder / "checkpoints" / f"step-{step:07d}"
     ckpt.mkdir(parents=True)
-    save_model(model, str(ckpt / ckpt_io.MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+    ckpt_io.write_weights(ckpt / ckpt_io.MODEL_FILE, model, {"format": "pt", "step": str(step)}, key)
     config = dict(loaded.run_config or {})
     config["model"] = to_dict(model.cfg)
     config["compression"] = section
@@ -118,19 +123,18 @@ def _write_checkpoint(folder: Path, model: Any, loaded: Any, section: dict[str, 
     state = ckpt_io.read_json(loaded.path / "state.json")
     atomic_write_json(ckpt / "state.json", {**state, "step": step, "compressed_from": str(loaded.path)})
     shutil.copyfile(loaded.path / "tokenizer.json", ckpt / "tokenizer.json")
-    atomic_write_json(ckpt / "COMPLETE", {"version": ckpt_io.CKPT_VERSION, "step": step,
-                                          "files": ckpt_io.complete_files(ckpt)})
+    ckpt_io.write_complete(ckpt, step, key)
     return ckpt
 
 
 def _table(cfg: CompressConfig, loaded: Any, new: Any, section: dict[str, Any], data: Path, new_weights: Path,
-           energy_meter: Callable[[str], Any] | None) -> list[dict[str, Any]]:
+           energy_meter: Callable[[str], Any] | None, key: bytes | None = None) -> list[dict[str, Any]]:
     from hwlm.compress.table import measure_row, quality
     from hwlm.data import eval_batches
     from hwlm.train import checkpoint as ckpt_io
 
     def windows(block: int) -> Any:
-        return eval_batches(data, "val", 4, block, max_batches=cfg.eval_batches)
+        return eval_batches(data, "val", 4, block, max_batches=cfg.eval_batches, key=key)
 
     block = min(loaded.model_cfg.block_size, new.cfg.block_size)
     base_q = quality(loaded.model, None, windows(block), str(next(loaded.model.parameters()).device))
@@ -170,6 +174,7 @@ def compress(cfg: CompressConfig, energy_meter: Callable[[str], Any] | None = No
     column; without one the column says ``n/a``.
     """
     from hwlm.compress.table import render_table
+    from hwlm.crypt import optional_key
     from hwlm.device import select_device
     from hwlm.io import atomic_dir, atomic_write_json
     from hwlm.train.load import load_model
@@ -180,23 +185,29 @@ def compress(cfg: CompressConfig, energy_meter: Callable[[str], Any] | None = No
         raise ConfigError(f"--out {cfg.out} already exists and is not empty: choose a new folder or delete it")
     if cfg.out.resolve() == Path(cfg.run).resolve():
         raise ConfigError("--out must be a new folder, not the run being compressed")
+    from hwlm.train import checkpoint as ckpt_io
+
     device = select_device(cfg.device).device
-    loaded = load_model(cfg.run, device)
+    key = optional_key(cfg.key_file)
+    loaded = load_model(cfg.run, device, key)
+    out_key = ckpt_io.checkpoint_key(loaded.path, key)  # an encrypted source's key (checked); None when plain
     if (loaded.run_config or {}).get("compression", {}).get("precision", "fp32") != "fp32":
         raise ConfigError(f"run {cfg.run} is already quantized: compress the original float run")
     data = _data_dir(cfg, loaded.run_config or {})
-    model, section, extra = _build(cfg, loaded, data)
+    model, section, extra = _build(cfg, loaded, data, key)
     record: dict[str, Any] = {
         "version": 1, "kind": "hwlm-compress", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "method": cfg.method, "precision": section["precision"], "compression": section,
         "source": {"run": str(cfg.run), "checkpoint": str(loaded.path), "step": loaded.step},
         "config": to_dict(cfg), **extra}
+    if out_key is not None:
+        record["encryption"] = ckpt_io.read_json(loaded.path / "COMPLETE")["encryption"]
     rows: list[dict[str, Any]] = []
     with atomic_dir(cfg.out, what="hwlm compress") as tmp:
-        ckpt = _write_checkpoint(tmp, model, loaded, section)
-        reloaded = load_model(tmp, device)  # the folder loads as any run does, before it is published
+        ckpt = _write_checkpoint(tmp, model, loaded, section, out_key)
+        reloaded = load_model(tmp, device, out_key)  # the folder loads as any run does, before it is published
         if cfg.table:
-            rows = _table(cfg, loaded, reloaded.model, section, data, ckpt / "model.safetensors", energy_meter)
+            rows = _table(cfg, loaded, reloaded.model, section, data, ckpt / "model.safetensors", energy_meter, key)
             record["table"] = rows
             record["measured_on"] = _measured_on(device)
         atomic_write_json(tmp / RECORD_FILE, record)

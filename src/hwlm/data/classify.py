@@ -17,6 +17,11 @@ The folder holds ``manifest.json`` (``task: classify``, the label map, class cou
 imbalance), ``tokenizer.json`` and ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` (``{"text", "label"}``
 with the label's integer id). ``builtin:digits`` reads scikit-learn's bundled 8x8 digits instead (no
 download): rows are ``{"x": [64 floats in 0..1], "label"}`` and there is no tokenizer. Written atomically.
+
+With ``--encrypt`` the split files are ``train.jsonl.enc`` ... (:mod:`hwlm.crypt`, encrypted in memory: no
+plaintext row touches the disk), the manifest gains ``encryption: {scheme, key_id}`` and its sha256s are
+those of the files as stored; :func:`read_split` decrypts them with the key (``key``, else $HWLM_DATA_KEY).
+The manifest (labels, counts) and ``tokenizer.json`` stay plain, as in a language-model folder.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hwlm.config import to_dict
+from hwlm.crypt import check_chunks, encrypt_bytes, encryption_section, key_for, load_key, read_encrypted
 from hwlm.data.config import PrepareConfig
 from hwlm.data.normalize import normalize
 from hwlm.data.readers import json_lines
 from hwlm.errors import ConfigError, DataError
-from hwlm.io import atomic_dir, atomic_write_json, sha256_file
+from hwlm.io import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
 
 __all__ = ["prepare_classify", "ClassifyPrepareResult", "read_labelled", "dedupe", "stratified_split",
            "load_classify_manifest", "read_split", "DIGITS", "CLASSIFY_VERSION", "SPLITS"]
@@ -203,6 +209,7 @@ def _digits(seed: int) -> tuple[list[list[float]], list[str]]:
 def prepare_classify(cfg: PrepareConfig) -> ClassifyPrepareResult:
     """Build a classification folder at ``cfg.out`` from ``cfg.inputs`` (see the module docstring)."""
     t0 = time.perf_counter()
+    key = load_key(cfg.key_file) if cfg.encrypt else None  # a bad key file stops here, before anything is read
     features = cfg.inputs == [DIGITS]
     removed = {"duplicates": 0, "conflicting_texts": 0, "conflicting_rows": 0}
     if features:
@@ -234,13 +241,15 @@ def prepare_classify(cfg: PrepareConfig) -> ClassifyPrepareResult:
         else:
             manifest |= _write_tokenizer(cfg, [rows[i][0] for i in parts["train"]], tmp)
         manifest["splits"] = {}
+        if key is not None:
+            manifest["encryption"] = encryption_section(key)
+        field = "x" if features else "text"
         for s in SPLITS:
-            key = "x" if features else "text"
-            lines = "".join(json.dumps({key: rows[i][0], "label": ids[i]}, ensure_ascii=False) + "\n"
-                            for i in parts[s])
-            (tmp / f"{s}.jsonl").write_text(lines, encoding="utf-8")
-            manifest["splits"][s] = {"file": f"{s}.jsonl", "examples": len(parts[s]),
-                                     "sha256": sha256_file(tmp / f"{s}.jsonl")}
+            lines = "".join(json.dumps({field: rows[i][0], "label": ids[i]}, ensure_ascii=False) + "\n"
+                            for i in parts[s]).encode("utf-8")
+            name = f"{s}.jsonl" if key is None else f"{s}.jsonl.enc"
+            atomic_write_bytes(tmp / name, lines if key is None else encrypt_bytes(lines, key))
+            manifest["splits"][s] = {"file": name, "examples": len(parts[s]), "sha256": sha256_file(tmp / name)}
         manifest["config"] = to_dict(cfg)
         atomic_write_json(tmp / "manifest.json", manifest)
     return ClassifyPrepareResult(out=cfg.out, manifest=manifest, seconds=time.perf_counter() - t0)
@@ -280,9 +289,13 @@ def load_classify_manifest(data_dir: str | Path) -> dict[str, Any]:
 
 
 def read_split(data_dir: str | Path, split: str, manifest: dict[str, Any] | None = None,
-               verify: bool = True) -> tuple[list[Any], list[int]]:
-    """``(texts or feature rows, label ids)`` of one split, its sha256 checked against the manifest."""
+               verify: bool = True, key: bytes | None = None) -> tuple[list[Any], list[int]]:
+    """``(texts or feature rows, label ids)`` of one split, its sha256 checked against the manifest.
+
+    An encrypted folder's split is decrypted with ``key`` (else $HWLM_DATA_KEY), checked against the
+    manifest's key id first: a wrong or missing key is one line, a changed chunk is named."""
     manifest = manifest or load_classify_manifest(data_dir)
+    key = key_for(f"data folder {data_dir}", manifest.get("encryption"), key)
     if split not in manifest["splits"]:
         raise DataError(f"split {split!r} is not in {data_dir}; choose one of {', '.join(manifest['splits'])}")
     entry = manifest["splits"][split]
@@ -290,12 +303,19 @@ def read_split(data_dir: str | Path, split: str, manifest: dict[str, Any] | None
     if not path.is_file():
         raise DataError(f"{path} listed in the manifest is missing; rerun hwlm prepare --task classify")
     if verify and hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+        if key is not None:
+            check_chunks(path, key)  # names the chunk that fails, if one does
         raise DataError(f"{path} does not match its sha256 in the manifest; rerun hwlm prepare --task classify")
-    key = "x" if manifest["input"] == "features" else "text"
+    field = "x" if manifest["input"] == "features" else "text"
+    if key is None:
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = bytes(read_encrypted(path, key)).decode("utf-8")
     xs, ys = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            xs.append(row[key])
-            ys.append(int(row["label"]))
+    for line in text.split("\n"):  # not splitlines(): U+2028 inside a text is not a line break here
+        if not line:
+            continue
+        row = json.loads(line)
+        xs.append(row[field])
+        ys.append(int(row["label"]))
     return xs, ys

@@ -51,8 +51,8 @@ class PrepareConfig:
     workers: int = option(1, "encoding processes; 1 encodes in this process with tokenizers' own threads")
     batch_chars: int = option(1 << 20, "characters per encoding batch handed to a worker")
     resume: bool = option(False, "continue an interrupted preparation in --out instead of starting over")
-    encrypt: bool = option(False, "write the token shards encrypted (AES-256-GCM, shard-NNNNN.bin.enc) under the key "
-                           "of --key-file or $HWLM_DATA_KEY")
+    encrypt: bool = option(False, "write the token shards (--task classify: the split files) encrypted (AES-256-GCM, "
+                           "*.enc) under the key of --key-file or $HWLM_DATA_KEY")
     key_file: Path | None = option(None, "with --encrypt: the key file (64 hex digits, mode 0600; `hwlm crypt "
                                    "keygen`); unset: $HWLM_DATA_KEY. Its path is recorded, never the key")
 
@@ -65,9 +65,6 @@ class PrepareConfig:
             if not self.encrypt:
                 raise ConfigError(f"key_file {self.key_file} is given without encrypt: add --encrypt to write "
                                   "encrypted shards, or drop --key-file")
-        if self.encrypt and self.task == "classify":
-            raise ConfigError("encrypt applies to --task lm token shards; classification splits (JSON Lines read by "
-                              "the classifier stages) are not encrypted yet: drop --encrypt")
         self.inputs = [str(i) for i in self.inputs]
         self.special_tokens = [str(s) for s in self.special_tokens]
         if not self.special_tokens or any(s == "" for s in self.special_tokens):

@@ -26,13 +26,16 @@ from hwlm.model.config import ModelConfig
 __all__ = ["export_hf_classifier"]
 
 
-def export_hf_classifier(run: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, str]:
-    """Write the ``transformers`` folder of classification run ``run``; returns (folder, architecture)."""
+def export_hf_classifier(run: str | os.PathLike, out_dir: str | os.PathLike,
+                         key: bytes | None = None) -> tuple[Path, str]:
+    """Write the ``transformers`` folder of classification run ``run``; returns (folder, architecture).
+
+    An encrypted run opens with ``key`` (else $HWLM_DATA_KEY); the export itself is plain, for other tools."""
     from safetensors.torch import save_file
 
     from hwlm.train.classify_load import load_classifier
 
-    loaded = load_classifier(run, "cpu")
+    loaded = load_classifier(run, "cpu", key)
     spec = loaded.spec
     if spec["kind"] != "transformer":
         raise ConfigError(f"{run} is a {spec['kind']} classifier; Hugging Face export covers the Transformer "

@@ -177,7 +177,9 @@ def data_workload(data_dir: str | Path, max_len: int, batch_size: int) -> dict[s
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    texts = [json.loads(line)["text"] for line in (folder / manifest["splits"]["train"]["file"]).open(encoding="utf-8")]
+    from hwlm.data.classify import read_split  # torch-free; decrypts an encrypted folder ($HWLM_DATA_KEY)
+
+    texts = read_split(folder, "train", manifest, verify=False)[0]
     lengths = [min(max(1, len(e.ids)), max_len) for e in tok.encode_batch(texts, add_special_tokens=False)]
     rng = random.Random(0)
     steps = sum(max(rng.sample(lengths, min(batch_size, len(lengths)))) for _ in range(200)) / 200

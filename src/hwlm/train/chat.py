@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from hwlm.config import to_dict
+from hwlm.crypt import load_key
 from hwlm.data.chat import check_messages, training_segments
 from hwlm.data.normalize import normalize
 from hwlm.data.readers import json_lines
@@ -109,12 +110,13 @@ def _val_loss(model: torch.nn.Module, rows: list[tuple[list[int], list[int]]], p
     return nats / max(n, 1)
 
 
-def _model(task: TaskConfig, device: str, say: Callable[[str], None]) -> tuple[Any, torch.nn.Module]:
+def _model(task: TaskConfig, device: str, say: Callable[[str], None],
+           key: bytes | None = None) -> tuple[Any, torch.nn.Module]:
     from hwlm.train.load import load_model
 
     if task.init_from is None:
         raise ConfigError("--task chat fine-tunes a pretrained run: pass --init-from RUN (made by hwlm train)")
-    loaded = load_model(task.init_from, device)
+    loaded = load_model(task.init_from, device, key)
     model = loaded.model.train()
     if task.lora_rank:
         try:
@@ -136,16 +138,17 @@ def _adapters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _restore(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lora: bool,
-             device: str) -> dict[str, Any]:
-    ckpt_io.verify_checkpoint(ckpt)
-    trainer = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+             device: str, key: bytes | None = None) -> dict[str, Any]:
+    key = ckpt_io.checkpoint_key(ckpt, key)  # an encrypted checkpoint: the key is checked before any file is read
+    ckpt_io.verify_checkpoint(ckpt, key)
+    trainer = ckpt_io.load_torch_file(ckpt / "trainer_state.pt", key, "cpu")
     if lora:
         missing = model.load_state_dict(trainer["lora"], strict=False).unexpected_keys
         if missing:
             raise ConfigError(f"checkpoint {ckpt} holds other adapters ({missing[0]}, ...): use the same --lora-rank")
     else:
-        ckpt_io.load_weights(ckpt, model, device)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
+        ckpt_io.load_weights(ckpt, model, device, key)
+    optimizer.load_state_dict(ckpt_io.load_torch_file(ckpt / "optimizer.pt", key, device))
     ckpt_io.restore_rng(trainer["rng"])
     return ckpt_io.read_json(ckpt / "state.json")
 
@@ -165,7 +168,8 @@ def _train_chat(cfg: TrainConfig, task: TaskConfig, say: Callable[[str], None] |
     convs = read_conversations(cfg.data)
     device = select_device(cfg.device).device
     seed_everything(cfg.seed)
-    loaded, model = _model(task, device, say)
+    key = load_key(cfg.key_file) if cfg.key_file is not None or cfg.encrypt else None  # never logged or saved
+    loaded, model = _model(task, device, say, key)
     prep = (loaded.run_config or {}).get("data", {}).get("prepare", {})
     if loaded.eot_id is None:
         raise ConfigError(f"{task.init_from} names no end-of-text token; fine-tune a run made by hwlm train")
@@ -187,7 +191,7 @@ def _train_chat(cfg: TrainConfig, task: TaskConfig, say: Callable[[str], None] |
     if cfg.resume == "none" and ckpt_io.latest_checkpoint(cfg.out) is not None:
         raise ConfigError(f"{cfg.out} already holds checkpoints: pass --resume auto or choose another --out folder")
     if resume is not None:
-        state = _restore(resume, model, optimizer, bool(task.lora_rank), device)
+        state = _restore(resume, model, optimizer, bool(task.lora_rank), device, key)
         step, elapsed, first_val, last_ckpt = int(state["step"]), float(state["elapsed"]), state.get("first_val"), resume
         loader.load_state_dict(state["loader"])
     if first_val is None:
@@ -226,7 +230,7 @@ def _train_chat(cfg: TrainConfig, task: TaskConfig, say: Callable[[str], None] |
                 extra = {"lora": _adapters(model)} if task.lora_rank else {}
                 last_ckpt = ckpt_io.save_checkpoint(cfg.out, step, _plain(model), optimizer, state, run_config,
                                                     loaded.path / "tokenizer.json", cfg.keep_checkpoints,
-                                                    trainer_extra=extra)
+                                                    trainer_extra=extra, key=key if cfg.encrypt else None)
     finally:
         logger.close()
     return ChatTrainResult(steps=step, seconds=elapsed, train_loss=train_loss, val_loss=val, first_val_loss=first_val,

@@ -61,9 +61,13 @@ __all__ = ["CKPT_VERSION", "save_checkpoint", "list_checkpoints", "latest_checkp
            "verify_checkpoint", "read_json", "restore_training", "capture_rng", "restore_rng",
            "check_same_model", "prune_checkpoints", "complete_files", "test_pause", "test_fail",
            "remove_stale", "CorruptCheckpointError", "move_aside", "newest_valid_checkpoint", "checkpoint_key",
-           "load_weights"]
+           "load_weights", "write_weights", "load_torch_file", "write_complete", "is_encrypted_checkpoint",
+           "PLAIN_EXPORT_NOTE"]
 
 CKPT_VERSION = 1
+# What `hwlm export` says when its run is encrypted: an export is for another tool, which cannot read hwlm-enc.
+PLAIN_EXPORT_NOTE = ("note: {run} is encrypted; the export in {out} is written in plain (an export is for other "
+                     "tools): keep it as safe as the key")
 MODEL_FILE = "model.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
@@ -127,7 +131,7 @@ def _save_torch_encrypted(obj: Any, path: Path, key: bytes) -> None:
     atomic_write_bytes(path, encrypt_bytes(buf.getbuffer(), key))  # a view of the buffer: no copy
 
 
-def _load_torch(path: Path, key: bytes | None, map_location: Any) -> Any:
+def load_torch_file(path: Path, key: bytes | None, map_location: Any) -> Any:
     """``torch.load(weights_only=True)`` of a checkpoint file, decrypted in memory when ``key`` is given."""
     if key is None:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -164,28 +168,36 @@ def _load_weights_bytes(model: nn.Module, data: bytes | bytearray, device: str) 
         raise RuntimeError(f"missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
 
 
-def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], config: dict[str, Any], tokenizer_file: Path,
-                    keep: int, trainer_extra: dict[str, Any] | None = None, key: bytes | None = None) -> Path:
-    """Write checkpoint ``step`` of ``run_dir`` atomically, then drop all but the newest ``keep``.
-
-    ``trainer_extra`` (e.g. the fp16 loss scaler's state) is stored beside the RNG states. With ``key``
-    the weights, optimizer and trainer state are written encrypted (see the module docstring)."""
+def write_weights(path: Path, model: nn.Module, metadata: dict[str, str], key: bytes | None = None) -> None:
+    """``model``'s weights as safetensors at ``path``; with ``key`` encrypted in memory first (no plaintext on
+    disk). Every writer of a checkpoint's weights (training, classifiers, chat, compress) comes through here."""
     from safetensors.torch import save_model
 
+    try:
+        if key is None:
+            save_model(model, str(path), metadata=metadata)
+        else:
+            atomic_write_bytes(path, encrypt_bytes(_weights_bytes(model, dict(metadata)), key))
+    except Exception as exc:  # safetensors reports write failures as its own error type
+        if isinstance(exc, (OSError, ResourceError)):
+            raise
+        raise ResourceError(f"cannot write {path}: {exc}; check free disk space") from None
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], config: dict[str, Any], tokenizer_file: Path | None,
+                    keep: int, trainer_extra: dict[str, Any] | None = None, key: bytes | None = None,
+                    extra_json: dict[str, Any] | None = None) -> Path:
+    """Write checkpoint ``step`` of ``run_dir`` atomically, then drop all but the newest ``keep``.
+
+    ``trainer_extra`` (e.g. the fp16 loss scaler's state) is stored beside the RNG states; ``extra_json``
+    (``{name: object}``, e.g. a classifier's ``labels.json``) is written plain beside ``state.json``; a
+    feature classifier has no ``tokenizer_file``. With ``key`` the weights, optimizer and trainer state
+    are written encrypted (see the module docstring)."""
     final = Path(run_dir) / "checkpoints" / _step_name(step)
     remove_stale(final.parent)
     with atomic_dir(final) as tmp:
-        metadata = {"format": "pt", "step": str(step)}
-        try:
-            if key is None:
-                save_model(model, str(tmp / MODEL_FILE), metadata=metadata)
-            else:
-                atomic_write_bytes(tmp / MODEL_FILE, encrypt_bytes(_weights_bytes(model, metadata), key))
-        except Exception as exc:  # safetensors reports write failures as its own error type
-            if isinstance(exc, (OSError, ResourceError)):
-                raise
-            raise ResourceError(f"cannot write {final / MODEL_FILE}: {exc}; check free disk space") from None
+        write_weights(tmp / MODEL_FILE, model, {"format": "pt", "step": str(step)}, key)
         for obj, name in ((optimizer.state_dict(), "optimizer.pt"),
                           ({"rng": capture_rng(), **(trainer_extra or {})}, "trainer_state.pt")):
             if key is None:
@@ -194,14 +206,22 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
                 _save_torch_encrypted(obj, tmp / name, key)
         atomic_write_json(tmp / "state.json", {"version": CKPT_VERSION, **state, "step": step})
         atomic_write_json(tmp / "config.json", config)
-        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        for name, obj in (extra_json or {}).items():
+            atomic_write_json(tmp / name, obj)
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
         test_pause()
-        done = {"version": CKPT_VERSION, "step": step, "files": complete_files(tmp)}
-        if key is not None:
-            done["encryption"] = encryption_section(key)
-        atomic_write_json(tmp / "COMPLETE", done)
+        write_complete(tmp, step, key)
     prune_checkpoints(run_dir, keep)
     return final
+
+
+def write_complete(folder: Path, step: int, key: bytes | None = None) -> None:
+    """``COMPLETE`` (written last): every file's sha256 as stored, and the key id when encrypted."""
+    done = {"version": CKPT_VERSION, "step": step, "files": complete_files(folder)}
+    if key is not None:
+        done["encryption"] = encryption_section(key)
+    atomic_write_json(folder / "COMPLETE", done)
 
 
 def complete_files(folder: Path) -> dict[str, str]:
@@ -285,6 +305,11 @@ def checkpoint_key(ckpt: Path, key: bytes | None) -> bytes | None:
     """The key that opens checkpoint ``ckpt`` (``key``, else $HWLM_DATA_KEY), checked against the key id in
     COMPLETE; None for a plain checkpoint. A wrong key is WrongKeyError, a missing one a line naming the flag."""
     return key_for(f"checkpoint {ckpt}", read_json(ckpt / "COMPLETE").get("encryption"), key)
+
+
+def is_encrypted_checkpoint(ckpt: Path) -> bool:
+    """Whether checkpoint ``ckpt``'s COMPLETE records an encryption section (``--encrypt``)."""
+    return bool(read_json(Path(ckpt) / "COMPLETE").get("encryption"))
 
 
 def verify_checkpoint(ckpt: Path, key: bytes | None = None) -> dict[str, Any]:
@@ -398,8 +423,8 @@ def restore_training(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimi
         load_dcp_state(ckpt, model, optimizer)
     try:
         if (ckpt / "optimizer.pt").is_file():
-            optimizer.load_state_dict(_load_torch(ckpt / "optimizer.pt", key, device))
-        trainer = _load_torch(ckpt / "trainer_state.pt", key, "cpu")
+            optimizer.load_state_dict(load_torch_file(ckpt / "optimizer.pt", key, device))
+        trainer = load_torch_file(ckpt / "trainer_state.pt", key, "cpu")
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"optimizer state in {ckpt} does not fit this run: {first}") from None

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from hwlm.config import to_dict
 from hwlm.device import select_device
 from hwlm.errors import ConfigError, DataError
-from hwlm.io import atomic_dir, atomic_write_json, folder_lock
+from hwlm.io import atomic_write_json, folder_lock
 from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.classify_load import SEEDS_FILE, build_for_spec, classifier_spec, lm_trunk
 from hwlm.train.config import TrainConfig
@@ -224,6 +224,7 @@ class _Run:
     elapsed: float = 0.0
     train_seconds: float = 0.0
     last_ckpt: Path | None = None
+    key: bytes | None = dataclasses.field(default=None, repr=False)  # --key-file / --encrypt: never logged
 
     @property
     def features(self) -> bool:
@@ -254,6 +255,7 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
     if cfg.data is None:
         raise ConfigError("no data folder given: pass --data DIR (made by `hwlm prepare --task classify`)")
     manifest = load_classify_manifest(cfg.data)
+    key = _key(cfg, manifest, say)
     if manifest["splits"]["train"]["examples"] < 1 or manifest["splits"]["val"]["examples"] < 1:
         raise DataError(f"{cfg.data} has an empty train or val split: prepare more examples")
     choice = select_device(cfg.device)
@@ -262,16 +264,16 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
     saved = ckpt_io.read_json(resume / "config.json") if resume is not None else None
     spec = saved["classifier"] if saved is not None else classifier_spec(cfg, task, manifest, overrides)
     if saved is not None:
-        ckpt_io.verify_checkpoint(resume)
+        ckpt_io.verify_checkpoint(resume, ckpt_io.checkpoint_key(resume, key))
         ckpt_io.check_same_model(resume, saved["classifier"], classifier_spec(cfg, task, manifest, overrides))
     seed_everything(cfg.seed)
-    model = build_for_spec(spec) if not task.init_from or saved else _from_lm(spec, task, manifest, cfg, say)
+    model = build_for_spec(spec) if not task.init_from or saved else _from_lm(spec, task, manifest, cfg, say, key)
     model.to(device)
     optimizer, opt_text = _optimizer(model, cfg, choice.type)
     say(f"{spec['kind']} classifier, {sum(p.numel() for p in model.parameters()):,} parameters "
         f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained) on {device}; {opt_text}")
-    train_x, train_y = read_split(cfg.data, "train", manifest)
-    val_x, val_y = read_split(cfg.data, "val", manifest)
+    train_x, train_y = read_split(cfg.data, "train", manifest, key=key)
+    val_x, val_y = read_split(cfg.data, "val", manifest, key=key)
     if manifest["input"] == "text":
         tok = load_tokenizer(Path(cfg.data))
         train_x, val_x = (encode_rows(tok, xs, spec) for xs in (train_x, val_x))
@@ -286,9 +288,10 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
                train_x=train_x, train_y=torch.tensor(train_y), val_x=val_x, val_y=val_y,
                loader=Examples(len(train_x), cfg.batch_size, cfg.seed),
                weight=_class_weights(task, manifest["class_counts"]["train"], manifest["labels"]),
-               total_steps=_horizon(cfg, task, len(train_x)), run_config=run_config, flops_per_token=flops, peak=peak)
+               total_steps=_horizon(cfg, task, len(train_x)), run_config=run_config, flops_per_token=flops, peak=peak,
+               key=key)
     if resume is not None:
-        state, _ = ckpt_io.restore_training(resume, model, optimizer, device)
+        state, _ = ckpt_io.restore_training(resume, model, optimizer, device, key)
         run.loader.load_state_dict(state["loader"])
         run.step, run.examples, run.tokens = int(state["step"]), int(state["examples"]), int(state["tokens"])
         run.elapsed, run.train_seconds = float(state["elapsed"]), float(state["train_seconds"])
@@ -296,6 +299,18 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
         say(f"resumed from {resume} at step {run.step}")
     atomic_write_json(cfg.out / "config.json", run_config)
     return run, (run.step if resume is not None else None)
+
+
+def _key(cfg: TrainConfig, manifest: dict[str, Any], say: Callable[[str], None]) -> bytes | None:
+    """The key of ``--key-file`` (for --encrypt, else $HWLM_DATA_KEY), checked against encrypted data here,
+    before the model is built; None leaves readers to $HWLM_DATA_KEY."""
+    from hwlm.crypt import key_for, load_key
+
+    key = load_key(cfg.key_file) if cfg.key_file is not None or cfg.encrypt else None
+    key_for(f"data folder {cfg.data}", manifest.get("encryption"), key)
+    if manifest.get("encryption") and not cfg.encrypt:
+        say("note: the data is encrypted but this run's checkpoints will not be: add --encrypt to encrypt them")
+    return key
 
 
 def _flops_per_token(spec: dict[str, Any]) -> float:
@@ -315,14 +330,14 @@ def _flops_per_token(spec: dict[str, Any]) -> float:
 
 
 def _from_lm(spec: dict[str, Any], task: TaskConfig, manifest: dict[str, Any], cfg: TrainConfig,
-             say: Callable[[str], None]) -> torch.nn.Module:
+             say: Callable[[str], None], key: bytes | None = None) -> torch.nn.Module:
     """A TransformerClassifier whose trunk holds the weights of the language-model run ``--init-from``."""
     from hwlm.model.classifier import build_classifier
     from hwlm.train.classify_load import apply_lora
 
     _, ckpt = lm_trunk(task.init_from, manifest, Path(cfg.data))
     model = build_classifier(spec)
-    ckpt_io.load_weights(ckpt, model.trunk, "cpu")
+    ckpt_io.load_weights(ckpt, model.trunk, "cpu", key)
     say(f"trunk initialized from {ckpt}" + (f", LoRA rank {spec['lora_rank']}" if spec.get("lora_rank") else ""))
     return apply_lora(model, spec["lora_rank"], spec["lora_alpha"]) if spec.get("lora_rank") else model
 
@@ -340,31 +355,15 @@ def _resume_from(cfg: TrainConfig) -> Path | None:
 
 
 def _save(run: _Run) -> None:
-    """An atomic checkpoint in the shared layout, plus labels.json; then keep the newest K."""
-    from safetensors.torch import save_model
-
-    final = Path(run.cfg.out) / "checkpoints" / f"step-{run.step:07d}"
-    ckpt_io.remove_stale(final.parent)
-    state = {"version": ckpt_io.CKPT_VERSION, "step": run.step, "examples": run.examples, "tokens": run.tokens,
-             "elapsed": run.elapsed, "train_seconds": run.train_seconds, "loader": run.loader.state_dict()}
-    with atomic_dir(final) as tmp:
-        save_model(run.model, str(tmp / ckpt_io.MODEL_FILE), metadata={"format": "pt", "step": str(run.step)})
-        with open(tmp / "optimizer.pt", "wb") as f:
-            torch.save(run.optimizer.state_dict(), f)
-        with open(tmp / "trainer_state.pt", "wb") as f:
-            torch.save({"rng": ckpt_io.capture_rng()}, f)
-        atomic_write_json(tmp / "state.json", state)
-        atomic_write_json(tmp / "config.json", run.run_config)
-        atomic_write_json(tmp / "labels.json", {"labels": run.manifest["labels"]})
-        if run.manifest["input"] == "text":
-            import shutil
-
-            shutil.copyfile(Path(run.cfg.data) / "tokenizer.json", tmp / "tokenizer.json")
-        ckpt_io.test_pause()
-        atomic_write_json(tmp / "COMPLETE", {"version": ckpt_io.CKPT_VERSION, "step": run.step,
-                                             "files": ckpt_io.complete_files(tmp)})
-    ckpt_io.prune_checkpoints(run.cfg.out, run.cfg.keep_checkpoints)
-    run.last_ckpt = final
+    """An atomic checkpoint in the shared layout (:func:`hwlm.train.checkpoint.save_checkpoint`: encrypted
+    with --encrypt), plus labels.json; then keep the newest K."""
+    state = {"examples": run.examples, "tokens": run.tokens, "elapsed": run.elapsed,
+             "train_seconds": run.train_seconds, "loader": run.loader.state_dict()}
+    tokenizer = Path(run.cfg.data) / "tokenizer.json" if run.manifest["input"] == "text" else None
+    run.last_ckpt = ckpt_io.save_checkpoint(run.cfg.out, run.step, run.model, run.optimizer, state, run.run_config,
+                                            tokenizer, run.cfg.keep_checkpoints,
+                                            key=run.key if run.cfg.encrypt else None,
+                                            extra_json={"labels.json": {"labels": run.manifest["labels"]}})
 
 
 def _validate(run: _Run) -> dict[str, float]:

@@ -153,8 +153,11 @@ def seed_runs(path: str | Path) -> list[Path]:
     return [Path(path) / r["dir"] for r in data["runs"]]
 
 
-def load_classifier(run_or_checkpoint: str | Path, device: str = "cpu") -> LoadedClassifier:
-    """The newest complete checkpoint of a classification run, verified, adapters merged, in eval mode."""
+def load_classifier(run_or_checkpoint: str | Path, device: str = "cpu", key: bytes | None = None) -> LoadedClassifier:
+    """The newest complete checkpoint of a classification run, verified, adapters merged, in eval mode.
+
+    An encrypted checkpoint (``--encrypt``) opens with ``key``, else ``$HWLM_DATA_KEY``; a wrong or missing
+    key is one line before anything is read."""
     from hwlm.data.tokenizer import load_tokenizer
 
     path = Path(run_or_checkpoint)
@@ -162,12 +165,13 @@ def load_classifier(run_or_checkpoint: str | Path, device: str = "cpu") -> Loade
         raise ConfigError(f"{path} holds {len(seed_runs(path))} seed runs: give one of them, e.g. "
                           f"{seed_runs(path)[0]}")
     ckpt = ckpt_io.resolve_checkpoint(path)
-    ckpt_io.verify_checkpoint(ckpt)
+    key = ckpt_io.checkpoint_key(ckpt, key)
+    ckpt_io.verify_checkpoint(ckpt, key)
     conf = ckpt_io.read_json(ckpt / "config.json")
     if conf.get("task") != "classify":
         raise ConfigError(f"{path} is not a classification run (task {conf.get('task', 'lm')!r})")
     model = build_for_spec(conf["classifier"])
-    ckpt_io.load_weights(ckpt, model, "cpu")
+    ckpt_io.load_weights(ckpt, model, "cpu", key)
     model = plain_model(model).to(device).eval()
     labels = ckpt_io.read_json(ckpt / "labels.json")["labels"]
     tok = load_tokenizer(ckpt / "tokenizer.json") if (ckpt / "tokenizer.json").is_file() else None
