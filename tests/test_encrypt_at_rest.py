@@ -320,9 +320,16 @@ def test_classification_splits_are_encrypted_and_read_back(world: dict[str, Path
         read_split(data, "train", key=load_key(world["k2"]))
     with pytest.raises(ConfigError, match="is encrypted .*--key-file"):
         read_split(data, "train")
+    copy = cls_world["root"] / "tampered"
+    shutil.copytree(data, copy)
+    blob = bytearray((copy / "val.jsonl.enc").read_bytes())
+    blob[HEADER + 12 + 3] ^= 1
+    (copy / "val.jsonl.enc").write_bytes(bytes(blob))
+    with pytest.raises(DataError, match=r"val\.jsonl\.enc: chunk 0 fails authentication"):
+        read_split(copy, "val", key=key)
 
 
-def test_an_encrypted_classifier_resumes_evaluates_predicts_and_exports_with_the_key(
+def test_an_encrypted_classifier_resumes_evaluates_and_predicts_with_the_key(
         world: dict[str, Path], cls_world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from classify_tiny import cls_cfg
 
@@ -355,6 +362,25 @@ def test_an_encrypted_classifier_resumes_evaluates_predicts_and_exports_with_the
     err = _one_line_error(capsys, ["predict", str(rows), "--run", str(run), "--out", str(tmp_path / "q.jsonl"),
                                    "--device", "cpu", "--no-progress"])
     assert "is encrypted" in err and not (tmp_path / "q.jsonl").exists()
+
+
+def test_an_encrypted_transformer_classifier_exports_plain_with_a_note(world: dict[str, Path], cls_world: dict[str, Path],
+                                                                      tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from classify_tiny import cls_cfg
+
+    from hwlm.train.classify import train_classifier
+    from hwlm.train.task_config import TaskConfig
+
+    run = tmp_path / "tf"
+    train_classifier(cls_cfg(cls_world["data"], run, max_steps=1, eval_interval=0, encrypt=True, key_file=world["k1"]),
+                     TaskConfig(task="classify", classifier="transformer", pooling="last"), say=lambda m: None)
+    assert _encrypted(ckpt_io.latest_checkpoint(run) / "model.safetensors")
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--key-file", str(world["k1"]), "--out", str(tmp_path / "hf")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "is encrypted" in line]
+    assert len(notes) == 1 and "written in plain" in notes[0]
+    assert not _encrypted(tmp_path / "hf" / "model.safetensors")
 
 
 def test_an_encrypted_chat_fine_tune_resumes_with_the_key(world: dict[str, Path], tmp_path: Path) -> None:

@@ -62,7 +62,8 @@ def task_of(args: argparse.Namespace) -> str:
 def run_prepare_classify(cfg: Any, as_json: bool) -> int:
     from hwlm.data.classify import prepare_classify
 
-    d = prepare_classify(cfg).to_dict()
+    result = prepare_classify(cfg)
+    d = result.to_dict()
     if as_json:
         print(json.dumps(d, indent=2))
         return 0
@@ -75,6 +76,9 @@ def run_prepare_classify(cfg: Any, as_json: bool) -> int:
     shown = ", ".join(f"{k}: {v:,}" for k, v in list(counts.items())[:12])
     print(f"  train class counts: {shown}{' ...' if len(counts) > 12 else ''}; imbalance (largest / smallest) "
           f"{d['imbalance']:.2f}" + ("  -> consider --class-weights balanced" if d["imbalance"] >= 3 else ""))
+    if result.manifest.get("encryption"):
+        print(f"  splits encrypted under key id {result.manifest['encryption']['key_id']} "
+              f"({result.manifest['encryption']['scheme']})")
     return 0
 
 
