@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,8 @@ class Gemm:
         return 2.0 * self.m * self.n * self.k
 
 
-def gemm_shapes(spec: Any, tokens: float, seq_len: int, tp: int = 1) -> list[Gemm]:
+@lru_cache(maxsize=4096)
+def gemm_shapes(spec: Any, tokens: float, seq_len: int, tp: int = 1) -> tuple[Gemm, ...]:
     """The matrix products of one forward pass over ``tokens`` tokens (per device under tp).
 
     Linear layers: (tokens x in) @ (in x out); the backward runs two more products on the same three
@@ -185,7 +187,7 @@ def gemm_shapes(spec: Any, tokens: float, seq_len: int, tp: int = 1) -> list[Gem
     io = T * (2 * spec.qk_dim + 2 * spec.vd)  # Q, K, V, O of one head
     out.append(Gemm(T, T, spec.qk_dim, heads, io / 2))
     out.append(Gemm(T, spec.vd, T, heads, io / 2))
-    return out
+    return tuple(out)  # cached: the layout search asks for the same shapes per micro-batch and tp
 
 
 MXU_SOURCE = ("Google Cloud TPU performance guide (cloud.google.com/tpu/docs/performance-guide): the MXU is a "

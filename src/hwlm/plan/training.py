@@ -451,6 +451,21 @@ def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
     return _relayout(lay, recompute="full" if k == L else "partial", recompute_layers=k if k < L else 0)
 
 
+def _time_lower_bound(ctx: _Ctx, lay: Layout) -> float:
+    """A bound :func:`_timing`'s time never goes under: the matrix products alone (or the calibrated
+    compute), with the long-run overhead. Lets the layout search skip layouts that cannot win."""
+    spec, dev = ctx.model.spec, ctx.dev
+    rc = 1.0 + lay.recompute_fraction(spec.n_layers) / 3.0
+    flops = ctx.tokens * train_flops_per_token(spec, ctx.seq_len)
+    peak = dev.peak_flops(ctx.precision)
+    if ctx.train_eff is not None:
+        compute = flops * rc / (ctx.devices * peak * ctx.train_eff)
+    else:
+        fill, _ = shape_efficiency(dev, spec, lay.micro_batch * ctx.seq_len, ctx.seq_len, lay.tp)
+        compute = (flops + _capacity_padding_flops(ctx, _QUIET)) * rc / (ctx.devices * peak * ctx.pri.matmul_eff * fill)
+    return compute / (1.0 - ctx.pri.train_overhead)
+
+
 def _choose(ctx: _Ctx, fixed: dict[str, Any]) -> tuple[Layout, bool]:
     """The fastest fitting layout (a simpler one wins unless the other is >3% faster); else the smallest."""
     best: tuple[float, Layout] | None = None
@@ -471,6 +486,8 @@ def _choose(ctx: _Ctx, fixed: dict[str, Any]) -> tuple[Layout, bool]:
         if not _memory(ctx, lay).fits:
             continue
         seen.add(key)
+        if best is not None and _time_lower_bound(ctx, lay) >= best[0] * 0.97:
+            continue  # even its matrix products alone could not beat the best: the choice is unchanged
         time = _timing(ctx, lay)["time"]
         if best is None or time < best[0] * 0.97:
             best = (time, lay)
