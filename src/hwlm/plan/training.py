@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from hwlm.errors import PlanError
@@ -151,6 +152,10 @@ CPU_NOTE = ("a CPU core runs one kernel at a time and converts 16-bit elements t
             "(no 16-bit vector arithmetic), so element-wise work costs fp32 bytes and nothing overlaps")
 
 
+# hwlm.formulas.train_flops_per_token, cached: the layout search evaluates the same shape thousands of times.
+_flops_per_token = lru_cache(maxsize=1024)(train_flops_per_token)
+
+
 def _elem_bytes(ctx: _Ctx) -> float:
     """Bytes per activation element that element-wise kernels pay for."""
     if ctx.precision in ("fp32", "tf32") or ctx.dev.kind == "cpu":
@@ -236,7 +241,7 @@ def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
     t = t if t is not None else _QUIET
     spec, dev, pri, n = ctx.model.spec, ctx.dev, ctx.pri, ctx.devices
     peak = dev.peak_flops(ctx.precision)
-    f_tok = train_flops_per_token(spec, ctx.seq_len)
+    f_tok = _flops_per_token(spec, ctx.seq_len)
     flops = t.add("flops", f"tokens {ctx.tokens:.4g} x train FLOPs/token {f_tok:.4g} (3 x forward incl. attention)",
                   ctx.tokens * f_tok, "FLOP", "hwlm.formulas (PaLM appendix B convention)")
     frac = lay.recompute_fraction(spec.n_layers)
@@ -456,7 +461,7 @@ def _time_lower_bound(ctx: _Ctx, lay: Layout) -> float:
     compute), with the long-run overhead. Lets the layout search skip layouts that cannot win."""
     spec, dev = ctx.model.spec, ctx.dev
     rc = 1.0 + lay.recompute_fraction(spec.n_layers) / 3.0
-    flops = ctx.tokens * train_flops_per_token(spec, ctx.seq_len)
+    flops = ctx.tokens * _flops_per_token(spec, ctx.seq_len)
     peak = dev.peak_flops(ctx.precision)
     if ctx.train_eff is not None:
         compute = flops * rc / (ctx.devices * peak * ctx.train_eff)
