@@ -177,3 +177,25 @@ def test_lstm_on_the_padded_batch_equals_packed_rows() -> None:
     _, (h, _) = model.lstm(packed)
     with torch.no_grad():
         assert torch.allclose(model(ids, mask), model.head(h[-1]), atol=1e-6)
+
+
+def test_bag_of_words_features() -> None:
+    from hwlm.model.classifier import BagOfWords, bow_features, bow_rows, build_classifier
+
+    ids = [3, 4, 3, 4]
+    old = bow_features(ids, "ignored", vocab_size=10, buckets=8, features="tokens")
+    assert old[:4] == ids and len(old) == 7 and all(10 <= f < 18 for f in old[4:])  # every bigram counted
+    new = bow_features(ids, "Great GREAT film, 很好", vocab_size=10, buckets=8)
+    assert len(new) == len(set(new)) and set(ids) <= set(new)  # each row once
+    words = [f for f in new if f >= 18]  # words and word bigrams: the second hashed range
+    # great, film, ",", 很, 好 (CJK one character each), then great/great ... 很/好: at most 5 + 6 rows, hashed to 8
+    assert words and all(f < bow_rows(10, 8, 2, "words") for f in words)
+    assert bow_features([], "a", 10, 8) == bow_features([], "A", 10, 8)  # case folded
+    spec = {"kind": "bow", "n_classes": 2, "vocab_size": 10, "pad_id": 0, "embed": 4, "ngrams": 2, "buckets": 8,
+            "dropout": 0.0}
+    assert build_classifier(spec).embed.weight.shape[0] == 18  # a run saved before "features": token rows only
+    assert build_classifier({**spec, "features": "words"}).embed.weight.shape[0] == 26
+    model = BagOfWords(10, 2, 0, 4, 2, 8)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    logits = model(torch.tensor([[1, 2, 0], [0, 0, 0]]), mask)
+    assert logits.shape == (2, 2) and torch.allclose(logits[1], model.head.bias)  # an empty bag pools to zeros
