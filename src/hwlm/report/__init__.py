@@ -10,10 +10,20 @@ tables), ``sections`` (each section's HTML), ``build`` (``report(cfg) -> Path``)
 torch is never imported here; matplotlib only while drawing.
 """
 
-from hwlm.report.build import render_report, report
-from hwlm.report.collect import BenchRecord, ReportInputs, RunData, collect_inputs, load_bench, load_run
-from hwlm.report.config import ReportConfig
-from hwlm.report.jobs import JobRow, price_job
+from __future__ import annotations
 
-__all__ = ["ReportConfig", "report", "render_report", "collect_inputs", "load_run", "load_bench", "RunData",
-           "BenchRecord", "ReportInputs", "JobRow", "price_job"]
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): every ``hwlm`` command builds its parser from ``hwlm.report.config``,
+# and the sections pull in numpy and the plots (about 0.2 s) that only ``hwlm report`` needs.
+_EXPORTS = {"report": "build", "render_report": "build", "collect_inputs": "collect", "load_run": "collect",
+            "load_bench": "collect", "RunData": "collect", "BenchRecord": "collect", "ReportInputs": "collect",
+            "ReportConfig": "config", "JobRow": "jobs", "price_job": "jobs"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hwlm.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hwlm.report.{_EXPORTS[name]}"), name)
