@@ -19,7 +19,8 @@ file loads with ``torch.load(weights_only=True)``: nothing in a checkpoint runs 
 An FSDP run's checkpoint holds ``dcp/`` (sharded model and optimizer state, see
 :mod:`hwlm.train.sharded`) instead of ``optimizer.pt``; ``model.safetensors`` is always there.
 
-Encrypted (``hwlm train --encrypt``, a ``key`` given to :func:`save_checkpoint`): ``model.safetensors``,
+Encrypted (``hwlm train --encrypt`` of any task, a ``key`` given to :func:`save_checkpoint`; ``hwlm compress``
+writes through :func:`write_weights` / :func:`write_complete` the same way): ``model.safetensors``,
 ``optimizer.pt`` and ``trainer_state.pt`` keep their names but hold :mod:`hwlm.crypt` files (chunked
 AES-256-GCM, encrypted in memory: no plaintext touches the disk); ``state.json``, ``config.json``,
 ``tokenizer.json`` and ``COMPLETE`` stay plain. COMPLETE gains ``"encryption": {"scheme", "key_id"}`` and
