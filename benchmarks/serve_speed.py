@@ -12,7 +12,9 @@ over hwlm at 1 client (its own sequential throughput).
     flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/serve_speed.py
     .venv/bin/python benchmarks/serve_speed.py --models tiny --concurrency 1,8 --requests 16 --no-peer
 
-``--hwlm-dtypes fp32,bf16`` adds hwlm rows in bf16 (weights and KV cache); fp32 is the like-for-like row.
+``--hwlm-dtypes fp32,bf16,auto`` gives hwlm rows in fp32 (the like-for-like row), bf16 (weights and KV
+cache) and ``auto`` (the precision hwlm serve picks by timing both at start-up; the row's ``chosen``
+says which); ``--onnx`` adds ``hwlm serve --backend onnx`` on the same weights, exported once.
 The models have 2 training steps: speed does not depend on what the weights say, and both servers
 decode the same greedy tokens. The machine's load average is printed before and after: on a shared
 machine the client, the server and other work compete for the same cores.
@@ -68,12 +70,12 @@ class Proc:
     """A server subprocess, waited for on /health, stopped on exit."""
 
     def __init__(self, cmd: list[str], url: str | None, log: Path, env: dict[str, str]) -> None:
-        self.log = open(log, "w")
+        self.log, self.ready = open(log, "w"), ""
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         if url is None:  # hwlm serve --port 0 prints its address
             for line in self.proc.stdout:
                 if " on http" in line:
-                    url = line.rsplit(" on ", 1)[1].strip()
+                    url, self.ready = line.rsplit(" on ", 1)[1].strip(), line.strip()
                     break
             threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
         self.url = url
@@ -158,9 +160,11 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
                requests: int, tokens: int, seq_requests: int) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if kind.startswith("hwlm"):
-        dtype = kind.split("-")[1] if "-" in kind else "fp32"
+        variant = kind.split("-")[1] if "-" in kind else "fp32"
+        how = (["--backend", "onnx", "--onnx", str(export_onnx_once(run))] if variant == "onnx" else
+               ["--dtype", variant])
         cmd = [sys.executable, "-m", "hwlm", "serve", "--run", str(run), "--port", "0", "--no-auth",
-               "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256", "--dtype", dtype]
+               "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256", *how]
         server, model = Proc(cmd, None, logs / f"{kind}.log", env), "m"
     else:
         exe = str(Path(sys.executable).parent / "transformers")
@@ -170,10 +174,24 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
     try:
         load(server.url, model, 2, 4, tokens)  # warm-up: first-call costs (allocations, lazy imports)
         # One client is a sequential loop: fewer requests give the same steady rate in less time.
-        return [{"server": kind, **load(server.url, model, c, requests if c > 1 else min(requests, seq_requests),
-                                        tokens)} for c in levels]
+        chosen = server.ready.split("(", 1)[1].split(",")[1].split(", engine")[0].strip() if server.ready else ""
+        return [{"server": kind, "chosen": chosen, **load(server.url, model, c,
+                                                          requests if c > 1 else min(requests, seq_requests), tokens)}
+                for c in levels]
     finally:
         server.stop()
+
+
+def export_onnx_once(run: Path) -> Path:
+    """The run's fp32 ONNX export beside it (``hwlm export --format onnx``), made on first use."""
+    out = run.parent / f"{run.name}-onnx"
+    if not (out / "model.onnx").exists():
+        from hwlm.export.onnx import export_onnx
+        from hwlm.train.load import load_model
+
+        loaded = load_model(run)
+        export_onnx(loaded.model, out, loaded.path / "tokenizer.json")
+    return out
 
 
 def markdown(record: dict, levels: list[int]) -> str:
@@ -186,7 +204,8 @@ def markdown(record: dict, levels: list[int]) -> str:
     for model, server in dict.fromkeys((r["model"], r["server"]) for r in record["rows"]):
         cells = [rows[model, server, c] for c in levels if (model, server, c) in rows]
         fmt = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
-        out.append(f"| {model} | {server} | {' / '.join(fmt(r['tokens_per_s']) for r in cells)} | "
+        label = f"{server} ({cells[0]['chosen']})" if cells and cells[0].get("chosen") else server
+        out.append(f"| {model} | {label} | {' / '.join(fmt(r['tokens_per_s']) for r in cells)} | "
                    f"{' · '.join(fmt(r['ttft_ms_p50']) + '/' + fmt(r['ttft_ms_p95']) for r in cells)} | "
                    f"{' / '.join(fmt(r['itl_ms_p50'], 1) for r in cells)} | "
                    f"{sum(r['errors'] for r in cells)}, {sum(r['truncated'] for r in cells)} |")
@@ -202,7 +221,9 @@ def main() -> int:
     ap.add_argument("--sequential-requests", type=int, default=8, help="requests at 1 client (a sequential loop)")
     ap.add_argument("--threads", type=int, default=2, help="OMP threads of each server")
     ap.add_argument("--no-peer", action="store_true", help="skip transformers serve")
-    ap.add_argument("--hwlm-dtypes", default="fp32,bf16", help="precisions of hwlm serve (fp32 is like for like)")
+    ap.add_argument("--hwlm-dtypes", default="fp32,bf16,auto",
+                    help="precisions of hwlm serve (fp32 is like for like; auto: hwlm picks by timing)")
+    ap.add_argument("--onnx", action="store_true", help="add hwlm serve --backend onnx (fp32 export)")
     ap.add_argument("--root", type=Path, default=ROOT / "runs" / "serve-bench")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "serve_speed.json")
     a = ap.parse_args()
@@ -218,6 +239,7 @@ def main() -> int:
         run, hf = build(a.root, name)
         n = int(tokens.get(name, 48))
         kinds = ["hwlm"] + [f"hwlm-{d}" for d in a.hwlm_dtypes.split(",") if d and d != "fp32"]
+        kinds += ["hwlm-onnx"] if a.onnx else []
         for kind in kinds + ([] if a.no_peer else ["transformers"]):
             for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n,
                                   a.sequential_requests):
@@ -235,7 +257,7 @@ def main() -> int:
     for name in a.models.split(","):
         for c in levels:
             t = rows.get((name, "transformers", c))
-            for kind in ("hwlm", "hwlm-bf16"):
+            for kind in ("hwlm", "hwlm-bf16", "hwlm-auto", "hwlm-onnx"):
                 h = rows.get((name, kind, c))
                 if h and t:
                     print(f"{name} c={c}: {kind}/transformers {h['tokens_per_s'] / t['tokens_per_s']:.2f}x")

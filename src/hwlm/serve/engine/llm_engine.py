@@ -131,22 +131,26 @@ class LLMEngine:
             rows = []
             if work:
                 logits = self.runner.step([(tokens, seq.slot, seq.num_cached) for seq, tokens in work])
-                for (seq, tokens), row in zip(work, logits):
+                # Greedy rows' tokens in one argmax over the batch (the same first-maximum as row by row).
+                best = logits.argmax(-1).tolist() if any(s.params.temperature < 1e-5 for s, _ in work) else None
+                for i, ((seq, tokens), row) in enumerate(zip(work, logits)):
                     seq.num_cached += len(tokens)
                     if seq.prefilled:  # a prompt's last chunk, or a decode: sample the next token
-                        rows.append((seq, row))
-            for seq, row in rows:
+                        rows.append((seq, row, best[i] if best is not None else None))
+            for seq, row, greedy in rows:
                 try:
-                    self._accept(seq, row)
+                    self._accept(seq, row, greedy)
                 except RuntimeError as exc:  # one row's bad numbers fail that sequence, not the batch
                     log.warning("sampling failed for sequence %d: %s", seq.seq_id, exc)
                     self.scheduler.finish(seq)
                     seq.emit(Event("", [], finish_reason="stop", error=f"sampling failed: {exc}"))
 
-    def _sample(self, seq: Sequence, logits: torch.Tensor) -> tuple[int, list]:
+    def _sample(self, seq: Sequence, logits: torch.Tensor, greedy: int | None = None) -> tuple[int, list]:
         p = seq.params
         # Below 1e-5 a temperature only overflows the scaled logits: it means greedy (as vLLM's _SAMPLING_EPS).
         temperature = p.temperature if p.temperature >= 1e-5 else 0.0
+        if temperature == 0.0 and greedy is not None and p.logprobs is None:
+            return greedy, []
         # sample_next compares top_p with float32 sums: a top_p under float32's range (1e-230) would
         # become 0 there and drop every token, so it is floored at 1e-6 (keeps the top token only).
         top_p = max(p.top_p, 1e-6) if p.top_p < 1 else None
@@ -163,11 +167,11 @@ class LLMEngine:
     def _piece(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=False)
 
-    def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
+    def _accept(self, seq: Sequence, logits: torch.Tensor, greedy: int | None = None) -> None:
         """Sample the next token of ``seq`` and send what it adds; finish it when it is done."""
         if seq.status is SeqStatus.FINISHED:
             return
-        token, logprobs = self._sample(seq, logits)
+        token, logprobs = self._sample(seq, logits, greedy)
         now = time.monotonic()
         if self.metrics is not None:
             self.metrics.token(seq, now)
