@@ -228,6 +228,9 @@ async def _run(state: ServerState, request: Request, prefix: str, prompts: list[
     first = await anext(events, None)  # the first token (or error) arrives before any byte is sent
     if first is not None and first[1].error:
         await events.aclose()
+        if not state.engine.alive:
+            raise APIError(503, f"the engine is not running ({first[1].error}): the server must be restarted",
+                           type="server_error", code="engine_down")
         raise APIError(500, first[1].error, type="server_error")
     meta = {"id": request_id, "created": now(), "model": state.model_name}
     if body.stream:
