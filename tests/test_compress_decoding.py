@@ -60,3 +60,17 @@ def test_compiled_batch1_step_equals_eager_and_calls_no_matmul(name: str) -> Non
             want = model.decode_step(token, cache, pos, state)
         torch.testing.assert_close(got[0], want, rtol=0, atol=1e-5)
         token, pos = int(got.argmax(-1)), pos + 1
+
+
+def test_compiled_w8a16_row_is_the_dequantized_product_in_fp32() -> None:
+    """One row of a w8a16 layer in a compiled graph: the fused int8 x fp32 reduction, equal to the float
+    product with the dequantized weight (the eager kernel rounds activations to bf16 on the way)."""
+    from hwlm.model.quantized import Int8Linear
+
+    torch.manual_seed(0)
+    q = Int8Linear.from_linear(torch.nn.Linear(96, 80), "w8a16")
+    x = torch.randn(1, 1, 96)
+    want = F.linear(x, q.dequantized(), q.bias)
+    got = torch.compile(q, fullgraph=True, dynamic=False)(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert (q(x) - want).abs().max() > 1e-5  # eager: bf16 activations, not this path

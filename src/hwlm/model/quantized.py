@@ -12,6 +12,10 @@ the integer tensor, so a state dict keeps hwlm's key names and loads strictly fr
 * :class:`Int8Linear`, ``w8a16``: the same weights, activations in bf16,
   ``torch._weight_int8pack_mm`` (dequantizes inside the kernel). On CPU that kernel is fast in
   bf16 only (measured 53 us against 904 us in fp32 for 2304 x 768): activations are cast to bf16.
+  One row on a CPU inside a compiled graph (the compiled batch-1 decode step) is instead
+  ``(W.float() * x).sum(-1) * scales``, which inductor fuses into one reduction split over the
+  threads, reading one byte per weight: 16.4 against 12.2 GB/s for the kernel over gpt2-124m's
+  weights (benchmarks/gemv_bandwidth.py), in fp32 activations, so a little more exact, not less.
 * :class:`Int4Linear`, ``w4a16``: group-wise (32 / 64 / 128 / 256) asymmetric int4, stored portably
   (two nibbles per byte, fp32 scales and zeros) and packed for the device's tinygemm kernel
   (``torch._weight_int4pack_mm_for_cpu`` or ``torch._weight_int4pack_mm`` on CUDA) on first use.
@@ -80,6 +84,10 @@ class Int8Linear(nn.Module):
             y = y.mul_(self.scales) if self.bias is None else torch.addcmul(self.bias, y, self.scales)
             return y.to(x.dtype).view(*shape[:-1], self.out_features)
         # w8a16, and w8a8 on CUDA below _int_mm's 17-row minimum (weight-only is what small batches want).
+        if x.device.type == "cpu" and x2.size(0) == 1 and torch.compiler.is_compiling():
+            y = (self.weight.float() * x2.float()).sum(-1) * self.scales  # (N,): one fused reduction
+            y = y if self.bias is None else y + self.bias
+            return y.to(x.dtype).view(*shape[:-1], self.out_features)
         if x.device.type == "cpu":
             if self._bf16 is None or self._bf16[0].device != x.device:
                 self._bf16 = (self.scales.to(torch.bfloat16),
