@@ -76,7 +76,7 @@ def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[
     for precision in ("w8a8", "w8a16", "w4a16"):
         q = quantize_model(copy.deepcopy(base), precision, 128)
         forms[f"{precision} eager"] = (q, False)
-        if use_compile and precision != "w8a16":
+        if use_compile:
             forms[f"{precision} compiled"] = (q, True)
 
     def hf_fn() -> list[int]:
