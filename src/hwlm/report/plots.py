@@ -333,7 +333,7 @@ def compress_figure(points: Sequence[tuple[str, float, float, bool]], batch: int
     fig, (ax,) = _figure(9, 5.2)
     for i, (label, delta, tok_s, original) in enumerate(points):
         if original:
-            ax.scatter([delta], [tok_s], marker="*", s=260, color="black", zorder=4, label=f"{label} (original)")
+            ax.scatter([delta], [tok_s], marker="*", s=260, color="black", zorder=4, label=label if "original" in label else f"{label} (original)")
         else:
             ax.scatter([delta], [tok_s], marker="o", s=80, color=_colour(i), edgecolor="black", linewidth=0.6,
                        zorder=3, label=label)
