@@ -65,7 +65,7 @@ def test_the_section_holds_each_method_and_one_original(small_run: Path, compres
         assert method_text(mine["energy_source"]) in row[-2] or mine["energy_j_per_token"] is None
         assert re.search(r"measured|estimate", row[-2])  # energy says how it was obtained, or that it was not
     assert rows[2][-2] == "n/a not measured"  # w8a16 was compressed without a meter
-    assert "(original)" in part and "int8 w8a16" in part  # the scatter's legend, as SVG text
+    assert "original (fp32)</text>" in part and "int8 w8a16</text>" in part  # the scatter's legend, SVG text
     assert "load average" in part  # the timing's context from compress.json's measured_on
     # the training run still feeds the other sections, and the compressed ones are listed as inputs
     assert "Produce it with" not in _section(html, "loss")
