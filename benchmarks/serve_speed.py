@@ -14,7 +14,8 @@ over hwlm at 1 client (its own sequential throughput).
 
 ``--hwlm-dtypes fp32,bf16,auto`` gives hwlm rows in fp32 (the like-for-like row), bf16 (weights and KV
 cache) and ``auto`` (the precision hwlm serve picks by timing both at start-up; the row's ``chosen``
-says which); ``--onnx`` adds ``hwlm serve --backend onnx`` on the same weights, exported once.
+says which); ``--onnx`` adds ``hwlm serve --backend onnx`` on the same weights, exported once, and
+``hwlm-hybrid``: ``--backend auto --dtype auto --onnx`` (torch batches, onnxruntime for a lone row).
 The models have 2 training steps: speed does not depend on what the weights say, and both servers
 decode the same greedy tokens. The machine's load average is printed before and after: on a shared
 machine the client, the server and other work compete for the same cores.
@@ -162,7 +163,8 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
     if kind.startswith("hwlm"):
         variant = kind.split("-")[1] if "-" in kind else "fp32"
         how = (["--backend", "onnx", "--onnx", str(export_onnx_once(run))] if variant == "onnx" else
-               ["--dtype", variant])
+               ["--backend", "auto", "--dtype", "auto", "--onnx", str(export_onnx_once(run))] if variant == "hybrid"
+               else ["--dtype", variant])
         cmd = [sys.executable, "-m", "hwlm", "serve", "--run", str(run), "--port", "0", "--no-auth",
                "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256", *how]
         server, model = Proc(cmd, None, logs / f"{kind}.log", env), "m"
@@ -223,7 +225,7 @@ def main() -> int:
     ap.add_argument("--no-peer", action="store_true", help="skip transformers serve")
     ap.add_argument("--hwlm-dtypes", default="fp32,bf16,auto",
                     help="precisions of hwlm serve (fp32 is like for like; auto: hwlm picks by timing)")
-    ap.add_argument("--onnx", action="store_true", help="add hwlm serve --backend onnx (fp32 export)")
+    ap.add_argument("--onnx", action="store_true", help="add hwlm serve --backend onnx and --backend auto --onnx")
     ap.add_argument("--root", type=Path, default=ROOT / "runs" / "serve-bench")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "serve_speed.json")
     a = ap.parse_args()
@@ -239,7 +241,7 @@ def main() -> int:
         run, hf = build(a.root, name)
         n = int(tokens.get(name, 48))
         kinds = ["hwlm"] + [f"hwlm-{d}" for d in a.hwlm_dtypes.split(",") if d and d != "fp32"]
-        kinds += ["hwlm-onnx"] if a.onnx else []
+        kinds += ["hwlm-onnx", "hwlm-hybrid"] if a.onnx else []
         for kind in kinds + ([] if a.no_peer else ["transformers"]):
             for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n,
                                   a.sequential_requests):
@@ -257,7 +259,7 @@ def main() -> int:
     for name in a.models.split(","):
         for c in levels:
             t = rows.get((name, "transformers", c))
-            for kind in ("hwlm", "hwlm-bf16", "hwlm-auto", "hwlm-onnx"):
+            for kind in ("hwlm", "hwlm-bf16", "hwlm-auto", "hwlm-onnx", "hwlm-hybrid"):
                 h = rows.get((name, kind, c))
                 if h and t:
                     print(f"{name} c={c}: {kind}/transformers {h['tokens_per_s'] / t['tokens_per_s']:.2f}x")

@@ -1,6 +1,7 @@
 """The engine in its own process: the HTTP process stays torch-free, an engine that dies is reported
 (``/health`` 503, a clean stream error, 503 for new requests) instead of hanging, a bad run is one
-line from the child, and ``--backend onnx`` serves the same greedy text as torch fp32."""
+line from the child, ``--backend onnx`` serves the same greedy text as torch fp32, and ``--backend auto``'s
+hybrid (onnxruntime for a lone row, torch for batches) keeps one slot cache both can continue from."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def test_a_folder_that_is_not_a_run_is_one_line_from_the_engine(tmp_path: Path, 
 
 def test_backend_onnx_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
     cases = [(["--backend", "onnx"], "--backend onnx needs --onnx"),
-             (["--onnx", str(tmp_path)], "--onnx is for --backend onnx"),
+             (["--onnx", str(tmp_path)], "--onnx is for --backend onnx or auto"),
              (["--backend", "onnx", "--onnx", str(tmp_path / "none")], "does not exist")]
     for args, words in cases:
         assert main(["serve", "--run", str(tmp_path), "--no-auth", *args]) == 1
@@ -114,3 +115,46 @@ def test_backend_onnx_serves_the_same_greedy_text_as_torch(serve_run: Path, serv
         assert all(texts[p, i] == single[p] for p in prompts for i in (0, 1))
     finally:
         onnx.stop()
+
+
+def test_hybrid_runner_lone_rows_in_onnx_and_batches_in_torch_share_the_cache(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="pip install 'hwlm[onnx]'")
+    import torch
+
+    from hwlm.export.onnx import OnnxModel, export_onnx
+    from hwlm.model import ModelConfig, Transformer
+    from hwlm.serve.engine.model_runner import ModelRunner
+    from hwlm.serve.engine.onnx_runner import HybridRunner
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("debug", vocab_size=300)).eval()
+    hybrid = HybridRunner(ModelRunner(model, num_slots=3), OnnxModel.load(export_onnx(model, tmp_path / "x")))
+    a, b = [5, 9, 17, 4], [3, 8]
+    with torch.inference_mode():
+        first = hybrid.step([(a, 0, 0)])  # alone: onnxruntime, its k/v written into slot 0
+        hybrid.step([(b[:1], 2, 0)])  # alone again, slot 2
+        both = hybrid.step([([20], 0, 4), (b[1:], 2, 1)])  # two rows: torch's packed step reads them
+        lone = hybrid.step([([21], 0, 5)])  # and onnxruntime continues from what torch wrote
+        for got, ids in ((first[0], a), (both[0], a + [20]), (both[1], b), (lone[0], a + [20, 21])):
+            full, _ = model(torch.tensor([ids]))
+            torch.testing.assert_close(got, full[0, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_backend_auto_with_an_export_serves_the_same_greedy_text(serve_run: Path, serve_server: Server,
+                                                                tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="pip install 'hwlm[onnx]'")
+    from hwlm.export.onnx import export_onnx
+    from hwlm.train.load import load_model
+
+    loaded = load_model(serve_run)
+    out = export_onnx(loaded.model, tmp_path / "onnx", loaded.path / "tokenizer.json")
+    auto = start_server(serve_run, tmp_path / "auto-serve", "--backend", "auto", "--onnx", str(out), "--max-num-seqs", "4")
+    try:
+        for prompt in ("The cat", "A dog ran to the park"):
+            want = serve_server.client().completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+            got = auto.client().completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0, n=2)
+            assert [c.text for c in got.choices] == [want.choices[0].text] * 2
+            alone = auto.client().completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+            assert alone.choices[0].text == want.choices[0].text
+    finally:
+        auto.stop()

@@ -24,9 +24,11 @@ class ServeConfig:
     """Arguments of :func:`hwlm.serve.serve`; one docstring per field becomes ``--help``."""
 
     run: Path | None = option(None, "run folder (or one checkpoint folder) to serve: trained, compressed or distilled")
-    backend: Literal["torch", "onnx"] = option("torch", "inference back end: torch, or onnx (--onnx, from `hwlm export "
-                                                        "--format onnx` of this run, run by onnxruntime on the CPU)")
-    onnx: Path | None = option(None, "ONNX export folder or model.onnx (with --backend onnx)")
+    backend: Literal["torch", "onnx", "auto"] = option(
+        "torch", "inference back end: torch; onnx (--onnx, from `hwlm export --format onnx` of this run, run by "
+                 "onnxruntime on the CPU); auto (with --onnx: torch for batches, onnxruntime for a lone row where it "
+                 "times faster at start-up; without: torch)")
+    onnx: Path | None = option(None, "ONNX export folder or model.onnx (with --backend onnx or auto)")
     device: str = option("cpu", "device: auto, cpu, cuda[:N], mps")
     dtype: Literal["fp32", "bf16", "auto"] = option("fp32", "weights and KV-cache precision; auto times a few "
                                                             "batched decode steps in each at start-up and keeps the faster")
@@ -72,7 +74,7 @@ class ServeConfig:
             raise ConfigError("--backend onnx needs --onnx PATH (a folder made by `hwlm export --format onnx`)")
         if self.backend == "onnx" and self.dtype == "bf16":
             raise ConfigError("--backend onnx runs the export's own precision: drop --dtype bf16 (or use --backend torch)")
-        if self.onnx is not None and self.backend != "onnx":
-            raise ConfigError("--onnx is for --backend onnx: add --backend onnx, or drop --onnx")
+        if self.onnx is not None and self.backend == "torch":
+            raise ConfigError("--onnx is for --backend onnx or auto: add --backend onnx|auto, or drop --onnx")
         if not self.auth and self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ConfigError(f"--no-auth is refused on {self.host}: bind 127.0.0.1 or give --api-keys FILE")

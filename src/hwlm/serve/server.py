@@ -52,7 +52,7 @@ def build_state(cfg: ServeConfig) -> Any:
         raise ConfigError("give the run to serve: --run RUN_FOLDER")
     if not Path(cfg.run).is_dir():
         raise CheckpointError(f"run folder {cfg.run} does not exist: give a folder made by `hwlm train`")
-    if cfg.backend == "onnx" and not Path(cfg.onnx).exists():
+    if cfg.onnx is not None and not Path(cfg.onnx).exists():
         raise CheckpointError(f"{cfg.onnx} does not exist: export the run with "
                               f"`hwlm export --run {cfg.run} --format onnx --out DIR` and give --onnx DIR")
     keystore = None if not cfg.auth else KeyStore(Path(cfg.api_keys or "hwlm-keys.json"))

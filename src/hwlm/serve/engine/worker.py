@@ -132,28 +132,44 @@ def _build(cfg: Any) -> tuple[Any, Any, dict]:
 
     # The engine process gets the cores (OMP_NUM_THREADS when set); the HTTP process keeps one.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
-    onnx = cfg.backend == "onnx"
-    loaded = load_model(cfg.run, "cpu" if onnx else select_device(cfg.device).device)
-    model, runner = loaded.model, None
-    if onnx:
-        from hwlm.export.onnx import OnnxModel, weights_fingerprint
-        from hwlm.serve.engine.onnx_runner import OnnxRunner
-
-        onnx_model = OnnxModel.load(cfg.onnx)
-        onnx_model.check_matches(loaded.model_cfg, weights_fingerprint(model), f"run {cfg.run}")
-        runner, model, dtype = OnnxRunner(onnx_model, cfg.max_num_seqs), None, "fp32"
-    else:
-        dtype = fastest_dtype(model, cfg.max_num_seqs) if cfg.dtype == "auto" else cfg.dtype
-        if dtype == "bf16":
-            model.to(torch.bfloat16)
+    loaded = load_model(cfg.run, "cpu" if cfg.backend == "onnx" else select_device(cfg.device).device)
+    model, runner, dtype, backend = _runner(cfg, loaded)
     recorder = MetricsRecorder()
     engine = LLMEngine(model, loaded.tokenizer, loaded.eot_id,
                        EngineConfig(cfg.max_num_seqs, cfg.max_waiting, cfg.prefill_budget), recorder, runner)
     info = {"checkpoint": str(loaded.path), "eot_id": loaded.eot_id, "run_config": loaded.run_config,
             "context": engine.context, "vocab_size": loaded.model_cfg.vocab_size, "dtype": dtype,
-            "backend": cfg.backend, "cache_bytes": engine.runner.cache_bytes, "pid": os.getpid(),
+            "backend": backend, "cache_bytes": engine.runner.cache_bytes, "pid": os.getpid(),
             "threads": torch.get_num_threads()}
     return engine, recorder, info
+
+
+def _runner(cfg: Any, loaded: Any) -> tuple[Any, Any, str, str]:
+    """(torch model or None, runner or None for the default ModelRunner, precision, back end as told)."""
+    import torch
+
+    model = loaded.model
+    onnx_model = None
+    if cfg.onnx is not None:  # checked against the weights as saved, before any cast
+        from hwlm.export.onnx import OnnxModel, weights_fingerprint
+
+        onnx_model = OnnxModel.load(cfg.onnx)
+        onnx_model.check_matches(loaded.model_cfg, weights_fingerprint(model), f"run {cfg.run}")
+    if cfg.backend == "onnx":
+        from hwlm.serve.engine.onnx_runner import OnnxRunner
+
+        return None, OnnxRunner(onnx_model, cfg.max_num_seqs), "fp32", "onnx"
+    dtype = fastest_dtype(model, cfg.max_num_seqs) if cfg.dtype == "auto" else cfg.dtype
+    if dtype == "bf16":
+        model.to(torch.bfloat16)
+    if onnx_model is None:  # torch, or auto without an export
+        return model, None, dtype, "torch"
+    from hwlm.serve.engine.model_runner import ModelRunner
+    from hwlm.serve.engine.onnx_runner import HybridRunner, single_row_faster_in_onnx
+
+    torch_runner = ModelRunner(model, cfg.max_num_seqs)
+    lone = single_row_faster_in_onnx(torch_runner, onnx_model)
+    return model, HybridRunner(torch_runner, onnx_model, lone), dtype, f"auto ({'lone rows in onnx' if lone else 'all torch'})"
 
 
 def fastest_dtype(model: Any, slots: int) -> str:
