@@ -172,16 +172,20 @@ def one_set(name: str, budgets: dict[str, float]) -> dict[str, Any]:
                               "rows": tfidf(data, chinese)}
     # fastText's recipe (Joulin et al. 2017): tokens, words and their hashed bigrams, each once per text, averaged;
     # sparse updates (SparseAdam on the rows a batch holds; beta2 0.999: a rare row's second moment must last).
-    result["rows"].append(hwlm_model("hwlm bag of words (tokens, words, hashed bigrams; SparseAdam)", data,
-                                     WORK / name / "bow",
-                                     {"seconds": None, "lr": 3e-3, "min_lr": 3e-5, "warmup": 0, "batch_size": 32,
-                                      "betas": (0.9, 0.999)},
-                                     TaskConfig(task="classify", classifier="bow", embed=32, buckets=1 << 18,
-                                                dropout=0.0, max_len=256, epochs=budgets["bow_epochs"])))
-    result["rows"].append(hwlm_model("hwlm LSTM (embed 128, hidden 128)", data, WORK / name / "lstm",
-                                     {"seconds": budgets["lstm"]},
-                                     TaskConfig(task="classify", classifier="lstm", embed=128, hidden=128,
-                                                dropout=0.2, max_len=128)))
+    if "bow" in budgets["models"]:
+        result["rows"].append(hwlm_model("hwlm bag of words (tokens, words, hashed bigrams; SparseAdam)", data,
+                                         WORK / name / "bow",
+                                         {"seconds": None, "lr": 3e-3, "min_lr": 3e-5, "warmup": 0, "batch_size": 32,
+                                          "betas": (0.9, 0.999)},
+                                         TaskConfig(task="classify", classifier="bow", embed=32, buckets=1 << 18,
+                                                    dropout=0.0, max_len=256, epochs=budgets["bow_epochs"])))
+    if "lstm" in budgets["models"]:
+        result["rows"].append(hwlm_model("hwlm LSTM (embed 128, hidden 128)", data, WORK / name / "lstm",
+                                         {"seconds": budgets["lstm"]},
+                                         TaskConfig(task="classify", classifier="lstm", embed=128, hidden=128,
+                                                    dropout=0.2, max_len=128)))
+    if "ft" not in budgets["models"]:
+        return result
     lm, pre_s, pre_j = pretrain(data, WORK / name / "pre", budgets["pretrain"], block=128)
     ft = hwlm_model("hwlm Transformer `tiny`, pretrained here then fine-tuned", data, WORK / name / "ft",
                     {"seconds": budgets["finetune"], "lr": 1e-3, "min_lr": 1e-4, "batch_size": 32},
@@ -230,6 +234,7 @@ def main() -> None:
     p.add_argument("--lstm", type=float, default=45.0, help="LSTM training seconds")
     p.add_argument("--pretrain", type=float, default=90.0, help="language-model pretraining seconds")
     p.add_argument("--finetune", type=float, default=60.0, help="classifier fine-tuning seconds")
+    p.add_argument("--models", default="bow,lstm,ft", help="hwlm models to run beside TF-IDF: bow, lstm, ft")
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--plan-check", action="store_true",
                    help="instead: the planner's this-machine prediction of the lstm-sentences and digits-mlp recipes "
@@ -239,7 +244,8 @@ def main() -> None:
     if a.plan_check:
         return plan_check(a.threads, a.plan_steps, a.write_docs)
     torch.set_num_threads(a.threads)
-    budgets = {"bow_epochs": a.bow_epochs, "lstm": a.lstm, "pretrain": a.pretrain, "finetune": a.finetune}
+    budgets = {"bow_epochs": a.bow_epochs, "lstm": a.lstm, "pretrain": a.pretrain, "finetune": a.finetune,
+               "models": a.models.split(",")}
     record: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                           "cpus": os.cpu_count(), "threads": a.threads},
                               "load_before": os.getloadavg(), "budgets": budgets, "sets": []}

@@ -44,7 +44,8 @@ from hwlm.errors import ConfigError, PlanError
 from hwlm.formulas import (ADAM_FP32, ClassifierShape, classifier_activation_bytes, classifier_forward_flops,
                            classifier_param_count, classifier_train_flops)
 from hwlm.plan.catalog import Device
-from hwlm.plan.efficiency import DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, OP_OVERHEAD_SOURCE, Priors, load_calibration, priors_for
+from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, OP_OVERHEAD_SOURCE, Priors, load_calibration,
+                                  priors_for)
 from hwlm.plan.explain import Term, Terms
 from hwlm.plan.jobs import resolve_hardware
 from hwlm.plan.machine import THIS_MACHINE
