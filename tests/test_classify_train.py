@@ -199,3 +199,19 @@ def test_bag_of_words_features() -> None:
     mask = torch.tensor([[True, True, False], [False, False, False]])
     logits = model(torch.tensor([[1, 2, 0], [0, 0, 0]]), mask)
     assert logits.shape == (2, 2) and torch.allclose(logits[1], model.head.bias)  # an empty bag pools to zeros
+
+
+def test_resume_auto_moves_a_corrupt_newest_checkpoint_aside(cls_data: Path, tmp_path: Path) -> None:
+    """Classifier runs resume through the same checkpoint.resume_checkpoint as language models."""
+    task = TaskConfig(task="classify", classifier="bow", buckets=1024)
+    cfg = cls_cfg(cls_data, tmp_path / "run", max_steps=20, eval_interval=0, ckpt_interval=10)
+    train_classifier(cfg, task, say=lambda m: None)
+    newest = tmp_path / "run" / "checkpoints" / "step-0000020" / "model.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    notes: list[str] = []
+    r = train_classifier(dataclasses.replace(cfg, max_steps=24, resume="auto"), task, say=notes.append)
+    assert r.steps == 24
+    assert any(n.startswith("warning:") and "moved it aside to corrupt-step-0000020-" in n for n in notes), notes
+    assert any("resumed from" in n and "step-0000010" in n for n in notes), notes

@@ -187,9 +187,7 @@ def _train_chat(cfg: TrainConfig, task: TaskConfig, say: Callable[[str], None] |
                   "runtime": {"device": device, "optimizer": opt_text, "init_from": str(loaded.path),
                               "params": sum(p.numel() for p in model.parameters())}}
     step, elapsed, first_val, last_ckpt = 0, 0.0, None, None
-    resume = ckpt_io.latest_checkpoint(cfg.out) if cfg.resume == "auto" else None
-    if cfg.resume == "none" and ckpt_io.latest_checkpoint(cfg.out) is not None:
-        raise ConfigError(f"{cfg.out} already holds checkpoints: pass --resume auto or choose another --out folder")
+    resume = ckpt_io.resume_checkpoint(cfg.out, cfg.resume, say, key)
     if resume is not None:
         state = _restore(resume, model, optimizer, bool(task.lora_rank), device, key)
         step, elapsed, first_val, last_ckpt = int(state["step"]), float(state["elapsed"]), state.get("first_val"), resume

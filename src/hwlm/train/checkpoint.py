@@ -55,13 +55,13 @@ import torch
 from torch import nn
 
 from hwlm.crypt import check_chunks, encrypt_bytes, encryption_section, is_encrypted, key_for, read_encrypted
-from hwlm.errors import CheckpointError, DataError, ResourceError
+from hwlm.errors import CheckpointError, ConfigError, DataError, ResourceError
 from hwlm.io import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
 
 __all__ = ["CKPT_VERSION", "save_checkpoint", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint",
            "verify_checkpoint", "read_json", "restore_training", "capture_rng", "restore_rng",
            "check_same_model", "prune_checkpoints", "complete_files", "test_pause", "test_fail",
-           "remove_stale", "CorruptCheckpointError", "move_aside", "newest_valid_checkpoint", "checkpoint_key",
+           "remove_stale", "CorruptCheckpointError", "move_aside", "newest_valid_checkpoint", "resume_checkpoint", "checkpoint_key",
            "load_weights", "write_weights", "load_torch_file", "write_complete", "is_encrypted_checkpoint",
            "PLAIN_EXPORT_NOTE"]
 
@@ -383,6 +383,23 @@ def newest_valid_checkpoint(run_dir: Path, warn: Callable[[str], None], key: byt
                               f"{', '.join(p.name for p in moved)}); pass --resume none with a new --out to start "
                               "afresh, or resume from a copy you trust")
     return None
+
+
+def resume_checkpoint(out: Path, resume: str, warn: Callable[[str], None], key: bytes | None = None) -> Path | None:
+    """The checkpoint a run in ``out`` resumes from (``--resume none|auto|PATH``), or None for a fresh run.
+
+    ``none`` refuses a folder that already holds checkpoints (a silent overwrite of a run); ``auto`` takes the
+    newest one that verifies (:func:`newest_valid_checkpoint`); a path is resolved as given. Every trainer
+    (language model, classifier, chat) resumes through here."""
+    if resume == "none":
+        existing = latest_checkpoint(out)
+        if existing is not None:
+            raise ConfigError(f"{out} already holds checkpoints (newest {existing.name}): pass --resume auto "
+                              "to continue that run, or choose another --out folder")
+        return None
+    if resume == "auto":
+        return newest_valid_checkpoint(out, warn, key)
+    return resolve_checkpoint(Path(resume))
 
 
 def check_same_model(ckpt: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -260,7 +260,7 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
         raise DataError(f"{cfg.data} has an empty train or val split: prepare more examples")
     choice = select_device(cfg.device)
     device = choice.device
-    resume = _resume_from(cfg)
+    resume = ckpt_io.resume_checkpoint(cfg.out, cfg.resume, say, key)
     saved = ckpt_io.read_json(resume / "config.json") if resume is not None else None
     spec = saved["classifier"] if saved is not None else classifier_spec(cfg, task, manifest, overrides)
     if saved is not None:
@@ -340,18 +340,6 @@ def _from_lm(spec: dict[str, Any], task: TaskConfig, manifest: dict[str, Any], c
     ckpt_io.load_weights(ckpt, model.trunk, "cpu", key)
     say(f"trunk initialized from {ckpt}" + (f", LoRA rank {spec['lora_rank']}" if spec.get("lora_rank") else ""))
     return apply_lora(model, spec["lora_rank"], spec["lora_alpha"]) if spec.get("lora_rank") else model
-
-
-def _resume_from(cfg: TrainConfig) -> Path | None:
-    existing = ckpt_io.latest_checkpoint(cfg.out)
-    if cfg.resume == "none":
-        if existing is not None:
-            raise ConfigError(f"{cfg.out} already holds checkpoints (newest {existing.name}): pass --resume auto "
-                              "to continue that run, or choose another --out folder")
-        return None
-    if cfg.resume == "auto":
-        return existing
-    return ckpt_io.resolve_checkpoint(Path(cfg.resume))
 
 
 def _save(run: _Run) -> None:

@@ -103,20 +103,6 @@ def peak_flops_for(device: str, precision: str) -> float | None:
         return None
 
 
-def _resume_from(cfg: TrainConfig, say: Callable[[str], None], key: bytes | None = None) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run. ``auto`` takes the newest one that
-    verifies, moving corrupt newer ones aside (see checkpoint.newest_valid_checkpoint)."""
-    if cfg.resume == "none":
-        existing = ckpt_io.latest_checkpoint(cfg.out)
-        if existing is not None:
-            raise ConfigError(f"{cfg.out} already holds checkpoints (newest {existing.name}): pass --resume auto "
-                              "to continue that run, or choose another --out folder")
-        return None
-    if cfg.resume == "auto":
-        return ckpt_io.newest_valid_checkpoint(cfg.out, say, key)
-    return ckpt_io.resolve_checkpoint(Path(cfg.resume))
-
-
 def _horizon(cfg: TrainConfig, tokens_per_step: int) -> int | None:
     """Steps until max_steps or max_tokens, whichever is first (None: only a time budget)."""
     limits = []
@@ -176,7 +162,7 @@ def _agreed_resume(cfg: TrainConfig, world: World, say: Callable[[str], None],
     found, err = None, None
     if world.is_main:
         try:
-            found = _resume_from(cfg, say, key)
+            found = ckpt_io.resume_checkpoint(cfg.out, cfg.resume, say, key)
         except HwlmError as exc:
             err = exc
     agree(err, world, "rank 0 could not choose a checkpoint to resume; see its message")
