@@ -49,7 +49,7 @@ class TaskConfig:
     hidden: int = option(128, "LSTM state / MLP hidden width")
     layers: int = option(1, "LSTM layers / MLP hidden layers")
     dropout: float = option(0.1, "dropout of the LSTM, bag-of-words and MLP classifiers")
-    ngrams: int = option(2, "bag of words: 1 (tokens) or 2 (tokens and hashed bigrams)")
+    ngrams: int = option(2, "bag of words: 1 (tokens, and words in new runs) or 2 (also hashed token and word bigrams)")
     buckets: int = option(1 << 16, "bag of words: hash buckets for bigrams")
 
     def __post_init__(self) -> None:
