@@ -327,8 +327,8 @@ def write_docs(result: dict[str, Any], batches: list[int], args: argparse.Namesp
         text = _put(text, START, END, "\n".join(parts), "## Compression (hwlm compress)")
     if "plan_loop" in result:
         pl = result["plan_loop"]
-        block = [PLAN_START, "", f"`python benchmarks/compress_speed.py --plan-loop --skip-speed --skip-quality "
-                 f"--threads {pl['threads']} --new {pl['new_tokens']}`: the gpt2-124m shape through compress -> "
+        block = [PLAN_START, "", f"`python benchmarks/compress_speed.py {' '.join(sys.argv[1:])}`: the gpt2-124m "
+                 "shape through compress -> "
                  f"bench infer --run -> bench calibrate -> plan infer, batch 1, {pl['threads']} threads; "
                  f"{m['cpu']}, copy bandwidth {pl['membw_gb_s']:.1f} GB/s (bench peak); load average "
                  f"{pl['load'][0]:.2f} before, {pl['load'][1]:.2f} after. Prompt 16 is the calibrated shape; "
