@@ -96,7 +96,10 @@ def test_calibration_decode_override(tmp_path) -> None:
         {"device": "this-machine", "dtype": "bf16", "phase": "decode", "efficiency": 0.4}]}))
     a = estimate_inference("llama-2-7b", "a100-80gb", 1, batch=1, prompt_len=16, gen_len=16)
     b = estimate_inference("llama-2-7b", "a100-80gb", 1, batch=1, prompt_len=16, gen_len=16, calibration=str(cal))
-    assert b.tpot_s > a.tpot_s * 1.5
+    mem = [{t.name: t.value for t in e.terms}["decode_memory_time"] for e in (a, b)]
+    assert mem[1] > mem[0] * 1.5 and b.tpot_s > a.tpot_s
+    # the measured rate holds the fixed cost per layer: none is added on top of it
+    assert {t.name: t.value for t in b.terms}["layer_overhead"] == 0.0
 
 
 def test_terms_add_up() -> None:

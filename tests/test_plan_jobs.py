@@ -67,8 +67,11 @@ def test_compress_precision_names() -> None:
     bf = estimate_inference("llama-2-7b", "a100-80gb", 1, precision="bf16")
     assert w4.weights_bytes_per_device == pytest.approx(bf.weights_bytes_per_device / 4)
     assert w8.weights_bytes_per_device == pytest.approx(bf.weights_bytes_per_device / 2)
-    with pytest.raises(PlanError, match="'int4' is now spelt 'w4a16'"):
-        InferenceJob(model="gpt2", hardware="h100-sxm", precision="int4")
+    # int8 / int4 are the weight-only formats (the issue's --precision int8|int4), w8a8 is spelt out
+    assert InferenceJob(model="gpt2", hardware="h100-sxm", precision="int4").precision == "w4a16"
+    assert InferenceJob(model="gpt2", hardware="h100-sxm", precision="int8").precision == "w8a16"
+    i8 = estimate_inference("llama-2-7b", "a100-80gb", 1, precision="int8")
+    assert i8.weights_bytes_per_device == w8.weights_bytes_per_device
 
 
 def test_hardware_is_resolved_once_in_plan(tmp_path) -> None:

@@ -329,8 +329,12 @@ def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
     a2a, a2a_f = ep_comm(j.m, dev, j.ep, j.group_batch, pri.comm_eff)
     if a2a:
         comm += t.add("decode_ep_all_to_all_time", a2a_f, a2a, "s", EP_SOURCE + "; " + library_for(dev).source)
-    launch = t.add("layer_overhead", f"{spec.n_layers} layers x {pri.layer_overhead_s:g} s",
-                   spec.n_layers * pri.layer_overhead_s, "s", pri.source)
+    if j.bw_src.startswith("calibration decode"):
+        # A measured decode rate (bench infer's bytes per step / TPOT) already holds the per-layer fixed cost.
+        launch = t.add("layer_overhead", "0: inside the calibrated decode rate", 0.0, "s", j.bw_src)
+    else:
+        launch = t.add("layer_overhead", f"{spec.n_layers} layers x {pri.layer_overhead_s:g} s",
+                       spec.n_layers * pri.layer_overhead_s, "s", pri.source)
     host = _host_time(j, t, "decode")
     return t.add("tpot", "max(max(decode_memory_time, decode_compute_time) + layer_overhead + tp comm, host time)",
                  max(max(t_mem, t_fl) + launch + comm, host), "s")

@@ -31,7 +31,9 @@ TRAIN_PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
 # The compress stage's precision names, shared through hwlm.formulas: weights x activations. w8a16/w4a16
 # are weight-only (dequantised to 16 bits in the kernel), w8a8 runs the 8-bit matrix units.
 INFER_PRECISIONS = PRECISIONS
-_OLD_PRECISIONS = {"int8": "w8a16", "int4": "w4a16"}
+# ``--precision int8|int4`` (what users type, and the compress methods' names) means weight-only int8/int4, the
+# format GPU engines serve as "int8"/"int4"; w8a8 (int8 activations too) is always spelt out.
+PRECISION_ALIASES = {"int8": "w8a16", "int4": "w4a16"}
 
 
 def field_help(cls: type, name: str) -> str:
@@ -129,7 +131,7 @@ class InferenceJob:
     prompt_len: int = option(512, "prompt tokens")
     gen_len: int = option(256, "generated tokens")
     precision: str = option("bf16", "fp32 | bf16 | fp16 | fp8 | w8a8 | w8a16 | w4a16 (weights x activations, "
-                                     "the compress stage's names)")
+                                     "the compress stage's names; int8 = w8a16, int4 = w4a16)")
     tp: int | None = option(None, "tensor-parallel degree (default: all devices, or devices / ep)")
     ep: int | None = option(None, "expert-parallel degree (MoE): the routed experts spread over ep groups of tp "
                                   "devices, attention data-parallel over the groups (default 1)")
@@ -148,9 +150,7 @@ class InferenceJob:
     def __post_init__(self) -> None:
         if self.model is None or self.model == "":
             raise PlanError("an inference job needs --model (a preset name or a config.json path)")
-        if self.precision in _OLD_PRECISIONS:
-            raise PlanError(f"precision {self.precision!r} is now spelt {_OLD_PRECISIONS[self.precision]!r} "
-                            f"(weights x activations); choose one of {', '.join(INFER_PRECISIONS)}")
+        self.precision = PRECISION_ALIASES.get(self.precision, self.precision)
         if self.precision not in INFER_PRECISIONS:
             raise PlanError(f"inference precision {self.precision!r} is not supported; choose one of "
                             f"{', '.join(INFER_PRECISIONS)}")
@@ -172,7 +172,7 @@ class ServingJob:
     rate: float | None = option(None, "requests per second arriving (Poisson, open loop); or give --concurrency")
     prompt_len: int = option(512, "prompt tokens per request")
     gen_len: int = option(256, "generated tokens per request")
-    precision: str = option("bf16", "fp32 | bf16 | fp16 | fp8 | w8a8 | w8a16 | w4a16")
+    precision: str = option("bf16", "fp32 | bf16 | fp16 | fp8 | w8a8 | w8a16 | w4a16 (int8 = w8a16, int4 = w4a16)")
     engine: str | None = option(None, "vllm | tensorrt-llm | tensorrt-llm-0.7 | gpt-fast | llama.cpp | hf | hwlm "
                                       "(default: vllm on GPUs, the vendor's engine elsewhere)")
     cuda_graphs: bool | None = option(None, "override the engine's use of CUDA graphs", cli=False)
@@ -192,6 +192,7 @@ class ServingJob:
     def __post_init__(self) -> None:
         if self.model is None or self.model == "":
             raise PlanError("a serving job needs --model (a preset name or a config.json path)")
+        self.precision = PRECISION_ALIASES.get(self.precision, self.precision)
         _energy_checks(self.pue, self.grid_intensity, self.price_per_hour, self.power_w)
         if (self.concurrency is None) == (self.rate is None):
             raise PlanError("give exactly one of --concurrency C (requests in flight) or --rate R (requests/s)")
