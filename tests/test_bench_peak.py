@@ -47,7 +47,7 @@ def test_peak_measures_a_cache_resident_copy(record):
 def test_peak_says_what_it_could_not_measure(record):
     text = " | ".join(record["findings"])
     assert "matmul tf32 on cpu: tf32 is a CUDA tensor-core mode" in text
-    assert "matmul int8 on cpu: no fast int8 matmul path" in text
+    assert "matmul int8" not in text and record["summary"]["matmul_int8_flops"] > 0  # torch._int_mm, as w8a8 runs
     assert "h2d: no host-to-device link on cpu" in text
     assert "matmul_tf32_flops" not in record["summary"]
     table = format_peak(record)

@@ -1,8 +1,8 @@
 """``hwlm bench peak``: what this device can actually do, per data type.
 
 Measured: square-matmul FLOP/s for each data type the device supports (fp32, tf32,
-bf16, fp16, int8 via ``torch._int_mm`` on CUDA), device memory bandwidth from one large
-copy (bytes read + bytes written), cache bandwidth from a copy that fits in cache (the roof
+bf16, fp16, int8 via ``torch._int_mm`` on CUDA and CPUs, what w8a8 layers call), device
+memory bandwidth from one large copy (bytes read + bytes written), cache bandwidth from a copy that fits in cache (the roof
 of work whose operands stay there), and on CUDA pinned host-to-device bandwidth. Each
 figure is the median of ``repeats`` timed samples after warm-up, stored with its spread
 (min, max, IQR, count). A data type the device cannot run fast, or at all, is skipped
@@ -84,8 +84,8 @@ def _why_skip(dtype: str, kind: str) -> str | None:
     """A reason not to try ``dtype`` on a device kind, or None to try it."""
     if dtype == "tf32" and kind != "cuda":
         return "tf32 is a CUDA tensor-core mode"
-    if dtype == "int8" and kind != "cuda":
-        return "no fast int8 matmul path measured off CUDA (torch._int_mm is CUDA's)"
+    if dtype == "int8" and kind not in ("cuda", "cpu"):
+        return f"torch._int_mm has no {kind} kernel"
     if dtype == "bf16" and kind == "cuda":
         import torch
         if not torch.cuda.is_bf16_supported():
