@@ -2,8 +2,8 @@
 
 Measured: square-matmul FLOP/s for each data type the device supports (fp32, tf32,
 bf16, fp16, int8 via ``torch._int_mm`` on CUDA and CPUs, what w8a8 layers call), device
-memory bandwidth from one large copy (bytes read + bytes written), cache bandwidth from a copy that fits in cache (the roof
-of work whose operands stay there), and on CUDA pinned host-to-device bandwidth. Each
+memory bandwidth from one large copy (bytes read + bytes written), cache bandwidth from a
+copy that fits in cache (the roof of work whose operands stay there), and on CUDA pinned host-to-device bandwidth. Each
 figure is the median of ``repeats`` timed samples after warm-up, stored with its spread
 (min, max, IQR, count). A data type the device cannot run fast, or at all, is skipped
 and the reason is written into the record's findings rather than hidden.
