@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -176,7 +177,9 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
     try:
         load(server.url, model, 2, 4, tokens)  # warm-up: first-call costs (allocations, lazy imports)
         # One client is a sequential loop: fewer requests give the same steady rate in less time.
-        chosen = server.ready.split("(", 1)[1].split(",")[1].split(", engine")[0].strip() if server.ready else ""
+        # "hwlm serve: m (context 256, torch bf16, engine process ...) on URL": the back end and precision it chose
+        found = re.search(r"\(context \d+, (.+?), engine process", server.ready)
+        chosen = found.group(1) if found else ""
         return [{"server": kind, "chosen": chosen, **load(server.url, model, c,
                                                           requests if c > 1 else min(requests, seq_requests), tokens)}
                 for c in levels]
