@@ -46,7 +46,7 @@ class EngineClient:
         self._reader = threading.Thread(target=self._read, name="hwlm-engine-reader", daemon=True)
 
     @classmethod
-    def start(cls, cfg: Any, wait: Callable[[], None] | None = None) -> EngineClient:
+    def start(cls, cfg: Any) -> EngineClient:
         """Spawn the engine process for ``cfg`` (a ServeConfig) and return once it has loaded the model."""
         import multiprocessing
 
