@@ -66,7 +66,7 @@ class Server:
 
 
 def start_server(run: Path, folder: Path, *args: str, key: str | None = None, timeout: float = 120,
-                 verify: Any = True) -> Server:
+                 verify: Any = True, env: dict[str, str] | None = None) -> Server:
     """``hwlm serve --run RUN`` with a fresh keys file (and audit log) in ``folder``, ready for requests."""
     folder.mkdir(parents=True, exist_ok=True)
     keys = folder / "keys.json"
@@ -75,7 +75,7 @@ def start_server(run: Path, folder: Path, *args: str, key: str | None = None, ti
     cmd = [sys.executable, "-m", "hwlm", "serve", "--run", str(run), "--port", "0", "--api-keys", str(keys),
            "--model-name", MODEL, "--audit-log", str(folder / "audit.jsonl"), "--audit-key",
            str(folder / "audit.key"), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     err = open(folder / "server.err", "ab")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     err.close()

@@ -29,9 +29,10 @@ def server(serve_server: Server) -> Server:
 
 @pytest.fixture(scope="module")
 def narrow(serve_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Eight slots, no waiting room, a 2 s deadline (8 choices of LONG tokens take longer)."""
+    """Eight slots, no waiting room, a 2 s deadline. Each engine step pauses 5 ms (a test hook), so LONG steps
+    take 10 s or more on any machine: the deadline fires, and a long request holds every slot while it runs."""
     s = start_server(serve_run, tmp_path_factory.mktemp("serve-narrow"), "--max-num-seqs", "8", "--max-waiting", "0",
-                     "--request-timeout", "2")
+                     "--request-timeout", "2", env={"HWLM_TEST_STEP_PAUSE": "0.005"})
     s.client().completions.create(model=MODEL, prompt="x", max_tokens=2)  # warm: a cold first step is slow
     yield s
     s.stop()

@@ -61,6 +61,9 @@ class _Worker:
         tok = engine.tokenizer
         self.decode = lambda ids: tok.decode(ids, skip_special_tokens=False)
         engine.after_step = self.flush
+        pause = float(os.environ.get("HWLM_TEST_STEP_PAUSE", "0") or 0)
+        if pause > 0:  # test hook: an engine slow enough that deadlines and full queues happen on any machine
+            engine.after_step = lambda: (self.flush(), time.sleep(pause))
 
     def run(self) -> None:
         self.send(("ready", self.info))
