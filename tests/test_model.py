@@ -260,3 +260,17 @@ def test_torch_compile_full_graph_matches_eager_loss_and_gradients(return_logits
     for n, p in model.named_parameters():
         atol = 1e-6 if device == "cpu" else terms * torch.finfo(torch.float32).eps * float(expected[n].abs().max())
         torch.testing.assert_close(p.grad, expected[n], atol=max(atol, 1e-6), rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", ["debug", "llama-tiny"])
+def test_evaluation_loss_in_row_chunks_equals_the_full_logits_loss(name: str) -> None:
+    """Without a gradient, ``return_logits=False`` computes the loss in row chunks (three here:
+    of 512 rows at V = 2048 for 1,152 rows, the last one short), equal to cross-entropy over the whole logits."""
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig.from_name(name, vocab_size=2048, block_size=128)).eval()
+    x, y = torch.randint(0, 2048, (9, 128)), torch.randint(0, 2048, (9, 128))
+    y[0, :40] = -1
+    with torch.no_grad():
+        full = m(x, y)[1]
+        logits, chunked = m(x, y, return_logits=False)
+    assert logits is None and torch.allclose(chunked, full, rtol=1e-6, atol=1e-6)

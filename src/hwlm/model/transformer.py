@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwlm.formulas import loss_chunk_rows
 from hwlm.model.config import ModelConfig
 
 __all__ = ["Transformer", "KVCache"]
@@ -134,9 +135,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         # x (N, C), weight (V, C), targets (N,)
         x, weight = x.detach(), weight.detach()
         N, V = x.size(0), weight.size(0)
-        # About 4 MiB of logits per chunk on a CPU: 256 rows at V = 4096 (measured faster than 2 MiB,
-        # whose thinner matmuls lose more than the softmax passes gain from staying in L2).
-        rows = max(64, (4 << 20) // (4 * V)) if x.device.type == "cpu" else max(1024, (64 << 20) // (4 * V))
+        rows = loss_chunk_rows(V, x.device.type)
         valid = targets != -1
         n = valid.sum().clamp(min=1)
         grad_x, grad_w = torch.empty_like(x), torch.empty_like(weight)
@@ -158,6 +157,17 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         grad_x, grad_w = ctx.saved_tensors
         return grad_x * grad_loss, grad_w * grad_loss, None
+
+
+def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (-1 ignored), without a gradient, in the row
+    chunks of :class:`LinearCrossEntropy`: evaluation never holds the (N, V) logits either."""
+    rows, total = loss_chunk_rows(weight.size(0), x.device.type), torch.zeros((), dtype=torch.float32,
+                                                                              device=x.device)
+    for s in range(0, x.size(0), rows):
+        logits = torch.mm(x[s:s + rows], weight.t())
+        total += F.cross_entropy(logits.float(), targets[s:s + rows], ignore_index=-1, reduction="sum")
+    return total / (targets != -1).sum().clamp(min=1)
 
 
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -329,7 +339,8 @@ class Transformer(nn.Module):
         ``last_only`` computes logits for the last position only (B, 1, V): what generation needs.
         ``return_logits=False`` with ``targets`` returns ``(None, loss)``; while training (a gradient
         is needed, no autocast) the output layer and loss then run fused in chunks
-        (``LinearCrossEntropy``): faster and without the (B, T, V) logits in memory.
+        (``LinearCrossEntropy``): faster and without the (B, T, V) logits in memory; without a gradient
+        (evaluation) the loss runs in the same row chunks (``chunked_cross_entropy``).
         """
         B, T = idx.shape
         if start_pos + T > self.cfg.block_size:
@@ -363,6 +374,9 @@ class Transformer(nn.Module):
         if fused:
             loss = LinearCrossEntropy.apply(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
             return None, loss
+        if (not return_logits and not torch.is_grad_enabled() and type(self.lm_head) is nn.Linear
+                and self.lm_head.bias is None and not torch.is_autocast_enabled(x.device.type)):
+            return None, chunked_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
         logits = self.lm_head(x)  # (B, T, V)
         flat_logits, flat_targets = logits.view(B * T, -1), targets.reshape(B * T)
         if torch.is_grad_enabled() and logits.requires_grad:

@@ -123,7 +123,7 @@ def loss_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             with torch.no_grad(), autocast(device.split(":")[0], precision):
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)  # the loss in row chunks, no (N, V) logits held
             n = int((y != -1).sum())
             total += loss.double() * n  # loss is the mean over the batch's targets
             count += n
