@@ -40,7 +40,7 @@ def calibrate(out: Path, preset: str, prompt: int) -> Path:
     subprocess.run(hwlm + ["bench", "infer", "--device", "cpu", "--model", preset, "--batch-sizes", "1,8",
                            "--prompt-lens", str(prompt), "--new-tokens", "16", "--out", str(infer)], check=True,
                    stdout=subprocess.DEVNULL)
-    subprocess.run(hwlm + ["bench", "calibrate", str(peak), str(infer), "--device", "this-machine", "--out", str(cal)],
+    subprocess.run(hwlm + ["bench", "calibrate", str(peak), str(infer), "--hardware", "this-machine", "--out", str(cal)],
                    check=True, stdout=subprocess.DEVNULL)
     return cal
 
