@@ -404,3 +404,24 @@ def test_an_encrypted_chat_fine_tune_resumes_with_the_key(world: dict[str, Path]
     assert load_model(tmp_path / "chat", "cpu", load_key(world["k1"])).step == 4
     with pytest.raises(ConfigError, match="is encrypted"):
         load_model(tmp_path / "chat", "cpu")
+
+
+def test_serve_opens_an_encrypted_run_with_its_key_file(world: dict[str, Path], tmp_path: Path) -> None:
+    """``hwlm serve --key-file``: the engine process reads the key and serves the encrypted run; without a key
+    the server stops at start-up with one line naming --key-file."""
+    pytest.importorskip("fastapi", reason="pip install 'hwlm[serve]'")
+    import subprocess
+    import sys
+
+    from serve_helpers import MODEL, start_server
+    server = start_server(world["run"], tmp_path / "srv", "--key-file", str(world["k1"]))
+    try:
+        got = server.client().completions.create(model=MODEL, prompt="the", max_tokens=3, temperature=0)
+        assert got.usage.completion_tokens >= 1 and got.choices[0].finish_reason in ("stop", "length")
+    finally:
+        server.stop()
+    env = {k: v for k, v in os.environ.items() if k != "HWLM_DATA_KEY"}
+    done = subprocess.run([sys.executable, "-m", "hwlm", "serve", "--run", str(world["run"]), "--port", "0",
+                           "--no-auth"], capture_output=True, text=True, timeout=120, env=env)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and lines and "--key-file" in lines[-1] and "Traceback" not in done.stderr

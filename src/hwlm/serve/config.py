@@ -30,6 +30,8 @@ class ServeConfig:
                  "times faster at start-up; without: torch)")
     onnx: Path | None = option(None, "ONNX export folder or model.onnx (with --backend onnx or auto)")
     device: str = option("cpu", "device: auto, cpu, cuda[:N], mps")
+    key_file: Path | None = option(None, "data key of an encrypted run (hwlm train --encrypt), a 0600 file read by "
+                                         "the engine process; default $HWLM_DATA_KEY")
     dtype: Literal["fp32", "bf16", "auto"] = option("fp32", "weights and KV-cache precision; auto times a few "
                                                             "batched decode steps in each at start-up and keeps the faster")
     host: str = option("127.0.0.1", "address to bind (loopback unless told otherwise)")

@@ -128,6 +128,7 @@ def _build(cfg: Any) -> tuple[Any, Any, dict]:
     """(engine, metrics recorder, info for the parent) for ``cfg``."""
     import torch
 
+    from hwlm.crypt import optional_key
     from hwlm.device import select_device
     from hwlm.serve.engine.llm_engine import EngineConfig, LLMEngine
     from hwlm.serve.metrics import MetricsRecorder
@@ -135,7 +136,8 @@ def _build(cfg: Any) -> tuple[Any, Any, dict]:
 
     # The engine process gets the cores (OMP_NUM_THREADS when set); the HTTP process keeps one.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
-    loaded = load_model(cfg.run, "cpu" if cfg.backend == "onnx" else select_device(cfg.device).device)
+    key = optional_key(getattr(cfg, "key_file", None))  # read here: the key never crosses the pipe
+    loaded = load_model(cfg.run, "cpu" if cfg.backend == "onnx" else select_device(cfg.device).device, key)
     model, runner, dtype, backend = _runner(cfg, loaded)
     recorder = MetricsRecorder()
     engine = LLMEngine(model, loaded.tokenizer, loaded.eot_id,
