@@ -325,12 +325,17 @@ def _write_plan_docs(record: dict[str, Any]) -> None:
                     f"{r['predicted_tokens_per_s']:,.0f} | {r['predicted_tokens_per_s'] / r['measured_tokens_per_s']:.2f} | "
                     f"{r['measured_s']:.1f} | {r['predicted_s']:.1f} | {r['predicted_s'] / r['measured_s']:.2f} |")
     body.append(end)
+    _splice(start, end, "\n".join(body),
+            lambda text, block: text.replace(END, END + "\n\n### The planner on the classifier recipes\n\n" + block, 1))
+
+
+def _splice(start: str, end: str, block: str, place: Any) -> None:
+    """Replace the docs block between ``start`` and ``end`` with ``block``; ``place(text, block)`` puts a new one."""
     text = DOCS.read_text(encoding="utf-8")
-    block = "\n".join(body)
     if start in text:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
     else:
-        text = text.replace(END, END + "\n\n### The planner on the classifier recipes\n\n" + block, 1)
+        text = place(text, block)
     DOCS.write_text(text, encoding="utf-8")
 
 
@@ -348,13 +353,8 @@ def write_docs(record: dict[str, Any]) -> None:
                      f"{res['examples']['val']:,} val / {res['examples']['test']:,} test")
         body += [head, "", _table(res), ""]
     body.append(END)
-    text = DOCS.read_text(encoding="utf-8")
-    block = "\n".join(body)
-    if START in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Text classification (`benchmarks/classify.py`)\n\n" + block + "\n"
-    DOCS.write_text(text, encoding="utf-8")
+    _splice(START, END, "\n".join(body),
+            lambda text, block: text.rstrip() + "\n\n## Text classification (`benchmarks/classify.py`)\n\n" + block + "\n")
 
 
 if __name__ == "__main__":

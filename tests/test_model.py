@@ -263,14 +263,20 @@ def test_torch_compile_full_graph_matches_eager_loss_and_gradients(return_logits
 
 
 @pytest.mark.parametrize("name", ["debug", "llama-tiny"])
-def test_evaluation_loss_in_row_chunks_equals_the_full_logits_loss(name: str) -> None:
+def test_evaluation_loss_in_row_chunks_equals_the_full_logits_loss(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a gradient, ``return_logits=False`` computes the loss in row chunks (three here:
     of 512 rows at V = 2048 for 1,152 rows, the last one short), equal to cross-entropy over the whole logits."""
     torch.manual_seed(0)
     m = Transformer(ModelConfig.from_name(name, vocab_size=2048, block_size=128)).eval()
     x, y = torch.randint(0, 2048, (9, 128)), torch.randint(0, 2048, (9, 128))
     y[0, :40] = -1
+    import hwlm.model.transformer as tr
+    calls = []
+    real = tr.chunked_cross_entropy
+    monkeypatch.setattr(tr, "chunked_cross_entropy", lambda *a: calls.append(a[0].shape) or real(*a))
     with torch.no_grad():
         full = m(x, y)[1]
+        assert not calls  # return_logits=True keeps the whole-logits loss
         logits, chunked = m(x, y, return_logits=False)
+    assert calls == [(9 * 128, m.cfg.n_embd)]  # the chunked path was the one taken
     assert logits is None and torch.allclose(chunked, full, rtol=1e-6, atol=1e-6)

@@ -136,7 +136,7 @@ def _build(cfg: Any) -> tuple[Any, Any, dict]:
 
     # The engine process gets the cores (OMP_NUM_THREADS when set); the HTTP process keeps one.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
-    key = optional_key(getattr(cfg, "key_file", None))  # read here: the key never crosses the pipe
+    key = optional_key(cfg.key_file)  # read here: the key never crosses the pipe
     loaded = load_model(cfg.run, "cpu" if cfg.backend == "onnx" else select_device(cfg.device).device, key)
     model, runner, dtype, backend = _runner(cfg, loaded)
     recorder = MetricsRecorder()
