@@ -50,7 +50,7 @@ from hwlm.plan.explain import Term, Terms
 from hwlm.plan.jobs import resolve_hardware
 from hwlm.plan.machine import THIS_MACHINE
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION
-from hwlm.plan.training import _energy as energy_terms  # the one energy and CO2 term of the planner
+from hwlm.plan.training import energy_terms  # the one energy and CO2 term of the planner
 
 __all__ = ["ClassifierJob", "ClassifierEstimate", "estimate_classifier", "job_from_recipe", "data_workload",
            "is_classifier_recipe", "APPLEYARD"]

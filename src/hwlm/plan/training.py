@@ -658,7 +658,7 @@ def _estimate(job: TrainingJob) -> TrainingEstimate:
                    job.price_per_hour, job.power_w)
 
 
-def _energy(t: Terms, dev: Device, dh: float, frac: float, pue: float, grid: float,
+def energy_terms(t: Terms, dev: Device, dh: float, frac: float, pue: float, grid: float,
             power_w: float | None) -> tuple[float | None, float | None]:
     """kWh and kg CO2 for ``dh`` device-hours; None when neither the catalog nor the user gives a power."""
     if power_w is None and dev.tdp_w is None:
@@ -703,7 +703,7 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
     # MFU is a property of the step loop (PaLM, arXiv:2204.02311, appendix B): steady-state time.
     mfu = t.add("mfu", f"flops / (steady time x {n} x peak {peak:.4g})", tim["flops"] / (steady * n * peak), "")
     dh = t.add("device_hours", f"time x {n} / 3600", time * n / 3600, "h")
-    energy, co2 = _energy(t, dev, dh, ctx.pri.power_fraction, pue, grid, power_w)
+    energy, co2 = energy_terms(t, dev, dh, ctx.pri.power_fraction, pue, grid, power_w)
     rate = price if price is not None else dev.price_per_hour
     cost = None
     if rate is not None:
