@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Measure a CUDA machine with hwlm's bench stage, from the source tree, in under 8 minutes:
+# Measure a CUDA machine with hwlm's bench stage, from the source tree, in about 6-8 minutes:
 #   1. hwlm hw                   what the machine is
 #   2. hwlm bench peak           matmul FLOP/s per dtype, memory and host-to-device bandwidth
 #   3. hwlm bench train          gpt2-124m, bf16 autocast, torch.compile
 #   4. hwlm bench infer          gpt2-124m, bf16 weights, prefill/decode over a batch x prompt grid
 #   5. hwlm bench calibrate      the planner calibration (this-machine; and the catalog id if given)
+#   6. generate_speed.py         gpt2-124m batch-1 decode, eager against CUDA graphs (issue 9: >= 4x), fp32 and bf16
+#   7. gpu_compress.py           decode tokens/s of bf16 / w8a16 / w4a16 / w8a8 / 2:4 at batch 1, 8, 32 (eager;
+#                                batch 1 also as a CUDA graph) and dense against 2:4 sparse GEMMs
 # Records go to $OUT if set, else runs/bench. hwlm need not be installed: this runs
 # `PYTHONPATH=src python3 -m hwlm`. Each step has its own time limit, so one slow step cannot
 # eat the others' time; a failed step is reported and the rest still run.
@@ -53,6 +56,10 @@ if [ "${#records[@]}" -gt 0 ]; then
             --out "$DEST/calibration-$CATALOG_ID.json"
     fi
 fi
+
+step decode-graphs 150 "$PY" benchmarks/generate_speed.py --device cuda --new-tokens 64 --repeats 3
+
+step compress 240 "$PY" benchmarks/gpu_compress.py --device cuda --compile-batches 1 --out "$DEST/gpu-compress.json"
 
 echo "records in $DEST (total ${SECONDS} s)"
 if [ "${#failed[@]}" -gt 0 ]; then
