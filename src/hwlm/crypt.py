@@ -41,13 +41,15 @@ from hwlm.io import LOCK_FILE, atomic_dir, atomic_write_bytes, folder_lock, reso
 
 __all__ = ["load_key", "optional_key", "key_for", "encryption_section", "read_secret_file", "key_id", "write_encrypted",
            "encrypt_bytes", "EncryptedReader", "is_encrypted", "read_encrypted", "check_chunks", "rotate_dir",
-           "WrongKeyError", "CHUNK", "SCHEME"]
+           "WrongKeyError", "CHUNK", "SCHEME", "KEY_FILE_HELP"]
 
 MAGIC, VERSION, CHUNK = b"HWLMENC1", 1, 1 << 20
 SCHEME = "hwlm-enc-1 (AES-256-GCM, 1 MiB chunks)"
 _HEADER = struct.Struct("<8sB8s16sIQ")  # magic, version, key id, file id, chunk size, plaintext length
 _OVERHEAD = 12 + 16  # nonce + tag per chunk
 ENV = "HWLM_DATA_KEY"
+# The --key-file help of every command that reads encrypted data or runs (one wording, as key_for's message).
+KEY_FILE_HELP = f"key file (mode 0600) of an encrypted data folder or run; unset: ${ENV}. The key is never logged"
 
 
 class WrongKeyError(ConfigError):

@@ -27,7 +27,7 @@ from typing import Any
 from hwlm.bench.energy import EnergyMeter
 from hwlm.bench.peak import is_oom
 from hwlm.bench.records import load_record, make_record, spread
-from hwlm.errors import HardwareError
+from hwlm.errors import ConfigError, HardwareError
 from hwlm.formulas import (WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token, mfu, param_count,
                            train_flops_per_token, training_memory)
 from hwlm.device import measure_seconds, synchronize, torch_dtype
@@ -75,6 +75,7 @@ class InferBenchConfig:
     vocab_size: int | None = None
     backend: str = "torch"              # torch | onnx (the same weights exported, run by onnxruntime on the CPU)
     run: str | None = None              # a run (or compressed run) folder instead of the preset's random weights
+    key_file: str | None = None         # an encrypted run's key file (else $HWLM_DATA_KEY): the path is recorded
 
 
 def _check_common(device_kind: str, precision: str, what: str) -> None:
@@ -294,6 +295,9 @@ def run_infer_bench(cfg: InferBenchConfig) -> dict[str, Any]:
     for flag, values in (("batch-sizes", cfg.batch_sizes), ("prompt-lens", cfg.prompt_lens)):
         if not values or min(values) < 1:
             raise HardwareError(f"--{flag} needs one or more values of at least 1, got {values}")
+    if cfg.key_file is not None and cfg.run is None:
+        raise ConfigError("--key-file opens an encrypted --run; without --run the weights are random: give --run "
+                          "RUN or drop --key-file")
     max_len = max(cfg.prompt_lens) + cfg.new_tokens
     if cfg.run is not None:
         mcfg, model, fmt = _load_run(cfg, device, max_len)
@@ -371,9 +375,10 @@ def _time_cell(model: Any, mcfg: Any, cfg: InferBenchConfig, device: str, kind: 
 
 def _load_run(cfg: InferBenchConfig, device: str, max_len: int) -> tuple[Any, Any, dict[str, Any]]:
     """(model config, model, weight format) of ``cfg.run``, loaded as ``hwlm generate`` loads it."""
+    from hwlm.crypt import optional_key
     from hwlm.train.load import load_model
 
-    loaded = load_model(cfg.run, device)
+    loaded = load_model(cfg.run, device, optional_key(cfg.key_file))
     mcfg = loaded.model_cfg
     fmt = dict((loaded.run_config or {}).get("compression") or {"precision": "fp32"})
     if max_len > mcfg.block_size:

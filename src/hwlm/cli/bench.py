@@ -4,6 +4,7 @@
     hwlm bench train  --model gpt2-124m --batch 8 --seq 1024 --steps 20 --precision bf16 --compile
     hwlm bench infer  --model tiny --batch-sizes 1,8 --prompt-lens 128,512 --new-tokens 64
     hwlm bench infer  --run runs/int8 --batch-sizes 1 --prompt-lens 16   # a compressed run, in its format
+    hwlm bench infer  --run runs/secret --key-file data.key               # an encrypted run (train --encrypt)
     hwlm bench compare A.json B.json
     hwlm bench calibrate RECORDS... --hardware h100-sxm --out calibration.json
 
@@ -14,6 +15,8 @@ torch-using code is imported inside the handlers.
 from __future__ import annotations
 
 import argparse
+
+from hwlm.crypt import KEY_FILE_HELP  # torch-free
 
 
 def _csv(kind: type) -> object:
@@ -103,6 +106,7 @@ def _add_workloads(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", default=None, metavar="RUN_DIR",
                    help="time a run's own weights instead of --model's random ones; a compressed run (w8a8, w8a16, "
                         "w4a16) runs in its stored format, which the record names as its precision")
+    p.add_argument("--key-file", default=None, metavar="FILE", help=f"with --run: {KEY_FILE_HELP}")
     p.set_defaults(func=_infer)
 
 
@@ -164,7 +168,8 @@ def _infer(args: argparse.Namespace) -> int:
     cfg = InferBenchConfig(model=args.model, device=args.device, batch_sizes=args.batch_sizes,
                            prompt_lens=args.prompt_lens, new_tokens=args.new_tokens, repeats=args.repeats,
                            precision=args.precision, energy=args.energy, tdp_w=args.tdp, seed=args.seed,
-                           vocab_size=args.vocab_size, backend=args.backend, run=args.run)
+                           vocab_size=args.vocab_size, backend=args.backend, run=args.run,
+                           key_file=args.key_file)
     record = run_infer_bench(cfg)
     return _write(record, args, format_workload(record))
 

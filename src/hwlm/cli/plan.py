@@ -17,6 +17,7 @@ import json
 import re
 from typing import Any
 
+from hwlm.crypt import KEY_FILE_HELP  # torch-free core; cryptography is imported only to decrypt
 from hwlm.errors import PlanError
 
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12, "p": 1e15, "e": 1e18}
@@ -233,16 +234,21 @@ def _classifier_arguments(t: argparse.ArgumentParser) -> None:
     g.add_argument("--data", help="a `hwlm prepare --task classify` folder: its examples, classes and token lengths")
     g.add_argument("--examples", type=_int, help="training examples (default: --data's, else the recipe's [plan])")
     g.add_argument("--mean-len", type=float, help="tokens per text (default: --data's, else the recipe's [plan])")
+    g.add_argument("--key-file", metavar="FILE", help=f"with --data: {KEY_FILE_HELP}")
 
 
 def _train_classifier(a: argparse.Namespace) -> int:
+    from hwlm.crypt import optional_key
     from hwlm.plan.classifier import estimate_classifier, job_from_recipe
 
     if a.model or a.tokens:
         raise PlanError("give either --config RECIPE (a classifier) or --model and --tokens, not both")
     if a.devices != 1:
         raise PlanError("hwlm trains classifiers on one device: drop --devices")
-    job = job_from_recipe(a.config, a.hardware, data=a.data, examples=a.examples, mean_len=a.mean_len,
+    if a.key_file and not a.data:
+        raise PlanError("--key-file opens an encrypted --data folder: give --data DIR or drop --key-file")
+    key = optional_key(a.key_file)  # torch-free (hwlm.crypt); a loose or missing key file is one line here
+    job = job_from_recipe(a.config, a.hardware, data=a.data, key=key, examples=a.examples, mean_len=a.mean_len,
                           steps_len=a.mean_len, **_env_kw(a))
     e = estimate_classifier(job)
     energy = "n/a" if e.energy_kwh is None else f"{e.energy_kwh * 1000:,.3g} Wh, {e.co2_kg * 1000:,.3g} g CO2"

@@ -158,8 +158,9 @@ def is_classifier_recipe(recipe: str | Path) -> bool:
     return task.get("task") == "classify" and task.get("classifier", "transformer") in ("lstm", "mlp", "bow")
 
 
-def data_workload(data_dir: str | Path, max_len: int, batch_size: int) -> dict[str, Any]:
+def data_workload(data_dir: str | Path, max_len: int, batch_size: int, key: bytes | None = None) -> dict[str, Any]:
     """Examples, classes, vocabulary and token lengths of a ``prepare --task classify`` folder (torch-free).
+    An encrypted folder's training split is decrypted with ``key`` (``--key-file``), else $HWLM_DATA_KEY.
 
     The lengths are the training texts' tokens (the data's own tokenizer, cut at ``max_len``); ``steps_len``
     is the mean, over 200 seeded random batches, of a batch's longest text: the LSTM's steps per batch."""
@@ -178,9 +179,9 @@ def data_workload(data_dir: str | Path, max_len: int, batch_size: int) -> dict[s
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    from hwlm.data.classify import read_split  # torch-free; decrypts an encrypted folder ($HWLM_DATA_KEY)
+    from hwlm.data.classify import read_split  # torch-free; decrypts with hwlm.crypt (cryptography)
 
-    texts = read_split(folder, "train", manifest, verify=False)[0]
+    texts = read_split(folder, "train", manifest, verify=False, key=key)[0]
     lengths = [min(max(1, len(e.ids)), max_len) for e in tok.encode_batch(texts, add_special_tokens=False)]
     rng = random.Random(0)
     steps = sum(max(rng.sample(lengths, min(batch_size, len(lengths)))) for _ in range(200)) / 200
@@ -188,10 +189,11 @@ def data_workload(data_dir: str | Path, max_len: int, batch_size: int) -> dict[s
 
 
 def job_from_recipe(recipe: str | Path, hardware: Any = None, *, data: str | Path | None = None,
-                    **fields: Any) -> ClassifierJob:
+                    key: bytes | None = None, **fields: Any) -> ClassifierJob:
     """The job a classifier recipe describes: its ``[train]`` batch, epochs and evaluation interval, its
     ``[task]`` shape, and the workload of ``data`` (else the recipe's ``[plan]`` table, else, for the MLP,
-    scikit-learn's digits). ``fields`` override any :class:`ClassifierJob` field (``examples=``, ...)."""
+    scikit-learn's digits). ``key`` opens an encrypted ``data`` folder (else $HWLM_DATA_KEY). ``fields``
+    override any :class:`ClassifierJob` field (``examples=``, ...)."""
     from hwlm.train.config import TrainConfig  # torch-free config dataclasses
     from hwlm.train.task_config import TaskConfig
 
@@ -206,7 +208,7 @@ def job_from_recipe(recipe: str | Path, hardware: Any = None, *, data: str | Pat
                         "`hwlm plan train --model`")
     work = dict(load_toml(recipe).get("plan", {}))
     if data is not None:
-        work.update(data_workload(data, task.max_len, train.batch_size))
+        work.update(data_workload(data, task.max_len, train.batch_size, key))
     elif task.classifier == "mlp" and "examples" not in work:
         held = prep.get("val_fraction", 0.1) + prep.get("test_fraction", 0.1)
         work.update(DIGITS, examples=round(DIGITS["examples"] * (1 - held)),

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hwlm.config import load_toml, option
+from hwlm.crypt import KEY_FILE_HELP
 from hwlm.errors import ConfigError
 
 __all__ = ["TuneConfig", "Param", "Space", "load_space", "parse_budget", "Budget", "TUNABLE"]
@@ -51,6 +52,8 @@ class TuneConfig:
 
     config: Path | None = option(None, "search-space TOML ([tune], [space], and fixed [train]/[model]/[task])")
     data: Path | None = option(None, "prepared data folder every trial trains on")
+    key_file: Path | None = option(None, f"{KEY_FILE_HELP}; an encrypted --data folder's trials read it themselves "
+                                         "and write encrypted checkpoints under it. The path is recorded, never the key")
     out: Path = option(Path("runs/tune"), "study folder: study.db, trials/, best.toml, report")
     task: Literal["lm", "classify"] = option("lm", "lm: minimize validation loss; classify: maximize val macro-F1")
     trials: int = option(12, "finished (complete or pruned) trials to reach in the study (with --workers N, up to "
@@ -76,6 +79,8 @@ class TuneConfig:
             self.config = Path(self.config)
         if self.data is not None:
             self.data = Path(self.data)
+        if self.key_file is not None:
+            self.key_file = Path(self.key_file)
         self.out = Path(self.out)
         self.price_on = [str(p) for p in self.price_on]
         for name in ("trials", "workers", "eval_interval", "heartbeat"):

@@ -14,7 +14,7 @@ from typing import Any
 
 from hwlm.io import atomic_write_json, atomic_write_text
 from hwlm.tune.config import TuneConfig
-from hwlm.tune.trial import dump_toml
+from hwlm.tune.trial import dump_toml, key_flags
 
 __all__ = ["write_results", "trial_rows", "pareto_front"]
 
@@ -111,7 +111,8 @@ def write_results(cfg: TuneConfig, study: Any) -> Any:
         recipe = cfg.out / "best.toml"
         header = (f"# Best of {len(rows)} hwlm tune trials (trial {best.number}, {cfg.metric} {best.value:.4f}),\n"
                   f"# trained under a per-trial budget of {cfg.trial_budget}. Set a horizon when you use it:\n"
-                  f"#   hwlm train --config {recipe} --data {cfg.data} --out runs/best --time-budget 60")
+                  f"#   hwlm train --config {recipe} --data {cfg.data} --out runs/best --time-budget 60"
+                  + "".join(f" {flag}" for flag in key_flags(cfg)))
         atomic_write_text(recipe, dump_toml(best.user_attrs["tables"], header))
     atomic_write_json(cfg.out / "tune.json", {"version": 1, "kind": "hwlm-tune", "config": to_dict(cfg),
                                               "best_trial": best.number if best else None,

@@ -133,6 +133,14 @@ def _data_facts(cfg: TuneConfig) -> dict[str, Any]:
     return manifest
 
 
+def _check_key(cfg: TuneConfig, manifest: dict[str, Any]) -> None:
+    """An encrypted --data folder's key (--key-file, else $HWLM_DATA_KEY), checked once against the manifest's
+    key id: a missing or wrong key is one line before any trial starts, not a study of failed trials."""
+    from hwlm.crypt import key_for, optional_key
+
+    key_for(f"data folder {cfg.data}", manifest.get("encryption"), optional_key(cfg.key_file))
+
+
 def _check_budget(cfg: TuneConfig, space: Space) -> None:
     """A budget that cannot pay for one optimizer step of the cheapest trial is an error up front."""
     from hwlm.model.config import ModelConfig
@@ -231,7 +239,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
     if cfg.config is None:
         raise ConfigError("hwlm tune needs a search space: pass --config SPACE.toml")
     space = load_space(cfg.config)
-    _data_facts(cfg)
+    _check_key(cfg, _data_facts(cfg))
     _check_budget(cfg, space)
     study = open_study(cfg)
     _retry_stale(study, cfg)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from hwlm.errors import ConfigError, HwlmError
 from hwlm.tune.config import TASK_DROPOUT_KINDS, Budget, TuneConfig
 
-__all__ = ["TrialOutcome", "trial_tables", "run_trial", "dump_toml", "budget_flags"]
+__all__ = ["TrialOutcome", "trial_tables", "run_trial", "dump_toml", "budget_flags", "key_flags"]
 
 POLL_S = 0.25
 
@@ -107,6 +107,16 @@ def budget_flags(budget: Budget, cfg: TuneConfig) -> list[str]:
     return ["--time-budget", repr(budget.amount / watts)]
 
 
+def key_flags(cfg: TuneConfig) -> list[str]:
+    """Train flags for an encrypted ``--data`` folder: ``--encrypt`` (a trial's weights are as secret as its
+    data) and ``--key-file`` when one is given (else the trial reads $HWLM_DATA_KEY, inherited); none for a
+    plain folder. The tuner has already checked the key (``hwlm.tune.study``); only its path is passed on."""
+    manifest = json.loads((Path(cfg.data) / "manifest.json").read_text(encoding="utf-8"))
+    if not manifest.get("encryption"):
+        return []
+    return ["--encrypt", *(["--key-file", str(cfg.key_file)] if cfg.key_file is not None else [])]
+
+
 def _nominal_watts(device: str) -> float:
     """The energy meter's nominal power of this device (what a joule budget is converted with)."""
     from hwlm.bench.energy import DEFAULT_CPU_WATTS_PER_CORE, _physical_cores
@@ -160,7 +170,7 @@ def run_trial(tables: dict[str, dict[str, Any]], trial_dir: Path, cfg: TuneConfi
     flags = budget_flags(budget, cfg)
     cmd = [sys.executable, "-m", "hwlm", "train", "--config", str(recipe), "--data", str(cfg.data), "--out",
            str(run_dir), "--resume", "auto", "--device", cfg.device, "--no-progress", "--no-tensorboard", "--json",
-           *flags]
+           *flags, *key_flags(cfg)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     meter = EnergyMeter(cfg.device if cfg.device != "auto" else "cpu")
     meter.start()
