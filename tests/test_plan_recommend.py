@@ -103,3 +103,22 @@ def test_the_search_shortcuts_change_no_number() -> None:
     spec = get_model("llama-2-7b").spec
     mem = training_memory(spec, 7e9, lay, 4096, 80e9)
     assert mem.activations == _activation_bytes.__wrapped__(spec, 4096, 2, 2, 3, "bf16", "gpu", "korthikanti")
+
+
+def test_no_network_figure_keeps_a_job_on_one_node() -> None:
+    """A device whose catalog gives no link at all is planned on one node: the fallback PCIe link is not a
+    network between hosts, so a 128-socket CPU fleet for an 8B model is refused, with the count that works."""
+    from dataclasses import replace
+
+    from hwlm.plan import estimate_training, get_device
+
+    cpu = get_device("xeon-6980p")
+    assert cpu.inter_node_bw is None and cpu.intra_node_bw is None
+    with pytest.raises(PlanError, match=r"xeon-6980p has no network figure.*use at most 2 \(one node\)"):
+        estimate_training("llama-3.1-8b", 1e10, cpu, 128)
+    assert estimate_training("llama-3.1-8b", 1e10, cpu, 2).time_s > 0
+    # Given a network figure, the same fleet is costed over it (the rule is about the data, not the kind).
+    assert estimate_training("llama-3.1-8b", 1e10, replace(cpu, inter_node_bw=12.5e9), 128).time_s > 0
+    r = recommend("llama-3.1-8b", tokens=1e10, kind="cpu")
+    assert r.options and all(o.devices <= 2 for o in r.options)
+    assert r.dropped.get("no network figure across nodes", 0) > 0

@@ -122,7 +122,8 @@ def _train_options(m: Model, tokens: float, devs: list[Device], max_devices: int
             try:
                 e = estimate_training(m, tokens, dev, n, precision=precision, find_smallest=False, **kw)
             except HwlmError as exc:
-                why = "beyond the critical batch" if "global batch" in str(exc) else "no valid layout"
+                why = "beyond the critical batch" if "global batch" in str(exc) else \
+                    "no network figure across nodes" if "no network figure" in str(exc) else "no valid layout"
                 dropped[why] = dropped.get(why, 0) + 1
                 continue
             if not e.fits:

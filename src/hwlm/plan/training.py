@@ -602,6 +602,21 @@ def estimate_training(model: str | Model | TrainingJob, tokens: float | None = N
     return _estimate(job)
 
 
+def _check_network(dev: Device, devices: int) -> None:
+    """Refuse a job that leaves one scale-up domain on a device whose catalog entry gives no link at all.
+
+    With neither ``inter_node_bw`` nor ``intra_node_bw`` the collectives would fall back to an assumed PCIe
+    link inside one host (``FALLBACK_LINK_BW``), which says nothing about a network between hosts: a
+    128-socket CPU fleet would be costed as if every socket had a 32 GB/s NIC (a 2-socket server usually
+    has one 100-200 Gb/s NIC, 6-12 GB/s per socket). Rather than invent a network, the planner plans
+    what the catalog describes; a user with a real cluster gives its figure in a catalog override."""
+    domain = max(dev.devices_per_node, dev.scale_up_devices)
+    if devices > domain and dev.inter_node_bw is None and dev.intra_node_bw is None:
+        raise PlanError(f"{dev.id} has no network figure in the catalog (no inter_node_bw or intra_node_bw), so a "
+                        f"job on {devices} devices across nodes cannot be costed; use at most {domain} "
+                        f"(one node), or add inter_node_bw in a catalog override")
+
+
 def _estimate(job: TrainingJob) -> TrainingEstimate:
     m = get_model(job.model)
     dev = resolve_hardware(job.hardware, job.calibration)
@@ -613,6 +628,7 @@ def _estimate(job: TrainingJob) -> TrainingEstimate:
         m, padding = pad_heads(m, tp_asked)
     devices, precision = job.devices, job.precision
     dev.peak_flops(precision)  # PlanError naming the dtypes the device has
+    _check_network(dev, devices)
     if job.schedule not in (None, *SCHEDULES):
         raise PlanError(f"pipeline schedule {job.schedule!r} is not known; choose one of {', '.join(SCHEDULES)}")
     seq = int(job.seq_len or m.seq_len)
