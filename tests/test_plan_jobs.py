@@ -92,3 +92,18 @@ def test_hardware_is_resolved_once_in_plan(tmp_path) -> None:
 def test_serving_job_checks(kwargs, message) -> None:
     with pytest.raises(PlanError, match=message):
         ServingJob(model="gpt2", hardware="h100-sxm", **kwargs)
+
+
+def test_missing_price_and_tdp_notes_are_worded_once() -> None:
+    """Training, inference and the classifier estimate say the same thing about a missing price or TDP."""
+    from hwlm.plan import estimate_inference, estimate_training
+    from hwlm.plan.jobs import missing_figure_notes
+
+    assert missing_figure_notes("x", 1.0, 1.0) == []
+    price, tdp = missing_figure_notes("x", None, None)
+    assert "--price-per-hour" in price and "--power-w for energy and CO2" in tdp
+    for dev, want in (("gaudi2", missing_figure_notes("gaudi2", None, 1.0)),      # a TDP, no price
+                      ("tpu-v6e", missing_figure_notes("tpu-v6e", 1.0, None))):   # a price, no TDP
+        train = estimate_training("gpt2", 1e9, dev, 8).notes
+        infer = estimate_inference("gpt2", dev, 1).notes
+        assert want and all(n in train and n in infer for n in want), (dev, train, infer)

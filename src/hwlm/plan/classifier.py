@@ -47,7 +47,7 @@ from hwlm.plan.catalog import Device
 from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, OP_OVERHEAD_SOURCE, Priors, load_calibration,
                                   priors_for)
 from hwlm.plan.explain import Term, Terms
-from hwlm.plan.jobs import resolve_hardware
+from hwlm.plan.jobs import missing_figure_notes, resolve_hardware
 from hwlm.plan.machine import THIS_MACHINE
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION
 from hwlm.plan.training import energy_terms  # the one energy and CO2 term of the planner
@@ -370,10 +370,7 @@ def estimate_classifier(job: ClassifierJob) -> ClassifierEstimate:
         notes.append("memory: the model's bytes; a CPU process also holds the torch runtime (~0.3 GB)")
         notes.append("a CPU's peak assumes every core busy; thin products of a few rows rarely spread over many "
                      "cores, so on a large CPU this is optimistic (checked on a 2-core one: docs/benchmarks.md)")
-    if rate is None:
-        notes.append(f"{dev.id} has no catalog price; pass --price-per-hour for a cost")
-    if energy is None:
-        notes.append(f"{dev.id} has no published TDP; pass --power-w for energy and CO2")
+    notes += missing_figure_notes(dev.id, rate, energy)
     return ClassifierEstimate(
         kind=s.kind, hardware=dev.id, params=params, examples=job.examples, steps=steps, tokens=tokens, flops=flops,
         memory_bytes=mem, fits=fits, step_time_s=step, train_time_s=train_s, eval_time_s=eval_s, time_s=time_s,

@@ -29,7 +29,7 @@ from hwlm.plan.efficiency import (GRID_SOURCE, MXU_SOURCE, shape_efficiency,
                                   INFER_OP_OVERHEAD_SOURCE, PUE_SOURCE, Priors, load_calibration, ops_per_forward,
                                   priors_for)
 from hwlm.plan.explain import Term, Terms
-from hwlm.plan.jobs import INFER_PRECISIONS, InferenceJob, resolve_hardware
+from hwlm.plan.jobs import INFER_PRECISIONS, InferenceJob, missing_figure_notes, resolve_hardware
 from hwlm.plan.models import PAD_SOURCE, PADS_HEADS, Model, get_model, pad_heads
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION, link_bandwidth
 from hwlm.plan.software import ENGINES, Stack, default_engine, get_engine
@@ -432,10 +432,7 @@ def _estimate(job: InferenceJob) -> InferenceEstimate:
         notes.append(f"does not fit: {mem['total'] / 1e9:.1f} GB per device > {USABLE_MEMORY_FRACTION:.0%} of "
                      f"{dev.memory_bytes / 1e9:.0f} GB; largest batch that fits: {mem['max_batch']}; "
                      "use more devices (tp) or a narrower precision")
-    if rate is None:
-        notes.append(f"{dev.id} has no catalog price; pass --price-per-hour for a cost")
-    if ept is None:
-        notes.append(f"{dev.id} has no published TDP; pass --power-w for energy")
+    notes += missing_figure_notes(dev.id, rate, ept)
     return InferenceEstimate(
         model=m.name, hardware=dev.id, devices=devices, tp=tp, ep=ep, precision=precision, batch=batch, prompt_len=prompt_len,
         gen_len=gen_len, fits=fits, graphs=bool(graphs), engine=engine.id, ttft_s=ttft, tpot_s=tpot, memory_per_device_bytes=mem["total"],

@@ -61,6 +61,16 @@ def _energy_checks(pue: float, grid: float, price: float | None, power: float | 
             raise PlanError(f"--{name} must be a positive number, got {v!r}")
 
 
+def missing_figure_notes(dev_id: str, price: float | None, energy: float | None) -> list[str]:
+    """The notes for a device whose catalog entry lacks a price or a TDP (one wording for every estimate)."""
+    notes = []
+    if price is None:
+        notes.append(f"{dev_id} has no catalog price; pass --price-per-hour for a cost")
+    if energy is None:
+        notes.append(f"{dev_id} has no published TDP; pass --power-w for energy and CO2")
+    return notes
+
+
 @dataclass
 class TrainingJob:
     """One training run to predict (``hwlm plan train``)."""

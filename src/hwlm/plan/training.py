@@ -35,7 +35,7 @@ from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, GRID_SOURCE, MXU_SOUR
                                   priors_for, shape_efficiency)
 from hwlm.plan.experts import moe_parts
 from hwlm.plan.explain import Term, Terms
-from hwlm.plan.jobs import TRAIN_PRECISIONS, TrainingJob, resolve_hardware
+from hwlm.plan.jobs import TRAIN_PRECISIONS, TrainingJob, missing_figure_notes, resolve_hardware
 from hwlm.plan.machine import THIS_MACHINE
 from hwlm.plan.models import PAD_SOURCE, PADS_HEADS, Model, get_model, pad_heads
 from hwlm.plan.software import FRAMEWORKS, Stack, default_framework, get_framework
@@ -741,10 +741,7 @@ def _finish(ctx: _Ctx, lay: Layout, fits: bool, fixed: dict[str, Any] | None, pu
         smallest = _smallest_fitting(ctx, fixed)
         notes.append(f"does not fit in {dev.memory_bytes / 1e9:.0f} GB per device; smallest that fits: "
                      f"{smallest or 'none up to 1M devices'}")
-    if rate is None:
-        notes.append(f"{dev.id} has no catalog price; pass --price-per-hour for a cost")
-    if energy is None:
-        notes.append(f"{dev.id} has no published TDP; pass --power-w for energy and CO2")
+    notes += missing_figure_notes(dev.id, rate, energy)
     return TrainingEstimate(
         model=ctx.model.name, hardware=dev.id, devices=n, precision=ctx.precision, tokens=ctx.tokens,
         seq_len=ctx.seq_len, global_batch=int(ctx.batch_tokens / ctx.seq_len), layout=lay, fits=fits,
