@@ -174,6 +174,9 @@ def test_duplicate_id_needs_override(tmp_path: Path) -> None:
     (("devices_per_node = 4", "devices_per_node = 0"), r"key 'devices_per_node' must be a whole number"),
     (("tdp_w = 75", "tdp_w = 75\ncolour = 'red'"), r"unknown key\(s\): colour"),
     (('name = "My NPU"', ""), r"missing required key\(s\): name"),
+    (("int8 = 200e12", "int8 = 200e12\n[device.achievable]\nbf16 = 150e12"),
+     r"achievable.bf16 = 1.5e\+14 needs a peak flops.bf16 at least as large"),
+    (("int8 = 200e12", "int8 = 200e12\n[device.achievable]\nbf16 = 80e12"), r"figure 'achievable' has no source"),
 ])
 def test_malformed_device_names_file_device_and_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     path = write(tmp_path, GOOD.replace(*edit))
@@ -207,3 +210,17 @@ def test_catalog_never_imports_torch() -> None:
     code = ("import sys, hwlm.plan.catalog as c; c.load_catalog(); c.format_device(c.get_device('h100'));"
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_achievable_rate_replaces_the_peak_in_compute_bound_terms() -> None:
+    """A vendor-measured max dense-GEMM rate (MI300X: AMD's MAF) is what matmul_eff scales: the prior becomes
+    matmul_eff x achievable/peak, with the balance penalty at the achievable rate's ridge point."""
+    from hwlm.plan.efficiency import REF_RIDGE, kind_priors, priors_for
+    dev = get_device("mi300x")
+    peak, maf, bw = dev.peak_flops("fp8"), dev.achievable_flops("fp8"), dev.memory_bw
+    assert maf == 1273e12 and "Max-Achievable" in dev.source("achievable")
+    assert get_device("h100-sxm").achievable_flops("bf16") is None
+    g = kind_priors("gpu")
+    want = g.matmul_eff * maf / peak * min(1.0, (REF_RIDGE / (maf / bw)) ** g.ridge_exponent)
+    assert priors_for("gpu", "fp8", peak, bw, achievable=maf).matmul_eff == pytest.approx(want)
+    assert priors_for("gpu", "fp8", peak, bw).matmul_eff > priors_for("gpu", "fp8", peak, bw, achievable=maf).matmul_eff

@@ -12,7 +12,8 @@ from hwlm.plan.software import default_engine, default_framework, get_engine, ge
 
 def test_every_stack_is_sourced_and_the_issue_names_exist() -> None:
     assert set(FRAMEWORKS) == {"megatron", "deepspeed", "fsdp", "torchtitan", "maxtext", "llm-foundry", "nemo", "hwlm"}
-    assert set(ENGINES) == {"vllm", "tensorrt-llm", "tensorrt-llm-0.7", "gpt-fast", "llama.cpp", "hf", "hwlm"}
+    assert set(ENGINES) == {"vllm", "tensorrt-llm", "tensorrt-llm-0.7", "gpt-fast", "llama.cpp", "optimum-habana", "hf",
+                            "hwlm"}
     for s in (*FRAMEWORKS.values(), *ENGINES.values()):
         assert s.source and 0 < s.elementwise and 0 <= s.tp_overlap < 1
 
@@ -71,7 +72,7 @@ def test_prefill_attention_in_the_engine_kernel() -> None:
     kw = dict(prompt_len=4000, gen_len=16, cuda_graphs=True)
     trt = {x.name: x.value for x in estimate_inference("llama-2-7b", "h100-sxm", 1, engine="tensorrt-llm", **kw).terms}
     ref = {x.name: x.value for x in estimate_inference("llama-2-7b", "h100-sxm", 1, engine="vllm", **kw).terms}
-    flops, att = ref["prefill_flops"], ref["prefill_attention_flops"]
+    flops, att = ref["prefill_flops"] - ref["prefill_logits_skipped"], ref["prefill_attention_flops"]
     assert 0.1 * flops < att < flops
     k = ENGINES["tensorrt-llm"].attention / ENGINES["vllm"].attention
     assert trt["prefill_compute_time"] / ref["prefill_compute_time"] == pytest.approx((flops - att + att / k) / flops)
@@ -120,3 +121,29 @@ def test_pre_xqa_tensorrt_llm_reads_the_kv_cache_once_per_query_head() -> None:
     diff = term["decode_bytes_per_step"] - {t.name: t.value for t in new.terms}["decode_bytes_per_step"]
     assert diff == pytest.approx(kv * (8 - 1))
     assert get_engine("tensorrt-llm-0.5", get_device("h100-sxm")).id == "tensorrt-llm-0.7"
+
+
+def test_last_token_logits_drop_the_output_layer_of_the_other_prompt_tokens() -> None:
+    """An engine that samples after the last prompt token only (vLLM, TensorRT-LLM, optimum-habana's
+    --trim_logits) runs the output layer once per sequence in prefill; HF generate runs it on every token."""
+    from hwlm.formulas import lm_head_flops_per_token
+    from hwlm.plan.models import get_model
+    kw = dict(batch=4, prompt_len=1000, gen_len=8, cuda_graphs=True)
+    hf = {t.name: t.value for t in estimate_inference("llama-3.1-8b", "h100-sxm", 1, engine="hf", **kw).terms}
+    vl = {t.name: t.value for t in estimate_inference("llama-3.1-8b", "h100-sxm", 1, engine="vllm", **kw).terms}
+    skipped = 4 * 999 * lm_head_flops_per_token(get_model("llama-3.1-8b").spec)
+    assert "prefill_logits_skipped" not in hf and vl["prefill_logits_skipped"] == pytest.approx(skipped)
+    assert skipped == pytest.approx(4 * 999 * 2 * 128256 * 4096)
+    assert vl["prefill_compute_time"] / hf["prefill_compute_time"] == pytest.approx(
+        (hf["prefill_flops"] - skipped) / hf["prefill_flops"])
+    assert [s.id for s in ENGINES.values() if s.last_token_logits] == ["vllm", "tensorrt-llm", "tensorrt-llm-0.7",
+                                                                        "optimum-habana"]
+
+
+def test_optimum_habana_runs_on_gaudi_only() -> None:
+    assert get_engine("optimum-habana", get_device("gaudi2")).id == "optimum-habana"
+    assert get_engine("habana", get_device("gaudi3")).id == "optimum-habana"
+    with pytest.raises(PlanError, match=r"does not run on h100-sxm .* use vllm"):
+        get_engine("optimum-habana", get_device("h100-sxm"))
+    e = estimate_inference("llama-3.1-8b", "gaudi2", 1, engine="optimum-habana", batch=8, prompt_len=128, gen_len=16)
+    assert e.engine == "optimum-habana" and e.graphs

@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token",
+__all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token", "lm_head_flops_per_token",
            "train_flops_per_token", "kv_cache_bytes_per_token", "PRECISIONS", "PRECISION_CHOICES",
            "WEIGHT_BYTES", "DTYPE_BYTES", "dtype_bytes", "compute_bytes", "StateBytes", "ADAM_FP32", "ADAM_MIXED",
            "mfu", "RECOMPUTE", "ATTENTION_KERNELS", "LOSS_PATHS", "loss_path", "loss_chunk_rows", "saved_activation_bytes_per_layer",
@@ -198,6 +198,13 @@ def forward_flops_per_token(spec: ArchSpec, seq_len: int) -> float:
     pc = param_count(spec)
     attn_scores = spec.n_layers * 2 * seq_len * spec.n_heads * (spec.qk_dim + spec.vd)
     return float(2 * pc.matmul_active + attn_scores)
+
+
+def lm_head_flops_per_token(spec: ArchSpec) -> float:
+    """Forward FLOPs of the output layer for one token (2 x vocab x d_model; 0 for an encoder): the part of
+    :func:`forward_flops_per_token` an engine saves on every prompt token but the last when it computes
+    logits only where it samples (vLLM, TensorRT-LLM, optimum-habana's ``--trim_logits``)."""
+    return float(2 * spec.vocab_size * spec.d_model) if spec.causal else 0.0
 
 
 def train_flops_per_token(spec: ArchSpec, seq_len: int) -> float:

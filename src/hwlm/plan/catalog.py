@@ -31,6 +31,8 @@ File format (all numbers in base SI units: bytes, bytes/s, FLOP/s, watts, USD)::
     [device.flops]                   # DENSE peak FLOP/s (or OP/s for ints) per data type it supports
     fp32 = 67e12
     bf16 = 989.4e12
+    [device.achievable]              # optional: the vendor's MEASURED max dense-GEMM FLOP/s per dtype (clocks under
+    bf16 = 708e12                    #   load, software efficiency); compute-bound terms scale it instead of the peak
     [device.sources]                 # a source for EVERY figure above: document and date
     flops = "NVIDIA H100 Tensor Core GPU datasheet (nvidia.com), 2023"   # covers every dtype ...
     fp8 = "..."                      # ... unless a dtype has its own key
@@ -99,7 +101,7 @@ _SOURCE_GROUPS = {
 _KNOWN_KEYS = {"id", "name", "vendor", "kind", "aliases", "memory_bytes", "memory_bw", "intra_node_bw",
                "inter_node_bw", "devices_per_node", "scale_up_devices", "tdp_w", "idle_w",
                "price_per_hour", "release", "notes", "override", "flops", "sources", "topology",
-               "matrix_unit"}
+               "matrix_unit", "achievable"}
 _REQUIRED = ("id", "name", "vendor", "kind", "memory_bytes", "memory_bw", "devices_per_node", "flops",
              "sources")
 
@@ -138,6 +140,7 @@ class Device:
     scale_up_devices: int = 1
     topology: str = "switch"              # how scale-up peers connect (TOPOLOGIES)
     matrix_unit: int | None = None        # systolic array side (TPU MXU: 128 or 256); None: no shape padding modelled
+    achievable: Mapping[str, float] = field(default_factory=dict)  # vendor-measured max dense GEMM FLOP/s by dtype
     idle_w: float | None = None
     price_per_hour: float | None = None
     release: int | None = None
@@ -157,6 +160,10 @@ class Device:
             raise PlanError(f"{self.id} has no published peak for dtype '{dtype}'; "
                             f"it has: {', '.join(self.dtypes)}")
         return self.flops[d]
+
+    def achievable_flops(self, dtype: str) -> float | None:
+        """The vendor's measured maximum dense-GEMM rate for ``dtype`` (``[device.achievable]``), or None."""
+        return self.achievable.get(normalize_dtype(dtype))
 
     def source(self, figure: str) -> str:
         """The document a figure was taken from: ``source('bf16')``, ``source('memory_bw')``."""
@@ -305,11 +312,15 @@ def _parse_device(path: Path, raw: Any, index: int) -> tuple[Device, bool]:
     if kind not in KINDS:
         raise _fail(path, ident, f"kind '{kind}' is not one of: {', '.join(KINDS)}")
     flops = _parse_flops(path, ident, raw["flops"])
+    achievable = _parse_flops(path, ident, raw["achievable"]) if "achievable" in raw else {}
+    for d, v in achievable.items():
+        if d not in flops or v > flops[d]:
+            raise _fail(path, ident, f"achievable.{d} = {v:g} needs a peak flops.{d} at least as large")
     nums = {k: _number(path, ident, k, raw[k]) for k in _RANGES if k != "flops" and k in raw}
     per_node = _count(path, ident, "devices_per_node", raw["devices_per_node"])
     scale_up = _count(path, ident, "scale_up_devices", raw.get("scale_up_devices", per_node))
     figures = [k for k in nums] + ["devices_per_node"] + (["scale_up_devices"] if "scale_up_devices" in raw else []) \
-        + [k for k in ("topology", "matrix_unit") if k in raw]
+        + [k for k in ("topology", "matrix_unit", "achievable") if k in raw]
     unit = raw.get("matrix_unit")
     if unit is not None and (isinstance(unit, bool) or not isinstance(unit, int) or not 8 <= unit <= 1024):
         raise _fail(path, ident, f"key 'matrix_unit' must be the systolic array's side, 8..1024, got {unit!r}")
@@ -335,7 +346,8 @@ def _parse_device(path: Path, raw: Any, index: int) -> tuple[Device, bool]:
         kind=kind, flops=types.MappingProxyType(flops), memory_bytes=nums["memory_bytes"],
         memory_bw=nums["memory_bw"], devices_per_node=per_node, tdp_w=nums.get("tdp_w"),
         sources=types.MappingProxyType(sources), intra_node_bw=nums.get("intra_node_bw"),
-        inter_node_bw=nums.get("inter_node_bw"), scale_up_devices=scale_up, topology=topology, matrix_unit=unit, idle_w=nums.get("idle_w"),
+        inter_node_bw=nums.get("inter_node_bw"), scale_up_devices=scale_up, topology=topology, matrix_unit=unit,
+        achievable=types.MappingProxyType(achievable), idle_w=nums.get("idle_w"),
         price_per_hour=nums.get("price_per_hour"), release=release, notes=notes.strip(),
         aliases=tuple(a for a in dict.fromkeys(normalize_id(a) for a in aliases) if a != ident), path=str(path))
     return dev, override

@@ -21,11 +21,11 @@ from typing import Any
 
 from hwlm.calibration import compute_dtype
 from hwlm.errors import PlanError
-from hwlm.formulas import WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token
+from hwlm.formulas import WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token, lm_head_flops_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import allreduce_time, library_for
 from hwlm.plan.experts import EP_SOURCE, check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
-from hwlm.plan.efficiency import (GRID_SOURCE, MXU_SOURCE, shape_efficiency,
+from hwlm.plan.efficiency import (ACHIEVABLE_SOURCE, GRID_SOURCE, MXU_SOURCE, shape_efficiency,
                                   INFER_OP_OVERHEAD_SOURCE, PUE_SOURCE, Priors, load_calibration, ops_per_forward,
                                   priors_for)
 from hwlm.plan.explain import Term, Terms
@@ -107,8 +107,11 @@ def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tupl
     The last is None when a ``prefill`` entry is calibrated: that end-to-end rate already includes the
     element-wise work. Otherwise it is the copy (``membw``) efficiency, never a ``decode`` one (a decode
     rate can be bound by something else than bandwidth, e.g. kernel launches)."""
-    pri = priors_for(dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, weight_dtype=_WEIGHT_ONLY.get(precision))
-    src = f"prior for {dev.kind}/{cdtype}: {pri.source}"
+    maf = dev.achievable_flops(cdtype)
+    pri = priors_for(dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, weight_dtype=_WEIGHT_ONLY.get(precision),
+                     achievable=maf)
+    src = f"prior for {dev.kind}/{cdtype}: {pri.source}" + (
+        f"; x achievable {maf:.4g} / peak ({ACHIEVABLE_SOURCE}; {dev.source('achievable')})" if maf else "")
     cal = load_calibration(calibration)
     if cal is None:
         return pri, src, src, pri.decode_bw_eff
@@ -127,7 +130,7 @@ def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tupl
         # A 16-bit rate stands in for a weight-only format with the prior's kernel factor kept
         # (dequantisation in the kernel: Priors.int8_decode / int4_decode).
         factor = 1.0 if own or precision not in _WEIGHT_ONLY else pri.decode_bw_eff / priors_for(
-            dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw).decode_bw_eff
+            dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, achievable=maf).decode_bw_eff
         pri = replace(pri, decode_bw_eff=bw.efficiency * factor)
     return (pri, f"calibration {mm.phase} {mm.efficiency} ({mm.source})" if mm else src,
             f"calibration {bw.phase} {bw.efficiency} ({bw.source})" if bw else src,
@@ -267,6 +270,11 @@ def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
     peak, bw = dev.peak_flops(j.cdtype), dev.memory_bw
     f_pre = t.add("prefill_flops", f"batch {j.batch} x prompt {j.prompt_len} x forward FLOPs/token at {j.prompt_len}",
                   j.batch * j.prompt_len * forward_flops_per_token(spec, j.prompt_len), "FLOP", "hwlm.formulas")
+    if j.engine.last_token_logits and j.prompt_len > 1:
+        # The output layer runs on the last prompt token of each sequence only.
+        f_pre -= t.add("prefill_logits_skipped", f"batch {j.batch} x (prompt - 1) x 2 x vocab x d_model "
+                       f"({j.engine.id}: logits at the last prompt token only)",
+                       j.batch * (j.prompt_len - 1) * lm_head_flops_per_token(spec), "FLOP", j.engine.source)
     # Prefill's own regime: the attention-score FLOPs grow with the prompt (quadratic in total) and run in
     # the engine's attention kernel, the projections in plain GEMMs.
     f_att = t.add("prefill_attention_flops", f"batch x prompt x {spec.n_layers} layers x 2 x prompt x heads x "

@@ -23,6 +23,14 @@ planner models it (each a multiplier on a fitted prior, 1.0 = as fitted, or a sw
   group ("reducing data loading"), arrived in v0.8 (TensorRT-LLM docs/source/blogs/XQA-kernel.md). vLLM's
   FlashAttention backend folds a group's query heads into one block for decode (FlashAttention-2
   ``mha_fwd_kvcache``, seqlen_q = 1 with GQA), so it reads each KV head once;
+* **logits at the last prompt token only** (serving, ``last_token_logits``): an engine that samples only after
+  the prompt's last token need not run the output layer on the others. vLLM prunes the hidden states to the
+  sampled positions before its ``LogitsProcessor`` (``selected_token_indices``), TensorRT-LLM gathers the last
+  token's state by default (``gather_context_logits: bool = False`` in its ``prepare_inputs``), and
+  optimum-habana's ``--trim_logits`` ("Calculate logits only for the last token", run_generation.py) does the
+  same on Gaudi; Hugging Face ``generate`` and hwlm's eager loop compute them for every position (llama.cpp
+  is left out: not checked here). For a 128K vocabulary that is 6.5% of
+  Llama 3.1 8B's prefill FLOPs (:func:`hwlm.formulas.lm_head_flops_per_token`);
 * **where it runs** (``vendors``/``kinds``): TensorRT-LLM is NVIDIA-only, MaxText is JAX (TPU, GPU);
 * **activation memory** (training, ``activations``): which count of saved activations applies.
   ``"korthikanti"`` (:func:`hwlm.formulas.korthikanti_activation_bytes_per_layer`): stacks that hold 16-bit
@@ -68,6 +76,7 @@ class Stack:
     fused_prefill: bool = True        # serving: a step's prefill chunks run in the decode forward (else apart)
     activations: str = "korthikanti"  # training: the saved-activation count (hwlm.formulas.ACTIVATION_COUNTS)
     kv_per_query_head: bool = False   # serving: decode attention reads each KV head once per query head (no GQA reuse)
+    last_token_logits: bool = False   # serving: prefill computes the output layer for the last prompt token only
     source: str = ""
 
     def runs_on(self, dev: Device) -> bool:
@@ -94,9 +103,12 @@ FRAMEWORKS: dict[str, Stack] = {s.id: s for s in (
     Stack("torchtitan", "torchtitan (FSDP2 + torch.compile)", ("nvidia", "amd"), ("gpu",), elementwise=0.85,
           tp_overlap=0.3, source="torch.compile fuses element-wise ops; async TP (Liang et al. 2024, "
           "arXiv:2410.06511, section 3); sizes assumed"),
-    Stack("maxtext", "MaxText (JAX/XLA)", ("google", "nvidia", "amd"), ("tpu", "gpu"), elementwise=1.0,
-          source="XLA fuses element-wise ops into the matmuls' epilogues; the TPU priors already come from "
-          "XLA-compiled runs, so no change to any term. Collective matmul (Wang et al., ASPLOS 2023, 'Overlap "
+    Stack("maxtext", "MaxText (JAX/XLA)", ("google", "nvidia", "amd"), ("tpu", "gpu"), elementwise=0.6,
+          source="XLA fuses element-wise ops (norms, activations, residual adds) into the neighbouring matrix "
+          "products' prologues and epilogues (Google Cloud TPU performance guide, 'compiler optimizations': "
+          "fusion), the mechanism TensorRT-LLM's fused epilogues have, so the same assumed size (0.6 of the "
+          "reference stack's element-wise traffic; the TPU priors are the GPU fit's, from eager and "
+          "Megatron-fused runs, not XLA-compiled ones). Collective matmul (Wang et al., ASPLOS 2023, 'Overlap "
           "communication with dependent computation via decomposition') can hide TP traffic, but it is a "
           "per-model option with no published size here, so it is not assumed"),
     Stack("llm-foundry", "MosaicML LLM Foundry (Composer + FSDP)", ("nvidia", "amd"), ("gpu",), elementwise=0.9,
@@ -109,16 +121,16 @@ FRAMEWORKS: dict[str, Stack] = {s.id: s for s in (
 
 ENGINES: dict[str, Stack] = {s.id: s for s in (
     Stack("vllm", "vLLM", ("nvidia", "amd", "google", "intel", "aws", "local"), ("gpu", "tpu", "accelerator", "cpu"),
-          elementwise=0.9, attention=1.0, cuda_graphs=True, max_batch=256, chunk_tokens=8192,
+          elementwise=0.9, attention=1.0, cuda_graphs=True, max_batch=256, chunk_tokens=8192, last_token_logits=True,
           source="vLLM: CUDA graphs for decode, chunked prefill (EngineArgs defaults for the OpenAI server: "
           "max_num_seqs 256, max_num_batched_tokens 8192), FlashAttention-2/FlashInfer, PagedAttention "
           "(Kwon et al. 2023, arXiv:2309.06180)"),
     Stack("tensorrt-llm", "TensorRT-LLM", ("nvidia",), ("gpu",), elementwise=0.6, attention=1.15, cuda_graphs=True,
-          max_batch=256, chunk_tokens=8192, source="TensorRT-LLM: fused multi-head attention kernels and fused "
+          max_batch=256, chunk_tokens=8192, last_token_logits=True, source="TensorRT-LLM: fused multi-head attention kernels and fused "
           "epilogues, in-flight batching (performance-tuning guide); sizes assumed"),
     Stack("tensorrt-llm-0.7", "TensorRT-LLM 0.5-0.7 (before the XQA kernel)", ("nvidia",), ("gpu",),
           elementwise=0.6, attention=1.15, cuda_graphs=True, max_batch=256, chunk_tokens=8192,
-          kv_per_query_head=True, source="TensorRT-LLM as above, but decode attention in the masked multi-head "
+          kv_per_query_head=True, last_token_logits=True, source="TensorRT-LLM as above, but decode attention in the masked multi-head "
           "attention kernel (one block per query head and sequence: grid{num_heads, batch_size}, "
           "decoderMaskedMultiheadAttention), so grouped-query models read their KV cache once per query head; "
           "XQA, which shares those reads, came in v0.8 (docs/source/blogs/XQA-kernel.md)"),
@@ -128,6 +140,15 @@ ENGINES: dict[str, Stack] = {s.id: s for s in (
     Stack("llama.cpp", "llama.cpp / ggml", ("*",), ("cpu", "gpu"), elementwise=1.0, cuda_graphs=True, max_batch=16,
           chunk_tokens=512, source="ggml graphs run without per-op Python; Metal command buffers / CUDA graphs; "
           "default n_batch 512 (llama.cpp common args)"),
+    Stack("optimum-habana", "Optimum Habana text generation (HPU graphs, static batch)", ("intel",), ("accelerator",),
+          elementwise=0.9, cuda_graphs=True, max_batch=4096, chunk_tokens=1 << 30, last_token_logits=True,
+          source="optimum-habana examples/text-generation/run_generation.py as Intel's Gaudi performance pages run it "
+          "(HabanaAI/Gaudi-tutorials PyTorch/Hugging_Face_pipelines/Benchmarking_on_Optimum-habana_with_fp8/"
+          "Gaudi_1-19.json: --use_hpu_graphs --trim_logits --bucket_size=128 --bucket_internal --use_flash_attention, "
+          "fp8 through maxabs_quant.json): each step replayed as an HPU graph, the whole static batch's prompts in "
+          "one forward, logits at the last prompt token only; fused RMSNorm, RoPE and scaled-dot-product attention "
+          "kernels (optimum/habana/transformers/models/llama/modeling_llama.py: FusedRMSNorm, FusedRoPE, FusedSDPA), "
+          "their saving assumed the size of vLLM's fused kernels (0.9)"),
     Stack("hf", "Hugging Face transformers generate (eager)", ("*",), _ALL_KINDS, elementwise=1.2, max_batch=32,
           chunk_tokens=1 << 30, source="eager PyTorch modules, static batch (no continuous batching); 20% more "
           "element-wise traffic than fused assumed"),
@@ -142,7 +163,8 @@ def _get(table: dict[str, Stack], what: str, name: str, dev: Device, alt: str) -
     key = name.strip().lower().replace("_", "-")
     key = {"trt-llm": "tensorrt-llm", "trtllm": "tensorrt-llm", "tensorrt-llm-0.5": "tensorrt-llm-0.7",
            "tensorrt-llm-0.6": "tensorrt-llm-0.7", "llamacpp": "llama.cpp", "transformers": "hf",
-           "megatron-lm": "megatron", "foundry": "llm-foundry"}.get(key, key)
+           "megatron-lm": "megatron", "foundry": "llm-foundry", "optimum": "optimum-habana",
+           "habana": "optimum-habana"}.get(key, key)
     if key not in table:
         raise PlanError(f"unknown {what} {name!r}; choose one of {', '.join(table)}")
     s = table[key]

@@ -30,7 +30,7 @@ from hwlm.errors import PlanError
 from hwlm.formulas import ADAM_MIXED, train_flops_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import group_bandwidth
-from hwlm.plan.efficiency import (DEFAULT_GRID_KG_PER_KWH, GRID_SOURCE, MXU_SOURCE, OP_OVERHEAD_SOURCE,
+from hwlm.plan.efficiency import (ACHIEVABLE_SOURCE, DEFAULT_GRID_KG_PER_KWH, GRID_SOURCE, MXU_SOURCE, OP_OVERHEAD_SOURCE,
                                   PUE_SOURCE, Calibration, Priors, gemm_shapes, kernels_per_step, load_calibration,
                                   priors_for, shape_efficiency)
 from hwlm.plan.experts import moe_parts
@@ -554,9 +554,11 @@ def _smallest_fitting(ctx: _Ctx, fixed: dict[str, Any]) -> str | None:
 
 
 def _resolve_calibration(dev: Device, precision: str, calibration: Any) -> tuple[Priors, float | None, str]:
-    pri = priors_for(dev.kind, precision, dev.peak_flops(precision), dev.memory_bw)
+    maf = dev.achievable_flops(precision)
+    pri = priors_for(dev.kind, precision, dev.peak_flops(precision), dev.memory_bw, achievable=maf)
     cal: Calibration | None = load_calibration(calibration)
-    source = f"prior for {dev.kind}/{precision}: {pri.source}"
+    source = f"prior for {dev.kind}/{precision}: {pri.source}" + (
+        f"; x achievable {maf:.4g} / peak ({ACHIEVABLE_SOURCE}; {dev.source('achievable')})" if maf else "")
     if dev.id == THIS_MACHINE:
         # Its peaks are rates measured here (large matmul, copy): large products reach them by construction.
         pri = replace(pri, matmul_eff=1.0, decode_bw_eff=1.0)
