@@ -4,8 +4,9 @@
     >>> result = train(TrainConfig(data="runs/data", out="runs/train", max_steps=100))  # doctest: +SKIP
 
 Modules: ``config`` (torch-free ``TrainConfig``), ``optim`` (AdamW groups, warm-up + cosine),
-``runtime`` (seeds, precision, autocast), ``loop`` (the loop), ``checkpoint`` (atomic save,
-verify, restore), ``load`` (``load_model``), ``logs`` (JSONL + TensorBoard), ``progress``
+``runtime`` (seeds, precision, autocast), ``loop`` (the loop), ``run`` (building a run: device, strategy,
+key, resume, model, optimizer, loader), ``step`` (one step, validation loss, a checkpoint), ``checkpoint``
+(atomic save, verify, restore), ``load`` (``load_model``), ``logs`` (JSONL + TensorBoard), ``progress``
 (tqdm bar), ``parallel`` (process group, DDP/FSDP wrapping, agreeing across ranks), ``launch``
 (``--nproc auto`` decision, torchrun launcher), ``sharded`` (FSDP checkpoints through DCP), ``faults``
 (NaN/inf steps). ``TrainConfig`` imports without torch; the other names load torch on first use.
