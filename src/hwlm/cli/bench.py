@@ -164,7 +164,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from hwlm.bench.workloads import InferBenchConfig, format_workload, run_infer_bench
+    from hwlm.bench.infer import InferBenchConfig, run_infer_bench
+    from hwlm.bench.workloads import format_workload
     cfg = InferBenchConfig(model=args.model, device=args.device, batch_sizes=args.batch_sizes,
                            prompt_lens=args.prompt_lens, new_tokens=args.new_tokens, repeats=args.repeats,
                            precision=args.precision, energy=args.energy, tdp_w=args.tdp, seed=args.seed,
