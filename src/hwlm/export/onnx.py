@@ -197,8 +197,12 @@ class OnnxModel:
         self.input_names, self.output_names = _names(self.cfg.n_layer)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, threads: int | None = None) -> OnnxModel:
-        """Open ``path`` (an export folder or a ``.onnx`` file) with ``threads`` intra-op threads (default: torch's)."""
+    def load(cls, path: str | os.PathLike, threads: int | None = None, spinning: bool = True) -> OnnxModel:
+        """Open ``path`` (an export folder or a ``.onnx`` file) with ``threads`` intra-op threads (default: torch's).
+
+        ``spinning=False`` makes the intra-op threads sleep as soon as a call ends instead of spin-waiting
+        for the next one (onnxruntime's default): for a process that runs torch between ONNX calls on the
+        same cores (``hwlm serve --backend auto``)."""
         _need_onnx()
         import onnxruntime as ort
 
@@ -210,6 +214,8 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs

@@ -75,8 +75,12 @@ class HybridRunner:
     Why: a lone row is bound by reading the weights once, and there onnxruntime's MLAS gemv streams
     them several times faster than eager torch's ``mv`` (one core on the 77 MB output layer of ``mid``),
     while batches are matmul-bound and the torch packed step does them in one forward. Both work on the
-    one torch slot cache: the ONNX call gets the slot's prefix as its past (a copy: the graph wants
-    contiguous fp32) and its new k/v are written back into the slot. The logits of a lone row are
+    one torch slot cache: every ONNX call writes its new positions' k/v back into the slot, so a torch
+    step can always continue from it. The ONNX call's own past is its previous ``present`` (fp32, kept
+    for the one slot it last ran) while the same sequence stays alone, so consecutive lone steps cost
+    what ``--backend onnx`` costs; only when that slot has been stepped by torch since (or another slot
+    runs alone) is the past rebuilt from the slot cache (a copy and a cast: 1-2 ms a step on ``mid``,
+    which is what every lone step paid before). The logits of a lone row are
     onnxruntime's (within 1e-4 of torch's), so with this back end a lone greedy request equals
     ``hwlm generate --backend onnx`` rather than the torch path; ``--backend torch`` keeps that equality.
     """
@@ -85,6 +89,9 @@ class HybridRunner:
         self.torch, self.onnx, self.single_in_onnx = runner, model, single_in_onnx
         self.device, self.dtype, self.context = runner.device, runner.dtype, runner.context
         self.num_slots, self.vocab_size = runner.num_slots, runner.vocab_size
+        # (slot, length, present) of the last ONNX call: the past of that slot's next lone step, unless
+        # a torch step has written the slot since (it is dropped then; the slot cache is the truth).
+        self.kept: tuple[int, int, list[np.ndarray]] | None = None
 
     @property
     def cache_bytes(self) -> int:
@@ -98,34 +105,47 @@ class HybridRunner:
 
     def step(self, rows: list[tuple[list[int], int, int]]) -> torch.Tensor:
         if len(rows) != 1 or not self.single_in_onnx:
+            if self.kept is not None and any(slot == self.kept[0] for _, slot, _ in rows):
+                self.kept = None  # torch writes this slot now: its kept present falls behind
             return self.torch.step(rows)
         tokens, slot, start = rows[0]
-        cache = self.torch.cache
-        past = []
-        for k, v in zip(cache.k, cache.v):  # (S, K, max_len, D) each
+        logits, present = self.onnx.run(np.array([tokens], dtype=np.int64), self._past(slot, start))
+        end, cache = start + len(tokens), self.torch.cache
+        for layer, (k, v) in enumerate(zip(cache.k, cache.v)):  # (S, K, max_len, D) each
+            k[slot, :, start:end] = torch.from_numpy(present[2 * layer][0, :, start:end])
+            v[slot, :, start:end] = torch.from_numpy(present[2 * layer + 1][0, :, start:end])
+        self.kept = (slot, end, present)
+        return torch.from_numpy(logits[:, -1].copy())  # (1, V)
+
+    def _past(self, slot: int, start: int) -> list[np.ndarray]:
+        """The ONNX past (k0, v0, k1, ...) of ``slot``'s first ``start`` positions."""
+        if start == 0:
+            return self.onnx.empty_past(1)
+        if self.kept is not None and self.kept[:2] == (slot, start):
+            return self.kept[2]  # this sequence's last call was ONNX too: its present, as is
+        cache, past = self.torch.cache, []
+        for k, v in zip(cache.k, cache.v):
             past += [k[slot:slot + 1, :, :start].float().contiguous().numpy(),
                      v[slot:slot + 1, :, :start].float().contiguous().numpy()]
-        logits, present = self.onnx.run(np.array([tokens], dtype=np.int64), past)
-        end = start + len(tokens)
-        for layer, (k, v) in enumerate(zip(cache.k, cache.v)):
-            k[slot:slot + 1, :, start:end] = torch.from_numpy(present[2 * layer][:, :, start:end])
-            v[slot:slot + 1, :, start:end] = torch.from_numpy(present[2 * layer + 1][:, :, start:end])
-        return torch.from_numpy(logits[:, -1].copy())  # (1, V)
+        return past
 
 
 def single_row_faster_in_onnx(runner: Any, model: Any, steps: int = 8) -> bool:
-    """Time one-row decode steps at position 16 in torch and in onnxruntime (through the slot cache)."""
+    """Time one-row decode steps from position 16 in torch and in onnxruntime (through the slot cache).
+
+    Each back end prefills slot 0 with 16 tokens and then decodes ``steps`` tokens, one step each, as a
+    lone stream would; the median step after the first (a warm-up) is compared."""
     import time
 
     hybrid = HybridRunner(runner, model)
+    best = {}
     with torch.inference_mode():
-        runner.step([([0] * 16, 0, 0)])
-        best = {}
         for name, run in (("torch", runner.step), ("onnx", hybrid.step)):
+            run([([0] * 16, 0, 0)])
             times = []
-            for _ in range(steps):
+            for pos in range(16, 16 + steps):
                 t = time.perf_counter()
-                run([([1], 0, 16)])  # rewrites position 16 each time: the cache stays as it was
+                run([([1], 0, pos)])
                 times.append(time.perf_counter() - t)
             best[name] = sorted(times[1:])[len(times[1:]) // 2]  # the first call warms up
     return best["onnx"] < best["torch"]
