@@ -427,7 +427,7 @@ def _estimate(job: InferenceJob) -> InferenceEstimate:
     t.add("engine", f"{engine.name}: CUDA graphs {'on' if graphs else 'off'}, element-wise traffic x "
           f"{engine.elementwise:g}, attention efficiency x {engine.attention:g}", engine.elementwise, "", engine.source)
     notes = [f"engine: {engine.id}" + ("" if job.engine else " (assumed; pass --engine vllm|tensorrt-llm|gpt-fast|"
-                                                             "llama.cpp|hf|hwlm)"),
+                                                             "llama.cpp|optimum-habana|hf|hwlm)"),
              f"compute in {cdtype}; weights in {precision}"
              + ("; GPU steps issued eagerly, op by op (pass graphs / --cuda-graphs for a CUDA-graph server)"
                 if dev.kind == "gpu" and not graphs else "")]

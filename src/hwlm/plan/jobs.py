@@ -146,7 +146,8 @@ class InferenceJob:
     ep: int | None = option(None, "expert-parallel degree (MoE): the routed experts spread over ep groups of tp "
                                   "devices, attention data-parallel over the groups (default 1)")
     engine: str | None = option(None, "serving engine: vllm | tensorrt-llm | tensorrt-llm-0.7 | gpt-fast | llama.cpp "
-                                      "| hf | hwlm (default: hwlm, eager PyTorch, as `hwlm bench infer` runs)")
+                                      "| optimum-habana | hf | hwlm (default: hwlm, eager PyTorch, as `hwlm bench "
+                                      "infer` runs)")
     cuda_graphs: bool | None = option(None, "override the engine's use of CUDA graphs (the engine decides "
                                             "by default)")
     allow_beyond_context: bool = option(False, "allow prompt + generation past the model's context window "
@@ -183,7 +184,8 @@ class ServingJob:
     prompt_len: int = option(512, "prompt tokens per request")
     gen_len: int = option(256, "generated tokens per request")
     precision: str = option("bf16", "fp32 | bf16 | fp16 | fp8 | w8a8 | w8a16 | w4a16 (int8 = w8a16, int4 = w4a16)")
-    engine: str | None = option(None, "vllm | tensorrt-llm | tensorrt-llm-0.7 | gpt-fast | llama.cpp | hf | hwlm "
+    engine: str | None = option(None, "vllm | tensorrt-llm | tensorrt-llm-0.7 | gpt-fast | llama.cpp | optimum-habana "
+                                      "| hf | hwlm "
                                       "(default: vllm on GPUs, the vendor's engine elsewhere)")
     cuda_graphs: bool | None = option(None, "override the engine's use of CUDA graphs", cli=False)
     max_batch: int | None = option(None, "the engine's cap on running sequences (default: the engine's, e.g. "
