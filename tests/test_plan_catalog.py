@@ -224,3 +224,5 @@ def test_achievable_rate_replaces_the_peak_in_compute_bound_terms() -> None:
     want = g.matmul_eff * maf / peak * min(1.0, (REF_RIDGE / (maf / bw)) ** g.ridge_exponent)
     assert priors_for("gpu", "fp8", peak, bw, achievable=maf).matmul_eff == pytest.approx(want)
     assert priors_for("gpu", "fp8", peak, bw).matmul_eff > priors_for("gpu", "fp8", peak, bw, achievable=maf).matmul_eff
+    text = format_device(dev)
+    assert "measured max dense GEMM" in text and "1.273 PFLOP/s" in text and "Max-Achievable" in text

@@ -471,6 +471,10 @@ def format_device(dev: Device) -> str:
     for d in dev.dtypes:
         unit = "OP/s" if d.startswith("int") else "FLOP/s"
         lines.append(f"    {d:<5} {_si(dev.flops[d], unit):>14}  {ref(d)}")
+    if dev.achievable:
+        lines.append("  measured max dense GEMM (what the planner scales):")
+        for d in (x for x in DTYPES if x in dev.achievable):
+            lines.append(f"    {d:<5} {_si(dev.achievable[d], 'FLOP/s'):>14}  {ref('achievable')}")
     rows: list[tuple[str, str, str]] = [
         ("memory", _si(dev.memory_bytes, "B"), "memory_bytes"),
         ("memory bandwidth", _si(dev.memory_bw, "B/s"), "memory_bw")]
