@@ -563,7 +563,9 @@ none of the six does a source give the missing mechanism in a form the planner c
   utilization, frequently exceeding 90% MFU" on FP8 matrix products, where the planner applies the GPU-fitted
   0.605 x its balance penalty (0.85 at Gaudi 2's 352 FLOP/byte): 0.514. The paper's per-shape figures are
   not readable offline here, so they are not a prior; the same gap shows, smaller, on every prefill-heavy
-  Gaudi 2 row (-28% to -32%) and not on Gaudi 3's (-15%, -16%).
+  Gaudi 2 row (-28% to -32%) and not on Gaudi 3's (-15%, -16%). Dropping the balance penalty for Gaudi (as
+  for TPUs) was tried and not kept: it brings this row within 35% but puts Gaudi 2 Llama 3.1 8B training
+  outside it, and no source says the penalty's GPU mechanism is absent on Gaudi 3.
 
 Not explained well enough to count against the target:
 
@@ -680,8 +682,8 @@ every row it touches. Rows off by more than 35%: 8 -> 6.
 - **XLA fuses MaxText's element-wise work**: the MaxText stack said its element-wise traffic was as fitted
   "because the TPU priors already come from XLA-compiled runs", but the TPU priors are the GPU fit's (eager
   and Megatron-fused rows). XLA fuses norms, activations and residual adds into the neighbouring products
-  (Google Cloud TPU performance guide, compiler optimizations: fusion), the mechanism of TensorRT-LLM's fused
-  epilogues, so MaxText takes that stack's assumed size, 0.6. Effect: v6e Llama 3.1 8B -29% -> -20%, 70B
+  (Google Cloud TPU performance guide, 'XLA compiler optimizations' > 'Fusion'), the mechanism of
+  TensorRT-LLM's fused epilogues, so MaxText takes that stack's assumed size, 0.6. Effect: v6e Llama 3.1 8B -29% -> -20%, 70B
   -37% -> -32%, 405B -34% -> -32%, Llama 2 70B -15% -> -8%; v5p Llama 2 70B -22% -> -19%; the Mixtral rows
   move the other way (8x7B v6e +4% -> +14%, 8x22B -4% -> +3%, v5p +1% -> +5%); PaLM -1% -> +1%.
 - **What host offloading does not explain** (the 70B recipe's `remat_policy: custom` with

@@ -105,7 +105,7 @@ FRAMEWORKS: dict[str, Stack] = {s.id: s for s in (
           "arXiv:2410.06511, section 3); sizes assumed"),
     Stack("maxtext", "MaxText (JAX/XLA)", ("google", "nvidia", "amd"), ("tpu", "gpu"), elementwise=0.6,
           source="XLA fuses element-wise ops (norms, activations, residual adds) into the neighbouring matrix "
-          "products' prologues and epilogues (Google Cloud TPU performance guide, 'compiler optimizations': "
+          "products' prologues and epilogues (Google Cloud TPU performance guide, 'XLA compiler optimizations', "
           "fusion), the mechanism TensorRT-LLM's fused epilogues have, so the same assumed size (0.6 of the "
           "reference stack's element-wise traffic; the TPU priors are the GPU fit's, from eager and "
           "Megatron-fused runs, not XLA-compiled ones). Collective matmul (Wang et al., ASPLOS 2023, 'Overlap "
