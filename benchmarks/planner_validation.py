@@ -576,10 +576,13 @@ Not explained well enough to count against the target:
   Gaudi_1-19.json`) run with `--bucket_size=128 --bucket_internal` and no `--reuse_cache`, so decode reads
   the cache only up to the current 128-token bucket (optimum-habana `modeling_llama.py`: `cache_idx`), the
   planner's average context; a full-length read each step (`--reuse_cache` without buckets), which these
-  two rows suggest, is ruled out by the commands. optimum-habana's KV cache is allocated in the model's dtype
-  and, in its current code, the fused decode attention (FusedSDPA) takes the grouped K/V without
-  `repeat_kv`; how that kernel reads a group's K/V, and whether INC's `maxabs_quant` stores the cache in FP8,
-  is not in any source we could read.
+  two rows suggest, is ruled out by the commands. The cache is FP8, as the planner has it: `maxabs_quant.json`
+  quantizes every supported module but `lm_head`, and Intel Neural Compressor's `PatchedKVCache` overrides
+  the cache's `allocate` "to force allocation in fp8" (`torch.float8_e4m3fn`). In optimum-habana's current
+  code the fused decode attention (FusedSDPA) takes the grouped K/V without `repeat_kv`; reading each KV head
+  once per query head (TensorRT-LLM's pre-XQA behaviour) would make every grouped-query Gaudi row far too
+  slow, so that is not it either, and how the kernel does read a group's K/V is not in any source we could
+  read.
 - `oci-vllm-llama-3.1-405b-8xmi300x-fp8-b64` (+44%; +61% before this round; `-b256` is now +31%, was +88%):
   with AMD's measured max-achievable FP8 rate (1,273 TFLOP/s, not the 2,615 of the datasheet; *Round 4*) the
   compute-bound batch 256 is within 35%. The blog's latency table grows by 47-75 ms per added sequence at
