@@ -1,4 +1,5 @@
-"""Classifiers: a Transformer with a pooled head, the source's LSTM, a fastText-style bag of words, a digits MLP.
+"""Classifiers: a Transformer with a pooled head, the source's LSTM, a fastText-style bag of words, a digits MLP,
+and a wide & deep model (the Transformer and the bag of words, their logits summed).
 
 Their parameter, FLOP and activation counts live in :mod:`hwlm.formulas` (``classifier_param_count`` ...,
 tested against these modules) for training's MFU and the planner.
@@ -18,6 +19,12 @@ Pooling for the Transformer: ``last`` takes the hidden state of the rightmost re
 attention means it has read the whole text; with right padding no real position ever attends to
 padding); it is what Hugging Face's ``GPT2ForSequenceClassification`` computes, so such a model
 exports (:mod:`hwlm.export.hf_classify`). ``mean`` averages the hidden states of the real tokens.
+
+Wide & deep (Cheng et al. 2016, arXiv:1606.07792): :class:`WideDeepClassifier` adds the logits of the
+Transformer classifier (deep) and of the bag of words over hashed n-grams (wide), trained jointly. One row
+holds both inputs: the text's token ids first, then its bag-of-words features shifted past the trunk's
+vocabulary (:func:`wide_deep_row`), so the batching, checkpoints and ``hwlm eval``/``predict`` are the
+other text models'.
 """
 
 from __future__ import annotations
@@ -34,10 +41,10 @@ from hwlm.errors import ConfigError
 from hwlm.model.config import ModelConfig
 from hwlm.model.transformer import Transformer
 
-__all__ = ["TransformerClassifier", "LSTMClassifier", "BagOfWords", "DigitsMLP", "build_classifier", "KINDS",
-           "last_token_index", "bow_features", "bow_rows", "BOW_FEATURES"]
+__all__ = ["TransformerClassifier", "LSTMClassifier", "BagOfWords", "DigitsMLP", "WideDeepClassifier",
+           "build_classifier", "KINDS", "last_token_index", "bow_features", "bow_rows", "BOW_FEATURES", "wide_deep_row"]
 
-KINDS = ("transformer", "lstm", "bow", "mlp")
+KINDS = ("transformer", "lstm", "bow", "mlp", "wide-deep")
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -199,6 +206,42 @@ class DigitsMLP(nn.Module):
         return self.head(self.body(x))
 
 
+def wide_deep_row(ids: list[int], features: list[int], offset: int) -> list[int]:
+    """A wide & deep input row: the tokens (all below ``offset``, the trunk's vocabulary), then the bag's features
+    shifted by ``offset``.
+
+    >>> wide_deep_row([5, 7], [5, 7, 12], offset=10)
+    [5, 7, 15, 17, 22]
+    """
+    return list(ids) + [offset + f for f in features]
+
+
+class WideDeepClassifier(nn.Module):
+    """Wide & deep: ``deep`` (a :class:`TransformerClassifier`) and ``wide`` (a :class:`BagOfWords`) read the
+    same text; the class logits are the sum of theirs (one linear layer over the concatenation of the pooled
+    state and the averaged bag, as Cheng et al. 2016 join their parts), and both train together.
+
+    Input rows come from :func:`wide_deep_row`: ids below ``offset`` (= the trunk's vocabulary) are the
+    tokens, in order at the start of each row; ids from ``offset`` on are the bag's features (laid out as a
+    :class:`BagOfWords` of ``vocab_size``, the data's vocabulary, lays them out)."""
+
+    def __init__(self, trunk_cfg: ModelConfig, n_classes: int, pooling: str, vocab_size: int, pad_id: int,
+                 embed: int = 32, ngrams: int = 2, buckets: int = 1 << 16, dropout: float = 0.0,
+                 features: str = "words") -> None:
+        super().__init__()
+        self.offset, self.pad_id = trunk_cfg.vocab_size, pad_id
+        self.deep = TransformerClassifier(trunk_cfg, n_classes, pooling)
+        self.wide = BagOfWords(vocab_size, n_classes, pad_id, embed, ngrams, buckets, dropout, features)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        tok = mask & (ids < self.offset)  # (B, N): the tokens, a prefix of each row's real entries
+        width = max(1, int(tok.sum(1).max()))
+        tok = tok[:, :width]  # (B, T)
+        deep = self.deep(torch.where(tok, ids[:, :width], self.pad_id), tok)  # (B, K)
+        bag = mask & (ids >= self.offset)  # (B, N)
+        return deep + self.wide((ids - self.offset).clamp_min(0), bag)  # (B, K)
+
+
 def build_classifier(spec: dict[str, Any]) -> nn.Module:
     """The model a spec describes (see the module docstring); unknown kinds are a ConfigError."""
     kind, k = spec.get("kind"), int(spec["n_classes"])
@@ -215,4 +258,11 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
                           spec["dropout"], spec.get("features", "tokens"))
     if kind == "mlp":
         return DigitsMLP(spec["n_features"], k, spec["hidden"], spec["layers"], spec["dropout"])
+    if kind == "wide-deep":
+        from hwlm.config import from_dict
+
+        w = spec["wide"]
+        return WideDeepClassifier(from_dict(ModelConfig, spec["trunk"], where="classifier trunk"), k,
+                                  spec.get("pooling", "last"), w["vocab_size"], spec["pad_id"], w["embed"],
+                                  w["ngrams"], w["buckets"], w["dropout"], w["features"])
     raise ConfigError(f"classifier kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")

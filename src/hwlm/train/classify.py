@@ -40,7 +40,8 @@ from hwlm.train.classify_load import SEEDS_FILE, build_for_spec, classifier_spec
 from hwlm.train.config import TrainConfig
 from hwlm.train.logs import RunLogger, info
 from hwlm.train.metrics import classification_report
-from hwlm.train.optim import build_optimizer, lr_at
+from hwlm.train.optim import lr_at
+from hwlm.train.sparse_optim import SparseDenseAdam, build_sparse_optimizer
 from hwlm.train.progress import Progress
 from hwlm.train.runtime import autocast, seed_everything
 from hwlm.train.task_config import TaskConfig
@@ -81,65 +82,19 @@ def encode_texts(tokenizer: Any, texts: list[str], max_len: int) -> list[list[in
 
 def encode_rows(tokenizer: Any, texts: list[str], spec: dict[str, Any]) -> list[list[int]]:
     """A text model's input rows: token ids cut to ``max_len``; the bag of words' features of them
-    (:func:`hwlm.model.classifier.bow_features`)."""
+    (:func:`hwlm.model.classifier.bow_features`); for wide & deep both, one after the other
+    (:func:`hwlm.model.classifier.wide_deep_row`)."""
     ids = encode_texts(tokenizer, texts, spec["max_len"])
-    if spec["kind"] != "bow":
+    if spec["kind"] not in ("bow", "wide-deep"):
         return ids
-    from hwlm.model.classifier import bow_features
+    from hwlm.model.classifier import bow_features, wide_deep_row
 
-    return [bow_features(row, text, spec["vocab_size"], spec["buckets"], spec["ngrams"], spec.get("features", "tokens"))
-            for row, text in zip(ids, texts)]
-
-
-class SparseDenseAdam:
-    """``torch.optim.SparseAdam`` for sparse-gradient tables and AdamW for the rest, driven as one optimizer.
-
-    The bag of words' table has sparse gradients (only the rows a batch holds), which AdamW cannot take;
-    fastText likewise updates only those rows. ``param_groups`` lists both optimizers' groups, so the
-    schedule sets their learning rate as it does AdamW's; the state dict holds both."""
-
-    def __init__(self, sparse: list[torch.nn.Parameter], dense: torch.optim.Optimizer, lr: float,
-                 betas: tuple[float, float]) -> None:
-        self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas)
-        self.dense = dense
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        # Read each time: load_state_dict replaces an optimizer's group dicts.
-        return self.sparse.param_groups + self.dense.param_groups
-
-    def step(self) -> None:
-        self.sparse.step()
-        self.dense.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.sparse.zero_grad(set_to_none=set_to_none)
-        self.dense.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sparse": self.sparse.state_dict(), "dense": self.dense.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sparse.load_state_dict(state["sparse"])
-        self.dense.load_state_dict(state["dense"])
-
-
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> tuple[Any, str]:
-    """AdamW (``hwlm.train.optim``); a model with sparse-gradient tables also gets SparseAdam for them."""
-    tables = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
-              and m.sparse and m.weight.requires_grad]
-    if not tables:
-        return build_optimizer(model, cfg, device_type)
-    ids = {id(p) for p in tables}
-    for p in tables:  # hidden from AdamW's groups while they are built
-        p.requires_grad_(False)
-    dense, text = build_optimizer(model, cfg, device_type)
-    for p in tables:
-        p.requires_grad_(True)
-    assert not any(id(p) in ids for g in dense.param_groups for p in g["params"])
-    rows = sum(p.numel() for p in tables)
-    return (SparseDenseAdam(tables, dense, cfg.lr, tuple(cfg.betas)),
-            f"SparseAdam on {rows:,} sparse embedding parameters (only a batch's rows), {text}")
+    if spec["kind"] == "bow":
+        return [bow_features(row, text, spec["vocab_size"], spec["buckets"], spec["ngrams"],
+                             spec.get("features", "tokens")) for row, text in zip(ids, texts)]
+    w = spec["wide"]
+    return [wide_deep_row(row, bow_features(row, text, w["vocab_size"], w["buckets"], w["ngrams"], w["features"]),
+                          spec["vocab_size"]) for row, text in zip(ids, texts)]
 
 
 def collate(rows: list[Any], pad_id: int, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -267,9 +222,11 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
         ckpt_io.verify_checkpoint(resume, ckpt_io.checkpoint_key(resume, key))
         ckpt_io.check_same_model(resume, saved["classifier"], classifier_spec(cfg, task, manifest, overrides))
     seed_everything(cfg.seed)
-    model = build_for_spec(spec) if not task.init_from or saved else _from_lm(spec, task, manifest, cfg, say, key)
+    warm = not saved and (task.init_from or (spec["kind"] == "wide-deep" and task.wide_from))
+    model = _warm_start(spec, task, manifest, cfg, say, key) if warm else build_for_spec(spec)
     model.to(device)
-    optimizer, opt_text = _optimizer(model, cfg, choice.type)
+    sparse_lr = task.wide_lr if spec["kind"] == "wide-deep" else 0.0
+    optimizer, opt_text = build_sparse_optimizer(model, cfg, choice.type, sparse_lr)
     say(f"{spec['kind']} classifier, {sum(p.numel() for p in model.parameters()):,} parameters "
         f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained) on {device}; {opt_text}")
     train_x, train_y = read_split(cfg.data, "train", manifest, key=key)
@@ -315,7 +272,7 @@ def _key(cfg: TrainConfig, manifest: dict[str, Any], say: Callable[[str], None])
 
 def _flops_per_token(spec: dict[str, Any]) -> float:
     """Training FLOPs per token the loop counts (real tokens; bag-of-words features; feature values), for MFU."""
-    if spec["kind"] == "transformer":
+    if spec["kind"] in ("transformer", "wide-deep"):  # the wide bag's share: under 1% of the trunk's
         from hwlm.config import from_dict
         from hwlm.formulas import train_flops_per_token
         from hwlm.model.config import ModelConfig
@@ -329,16 +286,22 @@ def _flops_per_token(spec: dict[str, Any]) -> float:
     return classifier_train_flops(shape, 1, 0)  # the head's per-example share left out (under 1% here)
 
 
-def _from_lm(spec: dict[str, Any], task: TaskConfig, manifest: dict[str, Any], cfg: TrainConfig,
-             say: Callable[[str], None], key: bytes | None = None) -> torch.nn.Module:
-    """A TransformerClassifier whose trunk holds the weights of the language-model run ``--init-from``."""
+def _warm_start(spec: dict[str, Any], task: TaskConfig, manifest: dict[str, Any], cfg: TrainConfig,
+                say: Callable[[str], None], key: bytes | None = None) -> torch.nn.Module:
+    """A Transformer or wide & deep classifier whose trunk holds the weights of the language-model run
+    ``--init-from``, and (wide & deep) whose bag of words holds those of the run ``--wide-from``."""
     from hwlm.model.classifier import build_classifier
-    from hwlm.train.classify_load import apply_lora
+    from hwlm.train.classify_load import apply_lora, bow_run
 
-    _, ckpt = lm_trunk(task.init_from, manifest, Path(cfg.data))
     model = build_classifier(spec)
-    ckpt_io.load_weights(ckpt, model.trunk, "cpu", key)
-    say(f"trunk initialized from {ckpt}" + (f", LoRA rank {spec['lora_rank']}" if spec.get("lora_rank") else ""))
+    if task.init_from:
+        _, ckpt = lm_trunk(task.init_from, manifest, Path(cfg.data))
+        ckpt_io.load_weights(ckpt, model.deep.trunk if spec["kind"] == "wide-deep" else model.trunk, "cpu", key)
+        say(f"trunk initialized from {ckpt}" + (f", LoRA rank {spec['lora_rank']}" if spec.get("lora_rank") else ""))
+    if spec["kind"] == "wide-deep" and task.wide_from:
+        _, bow = bow_run(task.wide_from, manifest)
+        ckpt_io.load_weights(bow, model.wide, "cpu", key)
+        say(f"bag of words initialized from {bow}")
     return apply_lora(model, spec["lora_rank"], spec["lora_alpha"]) if spec.get("lora_rank") else model
 
 
@@ -365,7 +328,7 @@ def _validate(run: _Run) -> dict[str, float]:
 def _step(run: _Run, lr: float) -> tuple[float, int]:
     """One optimizer step; returns the loss and the real tokens it saw."""
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     idx = run.loader.next_indices()
     x, mask = collate([run.train_x[i] for i in idx], run.spec.get("pad_id") or 0, run.features)
     y = run.train_y[idx].to(run.device)

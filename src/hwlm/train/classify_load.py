@@ -25,8 +25,8 @@ from hwlm.train import checkpoint as ckpt_io
 from hwlm.train.config import TrainConfig
 from hwlm.train.task_config import TaskConfig
 
-__all__ = ["classifier_spec", "lm_trunk", "apply_lora", "LoadedClassifier", "load_classifier", "is_classifier_run",
-           "seed_runs", "SEEDS_FILE", "LORA_TARGETS"]
+__all__ = ["classifier_spec", "lm_trunk", "wide_spec", "bow_run", "apply_lora", "LoadedClassifier", "load_classifier",
+           "is_classifier_run", "seed_runs", "SEEDS_FILE", "LORA_TARGETS"]
 
 SEEDS_FILE = "seeds.json"
 # hwlm Transformer Linear layers adapted by LoRA: fused q/k/v, attention output, MLP in and out.
@@ -89,9 +89,37 @@ def classifier_spec(cfg: TrainConfig, task: TaskConfig, manifest: dict[str, Any]
     if trunk.vocab_size < manifest["vocab_size"]:
         raise ConfigError(f"the trunk's vocabulary ({trunk.vocab_size}) is smaller than the data's "
                           f"({manifest['vocab_size']})")
-    return {"kind": "transformer", **common, "vocab_size": trunk.vocab_size, "pooling": task.pooling,
+    spec = {"kind": "transformer", **common, "vocab_size": trunk.vocab_size, "pooling": task.pooling,
             "trunk": to_dict(trunk), "max_len": min(task.max_len, trunk.block_size),
             "lora_rank": task.lora_rank, "lora_alpha": task.lora_alpha}
+    if task.classifier == "wide-deep":
+        spec |= {"kind": "wide-deep", "wide": wide_spec(task, manifest)}
+    return spec
+
+
+def wide_spec(task: TaskConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The bag of words of a wide & deep model: the task's shape, or that of the ``--wide-from`` run."""
+    if task.wide_from is None:
+        return {"vocab_size": manifest["vocab_size"], "embed": task.embed, "ngrams": task.ngrams,
+                "buckets": task.buckets, "features": "words", "dropout": task.dropout}
+    bow, _ = bow_run(task.wide_from, manifest)
+    return {k: bow[k] for k in ("vocab_size", "embed", "ngrams", "buckets")} | {"features": "words",
+                                                                                 "dropout": task.dropout}
+
+
+def bow_run(path: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The spec and checkpoint of bag-of-words run ``path`` (``--wide-from``), checked against the data."""
+    ckpt = ckpt_io.resolve_checkpoint(Path(path))
+    conf = ckpt_io.read_json(ckpt / "config.json")
+    spec = conf.get("classifier", {})
+    if conf.get("task") != "classify" or spec.get("kind") != "bow" or spec.get("features", "tokens") != "words":
+        raise ConfigError(f"--wide-from {path} is not a bag-of-words run with word features (kind "
+                          f"{spec.get('kind')!r}); train one with --classifier bow")
+    data = conf.get("data", {})
+    if data.get("tokenizer_sha256") != manifest.get("tokenizer_sha256") or data.get("labels") != manifest["labels"]:
+        raise ConfigError(f"--wide-from {path} was trained on data with another tokenizer or other labels than "
+                          "this folder's: train it on the same prepared folder")
+    return spec, ckpt
 
 
 def apply_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:

@@ -22,7 +22,7 @@ from hwlm.errors import ConfigError
 __all__ = ["TaskConfig", "Task", "Kind"]
 
 Task = Literal["lm", "classify", "chat"]
-Kind = Literal["transformer", "lstm", "bow", "mlp"]
+Kind = Literal["transformer", "lstm", "bow", "mlp", "wide-deep"]
 
 
 @dataclass
@@ -32,7 +32,8 @@ class TaskConfig:
     task: Task = option("lm", "lm: next-token language model; classify: a classifier on `prepare --task classify` "
                               "data; chat: fine-tune --init-from on JSON Lines conversations")
     classifier: Kind = option("transformer", "with --task classify: transformer, lstm, bow (fastText-style bag "
-                                             "of words) or mlp (feature rows, e.g. builtin:digits)")
+                                             "of words), mlp (feature rows, e.g. builtin:digits) or wide-deep "
+                                             "(the Transformer and the bag of words, trained together)")
     pooling: Literal["last", "mean"] = option("last", "Transformer pooling: last real token (exports to Hugging "
                                                       "Face) or the mean over real tokens")
     init_from: Path | None = option(None, "start the Transformer trunk from this hwlm language-model run "
@@ -45,16 +46,25 @@ class TaskConfig:
                            "mean and spread over them")
     epochs: float = option(3.0, "passes over the training split when no --max-steps / --time-budget is given")
     max_len: int = option(128, "tokens kept per text (the first ones); a Transformer trunk caps it at its block size")
-    embed: int = option(64, "LSTM / bag-of-words embedding width")
+    embed: int = option(64, "LSTM / bag-of-words (and wide-deep's bag) embedding width")
     hidden: int = option(128, "LSTM state / MLP hidden width")
     layers: int = option(1, "LSTM layers / MLP hidden layers")
-    dropout: float = option(0.1, "dropout of the LSTM, bag-of-words and MLP classifiers")
+    dropout: float = option(0.1, "dropout of the LSTM, bag-of-words and MLP classifiers (wide-deep: of its bag)")
     ngrams: int = option(2, "bag of words: 1 (tokens, and words in new runs) or 2 (also hashed token and word bigrams)")
     buckets: int = option(1 << 16, "bag of words: hash buckets for bigrams")
+    wide_from: Path | None = option(None, "wide-deep: start its bag of words from this bag-of-words run (a warm "
+                                          "start, as Cheng et al. 2016 do); that run's embed, buckets and ngrams")
+    wide_lr: float = option(0.0, "wide-deep: the bag of words' peak learning rate (0: --lr); it follows the same "
+                                 "warm-up and decay")
 
     def __post_init__(self) -> None:
         if self.init_from is not None:
             self.init_from = Path(self.init_from)
+        if self.wide_from is not None:
+            self.wide_from = Path(self.wide_from)
+            if self.task == "classify" and self.classifier != "wide-deep":
+                raise ConfigError(f"--wide-from starts the bag of words of --classifier wide-deep, not "
+                                  f"{self.classifier}; drop it")
         for name in ("seeds", "max_len", "embed", "hidden", "layers", "buckets"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"task config '{name}' is {getattr(self, name)}; it must be at least 1")
@@ -66,5 +76,7 @@ class TaskConfig:
             raise ConfigError(f"task config 'epochs' is {self.epochs}; it must be more than zero")
         if self.ngrams not in (1, 2):
             raise ConfigError(f"task config 'ngrams' is {self.ngrams}; choose 1 or 2")
+        if self.wide_lr < 0:
+            raise ConfigError(f"task config 'wide_lr' is {self.wide_lr}; use 0 (the run's --lr) or a positive rate")
         if self.lora_rank and self.classifier != "transformer" and self.task == "classify":
             raise ConfigError(f"--lora-rank applies to the Transformer classifier, not {self.classifier}; drop it")
