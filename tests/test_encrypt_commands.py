@@ -5,6 +5,7 @@ stop with the one line naming ``--key-file``; ``plan`` decrypts without importin
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -132,6 +133,9 @@ def test_bench_infer_without_a_key_wrong_key_or_loose_key(enc: dict[str, Path], 
     assert "chmod 600" in _one_line_error(capsys, _bench(enc["run"], out, "--key-file", str(enc["loose"])))
     err = _one_line_error(capsys, ["bench", "infer", "--device", "cpu", "--key-file", str(enc["k1"])])
     assert "give --run" in err
+    if importlib.util.find_spec("onnxruntime") is not None:  # the key is right, but onnx would write plain weights
+        err = _one_line_error(capsys, _bench(enc["run"], out, "--key-file", str(enc["k1"]), "--backend", "onnx"))
+        assert "is encrypted" in err and "plain temporary ONNX file" in err
     assert not out.exists()
 
 

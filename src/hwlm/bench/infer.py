@@ -142,10 +142,13 @@ def _time_cell(model: Any, mcfg: Any, cfg: InferBenchConfig, device: str, kind: 
 
 def _load_run(cfg: InferBenchConfig, device: str, max_len: int) -> tuple[Any, Any, dict[str, Any]]:
     """(model config, model, weight format) of ``cfg.run``, loaded as ``hwlm generate`` loads it."""
-    from hwlm.crypt import optional_key
+    from hwlm.crypt import is_encrypted, optional_key
     from hwlm.train.load import load_model
 
     loaded = load_model(cfg.run, device, optional_key(cfg.key_file))
+    if cfg.backend != "torch" and is_encrypted(loaded.path / "model.safetensors"):
+        raise ConfigError(f"run {cfg.run} is encrypted: --backend {cfg.backend} would write its weights to a plain "
+                          "temporary ONNX file; time it with --backend torch")
     mcfg = loaded.model_cfg
     fmt = dict((loaded.run_config or {}).get("compression") or {"precision": "fp32"})
     if max_len > mcfg.block_size:
