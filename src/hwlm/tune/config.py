@@ -52,8 +52,8 @@ class TuneConfig:
 
     config: Path | None = option(None, "search-space TOML ([tune], [space], and fixed [train]/[model]/[task])")
     data: Path | None = option(None, "prepared data folder every trial trains on")
-    key_file: Path | None = option(None, f"{KEY_FILE_HELP}; an encrypted --data folder's trials read it themselves "
-                                         "and write encrypted checkpoints under it. The path is recorded, never the key")
+    key_file: Path | None = option(None, f"{KEY_FILE_HELP}; an encrypted --data folder's trials get only its path, "
+                                         "read it themselves and write encrypted checkpoints under it")
     out: Path = option(Path("runs/tune"), "study folder: study.db, trials/, best.toml, report")
     task: Literal["lm", "classify"] = option("lm", "lm: minimize validation loss; classify: maximize val macro-F1")
     trials: int = option(12, "finished (complete or pruned) trials to reach in the study (with --workers N, up to "
