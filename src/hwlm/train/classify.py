@@ -344,7 +344,11 @@ def _step(run: _Run, lr: float) -> tuple[float, int]:
                                         and not p.grad.is_sparse], run.cfg.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach()), int(mask.sum()) if mask is not None else len(idx) * x.shape[1]
+    if mask is None:
+        return float(loss.detach()), len(idx) * x.shape[1]
+    if run.spec["kind"] == "wide-deep":  # the Transformer's tokens, not the bag's features after them
+        mask = mask & (x < run.spec["vocab_size"])
+    return float(loss.detach()), int(mask.sum())
 
 
 def _done(run: _Run) -> bool:

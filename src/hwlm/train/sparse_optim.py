@@ -51,7 +51,8 @@ class SparseDenseAdam:
         self.dense.load_state_dict(state["dense"])
 
 
-def build_sparse_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str, sparse_lr: float = 0.0) -> tuple[Any, str]:
+def build_sparse_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str,
+                           sparse_lr: float = 0.0) -> tuple[Any, str]:
     """AdamW (``hwlm.train.optim``); a model with sparse-gradient tables also gets SparseAdam for them (at peak
     ``sparse_lr``, 0: ``cfg.lr``)."""
     tables = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
