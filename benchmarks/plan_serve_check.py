@@ -6,6 +6,10 @@ of the batching loop and its steps) runs a closed loop of C users on a randomly 
 ``--hardware this-machine --calibration FILE`` from ``hwlm bench peak`` + ``hwlm bench infer`` records
 taken in the same run. Prints a table (measured, predicted, ratio) and writes it as JSON.
 
+It also times every engine step (``ModelRunner.step``, wrapped here) with what it ran, and prices the same
+rows with the planner's step model (``hwlm.plan.serving.StepModel.seconds``): a profile of where the
+prediction and the engine part, by kind of step (decode rows only, or decode rows with prompt chunks).
+
     flock /tmp/hwlm-bench.lock python benchmarks/plan_serve_check.py --out runs/plan-serve-check
 """
 
@@ -28,6 +32,10 @@ from hwlm.io import atomic_write_text
 from hwlm.model.config import ModelConfig
 from hwlm.model.transformer import Transformer
 from hwlm.plan import ServingJob, estimate_serving
+from hwlm.plan.jobs import resolve_hardware
+from hwlm.plan.models import get_model
+from hwlm.plan.serving import _step_model
+from hwlm.plan.software import ENGINES
 from hwlm.serve.engine import EngineConfig, LLMEngine, SamplingParams, Sequence
 
 
@@ -48,6 +56,16 @@ def calibrate(out: Path, preset: str, prompt: int) -> Path:
 def measure(model: Transformer, users: int, prompt: int, gen: int, requests: int, cfg: EngineConfig) -> dict:
     """Closed loop: ``users`` requests in flight, each finished one replaced at once, until ``requests`` end."""
     engine = LLMEngine(model, tokenizer=None, eot_id=None, cfg=cfg)
+    steps: list[tuple[list[tuple[int, int]], float]] = []  # ([(tokens, start) per row], seconds)
+    inner = engine.runner.step
+
+    def timed(rows):
+        t0 = time.perf_counter()
+        out = inner(rows)
+        steps.append(([(len(tokens), start) for tokens, _, start in rows], time.perf_counter() - t0))
+        return out
+
+    engine.runner.step = timed
     engine.start()
     lock, done_all = threading.Lock(), threading.Event()
     stats = {"issued": 0, "done": 0, "ttft": [], "itl": [], "t0": time.monotonic()}
@@ -86,7 +104,28 @@ def measure(model: Transformer, users: int, prompt: int, gen: int, requests: int
     engine.stop()
     elapsed = stats["t1"] - stats["t0"]
     return {"output_tokens_per_s": requests * gen / elapsed, "ttft_p50_s": statistics.median(stats["ttft"]),
-            "itl_p50_s": statistics.median(stats["itl"]), "requests": requests}
+            "itl_p50_s": statistics.median(stats["itl"]), "requests": requests, "steps": steps}
+
+
+def step_profile(steps: list, cal: Path, preset: str, prompt: int, gen: int) -> list[dict]:
+    """Measured engine steps against the planner's price for the same rows, by kind of step."""
+    job = ServingJob(model=preset, hardware="this-machine", calibration=str(cal), concurrency=1, prompt_len=prompt,
+                     gen_len=gen, precision="fp32", engine="hwlm")
+    sm = _step_model(job, get_model(preset), resolve_hardware(job.hardware, job.calibration), ENGINES["hwlm"])
+    kinds: dict[str, list[tuple[float, float]]] = {}
+    for rows, seconds in steps:
+        dec = [s + 1 for n, s in rows if n == 1 and s > 0]  # a decode row's context, its new token included
+        chunks = [(n, s) for n, s in rows if not (n == 1 and s > 0)]
+        pred = sm.seconds(len(dec), float(sum(dec)), chunks, max_ctx=max(dec, default=0))
+        b = len(dec)
+        band = "0" if b == 0 else "1" if b == 1 else "2-4" if b <= 4 else "5-8" if b <= 8 else "9-16" if b <= 16 \
+            else "17-32"
+        kinds.setdefault(f"{band} decode rows" + (" + prompt chunks" if chunks else ""), []).append((seconds, pred))
+    out = []
+    for kind, v in sorted(kinds.items()):
+        m, p = statistics.median(x for x, _ in v), statistics.median(y for _, y in v)
+        out.append({"kind": kind, "steps": len(v), "measured_s": m, "predicted_s": p, "ratio": p / m})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="mid")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=64)
-    ap.add_argument("--users", default="1,4,16")
+    ap.add_argument("--users", default="1,4,8,16,32")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -103,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     cal = calibrate(a.out, a.preset, a.prompt_len)
     model = Transformer(ModelConfig.from_name(a.preset)).eval()
     cfg = EngineConfig()  # hwlm serve's defaults: max_num_seqs 32, prefill_budget 512
-    rows = []
+    rows, all_steps = [], []
+    load_before = os.getloadavg()
     for users in (int(u) for u in a.users.split(",")):
         n = max(3 * users, 8)
         got = measure(model, users, a.prompt_len, a.gen_len, n, cfg)
+        all_steps += got.pop("steps")
         est = estimate_serving(ServingJob(model=a.preset, hardware="this-machine", calibration=str(cal),
                                           concurrency=users, prompt_len=a.prompt_len, gen_len=a.gen_len,
                                           precision="fp32", engine="hwlm", requests=max(200, 10 * users)))
@@ -116,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                      "ratio": {k: pred[k] / got[k] for k in pred}})
     record = {"kind": "hwlm-plan-serve-check", "version": 1, "preset": a.preset, "prompt_len": a.prompt_len,
               "gen_len": a.gen_len, "machine": {"cpu": platform.processor() or platform.machine(),
-                                                "cores": os.cpu_count(), "loadavg": os.getloadavg(),
-                                                "torch_threads": torch.get_num_threads()},
-              "engine": {"max_num_seqs": cfg.max_num_seqs, "prefill_budget": cfg.prefill_budget}, "rows": rows}
+                                                "cores": os.cpu_count(), "loadavg_before": load_before,
+                                                "loadavg": os.getloadavg(), "torch_threads": torch.get_num_threads()},
+              "engine": {"max_num_seqs": cfg.max_num_seqs, "prefill_budget": cfg.prefill_budget}, "rows": rows,
+              "step_profile": step_profile(all_steps, cal, a.preset, a.prompt_len, a.gen_len)}
     atomic_write_text(a.out / "plan-serve-check.json", json.dumps(record, indent=2))
     print(f"{a.preset}, prompt {a.prompt_len}, gen {a.gen_len}; load {os.getloadavg()[0]:.2f}")
     print("| users | tokens/s measured | predicted | ratio | TTFT p50 measured | predicted | ITL p50 measured | "
@@ -128,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['users']} | {m['output_tokens_per_s']:.0f} | {p['output_tokens_per_s']:.0f} | "
               f"{q['output_tokens_per_s']:.2f} | {m['ttft_p50_s'] * 1e3:.1f} ms | {p['ttft_p50_s'] * 1e3:.1f} ms | "
               f"{m['itl_p50_s'] * 1e3:.2f} ms | {p['itl_p50_s'] * 1e3:.2f} ms | {q['itl_p50_s']:.2f} |")
+    print("\n| engine step | steps | measured p50 | planner's step model | ratio |\n|---|---|---|---|---|")
+    for k in record["step_profile"]:
+        print(f"| {k['kind']} | {k['steps']} | {k['measured_s'] * 1e3:.2f} ms | {k['predicted_s'] * 1e3:.2f} ms | "
+              f"{k['ratio']:.2f} |")
     return 0
 
 

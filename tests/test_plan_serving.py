@@ -31,19 +31,19 @@ def test_decode_step_is_the_roofline_of_weights_and_kv() -> None:
     f = 2.0 * m.params.matmul_active * B + (forward_flops_per_token(m.spec, 1) - forward_flops_per_token(m.spec, 0)) * S
     t_fl = f / (dev.peak_flops("bf16") * sm.mm_eff)
     assert t_mem > t_fl  # decode at batch 8 is bandwidth-bound
-    assert sm.seconds(B, S, 0) == pytest.approx(t_mem + m.spec.n_layers * sm.layer_overhead_s)
+    assert sm.seconds(B, S) == pytest.approx(t_mem + m.spec.n_layers * sm.layer_overhead_s)
     # A long prefill is compute-bound and grows with its tokens.
-    assert sm.seconds(0, 0, 4096, 2048) > 2 * sm.seconds(0, 0, 1024, 512)
+    assert sm.seconds(0, 0, [(4096, 0)]) > 2 * sm.seconds(0, 0, [(1024, 0)])
 
 
 def test_one_request_alone_is_one_prefill_then_batch_one_steps() -> None:
     sm, _ = _sm()
     r = simulate(sm, 512, 64, 2, 256, 8192, concurrency=1)
-    assert r.ttft[0] == pytest.approx(sm.seconds(0, 0, 512, 256))
+    assert r.ttft[0] == pytest.approx(sm.seconds(0, 0, [(512, 0)]))
     tokens = sum(n for _, n in r.itl)
     mean_itl = sum(dt * n for dt, n in r.itl) / tokens
     assert tokens == 2 * 63
-    assert mean_itl == pytest.approx(sm.seconds(1, 512 + 32, 0), rel=0.02)
+    assert mean_itl == pytest.approx(sm.seconds(1, 512 + 32), rel=0.02)
 
 
 def test_closed_loop_obeys_littles_law() -> None:
@@ -74,8 +74,8 @@ def test_kv_cache_limits_the_batch() -> None:
 def test_moe_decode_reads_only_the_touched_experts() -> None:
     sm, _ = _sm("mixtral-8x7b", devices=2)
     m = sm.m
-    one = sm.seconds(1, 100, 0)
-    many = sm.seconds(64, 6400, 0)
+    one = sm.seconds(1, 100)
+    many = sm.seconds(64, 6400)
     dense_read = m.params.total * 2.0 / 2 / (sm.dev.memory_bw * sm.bw_eff)
     assert one < 0.5 * dense_read  # 2 of 8 experts at batch 1
     assert many > 0.9 * dense_read  # nearly every expert at batch 64
@@ -137,3 +137,79 @@ def test_an_slo_below_one_request_says_what_would_work() -> None:
     ok = estimate_serving(ServingJob(model="llama-2-70b", hardware="h100-sxm", devices=int(m.group(1)), concurrency=1,
                                      slo_itl=0.0125))
     assert ok.single_itl_s <= 0.0125
+
+
+def _cpu_sm(tmp_path, engine="hwlm", precision="fp32", decode_eff=None):
+    """A step model on a this-machine calibration (CPU, additive terms), optionally with a measured decode rate."""
+    entries = [{"device": "this-machine", "dtype": "fp32", "phase": "matmul", "efficiency": 1.0, "measured": 1e11},
+               {"device": "this-machine", "dtype": "fp32", "phase": "membw", "efficiency": 1.0, "measured": 2e10}]
+    if decode_eff is not None:
+        entries.append({"device": "this-machine", "dtype": "fp32", "phase": "decode", "efficiency": decode_eff,
+                        "measured": decode_eff * 2e10})
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "machine": {"memory_bytes": 8e9},
+                               "entries": entries}))
+    job = ServingJob(model="mid", hardware="this-machine", calibration=str(cal), concurrency=1, precision=precision,
+                     engine=engine)
+    dev = resolve_hardware(job.hardware, job.calibration)
+    return _step_model(job, get_model("mid"), dev, ENGINES[engine]), dev
+
+
+def test_attention_flops_per_pair_is_the_context_term_of_forward_flops() -> None:
+    from hwlm.formulas import attention_flops_per_pair
+    spec = get_model("llama-3.1-8b").spec
+    assert forward_flops_per_token(spec, 777) - forward_flops_per_token(spec, 0) == pytest.approx(
+        777 * attention_flops_per_pair(spec))
+
+
+def test_cpu_terms_add_and_hwlm_pads_attention_to_the_longest_row(tmp_path) -> None:
+    """On a CPU the weight stream, the products and the element-wise passes add; hwlm's packed step scores
+    rows x most queries x longest context pairs and runs the output layer on each row's last token only."""
+    from hwlm.formulas import attention_flops_per_pair, lm_head_flops_per_token
+    sm, dev = _cpu_sm(tmp_path)
+    m, spec = sm.m, sm.m.spec
+    assert dev.kind == "cpu" and sm.engine.padded_attention and sm.kv_tok == pytest.approx(
+        spec.n_layers * 2 * spec.d_model * 4.0)  # fp32 cache: 4 bytes per element
+    B, ctx, longest, chunk = 7, 7 * 150.0, 190.0, (128, 0)
+    rows, tokens = B + 1, B + 128
+    bw, peak = dev.memory_bw * sm.bw_eff, dev.peak_flops("fp32") * sm.mm_eff
+    t_mem = (m.params.total * 4.0 + (rows * longest + 128) * sm.kv_tok) / bw
+    f = 2.0 * m.params.matmul_active * tokens - (tokens - rows) * lm_head_flops_per_token(spec) \
+        + attention_flops_per_pair(spec) * rows * 128 * longest
+    ew = tokens * spec.n_layers * sm.act_traffic * 34 * spec.d_model * 2.0 / (dev.memory_bw * sm.ew_eff)
+    want = t_mem + f / peak + ew + spec.n_layers * sm.layer_overhead_s
+    assert sm.seconds(B, ctx, [chunk], max_ctx=longest) == pytest.approx(want)
+    # A lone row is the model's own forward (no padding): its prompt's queries score their own prefix.
+    alone = 2.0 * m.params.matmul_active * 128 - 127 * lm_head_flops_per_token(spec) \
+        + attention_flops_per_pair(spec) * 128 * 64
+    assert sm.seconds(0, 0.0, [chunk]) == pytest.approx(
+        (m.params.total * 4.0 + 128 * sm.kv_tok) / bw + alone / peak + 128 * ew / tokens
+        + spec.n_layers * sm.layer_overhead_s)
+
+
+def test_a_calibrated_decode_rate_holds_the_first_row(tmp_path) -> None:
+    """bench infer's decode rate is a whole batch-1 step: one row costs exactly its bytes at that rate, and
+    each further row adds its products and element-wise passes (and its KV reads) on top."""
+    from hwlm.formulas import attention_flops_per_pair
+    sm, dev = _cpu_sm(tmp_path, decode_eff=0.25)
+    m, spec = sm.m, sm.m.spec
+    assert sm.decode_calibrated and sm.layer_overhead_s == 0.0
+    bw, peak = dev.memory_bw * sm.bw_eff, dev.peak_flops("fp32") * sm.mm_eff
+    att = attention_flops_per_pair(spec) * 150  # one row's scores at 150 keys (counted for every row)
+    one = sm.seconds(1, 150.0)
+    assert one == pytest.approx((m.params.total * 4.0 + 150 * sm.kv_tok) / bw + att / peak)
+    ew = spec.n_layers * sm.act_traffic * 34 * spec.d_model * 2.0 / (dev.memory_bw * sm.ew_eff)
+    two = sm.seconds(2, 300.0, max_ctx=150.0)
+    assert two - one == pytest.approx(150 * sm.kv_tok / bw + (2.0 * m.params.matmul_active + att) / peak + ew)
+
+
+def test_hwlm_budget_is_for_prompts_only_and_one_packed_forward(tmp_path) -> None:
+    """hwlm's scheduler spends its prefill budget on prompt tokens only (decode rows ride free); vLLM's
+    counts the decode rows against it."""
+    assert not ENGINES["hwlm"].budget_counts_decode and ENGINES["vllm"].budget_counts_decode
+    assert ENGINES["hwlm"].fused_prefill and ENGINES["hwlm"].last_token_logits
+    sm, _ = _cpu_sm(tmp_path)
+    # 4 users, 512-token budget, 128-token prompts arriving together: all four prompts in the first step.
+    r = simulate(sm, 128, 8, 4, 32, 512, concurrency=4, stagger=0.0)
+    assert r.ttft and max(r.ttft) == pytest.approx(min(r.ttft))
+    assert max(r.ttft) == pytest.approx(sm.seconds(0, 0.0, [(128, 0)] * 4))

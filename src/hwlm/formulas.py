@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token", "lm_head_flops_per_token",
+           "attention_flops_per_pair",
            "train_flops_per_token", "kv_cache_bytes_per_token", "PRECISIONS", "PRECISION_CHOICES",
            "WEIGHT_BYTES", "DTYPE_BYTES", "dtype_bytes", "compute_bytes", "StateBytes", "ADAM_FP32", "ADAM_MIXED",
            "mfu", "RECOMPUTE", "ATTENTION_KERNELS", "LOSS_PATHS", "loss_path", "loss_chunk_rows", "saved_activation_bytes_per_layer",
@@ -195,9 +196,18 @@ def forward_flops_per_token(spec: ArchSpec, seq_len: int) -> float:
     Attention per layer and token: QK^T costs 2 * seq_len * n_heads * qk_head_dim and AV
     2 * seq_len * n_heads * v_head_dim (both head_dim unless MLA).
     """
-    pc = param_count(spec)
-    attn_scores = spec.n_layers * 2 * seq_len * spec.n_heads * (spec.qk_dim + spec.vd)
-    return float(2 * pc.matmul_active + attn_scores)
+    return float(2 * param_count(spec).matmul_active + seq_len * attention_flops_per_pair(spec))
+
+
+def attention_flops_per_pair(spec: ArchSpec) -> float:
+    """Attention-score FLOPs of one (query, key) pair over all layers: 2 x heads x (qk + v) head dims per layer
+    (QK^T and AV). A step's attention costs this times the pairs its kernel computes: the context of each
+    query for a variable-length kernel, rows x padded queries x padded keys for a padded one.
+
+    >>> attention_flops_per_pair(ArchSpec(vocab_size=50304, d_model=384, n_layers=6, n_heads=6))
+    9216.0
+    """
+    return float(spec.n_layers * 2 * spec.n_heads * (spec.qk_dim + spec.vd))
 
 
 def lm_head_flops_per_token(spec: ArchSpec) -> float:

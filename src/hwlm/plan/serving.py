@@ -7,14 +7,25 @@ requests (chunked prefill, Agrawal et al. 2024, arXiv:2403.02310). A request is 
 engine's cap on running sequences (``max_batch``) and the KV cache (the memory left after the weights)
 allow it; its whole length is reserved, as a preemption-free scheduler does.
 
-One step's time comes from the same roofline as :mod:`hwlm.plan.inference`:
+One step is one forward over B decode rows and the step's prompt chunks (p tokens, R = B + chunks rows),
+priced by the same roofline as :mod:`hwlm.plan.inference`:
 
-    step = max(weights read + KV read) / (bw x eff),  (B + p) tokens' FLOPs / (peak x eff) + element-wise)
-           + layers x per-layer overhead + tensor-parallel all-reduces  [+ host issue time if eager]
+    GPU:  step = max((weights read + KV read) / (bw x eff), FLOPs / (peak x eff) + element-wise)
+                 + layers x per-layer overhead + tensor-parallel all-reduces  [+ host issue time if eager]
+    CPU:  step = (weights read + KV read) / (bw x eff) + FLOPs / (peak x eff) + element-wise + ...
 
-with B decoding sequences, p prefill tokens in the step, and for mixture-of-experts models the experts
-the step's tokens touch. The simulation keeps the sum of the running contexts (the KV bytes read) and a
-heap of finishing steps, so a few thousand requests take milliseconds. Arrivals: a closed loop of
+    FLOPs = 2 x matmul weights x (B + p) - output layer x (B + p - R)   [logits at each row's last token]
+            + attention_flops_per_pair x pairs
+
+A CPU core runs one kernel at a time, so there the terms add (as in :mod:`hwlm.plan.training`); a calibrated
+decode rate (``hwlm bench infer``'s batch-1 step) already holds one row's products, so only the rest is
+added. ``pairs`` is what the engine's attention kernel scores: each query's own context for a
+variable-length kernel (vLLM's FlashAttention), rows x most queries x longest context for hwlm's engine,
+whose packed step pads every row to one ``(R, H, T, L)`` attention with a mask, so a prompt chunk riding in a
+decode step makes every decode row pay for T queries. The KV bytes read follow the same rule (R x L for
+the padded kernel). Mixture-of-experts models read the experts the step's tokens touch. The simulation
+keeps the sum of the running contexts, the longest one and a heap of finishing steps, so a few thousand
+requests take milliseconds. Arrivals: a closed loop of
 ``concurrency`` users (a new request when one finishes), or Poisson arrivals at ``rate`` per second
 (seeded). Percentiles are over the requests after a warm-up tenth.
 
@@ -28,15 +39,14 @@ import heapq
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from hwlm.errors import PlanError
-from hwlm.formulas import forward_flops_per_token
+from hwlm.formulas import WEIGHT_BYTES, attention_flops_per_pair, compute_bytes, lm_head_flops_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE, ops_per_forward, shape_efficiency
 from hwlm.plan.experts import check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
 from hwlm.plan.explain import Term, Terms
-from hwlm.formulas import WEIGHT_BYTES
 from hwlm.plan.inference import (PADS_HEADS, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
                                  kv_read_factor, pad_heads)
 from hwlm.plan.jobs import ServingJob, resolve_hardware
@@ -110,36 +120,59 @@ class StepModel:
     host_s: float          # eager host time per step (0 under CUDA graphs / off GPUs)
     pri: Any
     ep: int = 1            # expert-parallel groups of tp devices (attention data-parallel over them)
+    decode_calibrated: bool = False  # bw_eff is a measured batch-1 decode step (bench infer), not a prior
 
-    def seconds(self, decode: int, ctx_sum: float, prefill: int, prefill_ctx: float = 0.0) -> float:
-        """``decode`` sequences with ``ctx_sum`` context tokens in all, plus ``prefill`` prompt tokens whose
-        attention spans ``prefill_ctx`` tokens on average."""
-        spec, tokens, w = self.m.spec, decode + prefill, self.tp * self.ep
+    def seconds(self, decode: int, ctx_sum: float, chunks: Sequence[tuple[int, float]] = (),
+                max_ctx: float | None = None) -> float:
+        """``decode`` rows of one new token each, whose contexts (that token included) sum to ``ctx_sum`` and
+        reach ``max_ctx`` at the longest (default: their mean), plus prompt ``chunks`` of (tokens, start
+        position), all in one forward."""
+        spec, w = self.m.spec, self.tp * self.ep
+        p_tok = sum(n for n, _ in chunks)
+        tokens, rows = decode + p_tok, decode + len(chunks)
         w_read, _ = weights_read_per_step(self.m, max(tokens, 1), self.bytes_w, self.tp, self.ep)
         reads, _ = kv_read_factor(self.m, self.engine)
-        # each attention group holds 1/ep of the sequences and their KV cache
-        t_mem = (w_read + (ctx_sum * reads + prefill) * self.kv_tok / self.ep) / (self.dev.memory_bw * self.bw_eff)
-        f_lin = 2.0 * self.m.params.matmul_active * tokens
-        per_ctx = forward_flops_per_token(spec, 1) - forward_flops_per_token(spec, 0)  # attention FLOPs per ctx token
-        f_att = per_ctx * (ctx_sum + prefill * prefill_ctx)
-        peak = self.dev.peak_flops(self.cdtype)
-        t_fl = (f_lin + f_att / self.engine.attention) / (w * peak * self.mm_eff)
-        t_ew = prefill * spec.n_layers * self.act_traffic * self.engine.elementwise * 34 * spec.d_model * 2.0 / (
+        if self.engine.padded_attention and rows > 1:
+            # One (R, H, T, L) attention with a mask: every row is padded to the most queries of any row (T)
+            # and reads and scores the keys [0, L) of the longest row (hwlm.serve.engine.ModelRunner.step).
+            longest = max([(ctx_sum / decode if max_ctx is None else max_ctx) if decode else 0.0]
+                          + [s + n for n, s in chunks])
+            pairs = rows * max([1] + [n for n, _ in chunks]) * longest
+            kv_read = rows * longest * reads
+        else:  # a variable-length kernel: each query scores its own context only
+            pairs = ctx_sum + sum(n * (s + n / 2) for n, s in chunks)
+            kv_read = (ctx_sum + sum(s for _, s in chunks)) * reads
+        # each attention group holds 1/ep of the sequences and their KV cache; the chunks' own k/v are written
+        t_mem = (w_read + (kv_read + p_tok) * self.kv_tok / self.ep) / (self.dev.memory_bw * self.bw_eff)
+        # the output layer runs on each row's last token only where the engine samples only there
+        skipped = (tokens - rows) * lm_head_flops_per_token(spec) if self.engine.last_token_logits else 0.0
+        f = 2.0 * self.m.params.matmul_active * tokens - skipped \
+            + attention_flops_per_pair(spec) * pairs / self.engine.attention
+        t_ew_tok = spec.n_layers * self.act_traffic * self.engine.elementwise * 34 * spec.d_model * 2.0 / (
             w * self.dev.memory_bw * self.ew_eff)
+        peak = w * self.dev.peak_flops(self.cdtype) * self.mm_eff
         comm = _comm(self.m, self.dev, self.tp, math.ceil(tokens / self.ep), self.pri)[0] \
             + ep_comm(self.m, self.dev, self.ep, tokens / self.ep, self.pri.comm_eff)[0]
-        device = max(t_mem, t_fl + t_ew) + spec.n_layers * self.layer_overhead_s + comm
-        return max(device, self.host_s)
+        if self.dev.kind != "cpu":
+            device = max(t_mem, f / peak + tokens * t_ew_tok) + spec.n_layers * self.layer_overhead_s + comm
+            return max(device, self.host_s)
+        # A CPU core runs one kernel at a time, so streaming the weights, the products and the element-wise
+        # passes add up (CPU_NOTE). A calibrated decode rate (bench infer: a whole batch-1 step) already
+        # holds one decode row's products, element-wise work and per-layer costs: only the rest is added.
+        if self.decode_calibrated:
+            f -= 2.0 * self.m.params.matmul_active
+            tokens -= 1
+        return t_mem + max(0.0, f / peak + tokens * t_ew_tok) + spec.n_layers * self.layer_overhead_s + comm
 
 
 def _step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepModel:
     cdtype = _compute_dtype(dev, job.precision)
-    pri, _, _, ew = _resolve(dev, cdtype, job.precision, job.calibration)
+    pri, _, bw_src, ew = _resolve(dev, cdtype, job.precision, job.calibration)
+    calibrated = bw_src.startswith("calibration decode")
     graphs = engine.cuda_graphs if job.cuda_graphs is None else bool(job.cuda_graphs)
-    kv_bytes = 1.0 if job.precision == "fp8" else 2.0
     ep = job.ep or 1
     tp = job.devices // ep
-    kv_tok, _ = _kv_per_token_device(m, tp, kv_bytes)
+    kv_tok, _ = _kv_per_token_device(m, tp, _kv_bytes(job.precision))
     # + eager all-reduce (tp) and all-to-all (ep) launches
     ops = ops_per_forward(m.spec) + (2 * m.spec.n_layers if tp > 1 else 0) + (2 * moe_parts(m)[2] if ep > 1 else 0)
     host = 0.0 if graphs or dev.kind != "gpu" else ops * pri.infer_op_overhead_s
@@ -147,7 +180,15 @@ def _step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepMo
     return StepModel(m=m, dev=dev, tp=tp, ep=ep, engine=engine, graphs=graphs, cdtype=cdtype,
                      bytes_w=WEIGHT_BYTES[job.precision], kv_tok=kv_tok, mm_eff=pri.matmul_eff * fill,
                      bw_eff=pri.decode_bw_eff, ew_eff=ew if ew is not None else pri.decode_bw_eff,
-                     act_traffic=pri.act_traffic, layer_overhead_s=pri.layer_overhead_s, host_s=host, pri=pri)
+                     act_traffic=pri.act_traffic, host_s=host, pri=pri, decode_calibrated=calibrated,
+                     # a measured decode rate already holds the per-layer fixed cost (as in plan infer)
+                     layer_overhead_s=0.0 if calibrated else pri.layer_overhead_s)
+
+
+def _kv_bytes(precision: str) -> float:
+    """Bytes per cached element: fp8 serving stores its KV cache in fp8, fp32 in fp32 (hwlm's engine caches
+    in the model's dtype), the 16-bit and weight-only formats in 16 bits."""
+    return 1.0 if precision == "fp8" else compute_bytes(precision)
 
 
 @dataclass
@@ -202,6 +243,11 @@ def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk
     itl: list[tuple[float, int]] = []
     done, batch_sum, warm = 0, 0.0, int(n * WARMUP_FRACTION)
 
+    def longest() -> float:
+        """Context of the longest-running decode row: all requests have one length, so it is the one that
+        finishes first, ``finish[0]`` steps from now short of its full prompt + gen tokens."""
+        return float(prompt + gen - (finish[0][0] - step)) if finish else 0.0
+
     def retire(ended: int) -> None:
         """Requests whose last token came out leave the batch (``ended`` more already left without
         decoding); in a closed loop each finished user sends the next request at once."""
@@ -231,9 +277,9 @@ def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk
             # them at their mean context (a step's time is linear in the context read).
             k = finish[0][0] - step
             if next_arrival < len(arrivals) and running < batch_cap:
-                dt1 = sm.seconds(running, ctx_sum, 0)
+                dt1 = sm.seconds(running, ctx_sum, max_ctx=longest())
                 k = min(k, max(1, int((arrivals[next_arrival] - clock) / dt1)))
-            dt = sm.seconds(running, ctx_sum + running * (k - 1) / 2, 0)
+            dt = sm.seconds(running, ctx_sum + running * (k - 1) / 2, max_ctx=longest() + (k - 1) / 2)
             clock += k * dt
             step += k
             batch_sum += running * k
@@ -242,25 +288,22 @@ def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk
             retire(0)
             continue
         # vLLM-style engines count decode tokens against the step's budget; hwlm's spends it on prompts only.
-        budget = max(0, chunk - running) if sm.engine.fused_prefill else chunk
-        p_tok, p_ctx, first, chunks = 0, 0.0, [], []
+        budget = max(0, chunk - running) if sm.engine.budget_counts_decode else chunk
+        first, chunks = [], []
         for req in prefilling:
             if budget <= 0:
                 break
             take = min(budget, req[1])
-            mid = prompt - req[1] + take / 2
-            chunks.append((int(take), mid))
-            p_ctx += take * mid
+            chunks.append((int(take), prompt - req[1]))  # (tokens, start position)
             req[1] -= take
             budget -= take
-            p_tok += int(take)
             if req[1] <= 0:
                 first.append(req)
-        if sm.engine.fused_prefill:
-            dt = sm.seconds(running, ctx_sum, p_tok, p_ctx / p_tok if p_tok else 0.0)
+        if sm.engine.fused_prefill:  # one packed forward: the chunks ride in the decode step
+            dt = sm.seconds(running, ctx_sum, chunks, max_ctx=longest())
         else:  # each prompt chunk is a forward of its own, then one decode forward for the running rows
-            dt = sum(sm.seconds(0, 0.0, n, mid) for n, mid in chunks) + (sm.seconds(running, ctx_sum, 0)
-                                                                          if running else 0.0)
+            dt = sum(sm.seconds(0, 0.0, [c]) for c in chunks) + (
+                sm.seconds(running, ctx_sum, max_ctx=longest()) if running else 0.0)
         clock += dt
         step += 1
         batch_sum += running
@@ -286,7 +329,7 @@ def _capacity(job: ServingJob, m: Model, dev: Device, engine: Stack) -> tuple[in
     """(running-sequence cap, what limits it, KV capacity in tokens, free bytes)."""
     ep = job.ep or 1
     tp = job.devices // ep
-    sm_tok = _kv_per_token_device(m, tp, 1.0 if job.precision == "fp8" else 2.0)[0]
+    sm_tok = _kv_per_token_device(m, tp, _kv_bytes(job.precision))[0]
     w = weights_per_device(m, WEIGHT_BYTES[job.precision], tp, ep)
     ws = engine.chunk_tokens * min(1.0, 2048 / engine.chunk_tokens) * (4 * m.spec.d_model + 3 * m.spec.ff / tp) * 2
     free = dev.memory_bytes * USABLE_MEMORY_FRACTION - w - ws

@@ -28,7 +28,8 @@ planner models it (each a multiplier on a fitted prior, 1.0 = as fitted, or a sw
   sampled positions before its ``LogitsProcessor`` (``selected_token_indices``), TensorRT-LLM gathers the last
   token's state by default (``gather_context_logits: bool = False`` in its ``prepare_inputs``), and
   optimum-habana's ``--trim_logits`` ("Calculate logits only for the last token", run_generation.py) does the
-  same on Gaudi; Hugging Face ``generate`` and hwlm's eager loop compute them for every position (llama.cpp
+  same on Gaudi, as do hwlm's engine (``ModelRunner.step``: the output layer on each row's last token) and
+  ``hwlm bench infer`` (``last_only=True``); Hugging Face ``generate`` computes them for every position (llama.cpp
   is left out: not checked here). For a 128K vocabulary that is 6.5% of
   Llama 3.1 8B's prefill FLOPs (:func:`hwlm.formulas.lm_head_flops_per_token`);
 * **where it runs** (``vendors``/``kinds``): TensorRT-LLM is NVIDIA-only, MaxText is JAX (TPU, GPU);
@@ -74,6 +75,8 @@ class Stack:
     max_batch: int = 256              # serving: default cap on running sequences
     chunk_tokens: int = 2048          # serving: prefill tokens per engine step (chunked prefill)
     fused_prefill: bool = True        # serving: a step's prefill chunks run in the decode forward (else apart)
+    budget_counts_decode: bool = True  # serving: decode rows take chunk_tokens too (vLLM); else prompts only
+    padded_attention: bool = False    # serving: a packed step's attention pads every row to the longest row
     activations: str = "korthikanti"  # training: the saved-activation count (hwlm.formulas.ACTIVATION_COUNTS)
     kv_per_query_head: bool = False   # serving: decode attention reads each KV head once per query head (no GQA reuse)
     last_token_logits: bool = False   # serving: prefill computes the output layer for the last prompt token only
@@ -153,9 +156,11 @@ ENGINES: dict[str, Stack] = {s.id: s for s in (
           chunk_tokens=1 << 30, source="eager PyTorch modules, static batch (no continuous batching); 20% more "
           "element-wise traffic than fused assumed"),
     Stack("hwlm", "hwlm's own engine (eager; `hwlm serve`)", ("*",), _ALL_KINDS, max_batch=32, chunk_tokens=512,
-          fused_prefill=False, source="hwlm.serve.engine (EngineConfig: max_num_seqs 32, prefill_budget 512; each "
-          "prompt chunk is its own forward, then one batched decode forward per step), eager as `hwlm bench infer` "
-          "measures; the priors as fitted"),
+          budget_counts_decode=False, padded_attention=True, last_token_logits=True,
+          source="hwlm.serve.engine (EngineConfig: max_num_seqs 32, prefill_budget 512 prompt tokens per step; "
+          "ModelRunner.step packs the prompt chunks and decode rows into one forward, pads attention to (rows, "
+          "heads, most queries, longest context) with a mask and runs the output layer on each row's last "
+          "token), eager as `hwlm bench infer` measures; the priors as fitted"),
 )}
 
 
