@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from classify_tiny import cls_cfg, prepare_cls
+from classify_tiny import cls_cfg, prepare_cls, rows, write_jsonl
 from hwlm.cli import main
 from hwlm.errors import ConfigError
 from hwlm.evaluate_classify import evaluate_classifier
@@ -122,6 +122,10 @@ def test_bad_wide_deep_input(cls_data: Path, tmp_path: Path, capsys: pytest.Capt
     msg = _one_line_error(capsys, main([*base, "--out", str(tmp_path / "y"), "--wide-from", str(bow)]))
     assert "another tokenizer or other labels" in msg
     assert main([*base, "--out", str(tmp_path / "z"), "--buckets", "64", "--embed", "4"]) == 0
+    src = write_jsonl(tmp_path / "new.jsonl", rows(7, seed=3))
+    assert main(["predict", str(src), "--run", str(tmp_path / "z"), "--out", str(tmp_path / "p.jsonl"),
+                 "--no-progress"]) == 0
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 7
     capsys.readouterr()
     msg = _one_line_error(capsys, main(["export", "--run", str(tmp_path / "z"), "--format", "hf", "--out",
                                         str(tmp_path / "hf")]))
