@@ -19,7 +19,19 @@ difference of the outputs). Forms:
 
 hwlm's compiled decode step (``hwlm.model.decoding.row_linear``) takes the fused reduction.
 
-    flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/gemv_bandwidth.py --threads 1,2
+``--int8``: the same sweep over per-channel int8 copies of the weights (one byte per weight; the
+activation row quantized per token as w8a8 does), each form checked against the exact integer
+product ``(xq @ Wq^T) * s * scales`` in float64:
+
+* ``_int_mm (w8a8 eager)``: ``hwlm.model.quantized.Int8Linear``'s eager w8a8 code, quantization included;
+* ``compiled _int_mm``: the same code under ``torch.compile`` (the quantization fused, ``_int_mm`` extern);
+* ``compiled int32 dot``: ``(xq.int() * Wq.int()).sum(-1)``, exact integer accumulation;
+* ``compiled fp32 x int8 (w8a8)``: ``(Wq.float() * round(x / s)).sum(-1) * s * scales``, the w8a8 numbers
+  with fp32 accumulation (exact while partial sums stay under 2**24);
+* ``compiled fp32 x int8 (w8a16)``: ``(Wq.float() * x).sum(-1) * scales``, no activation rounding;
+* ``_weight_int8pack_mm bf16``: the w8a16 eager kernel.
+
+    flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/gemv_bandwidth.py --threads 1,2 [--int8]
 """
 
 from __future__ import annotations
@@ -75,19 +87,77 @@ def _forms(ws: list[torch.Tensor]) -> dict[str, Callable[[int, torch.Tensor], to
     return forms
 
 
+def _quantize(ws: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-output-channel symmetric int8 (what ``Int8Linear.from_linear`` stores): (Wq (N, K) int8, scales (N,))."""
+    out = []
+    for w in ws:
+        scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        out.append((torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8), scales))
+    return out
+
+
+def _row_scale(x: torch.Tensor) -> torch.Tensor:
+    return x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0  # (1, 1)
+
+
+def _int8_forms(qs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Callable[[int, torch.Tensor], torch.Tensor]]:
+    def int_mm(wq: torch.Tensor, sc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        s = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
+        return torch._int_mm(torch.round(x / s).to(torch.int8), wq.t()).float().mul_(s).mul_(sc)
+
+    def int32_dot(wq: torch.Tensor, sc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        s = _row_scale(x)
+        xq = torch.round(x / s).to(torch.int32)
+        return ((wq.to(torch.int32) * xq).sum(-1).float() * s.view(1) * sc).view(1, -1)
+
+    def fp32_w8a8(wq: torch.Tensor, sc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        s = _row_scale(x)
+        return ((wq.float() * torch.round(x / s)).sum(-1) * (s.view(1) * sc)).view(1, -1)
+
+    def fp32_w8a16(wq: torch.Tensor, sc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return ((wq.float() * x).sum(-1) * sc).view(1, -1)
+
+    shapes = set(SHAPES)
+    forms: dict[str, Callable[[int, torch.Tensor], torch.Tensor]] = {
+        "_int_mm (w8a8 eager)": lambda i, x: int_mm(*qs[i], x)}
+    for name, fn in (("compiled _int_mm", int_mm), ("compiled int32 dot", int32_dot),
+                     ("compiled fp32 x int8 (w8a8)", fp32_w8a8), ("compiled fp32 x int8 (w8a16)", fp32_w8a16)):
+        comp = {s: torch.compile(fn, dynamic=False) for s in shapes}  # a graph per shape, as in _forms
+        forms[name] = lambda i, x, comp=comp: comp[SHAPES[i]](*qs[i], x)
+    bf16 = [(wq, sc.to(torch.bfloat16)) for wq, sc in qs]
+    forms["_weight_int8pack_mm bf16 (w8a16)"] = (
+        lambda i, x: torch._weight_int8pack_mm(x.to(torch.bfloat16), *bf16[i]).float())
+    return forms
+
+
+def _int8_reference(qs: list[tuple[torch.Tensor, torch.Tensor]], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The exact w8a8 product in float64: integer dot products, then the two scales."""
+    out = []
+    for (wq, sc), x in zip(qs, xs):
+        s = _row_scale(x).double()
+        xq = torch.round(x.double() / s)
+        out.append(((xq @ wq.double().t()) * s * sc.double()).float())
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--int8", action="store_true", help="time int8 weights (w8a8 / w8a16 forms) instead of fp32")
     args = p.parse_args()
     ws = _weights()
-    n_bytes = sum(w.numel() * 4 for w in ws)
     gen = torch.Generator().manual_seed(1)
     xs = [torch.randn(1, k, generator=gen) for _, k in SHAPES]
-    print(f"load average {os.getloadavg()[0]:.2f}; {len(ws)} matrices, {n_bytes / 1e6:.0f} MB of fp32 weights")
-    ref = _sweep(lambda i, x: F.linear(x, ws[i]), xs)
-    forms = _forms(ws)
-    print("| threads | form | GB/s | of copy bandwidth | ms per sweep | max abs diff vs F.linear |")
+    if args.int8:
+        qs = _quantize(ws)
+        n_bytes, ref, forms, what = sum(w.numel() for w in ws), _int8_reference(qs, xs), _int8_forms(qs), "int8"
+    else:
+        n_bytes, ref, forms, what = sum(w.numel() * 4 for w in ws), _sweep(lambda i, x: F.linear(x, ws[i]), xs), \
+            _forms(ws), "fp32"
+    print(f"load average {os.getloadavg()[0]:.2f}; {len(ws)} matrices, {n_bytes / 1e6:.0f} MB of {what} weights")
+    print(f"| threads | form | GB/s | of copy bandwidth | ms per sweep | max abs diff vs "
+          f"{'the exact w8a8 product' if args.int8 else 'F.linear'} |")
     print("|---|---|---|---|---|---|")
     torch._dynamo.config.recompile_limit = 64  # a graph per shape and thread count
     for threads in (int(t) for t in args.threads.split(",")):

@@ -74,3 +74,78 @@ def test_compiled_w8a16_row_is_the_dequantized_product_in_fp32() -> None:
     got = torch.compile(q, fullgraph=True, dynamic=False)(x)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert (q(x) - want).abs().max() > 1e-5  # eager: bf16 activations, not this path
+
+
+def test_compiled_w8a8_row_sums_the_integer_products_exactly() -> None:
+    """One row of a w8a8 layer in a compiled graph: the fused reduction over the int8 codes times the int8-rounded
+    activations (held as floats) equals the integer dot product, then the two scales; the worst case (every
+    product 127^2 over 3072 inputs, a sum past 2^24) stays within fp32 round-off of it."""
+    from hwlm.model.quantized import Int8Linear, quantize_rows
+
+    torch.manual_seed(0)
+    K = 3072  # gpt2-124m's widest input (mlp c_proj)
+    q = Int8Linear.from_linear(torch.nn.Linear(K, 40, bias=False), "w8a8")
+    row = torch.compile(q, fullgraph=True, dynamic=False)
+    x = torch.randn(1, K)
+    xq, s = quantize_rows(x)
+    exact = (xq.double() @ q.weight.double().t()) * s.double() * q.scales.double()  # integer sums, then scales
+    got = row(x)
+    torch.testing.assert_close(got.double(), exact, rtol=2e-7, atol=0)
+    eager = q(x)  # torch._int_mm: the same codes, int32 sums
+    torch.testing.assert_close(got, eager, rtol=2e-7, atol=1e-7)
+    # Scales of one and codes of 127 everywhere: the output is the integer sum itself, 3072 * 127^2 > 2^24.
+    q.weight.fill_(127)
+    q.scales.fill_(1.0)
+    worst = float(row(torch.full((1, K), 127.0))[0, 0])
+    assert worst > 2 ** 24 and abs(worst - K * 127 * 127) <= K * 127 * 127 * 2 ** -24
+
+
+@pytest.mark.slow
+def test_compiled_w8a8_step_equals_eager_and_calls_no_int_mm() -> None:
+    from torch._inductor.utils import run_and_get_code
+
+    from hwlm.compress import quantize_model
+
+    torch.manual_seed(0)
+    model = quantize_model(Transformer(ModelConfig.from_name("debug", n_embd=64)).eval(), "w8a8")
+    prompt = [3, 14, 15, 9, 26]
+    compiled = StaticDecoder(model, batch_size=1, max_len=model.cfg.block_size, compile=True)
+    eager = StaticDecoder(model, batch_size=1, max_len=model.cfg.block_size)  # the module path: torch._int_mm
+    compiled.prefill(torch.tensor([prompt]))
+    eager.prefill(torch.tensor([prompt]))
+    token, pos = torch.tensor([7]), torch.tensor([len(prompt)])
+    got, code = run_and_get_code(compiled.step, token, pos)
+    assert "_int_mm" not in "\n".join(code)  # every w8a8 row, the output layer too, is a fused reduction
+    want = eager.step(token, pos)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    assert int(got.argmax()) == int(want.argmax())
+    torch.testing.assert_close(compiled.cache.kv[1], eager.cache.kv[1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_step_writes_each_rows_key_and_value_in_place() -> None:
+    """Rows at different positions in one compiled step: each row's key/value lands at its own position of the
+    caller's cache, written in place (no copy of a layer's keys or values), with the eager step's logits."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("debug", n_embd=64)).eval()
+    decs = [StaticDecoder(model, batch_size=2, max_len=model.cfg.block_size, compile=c) for c in (True, False)]
+    for dec in decs:
+        dec.prefill_row(0, [3, 14, 15, 9, 26])
+        dec.prefill_row(1, [5, 8])
+    buffers = [buf.data_ptr() for buf in decs[0].cache.kv]
+    tokens, pos = torch.tensor([7, 11]), torch.tensor([5, 2])
+    for i in range(3):
+        if i == 0:  # this model's first compiled step: its code
+            got, code = run_and_get_code(decs[0].step, tokens, pos)
+            _, B, K, L, D = decs[0].cache.kv[0].shape
+            assert f"empty_strided_cpu(({B}, {K}, {L}, {D})" not in "\n".join(code)
+        else:
+            got = decs[0].step(tokens, pos)
+        torch.testing.assert_close(got, decs[1].step(tokens, pos), rtol=0, atol=1e-5)
+        tokens, pos = got.argmax(-1), pos + 1
+    assert [buf.data_ptr() for buf in decs[0].cache.kv] == buffers
+    for a, b in zip(decs[0].cache.kv, decs[1].cache.kv):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert decs[0].cache.kv[0][:, 1, :, 2:5].abs().sum() > 0  # row 1's new positions were written

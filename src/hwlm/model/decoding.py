@@ -66,8 +66,8 @@ def _reduces(layer: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether ``layer(x)`` is one row of a float CPU Linear inside a compiled graph (see the module docstring)."""
     w = getattr(layer, "weight", None)
     return (type(layer) is torch.nn.Linear and torch.compiler.is_compiling() and x.numel() == x.size(-1)
-            and w.device.type == "cpu" and w.dtype == torch.float32 and w.layout == torch.strided
-            and x.dtype == torch.float32)
+            and type(w) in (torch.nn.Parameter, torch.Tensor) and w.device.type == "cpu"
+            and w.dtype == torch.float32 and w.layout == torch.strided and x.dtype == torch.float32)
 
 
 def row_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -121,9 +121,10 @@ def static_step(model: Transformer, kv: list[torch.Tensor], idx: torch.Tensor, p
         q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]  # (B, H|K, 1, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # Row b's key/value go to its own position: index_put with (rows, pos), (B, K, D) each.
-        buf[0, rows, :, pos] = k[:, :, 0]
-        buf[1, rows, :, pos] = v[:, :, 0]
+        # Row b's key and value go to its own position: one index_put of (B, 2, K, D) into the whole buffer.
+        # Written into buf[0] and buf[1] apart (views of the input), inductor copied both caches and copied
+        # them back every layer (five passes over the layer's cache per token); this write is done in place.
+        buf[:, rows, :, pos] = torch.stack((k[:, :, 0], v[:, :, 0]), dim=1)
         y = F.scaled_dot_product_attention(q, buf[0], buf[1], attn_mask=mask, enable_gqa=K != H)  # (B, H, 1, D)
         x = x + row_linear(attn.c_proj, y.view(B, 1, H * D))
         x = x + _mlp(block.mlp, block.ln_2(x))

@@ -7,8 +7,12 @@ can rebuild a compressed run from its ``compression`` config section. In the sty
 the integer tensor, so a state dict keeps hwlm's key names and loads strictly from safetensors.
 
 * :class:`Int8Linear`, ``w8a8``: per-output-channel symmetric int8 weights; activations quantized
-  per token (row) at run time, symmetric int8; ``torch._int_mm`` (int8 x int8 -> int32, VNNI/AMX on
-  x86, IMMA on CUDA) then one rescale by ``row scale x channel scale``.
+  per token (row) at run time, symmetric int8 (:func:`quantize_rows`); ``torch._int_mm`` (int8 x int8
+  -> int32, VNNI/AMX on x86, IMMA on CUDA) then one rescale by ``row scale x channel scale``. One row
+  on a CPU inside a compiled graph is instead ``(W.float() * codes).sum(-1) * s * scales``, the same
+  integer products summed in fp32 (exact below 2^24, see ``Int8Linear._row``): inductor fuses it into
+  one reduction over both cores, where ``_int_mm`` at one row stays an extern call on one weight at a
+  time (benchmarks/gemv_bandwidth.py --int8, benchmarks/compress_speed.py, docs/benchmarks.md).
 * :class:`Int8Linear`, ``w8a16``: the same weights, activations in bf16,
   ``torch._weight_int8pack_mm`` (dequantizes inside the kernel). On CPU that kernel is fast in
   bf16 only (measured 53 us against 904 us in fp32 for 2304 x 768): activations are cast to bf16.
@@ -38,7 +42,7 @@ from torch import nn
 
 from hwlm.errors import CheckpointError, ConfigError, HardwareError
 
-__all__ = ["Int8Linear", "Int4Linear", "quantize_linear", "linear_targets", "apply_compression", "after_load",
+__all__ = ["Int8Linear", "Int4Linear", "quantize_rows", "quantize_linear", "linear_targets", "apply_compression", "after_load",
            "dequantize", "is_quantized", "module_decode_step", "int4_kernel", "QUANT_MODES", "INT4_GROUPS"]
 
 QUANT_MODES = ("w8a8", "w8a16", "w4a16")
@@ -73,37 +77,59 @@ class Int8Linear(nn.Module):
         return self.weight.float() * self.scales[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape, K = x.shape, self.in_features
-        x2 = x.reshape(-1, K)
-        if self.mode == "w8a8" and (x.device.type == "cpu" or x2.size(0) > 16):
-            # Per-token scale; |x / s| <= 127 by construction, so no clamp is needed. Few ops on purpose:
-            # at batch 1 each costs microseconds of dispatch against tens of microseconds of matmul.
-            s = torch.linalg.vector_norm(x2.float(), float("inf"), dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
-            xq = torch.round(x2 / s).to(torch.int8)  # (M, K)
-            y = torch._int_mm(xq, self.weight.t()).float().mul_(s)  # (M, N) int32 -> fp32, row scale
+        shape, cpu = x.shape, x.device.type == "cpu"
+        x2 = x.reshape(-1, self.in_features)  # (M, K)
+        if cpu and x2.size(0) == 1 and torch.compiler.is_compiling():
+            y = self._row(x2)  # the compiled batch-1 decode step
+        elif self.mode == "w8a8" and (cpu or x2.size(0) > 16):
+            xq, s = quantize_rows(x2)
+            y = torch._int_mm(xq.to(torch.int8), self.weight.t()).float().mul_(s)  # (M, N) int32 -> fp32, row scale
             y = y.mul_(self.scales) if self.bias is None else torch.addcmul(self.bias, y, self.scales)
-            return y.to(x.dtype).view(*shape[:-1], self.out_features)
-        # w8a16, and w8a8 on CUDA below _int_mm's 17-row minimum (weight-only is what small batches want).
-        if x.device.type == "cpu" and x2.size(0) == 1 and torch.compiler.is_compiling():
-            y = (self.weight.float() * x2.float()).sum(-1) * self.scales  # (N,): one fused reduction
-            y = y if self.bias is None else y + self.bias
-            return y.to(x.dtype).view(*shape[:-1], self.out_features)
-        if x.device.type == "cpu":
-            if self._bf16 is None or self._bf16[0].device != x.device:
-                self._bf16 = (self.scales.to(torch.bfloat16),
-                              None if self.bias is None else self.bias.to(torch.bfloat16))
-            y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self._bf16[0])
-            if self.bias is not None:
-                y = y.add_(self._bf16[1])
-            return y.to(x.dtype).view(*shape[:-1], self.out_features)
-        act = x2.to(torch.bfloat16) if x2.dtype == torch.float32 else x2
-        y = F.linear(act, self.weight.to(act.dtype)) * self.scales.to(act.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(act.dtype)
+        elif cpu:
+            y = self._int8pack(x2)
+        else:  # w8a16, and w8a8 on CUDA below _int_mm's 17-row minimum (weight-only is what small batches want)
+            act = x2.to(torch.bfloat16) if x2.dtype == torch.float32 else x2
+            y = F.linear(act, self.weight.to(act.dtype)) * self.scales.to(act.dtype)
+            y = y if self.bias is None else y + self.bias.to(act.dtype)
         return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def _row(self, x2: torch.Tensor) -> torch.Tensor:
+        """One row (1, K) -> (N,) as one fused reduction over the int8 weight (see the module docstring).
+
+        w8a8 multiplies the int8 codes by the int8-rounded activations held as floats: every product is
+        an exact integer (|q_w q_x| <= 127^2) and so is every partial sum below 2^24, which inductor's
+        16-lane accumulation stays under unless most of a row's 3072 products are near the maximum;
+        past it a sum rounds by at most one part in 2^24, the size of the fp32 rescale that follows."""
+        w = self.weight.float()
+        if self.mode == "w8a16":
+            y = (w * x2.float()).sum(-1) * self.scales  # (N,)
+        else:
+            xq, s = quantize_rows(x2)
+            y = (w * xq).sum(-1) * (s.view(1) * self.scales)
+        return y if self.bias is None else y + self.bias
+
+    def _int8pack(self, x2: torch.Tensor) -> torch.Tensor:
+        """``torch._weight_int8pack_mm`` in bf16 (the CPU w8a16 kernel is fast in bf16 only)."""
+        if self._bf16 is None or self._bf16[0].device != x2.device:
+            self._bf16 = (self.scales.to(torch.bfloat16), None if self.bias is None else self.bias.to(torch.bfloat16))
+        y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self._bf16[0])
+        return y if self.bias is None else y.add_(self._bf16[1])
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, mode={self.mode}, bias={self.bias is not None}"
+
+
+def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w8a8's dynamic activation quantization: (codes (M, K) as rounded floats in [-127, 127], scale (M, 1)).
+
+    Symmetric per row (token): ``x ~ codes * s`` with ``s = max|x| / 127``. The codes are ``round(x * (127 /
+    max|x|))``, a multiply rather than a divide by ``s``: inside the compiled one-row reduction the rounding
+    is recomputed for every weight element, where a vector divide costs several multiplies. Eager and
+    compiled code call this one function, so both round to the same codes; ``|x| * 127 / max|x| <= 127``,
+    so no clamp is needed. Few ops on purpose: at batch 1 each costs microseconds of dispatch.
+    """
+    amax = torch.linalg.vector_norm(x2.float(), float("inf"), dim=1, keepdim=True).clamp_(min=1e-12)  # (M, 1)
+    return torch.round(x2 * (127.0 / amax)), amax / 127.0
 
 
 def int4_kernel(device: torch.device | str) -> str | None:

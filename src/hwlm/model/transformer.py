@@ -176,9 +176,11 @@ def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     With one row, gemm (``F.linear``) was measured 1.2-1.6x slower than gemv (``addmv``) on one
     core (gpt2-124m's q/k/v: 474 vs 301 us): decoding is bound by reading the weights, and gemv
     streams them at memory speed. Every other shape, training included, is ``layer(x)`` unchanged,
-    and so is autocast, which casts for ``linear`` but not for ``addmv``.
+    and so is autocast, which casts for ``linear`` but not for ``addmv``, and so is a weight held in a
+    tensor subclass (torchao's quantized weights implement ``linear``, not ``mv``).
     """
-    if x.numel() != x.size(-1) or x.dtype != layer.weight.dtype or torch.is_autocast_enabled(x.device.type):
+    if (x.numel() != x.size(-1) or x.dtype != layer.weight.dtype or torch.is_autocast_enabled(x.device.type)
+            or type(layer.weight) not in (nn.Parameter, torch.Tensor)):
         return layer(x)
     row = x.reshape(-1)
     y = torch.mv(layer.weight, row) if layer.bias is None else torch.addmv(layer.bias, layer.weight, row)
