@@ -122,3 +122,71 @@ def test_no_network_figure_keeps_a_job_on_one_node() -> None:
     r = recommend("llama-3.1-8b", tokens=1e10, kind="cpu")
     assert r.options and all(o.devices <= 2 for o in r.options)
     assert r.dropped.get("no network figure across nodes", 0) > 0
+
+
+def _fresh(ctx):
+    """A copy of a search context with an empty memo (``replace`` does not copy it)."""
+    from dataclasses import replace
+    return replace(ctx)
+
+
+def _exhaustive_choose(ctx, fixed):
+    """The layout search with no bound and no memo: every candidate's memory counted, every fitting one timed
+    with its terms recorded (the rules of training._choose: the first fitting ZeRO stage per key, partial
+    recompute fitted per stage, a layout wins only when it is more than 3% faster)."""
+    from dataclasses import replace
+
+    from hwlm.plan import training as tr
+    from hwlm.plan.explain import Terms
+    best, seen = None, set()
+    cands = tr._candidates(ctx, fixed)
+    for lay in cands:
+        key = (lay.tp, lay.pp, lay.virtual_stages, lay.recompute,
+               lay.zero_stage if lay.recompute == "partial" else -1, lay.ep)
+        if key in seen:
+            continue
+        if lay.recompute == "partial":
+            lay = tr._fit_partial(ctx, lay)
+            if lay is None or lay.recompute_fraction(ctx.model.spec.n_layers) == 0:
+                continue
+        if not tr._memory_of(ctx, lay).fits:
+            continue
+        seen.add(key)
+        time = tr._timing(ctx, lay, Terms())["time"]
+        if best is None or time < best[0] * 0.97:
+            best = (time, lay)
+    if best is not None:
+        return best[1], True
+    full = [replace(c, recompute="full") if c.recompute == "partial" else c for c in cands]
+    return min(full, key=lambda c: tr._memory_of(ctx, c).total), False
+
+
+@pytest.mark.parametrize("model, tokens, hw, n, extra", [
+    ("llama-3.1-8b", 1e10, "h100-sxm", 128, {}),
+    ("llama-3.1-8b", 1e10, "tpu-v6e", 256, {}),
+    ("llama-3.1-8b", 1e10, "trn1", 128, {}),
+    ("llama-2-70b", 2e12, "a100-80gb", 512, {}),
+    ("llama-3.1-405b", 15e12, "h100-sxm", 2048, {"global_batch": 4096}),
+    ("mixtral-8x7b", 1e12, "mi300x", 64, {}),
+    ("qwen3-30b-a3b", 1e11, "gaudi3", 32, {}),
+    ("deepseek-v3", 1e12, "h100-sxm", 1024, {"precision": "fp8"}),
+    ("gpt2-124m", 1e10, "rtx-4090", 1, {}),
+    ("llama-3.1-70b", 1e12, "h100-sxm", 4, {}),  # fits nowhere: the smallest layout
+    ("llama-3.1-8b", 1e10, "h100-sxm", 64, {"recompute": "full", "schedule": "interleaved"}),
+])
+def test_the_pruned_layout_search_picks_what_the_exhaustive_one_does(model, tokens, hw, n, extra, monkeypatch) -> None:
+    """training._choose skips layouts whose lower bound cannot beat the best and remembers memory, compute and
+    communication per layout; the exhaustive search (no bound, no memo) must choose the very same layout."""
+    from hwlm.plan import TrainingJob
+    from hwlm.plan import training as tr
+    from hwlm.plan.explain import Terms
+
+    seen, choose = {}, tr._choose
+    monkeypatch.setattr(tr, "_choose", lambda ctx, fixed: seen.setdefault("args", (ctx, fixed)) and choose(ctx, fixed))
+    est = tr.estimate_training(TrainingJob(model=model, tokens=tokens, hardware=hw, devices=n, find_smallest=False,
+                                           **extra))
+    ctx, fixed = seen["args"]
+    lay, fits = _exhaustive_choose(_fresh(ctx), fixed)
+    assert choose(_fresh(ctx), fixed) == (lay, fits) and fits == est.fits
+    for c in tr._candidates(ctx, fixed)[:300]:  # the bound never exceeds the time it bounds
+        assert tr._time_lower_bound(_fresh(ctx), c) <= tr._timing(ctx, c, Terms())["time"]

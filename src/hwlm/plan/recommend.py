@@ -208,14 +208,9 @@ def _serve_options(m: Model, work: dict[str, Any], devs: list[Device], precision
 
 
 def _pareto(options: list[Option]) -> list[Option]:
-    def vec(o: Option) -> tuple[float, float, float]:
-        return (o.time_s, o.key("cost"), o.key("energy"))
-
-    front = []
-    for o in options:
-        v = vec(o)
-        if not any(all(a <= b for a, b in zip(vec(p), v)) and vec(p) != v for p in options):
-            front.append(o)
+    vecs = [(o.time_s, o.key("cost"), o.key("energy")) for o in options]
+    front = [o for o, v in zip(options, vecs)
+             if not any(p[0] <= v[0] and p[1] <= v[1] and p[2] <= v[2] and p != v for p in vecs)]
     return sorted(front, key=lambda o: o.time_s)
 
 

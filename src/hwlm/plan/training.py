@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 
 from hwlm.errors import PlanError
 from hwlm.formulas import ADAM_MIXED, train_flops_per_token
@@ -143,6 +143,9 @@ class _Ctx:
     user_stack: bool = False    # the user named the framework (else it is the assumed default)
     padding: str | None = None  # Neuron head padding applied to the model (a note), None if none
     capacity_factor: float = 1.0  # MoE token dropping: experts compute this x their share of the tokens
+    # Answers the layout search asks for again (_memory by layout, _time_lower_bound's compute part by shape).
+    # Not copied by ``replace`` (init=False: each context starts with a fresh one).
+    memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 # Passes over the logits per step (write, max, exp-sum, scale to the gradient, read by the two
@@ -239,43 +242,23 @@ _QUIET = _Quiet()
 def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
     """Wall-time parts for one layout (whole run). Records terms when ``t`` is given."""
     t = t if t is not None else _QUIET
-    spec, dev, pri, n = ctx.model.spec, ctx.dev, ctx.pri, ctx.devices
-    peak = dev.peak_flops(ctx.precision)
+    spec, pri = ctx.model.spec, ctx.pri
     f_tok = _flops_per_token(spec, ctx.seq_len)
     flops = t.add("flops", f"tokens {ctx.tokens:.4g} x train FLOPs/token {f_tok:.4g} (3 x forward incl. attention)",
                   ctx.tokens * f_tok, "FLOP", "hwlm.formulas (PaLM appendix B convention)")
-    frac = lay.recompute_fraction(spec.n_layers)
-    rc = 1.0 + frac / 3.0  # recomputed layers run their forward twice: 4/3 of fwd+bwd
-    if ctx.train_eff is not None:
-        compute = t.add("compute_time", f"flops x {rc:.3g} / ({n} x peak {peak:.4g} x calibrated eff {ctx.train_eff})",
-                        flops * rc / (n * peak * ctx.train_eff), "s", ctx.eff_source)
-    else:
-        fill, fill_text = shape_efficiency(dev, spec, lay.micro_batch * ctx.seq_len, ctx.seq_len, lay.tp)
-        if fill < 1.0:
-            t.add("mxu_fill", fill_text, fill, "", MXU_SOURCE)
-        pad = _capacity_padding_flops(ctx, t)
-        mm = t.add("matmul_time", f"(flops{' + capacity padding' if pad else ''}) x {rc:.3g} / ({n} devices x peak "
-                   f"{peak:.4g} x matmul_eff {pri.matmul_eff:.3g}" + (f" x MXU fill {fill:.3f})" if fill < 1.0 else ")"),
-                   (flops + pad) * rc / (n * peak * pri.matmul_eff * fill), "s", ctx.eff_source)
-        eb = _elem_bytes(ctx)
-        bw, bw_text = _act_bw(ctx)
-        ew_bytes = 3 * spec.n_layers * pri.act_traffic * 34 * spec.d_model * eb
-        ew = t.add("elementwise_time",
-                   f"tokens x 3 x {spec.n_layers} layers x {pri.act_traffic:.3g} x 34 x h {spec.d_model} x {eb:g} B"
-                   f" x {rc:.3g} / ({n} x {bw_text})", ctx.tokens * ew_bytes * rc / (n * bw), "s",
-                   f"{KORTHIKANTI} (34 sbh activation bytes); {ctx.eff_source}"
-                   + ("; " + CPU_NOTE if dev.kind == "cpu" else ""))
-        small = _small_model_time(ctx, lay, t, mm + ew)
-        compute = t.add("compute_time", "matmul_time + elementwise_time + small-model terms", mm + ew + small, "s")
+    compute = _searched(ctx, t, ("compute", lay.dp, lay.tp, lay.pp, lay.micro_batch, lay.recompute_fraction(spec.n_layers)),
+                        lambda: _compute(ctx, lay, t, flops))
     steps = t.add("steps", f"tokens / (global batch {ctx.batch_tokens:.4g} tokens)", ctx.tokens / ctx.batch_tokens, "")
-    comm = _comm(ctx, lay, t, compute / steps)
+    comm = _searched(ctx, t, ("comm", lay.dp, lay.tp, lay.pp, lay.virtual_stages, lay.ep,
+                              lay.recompute_fraction(spec.n_layers)), lambda: _model_comm(ctx, lay, t))
+    dp_step = _dp_comm(ctx, lay, t, compute / steps)
     m = ctx.batch_tokens / ctx.seq_len / (lay.dp * lay.micro_batch)
     busy = compute + comm["tp"] + comm["pp"]
     v = lay.virtual_stages
     bubble = t.add("bubble_time", f"(pp-1)/(v m) = ({lay.pp}-1)/({v} x {m:.4g}) x (compute + tp + pp comm)",
                    (lay.pp - 1) / (v * m) * busy, "s", f"1F1B (interleaved: v chunks) pipeline bubble, {NARAYANAN}.2")
-    dp_exposed = t.add("dp_comm_exposed_time", f"steps {steps:.4g} x exposed per step {comm['dp_step']:.4g}",
-                       steps * comm["dp_step"], "s")
+    dp_exposed = t.add("dp_comm_exposed_time", f"steps {steps:.4g} x exposed per step {dp_step:.4g}",
+                       steps * dp_step, "s")
     step_total = busy + bubble + dp_exposed
     total = t.add("time", f"(compute + comm + bubble {step_total:.4g}) / (1 - overhead {pri.train_overhead:.3g})",
                   step_total / (1.0 - pri.train_overhead), "s", pri.source)
@@ -283,13 +266,53 @@ def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
             "bubble": bubble, "overhead": total - step_total, "time": total}
 
 
-def _comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> dict[str, float]:
-    """Tensor-, pipeline- and data-parallel communication (whole run for tp/pp, per step for dp)."""
+def _searched(ctx: _Ctx, t: Terms, key: tuple[Any, ...], part: Any) -> Any:
+    """``part()``, kept in the context's memo under ``key`` while the layout search runs (terms not kept):
+    the compute and model-parallel communication terms depend on a few of a layout's fields only, which
+    many layouts (each ZeRO stage, each expert-parallel width) share."""
+    if t is not _QUIET:
+        return part()
+    value = ctx.memo.get(key)
+    if value is None:
+        value = ctx.memo[key] = part()
+    return value
+
+
+def _compute(ctx: _Ctx, lay: Layout, t: Terms, flops: float) -> float:
+    """The compute term of the whole run: matrix products, element-wise traffic and the small-model terms,
+    or the calibrated compute. Reads the layout's dp, tp, pp, micro-batch and recompute share only."""
+    spec, dev, pri, n = ctx.model.spec, ctx.dev, ctx.pri, ctx.devices
+    peak = dev.peak_flops(ctx.precision)
+    rc = 1.0 + lay.recompute_fraction(spec.n_layers) / 3.0  # recomputed layers run their forward twice
+    if ctx.train_eff is not None:
+        return t.add("compute_time", f"flops x {rc:.3g} / ({n} x peak {peak:.4g} x calibrated eff {ctx.train_eff})",
+                     flops * rc / (n * peak * ctx.train_eff), "s", ctx.eff_source)
+    fill, fill_text = shape_efficiency(dev, spec, lay.micro_batch * ctx.seq_len, ctx.seq_len, lay.tp)
+    if fill < 1.0:
+        t.add("mxu_fill", fill_text, fill, "", MXU_SOURCE)
+    pad = _capacity_padding_flops(ctx, t)
+    mm = t.add("matmul_time", f"(flops{' + capacity padding' if pad else ''}) x {rc:.3g} / ({n} devices x peak "
+               f"{peak:.4g} x matmul_eff {pri.matmul_eff:.3g}" + (f" x MXU fill {fill:.3f})" if fill < 1.0 else ")"),
+               (flops + pad) * rc / (n * peak * pri.matmul_eff * fill), "s", ctx.eff_source)
+    eb = _elem_bytes(ctx)
+    bw, bw_text = _act_bw(ctx)
+    ew_bytes = 3 * spec.n_layers * pri.act_traffic * 34 * spec.d_model * eb
+    ew = t.add("elementwise_time",
+               f"tokens x 3 x {spec.n_layers} layers x {pri.act_traffic:.3g} x 34 x h {spec.d_model} x {eb:g} B"
+               f" x {rc:.3g} / ({n} x {bw_text})", ctx.tokens * ew_bytes * rc / (n * bw), "s",
+               f"{KORTHIKANTI} (34 sbh activation bytes); {ctx.eff_source}"
+               + ("; " + CPU_NOTE if dev.kind == "cpu" else ""))
+    small = _small_model_time(ctx, lay, t, mm + ew)
+    return t.add("compute_time", "matmul_time + elementwise_time + small-model terms", mm + ew + small, "s")
+
+
+def _model_comm(ctx: _Ctx, lay: Layout, t: Terms) -> dict[str, float]:
+    """Tensor- (with expert-) and pipeline-parallel communication of the whole run."""
     spec, dev, eff = ctx.model.spec, ctx.dev, ctx.pri.comm_eff
     up = dev.scale_up_devices
     act = spec.d_model * 2.0  # bytes of one token's hidden state in 16 bits
     tok_dev = ctx.tokens / lay.dp
-    out = {"tp": 0.0, "pp": 0.0, "dp_step": 0.0}
+    out = {"tp": 0.0, "pp": 0.0}
     if lay.tp > 1:
         bw, what, _ = group_bandwidth(dev, lay.tp)
         n_coll = 4 + 2 * lay.recompute_fraction(spec.n_layers)
@@ -312,29 +335,34 @@ def _comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> dict[str, fl
                           f"{NARAYANAN}.1 (point-to-point between stages; scatter/gather, section 4.1)")
     if lay.ep > 1:
         out["tp"] += _all_to_all(ctx, lay, t, tok_dev)
-    if lay.dp > 1:
-        bw, what, _ = group_bandwidth(dev, ctx.devices)
-        # A node holding g ranks of the data-parallel group sends its share of a ring collective
-        # through all g of their NICs at once (NCCL runs one ring per NIC; hierarchical all-reduce,
-        # Jia et al. 2018, arXiv:1807.11205), so each rank's network share is g links wide.
-        g = min(lay.dp, max(1, dev.devices_per_node // min(lay.tp * lay.pp, dev.devices_per_node)))
-        if what == "inter-node network" and g > 1:
-            bw, what = min(dev.intra_node_bw or math.inf, g * bw), f"{g} NICs per node, inter-node network"
-        routed = routed_expert_params(ctx.model)
-        vol = 2.0 * (ctx.model.params.total - routed) / (lay.tp * lay.pp)
-        vol_e = 2.0 * routed / (lay.tp * lay.pp * lay.ep)
-        edp = lay.dp // lay.ep  # experts' gradients are reduced over the ranks holding the same experts
-        k = 3.0 if lay.zero_stage >= 3 else 2.0
-        t_dp = t.add("dp_comm_per_step", f"{k:g}(dp-1)/dp x grads {vol:.4g} B"
-                     + (f" + {k:g}(dp/ep-1)/(dp/ep) x expert grads {vol_e:.4g} B" if routed else "")
-                     + f" / ({what} {bw:.4g} x {eff})",
-                     k * ((lay.dp - 1) / lay.dp * vol + (edp - 1) / edp * vol_e) / (bw * eff), "s",
-                     "ring all-reduce / reduce-scatter + all-gather (ZeRO-3: + all-gather), arXiv:1910.02054")
-        window = compute_step if lay.zero_stage >= 3 else compute_step * 2.0 / 3.0
-        out["dp_step"] = t.add("dp_comm_exposed_per_step", f"max(0, {t_dp:.4g} - overlap window {window:.4g})",
-                               max(0.0, t_dp - window), "s",
-                               "assumed: DP traffic overlaps the backward pass (ZeRO-3/FSDP: the whole step)")
     return out
+
+
+def _dp_comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> float:
+    """Data-parallel gradient traffic left exposed per step (what the backward pass does not hide)."""
+    dev, eff = ctx.dev, ctx.pri.comm_eff
+    if lay.dp == 1:
+        return 0.0
+    bw, what, _ = group_bandwidth(dev, ctx.devices)
+    # A node holding g ranks of the data-parallel group sends its share of a ring collective
+    # through all g of their NICs at once (NCCL runs one ring per NIC; hierarchical all-reduce,
+    # Jia et al. 2018, arXiv:1807.11205), so each rank's network share is g links wide.
+    g = min(lay.dp, max(1, dev.devices_per_node // min(lay.tp * lay.pp, dev.devices_per_node)))
+    if what == "inter-node network" and g > 1:
+        bw, what = min(dev.intra_node_bw or math.inf, g * bw), f"{g} NICs per node, inter-node network"
+    routed = routed_expert_params(ctx.model)
+    vol = 2.0 * (ctx.model.params.total - routed) / (lay.tp * lay.pp)
+    vol_e = 2.0 * routed / (lay.tp * lay.pp * lay.ep)
+    edp = lay.dp // lay.ep  # experts' gradients are reduced over the ranks holding the same experts
+    k = 3.0 if lay.zero_stage >= 3 else 2.0
+    t_dp = t.add("dp_comm_per_step", f"{k:g}(dp-1)/dp x grads {vol:.4g} B"
+                 + (f" + {k:g}(dp/ep-1)/(dp/ep) x expert grads {vol_e:.4g} B" if routed else "")
+                 + f" / ({what} {bw:.4g} x {eff})",
+                 k * ((lay.dp - 1) / lay.dp * vol + (edp - 1) / edp * vol_e) / (bw * eff), "s",
+                 "ring all-reduce / reduce-scatter + all-gather (ZeRO-3: + all-gather), arXiv:1910.02054")
+    window = compute_step if lay.zero_stage >= 3 else compute_step * 2.0 / 3.0
+    return t.add("dp_comm_exposed_per_step", f"max(0, {t_dp:.4g} - overlap window {window:.4g})",
+                 max(0.0, t_dp - window), "s", "assumed: DP traffic overlaps the backward pass (ZeRO-3/FSDP: the whole step)")
 
 
 def _all_to_all(ctx: _Ctx, lay: Layout, t: Terms, tok_dev: float) -> float:
@@ -371,8 +399,10 @@ def _virtual_stage_choices(fixed: dict[str, Any], pp: int, n_layers: int) -> lis
     return [1, 2, 4]
 
 
-def _candidates(ctx: _Ctx, fixed: dict[str, Any]) -> list[Layout]:
-    """Layouts to try, simplest first: dp with ZeRO/FSDP, then tp inside the node, then pp."""
+def _candidate_fields(ctx: _Ctx, fixed: dict[str, Any]) -> Iterator[tuple[int, int, int, int, Any, int, int, int]]:
+    """(dp, tp, pp, zero_stage, recompute, micro_batch, virtual_stages, ep) of the layouts to try, simplest
+    first: dp with ZeRO/FSDP, then tp inside the node, then pp. Fields, not Layouts: the search skips most
+    of them before it needs one."""
     spec, n = ctx.model.spec, ctx.devices
     tps = [fixed["tp"]] if fixed.get("tp") else [
         x for x in _pow2_upto(min(n, ctx.dev.scale_up_devices, spec.n_heads)) if spec.n_heads % x == 0]
@@ -383,20 +413,25 @@ def _candidates(ctx: _Ctx, fixed: dict[str, Any]) -> list[Layout]:
     rcs = [fixed["recompute"]] if fixed.get("recompute") else ["selective", "partial"]
     mb = fixed.get("micro_batch") or 1
     seqs = ctx.batch_tokens / ctx.seq_len
-    out = []
     for pp in pps:
         vss = _virtual_stage_choices(fixed, pp, spec.n_layers)
         for tp in tps:
             # Pipeline only once tensor parallelism fills its domain (Narayanan et al. 2021, takeaway 1).
             if n % (tp * pp) or (n // (tp * pp)) * mb > seqs or pp > 1 and tp != tps[-1] and not fixed.get("pp"):
                 continue
+            dp = n // (tp * pp)
+            eps_dp = [e for e in eps if dp % e == 0]
             for vs in (v for v in vss if pp * v <= spec.n_layers):
                 for rc in rcs:
                     for z in zeros:
-                        for ep in (e for e in eps if (n // (tp * pp)) % e == 0):
-                            out.append(Layout(dp=n // (tp * pp), tp=tp, pp=pp, zero_stage=z, recompute=rc,
-                                              micro_batch=mb, virtual_stages=vs, ep=ep))
-    return out
+                        for ep in eps_dp:
+                            yield dp, tp, pp, z, rc, mb, vs, ep
+
+
+def _candidates(ctx: _Ctx, fixed: dict[str, Any]) -> list[Layout]:
+    """The layouts of :func:`_candidate_fields`, in its order."""
+    return [Layout(dp=dp, tp=tp, pp=pp, zero_stage=z, recompute=rc, micro_batch=mb, virtual_stages=vs, ep=ep)
+            for dp, tp, pp, z, rc, mb, vs, ep in _candidate_fields(ctx, fixed)]
 
 
 def routed_expert_params(m: Model) -> float:
@@ -414,6 +449,18 @@ def _activation_count(ctx: _Ctx) -> str:
 
 
 def _memory(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
+    # training_memory reads a layout's degrees, ZeRO stage, micro-batch and fully recomputed layers only
+    # (not the pipeline schedule, nor how the recompute mode is named): the memo's key.
+    L = ctx.model.spec.n_layers
+    k = round(lay.recompute_fraction(L) * L) if lay.recompute in ("full", "partial") else 0
+    key = ("memory", lay.dp, lay.tp, lay.pp, lay.zero_stage, lay.micro_batch, lay.ep, k)
+    mem = ctx.memo.get(key)
+    if mem is None:
+        mem = ctx.memo[key] = _memory_of(ctx, lay)
+    return mem
+
+
+def _memory_of(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
     # The routed experts are sharded over ep ranks of the data-parallel group as well (their ZeRO
     # sharding then spans the dp/ep "expert data parallel" ranks); the rest of the model as before.
     routed = routed_expert_params(ctx.model)
@@ -457,33 +504,50 @@ def _fit_partial(ctx: _Ctx, lay: Layout) -> Layout | None:
 
 
 def _time_lower_bound(ctx: _Ctx, lay: Layout) -> float:
-    """A bound :func:`_timing`'s time never goes under: the matrix products alone (or the calibrated
-    compute), with the long-run overhead. Lets the layout search skip layouts that cannot win."""
-    spec, dev = ctx.model.spec, ctx.dev
-    rc = 1.0 + lay.recompute_fraction(spec.n_layers) / 3.0
+    """A bound :func:`_timing`'s time never goes under, so the layout search can skip layouts that cannot
+    win: the time without its data-parallel traffic (>= 0), that is (compute + tp and pp communication) x
+    (1 + the pipeline bubble's (pp-1)/(v m)) with the long-run overhead, less 1e-9 for rounding. A layout
+    with recompute="partial" and no layers chosen yet is bounded as if none were recomputed (each
+    recomputed layer only adds time: compute = max(device time, host time), all terms grow with it)."""
+    spec = ctx.model.spec
+    frac = lay.recompute_fraction(spec.n_layers)
     flops = ctx.tokens * _flops_per_token(spec, ctx.seq_len)
-    peak = dev.peak_flops(ctx.precision)
-    if ctx.train_eff is not None:
-        compute = flops * rc / (ctx.devices * peak * ctx.train_eff)
-    else:
-        fill, _ = shape_efficiency(dev, spec, lay.micro_batch * ctx.seq_len, ctx.seq_len, lay.tp)
-        compute = (flops + _capacity_padding_flops(ctx, _QUIET)) * rc / (ctx.devices * peak * ctx.pri.matmul_eff * fill)
-    return compute / (1.0 - ctx.pri.train_overhead)
+    compute = _searched(ctx, _QUIET, ("compute", lay.dp, lay.tp, lay.pp, lay.micro_batch, frac),
+                        lambda: _compute(ctx, lay, _QUIET, flops))
+    comm = _searched(ctx, _QUIET, ("comm", lay.dp, lay.tp, lay.pp, lay.virtual_stages, lay.ep, frac),
+                     lambda: _model_comm(ctx, lay, _QUIET))
+    m = ctx.batch_tokens / ctx.seq_len / (lay.dp * lay.micro_batch)
+    busy = compute + comm["tp"] + comm["pp"]
+    return busy * (1.0 + (lay.pp - 1) / (lay.virtual_stages * m)) / (1.0 - ctx.pri.train_overhead) * (1.0 - 1e-9)
 
 
 def _choose(ctx: _Ctx, fixed: dict[str, Any]) -> tuple[Layout, bool]:
     """The fastest fitting layout (a simpler one wins unless the other is >3% faster); else the smallest."""
     best: tuple[float, Layout] | None = None
     seen: set[tuple[int, int, int, str, int, int]] = set()
-    cands = _candidates(ctx, fixed)
-    for lay in cands:
+    bounds: dict[tuple[Any, ...], float] = {}
+    tried = False
+    for dp, tp, pp, z, rc, mb, vs, ep in _candidate_fields(ctx, fixed):
+        tried = True
         # More ZeRO sharding only adds traffic, so for a fixed recompute mode the first stage that
         # fits is the one; under partial recompute it also cuts the recomputed layers, so try each.
-        key = (lay.tp, lay.pp, lay.virtual_stages, lay.recompute,
-               lay.zero_stage if lay.recompute == "partial" else -1, lay.ep)
+        key = (tp, pp, vs, rc, z if rc == "partial" else -1, ep)
         if key in seen:
             continue
-        if lay.recompute == "partial" and lay.recompute_layers == 0:
+        # A layout that cannot beat the best even at its bound is skipped before its memory is counted. The
+        # bound reads neither the ZeRO stage nor (before partial recompute is fitted: as if no layer were
+        # recomputed) the recompute mode, so one of the same key further on has it too; the best only
+        # improves, so that one is skipped as well, as ``seen`` would have skipped it.
+        if best is not None:
+            group = (dp, tp, pp, vs, ep, mb, rc == "full")
+            bound = bounds.get(group)
+            if bound is None:
+                bound = bounds[group] = _time_lower_bound(ctx, Layout(
+                    dp=dp, tp=tp, pp=pp, zero_stage=z, recompute=rc, micro_batch=mb, virtual_stages=vs, ep=ep))
+            if bound >= best[0] * 0.97:
+                continue
+        lay = Layout(dp=dp, tp=tp, pp=pp, zero_stage=z, recompute=rc, micro_batch=mb, virtual_stages=vs, ep=ep)
+        if rc == "partial":
             fitted = _fit_partial(ctx, lay)
             if fitted is None or fitted.recompute_fraction(ctx.model.spec.n_layers) == 0:
                 continue  # selective already covers k = 0
@@ -492,16 +556,16 @@ def _choose(ctx: _Ctx, fixed: dict[str, Any]) -> tuple[Layout, bool]:
             continue
         seen.add(key)
         if best is not None and _time_lower_bound(ctx, lay) >= best[0] * 0.97:
-            continue  # even its matrix products alone could not beat the best: the choice is unchanged
+            continue  # even its bound could not beat the best: the choice is unchanged
         time = _timing(ctx, lay)["time"]
         if best is None or time < best[0] * 0.97:
             best = (time, lay)
     if best is not None:
         return best[1], True
-    if not cands:
+    if not tried:
         raise PlanError(f"no layout of {ctx.devices} devices fits the given tp/pp and a global batch of "
                         f"{ctx.batch_tokens / ctx.seq_len:.0f} sequences; raise --global-batch or set --tp/--pp")
-    full = [replace(c, recompute="full") if c.recompute == "partial" else c for c in cands]
+    full = [replace(c, recompute="full") if c.recompute == "partial" else c for c in _candidates(ctx, fixed)]
     return min(full, key=lambda c: _memory(ctx, c).total), False
 
 
