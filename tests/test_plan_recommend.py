@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hwlm.errors import PlanError
-from hwlm.plan import get_model, recommend
+from hwlm.plan import get_device, get_model, recommend
 
 
 def test_training_recommendation_ranks_and_filters() -> None:
@@ -190,3 +190,45 @@ def test_the_pruned_layout_search_picks_what_the_exhaustive_one_does(model, toke
     assert choose(_fresh(ctx), fixed) == (lay, fits) and fits == est.fits
     for c in tr._candidates(ctx, fixed)[:300]:  # the bound never exceeds the time it bounds
         assert tr._time_lower_bound(_fresh(ctx), c) <= tr._timing(ctx, c, Terms())["time"]
+
+
+def test_serving_a_moe_model_no_node_holds_spans_nodes_with_expert_parallelism() -> None:
+    """DeepSeek-V3 in fp8 (671 GB) does not fit 8 x 80 GB: the H100 fleet is replicas of 2+ nodes with the
+    experts spread over all their devices, the all-to-alls priced on the catalog's inter-node network."""
+    from hwlm.plan import ServingJob, estimate_serving
+
+    work = {"rate": 20.0, "prompt_len": 512, "gen_len": 256}
+    r = recommend("deepseek-v3", serving=work, precision="fp8", hardware=["h100-sxm", "h200"], objective="cost",
+                  top=10)
+    h100 = [o for o in r.options if o.hardware == "h100-sxm"]
+    assert h100, r.dropped
+    o = h100[0]
+    per_replica = o.detail["tp"] * o.detail["ep"]
+    assert per_replica >= 16 and o.detail["nodes_per_replica"] >= 2 and o.devices == o.detail["replicas"] * per_replica
+    assert "inter-node network 50 GB/s" in o.layout and f"ep={o.detail['ep']}" in o.layout
+    # the same fleet as plan serve gives for that replica
+    e = estimate_serving(ServingJob(model="deepseek-v3", hardware="h100-sxm", devices=per_replica,
+                                    ep=o.detail["ep"], precision="fp8", requests=300, **work))
+    assert e.replicas == o.detail["replicas"]
+    assert o.cost_usd == pytest.approx(o.devices * get_device("h100-sxm").price_per_hour)
+    # the H200 node holds it: one node per replica, as before
+    h200 = [o for o in r.options if o.hardware == "h200"]
+    assert h200 and all("ep" not in o.detail and o.layout.endswith("(vllm)") for o in h200)
+
+
+def test_serving_a_dense_model_stays_inside_a_node() -> None:
+    """A dense model that fits one node gets the tensor-parallel fleets of before (the same as plan serve's);
+    one that needs more than a node is dropped as not modelled, not as 'does not fit'."""
+    from hwlm.plan import ServingJob, estimate_serving
+
+    work = {"rate": 10.0, "prompt_len": 512, "gen_len": 256}
+    r = recommend("llama-3.1-70b", serving=work, hardware=["h100-sxm", "a100-80gb"], objective="cost", top=10)
+    assert {o.hardware for o in r.options} == {"h100-sxm", "a100-80gb"}
+    for o in r.options:
+        assert "ep" not in o.detail and o.layout == f"{o.detail['replicas']} x tp={o.detail['tp']} (vllm)"
+        e = estimate_serving(ServingJob(model="llama-3.1-70b", hardware=o.hardware, devices=o.detail["tp"],
+                                        requests=300, **work))
+        assert o.devices == e.replicas * o.detail["tp"]
+    big = recommend("llama-3.1-405b", serving=work, hardware=["h100-sxm", "h200"], objective="cost")
+    assert [o.hardware for o in big.options] == ["h200"]  # 8 x 141 GB holds 811 GB of bf16 weights
+    assert big.dropped["needs more than one node: not modelled (dense models: tensor parallel inside a node)"] == 1

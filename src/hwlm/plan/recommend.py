@@ -1,7 +1,9 @@
 """Hardware recommendation: sweep catalog devices x device counts x layouts, filter, rank, Pareto front.
 
 Training sweeps 1, 2, 4, ... devices (and whole nodes beyond one node); serving sweeps tensor
-parallel degrees inside one node. Options that do not fit, miss the deadline or exceed the
+parallel degrees inside one node and, for a mixture-of-experts model no node holds, replicas of 2, 4, 8, ...
+nodes with expert parallelism over all their devices (a dense model that needs more than a node is dropped
+as not modelled: ``plan serve`` has no pipeline parallelism across nodes). Options that do not fit, miss the deadline or exceed the
 budget are dropped (and counted); the rest are ranked by the objective, and the options no
 other option beats on all of time, cost and energy form the Pareto front.
 
@@ -167,44 +169,108 @@ def _infer_options(m: Model, work: dict[str, int], devs: list[Device], precision
 def _serve_options(m: Model, work: dict[str, Any], devs: list[Device], precision: str,
                    dropped: dict[str, int]) -> list[Option]:
     """A fleet per device: for each tensor-parallel size inside a node, the replicas that carry the rate
-    within the SLOs (``plan serve``'s simulation); the cheapest fleet per device is kept. Time is one
-    request's p90 latency; cost and energy are per hour of the fleet."""
-    from hwlm.plan.jobs import ServingJob
-    from hwlm.plan.serving import estimate_serving
-
+    within the SLOs (``plan serve``'s simulation); where no node holds the model, replicas over several
+    nodes (:func:`_multi_node`); the cheapest fleet per device is kept. Time is one request's p90 latency;
+    cost and energy are per hour of the fleet."""
     out = []
     for dev in devs:
         if dev.kind not in ("gpu", "tpu", "accelerator") or precision not in (*dev.flops, "w8a16", "w4a16"):
-            dropped["not a serving accelerator or no " + precision] = \
-                dropped.get("not a serving accelerator or no " + precision, 0) + 1
+            _count(dropped, "not a serving accelerator or no " + precision)
             continue
         best: Option | None = None
+        tried: dict[str, int] = {}  # this device's reasons, merged into ``dropped`` below
+        why = None
         for tp in (1, 2, 4, 8):
             if tp > dev.devices_per_node:
                 break
-            try:
-                e = estimate_serving(ServingJob(model=m, hardware=dev, devices=tp, rate=work["rate"],
-                                                prompt_len=work["prompt_len"], gen_len=work["gen_len"],
-                                                precision=precision, slo_ttft=work.get("slo_ttft"),
-                                                slo_itl=work.get("slo_itl"), requests=300))
-            except HwlmError as exc:
-                why = ("SLO below one request's latency" if "alone takes" in str(exc) else
-                       "rate beyond any fleet" if "needs more than" in str(exc) else
-                       "does not fit" if "does not fit" in str(exc) else "unsupported")
-                dropped[why] = dropped.get(why, 0) + 1
-                continue
-            n = e.replicas * tp
-            price, power = dev.price_per_hour, (None if dev.tdp_w is None else dev.tdp_w)
-            o = Option(dev.id, n, f"{e.replicas} x tp={tp} ({e.engine})",
-                       e.ttft_p90_s + (work["gen_len"] - 1) * e.itl_p90_s,
-                       None if price is None else n * price, None if power is None else n * power / 1000,
-                       {"family": family(dev), "replicas": e.replicas, "tp": tp, "ttft_p90_s": e.ttft_p90_s,
-                        "itl_p90_s": e.itl_p90_s, "output_tokens_per_s": e.output_tokens_per_s})
-            if best is None or (o.key("cost"), o.devices) < (best.key("cost"), best.devices):
+            o, why = _fleet(m, work, dev, precision, tp, 1)
+            if o is None:
+                _count(tried, why)
+            elif best is None or (o.key("cost"), o.devices) < (best.key("cost"), best.devices):
                 best = o
+        if best is None and why == "does not fit":  # not even the largest tp inside a node holds it
+            if m.is_moe:
+                best = _multi_node(m, work, dev, precision, tried)
+            else:
+                tried.pop("does not fit")
+                _count(tried, "needs more than one node: not modelled (dense models: tensor parallel inside a node)")
+        for k, v in tried.items():
+            _count(dropped, k, v)
         if best is not None:
             out.append(best)
     return out
+
+
+def _count(counts: dict[str, int], why: str, n: int = 1) -> None:
+    counts[why] = counts.get(why, 0) + n
+
+
+def _fleet(m: Model, work: dict[str, Any], dev: Device, precision: str, tp: int, ep: int) -> tuple[Option | None, str]:
+    """The fleet of ``tp x ep``-device replicas that carries the rate (``plan serve --devices tp*ep --ep ep``),
+    or None and why not."""
+    from hwlm.plan.jobs import ServingJob
+    from hwlm.plan.serving import estimate_serving
+
+    size = tp * ep
+    try:
+        e = estimate_serving(ServingJob(model=m, hardware=dev, devices=size, ep=ep if ep > 1 else None,
+                                        rate=work["rate"], prompt_len=work["prompt_len"], gen_len=work["gen_len"],
+                                        precision=precision, slo_ttft=work.get("slo_ttft"),
+                                        slo_itl=work.get("slo_itl"), requests=300))
+    except HwlmError as exc:
+        return None, ("SLO below one request's latency" if "alone takes" in str(exc) else
+                      "rate beyond any fleet" if "needs more than" in str(exc) else
+                      "does not fit" if "does not fit" in str(exc) else "unsupported")
+    n = e.replicas * size
+    if ep == 1:
+        layout = f"{e.replicas} x tp={tp} ({e.engine})"
+    else:
+        over = (f"{size // dev.devices_per_node} nodes, inter-node network {dev.inter_node_bw / 1e9:g} GB/s per device"
+                if size > dev.scale_up_devices else f"{size // dev.devices_per_node} hosts of one scale-up domain")
+        layout = f"{e.replicas} x ep={ep} tp={tp} over {over}, attention data-parallel ({e.engine})"
+    price, power = dev.price_per_hour, dev.tdp_w
+    return Option(dev.id, n, layout, e.ttft_p90_s + (work["gen_len"] - 1) * e.itl_p90_s,
+                  None if price is None else n * price, None if power is None else n * power / 1000,
+                  {"family": family(dev), "replicas": e.replicas, "tp": tp, "ttft_p90_s": e.ttft_p90_s,
+                   "itl_p90_s": e.itl_p90_s, "output_tokens_per_s": e.output_tokens_per_s,
+                   **({"ep": ep, "nodes_per_replica": size // dev.devices_per_node} if ep > 1 else {})}), ""
+
+
+# The largest replica tried across nodes: DeepSeek-V3's decoding deployment runs 320 GPUs in one expert-parallel
+# group (arXiv:2412.19437, section 3.4.2: EP320 with data-parallel attention, 40 nodes).
+MAX_REPLICA_DEVICES = 512
+
+
+def _multi_node(m: Model, work: dict[str, Any], dev: Device, precision: str,
+                tried: dict[str, int]) -> Option | None:
+    """Replicas over more than one node for a mixture-of-experts model no node holds: the routed experts spread
+    over ep = the replica's devices, attention data-parallel over them (tp=1; vLLM ``--data-parallel-size N
+    --enable-expert-parallel``, SGLang ``--enable-dp-attention``; DeepSeek-V3's deployment, arXiv:2412.19437,
+    section 3.4). ep > one scale-up domain, so ``plan serve`` prices the all-to-alls on the catalog's inter-node
+    network. Tries 2, 4, 8, ... nodes: the first that fits, then doubles while the fleet gets cheaper."""
+    if dev.inter_node_bw is None and 2 * dev.devices_per_node > dev.scale_up_devices:
+        _count(tried, "no network figure across nodes")
+        return None
+    best: Option | None = None
+    size = 2 * dev.devices_per_node
+    if m.spec.n_experts % size:
+        _count(tried, "experts do not divide over whole nodes")
+        return None
+    while size <= min(m.spec.n_experts, MAX_REPLICA_DEVICES) and m.spec.n_experts % size == 0:
+        if size > dev.scale_up_devices and dev.inter_node_bw is None:
+            break
+        o, why = _fleet(m, work, dev, precision, 1, size)
+        if o is None and why != "does not fit":
+            _count(tried, why)
+            break
+        if o is not None:
+            if best is not None and o.key("cost") >= best.key("cost"):
+                break  # a larger replica no longer lowers the fleet's cost
+            best = o
+        size *= 2
+    if best is None:
+        _count(tried, "does not fit across nodes either")
+    return best
 
 
 def _pareto(options: list[Option]) -> list[Option]:
