@@ -169,7 +169,8 @@ def _register_choosers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--model", required=True, help="preset name or config.json path")
     r.add_argument("--tokens", type=_num, help="training tokens (omit for serving)")
     r.add_argument("--serve-tokens", type=_num, help="output tokens to serve (serving; default 1M)")
-    r.add_argument("--rate", type=_num, help="requests per second to carry (serving under load: the fleet per device)")
+    r.add_argument("--rate", type=_num, help="requests per second to carry (serving under load: the fleet per device; "
+                   "replicas over several nodes with expert parallelism for an MoE model no node holds)")
     r.add_argument("--slo-ttft", type=_dur, help="p90 time-to-first-token objective, seconds (with --rate)")
     r.add_argument("--slo-itl", type=_dur, help="p90 inter-token-latency objective, seconds (with --rate)")
     r.add_argument("--batch", type=_int, help="serving batch (serving)")
