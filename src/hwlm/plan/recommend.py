@@ -183,6 +183,12 @@ def _serve_options(m: Model, work: dict[str, Any], devs: list[Device], precision
         for tp in (1, 2, 4, 8):
             if tp > dev.devices_per_node:
                 break
+            # One replica of tp devices is the least a fleet of them costs (and holds): one that cannot beat the
+            # cheapest fleet found, by (cost, devices), is not simulated.
+            floor = float("inf") if dev.price_per_hour is None else tp * dev.price_per_hour
+            if best is not None and (floor, tp) >= (best.key("cost"), best.devices):
+                _count(tried, "not simulated: one replica costs as much as a cheaper fleet")
+                continue
             o, why = _fleet(m, work, dev, precision, tp, 1)
             if o is None:
                 _count(tried, why)
