@@ -3,9 +3,9 @@
 Training sweeps 1, 2, 4, ... devices (and whole nodes beyond one node); serving sweeps tensor
 parallel degrees inside one node and, for a mixture-of-experts model no node holds, replicas of 2, 4, 8, ...
 nodes with expert parallelism over all their devices (a dense model that needs more than a node is dropped
-as not modelled: ``plan serve`` has no pipeline parallelism across nodes). Options that do not fit, miss the deadline or exceed the
-budget are dropped (and counted); the rest are ranked by the objective, and the options no
-other option beats on all of time, cost and energy form the Pareto front.
+as not modelled: ``plan serve`` has no pipeline parallelism across nodes). Options that do not fit, miss the
+deadline or exceed the budget are dropped (and counted); the rest are ranked by the objective, and the
+options no other option beats on all of time, cost and energy form the Pareto front.
 
 A training run's global batch is the compute-optimal one of DeepSeek-AI 2024 (arXiv:2401.02954,
 section 3.1, eq. 1: B_opt = 0.292 x C^0.3271 tokens for a budget of C = 6 N D FLOPs; 1.7M tokens for

@@ -143,8 +143,8 @@ class _Ctx:
     user_stack: bool = False    # the user named the framework (else it is the assumed default)
     padding: str | None = None  # Neuron head padding applied to the model (a note), None if none
     capacity_factor: float = 1.0  # MoE token dropping: experts compute this x their share of the tokens
-    # Answers the layout search asks for again (_memory by layout, _time_lower_bound's compute part by shape).
-    # Not copied by ``replace`` (init=False: each context starts with a fresh one).
+    # Answers the layout search asks for again: _memory by layout, the compute and model-parallel communication
+    # terms by the fields they read (_searched). Not copied by ``replace`` (init=False: each context starts empty).
     memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
@@ -246,11 +246,12 @@ def _timing(ctx: _Ctx, lay: Layout, t: Terms | None = None) -> dict[str, float]:
     f_tok = _flops_per_token(spec, ctx.seq_len)
     flops = t.add("flops", f"tokens {ctx.tokens:.4g} x train FLOPs/token {f_tok:.4g} (3 x forward incl. attention)",
                   ctx.tokens * f_tok, "FLOP", "hwlm.formulas (PaLM appendix B convention)")
-    compute = _searched(ctx, t, ("compute", lay.dp, lay.tp, lay.pp, lay.micro_batch, lay.recompute_fraction(spec.n_layers)),
+    frac = lay.recompute_fraction(spec.n_layers)
+    compute = _searched(ctx, t, ("compute", lay.dp, lay.tp, lay.pp, lay.micro_batch, frac),
                         lambda: _compute(ctx, lay, t, flops))
     steps = t.add("steps", f"tokens / (global batch {ctx.batch_tokens:.4g} tokens)", ctx.tokens / ctx.batch_tokens, "")
-    comm = _searched(ctx, t, ("comm", lay.dp, lay.tp, lay.pp, lay.virtual_stages, lay.ep,
-                              lay.recompute_fraction(spec.n_layers)), lambda: _model_comm(ctx, lay, t))
+    comm = _searched(ctx, t, ("comm", lay.dp, lay.tp, lay.pp, lay.virtual_stages, lay.ep, frac),
+                     lambda: _model_comm(ctx, lay, t))
     dp_step = _dp_comm(ctx, lay, t, compute / steps)
     m = ctx.batch_tokens / ctx.seq_len / (lay.dp * lay.micro_batch)
     busy = compute + comm["tp"] + comm["pp"]
@@ -362,7 +363,8 @@ def _dp_comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> float:
                  "ring all-reduce / reduce-scatter + all-gather (ZeRO-3: + all-gather), arXiv:1910.02054")
     window = compute_step if lay.zero_stage >= 3 else compute_step * 2.0 / 3.0
     return t.add("dp_comm_exposed_per_step", f"max(0, {t_dp:.4g} - overlap window {window:.4g})",
-                 max(0.0, t_dp - window), "s", "assumed: DP traffic overlaps the backward pass (ZeRO-3/FSDP: the whole step)")
+                 max(0.0, t_dp - window), "s",
+                 "assumed: DP traffic overlaps the backward pass (ZeRO-3/FSDP: the whole step)")
 
 
 def _all_to_all(ctx: _Ctx, lay: Layout, t: Terms, tok_dev: float) -> float:
