@@ -197,12 +197,14 @@ def one_set(name: str, budgets: dict[str, float]) -> dict[str, Any]:
     runs = []
     if "ft" in budgets["models"]:
         runs.append(("hwlm Transformer `tiny`, pretrained here then fine-tuned", "ft", fine,
-                     TaskConfig(task="classify", init_from=lm, max_len=128, pooling="last")))
+                     TaskConfig(task="classify", init_from=lm, max_len=128, pooling="last",
+                                length_pool=budgets["length_pool"])))
     if "wd" in budgets["models"]:  # the bag as the bag-of-words row's (sparse, beta2 0.999), at its own peak rate
         runs.append(("hwlm wide & deep (the pretrained `tiny` + the bag of words, trained together)", "wd",
                      fine | {"betas": (0.9, 0.999)},
                      TaskConfig(task="classify", classifier="wide-deep", init_from=lm, max_len=128, pooling="last",
-                                embed=32, buckets=1 << 18, dropout=0.0, wide_lr=budgets["wide_lr"])))
+                                embed=32, buckets=1 << 18, dropout=0.0, wide_lr=budgets["wide_lr"],
+                                length_pool=budgets["length_pool"])))
     for label, folder, cfg_kw, task in runs:
         row = hwlm_model(label, data, WORK / name / folder, cfg_kw, task)
         row["pretrain_seconds"], row["seconds_total"] = pre_s, pre_s + row["seconds"]
@@ -251,7 +253,9 @@ def main() -> None:
     p.add_argument("--lstm", type=float, default=45.0, help="LSTM training seconds")
     p.add_argument("--pretrain", type=float, default=90.0, help="language-model pretraining seconds")
     p.add_argument("--finetune", type=float, default=60.0, help="classifier fine-tuning seconds")
-    p.add_argument("--wide-lr", type=float, default=1e-2, help="wide & deep: the bag of words' peak learning rate")
+    p.add_argument("--wide-lr", type=float, default=3e-2, help="wide & deep: the bag of words' peak learning rate")
+    p.add_argument("--length-pool", type=int, default=50,
+                   help="fine-tunes: each batch from a pool of N batches of similar lengths (0: random batches)")
     p.add_argument("--models", default="bow,lstm,ft,wd",
                    help="hwlm models to run beside TF-IDF: bow, lstm, ft (fine-tuned Transformer), wd (wide & deep)")
     p.add_argument("--write-docs", action="store_true")
@@ -264,7 +268,7 @@ def main() -> None:
         return plan_check(a.threads, a.plan_steps, a.write_docs)
     torch.set_num_threads(a.threads)
     budgets = {"bow_epochs": a.bow_epochs, "lstm": a.lstm, "pretrain": a.pretrain, "finetune": a.finetune,
-               "wide_lr": a.wide_lr, "models": a.models.split(","), "threads": a.threads,
+               "wide_lr": a.wide_lr, "length_pool": a.length_pool, "models": a.models.split(","), "threads": a.threads,
                "small_threads": a.small_threads or a.threads}
     record: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                           "cpus": os.cpu_count(), "threads": a.threads,

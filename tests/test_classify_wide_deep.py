@@ -130,3 +130,22 @@ def test_bad_wide_deep_input(cls_data: Path, tmp_path: Path, capsys: pytest.Capt
     msg = _one_line_error(capsys, main(["export", "--run", str(tmp_path / "z"), "--format", "hf", "--out",
                                         str(tmp_path / "hf")]))
     assert "wide-deep classifier" in msg
+
+
+def test_length_pools_batch_texts_of_similar_length_and_cover_each_epoch() -> None:
+    from hwlm.train.classify import Examples
+
+    lengths = [(i * 37) % 101 for i in range(1000)]
+    plain, pooled = Examples(1000, 10, 0), Examples(1000, 10, 0, lengths, pool=20)
+    spread = {}
+    for name, loader in (("plain", plain), ("pooled", pooled)):
+        batches = [loader.next_indices() for _ in range(100)]  # one epoch
+        assert sorted(i for b in batches for i in b) == list(range(1000)), name  # every example once
+        spread[name] = sum(max(lengths[i] for i in b) * 10 - sum(lengths[i] for i in b) for b in batches)
+    assert spread["pooled"] < spread["plain"] / 5  # padding of the pooled batches is a fraction of the random ones'
+    again = Examples(1000, 10, 0, lengths, pool=20)
+    again.load_state_dict({"epoch": 1, "pos": 30})
+    pooled.load_state_dict({"epoch": 1, "pos": 30})
+    assert again.next_indices() == pooled.next_indices()  # a function of (seed, epoch): resume is exact
+    with pytest.raises(ConfigError, match="length_pool"):
+        TaskConfig(task="classify", length_pool=-1)

@@ -111,14 +111,33 @@ def collate(rows: list[Any], pad_id: int, features: bool) -> tuple[torch.Tensor,
 
 
 class Examples:
-    """Batches of B example indices from a permutation seeded by ``(seed, epoch)``; its position is its state."""
+    """Batches of B example indices from a permutation seeded by ``(seed, epoch)``; its position is its state.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    With ``lengths`` and ``pool`` > 0 each epoch's order is bucketed (as torchtext's BucketIterator and fairseq
+    batch): the permutation is cut into pools of ``pool`` batches, each pool sorted by length and cut into
+    batches, and the batches shuffled; a batch then pads to a length near its own rows' (the benchmark's
+    reviews padded 2-3x their real tokens in random batches). Still a function of ``(seed, epoch)``, so resume
+    stays exact."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, lengths: list[int] | None = None, pool: int = 0) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.lengths = np.asarray(lengths) if lengths is not None and pool > 0 else None
+        self.pool = pool
         self.epoch, self.pos = 0, 0
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its order), computed once an epoch
 
     def _perm(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        if self._order is not None and self._order[0] == self.epoch:
+            return self._order[1]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n)
+        if self.lengths is not None:
+            size = self.batch_size * self.pool
+            pools = [p[np.argsort(self.lengths[p], kind="stable")] for p in np.split(order, range(size, self.n, size))]
+            batches = [b for p in pools for b in np.split(p, range(self.batch_size, len(p), self.batch_size))]
+            order = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+        self._order = (self.epoch, order)
+        return order
 
     def next_indices(self) -> list[int]:
         out: list[int] = []
@@ -243,7 +262,7 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
                   "runtime": {"device": device, "params": sum(p.numel() for p in model.parameters())}}
     run = _Run(cfg=cfg, task=task, spec=spec, manifest=manifest, model=model, optimizer=optimizer, device=device,
                train_x=train_x, train_y=torch.tensor(train_y), val_x=val_x, val_y=val_y,
-               loader=Examples(len(train_x), cfg.batch_size, cfg.seed),
+               loader=Examples(len(train_x), cfg.batch_size, cfg.seed, [len(r) for r in train_x], task.length_pool),
                weight=_class_weights(task, manifest["class_counts"]["train"], manifest["labels"]),
                total_steps=_horizon(cfg, task, len(train_x)), run_config=run_config, flops_per_token=flops, peak=peak,
                key=key)

@@ -52,6 +52,8 @@ class TaskConfig:
     dropout: float = option(0.1, "dropout of the LSTM, bag-of-words and MLP classifiers (wide-deep: of its bag)")
     ngrams: int = option(2, "bag of words: 1 (tokens, and words in new runs) or 2 (also hashed token and word bigrams)")
     buckets: int = option(1 << 16, "bag of words: hash buckets for bigrams")
+    length_pool: int = option(0, "0: batches drawn at random; N: each batch from a pool of N batches' texts of "
+                                 "similar length (less padding for the Transformer and LSTM)")
     wide_from: Path | None = option(None, "wide-deep: start its bag of words from this bag-of-words run (a warm "
                                           "start, as Cheng et al. 2016 do); that run's embed, buckets and ngrams")
     wide_lr: float = option(0.0, "wide-deep: the bag of words' peak learning rate (0: --lr); it follows the same "
@@ -65,6 +67,8 @@ class TaskConfig:
             if self.task == "classify" and self.classifier != "wide-deep":
                 raise ConfigError(f"--wide-from starts the bag of words of --classifier wide-deep, not "
                                   f"{self.classifier}; drop it")
+        if self.length_pool < 0:
+            raise ConfigError(f"task config 'length_pool' is {self.length_pool}; use 0 (off) or N >= 1 batches")
         for name in ("seeds", "max_len", "embed", "hidden", "layers", "buckets"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"task config '{name}' is {getattr(self, name)}; it must be at least 1")
