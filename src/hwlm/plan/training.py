@@ -470,7 +470,7 @@ def _memory_of(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
     mem = training_memory(ctx.model.spec, ctx.model.params.total - routed, lay, ctx.seq_len, ctx.dev.memory_bytes,
                           ctx.precision, ctx.dev.kind, count)
     if routed:
-        ex = training_memory(ctx.model.spec, routed, replace(lay, dp=lay.dp // lay.ep, tp=lay.tp * lay.ep),
+        ex = training_memory(ctx.model.spec, routed, _relayout(lay, dp=lay.dp // lay.ep, tp=lay.tp * lay.ep),
                              ctx.seq_len, ctx.dev.memory_bytes, ctx.precision, ctx.dev.kind, count)
         mem = replace(mem, weights=mem.weights + ex.weights, gradients=mem.gradients + ex.gradients,
                       optimizer=mem.optimizer + ex.optimizer)
