@@ -16,6 +16,9 @@ over hwlm at 1 client (its own sequential throughput).
 cache) and ``auto`` (the precision hwlm serve picks by timing both at start-up; the row's ``chosen``
 says which); ``--onnx`` adds ``hwlm serve --backend onnx`` on the same weights, exported once, and
 ``hwlm-hybrid``: ``--backend auto --dtype auto --onnx`` (torch batches, onnxruntime for a lone row).
+``--servers`` picks the servers instead (an A/B, or one configuration against the peer), with one more:
+``hwlm-hybrid-spin``, the hybrid with onnxruntime's threads spin-waiting between calls too (its default;
+``HWLM_ONNX_SPIN=always``), against the hybrid's threads that sleep once a call returns.
 The models have 2 training steps: speed does not depend on what the weights say, and both servers
 decode the same greedy tokens. The machine's load average is printed before and after: on a shared
 machine the client, the server and other work compete for the same cores.
@@ -161,6 +164,8 @@ def load(url: str, model: str, concurrency: int, requests: int, tokens: int) -> 
 def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Path, levels: list[int],
                requests: int, tokens: int, seq_requests: int) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if kind.endswith("-spin"):
+        env["HWLM_ONNX_SPIN"] = "always"
     if kind.startswith("hwlm"):
         variant = kind.split("-")[1] if "-" in kind else "fp32"
         how = (["--backend", "onnx", "--onnx", str(export_onnx_once(run))] if variant == "onnx" else
@@ -229,6 +234,8 @@ def main() -> int:
     ap.add_argument("--hwlm-dtypes", default="fp32,bf16,auto",
                     help="precisions of hwlm serve (fp32 is like for like; auto: hwlm picks by timing)")
     ap.add_argument("--onnx", action="store_true", help="add hwlm serve --backend onnx and --backend auto --onnx")
+    ap.add_argument("--servers", default="", help="these servers instead, in this order: hwlm (torch fp32), hwlm-bf16, "
+                    "hwlm-auto, hwlm-onnx, hwlm-hybrid, hwlm-hybrid-spin, transformers")
     ap.add_argument("--root", type=Path, default=ROOT / "runs" / "serve-bench")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "serve_speed.json")
     a = ap.parse_args()
@@ -245,7 +252,8 @@ def main() -> int:
         n = int(tokens.get(name, 48))
         kinds = ["hwlm"] + [f"hwlm-{d}" for d in a.hwlm_dtypes.split(",") if d and d != "fp32"]
         kinds += ["hwlm-onnx", "hwlm-hybrid"] if a.onnx else []
-        for kind in kinds + ([] if a.no_peer else ["transformers"]):
+        kinds += [] if a.no_peer else ["transformers"]
+        for kind in a.servers.split(",") if a.servers else kinds:
             for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n,
                                   a.sequential_requests):
                 row.update(model=name, new_tokens=n)
@@ -262,7 +270,7 @@ def main() -> int:
     for name in a.models.split(","):
         for c in levels:
             t = rows.get((name, "transformers", c))
-            for kind in ("hwlm", "hwlm-bf16", "hwlm-auto", "hwlm-onnx", "hwlm-hybrid"):
+            for kind in dict.fromkeys(r["server"] for r in record["rows"] if r["server"].startswith("hwlm")):
                 h = rows.get((name, kind, c))
                 if h and t:
                     print(f"{name} c={c}: {kind}/transformers {h['tokens_per_s'] / t['tokens_per_s']:.2f}x")

@@ -77,3 +77,18 @@ def test_lone_then_batched_then_lone_keeps_the_greedy_tokens_of_generate(tiny_ru
     first_torch, last_torch = paths.index("torch"), len(paths) - 1 - paths[::-1].index("torch")
     assert paths[0] == "onnx" and set(paths[1:first_torch]) == {"kept"}
     assert paths[last_torch + 1] == "onnx" and set(paths[last_torch + 2:]) == {"kept"}, paths
+
+
+def test_spin_modes_give_the_same_logits_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    import numpy as np
+
+    from hwlm.errors import ConfigError
+
+    torch.manual_seed(0)
+    out = export_onnx(Transformer(ModelConfig.from_name("debug", vocab_size=300)).eval(), tmp_path / "x")
+    ids = np.array([[5, 9, 17]])
+    runs = [OnnxModel.load(out, spin=mode).run(ids, OnnxModel.load(out).empty_past(1))[0] for mode in
+            ("always", "run", "never")]
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
+    with pytest.raises(ConfigError, match="unknown onnxruntime spin mode 'sometimes'; choose always, run, never"):
+        OnnxModel.load(out, spin="sometimes")

@@ -51,6 +51,7 @@ __all__ = ["export_onnx", "OnnxModel", "weights_fingerprint", "QUANTIZE", "ONNX_
 
 QUANTIZE = ("int8", "int4")
 ONNX_FILE = "model.onnx"
+SPIN = ("always", "run", "never")  # OnnxModel.load's spin modes
 INT4_BLOCK = 32  # int4 group size: 32 keeps the quantization error of a small model's rows low
 
 
@@ -197,12 +198,13 @@ class OnnxModel:
         self.input_names, self.output_names = _names(self.cfg.n_layer)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, threads: int | None = None, spinning: bool = True) -> OnnxModel:
+    def load(cls, path: str | os.PathLike, threads: int | None = None, spin: str = "always") -> OnnxModel:
         """Open ``path`` (an export folder or a ``.onnx`` file) with ``threads`` intra-op threads (default: torch's).
 
-        ``spinning=False`` makes the intra-op threads sleep as soon as a call ends instead of spin-waiting
-        for the next one (onnxruntime's default): for a process that runs torch between ONNX calls on the
-        same cores (``hwlm serve --backend auto``)."""
+        ``spin`` says when the intra-op threads spin-wait for work instead of sleeping: ``always``
+        (onnxruntime's default: inside a call and for a while after it, ready for the next one), ``run``
+        (inside a call only: they sleep as soon as it returns, for a process that runs torch between ONNX
+        calls on the same cores) or ``never`` (every op wakes them)."""
         _need_onnx()
         import onnxruntime as ort
 
@@ -214,7 +216,11 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
-        if not spinning:
+        if spin not in SPIN:
+            raise ConfigError(f"unknown onnxruntime spin mode {spin!r}; choose {', '.join(SPIN)}")
+        if spin == "run":
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
+        elif spin == "never":
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])

@@ -158,7 +158,10 @@ def _runner(cfg: Any, loaded: Any) -> tuple[Any, Any, str, str]:
     if cfg.onnx is not None:  # checked against the weights as saved, before any cast
         from hwlm.export.onnx import OnnxModel, weights_fingerprint
 
-        onnx_model = OnnxModel.load(cfg.onnx)
+        # A hybrid runs torch between ONNX calls on the same cores: onnxruntime's threads must not spin-wait
+        # through torch's steps (HWLM_ONNX_SPIN=always|run|never overrides, for A/B runs).
+        spin = os.environ.get("HWLM_ONNX_SPIN") or ("always" if cfg.backend == "onnx" else "run")
+        onnx_model = OnnxModel.load(cfg.onnx, spin=spin)
         onnx_model.check_matches(loaded.model_cfg, weights_fingerprint(model), f"run {cfg.run}")
     if cfg.backend == "onnx":
         from hwlm.serve.engine.onnx_runner import OnnxRunner
