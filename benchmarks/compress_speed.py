@@ -6,7 +6,12 @@
    ``w8a16``, int4 ``w4a16`` (group 128), eager and (``--compile``) through the compiled fixed-shape
    decode step. Each row also gives the CPU time per token of this process (``time.process_time``):
    on a machine shared with other jobs wall time swings with their load, CPU time much less.
-   Batched decode (``--batches``) tokens/s for every row.
+   Batched decode (``--batches``) tokens/s for every row. Peers on the same weights (``--peers``, on by
+   default), timed in the same interleaved rounds: torchao's ``Int8DynamicActivationInt8WeightConfig``
+   (per-token int8 activations x per-channel int8 weights, the head included, as hwlm's w8a8) inside hwlm's
+   compiled decode step, under the inductor settings torchao recommends for it; and ``hwlm export --format
+   onnx --quantize int8`` (onnxruntime's dynamic int8 MatMuls) run by onnxruntime with ``--threads``
+   threads. A peer whose package is missing is left out with a note.
 2. **Quality** (``--quality-run RUN``, default: the ``tiny`` preset trained ``--quality-steps`` steps on
    the quickstart corpus, Python's pydoc topics): ``hwlm compress`` with every method on the same run,
    and the trade-off table it prints (perplexity and KL against the original, size, memory, tokens/s at
@@ -30,12 +35,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -63,8 +70,65 @@ def _timed(fn: Callable[[], list[int]]) -> tuple[float, float, list[int]]:
     return time.perf_counter() - w, time.process_time() - c, out
 
 
-def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[int]) -> dict[str, Any]:
-    """Batch-1 decode tokens/s of every form of one random gpt2-124m, and of HF on the same weights."""
+def int8_peers(base: torch.nn.Module, prompt: list[int], new: int, threads: int,
+               tmp: Path) -> tuple[dict[str, Callable[[], list[int]]], dict[str, float], list[str]]:
+    """torchao int8 dynamic (compiled) and onnxruntime int8 on ``base``'s weights: (generate fns, weight MB, notes)."""
+    fns: dict[str, Callable[[], list[int]]] = {}
+    mb: dict[str, float] = {}
+    notes: list[str] = []
+    try:
+        import torchao
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        from torchao.quantization.utils import recommended_inductor_config_setter
+    except ImportError as exc:
+        notes.append(f"torchao peer left out: {exc}")
+    else:
+        from hwlm.model.quantized import use_module_decode
+
+        q = copy.deepcopy(base)
+        quantize_(q, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))  # every Linear, head too
+        use_module_decode(q)  # its Linears are tensor subclasses: decode through the modules
+        # The inductor settings torchao's config sets process-wide by default, applied to this peer only.
+        before = torch._inductor.config.get_config_copy()
+        recommended_inductor_config_setter()
+        after = torch._inductor.config.get_config_copy()
+        ao_settings = {k: v for k, v in after.items() if before[k] != v}
+        for key in ao_settings:  # restored: hwlm's forms compile with the defaults
+            *parents, attr = key.split(".")
+            setattr(functools.reduce(getattr, parents, torch._inductor.config), attr, before[key])
+
+        def ao_fn(m: torch.nn.Module = q) -> list[int]:
+            with torch._inductor.config.patch(ao_settings):
+                return list(generate(m, prompt, new, temperature=0, compile=True))
+
+        name = f"torchao {torchao.__version__} int8 dynamic compiled"
+        fns[name] = ao_fn
+        mb[name] = sum(t.numel() * t.element_size() for v in q.state_dict().values() for t in _inner_tensors(v)) / 1e6
+    try:
+        from hwlm.export.onnx import OnnxModel, export_onnx
+        import onnxruntime
+
+        path = export_onnx(base, tmp / "onnx-int8", quantize="int8")
+        om = OnnxModel.load(path, threads=threads)
+        name = f"onnxruntime {onnxruntime.__version__} int8"
+        fns[name] = lambda om=om: list(om.generate(prompt, new, temperature=0))
+        mb[name] = om.path.stat().st_size / 1e6
+    except ImportError as exc:
+        notes.append(f"onnxruntime peer left out: {exc}")
+    return fns, mb, notes
+
+
+def _inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors a (torchao) tensor subclass holds, or the tensor itself."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return [x for n in names for x in _inner_tensors(getattr(t, n))]
+    return [t]
+
+
+def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[int],
+          peers: bool = True, precisions: tuple[str, ...] = FORMATS[1:]) -> dict[str, Any]:
+    """Batch-1 decode tokens/s of every form of one random gpt2-124m, and of HF and the peers on the same weights."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     base = Transformer(ModelConfig.from_name("gpt2-124m")).eval()
@@ -73,7 +137,7 @@ def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[
     forms: dict[str, tuple[torch.nn.Module, bool]] = {"hwlm fp32": (base, False)}
     if use_compile:
         forms["hwlm fp32 compiled"] = (base, True)  # the Linears as fused row reductions (decoding.row_linear)
-    for precision in ("w8a8", "w8a16", "w4a16"):
+    for precision in precisions:
         q = quantize_model(copy.deepcopy(base), precision, 128)
         forms[f"{precision} eager"] = (q, False)
         if use_compile:
@@ -88,6 +152,14 @@ def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[
     fns: dict[str, Callable[[], list[int]]] = {"HF fp32": hf_fn}
     for name, (model, comp) in forms.items():
         fns[name] = (lambda m=model, c=comp: list(generate(m, prompt, new, temperature=0, compile=c)))
+    peer_mb: dict[str, float] = {}
+    notes: list[str] = []
+    if peers:
+        tmp = Path(tempfile.mkdtemp(prefix="compress-speed-"))
+        peer_fns, peer_mb, notes = int8_peers(base, prompt, new, threads, tmp)
+        fns.update(peer_fns)
+        for note in notes:
+            print(note, flush=True)
     first: dict[str, list[int]] = {}
     compile_s: dict[str, float] = {}
     for name, fn in fns.items():  # warm-up (and compilation), and the tokens each form emits
@@ -105,6 +177,8 @@ def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[
         row = {"form": name, "tok_s": tps, "vs_hf": tps / hf_tps,
                "cpu_ms_per_token": 1e3 * statistics.median(c for _, c in samples) / new,
                "same_tokens_as_fp32": first[name] == first["hwlm fp32"], "first_call_s": compile_s[name]}
+        if name in peer_mb:
+            row["weight_mb"] = peer_mb[name]
         if name in forms:
             model = forms[name][0]
             row["weight_mb"] = model_bytes(model) / 1e6
@@ -112,7 +186,9 @@ def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[
                 for b in batches:
                     row[f"tok_s_b{b}"] = b / _decode(model, b, 8, 16)[1]
         rows.append(row)
-    return {"threads": threads, "new_tokens": new, "rounds": rounds, "rows": rows,
+    if peers:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"threads": threads, "new_tokens": new, "rounds": rounds, "rows": rows, "notes": notes,
             "copy_bandwidth_gb_s": copy_bandwidth() / 1e9}
 
 
@@ -261,6 +337,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also time the compiled decode step (slow to compile)")
     p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--precisions", default=",".join(FORMATS[1:]), help="comma list of the hwlm formats to time")
+    p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time torchao int8 dynamic (compiled) and onnxruntime int8 on the same weights")
     p.add_argument("--quality-run", type=Path, default=None)
     p.add_argument("--quality-steps", type=int, default=300)
     p.add_argument("--skip-speed", action="store_true")
@@ -274,7 +353,11 @@ def main() -> None:
     result: dict[str, Any] = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                                           "torch": torch.__version__}, "load_before": load_before}
     if not args.skip_speed:
-        result["speed"] = [speed(int(t), args.new, args.rounds, args.compile, batches)
+        precisions = tuple(args.precisions.split(","))
+        bad = set(precisions) - set(FORMATS[1:])
+        if bad:
+            p.error(f"unknown --precisions {', '.join(sorted(bad))}; choose from {', '.join(FORMATS[1:])}")
+        result["speed"] = [speed(int(t), args.new, args.rounds, args.compile, batches, args.peers, precisions)
                            for t in args.threads.split(",")]
         for s in result["speed"]:
             print(f"{s['threads']} thread(s)\n" + _speed_table(s, batches), flush=True)
@@ -305,13 +388,13 @@ def main() -> None:
 def write_docs(result: dict[str, Any], batches: list[int], args: argparse.Namespace) -> None:
     m = result["machine"]
     parts = [START, "", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average "
-             f"{result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after (the machine was shared "
-             "with other jobs while this ran).", ""]
+             f"{result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after (2 cores: a load above 2 "
+             "means other jobs shared them).", ""]
     for s in result.get("speed", []):
-        parts += [f"`python benchmarks/compress_speed.py --threads {s['threads']} --new {s['new_tokens']}"
-                  f"{' --compile' if args.compile else ''}`: gpt2-124m shape, batch-1 greedy, "
+        parts += [f"`python benchmarks/compress_speed.py {' '.join(sys.argv[1:])}`: gpt2-124m shape, batch-1 greedy, "
                   f"{s['threads']} threads, median of {s['rounds']} interleaved rounds; copy bandwidth "
                   f"{s['copy_bandwidth_gb_s']:.1f} GB/s.", "", _speed_table(s, batches), ""]
+        parts += [f"{note}." for note in s.get("notes", [])]
     if "quality" in result:
         q = result["quality"]
         load = " before, ".join(f"{v:.2f}" for v in q.get("load", [])) or "?"

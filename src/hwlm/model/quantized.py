@@ -97,9 +97,10 @@ class Int8Linear(nn.Module):
         """One row (1, K) -> (N,) as one fused reduction over the int8 weight (see the module docstring).
 
         w8a8 multiplies the int8 codes by the int8-rounded activations held as floats: every product is
-        an exact integer (|q_w q_x| <= 127^2) and so is every partial sum below 2^24, which inductor's
-        16-lane accumulation stays under unless most of a row's 3072 products are near the maximum;
-        past it a sum rounds by at most one part in 2^24, the size of the fp32 rescale that follows."""
+        an exact integer (|q_w q_x| <= 127^2) and so is every partial sum below 2^24. Inductor sums in
+        16 vector lanes, each over K/16 products (at most 192 x 127^2 < 2^24 at gpt2's widest K, 3072),
+        so only the sum of the lanes can pass 2^24, and then it rounds by at most one part in 2^24, the
+        size of the fp32 rescale that follows (tested against the integer product)."""
         w = self.weight.float()
         if self.mode == "w8a16":
             y = (w * x2.float()).sum(-1) * self.scales  # (N,)
