@@ -64,7 +64,9 @@ def test_int8_run_round_trip(small_run: Path, tmp_path: Path, precision: str) ->
                                       reduction="batchmean") < 1e-3
     rows = {r["name"]: r for r in result.rows}
     assert set(rows) == {"original (fp32)", f"int8 {precision}"}
-    assert abs(rows[f"int8 {precision}"]["ppl_delta_pct"]) < 1.0  # the benchmark holds +0.1% on a mid model
+    assert abs(rows[f"int8 {precision}"]["ppl_delta_pct"]) < 1.0
+    if precision == "w8a8":  # issue 9's bound for int8: at most +0.1% perplexity (-0.008% here)
+        assert rows["int8 w8a8"]["ppl_delta_pct"] <= 0.1
     assert "tok/s b1" in result.table and "J/token" in result.table
 
 
