@@ -54,9 +54,10 @@ class LaunchPlan:
 def training_bytes(spec: ArchSpec, batch_size: int, block_size: int, precision: str = "bf16", *,
                    compiled: bool = False, device_kind: str = "cuda", recompute: str = "none") -> int:
     """Bytes one device needs to train ``spec`` unsharded with micro-batch ``batch_size`` (GPUs train in
-    bf16 autocast by default; only they make this decision, a CPU host is not memory-bound here)."""
+    bf16 autocast by default; only they make this decision, a CPU host is not memory-bound here). The
+    question is whether DDP fits, whose gradient buckets live for the whole run: gradients at the forward."""
     return int(training_memory(spec, batch_size, block_size, precision, recompute=recompute, compiled=compiled,
-                               device_kind=device_kind).total)
+                               device_kind=device_kind, gradients_at_forward=True).total)
 
 
 def _gib(n: float) -> str:
