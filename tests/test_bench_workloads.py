@@ -9,7 +9,7 @@ from hwlm.bench.records import load_record, make_record, write_record
 from hwlm.bench.workloads import InferBenchConfig, TrainBenchConfig, format_workload, run_infer_bench, run_train_bench
 from hwlm.cli import main
 from hwlm.errors import HardwareError
-from hwlm.formulas import train_flops_per_token
+from hwlm.formulas import forward_flops_per_token, lm_head_flops_per_token, train_flops_per_token
 from hwlm.model import ModelConfig
 
 
@@ -78,6 +78,10 @@ def test_infer_grid_record():
     assert len(cell["ttft_seconds"]) == 2 and len(cell["tpot_seconds"]) == 2 * 2  # repeats x (new_tokens - 1)
     s = rec["summary"]
     assert s["b2_p8_prefill_tokens_per_s"] == pytest.approx(16 / (s["b2_p8_ttft_ms"] / 1e3))
+    # The torch prefill runs last_only=True: the output layer's FLOPs count at each row's last token only.
+    arch = ModelConfig.from_name("debug").to_arch()
+    flops = 16 * forward_flops_per_token(arch, 8) - 2 * 7 * lm_head_flops_per_token(arch)
+    assert s["b2_p8_prefill_flops_per_s"] == pytest.approx(flops / (s["b2_p8_ttft_ms"] / 1e3))
     assert s["b1_p4_tpot_ms_p50"] <= s["b1_p4_tpot_ms_p99"]
     assert s["max_decode_tokens_per_s"] >= s["b1_p4_decode_tokens_per_s"]
     assert "TTFT" in format_workload(rec)

@@ -37,6 +37,14 @@ def test_gqa_kv_cache_memory() -> None:
     assert kv_cache_bytes_per_token(get_model("llama-2-13b").spec, 2) == 819_200  # no GQA: 2.5x more per token
 
 
+def test_kv_cache_takes_the_serving_precision() -> None:
+    # fp32 engines cache keys and values in fp32, fp8 serving in fp8, the 16-bit and weight-only formats in 16 bits.
+    kv = {p: estimate_inference("llama-2-7b", "a100-80gb", 1, batch=4, prompt_len=1000, gen_len=24,
+                                precision=p).kv_cache_bytes_per_device for p in ("fp32", "bf16", "fp8", "w4a16")}
+    assert kv["fp32"] == pytest.approx(2 * kv["bf16"]) and kv["fp8"] == pytest.approx(kv["bf16"] / 2)
+    assert kv["w4a16"] == pytest.approx(kv["bf16"])
+
+
 def test_kv_heads_replicate_when_tp_exceeds_them() -> None:
     # Qwen2.5-7B has 4 KV heads: at tp=8 each device still holds one whole head.
     e = estimate_inference("qwen2.5-7b", "h100-sxm", 4, batch=1, prompt_len=100, gen_len=28, tp=4)

@@ -44,7 +44,8 @@ from typing import Literal
 __all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token", "lm_head_flops_per_token",
            "attention_flops_per_pair",
            "train_flops_per_token", "kv_cache_bytes_per_token", "PRECISIONS", "PRECISION_CHOICES",
-           "WEIGHT_BYTES", "DTYPE_BYTES", "dtype_bytes", "compute_bytes", "StateBytes", "ADAM_FP32", "ADAM_MIXED",
+           "WEIGHT_BYTES", "DTYPE_BYTES", "dtype_bytes", "compute_bytes", "kv_elem_bytes", "StateBytes", "ADAM_FP32",
+           "ADAM_MIXED",
            "mfu", "RECOMPUTE", "ATTENTION_KERNELS", "LOSS_PATHS", "loss_path", "loss_chunk_rows", "saved_activation_bytes_per_layer",
            "saved_outside_layers_bytes", "loss_transient_bytes", "heap_slack_bytes", "TrainingMemory",
            "training_memory", "ACTIVATION_COUNTS", "korthikanti_activation_bytes_per_layer",
@@ -282,6 +283,13 @@ def compute_bytes(precision: str) -> float:
     """Width of the activations a training precision computes in: 4 in fp32 (and tf32), else 2 (bf16/fp16
     autocast; fp8 training keeps 16-bit activations between its fp8 matmuls)."""
     return 4.0 if precision in ("fp32", "tf32") else 2.0
+
+
+def kv_elem_bytes(precision: str) -> float:
+    """Bytes per cached key/value element when serving at ``precision``: fp8 serving stores its KV cache in fp8,
+    fp32 (and tf32) engines in fp32 (the cache takes the model's dtype), the 16-bit and weight-only formats in 16
+    bits. hwlm's own CPU engine keeps fp32 activations under w8a8/w8a16/w4a16 and so an fp32 cache: pass 4."""
+    return 1.0 if precision == "fp8" else compute_bytes(precision)
 
 
 @dataclass(frozen=True)

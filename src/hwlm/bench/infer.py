@@ -23,7 +23,8 @@ from hwlm.bench.workloads import (build_model, check_common, check_positive, fit
                                   reset_peak)
 from hwlm.device import synchronize, torch_dtype
 from hwlm.errors import ConfigError, HardwareError
-from hwlm.formulas import WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token, param_count
+from hwlm.formulas import (WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token, lm_head_flops_per_token,
+                            param_count)
 
 __all__ = ["InferBenchConfig", "run_infer_bench"]
 
@@ -137,7 +138,7 @@ def _time_cell(model: Any, mcfg: Any, cfg: InferBenchConfig, device: str, kind: 
             if r > 0:
                 ttft.append(t_first)
                 tpot.extend(steps)
-    return _cell_summary(mcfg, cfg, b, p, ttft, tpot, kind, weight_bytes)
+    return _cell_summary(mcfg, cfg, b, p, ttft, tpot, kind, weight_bytes, logits_at_last=True)
 
 
 def _load_run(cfg: InferBenchConfig, device: str, max_len: int) -> tuple[Any, Any, dict[str, Any]]:
@@ -215,12 +216,18 @@ def _time_cell_onnx(om: Any, mcfg: Any, cfg: InferBenchConfig, kind: str, b: int
 
 
 def _cell_summary(mcfg: Any, cfg: InferBenchConfig, b: int, p: int, ttft: list[float],
-                  tpot: list[float], kind: str, weight_bytes: float) -> dict[str, Any]:
+                  tpot: list[float], kind: str, weight_bytes: float, logits_at_last: bool = False) -> dict[str, Any]:
+    """``logits_at_last``: the prefill computed the output layer at each row's last token only (the torch
+    path's ``last_only=True``), so the other prompt tokens' output-layer FLOPs are not counted; the ONNX
+    graph returns logits at every position."""
     arch = mcfg.to_arch()
     width = 4 if cfg.precision == "fp32" else 2
     t = spread(ttft)
+    flops = b * p * forward_flops_per_token(arch, p)
+    if logits_at_last:
+        flops -= b * (p - 1) * lm_head_flops_per_token(arch)
     out: dict[str, Any] = {"ttft_ms": 1e3 * t["median"], "prefill_tokens_per_s": b * p / t["median"],
-                           "prefill_flops_per_s": b * p * forward_flops_per_token(arch, p) / t["median"]}
+                           "prefill_flops_per_s": flops / t["median"]}
     d = None
     if tpot:
         d = spread(tpot)

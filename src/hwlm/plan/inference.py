@@ -21,7 +21,8 @@ from typing import Any
 
 from hwlm.calibration import compute_dtype
 from hwlm.errors import PlanError
-from hwlm.formulas import WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token, lm_head_flops_per_token
+from hwlm.formulas import (WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token, kv_elem_bytes,
+                           lm_head_flops_per_token)
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import allreduce_time, library_for
 from hwlm.plan.experts import EP_SOURCE, check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
@@ -238,7 +239,7 @@ def _host_time(j: _Job, t: Terms, phase: str) -> float:
 def _memory(j: _Job, t: Terms) -> dict[str, float]:
     spec, tp, batch = j.m.spec, j.tp, j.batch
     bytes_w = WEIGHT_BYTES[j.precision]
-    kv_bytes = 1.0 if j.precision == "fp8" else 2.0  # fp8 serving also stores the KV cache in fp8
+    kv_bytes = kv_elem_bytes(j.precision)  # fp8 serving stores the KV cache in fp8, fp32 serving in fp32
     w_dev = t.add("weights_per_device", f"{j.m.params.total:.4g} params x {bytes_w} B / tp {tp}" if j.ep == 1 else
                   f"(dense / tp {tp} + routed experts / (tp {tp} x ep {j.ep})) x {bytes_w} B",
                   weights_per_device(j.m, bytes_w, tp, j.ep), "B", j.m.source)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from hwlm.errors import PlanError
-from hwlm.formulas import WEIGHT_BYTES, attention_flops_per_pair, compute_bytes, lm_head_flops_per_token
+from hwlm.formulas import WEIGHT_BYTES, attention_flops_per_pair, kv_elem_bytes, lm_head_flops_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE, ops_per_forward, shape_efficiency
 from hwlm.plan.experts import check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
@@ -172,7 +172,7 @@ def _step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepMo
     graphs = engine.cuda_graphs if job.cuda_graphs is None else bool(job.cuda_graphs)
     ep = job.ep or 1
     tp = job.devices // ep
-    kv_tok, _ = _kv_per_token_device(m, tp, _kv_bytes(job.precision))
+    kv_tok, _ = _kv_per_token_device(m, tp, kv_elem_bytes(job.precision))
     # + eager all-reduce (tp) and all-to-all (ep) launches
     ops = ops_per_forward(m.spec) + (2 * m.spec.n_layers if tp > 1 else 0) + (2 * moe_parts(m)[2] if ep > 1 else 0)
     host = 0.0 if graphs or dev.kind != "gpu" else ops * pri.infer_op_overhead_s
@@ -183,12 +183,6 @@ def _step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepMo
                      act_traffic=pri.act_traffic, host_s=host, pri=pri, decode_calibrated=calibrated,
                      # a measured decode rate already holds the per-layer fixed cost (as in plan infer)
                      layer_overhead_s=0.0 if calibrated else pri.layer_overhead_s)
-
-
-def _kv_bytes(precision: str) -> float:
-    """Bytes per cached element: fp8 serving stores its KV cache in fp8, fp32 in fp32 (hwlm's engine caches
-    in the model's dtype), the 16-bit and weight-only formats in 16 bits."""
-    return 1.0 if precision == "fp8" else compute_bytes(precision)
 
 
 @dataclass
@@ -329,7 +323,7 @@ def _capacity(job: ServingJob, m: Model, dev: Device, engine: Stack) -> tuple[in
     """(running-sequence cap, what limits it, KV capacity in tokens, free bytes)."""
     ep = job.ep or 1
     tp = job.devices // ep
-    sm_tok = _kv_per_token_device(m, tp, _kv_bytes(job.precision))[0]
+    sm_tok = _kv_per_token_device(m, tp, kv_elem_bytes(job.precision))[0]
     w = weights_per_device(m, WEIGHT_BYTES[job.precision], tp, ep)
     ws = engine.chunk_tokens * min(1.0, 2048 / engine.chunk_tokens) * (4 * m.spec.d_model + 3 * m.spec.ff / tp) * 2
     free = dev.memory_bytes * USABLE_MEMORY_FRACTION - w - ws
