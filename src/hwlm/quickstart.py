@@ -347,7 +347,8 @@ def render_summary(r: QuickstartResult) -> str:
         lines.append(f"predicted per step: {pred['per_step']}")
         parts = pred["memory_parts"]
         lines.append("predicted train memory: " + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in parts.items())
-                     + "; measured: " + ("CUDA allocator peak above the allocation before training"
+                     + " (peak: weights + optimizer + the larger of gradients and activations, which one process "
+                       "stepping once per batch never holds together); measured: " + ("CUDA allocator peak above the allocation before training"
                                          if r.device.startswith("cuda") else
                                          "peak anonymous resident memory during training minus its value before"))
     if r.window_tokens_per_s and r.window_tokens_per_s[1] > 1.5 * r.window_tokens_per_s[0]:

@@ -127,9 +127,12 @@ class MemoryBreakdown:
     optimizer: float
     activations: float
     capacity: float
+    gradients_at_forward: bool = True  # False: one process, one micro-batch a step (formulas.training_memory)
 
     @property
     def total(self) -> float:
+        if not self.gradients_at_forward:
+            return self.weights + self.optimizer + max(self.gradients, self.activations)
         return self.weights + self.gradients + self.optimizer + self.activations
 
     @property
@@ -156,8 +159,9 @@ def training_memory(spec: ArchSpec, total_params: int, layout: Layout, seq_len: 
     shard = layout.tp * layout.pp
     local = total_params / shard
     dp, z, L = layout.dp, layout.zero_stage, spec.n_layers
-    # fp32 training has no 16-bit copies and no master copy: 4 + 4 + AdamW's 8 (what ZeRO-1 then shards).
-    state = ADAM_FP32 if precision in ("fp32", "tf32") else ADAM_MIXED
+    # fp32 training has no 16-bit copies and no master copy: 4 + 4 + AdamW's 8 (what ZeRO-1 then shards); nor has
+    # hwlm's loop, whose weights stay fp32 under autocast (fp32 gradients; its casts are autocast_copies).
+    state = ADAM_FP32 if precision in ("fp32", "tf32") or activations == "hwlm" else ADAM_MIXED
     weights = state.weights * local / (dp if z >= 3 else 1)
     grads = state.gradients * local / (dp if z >= 2 else 1)
     optimizer = state.optimizer * local / (dp if z >= 1 else 1)

@@ -474,6 +474,10 @@ def _memory_of(ctx: _Ctx, lay: Layout) -> MemoryBreakdown:
                              ctx.seq_len, ctx.dev.memory_bytes, ctx.precision, ctx.dev.kind, count)
         mem = replace(mem, weights=mem.weights + ex.weights, gradients=mem.gradients + ex.gradients,
                       optimizer=mem.optimizer + ex.optimizer)
+    if count == "hwlm" and lay.devices == 1 and ctx.batch_tokens <= ctx.seq_len * lay.micro_batch:
+        # hwlm's loop in one process stepping once per micro-batch frees its gradients between steps (no DDP
+        # buckets, no accumulation): the peak is the larger end of the backward (formulas.training_memory).
+        mem = replace(mem, gradients_at_forward=False)
     return mem
 
 
