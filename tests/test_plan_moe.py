@@ -140,3 +140,59 @@ def test_capacity_factor_pads_the_routed_experts_flops() -> None:
     assert a.flops == b.flops
     with pytest.raises(PlanError, match="capacity-factor must be a number >= 1"):
         estimate_training("mixtral-8x7b", capacity_factor=0.5, **kw)
+
+
+def _decode_a2a(devices: int, ep: int) -> tuple[float, str]:
+    from hwlm.plan import estimate_inference
+    e = estimate_inference("deepseek-v3", "h100-sxm", devices, ep=ep, precision="fp8", batch=64, prompt_len=512,
+                           gen_len=64)
+    t = next(t for t in e.terms if t.name == "decode_ep_all_to_all_time")
+    return t.value, t.formula
+
+
+def _a2a_case():
+    from hwlm.plan.collectives import LIBRARIES
+    from hwlm.plan.efficiency import priors_for
+    from hwlm.plan.experts import moe_parts
+    m, dev = get_model("deepseek-v3"), get_device("h100-sxm")
+    return m, dev, moe_parts(m)[2], LIBRARIES["nccl"], priors_for("gpu", "fp8").comm_eff
+
+
+def test_ep_groups_on_two_nodes_exchange_over_the_network() -> None:
+    """16 H100s (8 a node) as ep=2 groups of tp=8: a device's one ep peer is the same tp rank of the other
+    group, 8 devices away on the other node, so half its bytes cross the 50 GB/s NIC, not NVLink."""
+    m, dev, n_moe, nccl, eff = _a2a_case()
+    nbytes = 32 * m.spec.experts_per_token * m.spec.d_model * 2.0  # 64 sequences / ep 2 per group
+    one = nccl.base_s + nccl.hop_net_s + 0.5 * nbytes / (dev.inter_node_bw * eff)
+    value, formula = _decode_a2a(16, 2)
+    assert value == pytest.approx(2 * n_moe * one)
+    assert "(2-1)/2" in formula and "leaving the 8-device scale-up domain" in formula and "inter-node network" in formula
+
+
+def test_ep_inside_one_node_stays_on_nvlink() -> None:
+    m, dev, n_moe, nccl, eff = _a2a_case()
+    nbytes = 8 * m.spec.experts_per_token * m.spec.d_model * 2.0
+    one = nccl.base_s + 7 * nccl.hop_fabric_s + 7 / 8 * nbytes / (dev.intra_node_bw * eff)
+    value, formula = _decode_a2a(8, 8)
+    assert value == pytest.approx(2 * n_moe * one)
+    assert "inter-node" not in formula
+
+
+def test_ep_over_two_nodes_sends_the_off_node_share_over_the_network() -> None:
+    """tp=1, ep=16 over two 8-GPU nodes (plan recommend's multi-node fleets): 7 of the 15 peers share the node
+    and take 7/16 of the bytes over NVLink while the other 8/16 leave it over the NIC, both at once."""
+    m, dev, n_moe, nccl, eff = _a2a_case()
+    nbytes = 4 * m.spec.experts_per_token * m.spec.d_model * 2.0
+    one = nccl.base_s + 7 * nccl.hop_fabric_s + 8 * nccl.hop_net_s + max(
+        7 / 16 * nbytes / (dev.intra_node_bw * eff), 8 / 16 * nbytes / (dev.inter_node_bw * eff))
+    value, formula = _decode_a2a(16, 16)
+    assert value == pytest.approx(2 * n_moe * one)
+    assert "(16-8)/16" in formula
+
+
+def test_ranks_per_domain_follows_the_stride() -> None:
+    from hwlm.plan.collectives import ranks_per_domain
+    h100, v5e = get_device("h100-sxm"), get_device("tpu-v5e")
+    assert [ranks_per_domain(h100, 8, s) for s in (1, 2, 4, 8, 16)] == [8, 4, 2, 1, 1]
+    assert ranks_per_domain(h100, 64) == 8
+    assert ranks_per_domain(v5e, 64, 4) == 64  # a 256-chip pod is one ICI domain across its 8-chip hosts

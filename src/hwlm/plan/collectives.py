@@ -33,7 +33,8 @@ from hwlm.plan.catalog import TOPOLOGIES, Device
 from hwlm.plan.parallel import FALLBACK_LINK_BW
 
 __all__ = ["Library", "LIBRARIES", "TOPOLOGIES", "library_for", "group_bandwidth", "allreduce_time",
-           "allreduce_latency", "ring_steps", "all_to_all_time"]
+           "allreduce_latency", "ring_steps", "network_link", "ranks_per_domain", "all_to_all_bytes_time",
+           "all_to_all_time"]
 
 _NCCL = "NVIDIA/nccl src/graph/tuning.cc"
 _RCCL = "ROCm/rccl src/graph/tuning.cc"
@@ -103,14 +104,20 @@ def _spanned_dims(dev: Device, n: int) -> int:
     return min(d, max(1, math.ceil(math.log(n) / math.log(side) - 1e-9)))
 
 
+def network_link(dev: Device) -> tuple[float, str, str]:
+    """Per-device bandwidth between scale-up domains (the catalog's ``inter_node_bw``, its NIC share), a
+    description, and the hop kind; a device with no network figure falls back to an assumed PCIe link."""
+    if dev.inter_node_bw:
+        return dev.inter_node_bw, "inter-node network", "net"
+    return dev.intra_node_bw or FALLBACK_LINK_BW, "assumed PCIe 4.0 x16 (catalog gives no link)", "pcie"
+
+
 def group_bandwidth(dev: Device, n: int) -> tuple[float, str, str]:
     """Per-device bandwidth (bytes/s, per direction) of a collective over ``n`` neighbouring devices, a
     description, and the hop kind ("fabric", "pcie" or "net") for the latency."""
     topo = dev.topology
     if n > dev.scale_up_devices or not dev.intra_node_bw:
-        if dev.inter_node_bw:
-            return dev.inter_node_bw, "inter-node network", "net"
-        return dev.intra_node_bw or FALLBACK_LINK_BW, "assumed PCIe 4.0 x16 (catalog gives no link)", "pcie"
+        return network_link(dev)
     bw = dev.intra_node_bw
     if topo == "pcie":
         return bw, f"PCIe {bw:.4g} B/s", "pcie"
@@ -152,16 +159,55 @@ def allreduce_time(dev: Device, n: int, nbytes: float, comm_eff: float) -> tuple
     return t, f"({lat_f}) + 2({n}-1)/{n} x {nbytes:.4g} B / ({what}: {bw:.4g} x {comm_eff:.3g})"
 
 
-def all_to_all_time(dev: Device, n: int, nbytes: float, comm_eff: float) -> tuple[float, str]:
-    """Seconds of one all-to-all in which each of ``n`` ranks sends ``nbytes`` spread evenly over the group
-    (expert-parallel dispatch or combine): (n-1)/n of it leaves the rank, as n-1 direct sends in one group
-    (one latency step per peer), over the group's bandwidth."""
+def ranks_per_domain(dev: Device, n: int, stride: int = 1) -> int:
+    """Of ``n`` ranks ``stride`` devices apart (the ep peers of a layout whose tp ranks are neighbours:
+    stride tp), how many share one scale-up domain (a node, an NVL72 rack, a TPU pod).
+
+    >>> from hwlm.plan.catalog import get_device
+    >>> h100 = get_device("h100-sxm")  # 8 GPUs a node
+    >>> ranks_per_domain(h100, 16), ranks_per_domain(h100, 2, stride=8), ranks_per_domain(h100, 4, stride=2)
+    (8, 1, 4)
+    """
+    return max(1, min(n, dev.scale_up_devices // max(stride, 1)))
+
+
+def all_to_all_bytes_time(dev: Device, n: int, nbytes: float, comm_eff: float,
+                          stride: int = 1) -> tuple[float, str, list[tuple[int, str]]]:
+    """The bandwidth part of one all-to-all in which each of ``n`` ranks (``stride`` devices apart) sends
+    ``nbytes`` spread evenly over the group: of its n - 1 peers, ``r - 1`` share its scale-up domain
+    (:func:`ranks_per_domain`) and take (r-1)/n of the bytes over the scale-up link; the other n - r take
+    (n-r)/n of the bytes over the inter-node network (:func:`network_link`). The two links carry their
+    shares at once (NCCL's grouped sends and receives run every peer's transfer together; DeepSeek-V3's
+    kernels overlap NVLink and InfiniBand likewise, arXiv:2412.19437 section 3.2.2), so the slower share sets
+    the time.
+
+    Returns (seconds, formula, [(peers, hop kind)]) for the latency."""
+    r = ranks_per_domain(dev, n, stride)
+    parts, times, peers = [], [0.0], []
+    if r > 1:
+        bw, what, kind = group_bandwidth(dev, r)
+        times.append((r - 1) / n * nbytes / (bw * comm_eff))
+        parts.append(f"({r}-1)/{n} x {nbytes:.4g} B / ({what}: {bw:.4g} x {comm_eff:.3g})")
+        peers.append((r - 1, kind))
+    if r < n:
+        bw, what, kind = network_link(dev)
+        times.append((n - r) / n * nbytes / (bw * comm_eff))
+        parts.append(f"({n}-{r})/{n} x {nbytes:.4g} B leaving the {dev.scale_up_devices}-device scale-up domain "
+                     f"({r} of {n} ranks share one) / ({what}: {bw:.4g} x {comm_eff:.3g})")
+        peers.append((n - r, kind))
+    formula = parts[0] if len(parts) == 1 else f"max({parts[0]}, {parts[1]})"
+    return max(times), formula, peers
+
+
+def all_to_all_time(dev: Device, n: int, nbytes: float, comm_eff: float, stride: int = 1) -> tuple[float, str]:
+    """Seconds of one all-to-all in which each of ``n`` ranks (``stride`` devices apart) sends ``nbytes``
+    spread evenly over the group (expert-parallel dispatch or combine): n - 1 direct sends in one group (one
+    latency step per peer, on the link it uses) plus the bytes (:func:`all_to_all_bytes_time`)."""
     if n <= 1:
         return 0.0, ""
     lib = library_for(dev)
-    bw, what, hop_kind = group_bandwidth(dev, n)
-    hop = {"fabric": lib.hop_fabric_s, "pcie": lib.hop_pcie_s, "net": lib.hop_net_s}[hop_kind]
-    lat = lib.base_s + (n - 1) * hop
-    t = lat + (n - 1) / n * nbytes / (bw * comm_eff)
-    return t, (f"({lib.name} {lib.base_s * 1e6:.3g} us + {n - 1} peers x {hop * 1e6:.3g} us) + ({n}-1)/{n} x "
-               f"{nbytes:.4g} B / ({what}: {bw:.4g} x {comm_eff:.3g})")
+    hop = {"fabric": lib.hop_fabric_s, "pcie": lib.hop_pcie_s, "net": lib.hop_net_s}
+    t_bytes, bytes_f, peers = all_to_all_bytes_time(dev, n, nbytes, comm_eff, stride)
+    lat = lib.base_s + sum(k * hop[kind] for k, kind in peers)
+    hops = " + ".join(f"{k} peers x {hop[kind] * 1e6:.3g} us ({kind})" for k, kind in peers)
+    return lat + t_bytes, f"({lib.name} {lib.base_s * 1e6:.3g} us + {hops}) + {bytes_f}"

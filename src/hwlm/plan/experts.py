@@ -13,7 +13,9 @@ group of tp devices, and runs attention data-parallel over the ep groups, each o
 * a step reads dense / tp + the touched experts / (tp x ep), the KV cache of its B/ep sequences;
 * every MoE layer exchanges each token's hidden state with its k experts' ranks and back: two all-to-alls
   (dispatch, combine) of (B/ep) x k x hidden x 2 bytes per rank over the ep devices
-  (:func:`hwlm.plan.collectives.all_to_all_time`), on top of the tp group's two all-reduces per layer.
+  (:func:`hwlm.plan.collectives.all_to_all_time`), on top of the tp group's two all-reduces per layer. The
+  ep peers of a device lie tp devices apart: of the ep ranks, r = scale-up domain // tp share a node (or an
+  NVL72 rack, a TPU pod), and (ep - r)/ep of the bytes leave it over the inter-node network.
 
 The step takes the mean device's load; routing imbalance (the busiest device waits for the others) is not
 modelled.
@@ -66,13 +68,16 @@ def weights_read_per_step(m: Model, tokens: float, bytes_w: float, tp: int = 1, 
             f"dense part / tp + {hit:.2f} of {m.spec.n_experts} experts per layer / (tp x ep {ep})")
 
 
-def ep_comm(m: Model, dev: Device, ep: int, tokens_per_rank: float, comm_eff: float) -> tuple[float, str]:
-    """Seconds of a step's expert-parallel exchange: 2 all-to-alls per MoE layer, and the formula."""
+def ep_comm(m: Model, dev: Device, tp: int, ep: int, tokens_per_rank: float, comm_eff: float) -> tuple[float, str]:
+    """Seconds of a step's expert-parallel exchange: 2 all-to-alls per MoE layer, and the formula. A replica's
+    tp ranks are neighbours, so a device's ep peers (the same tp rank of the other groups) lie tp devices
+    apart: ep groups of tp devices that outgrow one node send the share of the bytes bound off it over the
+    inter-node network (:func:`hwlm.plan.collectives.all_to_all_bytes_time`)."""
     _, _, n_moe = moe_parts(m)
     if ep <= 1 or not n_moe:
         return 0.0, ""
     nbytes = tokens_per_rank * m.spec.experts_per_token * m.spec.d_model * 2.0
-    one, formula = all_to_all_time(dev, ep, nbytes, comm_eff)
+    one, formula = all_to_all_time(dev, ep, nbytes, comm_eff, stride=tp)
     return 2 * n_moe * one, f"2 x {n_moe} MoE layers x all-to-all of {tokens_per_rank:.4g} tok x k " \
         f"{m.spec.experts_per_token} x {m.spec.d_model} x 2 B: {formula}"
 

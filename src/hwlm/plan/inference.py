@@ -306,7 +306,7 @@ def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
     comm, comm_f = _comm(j.m, dev, tp, j.group_batch * j.prompt_len, pri)
     if comm:
         t.add("prefill_tp_comm_time", comm_f, comm, "s", COMM_SOURCE + library_for(dev).source)
-    a2a, a2a_f = ep_comm(j.m, dev, j.ep, j.group_batch * j.prompt_len, pri.comm_eff)
+    a2a, a2a_f = ep_comm(j.m, dev, tp, j.ep, j.group_batch * j.prompt_len, pri.comm_eff)
     if a2a:
         comm += t.add("prefill_ep_all_to_all_time", a2a_f, a2a, "s", EP_SOURCE + "; " + library_for(dev).source)
     launch = spec.n_layers * pri.layer_overhead_s
@@ -335,7 +335,7 @@ def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
     comm, comm_f = _comm(j.m, dev, tp, math.ceil(j.group_batch), pri)
     if comm:
         t.add("decode_tp_comm_time", comm_f, comm, "s", COMM_SOURCE + library_for(dev).source)
-    a2a, a2a_f = ep_comm(j.m, dev, j.ep, j.group_batch, pri.comm_eff)
+    a2a, a2a_f = ep_comm(j.m, dev, tp, j.ep, j.group_batch, pri.comm_eff)
     if a2a:
         comm += t.add("decode_ep_all_to_all_time", a2a_f, a2a, "s", EP_SOURCE + "; " + library_for(dev).source)
     if j.bw_src.startswith("calibration decode"):

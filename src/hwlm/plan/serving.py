@@ -44,8 +44,9 @@ from typing import Any, Sequence
 from hwlm.errors import PlanError
 from hwlm.formulas import WEIGHT_BYTES, attention_flops_per_pair, kv_elem_bytes, lm_head_flops_per_token
 from hwlm.plan.catalog import Device
+from hwlm.plan.collectives import library_for
 from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE, ops_per_forward, shape_efficiency
-from hwlm.plan.experts import check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
+from hwlm.plan.experts import EP_SOURCE, check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
 from hwlm.plan.explain import Term, Terms
 from hwlm.plan.inference import (PADS_HEADS, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
                                  kv_read_factor, pad_heads)
@@ -152,7 +153,7 @@ class StepModel:
             w * self.dev.memory_bw * self.ew_eff)
         peak = w * self.dev.peak_flops(self.cdtype) * self.mm_eff
         comm = _comm(self.m, self.dev, self.tp, math.ceil(tokens / self.ep), self.pri)[0] \
-            + ep_comm(self.m, self.dev, self.ep, tokens / self.ep, self.pri.comm_eff)[0]
+            + ep_comm(self.m, self.dev, self.tp, self.ep, tokens / self.ep, self.pri.comm_eff)[0]
         if self.dev.kind != "cpu":
             device = max(t_mem, f / peak + tokens * t_ew_tok) + spec.n_layers * self.layer_overhead_s + comm
             return max(device, self.host_s)
@@ -421,6 +422,10 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
           "token", kv_tokens, "tokens", "hwlm.formulas.kv_cache_bytes_per_token (GQA: n_kv_heads, MLA: latent)")
     t.add("batch_limit", f"min(engine cap, kv capacity / {job.prompt_len + job.gen_len} tokens per request): {limit}",
           cap, "sequences")
+    if ep > 1:  # what the step model adds per step for the exchange, at a full batch's decode step
+        a2a, a2a_f = ep_comm(m, dev, tp, ep, cap / ep, sm.pri.comm_eff)
+        t.add("decode_ep_all_to_all_time", f"one decode step of {cap} sequences, {cap / ep:g} per ep group: {a2a_f}",
+              a2a, "s", EP_SOURCE + "; " + library_for(dev).source)
     one = _run(job, sm, cap, chunk, 3, concurrency=1)
     single_ttft, single_itl = max(one.ttft or [0.0]), _weighted_percentile(one.itl, 0.5)
     t.add("single_request_ttft", "one request alone: its prompt in chunks + the first token", single_ttft, "s")
