@@ -196,3 +196,16 @@ def test_ranks_per_domain_follows_the_stride() -> None:
     assert [ranks_per_domain(h100, 8, s) for s in (1, 2, 4, 8, 16)] == [8, 4, 2, 1, 1]
     assert ranks_per_domain(h100, 64) == 8
     assert ranks_per_domain(v5e, 64, 4) == 64  # a 256-chip pod is one ICI domain across its 8-chip hosts
+
+
+def test_training_ep_peers_lie_tp_x_pp_devices_apart() -> None:
+    """plan train's ep ranks are data-parallel ranks, tp x pp devices apart: tp=1 pp=4 ep=8 on 8-GPU nodes has 2
+    of the 8 ep ranks on a node, so 6/8 of each all-to-all leaves it over the NIC (1/8 over NVLink at once)."""
+    m, dev, eff = get_model("mixtral-8x7b"), get_device("h100-sxm"), kind_priors("gpu").comm_eff
+    s = m.spec
+    lay = Layout(dp=16, tp=1, pp=4, ep=8, zero_stage=1)
+    t = _terms(estimate_training(m, 1e10, "h100-sxm", 64, layout=lay))
+    vol = 1e10 / 16 * s.experts_per_token * s.d_model * 2.0
+    n_a2a = 4 + 2 * lay.recompute_fraction(s.n_layers)
+    one = max(1 / 8 * vol / (dev.intra_node_bw * eff), 6 / 8 * vol / (dev.inter_node_bw * eff))
+    assert t["ep_all_to_all_time"] == pytest.approx(s.n_layers / 4 * n_a2a * one)

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 from hwlm.errors import PlanError
 from hwlm.formulas import ADAM_MIXED, train_flops_per_token
 from hwlm.plan.catalog import Device
-from hwlm.plan.collectives import group_bandwidth
+from hwlm.plan.collectives import all_to_all_bytes_time, group_bandwidth
 from hwlm.plan.efficiency import (ACHIEVABLE_SOURCE, DEFAULT_GRID_KG_PER_KWH, GRID_SOURCE, MXU_SOURCE, OP_OVERHEAD_SOURCE,
                                   PUE_SOURCE, Calibration, Priors, gemm_shapes, kernels_per_step, load_calibration,
                                   priors_for, shape_efficiency)
@@ -370,16 +370,18 @@ def _dp_comm(ctx: _Ctx, lay: Layout, t: Terms, compute_step: float) -> float:
 def _all_to_all(ctx: _Ctx, lay: Layout, t: Terms, tok_dev: float) -> float:
     """Expert-parallel token exchange (whole run): each MoE layer sends every token's hidden state to its k
     experts' ranks and back, forward and backward (4 all-to-alls; full recompute repeats the forward two).
-    A rank keeps 1/ep of its tokens' traffic local. Not overlapped with compute (DeepSeek-V3's DualPipe
-    overlaps it; arXiv:2412.19437, section 3.2.1)."""
+    A rank keeps 1/ep of its tokens' traffic local. The ep ranks are data-parallel ranks, so they lie
+    tp x pp devices apart (the layout's tp and pp ranks are neighbours, as in :func:`_dp_comm`): the share
+    bound off the node crosses the network (:func:`hwlm.plan.collectives.all_to_all_bytes_time`). Not
+    overlapped with compute (DeepSeek-V3's DualPipe overlaps it; arXiv:2412.19437, section 3.2.1)."""
     spec, dev, eff = ctx.model.spec, ctx.dev, ctx.pri.comm_eff
     n_moe = spec.n_layers - spec.first_dense_layers
-    bw, what, _ = group_bandwidth(dev, lay.tp * lay.ep)
     n_a2a = 4 + 2 * lay.recompute_fraction(spec.n_layers)
-    vol = tok_dev / lay.tp * spec.experts_per_token * spec.d_model * 2.0 * (lay.ep - 1) / lay.ep
-    return t.add("ep_all_to_all_time", f"{n_moe}/pp MoE layers x {n_a2a:.3g} all-to-alls x tokens/dp/tp x k "
-                 f"{spec.experts_per_token} x {spec.d_model} x 2 B x (ep-1)/ep / ({what} {bw:.4g} x {eff})",
-                 n_moe / lay.pp * n_a2a * vol / (bw * eff), "s",
+    vol = tok_dev / lay.tp * spec.experts_per_token * spec.d_model * 2.0
+    one, formula, _ = all_to_all_bytes_time(dev, lay.ep, vol, eff, stride=lay.tp * lay.pp)
+    return t.add("ep_all_to_all_time", f"{n_moe}/pp MoE layers x {n_a2a:.3g} all-to-alls x (tokens/dp/tp x k "
+                 f"{spec.experts_per_token} x {spec.d_model} x 2 B = {vol:.4g} B, ep peers tp x pp "
+                 f"{lay.tp * lay.pp} devices apart: {formula})", n_moe / lay.pp * n_a2a * one, "s",
                  "expert parallelism, GShard (Lepikhin et al. 2020, arXiv:2006.16668, section 3.2)")
 
 
