@@ -26,8 +26,10 @@ product ``(xq @ Wq^T) * s * scales`` in float64:
 * ``_int_mm (w8a8 eager)``: ``hwlm.model.quantized.Int8Linear``'s eager w8a8 code, quantization included;
 * ``compiled _int_mm``: the same code under ``torch.compile`` (the quantization fused, ``_int_mm`` extern);
 * ``compiled int32 dot``: ``(xq.int() * Wq.int()).sum(-1)``, exact integer accumulation;
-* ``compiled fp32 x int8 (w8a8)``: ``(Wq.float() * round(x / s)).sum(-1) * s * scales``, the w8a8 numbers
-  with fp32 accumulation (exact while partial sums stay under 2**24);
+* ``compiled fp32 x int8 (w8a8, ...)``: ``(Wq.float() * codes).sum(-1) * s * scales``, the w8a8 numbers
+  with fp32 accumulation (exact while partial sums stay under 2**24), the codes as ``round(x / s)`` or as
+  ``hwlm.model.quantized.quantize_rows`` rounds them (``round(x * 127 / max|x|)``: inductor recomputes the
+  rounding for every weight element, a divide each in the first form, a multiply in the second);
 * ``compiled fp32 x int8 (w8a16)``: ``(Wq.float() * x).sum(-1) * scales``, no activation rounding;
 * ``_weight_int8pack_mm bf16``: the w8a16 eager kernel.
 
@@ -48,6 +50,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from generate_speed import copy_bandwidth  # noqa: E402  (benchmarks/ is a folder of scripts)
+
+from hwlm.model.quantized import quantize_rows  # noqa: E402
 
 C, LAYERS, VOCAB = 768, 12, 50304
 SHAPES = [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)] * LAYERS + [(VOCAB, C)]
@@ -110,9 +114,13 @@ def _int8_forms(qs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Callab
         xq = torch.round(x / s).to(torch.int32)
         return ((wq.to(torch.int32) * xq).sum(-1).float() * s.view(1) * sc).view(1, -1)
 
-    def fp32_w8a8(wq: torch.Tensor, sc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def fp32_w8a8_div(wq: torch.Tensor, sc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         s = _row_scale(x)
         return ((wq.float() * torch.round(x / s)).sum(-1) * (s.view(1) * sc)).view(1, -1)
+
+    def fp32_w8a8(wq: torch.Tensor, sc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        xq, s = quantize_rows(x)  # what Int8Linear's compiled row calls: codes round(x * 127 / max|x|)
+        return ((wq.float() * xq).sum(-1) * (s.view(1) * sc)).view(1, -1)
 
     def fp32_w8a16(wq: torch.Tensor, sc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return ((wq.float() * x).sum(-1) * sc).view(1, -1)
@@ -121,7 +129,9 @@ def _int8_forms(qs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Callab
     forms: dict[str, Callable[[int, torch.Tensor], torch.Tensor]] = {
         "_int_mm (w8a8 eager)": lambda i, x: int_mm(*qs[i], x)}
     for name, fn in (("compiled _int_mm", int_mm), ("compiled int32 dot", int32_dot),
-                     ("compiled fp32 x int8 (w8a8)", fp32_w8a8), ("compiled fp32 x int8 (w8a16)", fp32_w8a16)):
+                     ("compiled fp32 x int8 (w8a8, x / s rounded)", fp32_w8a8_div),
+                     ("compiled fp32 x int8 (w8a8, Int8Linear's row)", fp32_w8a8),
+                     ("compiled fp32 x int8 (w8a16)", fp32_w8a16)):
         comp = {s: torch.compile(fn, dynamic=False) for s in shapes}  # a graph per shape, as in _forms
         forms[name] = lambda i, x, comp=comp: comp[SHAPES[i]](*qs[i], x)
     bf16 = [(wq, sc.to(torch.bfloat16)) for wq, sc in qs]
