@@ -254,7 +254,7 @@ def main() -> None:
     p.add_argument("--pretrain", type=float, default=90.0, help="language-model pretraining seconds")
     p.add_argument("--finetune", type=float, default=60.0, help="classifier fine-tuning seconds")
     p.add_argument("--wide-lr", type=float, default=3e-2, help="wide & deep: the bag of words' peak learning rate")
-    p.add_argument("--length-pool", type=int, default=50,
+    p.add_argument("--length-pool", type=int, default=0,
                    help="fine-tunes: each batch from a pool of N batches of similar lengths (0: random batches)")
     p.add_argument("--models", default="bow,lstm,ft,wd",
                    help="hwlm models to run beside TF-IDF: bow, lstm, ft (fine-tuned Transformer), wd (wide & deep)")
