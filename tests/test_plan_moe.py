@@ -209,3 +209,15 @@ def test_training_ep_peers_lie_tp_x_pp_devices_apart() -> None:
     n_a2a = 4 + 2 * lay.recompute_fraction(s.n_layers)
     one = max(1 / 8 * vol / (dev.intra_node_bw * eff), 6 / 8 * vol / (dev.inter_node_bw * eff))
     assert t["ep_all_to_all_time"] == pytest.approx(s.n_layers / 4 * n_a2a * one)
+
+
+def test_ep_peers_on_a_mesh_use_their_direct_links_and_on_a_torus_the_region_they_span() -> None:
+    """MI300X (full mesh of 7 links a GPU): ep=4 peers 2 devices apart have 3 direct links between them, not 7.
+    TPU v5e (2-D torus, side 16): 8 ep peers 4 chips apart lie over 32 chips, a region that spans both dimensions."""
+    from hwlm.plan.collectives import all_to_all_bytes_time, group_bandwidth
+    mi, v5e = get_device("mi300x"), get_device("tpu-v5e")
+    t, formula, peers = all_to_all_bytes_time(mi, 4, 1e6, 1.0, stride=2)
+    assert t == pytest.approx(3 / 4 * 1e6 / (mi.intra_node_bw * 3 / 7)) and peers == [(3, "fabric")]
+    t, _, _ = all_to_all_bytes_time(v5e, 8, 1e6, 1.0, stride=4)
+    assert t == pytest.approx(7 / 8 * 1e6 / group_bandwidth(v5e, 32)[0])
+    assert group_bandwidth(v5e, 32)[0] == 2 * group_bandwidth(v5e, 8)[0]

@@ -175,7 +175,8 @@ def all_to_all_bytes_time(dev: Device, n: int, nbytes: float, comm_eff: float,
                           stride: int = 1) -> tuple[float, str, list[tuple[int, str]]]:
     """The bandwidth part of one all-to-all in which each of ``n`` ranks (``stride`` devices apart) sends
     ``nbytes`` spread evenly over the group: of its n - 1 peers, ``r - 1`` share its scale-up domain
-    (:func:`ranks_per_domain`) and take (r-1)/n of the bytes over the scale-up link; the other n - r take
+    (:func:`ranks_per_domain`) and take (r-1)/n of the bytes over the scale-up link (on a torus, over the
+    dimensions their r x stride chips span); the other n - r take
     (n-r)/n of the bytes over the inter-node network (:func:`network_link`). The two links carry their
     shares at once (NCCL's grouped sends and receives run every peer's transfer together; DeepSeek-V3's
     kernels overlap NVLink and InfiniBand likewise, arXiv:2412.19437 section 3.2.2), so the slower share sets
@@ -185,7 +186,10 @@ def all_to_all_bytes_time(dev: Device, n: int, nbytes: float, comm_eff: float,
     r = ranks_per_domain(dev, n, stride)
     parts, times, peers = [], [0.0], []
     if r > 1:
-        bw, what, kind = group_bandwidth(dev, r)
+        # A mesh gives each rank direct links to its r-1 peers only; on a torus the ranks are spread over the
+        # r x stride chips between them, and the routes cross every dimension that region spans.
+        span = r if dev.topology == "mesh" else min(r * stride, dev.scale_up_devices)
+        bw, what, kind = group_bandwidth(dev, span)
         times.append((r - 1) / n * nbytes / (bw * comm_eff))
         parts.append(f"({r}-1)/{n} x {nbytes:.4g} B / ({what}: {bw:.4g} x {comm_eff:.3g})")
         peers.append((r - 1, kind))
