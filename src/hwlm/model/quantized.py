@@ -124,10 +124,11 @@ def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w8a8's dynamic activation quantization: (codes (M, K) as rounded floats in [-127, 127], scale (M, 1)).
 
     Symmetric per row (token): ``x ~ codes * s`` with ``s = max|x| / 127``. The codes are ``round(x * (127 /
-    max|x|))``, a multiply rather than a divide by ``s``: inside the compiled one-row reduction the rounding
-    is recomputed for every weight element, where a vector divide costs several multiplies. Eager and
-    compiled code call this one function, so both round to the same codes; ``|x| * 127 / max|x| <= 127``,
-    so no clamp is needed. Few ops on purpose: at batch 1 each costs microseconds of dispatch.
+    max|x|))``, a multiply rather than a divide by ``s`` (inside the compiled one-row reduction the rounding
+    is recomputed for every weight element; that the multiply is cheaper there is not confirmed by
+    benchmarks/gemv_bandwidth.py --int8, see docs/benchmarks.md). Eager and compiled code call this one
+    function, so both round to the same codes; ``|x| * 127 / max|x| <= 127``, so no clamp is needed. Few
+    ops on purpose: at batch 1 each costs microseconds of dispatch.
     """
     amax = torch.linalg.vector_norm(x2.float(), float("inf"), dim=1, keepdim=True).clamp_(min=1e-12)  # (M, 1)
     return torch.round(x2 * (127.0 / amax)), amax / 127.0
