@@ -351,6 +351,10 @@ def render_summary(r: QuickstartResult) -> str:
                        "stepping once per batch never holds together); measured: " + ("CUDA allocator peak above the allocation before training"
                                          if r.device.startswith("cuda") else
                                          "peak anonymous resident memory during training minus its value before"))
+        if not r.device.startswith("cuda"):
+            lines.append("note: the prediction counts tensors; on a CPU hwlm keeps freed memory in its heap for speed "
+                         "(no page faults on each step's tensors), and the resident heap ends above the tensors "
+                         "(15-30% after a few steps, more over a long run: docs/benchmarks.md, training memory)")
     if r.window_tokens_per_s and r.window_tokens_per_s[1] > 1.5 * r.window_tokens_per_s[0]:
         lines.append(f"note: the step rate varied {r.window_tokens_per_s[1] / r.window_tokens_per_s[0]:.1f}x "
                      "between 10-step windows, more than steady training does: other processes were probably "
