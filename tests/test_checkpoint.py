@@ -105,3 +105,27 @@ def test_rng_round_trip() -> None:
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt_io.restore_rng(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_ctrl_c_inside_torch_save_stays_an_interrupt(tmp_path: Path) -> None:
+    """A second Ctrl-C lands in the middle of a checkpoint's torch.save: its handler raises KeyboardInterrupt
+    inside the file's write, which torch's C++ writer turns into a RuntimeError; the run must still end as an
+    interrupt (exit 130, "hwlm: interrupted"), not a traceback."""
+
+    class InterruptedFile:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def write(self, data: bytes) -> int:
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt  # what the signal handler does mid-write
+            return len(data)
+
+        def flush(self) -> None:
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_io._torch_save({"w": torch.zeros(1024, 1024)}, InterruptedFile())
+    with pytest.raises(RuntimeError):  # any other failure of the writer is left as it was
+        ckpt_io._torch_save({"w": torch.zeros(4)}, tmp_path)  # a folder is no file

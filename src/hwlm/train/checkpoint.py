@@ -116,19 +116,31 @@ def test_fail(path: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device (HWLM_TEST_FAIL_CKPT_WRITE)", str(path))
 
 
+def _torch_save(obj: Any, f: Any) -> None:
+    """``torch.save(obj, f)``, except that a Ctrl-C during the write stays a KeyboardInterrupt: torch's C++
+    writer turns the interrupt raised in its Python write call into a RuntimeError ("enforce fail at
+    inline_container.cc") whose context is the interrupt, which would end a run with a traceback."""
+    try:
+        torch.save(obj, f)
+    except RuntimeError as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise exc.__context__ from None
+        raise
+
+
 def _save_torch(obj: Any, path: Path) -> None:
     """``torch.save`` through a Python file, so that a full disk surfaces as OSError(ENOSPC)
     (given a path, torch reports it as an opaque RuntimeError from its C++ writer)."""
     test_fail(path)
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        _torch_save(obj, f)
 
 
 def _save_torch_encrypted(obj: Any, path: Path, key: bytes) -> None:
     """``torch.save`` into memory, written encrypted: no plaintext reaches the disk."""
     test_fail(path)
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    _torch_save(obj, buf)
     atomic_write_bytes(path, encrypt_bytes(buf.getbuffer(), key))  # a view of the buffer: no copy
 
 
