@@ -104,7 +104,8 @@ def main() -> None:
     rows = []
     for model, batch in CASES:
         load = os.getloadavg()[0]
-        cmd = [sys.executable, __file__, "--case", f"{model}:{batch}", "--steps", str(args.steps), "--root", str(args.root)]
+        cmd = [sys.executable, __file__, "--case", f"{model}:{batch}", "--steps", str(args.steps),
+               "--root", str(args.root)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         done = subprocess.run(cmd + ["--live"], capture_output=True, text=True, check=True)

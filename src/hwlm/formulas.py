@@ -44,7 +44,8 @@ from typing import Literal
 __all__ = ["ArchSpec", "ParamCount", "param_count", "forward_flops_per_token", "lm_head_flops_per_token",
            "attention_flops_per_pair",
            "train_flops_per_token", "kv_cache_bytes_per_token", "PRECISIONS", "PRECISION_CHOICES",
-           "WEIGHT_BYTES", "DTYPE_BYTES", "dtype_bytes", "compute_bytes", "kv_elem_bytes", "StateBytes", "ADAM_FP32",
+           "WEIGHT_BYTES", "DTYPE_BYTES", "dtype_bytes", "compute_bytes", "kv_elem_bytes", "step_peak",
+           "StateBytes", "ADAM_FP32",
            "ADAM_MIXED",
            "mfu", "RECOMPUTE", "ATTENTION_KERNELS", "LOSS_PATHS", "loss_path", "loss_chunk_rows", "saved_activation_bytes_per_layer",
            "saved_outside_layers_bytes", "loss_transient_bytes", "heap_slack_bytes", "TrainingMemory",
@@ -564,10 +565,17 @@ class TrainingMemory:
 
     @property
     def total(self) -> float:
-        live = self.gradients + self.activations + self.loss
-        if not self.gradients_at_forward:
-            live = max(self.gradients, self.activations + self.loss)
-        return self.weights + self.optimizer + live + self.autocast_copies + self.allocator_slack
+        return (step_peak(self.weights, self.gradients, self.optimizer, self.activations + self.loss,
+                          self.gradients_at_forward) + self.autocast_copies + self.allocator_slack)
+
+
+def step_peak(weights: float, gradients: float, optimizer: float, activations: float,
+              gradients_at_forward: bool = True) -> float:
+    """A training step's peak from its parts: the sum, or, where the gradients are freed between steps (one
+    process, one micro-batch a step), the larger end of the backward, ``max(gradients, activations)``
+    (:func:`training_memory`). The one rule for :class:`TrainingMemory` and the planner's layouts."""
+    live = gradients + activations if gradients_at_forward else max(gradients, activations)
+    return weights + optimizer + live
 
 
 def heap_slack_bytes(spec: ArchSpec, tokens: int, loss: str = "full", device_kind: str = "cpu") -> float:

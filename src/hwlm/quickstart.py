@@ -348,9 +348,9 @@ def render_summary(r: QuickstartResult) -> str:
         parts = pred["memory_parts"]
         lines.append("predicted train memory: " + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in parts.items())
                      + " (peak: weights + optimizer + the larger of gradients and activations, which one process "
-                       "stepping once per batch never holds together); measured: " + ("CUDA allocator peak above the allocation before training"
-                                         if r.device.startswith("cuda") else
-                                         "peak anonymous resident memory during training minus its value before"))
+                       "stepping once per batch never holds together); measured: "
+                     + ("CUDA allocator peak above the allocation before training" if r.device.startswith("cuda")
+                        else "peak anonymous resident memory during training minus its value before"))
         if not r.device.startswith("cuda"):
             lines.append("note: the prediction counts tensors; on a CPU hwlm keeps freed memory in its heap for speed "
                          "(no page faults on each step's tensors), and the resident heap ends above the tensors "

@@ -36,7 +36,7 @@ from typing import Literal
 from hwlm.errors import PlanError
 from hwlm.formulas import (ACTIVATION_COUNTS, ADAM_FP32, ADAM_MIXED, ArchSpec, heap_slack_bytes, korthikanti_activation_bytes_per_layer,
                            korthikanti_outside_layers_bytes, loss_path, loss_transient_bytes, saved_activation_bytes_per_layer,
-                           saved_outside_layers_bytes)
+                           saved_outside_layers_bytes, step_peak)
 
 __all__ = ["Layout", "MemoryBreakdown", "validate_layout", "training_memory", "link_bandwidth",
            "RECOMPUTE_MODES", "USABLE_MEMORY_FRACTION"]
@@ -131,9 +131,7 @@ class MemoryBreakdown:
 
     @property
     def total(self) -> float:
-        if not self.gradients_at_forward:
-            return self.weights + self.optimizer + max(self.gradients, self.activations)
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return step_peak(self.weights, self.gradients, self.optimizer, self.activations, self.gradients_at_forward)
 
     @property
     def fits(self) -> bool:

@@ -253,7 +253,8 @@ def _multi_node(m: Model, work: dict[str, Any], dev: Device, precision: str,
     over ep = the replica's devices, attention data-parallel over them (tp=1; vLLM ``--data-parallel-size N
     --enable-expert-parallel``, SGLang ``--enable-dp-attention``; DeepSeek-V3's deployment, arXiv:2412.19437,
     section 3.4). ep > one scale-up domain, so ``plan serve`` prices the (ep - r)/ep of each all-to-all that leaves
-    a node of r devices on the catalog's inter-node network (:func:`hwlm.plan.collectives.all_to_all_bytes_time`). Tries 2, 4, 8, ... nodes: the first that fits, then doubles while the fleet gets cheaper."""
+    a node of r devices on the catalog's inter-node network (:func:`hwlm.plan.collectives.all_to_all_bytes_time`).
+    Tries 2, 4, 8, ... nodes: the first that fits, then doubles while the fleet gets cheaper."""
     if dev.inter_node_bw is None and 2 * dev.devices_per_node > dev.scale_up_devices:
         _count(tried, "no network figure across nodes")
         return None
