@@ -114,8 +114,10 @@ def test_terms_add_up() -> None:
     e = estimate_inference("llama-2-70b", "a100-80gb", 4, batch=8, prompt_len=512, gen_len=64, graphs=True)
     t = {x.name: x.value for x in e.terms}
     assert "decode_host_time" not in t
-    assert t["tpot"] == pytest.approx(max(t["decode_memory_time"], t["decode_compute_time"]) + t["layer_overhead"]
+    assert t["tpot"] == pytest.approx(t["decode_linear_time"] + t["decode_attention_time"] + t["layer_overhead"]
                                       + t["decode_tp_comm_time"])
+    # bandwidth-bound in both kernels at batch 8: the sum is the step's bytes at bandwidth
+    assert t["decode_linear_time"] + t["decode_attention_time"] == pytest.approx(t["decode_memory_time"])
     assert t["memory_per_device"] == pytest.approx(t["weights_per_device"] + t["kv_cache_per_device"] + t["workspace"])
     assert e.request_time_s == pytest.approx(t["request_time"])
 
@@ -199,3 +201,36 @@ def test_compressed_formats_use_their_own_calibration_first(tmp_path) -> None:
     # int4 kernel factor scales it.
     factor = priors_for("gpu", "bf16", weight_dtype="int4").decode_bw_eff / priors_for("gpu", "bf16").decode_bw_eff
     assert t(both) / t(only16) == pytest.approx(0.8 * factor / 0.3, rel=1e-6)
+
+
+def test_decode_sums_the_weight_products_and_the_attention_each_at_its_own_bound() -> None:
+    """A step's kernels run one after another (per-kernel roofline, LLM-Viewer's model_analyzer): at batch 768
+    Llama 3.1 8B's products are compute-bound while its attention reads the KV cache at a few FLOPs per byte,
+    so the step is their sum, longer than the larger of the step's byte and FLOP totals."""
+    from hwlm.formulas import attention_flops_per_pair, forward_flops_per_token
+
+    e = estimate_inference("llama-3.1-8b", "gaudi3", 1, batch=768, prompt_len=128, gen_len=2048, precision="fp8",
+                           engine="optimum-habana")
+    t = {x.name: x.value for x in e.terms}
+    spec, ctx = get_model("llama-3.1-8b").spec, 128 + 2048 // 2
+    rate = 768 * forward_flops_per_token(spec, ctx) / t["decode_compute_time"]
+    f_att = 768 * ctx * attention_flops_per_pair(spec)
+    kv = 768 * ctx * t["kv_bytes_per_token_device"]
+    bw = t["decode_bytes_per_step"] / t["decode_memory_time"]
+    assert t["decode_linear_time"] == pytest.approx((768 * forward_flops_per_token(spec, ctx) - f_att) / rate)
+    assert t["decode_attention_time"] == pytest.approx(kv / bw)  # memory-bound: ~16 FLOPs per fp8 byte
+    assert t["decode_linear_time"] > t["weights_per_device"] / bw  # compute-bound products
+    assert e.tpot_s == pytest.approx(t["decode_linear_time"] + t["decode_attention_time"] + t["layer_overhead"])
+    assert e.tpot_s > max(t["decode_memory_time"], t["decode_compute_time"]) + t["layer_overhead"]
+
+
+def test_a_calibrated_decode_rate_keeps_the_larger_total(tmp_path) -> None:
+    """bench infer's decode rate is bytes per step / the measured TPOT, the kernels' sum already inside it."""
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "entries": [
+        {"device": "a100-80gb", "dtype": "bf16", "phase": "decode", "efficiency": 0.5}]}))
+    e = estimate_inference("llama-3.1-8b", "a100-80gb", 1, batch=256, prompt_len=128, gen_len=1024,
+                           calibration=str(cal))
+    t = {x.name: x.value for x in e.terms}
+    assert "decode_linear_time" not in t
+    assert e.tpot_s == pytest.approx(max(t["decode_memory_time"], t["decode_compute_time"]))

@@ -21,8 +21,8 @@ from typing import Any
 
 from hwlm.calibration import compute_dtype
 from hwlm.errors import PlanError
-from hwlm.formulas import (WEIGHT_BYTES, forward_flops_per_token, kv_cache_bytes_per_token, kv_elem_bytes,
-                           lm_head_flops_per_token)
+from hwlm.formulas import (WEIGHT_BYTES, attention_flops_per_pair, forward_flops_per_token, kv_cache_bytes_per_token,
+                           kv_elem_bytes, lm_head_flops_per_token)
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import allreduce_time, library_for
 from hwlm.plan.experts import EP_SOURCE, check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
@@ -315,38 +315,62 @@ def _prefill(j: _Job, t: Terms, w_dev: float) -> float:
                  " + tp comm, host time)", max(max(t_mm + t_ew, t_w) + launch + comm, host), "s", pri.source)
 
 
+PER_KERNEL_SOURCE = ("per-kernel roofline: each kernel is bound by its own FLOPs or bytes (Williams, Waterman and "
+                     "Patterson, 'Roofline: An Insightful Visual Performance Model for Multicore Architectures', CACM "
+                     "52(4), 2009) and a step's kernels run one after another, so the step "
+                     "is their sum: LLM-Viewer (Yuan et al. 2024, arXiv:2402.16363) model_analyzer.py gives every "
+                     "projection, qk_matmul and sv_matmul its own roofline_analyze(bandwidth, max_OPS, OPs, "
+                     "memory_access) and adds their inference_time over the layers")
+
+
 def _decode(j: _Job, t: Terms, kv_tok: float, bytes_w: float) -> float:
+    """One decode step: the weight products and the attention over the KV cache are separate kernels, each
+    bound by its own FLOPs or bytes, run one after the other (:data:`PER_KERNEL_SOURCE`). At a large batch the
+    products are compute-bound while the attention, a few FLOPs per cached byte, stays bandwidth-bound, so
+    the step is the sum of the two, not the larger of the step's totals. A calibrated decode rate (bytes per
+    step / measured TPOT) already holds that sum: it keeps the larger of the totals."""
     spec, pri, dev, tp = j.m.spec, j.pri, j.dev, j.tp
     peak, bw = dev.peak_flops(j.cdtype), dev.memory_bw
     ctx_avg = j.prompt_len + j.gen_len / 2  # average context over the generation
     w_read, w_what = weights_read_per_step(j.m, j.batch, bytes_w, tp, j.ep)
     reads, reads_f = kv_read_factor(j.m, j.engine)
+    kv_read = j.group_batch * ctx_avg * kv_tok * reads
     step = t.add("decode_bytes_per_step", f"weights read ({w_what}) + batch {j.group_batch:g} x {ctx_avg:g} ctx x kv "
-                 "per token" + reads_f, w_read + j.group_batch * ctx_avg * kv_tok * reads, "B",
-                 j.engine.source if reads > 1 else "")
+                 "per token" + reads_f, w_read + kv_read, "B", j.engine.source if reads > 1 else "")
+    eff_bw = bw * pri.decode_bw_eff
     t_mem = t.add("decode_memory_time", f"{step:.4g} B / (bw {bw:.4g} x {pri.decode_bw_eff:.3g})",
-                  step / (bw * pri.decode_bw_eff), "s", f"{dev.source('memory_bw')}; {j.bw_src}")
+                  step / eff_bw, "s", f"{dev.source('memory_bw')}; {j.bw_src}")
     f_dec = j.batch * forward_flops_per_token(spec, int(ctx_avg))
+    f_att = j.batch * int(ctx_avg) * attention_flops_per_pair(spec)
     fill, _ = shape_efficiency(dev, spec, j.batch, 1, tp)
+    rate = j.width * peak * pri.matmul_eff * fill
     t_fl = t.add("decode_compute_time", f"{f_dec:.4g} FLOP / ({_devs(j)} x peak {peak:.4g} x {pri.matmul_eff:.3g}"
-                 + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"), f_dec / (j.width * peak * pri.matmul_eff * fill),
-                 "s",
+                 + (f" x MXU fill {fill:.3f})" if fill < 1 else ")"), f_dec / rate, "s",
                  j.mm_src + ("; " + MXU_SOURCE if fill < 1 else ""))
+    calibrated = j.bw_src.startswith("calibration decode")
+    if calibrated:
+        # A measured decode rate (bench infer's bytes per step / TPOT) already holds the per-layer fixed cost.
+        launch = t.add("layer_overhead", "0: inside the calibrated decode rate", 0.0, "s", j.bw_src)
+        t_step = max(t_mem, t_fl)
+    else:
+        t_lin = t.add("decode_linear_time", f"max(weights {w_read:.4g} B / bw, {f_dec - f_att:.4g} FLOP / compute)",
+                      max(w_read / eff_bw, (f_dec - f_att) / rate), "s", PER_KERNEL_SOURCE)
+        t_att = t.add("decode_attention_time", f"max(KV cache {kv_read:.4g} B / bw, {f_att:.4g} FLOP / compute)",
+                      max(kv_read / eff_bw, f_att / rate), "s", PER_KERNEL_SOURCE)
+        t_step = t_lin + t_att
+        launch = t.add("layer_overhead", f"{spec.n_layers} layers x {pri.layer_overhead_s:g} s",
+                       spec.n_layers * pri.layer_overhead_s, "s", pri.source)
     comm, comm_f = _comm(j.m, dev, tp, math.ceil(j.group_batch), pri)
     if comm:
         t.add("decode_tp_comm_time", comm_f, comm, "s", COMM_SOURCE + library_for(dev).source)
     a2a, a2a_f = ep_comm(j.m, dev, tp, j.ep, j.group_batch, pri.comm_eff)
     if a2a:
         comm += t.add("decode_ep_all_to_all_time", a2a_f, a2a, "s", EP_SOURCE + "; " + library_for(dev).source)
-    if j.bw_src.startswith("calibration decode"):
-        # A measured decode rate (bench infer's bytes per step / TPOT) already holds the per-layer fixed cost.
-        launch = t.add("layer_overhead", "0: inside the calibrated decode rate", 0.0, "s", j.bw_src)
-    else:
-        launch = t.add("layer_overhead", f"{spec.n_layers} layers x {pri.layer_overhead_s:g} s",
-                       spec.n_layers * pri.layer_overhead_s, "s", pri.source)
     host = _host_time(j, t, "decode")
-    return t.add("tpot", "max(max(decode_memory_time, decode_compute_time) + layer_overhead + tp comm, host time)",
-                 max(max(t_mem, t_fl) + launch + comm, host), "s")
+    step_f = "max(decode_memory_time, decode_compute_time)" if calibrated else \
+        "decode_linear_time + decode_attention_time"
+    return t.add("tpot", f"max({step_f} + layer_overhead + tp comm, host time)",
+                 max(t_step + launch + comm, host), "s")
 
 
 def estimate_inference(model: str | Model | InferenceJob, hardware: str | Device | None = None, devices: int = 1, *,
