@@ -187,3 +187,48 @@ def test_a_compressed_run_serves_through_load_model(tiny_run, tmp_path) -> None:
 
     assert _fastest_dtype(loaded.model, 4) == "fp32"  # --dtype auto leaves quantized weights alone
     assert _fastest_dtype(load_model(tiny_run).model, 4) in ("fp32", "bf16")  # timed, so either may win
+
+
+def _bf16_packed_runner(flavour: str, slots: int) -> tuple[Transformer, ModelRunner]:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name(flavour, vocab_size=300)).eval().to(torch.bfloat16)
+    runner = ModelRunner(model, num_slots=slots)
+    if not runner.packed:
+        pytest.skip("this CPU has no oneDNN bf16 (avx512_bf16 or AMX): nothing is prepacked")
+    return model, runner
+
+
+@pytest.mark.parametrize("flavour", ["debug", "llama-debug"])
+def test_prepacked_bf16_linears_give_the_module_path_numbers(flavour: str) -> None:
+    """The oneDNN weights packed once compute what ``F.linear`` computes on the same bf16 weights, bit for bit."""
+    model, runner = _bf16_packed_runner(flavour, 4)
+    rows = [([5, 9, 17], 0, 0), ([3], 1, 0), ([8, 2, 30, 41], 3, 0)]
+    packed = runner.step(rows)
+    runner.packed = {}
+    with torch.inference_mode():
+        unpacked = runner._packed(rows)  # the same step, each linear through the module (F.linear)
+    assert torch.equal(packed, unpacked)
+
+
+@pytest.mark.parametrize("flavour", ["debug", "llama-debug"])
+def test_bf16_packed_rows_match_the_fp32_forward_and_do_not_depend_on_the_batch(flavour: str) -> None:
+    """In bf16 every step is packed (a lone row too): each row is close to the fp32 full forward, and a
+    row's logits in a batch equal its logits stepped alone to bf16 rounding, with the same greedy token."""
+    model, runner = _bf16_packed_runner(flavour, 6)
+    full_model = Transformer(model.cfg).eval()
+    full_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    prompts = {0: [5, 9, 17], 2: [3], 3: [8, 8, 2, 30, 41, 7, 6]}
+    for slot, ids in prompts.items():
+        runner.prefill(ids, slot, 0)
+    slots = sorted(prompts)
+    batch = runner.decode([20] * len(slots), slots, [len(prompts[s]) for s in slots]).float()
+    with torch.inference_mode():
+        for row, s in enumerate(slots):
+            full, _ = full_model(torch.tensor([prompts[s] + [20]]))
+            torch.testing.assert_close(batch[row], full[0, -1], atol=0.1, rtol=0.05)
+    alone = ModelRunner(model, num_slots=6)
+    for row, s in enumerate(slots):
+        alone.prefill(prompts[s], s, 0)
+        one = alone.decode([20], [s], [len(prompts[s])]).float()[0]
+        torch.testing.assert_close(one, batch[row], atol=2e-2, rtol=2e-2)
+        assert int(one.argmax()) == int(batch[row].argmax())

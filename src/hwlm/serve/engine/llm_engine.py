@@ -131,8 +131,10 @@ class LLMEngine:
             rows = []
             if work:
                 logits = self.runner.step([(tokens, seq.slot, seq.num_cached) for seq, tokens in work])
-                # Greedy rows' tokens in one argmax over the batch (the same first-maximum as row by row).
-                best = logits.argmax(-1).tolist() if any(s.params.temperature < 1e-5 for s, _ in work) else None
+                # Greedy rows' tokens in one argmax over the batch (the same first-maximum as row by row), in
+                # fp32: CPU argmax over bf16 takes about 4x as long (1.4 against 0.37 ms for 8 x 50,304 logits).
+                greedy = any(s.params.temperature < 1e-5 for s, _ in work)
+                best = logits.float().argmax(-1).tolist() if greedy else None
                 for i, ((seq, tokens), row) in enumerate(zip(work, logits)):
                     seq.num_cached += len(tokens)
                     if seq.prefilled:  # a prompt's last chunk, or a decode: sample the next token

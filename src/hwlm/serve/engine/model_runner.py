@@ -13,16 +13,20 @@ The logits come back for the last token of each row only.
 
 Two cases keep exactly ``hwlm generate``'s numbers: one decoding row takes
 ``Transformer.decode_step``, and one prefill row ``Transformer.forward`` on a one-slot view of the
-cache (the model's own bottom-right causal mask for a chunk that starts past 0).
+cache (the model's own bottom-right causal mask for a chunk that starts past 0). In bf16 on the CPU
+(``prepack_linears``) every step is the packed one, a lone row too: its linears run on weights
+packed once for oneDNN, and its attention in fp32, about 1.7x faster than the module path at 1 and
+8 rows on ``mid`` (docs/benchmarks.md, "Where the time went").
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hwlm.model import KVCache, Transformer
-from hwlm.model.transformer import apply_rope
+from hwlm.model.transformer import apply_rope, linear
 
 __all__ = ["ModelRunner", "Row"]
 
@@ -42,6 +46,10 @@ class ModelRunner:
             self.cache = KVCache(self.cfg, batch_size=num_slots, device=self.device, dtype=self.dtype)
             self.state = model.decode_state()  # for decode_step at batch 1, built once
         self.views = [self._slot_view(s) for s in range(num_slots)]
+        self.packed = prepack_linears(model, num_slots) if self.device.type == "cpu" else {}
+        # CPU SDPA in bf16 takes about 5x its fp32 time at these sizes (0.39 against 0.07 ms for 8 rows x
+        # 80 keys on the EPYC): the packed step attends in fp32 and casts the result back.
+        self.attn_fp32 = self.device.type == "cpu" and self.dtype == torch.bfloat16
 
     def _slot_view(self, slot: int) -> KVCache:
         """A batch-1 KVCache whose buffers are views of slot ``slot``: writes land in the slot cache."""
@@ -67,7 +75,7 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, rows: list[Row]) -> torch.Tensor:
         """Logits (R, V) of each row's last token, after writing every row's tokens into its slot."""
-        if len(rows) == 1:
+        if len(rows) == 1 and not self.packed:  # bf16 with packed weights: the packed step is faster, even alone
             tokens, slot, start = rows[0]
             if len(tokens) == 1:
                 return self.model.decode_step(tokens[0], self.views[slot], start, self.state).view(1, -1)
@@ -77,7 +85,7 @@ class ModelRunner:
         return self._packed(rows)
 
     def _packed(self, rows: list[Row]) -> torch.Tensor:
-        m, cfg, dev = self.model, self.cfg, self.device
+        m, cfg, dev, lin = self.model, self.cfg, self.device, self._linear
         H, K, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         R, T = len(rows), max(len(t) for t, _, _ in rows)
         lens = [len(t) for t, _, _ in rows]
@@ -106,7 +114,7 @@ class ModelRunner:
             rope = (m.rope_cos[pos].view(N, 1, D), m.rope_sin[pos].view(N, 1, D))  # (N, 1, D)
         for layer, block in enumerate(m.h):
             attn = block.attn
-            qkv = attn.c_attn(block.ln_1(x)).view(N, H + 2 * K, D)
+            qkv = lin(attn.c_attn, block.ln_1(x)).view(N, H + 2 * K, D)
             q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]  # (N, H, D), (N, K, D), (N, K, D)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -123,9 +131,46 @@ class ModelRunner:
                 qp = q.new_zeros(R, T, H, D)
                 qp[row_of, t_of] = q
                 qp = qp.transpose(1, 2)  # (R, H, T, D)
+            if self.attn_fp32:
+                qp, keys, values = qp.float(), keys.float(), values.float()
             y = F.scaled_dot_product_attention(qp, keys, values, attn_mask=mask, enable_gqa=K != H)  # (R, H, T, D)
+            y = y.to(x.dtype)
             y = y.reshape(R, H * D) if T == 1 else y.transpose(1, 2)[row_of, t_of].reshape(N, H * D)
-            x = x + attn.c_proj(y)
-            x = x + block.mlp(block.ln_2(x))
+            x = x + lin(attn.c_proj, y)
+            x = x + lin(block.mlp.c_proj, _activation(block.mlp, lin(block.mlp.c_fc, block.ln_2(x))))
         last = torch.tensor(lens, device=dev).cumsum(0) - 1  # (R,) each row's last token in the packing
-        return m.lm_head(m.ln_f(x[last]))  # (R, V)
+        return lin(m.lm_head, m.ln_f(x[last]))  # (R, V)
+
+    def _linear(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``layer(x)`` for packed tokens (N, C_in), through its prepacked oneDNN weight where there is one."""
+        w = self.packed.get(layer)
+        if w is None:
+            return linear(x, layer)
+        return torch.ops.mkldnn._linear_pointwise(x, w, layer.bias, "none", [], "")
+
+
+def prepack_linears(model: nn.Module, batch_hint: int) -> dict[nn.Module, torch.Tensor]:
+    """Each plain bf16 ``nn.Linear``'s weight reordered once into oneDNN's blocked layout, by module.
+
+    Why: on the CPU ``F.linear`` in bf16 goes through oneDNN and reorders the whole weight on every
+    call; for the 50,304 x 384 output layer of ``mid`` at 8 rows that is 4.5-6 ms of a 12 ms step,
+    against 1.4-2.8 ms with the weight packed once (what inductor's CPU freezing does with
+    ``mkldnn._reorder_linear_weight``; the same oneDNN kernel, so the same numbers: tested). fp32
+    weights (MKL's sgemm, which reads them as they are), quantized and tensor-subclass weights are
+    left alone. ``batch_hint`` is the row count the layout is tuned for; any count works.
+    """
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return {}
+    packed = {}
+    for module in model.modules():
+        if type(module) is nn.Linear and type(module.weight) is nn.Parameter and module.weight.dtype == torch.bfloat16:
+            packed[module] = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), batch_hint)
+    return packed
+
+
+def _activation(mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``MLP.forward``'s activation between its two linears (SwiGLU or GPT-2's tanh gelu)."""
+    if mlp.gated:
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.gelu(h, approximate="tanh")

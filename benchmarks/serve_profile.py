@@ -1,0 +1,145 @@
+"""Where an engine step's time goes under a closed loop of C clients, in one process (no HTTP).
+
+Builds the engine as ``hwlm serve`` does (``worker._build``: the same run, back end, precision and
+slots), keeps ``--clients`` sequences running (a finished one is replaced at once, as a client
+loop does) until ``--requests`` have finished, and times each step's parts: the forward
+(``runner.step``), the greedy argmax, sampling and text (``_accept``, events), and the step message
+(pickled as the worker sends it). For the hybrid it also counts lone (onnxruntime) steps, batched
+steps, and how often a step flips between the two. ``--torch-profile`` adds torch.profiler's table
+of the forward's ops (record_shapes) for the steps at full batch.
+
+    .venv/bin/python benchmarks/serve_profile.py --run runs/serve-bench/mid --dtype bf16 --clients 8
+    .venv/bin/python benchmarks/serve_profile.py --run runs/serve-bench/mid --backend auto --dtype auto \\
+        --onnx runs/serve-bench/mid-onnx --clients 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--backend", default="torch")
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--onnx", type=Path, default=None)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--slots", type=int, default=32)
+    ap.add_argument("--torch-profile", action="store_true")
+    a = ap.parse_args()
+
+    import torch
+
+    from hwlm.serve.config import ServeConfig
+    from hwlm.serve.engine.sequence import SamplingParams, Sequence
+    from hwlm.serve.engine.worker import _build, event_tuple
+
+    cfg = ServeConfig(run=a.run, backend=a.backend, dtype=a.dtype, onnx=a.onnx, max_num_seqs=a.slots,
+                      max_waiting=256, auth=False)
+    t0 = time.perf_counter()
+    engine, recorder, info = _build(cfg)
+    print(f"built in {time.perf_counter() - t0:.1f} s: {info['backend']} {info['dtype']}, {info['threads']} threads")
+    tok = engine.tokenizer
+    prompts = [tok.encode(p) for p in ("The cat sat on the", "A dog ran to the park while",
+                                       "Because it was a warm day", "The bird sang over")]
+    prompts = [p.ids if hasattr(p, "ids") else p for p in prompts]
+    parts: dict[str, list[float]] = {k: [] for k in ("step", "forward", "accept", "message")}
+    rows_seen, paths = Counter(), []
+    runner, pending, done = engine.runner, [], [0]
+    forward = runner.step
+
+    def timed_forward(rows):
+        t = time.perf_counter()
+        out = forward(rows)
+        parts["forward"].append(time.perf_counter() - t)
+        rows_seen[len(rows)] += 1
+        paths.append("lone" if len(rows) == 1 and getattr(runner, "single_in_onnx", False) else "batch")
+        return out
+
+    runner.step = timed_forward
+    accept = engine._accept
+
+    def timed_accept(seq, row, greedy=None):
+        t = time.perf_counter()
+        accept(seq, row, greedy)
+        parts["accept"][-1] += time.perf_counter() - t
+
+    engine._accept = timed_accept
+    issued = [0]
+
+    def submit() -> None:
+        i = issued[0]
+        issued[0] += 1
+        seq = Sequence(prompts[i % len(prompts)], SamplingParams(max_tokens=a.tokens, temperature=0.0), emit,
+                       lambda ids: tok.decode(ids, skip_special_tokens=False), deadline=time.monotonic() + 600)
+        engine.scheduler.add(seq)
+
+    def emit(ev) -> None:
+        pending.append(event_tuple(0, ev))
+        if ev.finish_reason is not None:
+            done[0] += 1
+            if issued[0] < a.requests:
+                submit()
+
+    def run_loop(requests: int) -> None:
+        for _ in range(min(a.clients, requests)):
+            submit()
+        while engine.scheduler.running or engine.scheduler.waiting:
+            t = time.perf_counter()
+            parts["accept"].append(0.0)
+            engine.step()
+            tm = time.perf_counter()
+            pickle.dumps(("step", list(pending), (1, 0, 0.0), recorder.take()))
+            pending.clear()
+            parts["message"].append(time.perf_counter() - tm)
+            parts["step"].append(time.perf_counter() - t)
+
+    with torch.inference_mode():
+        a_requests, a.requests = a.requests, a.clients  # warm-up: one wave
+        run_loop(a.clients)
+        for v in parts.values():
+            v.clear()
+        rows_seen.clear(), paths.clear()
+        a.requests, issued[0] = a_requests, 0
+        t = time.perf_counter()
+        run_loop(a.requests)
+        wall = time.perf_counter() - t
+    ms = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
+    total = sum(parts["step"])
+    print(f"{len(parts['step'])} steps, {a.requests * a.tokens / wall:.0f} tokens/s in-process, "
+          f"steps by rows: {dict(sorted(rows_seen.items()))}")
+    flips = sum(1 for p, q in zip(paths, paths[1:]) if p != q)
+    print(f"lone steps {paths.count('lone')}, batched {paths.count('batch')}, flips {flips}")
+    for k, v in parts.items():
+        print(f"  {k:8s} median {ms(v):6.2f} ms  share of step time {sum(v) / total:6.1%}")
+    if a.torch_profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        rows = [([1], s, 40 + s) for s in range(a.clients)]
+        with torch.inference_mode():
+            for s in range(a.clients):
+                forward([([0] * 40, s, 0)])
+            for _ in range(3):
+                forward(rows)
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                for _ in range(20):
+                    logits = forward(rows)
+                    logits.float().argmax(-1).tolist()
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20,
+                                                                  max_name_column_width=40, max_shapes_column_width=60))
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
