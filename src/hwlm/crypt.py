@@ -33,15 +33,16 @@ import secrets
 import shutil
 import stat
 import struct
+import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from hwlm.errors import ConfigError, DataError
 from hwlm.io import LOCK_FILE, atomic_dir, atomic_write_bytes, folder_lock, resource_error, sha256_file
 
 __all__ = ["load_key", "optional_key", "key_for", "encryption_section", "read_secret_file", "key_id", "write_encrypted",
            "encrypt_bytes", "EncryptedReader", "is_encrypted", "read_encrypted", "check_chunks", "rotate_dir",
-           "WrongKeyError", "CHUNK", "SCHEME", "KEY_FILE_HELP"]
+           "WrongKeyError", "CHUNK", "SCHEME", "KEY_FILE_HELP", "holds_encrypted", "warn_unused_key"]
 
 MAGIC, VERSION, CHUNK = b"HWLMENC1", 1, 1 << 20
 SCHEME = "hwlm-enc-1 (AES-256-GCM, 1 MiB chunks)"
@@ -179,6 +180,40 @@ def is_encrypted(path: Path) -> bool:
             return f.read(len(MAGIC)) == MAGIC
     except OSError:
         return False
+
+
+def holds_encrypted(path: Path | str) -> bool:
+    """Whether ``path`` is an encrypted file or a folder holding one anywhere below it (a data folder's
+    shards, a run's checkpoints); only each file's first 8 bytes are read."""
+    path = Path(path)
+    if path.is_dir():
+        return any(is_encrypted(f) for f in path.rglob("*") if f.is_file())
+    return is_encrypted(path)
+
+
+def warn_unused_key(key_file: Path | str | None, reads: Iterable[Path | str | None],
+                    encrypt: bool | None = None) -> str | None:
+    """Say in one line on stderr that ``--key-file`` is given but unused, and return the line (else None).
+
+    A user who passes a key for plain data most likely expects encryption, so the key's silence is worth a
+    line. It is unused when none of the folders or files the command reads (``reads``; None entries are
+    skipped) is encrypted, and, for a command that writes (``encrypt`` is its ``--encrypt``; None where the
+    command has no such flag), ``--encrypt`` is off: the key then encrypts nothing either. A path that does
+    not exist is left to the command's own error, and with no path known nothing is said.
+
+    >>> warn_unused_key(None, ["runs/data"]) is None   # no key given: nothing to say
+    True
+    """
+    paths = [Path(p) for p in reads if p is not None]
+    if key_file is None or encrypt or not paths or not all(p.exists() for p in paths) \
+            or any(holds_encrypted(p) for p in paths):
+        return None
+    what = " and ".join(str(p) for p in paths)
+    line = f"hwlm: warning: --key-file {key_file} is unused: {what} {'are' if len(paths) > 1 else 'is'} not encrypted"
+    line += (", and without --encrypt nothing is written encrypted: add --encrypt to encrypt the output"
+             if encrypt is False else " (the key only opens encrypted files)")
+    print(line, file=sys.stderr)
+    return line
 
 
 class EncryptedReader:

@@ -166,6 +166,9 @@ def _train(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     from hwlm.bench.infer import InferBenchConfig, run_infer_bench
     from hwlm.bench.workloads import format_workload
+    from hwlm.crypt import warn_unused_key
+    if args.run is not None:  # without --run, bench infer refuses --key-file itself
+        warn_unused_key(args.key_file, [args.run])
     cfg = InferBenchConfig(model=args.model, device=args.device, batch_sizes=args.batch_sizes,
                            prompt_lens=args.prompt_lens, new_tokens=args.new_tokens, repeats=args.repeats,
                            precision=args.precision, energy=args.energy, tdp_w=args.tdp, seed=args.seed,

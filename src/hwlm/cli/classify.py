@@ -88,6 +88,10 @@ def run_task_train(args: argparse.Namespace) -> int:
 
     task = _task_config(args)
     cfg = resolve(TrainConfig, file=args.config, overrides=overrides_from_args(args, TrainConfig), section="train")
+    from hwlm.crypt import warn_unused_key
+
+    warn_unused_key(cfg.key_file, [cfg.data, task.init_from, task.wide_from, cfg.out if cfg.out.exists() else None],
+                    encrypt=cfg.encrypt)
     if args.nproc not in ("1", "auto") or args.nnodes != 1:
         from hwlm.errors import ConfigError
 
@@ -157,8 +161,10 @@ def _report_table(report: dict[str, Any], labels: list[str]) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from hwlm.crypt import warn_unused_key
     from hwlm.evaluate_classify import predict_file
 
+    warn_unused_key(args.key_file, [args.run])
     r = predict_file(args.run, args.file, args.out, args.text_field, args.batch_size, args.device,
                      progress=not args.no_progress, key=_key(args))
     print(f"labelled {r.rows:,} rows in {r.seconds:.1f} s -> {r.out}")

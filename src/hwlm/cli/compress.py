@@ -44,6 +44,10 @@ def run_compress(args: argparse.Namespace) -> int:
     from hwlm.compress import compress
 
     cfg = resolve(CompressConfig, args.config, overrides_from_args(args, CompressConfig), section="compress")
+    from hwlm.cli.train import run_data
+    from hwlm.crypt import warn_unused_key
+
+    warn_unused_key(cfg.key_file, [cfg.run, cfg.data or run_data(cfg.run)])  # an encrypted run writes encrypted
     result = compress(cfg, energy_meter=EnergyMeter)
     if args.json:
         print(json.dumps(result.record, indent=2))

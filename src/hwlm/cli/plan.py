@@ -239,7 +239,7 @@ def _classifier_arguments(t: argparse.ArgumentParser) -> None:
 
 
 def _train_classifier(a: argparse.Namespace) -> int:
-    from hwlm.crypt import optional_key
+    from hwlm.crypt import optional_key, warn_unused_key
     from hwlm.plan.classifier import estimate_classifier, job_from_recipe
 
     if a.model or a.tokens:
@@ -248,6 +248,7 @@ def _train_classifier(a: argparse.Namespace) -> int:
         raise PlanError("hwlm trains classifiers on one device: drop --devices")
     if a.key_file and not a.data:
         raise PlanError("--key-file opens an encrypted --data folder: give --data DIR or drop --key-file")
+    warn_unused_key(a.key_file, [a.data])
     key = optional_key(a.key_file)  # torch-free (hwlm.crypt); a loose or missing key file is one line here
     job = job_from_recipe(a.config, a.hardware, data=a.data, key=key, examples=a.examples, mean_len=a.mean_len,
                           steps_len=a.mean_len, **_env_kw(a))

@@ -52,6 +52,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from hwlm.serve import serve
 
     cfg = resolve(ServeConfig, args.config, overrides_from_args(args, ServeConfig), section="serve")
+    from hwlm.crypt import warn_unused_key
+
+    warn_unused_key(cfg.key_file, [cfg.run])
     serve(cfg, ready=lambda line: print(line, flush=True))
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hwlm.config import add_arguments, load_toml, overrides_from_args, resolve
+from hwlm.crypt import warn_unused_key
 from hwlm.errors import ConfigError
 from hwlm.model.config import ModelConfig
 from hwlm.train.config import TrainConfig
@@ -102,6 +103,8 @@ def run_train(args: argparse.Namespace) -> int:
         run = ResolvedRun.load(args.resolved_run)
     else:
         cfg = resolve(TrainConfig, file=args.config, overrides=overrides_from_args(args, TrainConfig), section="train")
+        if os.environ.get("RANK", "0") == "0":  # once under an external torchrun (rank 0): a resumed run reads OUT
+            warn_unused_key(cfg.key_file, [cfg.data, cfg.out if cfg.out.exists() else None], encrypt=cfg.encrypt)
         run = resolve_run(cfg, model_overrides(args))
     if under_torchrun():
         rc = _train_here(args, run)
@@ -206,6 +209,18 @@ def _key(args: argparse.Namespace) -> bytes | None:
     return optional_key(getattr(args, "key_file", None))
 
 
+def run_data(run: Path | None) -> Path | None:
+    """The data folder a run's newest checkpoint trained on (its config.json's data.dir), or None: what eval and
+    compress read when --data is not given."""
+    from hwlm.errors import HwlmError
+    from hwlm.train import checkpoint as ckpt_io
+
+    try:
+        return Path(ckpt_io.read_json(ckpt_io.resolve_checkpoint(run) / "config.json")["data"]["dir"])
+    except (HwlmError, KeyError, TypeError):  # no run, no checkpoint or no data section: the command says so later
+        return None
+
+
 def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     from hwlm.evaluate import EvalConfig
 
@@ -224,6 +239,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from hwlm.evaluate import EvalConfig, evaluate
 
     cfg = resolve(EvalConfig, overrides=overrides_from_args(args, EvalConfig))
+    warn_unused_key(cfg.key_file, [cfg.run, None if cfg.files else cfg.data or run_data(cfg.run)])
     from hwlm.train.classify_load import is_classifier_run
 
     if cfg.run is not None and is_classifier_run(cfg.run):
@@ -285,6 +301,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{' and '.join(chosen)} do not combine: choose one way to decode")
     if args.backend == "onnx" and args.onnx is None:
         raise ConfigError("--backend onnx needs --onnx PATH (a folder made by `hwlm export --format onnx`)")
+    if not under_torchrun():  # once, not in each tensor-parallel worker
+        warn_unused_key(args.key_file, [args.run, args.draft])
     if args.nproc != 1 and not under_torchrun():
         return _launch_tp_generate(args)
     if under_torchrun():
@@ -429,6 +447,7 @@ def run_export(args: argparse.Namespace) -> int:
     from hwlm.train.classify_load import is_classifier_run
     from hwlm.train.load import load_model
 
+    warn_unused_key(args.key_file, [args.run])
     if is_classifier_run(args.run):
         from hwlm.cli.classify import run_classify_export
 

@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = overrides_from_args(args, TuneConfig)
     cfg = resolve(TuneConfig, file=overrides.get("config"), overrides=overrides, section="tune")
+    from hwlm.crypt import warn_unused_key
+
+    warn_unused_key(cfg.key_file, [cfg.data])  # trials write encrypted checkpoints only from encrypted data
     r = tune(cfg)
     if args.json:
         print(json.dumps({"out": str(r.out), "storage": r.storage, "best_value": r.best_value,
