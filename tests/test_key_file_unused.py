@@ -97,7 +97,7 @@ def test_a_reading_command_warns_once_and_runs(argv: list[str], tiny_run: Path, 
         assert f"{tiny_run} is not encrypted" in warned[0]
 
 
-def test_plan_train_data_warns_without_torch(tmp_path: Path, key: Path, capsys: pytest.CaptureFixture) -> None:
+def test_plan_train_data_warns(tmp_path: Path, key: Path, capsys: pytest.CaptureFixture) -> None:
     from classify_tiny import rows, write_jsonl
 
     write_jsonl(tmp_path / "rows.jsonl", rows(120))
