@@ -83,3 +83,8 @@ def test_quickstart_prints_the_planner_prediction(tmp_path: Path) -> None:
     for label in ("train steps", "train memory", "measured (peak minus baseline before the model)",
                   "predicted per step:", "kernel overhead", "us per kernel", "activations' size"):
         assert label in table, label
+    # One measured matmul peak for the MFU line and the prediction line (they were two measurements, 100 and
+    # 166 GFLOP/s in one make demo): both name the same number.
+    assert p["peak_flops"] == r.peak_flops
+    assert f"of {r.peak_flops / 1e9:,.1f} GFLOP/s measured" in table
+    assert f"measured fp32 matmul {r.peak_flops:.3g} FLOP/s" in table

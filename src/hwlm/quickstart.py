@@ -186,7 +186,7 @@ def _planner_prediction(cfg: QuickstartConfig, result: Any) -> dict[str, Any] | 
     """
     import json
 
-    from hwlm.bench.measure import copy_bandwidth, kernel_seconds, matmul_peak
+    from hwlm.bench.measure import copy_bandwidth, kernel_seconds
     from hwlm.errors import HwlmError
     from hwlm.plan import estimate_training
     from hwlm.plan.machine import machine_device
@@ -215,7 +215,7 @@ def _planner_prediction(cfg: QuickstartConfig, result: Any) -> dict[str, Any] | 
                                      seq_len=mcfg.block_size, global_batch=batch, tp=1, pp=1, zero_stage=0,
                                      recompute="none", micro_batch=batch, find_smallest=False, calibration=cal,
                                      autocast=result.precision != "fp32")
-        peak, bw = matmul_peak(result.device, result.precision), copy_bandwidth(result.device)
+        peak, bw = result.peak_flops, copy_bandwidth(result.device)  # the MFU line's peak: one number in the summary
         per_kernel = kernel_seconds(result.device)
         # The backward reads what the forward saved a whole pass earlier, so element-wise traffic streams
         # through the step's activation memory: measure the copy bandwidth at that size (cache or DRAM).
@@ -232,8 +232,21 @@ def _planner_prediction(cfg: QuickstartConfig, result: Any) -> dict[str, Any] | 
     return {"seconds": seconds, "tokens_per_s": result.tokens / seconds, "memory_bytes": e.memory.total,
             "memory_parts": {"weights": e.memory.weights, "gradients": e.memory.gradients,
                              "optimizer": e.memory.optimizer, "activations": e.memory.activations},
-            "mfu": e.mfu, "efficiencies": f"planner priors for kind {'gpu' if gpu else 'cpu'} ({how})",
+            "mfu": e.mfu, "peak_flops": peak, "efficiencies": f"planner priors for kind {'gpu' if gpu else 'cpu'} ({how})",
             "per_step": _per_step(e, result.steps), "layout": e.layout.describe()}
+
+
+def _matmul_peak(device: str, precision: str) -> float | None:
+    """The machine's matmul peak for both the MFU line and the planner's prediction: the fastest of several large
+    products (:func:`hwlm.bench.measure.matmul_peak`, as ``hwlm bench peak`` and the planner take it), not the
+    median that training's own probe keeps, which a busy moment on a shared machine pulls down; None when it
+    cannot be measured (MFU then shows n/a, never a guess)."""
+    from hwlm.bench.measure import matmul_peak
+
+    try:
+        return matmul_peak(device, precision)
+    except Exception:  # a failed probe only costs the MFU line and the prediction (RuntimeError, OOM, ...)
+        return None
 
 
 def _train(cfg: QuickstartConfig, data_dir: Path, peak: float | None, say: Callable[[str], None]) -> Any:
@@ -258,7 +271,6 @@ def quickstart(cfg: QuickstartConfig, say: Callable[[str], None] = print) -> Qui
     from hwlm.device import select_device
     from hwlm.evaluate import EvalConfig, evaluate
     from hwlm.train.load import load_model, stream_text
-    from hwlm.train.loop import peak_flops_for
 
     t0 = time.perf_counter()
     say("[1/6] hardware")
@@ -272,14 +284,14 @@ def quickstart(cfg: QuickstartConfig, say: Callable[[str], None] = print) -> Qui
     guess = "bf16" if device.startswith("cuda") and cfg.precision in ("auto", "bf16") else (
         "fp32" if cfg.precision == "auto" else cfg.precision)
     say(f"[3/6] measuring the {guess} matmul peak on {device}")
-    peak = peak_flops_for(device, guess)
+    peak = _matmul_peak(device, guess)
     say(f"  {peak / 1e9:,.1f} GFLOP/s" if peak else "  unknown: MFU will show n/a")
     say(f"[4/6] training a {cfg.model} model" + (f" for {cfg.time_budget:.0f} s" if cfg.time_budget else ""))
     with MemoryWatch(device) as watch:
         tr = _train(cfg, data_dir, peak, say)
     mfu, peak_used = tr.mfu, peak
     if tr.precision != guess:  # auto picked another precision: measure the matching peak
-        peak_used = peak_flops_for(device, tr.precision)
+        peak_used = _matmul_peak(device, tr.precision)
         mfu = tr.mfu * peak / peak_used if (tr.mfu and peak and peak_used) else None
     say("[5/6] evaluating on the whole val split")
     ev = evaluate(EvalConfig(run=tr.run_dir, device=cfg.device))
