@@ -15,7 +15,7 @@ Two cases keep exactly ``hwlm generate``'s numbers: one decoding row takes
 ``Transformer.decode_step``, and one prefill row ``Transformer.forward`` on a one-slot view of the
 cache (the model's own bottom-right causal mask for a chunk that starts past 0). In bf16 on the CPU
 (``prepack_linears``) every step is the packed one, a lone row too: its linears run on weights
-packed once for oneDNN, and its attention in fp32, about 1.7x faster than the module path at 1 and
+packed once for oneDNN, and the cache and attention are fp32, about 1.7x faster than the module path at 1 and
 8 rows on ``mid`` (docs/benchmarks.md, "Where the time went").
 """
 
@@ -42,14 +42,16 @@ class ModelRunner:
         self.device, self.dtype = param.device, param.dtype
         self.num_slots, self.max_len = num_slots, self.cfg.block_size
         self.context, self.vocab_size = self.cfg.block_size, self.cfg.vocab_size
+        self.packed = prepack_linears(model, num_slots) if self.device.type == "cpu" else {}
+        # With packed bf16 weights every step is the packed one (a lone row too), and k/v stay in fp32: CPU
+        # SDPA in bf16 takes about 5x its fp32 time at these sizes (0.39 against 0.07 ms for 8 rows x 80 keys
+        # on the EPYC), and an fp32 cache spares casting every layer's keys and values every step (for twice
+        # the bytes: 75 MB for mid's 32 slots, against 38).
+        self.kv_dtype = torch.float32 if self.packed else self.dtype
         with torch.inference_mode():
-            self.cache = KVCache(self.cfg, batch_size=num_slots, device=self.device, dtype=self.dtype)
+            self.cache = KVCache(self.cfg, batch_size=num_slots, device=self.device, dtype=self.kv_dtype)
             self.state = model.decode_state()  # for decode_step at batch 1, built once
         self.views = [self._slot_view(s) for s in range(num_slots)]
-        self.packed = prepack_linears(model, num_slots) if self.device.type == "cpu" else {}
-        # CPU SDPA in bf16 takes about 5x its fp32 time at these sizes (0.39 against 0.07 ms for 8 rows x
-        # 80 keys on the EPYC): the packed step attends in fp32 and casts the result back.
-        self.attn_fp32 = self.device.type == "cpu" and self.dtype == torch.bfloat16
 
     def _slot_view(self, slot: int) -> KVCache:
         """A batch-1 KVCache whose buffers are views of slot ``slot``: writes land in the slot cache."""
@@ -119,8 +121,8 @@ class ModelRunner:
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             ck, cv = self.cache.k[layer], self.cache.v[layer]  # (S, K, max_len, D)
-            ck[slot_of, :, pos] = k  # token n's k at (slot_of[n], :, pos[n]): no padding is written
-            cv[slot_of, :, pos] = v
+            ck[slot_of, :, pos] = k.to(ck.dtype)  # token n's k at (slot_of[n], :, pos[n]): no padding is written
+            cv[slot_of, :, pos] = v.to(cv.dtype)
             if contiguous:
                 keys, values = ck[first:first + R, :, :L], cv[first:first + R, :, :L]
             else:
@@ -131,10 +133,8 @@ class ModelRunner:
                 qp = q.new_zeros(R, T, H, D)
                 qp[row_of, t_of] = q
                 qp = qp.transpose(1, 2)  # (R, H, T, D)
-            if self.attn_fp32:
-                qp, keys, values = qp.float(), keys.float(), values.float()
-            y = F.scaled_dot_product_attention(qp, keys, values, attn_mask=mask, enable_gqa=K != H)  # (R, H, T, D)
-            y = y.to(x.dtype)
+            y = F.scaled_dot_product_attention(qp.to(keys.dtype), keys, values, attn_mask=mask,
+                                               enable_gqa=K != H).to(x.dtype)  # (R, H, T, D)
             y = y.reshape(R, H * D) if T == 1 else y.transpose(1, 2)[row_of, t_of].reshape(N, H * D)
             x = x + lin(attn.c_proj, y)
             x = x + lin(block.mlp.c_proj, _activation(block.mlp, lin(block.mlp.c_fc, block.ln_2(x))))
