@@ -32,8 +32,10 @@ class ServeConfig:
     device: str = option("cpu", "device: auto, cpu, cuda[:N], mps")
     key_file: Path | None = option(None, "data key of an encrypted run (hwlm train --encrypt), a 0600 file read by "
                                          "the engine process; default $HWLM_DATA_KEY")
-    dtype: Literal["fp32", "bf16", "auto"] = option("fp32", "weights and KV-cache precision; auto times a few "
-                                                            "batched decode steps in each at start-up and keeps the faster")
+    dtype: Literal["fp32", "bf16", "auto"] = option("fp32", "weights and KV-cache precision (bf16 on a CPU with "
+                                                            "oneDNN bf16 keeps the KV cache and attention in fp32); auto "
+                                                            "times a few batched decode steps in each at start-up and "
+                                                            "keeps the faster")
     host: str = option("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = option(8000, "TCP port (0 picks a free one; the address is printed)")
     api_keys: Path | None = option(Path("hwlm-keys.json"), "API keys file written by `hwlm keys add`")
