@@ -111,3 +111,21 @@ def test_a_compressed_format_is_calibrated_against_the_dtype_it_computes_in():
     sheet = calibrate(recs[1:], "some-gpu", Datasheet({"bf16": 1e12, "int8": 2e12}, 1e11))
     assert _by(sheet, "prefill", "w8a8")["reference_value"] == 2e12
     assert _by(sheet, "prefill", "w4a16")["reference_value"] == 1e12
+
+
+def test_an_infer_grid_gives_a_curve_by_rows():
+    """Each bench infer cell is a point: decode at its batch (bytes/s over copy bandwidth), prefill at batch x
+    prompt tokens (FLOP/s over the matmul peak); the plain entries stay the best of the grid."""
+    peak = make_record("peak", {"device": "cpu"}, [], {"matmul_fp32_flops": 100e9, "membw_bytes_per_s": 20e9},
+                       machine=M)
+    cells = [{"name": "infer_cell", "batch": b, "prompt_len": 128,
+              "summary": {"prefill_flops_per_s": pf, "decode_bytes_per_s": db}}
+             for b, pf, db in ((1, 50e9, 8e9), (2, 60e9, 5e9), (8, 80e9, 6e9))]
+    infer = make_record("infer", {"precision": "fp32"}, cells, {"max_prefill_flops_per_s": 80e9,
+                                                                "max_decode_bytes_per_s": 8e9}, machine=M)
+    doc = calibrate([("peak.json", peak), ("infer.json", infer)], "this-machine")
+    curve = {e["rows"]: e["efficiency"] for e in doc["entries"] if e["phase"] == "decode_rows"}
+    assert curve == pytest.approx({1: 0.4, 2: 0.25, 8: 0.3})
+    pre = {e["rows"]: e["efficiency"] for e in doc["entries"] if e["phase"] == "prefill_rows"}
+    assert pre == pytest.approx({128: 0.5, 256: 0.6, 1024: 0.8})
+    assert _by(doc, "decode", "fp32")["efficiency"] == pytest.approx(0.4) and "rows" not in _by(doc, "decode", "fp32")

@@ -28,6 +28,9 @@ def test_round_trip_keeps_every_field(tmp_path) -> None:
     ({"extra": 1}, r"has unknown key\(s\) 'extra'; known: kind, version"),
     ({"version": 2}, r"has version 2; this hwlm reads version 1"),
     ({"entries": [{k: v for k, v in ENTRY.items() if k != "phase"}]}, r"entry 0 lacks 'phase'"),
+    ({"entries": [{**ENTRY, "phase": "decode_rows"}]}, r"phase 'decode_rows' and rows None; the phases decode_rows"),
+    ({"entries": [{**ENTRY, "rows": 4}]}, r"phase 'matmul' and rows 4; .* need rows \(a whole number >= 1\)"),
+    ({"entries": [{**ENTRY, "phase": "prefill_rows", "rows": 0}]}, r"rows 0"),
 ])
 def test_the_reader_names_what_is_wrong(tmp_path, change: dict, message: str) -> None:
     doc = {**calibration_document("this-machine", [ENTRY], machine={}, notes=[]), **change}
@@ -40,3 +43,10 @@ def test_the_reader_names_what_is_wrong(tmp_path, change: dict, message: str) ->
 def test_the_writer_refuses_what_the_reader_would() -> None:
     with pytest.raises(PlanError, match="efficiency 2.0"):
         calibration_document("x", [{**ENTRY, "efficiency": 2.0}], machine={}, notes=[])
+
+
+def test_a_curve_point_keeps_its_rows(tmp_path) -> None:
+    point = {**ENTRY, "phase": "decode_rows", "rows": 4, "efficiency": 0.2}
+    got = read_calibration(write_calibration(calibration_document("this-machine", [ENTRY, point], machine={},
+                                                                  notes=[]), tmp_path / "c.json"))
+    assert [(e.phase, e.rows) for e in got.entries] == [("matmul", None), ("decode_rows", 4)]

@@ -11,8 +11,13 @@ the schema is written once. Version 1:
                   "reference_value": 9.89e14, "source": "bench record ..."}]}
 
 ``efficiency`` is measured / reference in (0, 1.5]; ``device``, ``dtype``, ``phase`` and ``efficiency``
-are required in an entry, the rest optional; ``kind``, ``version`` and ``entries`` in the document. A key
-the schema does not name is an error that names it (a typo must not silently drop a measurement).
+are required in an entry, the rest optional; the phases ``decode_rows`` and ``prefill_rows`` are points of
+a curve and also need ``rows``: the rate of one ``hwlm bench infer`` cell, measured with that many rows
+through each matrix product (a decode step of ``rows`` sequences; a prefill of ``rows`` prompt tokens),
+so the planner sees how the rate moves from one row to many (a matrix-vector product at one row, a
+matrix product from two on, whose small-row kernels stream the weights more slowly on a CPU); ``kind``,
+``version`` and ``entries`` in the document. A key the schema does not name is an error that names it (a
+typo must not silently drop a measurement).
 ``this-machine`` (:data:`THIS_MACHINE`) is the device id of a calibration of the machine it was measured
 on, where no catalog entry exists: its matmul and membw entries carry the machine's measured peaks.
 
@@ -37,17 +42,18 @@ from typing import Any
 
 from hwlm.errors import PlanError
 
-__all__ = ["KIND", "VERSION", "THIS_MACHINE", "THIS_MACHINE_ALIASES", "PHASES", "MAX_EFFICIENCY", "CalibrationEntry",
-           "CalibrationFile", "calibration_document", "parse_calibration", "read_calibration", "write_calibration",
-           "is_this_machine", "COMPUTE_DTYPES", "compute_dtype"]
+__all__ = ["KIND", "VERSION", "THIS_MACHINE", "THIS_MACHINE_ALIASES", "PHASES", "ROW_PHASES", "MAX_EFFICIENCY",
+           "CalibrationEntry", "CalibrationFile", "calibration_document", "parse_calibration", "read_calibration",
+           "write_calibration", "is_this_machine", "COMPUTE_DTYPES", "compute_dtype"]
 
 KIND, VERSION = "hwlm-calibration", 1
 THIS_MACHINE = "this-machine"
 THIS_MACHINE_ALIASES = (THIS_MACHINE, "this", "local")
-PHASES = ("matmul", "train", "prefill", "decode", "membw")
+PHASES = ("matmul", "train", "prefill", "decode", "membw", "decode_rows", "prefill_rows")
+ROW_PHASES = ("decode_rows", "prefill_rows")  # curve points: an entry of these phases carries its ``rows``
 MAX_EFFICIENCY = 1.5  # above it a "measurement" is a cache-resident toy beating DRAM, not an efficiency
 _REQUIRED = ("device", "dtype", "phase", "efficiency")
-_OPTIONAL = ("measured", "unit", "reference", "reference_value", "source")
+_OPTIONAL = ("measured", "unit", "reference", "reference_value", "source", "rows")
 _DOC_KEYS = ("kind", "version", "device", "created", "entries", "machine", "notes")
 # The data type the matrix units run in for each inference precision, in order of preference: weight-only
 # w8a16/w4a16 dequantise to 16 bits in the kernel; w8a8 and fp8 use the 8-bit units when the device has them.
@@ -83,6 +89,7 @@ class CalibrationEntry:
     unit: str | None = None
     reference: str | None = None
     reference_value: float | None = None
+    rows: int | None = None  # a curve point's rows (ROW_PHASES); None for the other phases
 
 
 @dataclass(frozen=True)
@@ -127,10 +134,15 @@ def _entry(where: str, i: int, raw: Any) -> CalibrationEntry:
     eff = raw["efficiency"]
     if isinstance(eff, bool) or not isinstance(eff, (int, float)) or not 0 < eff <= MAX_EFFICIENCY:
         raise PlanError(f"{at} has efficiency {eff!r}; it must be measured/peak, a number in (0, {MAX_EFFICIENCY}]")
+    rows = raw.get("rows")
+    if (raw["phase"] in ROW_PHASES) != (rows is not None) or rows is not None and (
+            isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise PlanError(f"{at} has phase {raw['phase']!r} and rows {rows!r}; the phases {', '.join(ROW_PHASES)} "
+                        "need rows (a whole number >= 1), the others none")
     return CalibrationEntry(device=str(raw["device"]).lower(), dtype=str(raw["dtype"]).lower(), phase=raw["phase"],
                             efficiency=float(eff), source=str(raw.get("source") or f"{where}"),
                             measured=_number(raw, "measured"), unit=raw.get("unit"), reference=raw.get("reference"),
-                            reference_value=_number(raw, "reference_value"))
+                            reference_value=_number(raw, "reference_value"), rows=rows)
 
 
 def parse_calibration(data: Any, where: str) -> CalibrationFile:

@@ -10,6 +10,13 @@ Each measured rate becomes one entry per (dtype, phase) (the file's schema, writ
 | train   | achieved_flops_per_s (train record; dtype = its precision)  | FLOP/s |
 | prefill | max_prefill_flops_per_s (infer record)                       | FLOP/s |
 | decode  | max_decode_bytes_per_s (infer record)                        | B/s    |
+| decode_rows  | each cell's decode_bytes_per_s, rows = its batch (infer)   | B/s    |
+| prefill_rows | each cell's prefill_flops_per_s, rows = batch x prompt     | FLOP/s |
+
+The ``_rows`` phases are a curve: how a rate moves from one row through each matrix product to many. On
+a CPU a one-row step is a matrix-vector product and two rows or more a matrix product, whose small-row
+kernels stream the weights more slowly (mid's 50,304 x 384 output layer: 15 ms a step at one row, 26 ms at
+two to four), so one decode rate, batch 1's, priced every batch as a batch-1 step plus its products.
 
 An infer record of a compressed run (``hwlm bench infer --run``) names its weight format (``w8a8``,
 ``w8a16``, ``w4a16``) as its precision, and its entries carry that name as their dtype: the planner
@@ -60,22 +67,31 @@ class Datasheet:
         self.flops, self.memory_bw, self.name = dict(flops), memory_bw, name
 
 
-def _rates(rec: dict[str, Any], label: str) -> list[tuple[str, str, float, str]]:
-    """(dtype, phase, measured rate, unit) found in one record."""
+def _rates(rec: dict[str, Any], label: str) -> list[tuple[str, str, float, str, int | None]]:
+    """(dtype, phase, measured rate, unit, rows of a curve point or None) found in one record."""
     s, c, out = rec["summary"], rec["config"], []
     if rec["benchmark"] == "peak":
         for key, val in s.items():
             if key.startswith("matmul_") and key.endswith("_flops") and isinstance(val, (int, float)):
-                out.append((key[len("matmul_"):-len("_flops")], "matmul", float(val), "FLOP/s"))
+                out.append((key[len("matmul_"):-len("_flops")], "matmul", float(val), "FLOP/s", None))
         if isinstance(s.get("membw_bytes_per_s"), (int, float)):
-            out.append(("any", "membw", float(s["membw_bytes_per_s"]), "B/s"))
+            out.append(("any", "membw", float(s["membw_bytes_per_s"]), "B/s", None))
     elif rec["benchmark"] == "train" and s.get("achieved_flops_per_s"):
-        out.append((c["precision"], "train", float(s["achieved_flops_per_s"]), "FLOP/s"))
+        out.append((c["precision"], "train", float(s["achieved_flops_per_s"]), "FLOP/s", None))
     elif rec["benchmark"] == "infer":
         if s.get("max_prefill_flops_per_s"):
-            out.append((c["precision"], "prefill", float(s["max_prefill_flops_per_s"]), "FLOP/s"))
+            out.append((c["precision"], "prefill", float(s["max_prefill_flops_per_s"]), "FLOP/s", None))
         if s.get("max_decode_bytes_per_s"):
-            out.append((c["precision"], "decode", float(s["max_decode_bytes_per_s"]), "B/s"))
+            out.append((c["precision"], "decode", float(s["max_decode_bytes_per_s"]), "B/s", None))
+        for cell in rec.get("samples") or []:  # the curve: one point per grid cell
+            cs = cell.get("summary") or {}
+            if cell.get("name") != "infer_cell":
+                continue
+            if cs.get("prefill_flops_per_s"):
+                out.append((c["precision"], "prefill_rows", float(cs["prefill_flops_per_s"]), "FLOP/s",
+                            int(cell["batch"]) * int(cell["prompt_len"])))
+            if cs.get("decode_bytes_per_s"):
+                out.append((c["precision"], "decode_rows", float(cs["decode_bytes_per_s"]), "B/s", int(cell["batch"])))
     return out
 
 
@@ -97,50 +113,53 @@ def calibrate(records: Sequence[tuple[str, dict[str, Any]]], device: str,
     keys = {_machine_key(r) for _, r in records}
     if len(keys) > 1:
         raise DataError(f"the records come from {len(keys)} different machines; calibrate one machine at a time")
-    best: dict[tuple[str, str], tuple[float, str, str]] = {}
+    best: dict[tuple[str, str, int | None], tuple[float, str, str]] = {}
     notes: list[str] = []
     for label, rec in records:
         found = _rates(rec, label)
         if not found:
             notes.append(f"{label}: no usable rate in this {rec['benchmark']} record")
-        for dtype, phase, rate, unit in found:
+        for dtype, phase, rate, unit, rows in found:
             src = f"bench record {label}, {rec.get('created', '?')}"
-            prev = best.get((dtype, phase))
+            prev = best.get((dtype, phase, rows))
             if prev is not None:
-                notes.append(f"{phase}/{dtype}: kept the higher of {prev[0]:.4g} ({prev[2]}) and {rate:.4g} ({src})")
+                at = phase if rows is None else f"{phase} at {rows} rows"
+                notes.append(f"{at}/{dtype}: kept the higher of {prev[0]:.4g} ({prev[2]}) and {rate:.4g} ({src})")
             if prev is None or rate > prev[0]:
-                best[(dtype, phase)] = (rate, unit, src)
+                best[(dtype, phase, rows)] = (rate, unit, src)
     entries = []
-    for (dtype, phase), (rate, unit, src) in best.items():
+    for (dtype, phase, rows), (rate, unit, src) in best.items():
         ref, ref_kind = _reference(dtype, phase, best, datasheet)
         if ref is None:
             notes.append(f"{phase}/{dtype}: no {ref_kind} reference to divide by; not written")
             continue
         eff = rate / ref
         if eff > MAX_EFFICIENCY:
-            notes.append(f"{phase}/{dtype}: measured {rate:.4g} {unit} is {eff:.2f}x the {ref_kind} reference "
+            at = phase if rows is None else f"{phase} at {rows} rows"
+            notes.append(f"{at}/{dtype}: measured {rate:.4g} {unit} is {eff:.2f}x the {ref_kind} reference "
                          f"(cache-resident workload?); not written")
             continue
         # Copy bandwidth has no data type; the planner looks entries up by (dtype, phase), so
         # membw is written once per data type it may ask for.
         for dt in (MEMBW_DTYPES if dtype == "any" else (dtype,)):
             entries.append({"device": device, "dtype": dt, "phase": phase, "efficiency": eff, "measured": rate,
-                            "unit": unit, "reference": ref_kind, "reference_value": ref, "source": src})
+                            "unit": unit, "reference": ref_kind, "reference_value": ref, "source": src,
+                            **({} if rows is None else {"rows": rows})})
     if not entries:
         raise DataError("none of the records yields a calibration entry; run 'hwlm bench peak' (and train/infer) first")
     return calibration_document(device, entries, records[0][1].get("machine", {}), notes)
 
 
 def _reference(dtype: str, phase: str, best: dict, datasheet: Datasheet | None) -> tuple[float | None, str]:
-    bandwidth = phase in ("membw", "decode")
+    bandwidth = phase in ("membw", "decode", "decode_rows")
     if datasheet is not None:
         if bandwidth:
             return datasheet.memory_bw, "datasheet"
         return datasheet.flops.get(compute_dtype(dtype, datasheet.flops) or dtype), "datasheet"
     if phase in ("matmul", "membw"):
-        return best[(dtype, phase)][0], "measured-peak"
-    measured = [d for d, ph in best if ph == "matmul"]
-    key = ("any", "membw") if bandwidth else (compute_dtype(dtype, measured) or dtype, "matmul")
+        return best[(dtype, phase, None)][0], "measured-peak"
+    measured = [d for d, ph, _ in best if ph == "matmul"]
+    key = ("any", "membw", None) if bandwidth else (compute_dtype(dtype, measured) or dtype, "matmul", None)
     return (best[key][0] if key in best else None), "measured-peak"
 
 
