@@ -7,7 +7,7 @@ of the batching loop and its steps) runs a closed loop of C users on a randomly 
 taken in the same run. Prints a table (measured, predicted, ratio) and writes it as JSON.
 
 It also times every engine step (``ModelRunner.step``, wrapped here) with what it ran, and prices the same
-rows with the planner's step model (``hwlm.plan.serving.StepModel.seconds``): a profile of where the
+rows with the planner's step model (``hwlm.plan.serve_step.StepModel.seconds``): a profile of where the
 prediction and the engine part, by kind of step (decode rows only, or decode rows with prompt chunks).
 
     flock /tmp/hwlm-bench.lock python benchmarks/plan_serve_check.py --out runs/plan-serve-check
@@ -34,7 +34,7 @@ from hwlm.model.transformer import Transformer
 from hwlm.plan import ServingJob, estimate_serving
 from hwlm.plan.jobs import resolve_hardware
 from hwlm.plan.models import get_model
-from hwlm.plan.serving import _step_model
+from hwlm.plan.serve_step import step_model
 from hwlm.plan.software import ENGINES
 from hwlm.serve.engine import EngineConfig, LLMEngine, SamplingParams, Sequence
 
@@ -45,7 +45,7 @@ def calibrate(out: Path, preset: str, prompt: int) -> Path:
     peak, infer, cal = out / "peak.json", out / "infer.json", out / "calibration.json"
     subprocess.run(hwlm + ["bench", "peak", "--device", "cpu", "--dtypes", "fp32", "--out", str(peak)], check=True,
                    stdout=subprocess.DEVNULL)
-    subprocess.run(hwlm + ["bench", "infer", "--device", "cpu", "--model", preset, "--batch-sizes", "1,8",
+    subprocess.run(hwlm + ["bench", "infer", "--device", "cpu", "--model", preset, "--batch-sizes", "1,2,4,8,16,32",
                            "--prompt-lens", str(prompt), "--new-tokens", "16", "--out", str(infer)], check=True,
                    stdout=subprocess.DEVNULL)
     subprocess.run(hwlm + ["bench", "calibrate", str(peak), str(infer), "--hardware", "this-machine", "--out", str(cal)],
@@ -117,7 +117,7 @@ def step_profile(steps: list, cal: Path, preset: str, prompt: int, gen: int) -> 
     """Measured engine steps against the planner's price for the same rows, by kind of step."""
     job = ServingJob(model=preset, hardware="this-machine", calibration=str(cal), concurrency=1, prompt_len=prompt,
                      gen_len=gen, precision="fp32", engine="hwlm")
-    sm = _step_model(job, get_model(preset), resolve_hardware(job.hardware, job.calibration), ENGINES["hwlm"])
+    sm = step_model(job, get_model(preset), resolve_hardware(job.hardware, job.calibration), ENGINES["hwlm"])
     kinds: dict[str, list[tuple[float, float, float]]] = {}
     for rows, seconds, whole in steps:
         dec = [s + 1 for n, s in rows if n == 1 and s > 0]  # a decode row's context, its new token included

@@ -160,13 +160,28 @@ def _a2a_case():
 
 def test_ep_groups_on_two_nodes_exchange_over_the_network() -> None:
     """16 H100s (8 a node) as ep=2 groups of tp=8: a device's one ep peer is the same tp rank of the other
-    group, 8 devices away on the other node, so half its bytes cross the 50 GB/s NIC, not NVLink."""
+    group, 8 devices away on the other node, so half its bytes cross the 50 GB/s NIC, not NVLink. Each of
+    a group's 8 tp ranks sends 1/8 of the group's tokens (vLLM's sequence-parallel MoE), not all of them."""
     m, dev, n_moe, nccl, eff = _a2a_case()
-    nbytes = 32 * m.spec.experts_per_token * m.spec.d_model * 2.0  # 64 sequences / ep 2 per group
+    nbytes = 32 / 8 * m.spec.experts_per_token * m.spec.d_model * 2.0  # 64 sequences / ep 2 per group / tp 8
     one = nccl.base_s + nccl.hop_net_s + 0.5 * nbytes / (dev.inter_node_bw * eff)
     value, formula = _decode_a2a(16, 2)
     assert value == pytest.approx(2 * n_moe * one)
     assert "(2-1)/2" in formula and "leaving the 8-device scale-up domain" in formula and "inter-node network" in formula
+    assert "32 tok / tp 8" in formula
+
+
+def test_tp_ranks_of_an_ep_group_each_send_their_share_of_its_tokens() -> None:
+    """The exchange's bytes per device fall as 1/tp for the same group's tokens (SP_MOE_SOURCE): a tp=1
+    group of the same tokens sends tp times the bytes of each rank of a tp group."""
+    from hwlm.plan.collectives import all_to_all_time
+    from hwlm.plan.experts import SP_MOE_SOURCE, ep_comm
+    m, dev, n_moe, _, eff = _a2a_case()
+    assert "use_sequence_parallel_moe" in SP_MOE_SOURCE
+    for tp in (1, 2, 4, 8):
+        got = ep_comm(m, dev, tp, 2, 64.0, eff)[0]
+        one = all_to_all_time(dev, 2, 64.0 / tp * m.spec.experts_per_token * m.spec.d_model * 2.0, eff, stride=tp)[0]
+        assert got == pytest.approx(2 * n_moe * one)
 
 
 def test_ep_inside_one_node_stays_on_nvlink() -> None:

@@ -208,7 +208,7 @@ def test_serving_a_moe_model_no_node_holds_spans_nodes_with_expert_parallelism()
     assert "inter-node network 50 GB/s" in o.layout and f"ep={o.detail['ep']}" in o.layout
     # the same fleet as plan serve gives for that replica
     e = estimate_serving(ServingJob(model="deepseek-v3", hardware="h100-sxm", devices=per_replica,
-                                    ep=o.detail["ep"], precision="fp8", requests=300, **work))
+                                    ep=o.detail["ep"], precision="fp8", **work))
     assert e.replicas == o.detail["replicas"]
     assert o.cost_usd == pytest.approx(o.devices * get_device("h100-sxm").price_per_hour)
     # the H200 node holds it: one node per replica, as before
@@ -226,8 +226,7 @@ def test_serving_a_dense_model_stays_inside_a_node() -> None:
     assert {o.hardware for o in r.options} == {"h100-sxm", "a100-80gb"}
     for o in r.options:
         assert "ep" not in o.detail and o.layout == f"{o.detail['replicas']} x tp={o.detail['tp']} (vllm)"
-        e = estimate_serving(ServingJob(model="llama-3.1-70b", hardware=o.hardware, devices=o.detail["tp"],
-                                        requests=300, **work))
+        e = estimate_serving(ServingJob(model="llama-3.1-70b", hardware=o.hardware, devices=o.detail["tp"], **work))
         assert o.devices == e.replicas * o.detail["tp"]
     big = recommend("llama-3.1-405b", serving=work, hardware=["h100-sxm", "h200"], objective="cost")
     assert [o.hardware for o in big.options] == ["h200"]  # 8 x 141 GB holds 811 GB of bf16 weights

@@ -11,9 +11,10 @@ import pytest
 from hwlm.cli import main
 from hwlm.formulas import forward_flops_per_token
 from hwlm.plan import ServingJob, estimate_serving, get_model
-from hwlm.plan.serving import _step_model, simulate
-from hwlm.plan.software import ENGINES
 from hwlm.plan.jobs import resolve_hardware
+from hwlm.plan.serve_step import step_model as _step_model
+from hwlm.plan.serving import simulate
+from hwlm.plan.software import ENGINES
 
 
 def _sm(model="llama-3.1-8b", hardware="h100-sxm", **kw):
@@ -139,13 +140,19 @@ def test_an_slo_below_one_request_says_what_would_work() -> None:
     assert ok.single_itl_s <= 0.0125
 
 
-def _cpu_sm(tmp_path, engine="hwlm", precision="fp32", decode_eff=None):
-    """A step model on a this-machine calibration (CPU, additive terms), optionally with a measured decode rate."""
-    entries = [{"device": "this-machine", "dtype": "fp32", "phase": "matmul", "efficiency": 1.0, "measured": 1e11},
-               {"device": "this-machine", "dtype": "fp32", "phase": "membw", "efficiency": 1.0, "measured": 2e10}]
+def _cpu_sm(tmp_path, engine="hwlm", precision="fp32", decode_eff=None, decode_rows=None, prefill_eff=None,
+            prefill_rows=None, membw_eff=1.0):
+    """A step model on a this-machine calibration (CPU, additive terms), optionally with a measured decode rate
+    and prefill rate, and their curves by rows ({rows: efficiency})."""
+    tm = {"device": "this-machine", "dtype": "fp32"}
+    entries = [{**tm, "phase": "matmul", "efficiency": 1.0, "measured": 1e11},
+               {**tm, "phase": "membw", "efficiency": membw_eff, "measured": 2e10}]
     if decode_eff is not None:
-        entries.append({"device": "this-machine", "dtype": "fp32", "phase": "decode", "efficiency": decode_eff,
-                        "measured": decode_eff * 2e10})
+        entries.append({**tm, "phase": "decode", "efficiency": decode_eff, "measured": decode_eff * 2e10})
+    if prefill_eff is not None:
+        entries.append({**tm, "phase": "prefill", "efficiency": prefill_eff})
+    for phase, curve in (("decode_rows", decode_rows), ("prefill_rows", prefill_rows)):
+        entries += [{**tm, "phase": phase, "efficiency": e, "rows": r} for r, e in (curve or {}).items()]
     cal = tmp_path / "cal.json"
     cal.write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "machine": {"memory_bytes": 8e9},
                                "entries": entries}))
@@ -213,3 +220,83 @@ def test_hwlm_budget_is_for_prompts_only_and_one_packed_forward(tmp_path) -> Non
     r = simulate(sm, 128, 8, 4, 32, 512, concurrency=4, stagger=0.0)
     assert r.ttft and max(r.ttft) == pytest.approx(min(r.ttft))
     assert max(r.ttft) == pytest.approx(sm.seconds(0, 0.0, [(128, 0)] * 4))
+
+
+def test_curve_at_is_log_linear_between_points_and_flat_beyond() -> None:
+    from hwlm.plan.serve_step import curve_at
+    c = ((1, 0.4), (2, 0.2), (8, 0.3))
+    assert [curve_at(c, r) for r in (0.5, 1, 2, 8, 100)] == [0.4, 0.4, 0.2, 0.3, 0.3]
+    assert curve_at(c, 4) == pytest.approx(0.2 + 0.5 * 0.1)  # halfway from 2 to 8 in log(rows)
+    assert curve_at(c, 1.5) == pytest.approx(0.4 - 0.2 * math.log(1.5) / math.log(2))
+
+
+def test_a_calibrated_decode_curve_prices_each_batch_at_its_own_measured_rate(tmp_path) -> None:
+    """bench infer's decode step at B rows (the curve) holds B rows' products: a step of B <= the last measured
+    rows costs its bytes at the curve's rate there; rows beyond add their products and element-wise passes."""
+    from hwlm.formulas import attention_flops_per_pair
+    from hwlm.plan.serve_step import curve_at
+    sm, dev = _cpu_sm(tmp_path, decode_eff=0.4, decode_rows={1: 0.4, 2: 0.2, 8: 0.3})
+    m, spec = sm.m, sm.m.spec
+    assert sm.decode_curve == ((1, 0.4), (2, 0.2), (8, 0.3))
+    peak = dev.peak_flops("fp32") * sm.mm_eff
+    ew = spec.n_layers * sm.act_traffic * 34 * spec.d_model * 2.0 / (dev.memory_bw * sm.ew_eff)
+    for b in (1, 2, 4, 8, 12):
+        ctx = 150.0 * b
+        t = (m.params.total * 4.0 + ctx * sm.kv_tok) / (dev.memory_bw * curve_at(sm.decode_curve, b)) \
+            + attention_flops_per_pair(spec) * ctx / peak + max(0, b - 8) * (2.0 * m.params.matmul_active / peak + ew)
+        assert sm.seconds(b, ctx, max_ctx=150.0) == pytest.approx(t)
+    # two rows cost more than one here, as measured (a matrix product's small-row kernel)
+    assert sm.seconds(2, 300.0, max_ctx=150.0) > 1.9 * sm.seconds(1, 150.0)
+
+
+def test_a_measured_prefill_rate_holds_its_weights_and_rides_the_decode_step(tmp_path) -> None:
+    """A prompt alone costs its FLOPs at the measured prefill rate (the curve's at its tokens); in a decode step
+    the weights are streamed once, so the prompt's share is less one weight stream at copy bandwidth."""
+    from hwlm.formulas import attention_flops_per_pair, lm_head_flops_per_token
+    from hwlm.plan.serve_step import curve_at
+    sm, dev = _cpu_sm(tmp_path, decode_eff=0.4, prefill_eff=0.6, prefill_rows={128: 0.5, 512: 0.7}, membw_eff=0.9)
+    m, spec = sm.m, sm.m.spec
+    assert sm.prefill_calibrated and sm.copy_eff == 0.9 and sm.mm_eff == pytest.approx(0.6)
+    raw = dev.peak_flops("fp32")
+    for n in (64, 128, 256, 512):
+        f = 2.0 * m.params.matmul_active * n - (n - 1) * lm_head_flops_per_token(spec)
+        att = attention_flops_per_pair(spec) * n * n / 2
+        assert sm.seconds(0, 0.0, [(n, 0)]) == pytest.approx(f / (raw * curve_at(sm.prefill_curve, n)) + att / (
+            raw * sm.mm_eff))
+    one = sm.seconds(1, 150.0)
+    both = sm.seconds(1, 150.0, [(512, 0)], max_ctx=150.0)
+    f = 2.0 * m.params.matmul_active * 512 - 511 * lm_head_flops_per_token(spec)
+    pad = attention_flops_per_pair(spec) * 2 * 512 * 512 - attention_flops_per_pair(spec) * 150  # 2 rows x 512 x 512
+    kv = (2 * 512 - 150 + 512) * sm.kv_tok / (dev.memory_bw * sm.bw_eff)  # both rows read to 512, the chunk writes
+    assert both - one == pytest.approx(f / (raw * 0.7) - m.params.total * 4.0 / (dev.memory_bw * 0.9)
+                                       + pad / (raw * sm.mm_eff) + kv)
+
+
+def test_the_engine_cap_holds_per_data_parallel_rank() -> None:
+    """vLLM runs one engine core, with its own scheduler and max_num_seqs, per DP rank: a replica of ep
+    data-parallel attention groups runs up to ep x max_batch sequences (KV allowing)."""
+    from hwlm.plan.serving import MAX_BATCH_PER_DP_RANK
+    kw = dict(model="qwen3-30b-a3b", hardware="h200", concurrency=64, prompt_len=256, gen_len=64, requests=200)
+    for ep in (1, 2, 4):
+        e = estimate_serving(ServingJob(devices=ep, ep=ep if ep > 1 else None, **kw))
+        assert e.batch_limit == ep * ENGINES["vllm"].max_batch
+        assert e.limited_by == "engine max_batch 256" + (f" x {ep} data-parallel ranks" if ep > 1 else "")
+    e = estimate_serving(ServingJob(devices=2, ep=2, max_batch=16, **kw))
+    assert e.batch_limit == 32 and "applies per DP rank" in MAX_BATCH_PER_DP_RANK
+    assert "x 2 ep groups" in next(t for t in e.terms if t.name == "batch_limit").formula
+
+
+def test_plan_serve_and_recommend_size_the_same_fleet(capsys) -> None:
+    """One default request count (ServingJob's) for both, and a saturated run that fills every slot: DeepSeek-V3
+    at 20 requests/s on H200 nodes was 2 replicas in recommend (300 requests) and 1 in plan serve (2000)."""
+    from hwlm.plan.recommend import recommend
+    work = {"rate": 20.0, "prompt_len": 512, "gen_len": 256}
+    r = recommend("deepseek-v3", serving=work, precision="fp8", hardware=["h200"], objective="cost")
+    o = r.options[0]
+    e = estimate_serving(ServingJob(model="deepseek-v3", hardware="h200", devices=o.detail["tp"], precision="fp8",
+                                    **work))
+    assert (o.detail["replicas"], e.replicas) == (1, 1)
+    capsys.readouterr()
+    assert main(["plan", "serve", "--model", "deepseek-v3", "--hardware", "h200", "--devices", "8", "--precision",
+                 "fp8", "--rate", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["replicas"] == 1

@@ -12,8 +12,10 @@ group of tp devices, and runs attention data-parallel over the ep groups, each o
 * weights: dense / tp + routed / (tp x ep) (the dense part is replicated over the ep groups);
 * a step reads dense / tp + the touched experts / (tp x ep), the KV cache of its B/ep sequences;
 * every MoE layer exchanges each token's hidden state with its k experts' ranks and back: two all-to-alls
-  (dispatch, combine) of (B/ep) x k x hidden x 2 bytes per rank over the ep devices
-  (:func:`hwlm.plan.collectives.all_to_all_time`), on top of the tp group's two all-reduces per layer. The
+  (dispatch, combine) of (B/ep) / tp x k x hidden x 2 bytes per rank over the ep devices
+  (:func:`hwlm.plan.collectives.all_to_all_time`), on top of the tp group's two all-reduces per layer. A
+  group's tp ranks each send 1/tp of its tokens, not all of them (SP_MOE_SOURCE: the attention all-reduce
+  leaves every token on every tp rank, and vLLM splits them over the tp ranks before the experts). The
   ep peers of a device lie tp devices apart: of the ep ranks, r = scale-up domain // tp share a node (or an
   NVL72 rack, a TPU pod), and (ep - r)/ep of the bytes leave it over the inter-node network.
 
@@ -29,8 +31,12 @@ from hwlm.plan.collectives import all_to_all_time
 from hwlm.plan.models import Model
 
 __all__ = ["moe_parts", "touched_experts", "weights_per_device", "weights_read_per_step", "ep_comm", "check_ep",
-           "EP_SOURCE"]
+           "EP_SOURCE", "SP_MOE_SOURCE"]
 
+SP_MOE_SOURCE = ("vLLM (vllm-project/vllm 00193b8) vllm/config/parallel.py, use_sequence_parallel_moe (tp > 1, "
+                 "dp > 1, expert parallel, the DeepEP / all-gather back ends): 'replicated tokens results in useless "
+                 "duplicate computation and communication. In this case, ensure the input to the experts is "
+                 "sequence parallel to avoid the excess work'")
 EP_SOURCE = ("expert parallelism with data-parallel attention: DeepSeek-V3 technical report, arXiv:2412.19437, "
              "section 3.4 (all-to-all dispatch and combine per MoE layer)")
 
@@ -69,16 +75,19 @@ def weights_read_per_step(m: Model, tokens: float, bytes_w: float, tp: int = 1, 
 
 
 def ep_comm(m: Model, dev: Device, tp: int, ep: int, tokens_per_rank: float, comm_eff: float) -> tuple[float, str]:
-    """Seconds of a step's expert-parallel exchange: 2 all-to-alls per MoE layer, and the formula. A replica's
+    """Seconds of a step's expert-parallel exchange: 2 all-to-alls per MoE layer, and the formula.
+    ``tokens_per_rank`` is one ep group's tokens, of which each of its tp ranks sends 1/tp. A replica's
     tp ranks are neighbours, so a device's ep peers (the same tp rank of the other groups) lie tp devices
     apart: ep groups of tp devices that outgrow one node send the share of the bytes bound off it over the
     inter-node network (:func:`hwlm.plan.collectives.all_to_all_bytes_time`)."""
     _, _, n_moe = moe_parts(m)
     if ep <= 1 or not n_moe:
         return 0.0, ""
-    nbytes = tokens_per_rank * m.spec.experts_per_token * m.spec.d_model * 2.0
+    sent = tokens_per_rank / tp  # each tp rank sends its 1/tp share of the group's tokens (SP_MOE_SOURCE)
+    nbytes = sent * m.spec.experts_per_token * m.spec.d_model * 2.0
     one, formula = all_to_all_time(dev, ep, nbytes, comm_eff, stride=tp)
-    return 2 * n_moe * one, f"2 x {n_moe} MoE layers x all-to-all of {tokens_per_rank:.4g} tok x k " \
+    share = f" / tp {tp}" if tp > 1 else ""
+    return 2 * n_moe * one, f"2 x {n_moe} MoE layers x all-to-all of {tokens_per_rank:.4g} tok{share} x k " \
         f"{m.spec.experts_per_token} x {m.spec.d_model} x 2 B: {formula}"
 
 

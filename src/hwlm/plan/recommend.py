@@ -222,7 +222,7 @@ def _fleet(m: Model, work: dict[str, Any], dev: Device, precision: str, tp: int,
         e = estimate_serving(ServingJob(model=m, hardware=dev, devices=size, ep=ep if ep > 1 else None,
                                         rate=work["rate"], prompt_len=work["prompt_len"], gen_len=work["gen_len"],
                                         precision=precision, slo_ttft=work.get("slo_ttft"),
-                                        slo_itl=work.get("slo_itl"), requests=300))
+                                        slo_itl=work.get("slo_itl")))
     except HwlmError as exc:
         return None, ("SLO below one request's latency" if "alone takes" in str(exc) else
                       "rate beyond any fleet" if "needs more than" in str(exc) else

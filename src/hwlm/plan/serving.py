@@ -4,30 +4,16 @@
 2022, OSDI; vLLM, Kwon et al. 2023, arXiv:2309.06180): every engine step decodes one token for each running
 sequence and spends the rest of a token budget (``chunk_tokens``) on the prompts of newly admitted
 requests (chunked prefill, Agrawal et al. 2024, arXiv:2403.02310). A request is admitted while the
-engine's cap on running sequences (``max_batch``) and the KV cache (the memory left after the weights)
-allow it; its whole length is reserved, as a preemption-free scheduler does.
+engine's cap on running sequences (``max_batch``, per engine instance: each of a mixture-of-experts
+replica's ep data-parallel attention groups has its own, as vLLM's DP ranks do) and the KV cache (the memory
+left after the weights) allow it; its whole length is reserved, as a preemption-free scheduler does.
 
-One step is one forward over B decode rows and the step's prompt chunks (p tokens, R = B + chunks rows),
-priced by the same roofline as :mod:`hwlm.plan.inference`:
-
-    GPU:  step = max((weights read + KV read) / (bw x eff), FLOPs / (peak x eff) + element-wise)
-                 + layers x per-layer overhead + tensor-parallel all-reduces  [+ host issue time if eager]
-    CPU:  step = (weights read + KV read) / (bw x eff) + FLOPs / (peak x eff) + element-wise + ...
-
-    FLOPs = 2 x matmul weights x (B + p) - output layer x (B + p - R)   [logits at each row's last token]
-            + attention_flops_per_pair x pairs
-
-A CPU core runs one kernel at a time, so there the terms add (as in :mod:`hwlm.plan.training`); a calibrated
-decode rate (``hwlm bench infer``'s batch-1 step) already holds one row's products, so only the rest is
-added. ``pairs`` is what the engine's attention kernel scores: each query's own context for a
-variable-length kernel (vLLM's FlashAttention), rows x most queries x longest context for hwlm's engine,
-whose packed step pads every row to one ``(R, H, T, L)`` attention with a mask, so a prompt chunk riding in a
-decode step makes every decode row pay for T queries. The KV bytes read follow the same rule (R x L for
-the padded kernel). Mixture-of-experts models read the experts the step's tokens touch. The simulation
-keeps the sum of the running contexts, the longest one and a heap of finishing steps, so a few thousand
-requests take milliseconds. Arrivals: a closed loop of
-``concurrency`` users (a new request when one finishes), or Poisson arrivals at ``rate`` per second
-(seeded). Percentiles are over the requests after a warm-up tenth.
+One step is one forward over the running rows and the step's prompt chunks, priced by
+:class:`hwlm.plan.serve_step.StepModel` (the roofline of :mod:`hwlm.plan.inference`, with the calibration's
+measured decode and prefill rates by rows where there are some). The simulation keeps the sum of the
+running contexts, the longest one and a heap of finishing steps, so a few thousand requests take
+milliseconds. Arrivals: a closed loop of ``concurrency`` users (a new request when one finishes), or
+Poisson arrivals at ``rate`` per second (seeded). Percentiles are over the requests after a warm-up tenth.
 
     >>> s = estimate_serving(ServingJob(model="llama-3.1-8b", hardware="h100-sxm", concurrency=32))  # doctest: +SKIP
     >>> s.output_tokens_per_s, s.ttft_p90_s, s.itl_p90_s                                             # doctest: +SKIP
@@ -39,24 +25,27 @@ import heapq
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 from hwlm.errors import PlanError
-from hwlm.formulas import WEIGHT_BYTES, attention_flops_per_pair, kv_elem_bytes, lm_head_flops_per_token
+from hwlm.formulas import WEIGHT_BYTES, kv_elem_bytes
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import library_for
-from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE, ops_per_forward, shape_efficiency
-from hwlm.plan.experts import EP_SOURCE, check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
+from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE
+from hwlm.plan.experts import EP_SOURCE, check_ep, ep_comm, weights_per_device
 from hwlm.plan.explain import Term, Terms
-from hwlm.plan.inference import (PADS_HEADS, _comm, _compute_dtype, _context_check, _kv_per_token_device, _resolve,
-                                 kv_read_factor, pad_heads)
+from hwlm.plan.inference import PADS_HEADS, _context_check, _kv_per_token_device, pad_heads
 from hwlm.plan.jobs import ServingJob, resolve_hardware
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION
+from hwlm.plan.serve_step import StepModel, step_model
 from hwlm.plan.software import Stack, default_engine, get_engine
 
 __all__ = ["ServingEstimate", "estimate_serving", "StepModel"]
 
+MAX_BATCH_PER_DP_RANK = ("vLLM (vllm-project/vllm 01e4fce) docs/serving/data_parallel_deployment.md: 'When sizing DP "
+                         "deployments, remember that `--max-num-seqs` applies per DP rank'; each DP rank is its own "
+                         "engine core process")
 MAX_FLEET_DEVICES = 1 << 17  # 131,072 devices: beyond any fleet in the catalog's price lists
 WARMUP_FRACTION = 0.1
 
@@ -99,91 +88,6 @@ class ServingEstimate:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "terms"}
         return {"kind": "hwlm-plan-serve", **d, "terms": [t.to_dict() for t in self.terms]}
-
-
-@dataclass(frozen=True)
-class StepModel:
-    """Seconds of one engine step as a function of what it runs (one replica of ``tp`` devices)."""
-
-    m: Model
-    dev: Device
-    tp: int
-    engine: Stack
-    graphs: bool
-    cdtype: str
-    bytes_w: float
-    kv_tok: float          # KV bytes per token per device
-    mm_eff: float
-    bw_eff: float
-    ew_eff: float
-    act_traffic: float
-    layer_overhead_s: float
-    host_s: float          # eager host time per step (0 under CUDA graphs / off GPUs)
-    pri: Any
-    ep: int = 1            # expert-parallel groups of tp devices (attention data-parallel over them)
-    decode_calibrated: bool = False  # bw_eff is a measured batch-1 decode step (bench infer), not a prior
-
-    def seconds(self, decode: int, ctx_sum: float, chunks: Sequence[tuple[int, float]] = (),
-                max_ctx: float | None = None) -> float:
-        """``decode`` rows of one new token each, whose contexts (that token included) sum to ``ctx_sum`` and
-        reach ``max_ctx`` at the longest (default: their mean), plus prompt ``chunks`` of (tokens, start
-        position), all in one forward."""
-        spec, w = self.m.spec, self.tp * self.ep
-        p_tok = sum(n for n, _ in chunks)
-        tokens, rows = decode + p_tok, decode + len(chunks)
-        w_read, _ = weights_read_per_step(self.m, max(tokens, 1), self.bytes_w, self.tp, self.ep)
-        reads, _ = kv_read_factor(self.m, self.engine)
-        if self.engine.padded_attention and rows > 1:
-            # One (R, H, T, L) attention with a mask: every row is padded to the most queries of any row (T)
-            # and reads and scores the keys [0, L) of the longest row (hwlm.serve.engine.ModelRunner.step).
-            longest = max([(ctx_sum / decode if max_ctx is None else max_ctx) if decode else 0.0]
-                          + [s + n for n, s in chunks])
-            pairs = rows * max([1] + [n for n, _ in chunks]) * longest
-            kv_read = rows * longest * reads
-        else:  # a variable-length kernel: each query scores its own context only
-            pairs = ctx_sum + sum(n * (s + n / 2) for n, s in chunks)
-            kv_read = (ctx_sum + sum(s for _, s in chunks)) * reads
-        # each attention group holds 1/ep of the sequences and their KV cache; the chunks' own k/v are written
-        t_mem = (w_read + (kv_read + p_tok) * self.kv_tok / self.ep) / (self.dev.memory_bw * self.bw_eff)
-        # the output layer runs on each row's last token only where the engine samples only there
-        skipped = (tokens - rows) * lm_head_flops_per_token(spec) if self.engine.last_token_logits else 0.0
-        f = 2.0 * self.m.params.matmul_active * tokens - skipped \
-            + attention_flops_per_pair(spec) * pairs / self.engine.attention
-        t_ew_tok = spec.n_layers * self.act_traffic * self.engine.elementwise * 34 * spec.d_model * 2.0 / (
-            w * self.dev.memory_bw * self.ew_eff)
-        peak = w * self.dev.peak_flops(self.cdtype) * self.mm_eff
-        comm = _comm(self.m, self.dev, self.tp, math.ceil(tokens / self.ep), self.pri)[0] \
-            + ep_comm(self.m, self.dev, self.tp, self.ep, tokens / self.ep, self.pri.comm_eff)[0]
-        if self.dev.kind != "cpu":
-            device = max(t_mem, f / peak + tokens * t_ew_tok) + spec.n_layers * self.layer_overhead_s + comm
-            return max(device, self.host_s)
-        # A CPU core runs one kernel at a time, so streaming the weights, the products and the element-wise
-        # passes add up (CPU_NOTE). A calibrated decode rate (bench infer: a whole batch-1 step) already
-        # holds one decode row's products, element-wise work and per-layer costs: only the rest is added.
-        if self.decode_calibrated:
-            f -= 2.0 * self.m.params.matmul_active
-            tokens -= 1
-        return t_mem + max(0.0, f / peak + tokens * t_ew_tok) + spec.n_layers * self.layer_overhead_s + comm
-
-
-def _step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepModel:
-    cdtype = _compute_dtype(dev, job.precision)
-    pri, _, bw_src, ew = _resolve(dev, cdtype, job.precision, job.calibration)
-    calibrated = bw_src.startswith("calibration decode")
-    graphs = engine.cuda_graphs if job.cuda_graphs is None else bool(job.cuda_graphs)
-    ep = job.ep or 1
-    tp = job.devices // ep
-    kv_tok, _ = _kv_per_token_device(m, tp, kv_elem_bytes(job.precision))
-    # + eager all-reduce (tp) and all-to-all (ep) launches
-    ops = ops_per_forward(m.spec) + (2 * m.spec.n_layers if tp > 1 else 0) + (2 * moe_parts(m)[2] if ep > 1 else 0)
-    host = 0.0 if graphs or dev.kind != "gpu" else ops * pri.infer_op_overhead_s
-    fill, _ = shape_efficiency(dev, m.spec, min(engine.chunk_tokens, job.prompt_len), job.prompt_len, tp)
-    return StepModel(m=m, dev=dev, tp=tp, ep=ep, engine=engine, graphs=graphs, cdtype=cdtype,
-                     bytes_w=WEIGHT_BYTES[job.precision], kv_tok=kv_tok, mm_eff=pri.matmul_eff * fill,
-                     bw_eff=pri.decode_bw_eff, ew_eff=ew if ew is not None else pri.decode_bw_eff,
-                     act_traffic=pri.act_traffic, host_s=host, pri=pri, decode_calibrated=calibrated,
-                     # a measured decode rate already holds the per-layer fixed cost (as in plan infer)
-                     layer_overhead_s=0.0 if calibrated else pri.layer_overhead_s)
 
 
 @dataclass
@@ -306,8 +210,9 @@ def simulate(sm: StepModel, prompt: int, gen: int, n: int, batch_cap: int, chunk
             itl.append((dt, running) if done >= warm else (dt, 0))
             ctx_sum += running
         ended = 0
+        if first:  # chunks are taken in order, so the finished prompts are the first ones
+            del prefilling[:len(first)]
         for req in first:  # the prompt's last chunk also yields the first output token
-            prefilling.remove(req)
             if done >= warm:
                 ttft.append(clock - req[0])
             if gen > 1:
@@ -330,20 +235,23 @@ def _capacity(job: ServingJob, m: Model, dev: Device, engine: Stack) -> tuple[in
     free = dev.memory_bytes * USABLE_MEMORY_FRACTION - w - ws
     kv_tokens = ep * int(free // sm_tok) if free > 0 else 0  # each of the ep attention groups holds its own
     by_kv = kv_tokens // (job.prompt_len + job.gen_len)
-    cap = job.max_batch or engine.max_batch
+    # The engine's cap holds per engine instance: each of the ep attention (data-parallel) groups runs its own
+    # scheduler, as vLLM's DP ranks do (MAX_BATCH_PER_DP_RANK).
+    per_rank = job.max_batch or engine.max_batch
+    cap = per_rank * ep
     if by_kv < 1:
         raise PlanError(f"{m.name} in {job.precision} does not fit on {job.devices} x {dev.id} with room for one "
                         f"{job.prompt_len + job.gen_len}-token request ({w / 1e9:.1f} GB of weights per device); "
                         "use more devices per replica (--devices) or a narrower --precision")
     if by_kv < cap:
         return by_kv, "kv-cache", kv_tokens, free
-    return cap, f"engine max_batch {cap}", kv_tokens, free
+    return cap, f"engine max_batch {per_rank}" + (f" x {ep} data-parallel ranks" if ep > 1 else ""), kv_tokens, free
 
 
 def _single(job: ServingJob, m: Model, dev: Device, engine: Stack, tp: int) -> tuple[float, float]:
     """(TTFT, ITL) of one request alone on ``tp`` devices."""
     j = replace(job, devices=tp, concurrency=1, rate=None)
-    sm = _step_model(j, m, dev, engine)
+    sm = step_model(j, m, dev, engine)
     chunk = engine.chunk_tokens if engine.chunk_tokens < (1 << 30) else job.prompt_len + 1
     r = simulate(sm, job.prompt_len, job.gen_len, 2, 1, chunk, concurrency=1)
     return max(r.ttft or [0.0]), _weighted_percentile(r.itl, 0.5)
@@ -412,7 +320,7 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
                         f"{m.name}; choose a divisor of {m.spec.n_heads} for --devices / --ep")
     beyond = _context_check(m, job.prompt_len, job.gen_len, job.allow_beyond_context)
     m, padding = pad_heads(m, tp)
-    sm = _step_model(job, m, dev, engine)
+    sm = step_model(job, m, dev, engine)
     cap, limit, kv_tokens, _ = _capacity(job, m, dev, engine)
     chunk = engine.chunk_tokens if engine.chunk_tokens < (1 << 30) else job.prompt_len * cap + cap
     t = Terms()
@@ -420,8 +328,9 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
           f"{engine.max_batch}, prefill chunk {min(chunk, 1 << 30)} tokens per step", engine.max_batch, "", engine.source)
     t.add("kv_capacity_tokens", f"(90% of {dev.memory_bytes:.4g} B - weights - workspace) / {sm.kv_tok:.4g} B per "
           "token", kv_tokens, "tokens", "hwlm.formulas.kv_cache_bytes_per_token (GQA: n_kv_heads, MLA: latent)")
-    t.add("batch_limit", f"min(engine cap, kv capacity / {job.prompt_len + job.gen_len} tokens per request): {limit}",
-          cap, "sequences")
+    t.add("batch_limit", f"min(engine cap{f' x {ep} ep groups' if ep > 1 else ''}, kv capacity / "
+          f"{job.prompt_len + job.gen_len} tokens per request): {limit}", cap, "sequences",
+          MAX_BATCH_PER_DP_RANK if ep > 1 else "")
     if ep > 1:  # what the step model adds per step for the exchange, at a full batch's decode step
         a2a, a2a_f = ep_comm(m, dev, tp, ep, cap / ep, sm.pri.comm_eff)
         t.add("decode_ep_all_to_all_time", f"one decode step of {cap} sequences, {cap / ep:g} per ep group: {a2a_f}",
@@ -436,7 +345,8 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
                             f"{dev.id} with {engine.id}: no load meets it; raise it, or "
                             + _what_would_work(job, m, dev, engine, name))
     span = single_ttft + (job.gen_len - 1) * single_itl  # one request's duration: the users' start spread
-    sat = _run(job, sm, cap, chunk, max(job.requests // 2, 10), concurrency=cap, stagger=span)
+    # saturated: every one of the cap slots turns over a few times, whatever the requests simulated
+    sat = _run(job, sm, cap, chunk, max(job.requests // 2, 3 * cap), concurrency=cap, stagger=span)
     capacity = t.add("capacity", f"requests / time with {cap} always running (saturated)",
                      sat.done / sat.elapsed, "requests/s", "simulated continuous batching (this module)")
     if job.rate is not None:
