@@ -189,7 +189,7 @@ def one_set(name: str, budgets: dict[str, float]) -> dict[str, Any]:
                                          {"seconds": budgets["lstm"]},
                                          TaskConfig(task="classify", classifier="lstm", embed=128, hidden=128,
                                                     dropout=0.2, max_len=128)))
-    if "ft" not in budgets["models"] and "wd" not in budgets["models"]:
+    if not {"ft", "wd", "wds"} & set(budgets["models"]):
         return result
     torch.set_num_threads(budgets["threads"])
     lm, pre_s, pre_j = pretrain(data, WORK / name / "pre", budgets["pretrain"], block=128)
@@ -204,6 +204,15 @@ def one_set(name: str, budgets: dict[str, float]) -> dict[str, Any]:
                      fine | {"betas": (0.9, 0.999)},
                      TaskConfig(task="classify", classifier="wide-deep", init_from=lm, max_len=128, pooling="last",
                                 embed=32, buckets=1 << 18, dropout=0.0, wide_lr=budgets["wide_lr"],
+                                length_pool=budgets["length_pool"])))
+    if "wds" in budgets["models"]:  # staged: the bag-of-words row's recipe first, then the Transformer alone
+        runs.append(("hwlm wide & deep, staged (the bag of words alone for its epochs, then the pretrained `tiny` "
+                     "alone; logits summed, the Transformer's weight and the checkpoint chosen on val)", "wds",
+                     fine | {"betas": (0.9, 0.999), "eval_interval": 100},
+                     TaskConfig(task="classify", classifier="wide-deep", init_from=lm, max_len=128, pooling="last",
+                                embed=32, buckets=1 << 18, dropout=0.0, wide_lr=3e-3,
+                                wide_epochs=budgets["bow_epochs"], keep_best=True,
+                                wide_threads=budgets["small_threads"],
                                 length_pool=budgets["length_pool"])))
     for label, folder, cfg_kw, task in runs:
         row = hwlm_model(label, data, WORK / name / folder, cfg_kw, task)
@@ -256,8 +265,9 @@ def main() -> None:
     p.add_argument("--wide-lr", type=float, default=3e-2, help="wide & deep: the bag of words' peak learning rate")
     p.add_argument("--length-pool", type=int, default=0,
                    help="fine-tunes: each batch from a pool of N batches of similar lengths (0: random batches)")
-    p.add_argument("--models", default="bow,lstm,ft,wd",
-                   help="hwlm models to run beside TF-IDF: bow, lstm, ft (fine-tuned Transformer), wd (wide & deep)")
+    p.add_argument("--models", default="bow,lstm,ft,wd,wds",
+                   help="hwlm models to run beside TF-IDF: bow, lstm, ft (fine-tuned Transformer), wd (wide & deep), "
+                        "wds (wide & deep, staged: --wide-epochs, --keep-best)")
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--plan-check", action="store_true",
                    help="instead: the planner's this-machine prediction of the lstm-sentences and digits-mlp recipes "

@@ -227,19 +227,31 @@ class WideDeepClassifier(nn.Module):
 
     def __init__(self, trunk_cfg: ModelConfig, n_classes: int, pooling: str, vocab_size: int, pad_id: int,
                  embed: int = 32, ngrams: int = 2, buckets: int = 1 << 16, dropout: float = 0.0,
-                 features: str = "words") -> None:
+                 features: str = "words", staged: bool = False) -> None:
         super().__init__()
         self.offset, self.pad_id = trunk_cfg.vocab_size, pad_id
         self.deep = TransformerClassifier(trunk_cfg, n_classes, pooling)
         self.wide = BagOfWords(vocab_size, n_classes, pad_id, embed, ngrams, buckets, dropout, features)
+        if staged:  # --wide-epochs: the parts are fitted one after the other; the deep logits' weight is chosen on val
+            self.register_buffer("deep_weight", torch.tensor(1.0))
+        # Which part a forward runs (the staged fit sets it; not saved): "both"; "wide" or "deep": that part alone.
+        self.parts = "both"
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        tok = mask & (ids < self.offset)  # (B, N): the tokens, a prefix of each row's real entries
-        width = max(1, int(tok.sum(1).max()))
-        tok = tok[:, :width]  # (B, T)
-        deep = self.deep(torch.where(tok, ids[:, :width], self.pad_id), tok)  # (B, K)
-        bag = mask & (ids >= self.offset)  # (B, N)
-        return deep + self.wide((ids - self.offset).clamp_min(0), bag)  # (B, K)
+        wide = deep = None
+        if self.parts in ("both", "wide"):
+            bag = mask & (ids >= self.offset)  # (B, N)
+            wide = self.wide((ids - self.offset).clamp_min(0), bag)  # (B, K)
+        if self.parts in ("both", "deep"):
+            tok = mask & (ids < self.offset)  # (B, N): the tokens, a prefix of each row's real entries
+            width = max(1, int(tok.sum(1).max()))
+            tok = tok[:, :width]  # (B, T)
+            deep = self.deep(torch.where(tok, ids[:, :width], self.pad_id), tok)  # (B, K)
+        if wide is None or deep is None:
+            return wide if deep is None else deep
+        if hasattr(self, "deep_weight"):
+            deep = self.deep_weight * deep
+        return wide + deep  # (B, K)
 
 
 def build_classifier(spec: dict[str, Any]) -> nn.Module:
@@ -264,5 +276,5 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
         w = spec["wide"]
         return WideDeepClassifier(from_dict(ModelConfig, spec["trunk"], where="classifier trunk"), k,
                                   spec.get("pooling", "last"), w["vocab_size"], spec["pad_id"], w["embed"],
-                                  w["ngrams"], w["buckets"], w["dropout"], w["features"])
+                                  w["ngrams"], w["buckets"], w["dropout"], w["features"], w.get("staged", False))
     raise ConfigError(f"classifier kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")

@@ -162,15 +162,21 @@ def predict_batches(model: torch.nn.Module, rows: list[Any], pad_id: int, featur
     """Class probabilities (N, K) of ``rows`` (token-id lists or feature rows), in order."""
     was_training = model.training
     model.eval()
+    # Text rows go through in order of length, so a batch pads to about its own rows' length; put back after.
+    order = list(range(len(rows))) if features else sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = []
     for i in range(0, len(rows), batch_size):
-        x, mask = collate(rows[i:i + batch_size], pad_id, features)
+        x, mask = collate([rows[j] for j in order[i:i + batch_size]], pad_id, features)
         logits = model(x.to(device), None if mask is None else mask.to(device))
         out.append(torch.softmax(logits.float(), -1).cpu())
         if on_batch:
             on_batch(min(i + batch_size, len(rows)))
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros((0, 0))
+    if not out:
+        return torch.zeros((0, 0))
+    probs = torch.empty_like(torch.cat(out))
+    probs[torch.tensor(order, dtype=torch.int64)] = torch.cat(out)
+    return probs
 
 
 @dataclass
@@ -192,6 +198,14 @@ class _Run:
     run_config: dict[str, Any]
     flops_per_token: float | None
     peak: float | None
+    wide_steps: int = 0  # wide-deep --wide-epochs: the bag of words alone for these first steps
+    wide_cfg: TrainConfig | None = None  # their schedule (peak --wide-lr, no warm-up, cosine over them)
+    phase_start: tuple[int, float, int] = (0, 0.0, 0)  # (step, elapsed, tokens) where the schedule's phase began
+    best: dict[str, torch.Tensor] | None = dataclasses.field(default=None, repr=False)  # --keep-best weights
+    best_val: dict[str, float] | None = None
+    best_step: int = -1
+    val_wide: torch.Tensor | None = dataclasses.field(default=None, repr=False)  # the frozen bag's val log-probs
+    threads: int = dataclasses.field(default_factory=torch.get_num_threads)  # the run's (--wide-threads: restored)
     step: int = 0
     examples: int = 0
     tokens: int = 0
@@ -212,13 +226,24 @@ def _class_weights(task: TaskConfig, counts: dict[str, int], labels: list[str]) 
     return torch.tensor(n.sum() / (len(labels) * np.maximum(n, 1)), dtype=torch.float32)
 
 
-def _horizon(cfg: TrainConfig, task: TaskConfig, n_train: int) -> int | None:
+def _horizon(cfg: TrainConfig, task: TaskConfig, n_train: int, wide_steps: int = 0) -> int | None:
+    """Steps of the run when known: --max-steps, or (no horizon given) the bag's steps plus --epochs' steps."""
     limits = []
     if cfg.max_steps is not None:
         limits.append(cfg.max_steps)
     if not cfg.horizon_given:
-        limits.append(max(1, math.ceil(task.epochs * n_train / cfg.batch_size)))
+        limits.append(wide_steps + max(1, math.ceil(task.epochs * n_train / cfg.batch_size)))
     return min(limits) if limits else None
+
+
+def _wide_schedule(cfg: TrainConfig, task: TaskConfig, kind: str, n_train: int) -> tuple[int, TrainConfig | None]:
+    """wide-deep with --wide-epochs E: the bag of words' own steps (E epochs) and schedule (peak --wide-lr or
+    --lr, cosine to --min-lr scaled alike, no warm-up, as the bag-of-words row trains); else (0, None)."""
+    if kind != "wide-deep" or not task.wide_epochs:
+        return 0, None
+    peak = task.wide_lr or cfg.lr
+    return (max(1, math.ceil(task.wide_epochs * n_train / cfg.batch_size)),
+            dataclasses.replace(cfg, lr=peak, min_lr=cfg.min_lr * peak / cfg.lr if cfg.lr else 0.0, warmup=0))
 
 
 def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
@@ -253,6 +278,7 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
     if manifest["input"] == "text":
         tok = load_tokenizer(Path(cfg.data))
         train_x, val_x = (encode_rows(tok, xs, spec) for xs in (train_x, val_x))
+    wide_steps, wide_cfg = _wide_schedule(cfg, task, spec["kind"], len(train_x))
     flops, peak = _flops_per_token(spec), cfg.peak_flops  # MFU when the peak is given
     run_config = {"version": RUN_CONFIG_VERSION, "task": "classify", "train": to_dict(cfg), "task_config": to_dict(task),
                   "classifier": spec, "data": {"dir": str(Path(cfg.data).resolve()), "labels": manifest["labels"],
@@ -264,14 +290,18 @@ def _setup(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | None,
                train_x=train_x, train_y=torch.tensor(train_y), val_x=val_x, val_y=val_y,
                loader=Examples(len(train_x), cfg.batch_size, cfg.seed, [len(r) for r in train_x], task.length_pool),
                weight=_class_weights(task, manifest["class_counts"]["train"], manifest["labels"]),
-               total_steps=_horizon(cfg, task, len(train_x)), run_config=run_config, flops_per_token=flops, peak=peak,
-               key=key)
+               total_steps=_horizon(cfg, task, len(train_x), wide_steps), run_config=run_config,
+               flops_per_token=flops, peak=peak, key=key, wide_steps=wide_steps, wide_cfg=wide_cfg)
     if resume is not None:
         state, _ = ckpt_io.restore_training(resume, model, optimizer, device, key)
         run.loader.load_state_dict(state["loader"])
         run.step, run.examples, run.tokens = int(state["step"]), int(state["examples"]), int(state["tokens"])
         run.elapsed, run.train_seconds = float(state["elapsed"]), float(state["train_seconds"])
+        step0, elapsed0, tokens0 = state.get("phase_start", (0, 0.0, 0))
+        run.phase_start = (int(step0), float(elapsed0), int(tokens0))
         run.last_ckpt = resume
+        if task.keep_best:
+            say("note: --keep-best compares only evaluations after this resume (the best weights are kept in memory)")
         say(f"resumed from {resume} at step {run.step}")
     atomic_write_json(cfg.out / "config.json", run_config)
     return run, (run.step if resume is not None else None)
@@ -328,7 +358,8 @@ def _save(run: _Run) -> None:
     """An atomic checkpoint in the shared layout (:func:`hwlm.train.checkpoint.save_checkpoint`: encrypted
     with --encrypt), plus labels.json; then keep the newest K."""
     state = {"examples": run.examples, "tokens": run.tokens, "elapsed": run.elapsed,
-             "train_seconds": run.train_seconds, "loader": run.loader.state_dict()}
+             "train_seconds": run.train_seconds, "loader": run.loader.state_dict(),
+             "phase_start": list(run.phase_start)}
     tokenizer = Path(run.cfg.data) / "tokenizer.json" if run.manifest["input"] == "text" else None
     run.last_ckpt = ckpt_io.save_checkpoint(run.cfg.out, run.step, run.model, run.optimizer, state, run.run_config,
                                             tokenizer, run.cfg.keep_checkpoints,
@@ -336,18 +367,72 @@ def _save(run: _Run) -> None:
                                             extra_json={"labels.json": {"labels": run.manifest["labels"]}})
 
 
-def _validate(run: _Run) -> dict[str, float]:
-    probs = predict_batches(run.model, run.val_x, run.spec.get("pad_id") or 0, run.features, run.device)
+# The deep part's weights a staged wide & deep model tries on val (0: the bag alone).
+DEEP_WEIGHTS = tuple(i / 10 for i in range(21))
+
+
+def _val_metrics(run: _Run, logits: torch.Tensor) -> dict[str, float]:
     y = torch.tensor(run.val_y)
-    loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, weight=run.weight))
-    report = classification_report(run.val_y, probs.argmax(-1).tolist(), run.manifest["labels"])
+    loss = float(F.cross_entropy(logits, y, weight=run.weight))
+    report = classification_report(run.val_y, logits.argmax(-1).tolist(), run.manifest["labels"])
     return {"val_loss": loss, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro avg"]["f1-score"]}
 
 
-def _step(run: _Run, lr: float) -> tuple[float, int]:
+def _validate(run: _Run) -> dict[str, float]:
+    """Validation loss, accuracy and macro-F1. A staged wide & deep model (--wide-epochs) is scored as the frozen
+    bag's log-probabilities plus ``w`` times the Transformer's, the ``w`` of :data:`DEEP_WEIGHTS` best on val
+    (accuracy, then loss) set as its ``deep_weight`` (its logits are ``wide + w * deep``: the same softmax)."""
+    pad = run.spec.get("pad_id") or 0
+    if not hasattr(run.model, "deep_weight"):
+        probs = predict_batches(run.model, run.val_x, pad, run.features, run.device)
+        return _val_metrics(run, torch.log(probs.clamp_min(1e-12)))
+    model = run.model
+    parts = model.parts
+    wide = run.val_wide
+    if wide is None:
+        model.parts = "wide"
+        wide = torch.log(predict_batches(model, run.val_x, pad, False, run.device).clamp_min(1e-12))
+        if run.step >= run.wide_steps:  # the bag is frozen from here on
+            run.val_wide = wide
+    best, best_w = _val_metrics(run, wide), 0.0
+    if run.step > run.wide_steps:
+        model.parts = "deep"
+        deep = torch.log(predict_batches(model, run.val_x, pad, False, run.device).clamp_min(1e-12))
+        for w in DEEP_WEIGHTS[1:]:
+            m = _val_metrics(run, torch.log_softmax(wide + w * deep, -1))
+            if (m["val_accuracy"], -m["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+                best, best_w = m, w
+    model.parts = parts
+    model.deep_weight.fill_(best_w)
+    return best | {"deep_weight": best_w}
+
+
+def _lr(run: _Run) -> tuple[float, bool]:
+    """This step's learning rate, and whether a group's ``lr_scale`` (--wide-lr over --lr) applies to it: the bag's
+    own schedule in wide-deep's first --wide-epochs (every group at it; only the bag has gradients), else the
+    run's warm-up and cosine over its phase (the whole run, or what follows the bag's epochs)."""
+    if run.step < run.wide_steps:
+        return lr_at(run.step, run.wide_cfg, run.step / run.wide_steps, run.wide_steps), False
+    step0 = run.phase_start[0]
+    total = run.total_steps - step0 if run.total_steps else None
+    return lr_at(run.step - step0, run.cfg, _progress(run), total), True
+
+
+def _parts(run: _Run) -> None:
+    """wide-deep with --wide-epochs: the bag alone for its steps (at --wide-threads), then the Transformer alone
+    (the bag frozen, the run's threads)."""
+    if run.wide_steps:
+        wide = run.step < run.wide_steps
+        run.model.parts = "wide" if wide else "deep"
+        want = run.task.wide_threads if wide and run.task.wide_threads else run.threads
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+
+
+def _step(run: _Run, lr: float, scaled: bool = True) -> tuple[float, int]:
     """One optimizer step; returns the loss and the real tokens it saw."""
     for group in run.optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr * (group.get("lr_scale", 1.0) if scaled else 1.0)
     idx = run.loader.next_indices()
     x, mask = collate([run.train_x[i] for i in idx], run.spec.get("pad_id") or 0, run.features)
     y = run.train_y[idx].to(run.device)
@@ -378,23 +463,48 @@ def _done(run: _Run) -> bool:
 
 
 def _progress(run: _Run) -> float:
-    fracs = [run.step / run.total_steps] if run.total_steps else []
+    """How far the current phase is towards the run's horizon (steps, time or tokens, whichever ends first)."""
+    step0, elapsed0, tokens0 = run.phase_start
+    fracs = [(run.step - step0) / max(run.total_steps - step0, 1)] if run.total_steps else []
     if run.cfg.time_budget:
-        fracs.append(run.elapsed / run.cfg.time_budget)
+        fracs.append((run.elapsed - elapsed0) / max(run.cfg.time_budget - elapsed0, 1e-9))
     if run.cfg.max_tokens:
-        fracs.append(run.tokens / run.cfg.max_tokens)
+        fracs.append((run.tokens - tokens0) / max(run.cfg.max_tokens - tokens0, 1))
     return min(max(fracs, default=0.0), 1.0)
 
 
+def _keep_best(run: _Run, val: dict[str, float]) -> None:
+    """--keep-best: remember these weights if their validation accuracy is the best so far (ties: lower loss)."""
+    if not run.task.keep_best:
+        return
+    b = run.best_val
+    if b is None or (val["val_accuracy"], -val["val_loss"]) > (b["val_accuracy"], -b["val_loss"]):
+        run.best = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        run.best_val, run.best_step = dict(val), run.step
+
+
+def _restore_best(run: _Run, say: Callable[[str], None]) -> dict[str, float] | None:
+    """--keep-best at the end: put back the best weights (when they are not the last); their validation."""
+    if not run.task.keep_best or run.best is None or run.best_step == run.step:
+        return None
+    run.model.load_state_dict(run.best)
+    say(f"--keep-best: restored the weights of step {run.best_step} (val accuracy {run.best_val['val_accuracy']:.4f}, "
+        f"loss {run.best_val['val_loss']:.4f})")
+    return dict(run.best_val)
+
+
 def _loop(run: _Run, logger: RunLogger, bar: Progress, report: Callable[[int, dict[str, float]], None] | None,
-          stop_at_step: int | None) -> tuple[float | None, dict[str, float]]:
+          stop_at_step: int | None, say: Callable[[str], None] | None = None) -> tuple[float | None, dict[str, float]]:
     cfg = run.cfg
     losses: list[float] = []
     train_loss, val = None, {}
+    say = say or (lambda m: None)
     win_tokens, win_seconds = 0, 0.0
     while not _done(run) and not (stop_at_step is not None and run.step >= stop_at_step):
         t0 = time.perf_counter()
-        loss, tokens = _step(run, lr_at(run.step, cfg, _progress(run), run.total_steps))
+        _parts(run)
+        lr, scaled = _lr(run)
+        loss, tokens = _step(run, lr, scaled)
         run.step += 1
         run.examples += cfg.batch_size
         run.tokens += tokens
@@ -410,16 +520,27 @@ def _loop(run: _Run, logger: RunLogger, bar: Progress, report: Callable[[int, di
             tps = win_tokens / max(win_seconds, 1e-9)
             mfu = tps * run.flops_per_token / run.peak if run.peak and run.flops_per_token else None
             record = {"step": run.step, "tokens": run.tokens, "loss": train_loss, "tokens_per_s": tps, "mfu": mfu,
-                      "lr": lr_at(run.step - 1, cfg, _progress(run), run.total_steps)}
+                      "lr": lr}
             bar.update(run.step, train_loss, tps, mfu, None)
             losses, win_tokens, win_seconds = [], 0, 0.0
-        if (cfg.eval_interval and run.step % cfg.eval_interval == 0) or end:
+        bag_done = run.wide_steps and run.step == run.wide_steps
+        if bag_done:  # the bag's epochs are over: the Transformer's schedule starts here
+            run.phase_start = (run.step, run.elapsed, run.tokens)
+        interval = cfg.eval_interval and run.step % cfg.eval_interval == 0 and run.step > run.wide_steps
+        if interval or end or bag_done:
             t_eval = time.perf_counter()
             val = _validate(run)
+            _keep_best(run, val)
             run.elapsed += time.perf_counter() - t_eval
+            end = end or _done(run)  # the evaluation's time counts against --time-budget
+            if end and (best := _restore_best(run, say)) is not None:
+                val = best | {"restored_step": run.best_step}
             record = (record or {"step": run.step, "tokens": run.tokens}) | val
             if report is not None:
                 report(run.step, val)  # may raise to stop the run (hwlm tune prunes here)
+        if bag_done:
+            say(f"bag of words trained alone for {run.step:,} steps (val accuracy {val['val_accuracy']:.4f}); now the "
+                "Transformer alone, the bag frozen")
         if record:
             logger.log(record)
         paused = stop_at_step is not None and run.step >= stop_at_step
@@ -443,8 +564,9 @@ def _train_one(cfg: TrainConfig, task: TaskConfig, overrides: dict[str, Any] | N
     logger = RunLogger(cfg.out, resume_step, cfg.tensorboard)
     bar = Progress(run.total_steps, run.step, cfg.progress)
     try:
-        train_loss, val = _loop(run, logger, bar, report, stop_at_step)
+        train_loss, val = _loop(run, logger, bar, report, stop_at_step, say)
     finally:
+        torch.set_num_threads(run.threads)
         bar.close()
         logger.close()
     if not val:

@@ -93,7 +93,8 @@ def classifier_spec(cfg: TrainConfig, task: TaskConfig, manifest: dict[str, Any]
             "trunk": to_dict(trunk), "max_len": min(task.max_len, trunk.block_size),
             "lora_rank": task.lora_rank, "lora_alpha": task.lora_alpha}
     if task.classifier == "wide-deep":
-        spec |= {"kind": "wide-deep", "wide": wide_spec(task, manifest)}
+        staged = {"staged": True} if task.wide_epochs else {}  # a deep_weight buffer, chosen on val
+        spec |= {"kind": "wide-deep", "wide": wide_spec(task, manifest) | staged}
     return spec
 
 

@@ -58,6 +58,16 @@ class TaskConfig:
                                           "start, as Cheng et al. 2016 do); that run's embed, buckets and ngrams")
     wide_lr: float = option(0.0, "wide-deep: the bag of words' peak learning rate (0: --lr); it follows the same "
                                  "warm-up and decay")
+    wide_epochs: float = option(0.0, "wide-deep: 0 trains both parts together; E > 0 trains the bag of words alone "
+                                     "for E epochs first (at --wide-lr), then the Transformer alone for the rest of "
+                                     "the horizon, the bag frozen; the logits are the bag's plus w times the "
+                                     "Transformer's, w in 0, 0.1, ..., 2 chosen on val at each evaluation")
+    wide_threads: int = option(0, "wide-deep --wide-epochs: torch threads while the bag trains alone (0: as the "
+                                  "run's); its small sparse kernels ran 6x slower at 2 threads than at 1 on a loaded "
+                                  "2-core machine")
+    keep_best: bool = option(False, "classify: end with the weights of the best validation accuracy seen at the "
+                                    "evaluations (every --eval-interval steps; wide-deep: also at the end of its "
+                                    "bag's epochs); the last checkpoint holds them")
 
     def __post_init__(self) -> None:
         if self.init_from is not None:
@@ -82,5 +92,15 @@ class TaskConfig:
             raise ConfigError(f"task config 'ngrams' is {self.ngrams}; choose 1 or 2")
         if self.wide_lr < 0:
             raise ConfigError(f"task config 'wide_lr' is {self.wide_lr}; use 0 (the run's --lr) or a positive rate")
+        if self.wide_epochs < 0 or self.wide_epochs != self.wide_epochs:
+            raise ConfigError(f"task config 'wide_epochs' is {self.wide_epochs}; use 0 (joint) or a positive number "
+                              "of epochs")
+        if self.wide_threads < 0:
+            raise ConfigError(f"task config 'wide_threads' is {self.wide_threads}; use 0 (the run's) or N >= 1")
+        if self.wide_threads and not self.wide_epochs:
+            raise ConfigError("--wide-threads sets the threads of the bag's own epochs: give --wide-epochs E too")
+        if self.wide_epochs and self.task == "classify" and self.classifier != "wide-deep":
+            raise ConfigError(f"--wide-epochs trains the bag of words of --classifier wide-deep first, not "
+                              f"{self.classifier}; drop it")
         if self.lora_rank and self.classifier != "transformer" and self.task == "classify":
             raise ConfigError(f"--lora-rank applies to the Transformer classifier, not {self.classifier}; drop it")
