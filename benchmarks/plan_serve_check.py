@@ -4,7 +4,9 @@ The engine of ``hwlm serve`` (``hwlm.serve.engine.LLMEngine``, in-process: no HT
 of the batching loop and its steps) runs a closed loop of C users on a randomly initialised preset
 (greedy, no end-of-text, so every request runs its full length); the planner predicts the same load with
 ``--hardware this-machine --calibration FILE`` from ``hwlm bench peak`` + ``hwlm bench infer`` records
-taken in the same run. Prints a table (measured, predicted, ratio) and writes it as JSON.
+taken in the same run, before and after the engine runs (``bench calibrate`` keeps each rate's best; the
+infer grid runs batches 1 to 32, the calibration's decode and prefill curves by rows). Prints a table
+(measured, predicted, ratio) and writes it as JSON.
 
 It also times every engine step (``ModelRunner.step``, wrapped here) with what it ran, and prices the same
 rows with the planner's step model (``hwlm.plan.serve_step.StepModel.seconds``): a profile of where the
@@ -39,16 +41,23 @@ from hwlm.plan.software import ENGINES
 from hwlm.serve.engine import EngineConfig, LLMEngine, SamplingParams, Sequence
 
 
-def calibrate(out: Path, preset: str, prompt: int) -> Path:
-    """This machine's calibration file from a peak and an infer record (the documented flow)."""
+def bench_records(out: Path, preset: str, prompt: int, tag: str) -> list[Path]:
+    """A peak and an infer record of this machine (the documented flow), named by ``tag``."""
     hwlm = [str(Path(sys.executable).with_name("hwlm"))]
-    peak, infer, cal = out / "peak.json", out / "infer.json", out / "calibration.json"
+    peak, infer = out / f"peak{tag}.json", out / f"infer{tag}.json"
     subprocess.run(hwlm + ["bench", "peak", "--device", "cpu", "--dtypes", "fp32", "--out", str(peak)], check=True,
                    stdout=subprocess.DEVNULL)
     subprocess.run(hwlm + ["bench", "infer", "--device", "cpu", "--model", preset, "--batch-sizes", "1,2,4,8,16,32",
                            "--prompt-lens", str(prompt), "--new-tokens", "16", "--out", str(infer)], check=True,
                    stdout=subprocess.DEVNULL)
-    subprocess.run(hwlm + ["bench", "calibrate", str(peak), str(infer), "--hardware", "this-machine", "--out", str(cal)],
+    return [peak, infer]
+
+
+def calibrate(out: Path, records: list[Path]) -> Path:
+    """This machine's calibration file from the records (``bench calibrate`` keeps each rate's best)."""
+    hwlm = [str(Path(sys.executable).with_name("hwlm"))]
+    cal = out / "calibration.json"
+    subprocess.run(hwlm + ["bench", "calibrate", *map(str, records), "--hardware", "this-machine", "--out", str(cal)],
                    check=True, stdout=subprocess.DEVNULL)
     return cal
 
@@ -148,15 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    cal = a.calibration or calibrate(a.out, a.preset, a.prompt_len)
+    # Records before and after the engine runs: a rate that a burst of load slowed in one is taken from the other.
+    records = [] if a.calibration else bench_records(a.out, a.preset, a.prompt_len, "")
     model = Transformer(ModelConfig.from_name(a.preset)).eval()
     cfg = EngineConfig()  # hwlm serve's defaults: max_num_seqs 32, prefill_budget 512
     rows, all_steps = [], []
     load_before = os.getloadavg()
+    measured = []
     for users in (int(u) for u in a.users.split(",")):
-        n = max(3 * users, 8)
-        got = measure(model, users, a.prompt_len, a.gen_len, n, cfg)
+        got = measure(model, users, a.prompt_len, a.gen_len, max(3 * users, 8), cfg)
         all_steps += got.pop("steps")
+        measured.append((users, got))
+    load_after = os.getloadavg()
+    cal = a.calibration or calibrate(a.out, records + bench_records(a.out, a.preset, a.prompt_len, "-after"))
+    for users, got in measured:
         est = estimate_serving(ServingJob(model=a.preset, hardware="this-machine", calibration=str(cal),
                                           concurrency=users, prompt_len=a.prompt_len, gen_len=a.gen_len,
                                           precision="fp32", engine="hwlm", requests=max(200, 10 * users)))
@@ -167,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     record = {"kind": "hwlm-plan-serve-check", "version": 1, "preset": a.preset, "prompt_len": a.prompt_len,
               "gen_len": a.gen_len, "machine": {"cpu": platform.processor() or platform.machine(),
                                                 "cores": os.cpu_count(), "loadavg_before": load_before,
-                                                "loadavg": os.getloadavg(), "torch_threads": torch.get_num_threads()},
+                                                "loadavg_after_engine": load_after, "loadavg": os.getloadavg(),
+                                                "torch_threads": torch.get_num_threads()},
               "engine": {"max_num_seqs": cfg.max_num_seqs, "prefill_budget": cfg.prefill_budget}, "rows": rows,
               "step_profile": step_profile(all_steps, cal, a.preset, a.prompt_len, a.gen_len)}
     atomic_write_text(a.out / "plan-serve-check.json", json.dumps(record, indent=2))
-    print(f"{a.preset}, prompt {a.prompt_len}, gen {a.gen_len}; load {os.getloadavg()[0]:.2f}")
+    print(f"{a.preset}, prompt {a.prompt_len}, gen {a.gen_len}; load {load_before[0]:.2f} before the engine runs, "
+          f"{load_after[0]:.2f} after them, {os.getloadavg()[0]:.2f} at the end")
     print("| users | tokens/s measured | predicted | ratio | TTFT p50 measured | predicted | ITL p50 measured | "
           "predicted | ratio |")
     for r in rows:
