@@ -247,6 +247,11 @@ def test_a_calibrated_decode_curve_prices_each_batch_at_its_own_measured_rate(tm
         assert sm.seconds(b, ctx, max_ctx=150.0) == pytest.approx(t)
     # two rows cost more than one here, as measured (a matrix product's small-row kernel)
     assert sm.seconds(2, 300.0, max_ctx=150.0) > 1.9 * sm.seconds(1, 150.0)
+    e = estimate_serving(ServingJob(model="mid", hardware="this-machine", calibration=str(tmp_path / "cal.json"),
+                                    concurrency=4, prompt_len=64, gen_len=8, precision="fp32", engine="hwlm",
+                                    requests=20))
+    term = next(t for t in e.terms if t.name == "decode_eff_at_batch_limit")
+    assert term.value == pytest.approx(100 * curve_at(sm.decode_curve, 32)) and "1: 0.4, 2: 0.2, 8: 0.3" in term.formula
 
 
 def test_a_measured_prefill_rate_holds_its_weights_and_rides_the_decode_step(tmp_path) -> None:

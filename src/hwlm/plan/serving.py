@@ -38,7 +38,7 @@ from hwlm.plan.inference import PADS_HEADS, _context_check, _kv_per_token_device
 from hwlm.plan.jobs import ServingJob, resolve_hardware
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION
-from hwlm.plan.serve_step import StepModel, step_model
+from hwlm.plan.serve_step import StepModel, curve_at, step_model
 from hwlm.plan.software import Stack, default_engine, get_engine
 
 __all__ = ["ServingEstimate", "estimate_serving", "StepModel"]
@@ -331,6 +331,13 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
     t.add("batch_limit", f"min(engine cap{f' x {ep} ep groups' if ep > 1 else ''}, kv capacity / "
           f"{job.prompt_len + job.gen_len} tokens per request): {limit}", cap, "sequences",
           MAX_BATCH_PER_DP_RANK if ep > 1 else "")
+    for name, curve, what in (("decode_eff_at_batch_limit", sm.decode_curve, "decode_rows"),
+                              ("prefill_eff_at_chunk", sm.prefill_curve, "prefill_rows")):
+        if curve:  # the measured curve the step model reads, and its value where a full step sits
+            at = cap if what == "decode_rows" else min(chunk, job.prompt_len * cap)
+            t.add(name, f"calibration {what} " + ", ".join(f"{r}: {e:.3g}" for r, e in curve)
+                  + f" (rows: efficiency), log-linear in rows, at {at} rows", 100 * curve_at(curve, at), "%",
+                  "hwlm bench infer cells via hwlm bench calibrate")
     if ep > 1:  # what the step model adds per step for the exchange, at a full batch's decode step
         a2a, a2a_f = ep_comm(m, dev, tp, ep, cap / ep, sm.pri.comm_eff)
         t.add("decode_ep_all_to_all_time", f"one decode step of {cap} sequences, {cap / ep:g} per ep group: {a2a_f}",
