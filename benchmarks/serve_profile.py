@@ -1,12 +1,13 @@
 """Where an engine step's time goes under a closed loop of C clients, in one process (no HTTP).
 
-Builds the engine as ``hwlm serve`` does (``worker._build``: the same run, back end, precision and
-slots), keeps ``--clients`` sequences running (a finished one is replaced at once, as a client
-loop does) until ``--requests`` have finished, and times each step's parts: the forward
-(``runner.step``), the greedy argmax, sampling and text (``_accept``, events), and the step message
-(pickled as the worker sends it). For the hybrid it also counts lone (onnxruntime) steps, batched
-steps, and how often a step flips between the two. ``--torch-profile`` adds torch.profiler's table
-of the forward's ops (record_shapes) for the steps at full batch.
+Builds the engine as ``hwlm serve`` does (``worker._build``: the same run, back end, precision
+and slots), keeps ``--clients`` clients looping (a finished sequence's client sends its next
+request 0.5-1.5 x ``--round-trip-ms`` later, as over HTTP) until ``--requests`` have finished,
+and times each step's parts: the forward (``runner.step``), the greedy argmax, sampling and text
+(``_accept``, events), and the step message (pickled as the worker sends it). For the hybrid it
+also counts lone (onnxruntime) steps, batched steps, and how often a step flips between the two.
+``--torch-profile`` adds torch.profiler's table of the forward's ops (record_shapes) for steps
+at full batch.
 
     .venv/bin/python benchmarks/serve_profile.py --run runs/serve-bench/mid --dtype bf16 --clients 8
     .venv/bin/python benchmarks/serve_profile.py --run runs/serve-bench/mid --backend auto --dtype auto \\
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import random
 import statistics
 import sys
 import time
@@ -35,6 +37,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--slots", type=int, default=32)
+    ap.add_argument("--round-trip-ms", type=float, default=3.0,
+                    help="a client's next request arrives this long after its last one finished")
     ap.add_argument("--torch-profile", action="store_true")
     a = ap.parse_args()
 
@@ -84,17 +88,29 @@ def main() -> int:
                        lambda ids: tok.decode(ids, skip_special_tokens=False), deadline=time.monotonic() + 600)
         engine.scheduler.add(seq)
 
+    rng = random.Random(0)
+    due: list[float] = []  # when the next requests arrive (a client's round trip after its last finished)
+
     def emit(ev) -> None:
         pending.append(event_tuple(0, ev))
         if ev.finish_reason is not None:
             done[0] += 1
-            if issued[0] < a.requests:
-                submit()
+            if issued[0] + len(due) < a.requests:
+                due.append(time.perf_counter() + rng.uniform(0.5, 1.5) * a.round_trip_ms / 1e3)
 
     def run_loop(requests: int) -> None:
         for _ in range(min(a.clients, requests)):
             submit()
-        while engine.scheduler.running or engine.scheduler.waiting:
+        while engine.scheduler.running or engine.scheduler.waiting or due:
+            now = time.perf_counter()
+            if not (engine.scheduler.running or engine.scheduler.waiting):
+                time.sleep(max(0.0, min(due) - now))  # idle until the next client comes back
+                now = time.perf_counter()
+            for t_due in [d for d in due if d <= now]:
+                due.remove(t_due)
+                submit()
+            if not (engine.scheduler.running or engine.scheduler.waiting):
+                continue
             t = time.perf_counter()
             parts["accept"].append(0.0)
             engine.step()

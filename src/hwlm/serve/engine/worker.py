@@ -180,8 +180,10 @@ def _runner(cfg: Any, loaded: Any) -> tuple[Any, Any, str, str]:
     return model, HybridRunner(torch_runner, onnx_model, lone), dtype, f"auto ({'lone rows in onnx' if lone else 'all torch'})"
 
 
-def fastest_dtype(model: Any, slots: int) -> str:
-    """fp32 or bf16, whichever decodes a batch of min(8, slots) rows faster here (a few timed steps each)."""
+def fastest_dtype(model: Any, slots: int, steps: int = 8) -> str:
+    """fp32 or bf16, whichever decodes a batch of min(8, slots) rows faster here (a few timed steps each).
+
+    The two take turns step by step, so a burst of other work on the machine lands on both alike."""
     import torch
 
     from hwlm.serve.engine.model_runner import ModelRunner
@@ -190,17 +192,15 @@ def fastest_dtype(model: Any, slots: int) -> str:
     if any(t.dtype != torch.float32 for t in tensors):
         return "fp32"  # a compressed run (int8/int4 weights) or a half-precision one stays as it was saved
     rows = min(8, slots)
-    best, best_time = "fp32", float("inf")
-    for name, m in (("fp32", model), ("bf16", copy.deepcopy(model).to(torch.bfloat16))):
-        runner = ModelRunner(m, rows)
+    runners = {"fp32": ModelRunner(model, rows), "bf16": ModelRunner(copy.deepcopy(model).to(torch.bfloat16), rows)}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for runner in runners.values():
         for s in range(rows):
             runner.prefill([0] * 16, s, 0)
-        times = []
-        for step in range(6):
+    for step in range(steps):
+        for name, runner in runners.items():
             t = time.perf_counter()
             runner.decode([1] * rows, list(range(rows)), [16 + step] * rows)
-            times.append(time.perf_counter() - t)
-        median = sorted(times[1:])[len(times[1:]) // 2]  # the first step warms up
-        if median < best_time:
-            best, best_time = name, median
-    return best
+            times[name].append(time.perf_counter() - t)
+    median = {name: sorted(ts[1:])[len(ts[1:]) // 2] for name, ts in times.items()}  # the first step warms up
+    return min(median, key=median.get)
