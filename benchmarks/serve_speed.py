@@ -6,7 +6,9 @@ Face server), one after the other. The same client load drives both: the officia
 client, streaming, greedy, ``--requests`` requests of ``--tokens`` new tokens, at 1, 8 and 32
 concurrent clients. Reported per server and concurrency: aggregate completion tokens/s (tokens
 delivered / wall time of the batch), time to first token p50/p95, inter-token latency p50, errors,
-truncated streams (no finish_reason); and the ratios hwlm / transformers, and hwlm at 32 clients
+truncated streams (no finish_reason), the cores each process used (``cpu_share``: CPU seconds per
+second of the run for hwlm's HTTP process, its engine process and this client; 2.0 is both cores
+of a 2-core machine); and the ratios hwlm / transformers, and hwlm at 32 clients
 over hwlm at 1 client (its own sequential throughput).
 
     flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/serve_speed.py
@@ -130,6 +132,25 @@ def one_stream(client, model: str, prompt: str, tokens: int) -> dict:
             "finish": finish, "wall": time.perf_counter() - start}
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of server process ``pid`` and of its engine process (hwlm's
+    spawned child), from Linux /proc (empty elsewhere): where a run's cores went, HTTP apart from engine."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def one(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    try:
+        out = {"server": one(pid)}
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text():  # not the resource tracker
+                out["engine"] = one(int(child))
+        return out
+    except (OSError, ValueError, IndexError):
+        return {}
+
+
 def load(url: str, model: str, concurrency: int, requests: int, tokens: int) -> dict:
     import openai
 
@@ -185,9 +206,16 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
         # "hwlm serve: m (context 256, torch bf16, engine process ...) on URL": the back end and precision it chose
         found = re.search(r"\(context \d+, (.+?), engine process", server.ready)
         chosen = found.group(1) if found else ""
-        return [{"server": kind, "chosen": chosen, **load(server.url, model, c,
-                                                          requests if c > 1 else min(requests, seq_requests), tokens)}
-                for c in levels]
+        rows = []
+        for c in levels:
+            before, client_before = cpu_seconds(server.proc.pid), time.process_time()
+            row = load(server.url, model, c, requests if c > 1 else min(requests, seq_requests), tokens)
+            after = cpu_seconds(server.proc.pid)
+            # CPU seconds per second of the run: 2.0 is both cores of this machine
+            row["cpu_share"] = {k: (after[k] - before.get(k, 0.0)) / row["wall_s"] for k in after} | {
+                "client": (time.process_time() - client_before) / row["wall_s"]}
+            rows.append({"server": kind, "chosen": chosen, **row})
+        return rows
     finally:
         server.stop()
 
@@ -260,8 +288,8 @@ def main() -> int:
                 record["rows"].append(row)
                 print(f"{name:5s} {kind:12s} c={row['concurrency']:3d} {row['tokens_per_s']:8.1f} tok/s  TTFT p50 "
                       f"{row['ttft_ms_p50'] or 0:7.1f} p95 {row['ttft_ms_p95'] or 0:7.1f} ms  ITL p50 "
-                      f"{row['itl_ms_p50'] or 0:6.1f} ms  errors {row['errors']} truncated {row['truncated']}",
-                      flush=True)
+                      f"{row['itl_ms_p50'] or 0:6.1f} ms  errors {row['errors']} truncated {row['truncated']}  cores: "
+                      + " ".join(f"{k} {v:.2f}" for k, v in row["cpu_share"].items()), flush=True)
     record["load_after"] = os.getloadavg()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(record, indent=2) + "\n")
