@@ -117,12 +117,13 @@ class ModelRunner:
         for layer, block in enumerate(m.h):
             attn = block.attn
             qkv = lin(attn.c_attn, block.ln_1(x)).view(N, H + 2 * K, D)
-            q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]  # (N, H, D), (N, K, D), (N, K, D)
+            q, kv = qkv[:, :H], qkv[:, H:].view(N, 2, K, D)  # (N, H, D); k and v (N, 2, K, D)
             if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                q, kv = apply_rope(q, *rope), torch.stack((apply_rope(kv[:, 0], *rope), kv[:, 1]), 1)
             ck, cv = self.cache.k[layer], self.cache.v[layer]  # (S, K, max_len, D)
-            ck[slot_of, :, pos] = k.to(ck.dtype)  # token n's k at (slot_of[n], :, pos[n]): no padding is written
-            cv[slot_of, :, pos] = v.to(cv.dtype)
+            # Token n's k and v at (slot_of[n], :, pos[n]) in one write (no padding is written): the layer's
+            # buffer is (2, S, K, max_len, D), and indexing it at [:, slot_of, :, pos] is (N, 2, K, D).
+            self.cache.kv[layer][:, slot_of, :, pos] = kv.to(ck.dtype)
             if contiguous:
                 keys, values = ck[first:first + R, :, :L], cv[first:first + R, :, :L]
             else:
