@@ -177,6 +177,9 @@ def test_duplicate_id_needs_override(tmp_path: Path) -> None:
     (("int8 = 200e12", "int8 = 200e12\n[device.achievable]\nbf16 = 150e12"),
      r"achievable.bf16 = 1.5e\+14 needs a peak flops.bf16 at least as large"),
     (("int8 = 200e12", "int8 = 200e12\n[device.achievable]\nbf16 = 80e12"), r"figure 'achievable' has no source"),
+    (("tdp_w = 75", 'tdp_w = 75\nno_balance_penalty = ["fp8"]'),
+     r"key 'no_balance_penalty' must list dtypes with a peak in \[device.flops\]"),
+    (("tdp_w = 75", 'tdp_w = 75\nno_balance_penalty = ["bf16"]'), r"figure 'no_balance_penalty' has no source"),
 ])
 def test_malformed_device_names_file_device_and_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     path = write(tmp_path, GOOD.replace(*edit))
@@ -226,3 +229,19 @@ def test_achievable_rate_replaces_the_peak_in_compute_bound_terms() -> None:
     assert priors_for("gpu", "fp8", peak, bw).matmul_eff > priors_for("gpu", "fp8", peak, bw, achievable=maf).matmul_eff
     text = format_device(dev)
     assert "measured max dense GEMM" in text and "1.273 PFLOP/s" in text and "Max-Achievable" in text
+
+
+def test_a_measured_gemm_utilisation_lifts_the_balance_penalty() -> None:
+    """Gaudi 2 FP8 is listed in ``no_balance_penalty`` (arXiv:2503.09975 measures its FP8 GEMMs above 90% MFU):
+    its prior is the kind's matmul_eff without the ridge-point penalty; bf16 and Gaudi 3 keep the penalty."""
+    from hwlm.plan.efficiency import REF_RIDGE, kind_priors, priors_for
+    g2, g3 = get_device("gaudi2"), get_device("gaudi3")
+    assert not g2.balance_penalty("fp8") and g2.balance_penalty("bf16") and g3.balance_penalty("fp8")
+    assert "2503.09975" in g2.source("no_balance_penalty")
+    p = kind_priors("accelerator")
+    peak, bw = g2.peak_flops("fp8"), g2.memory_bw
+    assert priors_for("accelerator", "fp8", peak, bw, balance_penalty=False).matmul_eff == pytest.approx(p.matmul_eff)
+    penalised = p.matmul_eff * min(1.0, (REF_RIDGE / (peak / bw)) ** p.ridge_exponent)
+    assert priors_for("accelerator", "fp8", peak, bw).matmul_eff == pytest.approx(penalised)
+    assert penalised < p.matmul_eff
+    assert "no balance penalty" in format_device(g2) and "no balance penalty" not in format_device(g3)

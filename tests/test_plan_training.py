@@ -347,3 +347,28 @@ def test_trainium_pads_heads_under_a_tp_that_does_not_divide_them() -> None:
     assert e.flops == pytest.approx(1e9 * train_flops_per_token(padded.spec, 4096))
     with pytest.raises(PlanError, match="does not divide the 40 attention heads"):
         estimate_training("llama-2-13b", 1e9, "h100-sxm", 32, tp=16, find_smallest=False)
+
+
+def test_fp8_training_runs_the_attention_scores_in_16_bits() -> None:
+    """FP8 recipes cast the linear layers (Transformer Engine fp8_dpa=False by default, torchtitan's nn.Linear
+    swap): the attention-score FLOPs of an fp8 run are priced at the device's 16-bit matmul rate, the rest at
+    fp8; a bf16 run has no such term."""
+    from hwlm.formulas import attention_flops_per_pair
+    from hwlm.plan.efficiency import priors_for
+    from hwlm.plan.catalog import get_device
+
+    kw = dict(tp=1, pp=1, global_batch=128, framework="torchtitan")
+    e8 = estimate_training("llama-3.1-8b", 128 * 8192, "h100-sxm", 8, precision="fp8", seq_len=8192, **kw)
+    e16 = estimate_training("llama-3.1-8b", 128 * 8192, "h100-sxm", 8, precision="bf16", seq_len=8192, **kw)
+    t8, t16 = {x.name: x.value for x in e8.terms}, {x.name: x.value for x in e16.terms}
+    assert "attention_16bit_time" not in t16
+    dev, spec = get_device("h100-sxm"), get_model("llama-3.1-8b").spec
+    rate = dev.peak_flops("bf16") * priors_for("gpu", "bf16", dev.peak_flops("bf16"), dev.memory_bw).matmul_eff
+    rc = e8.layout.recompute_fraction(spec.n_layers) / 3 + 1
+    f_att = 128 * 8192 * 3 * 8192 * attention_flops_per_pair(spec)
+    assert t8["attention_16bit_time"] == pytest.approx(f_att * rc / (8 * rate))
+    # same layout: the attention share of the bf16 run's matmul time is the same seconds; only the linear
+    # layers got faster
+    assert e8.layout == e16.layout
+    assert t8["attention_16bit_time"] == pytest.approx(t16["matmul_time"] * f_att / t16["flops"], rel=1e-6)
+    assert t8["matmul_time"] < t16["matmul_time"]

@@ -33,6 +33,8 @@ File format (all numbers in base SI units: bytes, bytes/s, FLOP/s, watts, USD)::
     bf16 = 989.4e12
     [device.achievable]              # optional: the vendor's MEASURED max dense-GEMM FLOP/s per dtype (clocks under
     bf16 = 708e12                    #   load, software efficiency); compute-bound terms scale it instead of the peak
+    no_balance_penalty = ["fp8"]     # optional: dtypes whose MEASURED GEMM utilisation shows no loss at this part's
+                                     #   ridge point, so the GPU-fitted balance penalty (ridge_exponent) is not applied
     [device.sources]                 # a source for EVERY figure above: document and date
     flops = "NVIDIA H100 Tensor Core GPU datasheet (nvidia.com), 2023"   # covers every dtype ...
     fp8 = "..."                      # ... unless a dtype has its own key
@@ -101,7 +103,7 @@ _SOURCE_GROUPS = {
 _KNOWN_KEYS = {"id", "name", "vendor", "kind", "aliases", "memory_bytes", "memory_bw", "intra_node_bw",
                "inter_node_bw", "devices_per_node", "scale_up_devices", "tdp_w", "idle_w",
                "price_per_hour", "release", "notes", "override", "flops", "sources", "topology",
-               "matrix_unit", "achievable"}
+               "matrix_unit", "achievable", "no_balance_penalty"}
 _REQUIRED = ("id", "name", "vendor", "kind", "memory_bytes", "memory_bw", "devices_per_node", "flops",
              "sources")
 
@@ -141,6 +143,7 @@ class Device:
     topology: str = "switch"              # how scale-up peers connect (TOPOLOGIES)
     matrix_unit: int | None = None        # systolic array side (TPU MXU: 128 or 256); None: no shape padding modelled
     achievable: Mapping[str, float] = field(default_factory=dict)  # vendor-measured max dense GEMM FLOP/s by dtype
+    no_balance_penalty: tuple[str, ...] = ()  # dtypes measured at full GEMM utilisation despite a high ridge point
     idle_w: float | None = None
     price_per_hour: float | None = None
     release: int | None = None
@@ -164,6 +167,11 @@ class Device:
     def achievable_flops(self, dtype: str) -> float | None:
         """The vendor's measured maximum dense-GEMM rate for ``dtype`` (``[device.achievable]``), or None."""
         return self.achievable.get(normalize_dtype(dtype))
+
+    def balance_penalty(self, dtype: str) -> bool:
+        """Whether the GPU-fitted balance penalty applies to ``dtype`` (not where ``no_balance_penalty`` lists it:
+        a published measurement shows the part's GEMMs keep their utilisation at its ridge point)."""
+        return normalize_dtype(dtype) not in self.no_balance_penalty
 
     def source(self, figure: str) -> str:
         """The document a figure was taken from: ``source('bf16')``, ``source('memory_bw')``."""
@@ -316,11 +324,15 @@ def _parse_device(path: Path, raw: Any, index: int) -> tuple[Device, bool]:
     for d, v in achievable.items():
         if d not in flops or v > flops[d]:
             raise _fail(path, ident, f"achievable.{d} = {v:g} needs a peak flops.{d} at least as large")
+    exempt = raw.get("no_balance_penalty", [])
+    if not isinstance(exempt, list) or any(d not in flops for d in exempt):
+        raise _fail(path, ident, f"key 'no_balance_penalty' must list dtypes with a peak in [device.flops] "
+                                 f"({', '.join(flops)}), got {exempt!r}")
     nums = {k: _number(path, ident, k, raw[k]) for k in _RANGES if k != "flops" and k in raw}
     per_node = _count(path, ident, "devices_per_node", raw["devices_per_node"])
     scale_up = _count(path, ident, "scale_up_devices", raw.get("scale_up_devices", per_node))
     figures = [k for k in nums] + ["devices_per_node"] + (["scale_up_devices"] if "scale_up_devices" in raw else []) \
-        + [k for k in ("topology", "matrix_unit", "achievable") if k in raw]
+        + [k for k in ("topology", "matrix_unit", "achievable", "no_balance_penalty") if k in raw]
     unit = raw.get("matrix_unit")
     if unit is not None and (isinstance(unit, bool) or not isinstance(unit, int) or not 8 <= unit <= 1024):
         raise _fail(path, ident, f"key 'matrix_unit' must be the systolic array's side, 8..1024, got {unit!r}")
@@ -347,7 +359,7 @@ def _parse_device(path: Path, raw: Any, index: int) -> tuple[Device, bool]:
         memory_bw=nums["memory_bw"], devices_per_node=per_node, tdp_w=nums.get("tdp_w"),
         sources=types.MappingProxyType(sources), intra_node_bw=nums.get("intra_node_bw"),
         inter_node_bw=nums.get("inter_node_bw"), scale_up_devices=scale_up, topology=topology, matrix_unit=unit,
-        achievable=types.MappingProxyType(achievable), idle_w=nums.get("idle_w"),
+        achievable=types.MappingProxyType(achievable), no_balance_penalty=tuple(exempt), idle_w=nums.get("idle_w"),
         price_per_hour=nums.get("price_per_hour"), release=release, notes=notes.strip(),
         aliases=tuple(a for a in dict.fromkeys(normalize_id(a) for a in aliases) if a != ident), path=str(path))
     return dev, override
@@ -475,6 +487,9 @@ def format_device(dev: Device) -> str:
         lines.append("  measured max dense GEMM (what the planner scales):")
         for d in (x for x in DTYPES if x in dev.achievable):
             lines.append(f"    {d:<5} {_si(dev.achievable[d], 'FLOP/s'):>14}  {ref('achievable')}")
+    if dev.no_balance_penalty:
+        lines.append(f"  no balance penalty (measured GEMM utilisation): {', '.join(dev.no_balance_penalty)}  "
+                     f"{ref('no_balance_penalty')}")
     rows: list[tuple[str, str, str]] = [
         ("memory", _si(dev.memory_bytes, "B"), "memory_bytes"),
         ("memory bandwidth", _si(dev.memory_bw, "B/s"), "memory_bw")]

@@ -114,12 +114,15 @@ ACHIEVABLE_SOURCE = ("a vendor-measured maximum dense-GEMM rate (catalog [device
 
 
 def priors_for(kind: str, dtype: str, peak: float | None = None, bandwidth: float | None = None,
-               weight_dtype: str | None = None, achievable: float | None = None) -> Priors:
+               weight_dtype: str | None = None, achievable: float | None = None,
+               balance_penalty: bool = True) -> Priors:
     """The prior parameters for a hardware kind, compute data type and (optionally) balance.
 
     ``achievable`` (the catalog's measured maximum dense-GEMM FLOP/s for the dtype, when the vendor publishes
     one) takes the peak's place: ``matmul_eff`` is then a share of it (scaled here by achievable / peak, so
     callers keep multiplying by the datasheet peak), and the balance penalty uses its ridge point.
+    ``balance_penalty=False`` (``Device.balance_penalty``: a published measurement shows the part's GEMMs
+    keep their utilisation at its ridge point) leaves that GPU-fitted penalty out.
 
     >>> p, q = priors_for("gpu", "fp8", 2614.9e12, 5.3e12), priors_for("gpu", "fp8", 2614.9e12, 5.3e12, achievable=1273e12)
     >>> round(p.matmul_eff * 2614.9, 0), round(q.matmul_eff * 2614.9, 0)   # TFLOP/s reached
@@ -131,7 +134,7 @@ def priors_for(kind: str, dtype: str, peak: float | None = None, bandwidth: floa
     if achievable and peak:
         mm *= min(1.0, achievable / peak)
         rate = min(achievable, peak)
-    if rate and bandwidth and p.ridge_exponent:
+    if rate and bandwidth and p.ridge_exponent and balance_penalty:
         # Only penalise: below the reference ridge, other limits (launches, small tiles) dominate.
         mm *= min(1.0, (REF_RIDGE / (rate / bandwidth)) ** p.ridge_exponent)
     bw = p.decode_bw_eff * {"int8": p.int8_decode, "int4": p.int4_decode}.get(weight_dtype or "", 1.0)

@@ -110,9 +110,10 @@ def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tupl
     rate can be bound by something else than bandwidth, e.g. kernel launches)."""
     maf = dev.achievable_flops(cdtype)
     pri = priors_for(dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, weight_dtype=_WEIGHT_ONLY.get(precision),
-                     achievable=maf)
+                     achievable=maf, balance_penalty=dev.balance_penalty(cdtype))
     src = f"prior for {dev.kind}/{cdtype}: {pri.source}" + (
-        f"; x achievable {maf:.4g} / peak ({ACHIEVABLE_SOURCE}; {dev.source('achievable')})" if maf else "")
+        f"; x achievable {maf:.4g} / peak ({ACHIEVABLE_SOURCE}; {dev.source('achievable')})" if maf else "") + (
+        "" if dev.balance_penalty(cdtype) else f"; no balance penalty ({dev.source('no_balance_penalty')})")
     cal = load_calibration(calibration)
     if cal is None:
         return pri, src, src, pri.decode_bw_eff
@@ -131,7 +132,8 @@ def _resolve(dev: Device, cdtype: str, precision: str, calibration: Any) -> tupl
         # A 16-bit rate stands in for a weight-only format with the prior's kernel factor kept
         # (dequantisation in the kernel: Priors.int8_decode / int4_decode).
         factor = 1.0 if own or precision not in _WEIGHT_ONLY else pri.decode_bw_eff / priors_for(
-            dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, achievable=maf).decode_bw_eff
+            dev.kind, cdtype, dev.peak_flops(cdtype), dev.memory_bw, achievable=maf,
+            balance_penalty=dev.balance_penalty(cdtype)).decode_bw_eff
         pri = replace(pri, decode_bw_eff=bw.efficiency * factor)
     return (pri, f"calibration {mm.phase} {mm.efficiency} ({mm.source})" if mm else src,
             f"calibration {bw.phase} {bw.efficiency} ({bw.source})" if bw else src,

@@ -79,7 +79,8 @@ def budget_from_hardware(hardware: str | Device, devices: int, hours: float, pre
     peak = dev.peak_flops(precision)
     # Default utilisation: the matmul prior less a quarter for everything else (communication,
     # element-wise work, bubbles); the planner's training estimates land near it for large runs.
-    u = mfu if mfu is not None else priors_for(dev.kind, precision, peak, dev.memory_bw).matmul_eff * 0.75
+    u = mfu if mfu is not None else priors_for(dev.kind, precision, peak, dev.memory_bw,
+                                               balance_penalty=dev.balance_penalty(precision)).matmul_eff * 0.75
     flops = peak * devices * hours * 3600 * u
     return flops, f"{devices} x {dev.id} x {hours:g} h x peak {peak:.4g} x MFU {u:.2f}"
 

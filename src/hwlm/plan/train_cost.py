@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from hwlm.formulas import train_flops_per_token
+from hwlm.formulas import attention_flops_per_pair, train_flops_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import all_to_all_bytes_time, group_bandwidth
 from hwlm.plan.efficiency import MXU_SOURCE, OP_OVERHEAD_SOURCE, Priors, gemm_shapes, kernels_per_step, shape_efficiency
@@ -50,6 +50,7 @@ class _Ctx:
     user_stack: bool = False    # the user named the framework (else it is the assumed default)
     padding: str | None = None  # Neuron head padding applied to the model (a note), None if none
     capacity_factor: float = 1.0  # MoE token dropping: experts compute this x their share of the tokens
+    attention_rate: float | None = None  # FP8 runs: FLOP/s per device of the 16-bit attention-score products
     # Answers the layout search asks for again: _memory by layout, the compute and model-parallel communication
     # terms by the fields they read (_searched). Not copied by ``replace`` (init=False: each context starts empty).
     memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -182,6 +183,26 @@ def _searched(ctx: _Ctx, t: Terms, key: tuple[Any, ...], part: Any) -> Any:
     return value
 
 
+FP8_ATTENTION_SOURCE = ("FP8 training recipes cast the linear layers only: Transformer Engine's recipes default to "
+                        "fp8_dpa = False and fp8_mha = False ('Beta features', transformer_engine/common/recipe), "
+                        "torchtitan's float8 converter swaps nn.Linear for Float8Linear (docs/float8.md), Intel "
+                        "Gaudi's Transformer Engine provides FP8 modules such as te.Linear (docs.habana.ai, 'FP8 "
+                        "Training with Intel Gaudi Transformer Engine'); the attention-score products (QK^T, AV) "
+                        "run in 16 bits")
+
+
+def _attention_16bit_time(ctx: _Ctx, t: Terms, rc: float, fill: float) -> float:
+    """Seconds of an FP8 run's attention-score products, which FP8 training leaves in 16 bits
+    (:data:`FP8_ATTENTION_SOURCE`), at the device's 16-bit matmul rate (``_Ctx.attention_rate``); 0 otherwise."""
+    if not ctx.attention_rate:
+        return 0.0
+    f_att = ctx.tokens * 3 * ctx.seq_len * attention_flops_per_pair(ctx.model.spec)
+    return t.add("attention_16bit_time", f"tokens x 3 x seq {ctx.seq_len} x attention FLOPs per pair x {rc:.3g} / "
+                 f"({ctx.devices} x 16-bit rate {ctx.attention_rate:.4g}" + (f" x MXU fill {fill:.3f})" if fill < 1
+                                                                               else ")"),
+                 f_att * rc / (ctx.devices * ctx.attention_rate * fill), "s", FP8_ATTENTION_SOURCE)
+
+
 def _compute(ctx: _Ctx, lay: Layout, t: Terms, flops: float) -> float:
     """The compute term of the whole run: matrix products, element-wise traffic and the small-model terms,
     or the calibrated compute. Reads the layout's dp, tp, pp, micro-batch and recompute share only."""
@@ -195,9 +216,12 @@ def _compute(ctx: _Ctx, lay: Layout, t: Terms, flops: float) -> float:
     if fill < 1.0:
         t.add("mxu_fill", fill_text, fill, "", MXU_SOURCE)
     pad = _capacity_padding_flops(ctx, t)
-    mm = t.add("matmul_time", f"(flops{' + capacity padding' if pad else ''}) x {rc:.3g} / ({n} devices x peak "
-               f"{peak:.4g} x matmul_eff {pri.matmul_eff:.3g}" + (f" x MXU fill {fill:.3f})" if fill < 1.0 else ")"),
-               (flops + pad) * rc / (n * peak * pri.matmul_eff * fill), "s", ctx.eff_source)
+    att = _attention_16bit_time(ctx, t, rc, fill)
+    f_att = ctx.tokens * 3 * ctx.seq_len * attention_flops_per_pair(spec) if att else 0.0
+    mm = t.add("matmul_time", f"(flops{' - attention' if att else ''}{' + capacity padding' if pad else ''}) x {rc:.3g}"
+               f" / ({n} devices x peak {peak:.4g} x matmul_eff {pri.matmul_eff:.3g}"
+               + (f" x MXU fill {fill:.3f})" if fill < 1.0 else ")") + (" + attention_16bit_time" if att else ""),
+               (flops - f_att + pad) * rc / (n * peak * pri.matmul_eff * fill) + att, "s", ctx.eff_source)
     eb = _elem_bytes(ctx)
     bw, bw_text = _act_bw(ctx)
     ew_bytes = 3 * spec.n_layers * pri.act_traffic * 34 * spec.d_model * eb

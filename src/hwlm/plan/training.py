@@ -127,10 +127,12 @@ class TrainingEstimate:
 
 def _resolve_calibration(dev: Device, precision: str, calibration: Any) -> tuple[Priors, float | None, str]:
     maf = dev.achievable_flops(precision)
-    pri = priors_for(dev.kind, precision, dev.peak_flops(precision), dev.memory_bw, achievable=maf)
+    pri = priors_for(dev.kind, precision, dev.peak_flops(precision), dev.memory_bw, achievable=maf,
+                     balance_penalty=dev.balance_penalty(precision))
     cal: Calibration | None = load_calibration(calibration)
     source = f"prior for {dev.kind}/{precision}: {pri.source}" + (
-        f"; x achievable {maf:.4g} / peak ({ACHIEVABLE_SOURCE}; {dev.source('achievable')})" if maf else "")
+        f"; x achievable {maf:.4g} / peak ({ACHIEVABLE_SOURCE}; {dev.source('achievable')})" if maf else "") + (
+        "" if dev.balance_penalty(precision) else f"; no balance penalty ({dev.source('no_balance_penalty')})")
     if dev.id == THIS_MACHINE:
         # Its peaks are rates measured here (large matmul, copy): large products reach them by construction.
         pri = replace(pri, matmul_eff=1.0, decode_bw_eff=1.0)
@@ -213,10 +215,15 @@ def _estimate(job: TrainingJob) -> TrainingEstimate:
     # Default batch: ~4M tokens, but at least one sequence per 8 devices (a 16K-GPU run needs a
     # larger batch: Llama 3 405B used 16M tokens, arXiv:2407.21783, section 3.4.1).
     gb = int(job.global_batch or max(1, round(DEFAULT_BATCH_TOKENS / seq), math.ceil(devices / 8)))
+    # FP8 training leaves the attention-score products in 16 bits (train_cost.FP8_ATTENTION_SOURCE).
+    attention_rate = None
+    if precision == "fp8" and "bf16" in dev.flops:
+        pri16 = _resolve_calibration(dev, "bf16", job.calibration)[0]
+        attention_rate = dev.peak_flops("bf16") * pri16.matmul_eff
     ctx = _Ctx(model=m, dev=dev, devices=devices, precision=precision, tokens=float(job.tokens), seq_len=seq,
                batch_tokens=float(gb * seq), pri=pri, train_eff=train_eff, eff_source=eff_source,
                autocast=job.autocast, stack=stack, user_stack=bool(job.framework), padding=padding,
-               capacity_factor=float(job.capacity_factor or 1.0))
+               capacity_factor=float(job.capacity_factor or 1.0), attention_rate=attention_rate)
     tp, pp, micro_batch = job.tp, job.pp, job.micro_batch
     fixed = {"tp": tp, "pp": pp, "zero_stage": job.zero_stage, "recompute": job.recompute,
              "micro_batch": micro_batch, "virtual_stages": job.virtual_stages, "schedule": job.schedule,
