@@ -19,6 +19,10 @@ a stratified, seeded split) and every model is judged on the same test split:
 * hwlm wide & deep (Cheng et al. 2016): the same pretrained Transformer and a bag of words trained together,
   the sum of their logits (``--classifier wide-deep``), on the plain Transformer's budget; the bag-of-words and
   plain-Transformer rows are its two parts alone (the ablation);
+* hwlm wide & deep, staged (``--wide-epochs``, ``--keep-best``): the same parts fitted one after the other in
+  the same budget: the bag of words alone for the bag-of-words row's epochs (at ``--small-threads``), then the
+  pretrained Transformer alone, the bag frozen; the logits are the bag's plus ``w`` times the Transformer's,
+  ``w`` and the kept weights chosen on the validation split (evaluated every 100 steps);
 * the digits MLP on scikit-learn's bundled 8x8 digits, beside scikit-learn's LogisticRegression.
 
 Every figure comes from this run, on ``--threads`` threads (``--small-threads`` for the bag of words, the

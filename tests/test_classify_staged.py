@@ -122,3 +122,19 @@ def test_bad_staged_input(cls_data: Path, tmp_path: Path, capsys: pytest.Capture
                                         "nan"]))
     assert "wide_epochs" in msg
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_the_planner_refuses_a_staged_recipe_and_prices_keep_best(cls_data: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from importlib.resources import files
+
+    lstm = files("hwlm") / "recipes" / "lstm-sentences.toml"
+    text = lstm.read_text(encoding="utf-8")
+    (tmp_path / "best.toml").write_text(text.replace('classifier = "lstm"', 'classifier = "lstm"\nkeep_best = true'))
+    (tmp_path / "staged.toml").write_text(text.replace('classifier = "lstm"', 'classifier = "wide-deep"\n'
+                                                                               'wide_epochs = 5.0'))
+    plan = ["plan", "train", "--hardware", "h100-sxm", "--data", str(cls_data), "--config"]
+    assert main([*plan, str(tmp_path / "best.toml")]) == 0  # the same steps: priced as the plain recipe
+    capsys.readouterr()
+    msg = _one_line_error(capsys, main([*plan, str(tmp_path / "staged.toml")]))
+    assert "trains no LSTM, MLP or bag-of-words classifier" in msg
