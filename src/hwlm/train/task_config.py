@@ -66,8 +66,9 @@ class TaskConfig:
                                   "run's); its small sparse kernels ran 6x slower at 2 threads than at 1 on a loaded "
                                   "2-core machine")
     keep_best: bool = option(False, "classify: end with the weights of the best validation accuracy seen at the "
-                                    "evaluations (every --eval-interval steps; wide-deep: also at the end of its "
-                                    "bag's epochs); the last checkpoint holds them")
+                                    "evaluations (every --eval-interval steps and the last; --wide-epochs: also at "
+                                    "the end of the bag's epochs); the last checkpoint holds them. Kept in memory: "
+                                    "after a resume only later evaluations count")
 
     def __post_init__(self) -> None:
         if self.init_from is not None:
