@@ -183,7 +183,7 @@ def load(url: str, model: str, concurrency: int, requests: int, tokens: int) -> 
 
 
 def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Path, levels: list[int],
-               requests: int, tokens: int, seq_requests: int) -> list[dict]:
+               requests: int, tokens: int, seq_requests: int, engine_threads: int = 0) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if kind.endswith("-spin"):
         env["HWLM_ONNX_SPIN"] = "always"
@@ -193,7 +193,8 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
                ["--backend", "auto", "--dtype", "auto", "--onnx", str(export_onnx_once(run))] if variant == "hybrid"
                else ["--dtype", variant])
         cmd = [sys.executable, "-m", "hwlm", "serve", "--run", str(run), "--port", "0", "--no-auth",
-               "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256", *how]
+               "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256", *how,
+               *(["--engine-threads", str(engine_threads)] if engine_threads else [])]
         server, model = Proc(cmd, None, logs / f"{kind}.log", env), "m"
     else:
         exe = str(Path(sys.executable).parent / "transformers")
@@ -257,7 +258,9 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--sequential-requests", type=int, default=8, help="requests at 1 client (a sequential loop)")
-    ap.add_argument("--threads", type=int, default=2, help="OMP threads of each server")
+    ap.add_argument("--threads", type=int, default=2, help="OMP threads of each server (OMP_NUM_THREADS: "
+                    "transformers' threads; for hwlm a cap on its engine's default, the cores less one)")
+    ap.add_argument("--engine-threads", type=int, default=0, help="hwlm serve --engine-threads (0: its default)")
     ap.add_argument("--no-peer", action="store_true", help="skip transformers serve")
     ap.add_argument("--hwlm-dtypes", default="fp32,bf16,auto",
                     help="precisions of hwlm serve (fp32 is like for like; auto: hwlm picks by timing)")
@@ -283,7 +286,7 @@ def main() -> int:
         kinds += [] if a.no_peer else ["transformers"]
         for kind in a.servers.split(",") if a.servers else kinds:
             for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n,
-                                  a.sequential_requests):
+                                  a.sequential_requests, a.engine_threads):
                 row.update(model=name, new_tokens=n)
                 record["rows"].append(row)
                 print(f"{name:5s} {kind:12s} c={row['concurrency']:3d} {row['tokens_per_s']:8.1f} tok/s  TTFT p50 "

@@ -232,3 +232,18 @@ def test_bf16_packed_rows_match_the_fp32_forward_and_do_not_depend_on_the_batch(
         one = alone.decode([20], [s], [len(prompts[s])]).float()[0]
         torch.testing.assert_close(one, batch[row], atol=2e-2, rtol=2e-2)
         assert int(one.argmax()) == int(batch[row].argmax())
+
+
+def test_engine_threads_leave_a_core_to_the_http_process(monkeypatch) -> None:
+    import os
+
+    from hwlm.serve.engine.worker import engine_threads
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert engine_threads(3) == 3  # asked for: as asked
+    assert engine_threads(0) == max(1, cores - 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert engine_threads(0) == 1  # OMP_NUM_THREADS caps the default
+    monkeypatch.setenv("OMP_NUM_THREADS", f"{cores + 8},1")
+    assert engine_threads(0) == max(1, cores - 1)  # never more than the cores less one

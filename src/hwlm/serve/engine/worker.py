@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["worker_main", "fastest_dtype", "event_tuple"]
+__all__ = ["worker_main", "fastest_dtype", "event_tuple", "engine_threads"]
 
 
 def event_tuple(seq_id: int, ev: Any) -> tuple:
@@ -134,8 +134,7 @@ def _build(cfg: Any) -> tuple[Any, Any, dict]:
     from hwlm.serve.metrics import MetricsRecorder
     from hwlm.train.load import load_model
 
-    # The engine process gets the cores (OMP_NUM_THREADS when set); the HTTP process keeps one.
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+    torch.set_num_threads(engine_threads(cfg.engine_threads))
     key = optional_key(cfg.key_file)  # read here: the key never crosses the pipe
     loaded = load_model(cfg.run, "cpu" if cfg.backend == "onnx" else select_device(cfg.device).device, key)
     model, runner, dtype, backend = _runner(cfg, loaded)
@@ -147,6 +146,23 @@ def _build(cfg: Any) -> tuple[Any, Any, dict]:
             "backend": backend, "cache_bytes": engine.runner.cache_bytes, "pid": os.getpid(),
             "threads": torch.get_num_threads()}
     return engine, recorder, info
+
+
+def engine_threads(asked: int) -> int:
+    """``asked``, or for 0 the cores this process may use less one, at most ``OMP_NUM_THREADS``, at least 1.
+
+    Why one core less: the HTTP process (its event loop, JSON and SSE per token) and, on a benchmark
+    machine, the clients run beside the engine. An OpenMP op on every core stalls at its barrier
+    whenever one of its threads is preempted by them, so on 2 cores the engine at 2 threads used 1.0-1.15
+    cores and decoded slower than at 1 (mid bf16: 89 / 569 against 139 / 714 tokens/s at 1 / 8 clients,
+    docs/benchmarks.md). vLLM's CPU back end likewise keeps a core off its OpenMP threads for its
+    scheduler process (``VLLM_CPU_NUM_OF_RESERVED_CPU``).
+    """
+    if asked > 0:
+        return asked
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cap = int((os.environ.get("OMP_NUM_THREADS") or str(cores)).split(",")[0])  # "4,2" (nested levels): 4
+    return max(1, min(cores - 1, cap))
 
 
 def _runner(cfg: Any, loaded: Any) -> tuple[Any, Any, str, str]:
