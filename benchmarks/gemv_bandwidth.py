@@ -19,6 +19,17 @@ difference of the outputs). Forms:
 
 hwlm's compiled decode step (``hwlm.model.decoding.row_linear``) takes the fused reduction.
 
+``--per-shape``: each of the four shapes on its own (768x768, 768x3072, 3072x768, 50304x768), as many
+copies as make about 256 MB (more than the last-level cache holds), every form called on the whole
+list: a compiled form is one graph over the list, as the decode step is one graph per token (the
+sweep above pays dynamo's per-call cost 49 times). Rounds of all forms are interleaved. Forms:
+``F.linear``; ``2 MKL gemvs in parallel``: the two halves of the output rows on two inter-op threads
+(``torch.jit.fork``, one MKL call each); the compiled reduction as inductor writes it by default, with
+``cpp.simdlen=256`` and with a realized activation; ``compiled blocked (N/16, K, 16)``: the weight laid
+out in blocks of 16 rows, K-major inside a block, so the reduction is 16 outputs in one vector
+register accumulated along K (no horizontal sum per row); ``compiled F.linear, max-autotune CPP GEMM``:
+inductor's CPP GEMM template against ATen; ``read only: W.sum()``.
+
 ``--int8``: the same sweep over per-channel int8 copies of the weights (one byte per weight; the
 activation row quantized per token as w8a8 does), each form checked against the exact integer
 product ``(xq @ Wq^T) * s * scales`` in float64:
@@ -33,12 +44,16 @@ product ``(xq @ Wq^T) * s * scales`` in float64:
 * ``compiled fp32 x int8 (w8a16)``: ``(Wq.float() * x).sum(-1) * scales``, no activation rounding;
 * ``_weight_int8pack_mm bf16``: the w8a16 eager kernel.
 
-    flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/gemv_bandwidth.py --threads 1,2 [--int8]
+    flock /tmp/hwlm-bench.lock .venv/bin/python benchmarks/gemv_bandwidth.py --threads 1,2 [--int8 | --per-shape]
+
+"Of copy bandwidth" is weight bytes read per second over the copy's bytes read plus written (what
+benchmarks/generate_speed.py and compress_speed.py divide by): a read-only stream can pass 100%.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import statistics
 import sys
@@ -89,6 +104,102 @@ def _forms(ws: list[torch.Tensor]) -> dict[str, Callable[[int, torch.Tensor], to
     forms["compiled F.linear"] = lambda i, x: lin[SHAPES[i]](ws[i], x)
     forms["read only: W.sum()"] = lambda i, x: ws[i].sum()
     return forms
+
+
+PER_SHAPE = [(C, C), (C, 4 * C), (4 * C, C), (VOCAB, C)]
+PER_SHAPE_BYTES = 256 << 20
+
+
+class _Weights(torch.nn.Module):
+    """The copies of one shape as frozen parameters, so that inductor's CPP GEMM template may pack them."""
+
+    def __init__(self, ws: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.ws = torch.nn.ParameterList(torch.nn.Parameter(w, requires_grad=False) for w in ws)
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [F.linear(x, w) for w, x in zip(self.ws, xs)]
+
+
+@torch.jit.script
+def _two_gemvs(x: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+    """One row times both halves of a weight's rows at once: the bottom half on an inter-op thread."""
+    fut = torch.jit.fork(torch.mm, x, bottom.t())
+    return torch.cat((torch.mm(x, top.t()), torch.jit.wait(fut)), dim=1)
+
+
+def _per_shape_forms(ws: list[torch.Tensor]) -> dict[str, Callable[[list[torch.Tensor]], list[torch.Tensor]]]:
+    """Every form over the whole list of copies: compiled forms as one graph over the list."""
+    n, k = ws[0].shape
+    half = n // 2
+    halves = [(w[:half], w[half:]) for w in ws]
+    pool = concurrent.futures.ThreadPoolExecutor(1)  # a second Python thread: ATen releases the GIL in F.linear
+
+    def pooled(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for (top, bottom), x in zip(halves, xs):
+            fut = pool.submit(F.linear, x, bottom)
+            out.append(torch.cat((F.linear(x, top), fut.result()), dim=1))
+        return out
+
+    def rows(ws: list[torch.Tensor], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [(w * x).sum(-1).view(1, -1) for w, x in zip(ws, xs)]
+
+    def blocked(wb: list[torch.Tensor], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [(w * x.view(1, k, 1)).sum(1).view(1, -1) for w, x in zip(wb, xs)]  # (N/16, K, 16) -> (N/16, 16)
+
+    wb = [w.view(n // 16, 16, k).transpose(1, 2).contiguous() for w in ws]
+    forms: dict[str, Callable[[list[torch.Tensor]], list[torch.Tensor]]] = {
+        "F.linear": lambda xs: [F.linear(x, w) for w, x in zip(ws, xs)],
+        "2 MKL gemvs in parallel (torch.jit.fork)": lambda xs: [_two_gemvs(x, *h) for h, x in zip(halves, xs)],
+        "2 MKL gemvs in parallel (thread pool)": pooled,
+    }
+    for name, opts in (("compiled (W * x).sum(-1)", {}), ("compiled (W * x).sum(-1), cpp.simdlen=256",
+                                                         {"cpp.simdlen": 256})):
+        comp = torch.compile(rows, dynamic=False, options=opts)
+        forms[name] = lambda xs, comp=comp: comp(ws, xs)
+    comp_b = torch.compile(blocked, dynamic=False)
+    forms["compiled blocked (N/16, K, 16)"] = lambda xs: comp_b(wb, xs)
+    frozen = _Weights(ws).eval()
+    tuned = torch.compile(frozen, dynamic=False, options={"max_autotune": True, "freezing": True,
+                                                          "max_autotune_gemm_backends": "CPP,ATEN"})
+    forms["compiled F.linear, max-autotune CPP GEMM"] = tuned
+    forms["read only: W.sum()"] = lambda xs: [w.sum() for w in ws]
+    return forms
+
+
+def per_shape(threads: list[int], repeats: int) -> None:
+    """``--per-shape``: the table of GB/s per shape and form (rounds of all forms interleaved)."""
+    print("| threads | shape (N x K) | form | GB/s | of copy bandwidth | max abs diff vs F.linear |")
+    print("|---|---|---|---|---|---|")
+    gen = torch.Generator().manual_seed(0)
+    for t in threads:
+        torch.set_num_threads(t)
+        copy = max(copy_bandwidth() for _ in range(3))
+        for n, k in PER_SHAPE:
+            copies = max(1, PER_SHAPE_BYTES // (4 * n * k))
+            ws = [torch.randn(n, k, generator=gen) * 0.02 for _ in range(copies)]
+            xs = [torch.randn(1, k, generator=gen) for _ in range(copies)]
+            ref = [F.linear(x, w) for w, x in zip(ws, xs)]
+            forms = _per_shape_forms(ws)
+            with torch.inference_mode():
+                diffs = {name: _max_diff(fn(xs), ref) for name, fn in forms.items()}  # warm-up and compile
+                times: dict[str, list[float]] = {name: [] for name in forms}
+                for _ in range(repeats):
+                    for name, fn in forms.items():
+                        t0 = time.perf_counter()
+                        fn(xs)
+                        times[name].append(time.perf_counter() - t0)
+            n_bytes = 4 * n * k * copies
+            for name, ts in times.items():
+                sec = min(ts)  # other jobs only slow a round down
+                print(f"| {t} | {n} x {k} ({copies} copies) | {name} | {n_bytes / sec / 1e9:.1f} | "
+                      f"{n_bytes / sec / copy:.0%} | {diffs[name]:.1e} |", flush=True)
+        print(f"| {t} | | copy (read + write, 512 MB) | {copy / 1e9:.1f} | 100% | |", flush=True)
+
+
+def _max_diff(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    return max(float((a - b).abs().max()) if a.shape == b.shape else float("nan") for a, b in zip(out, ref))
 
 
 def _quantize(ws: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -155,7 +266,16 @@ def main() -> None:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--int8", action="store_true", help="time int8 weights (w8a8 / w8a16 forms) instead of fp32")
+    p.add_argument("--per-shape", action="store_true",
+                   help="each shape on its own, compiled forms as one graph per shape (see the docstring)")
     args = p.parse_args()
+    torch.set_num_interop_threads(2)  # once, before any inter-op work: the second of two parallel MKL gemvs
+    torch._dynamo.config.recompile_limit = 64  # a graph per shape, option set and thread count
+    if args.per_shape:
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        per_shape([int(t) for t in args.threads.split(",")], args.repeats)
+        print(f"load average after {os.getloadavg()[0]:.2f}")
+        return
     ws = _weights()
     gen = torch.Generator().manual_seed(1)
     xs = [torch.randn(1, k, generator=gen) for _, k in SHAPES]
