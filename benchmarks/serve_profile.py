@@ -7,7 +7,9 @@ and times each step's parts: the forward (``runner.step``), the greedy argmax, s
 (``_accept``, events), and the step message (pickled as the worker sends it). For the hybrid it
 also counts lone (onnxruntime) steps, batched steps, and how often a step flips between the two.
 ``--torch-profile`` adds torch.profiler's table of the forward's ops (record_shapes) for steps
-at full batch.
+at full batch; ``--kernels`` times only the A/B choices of the packed bf16 step (prepacked
+against ``F.linear``, fp32 against bf16 attention, the greedy reduction, the module path against
+the packed step at 8 rows and alone), at 1 and 2 threads.
 
     .venv/bin/python benchmarks/serve_profile.py --run runs/serve-bench/mid --dtype bf16 --clients 8
     .venv/bin/python benchmarks/serve_profile.py --run runs/serve-bench/mid --backend auto --dtype auto \\
@@ -27,6 +29,62 @@ from collections import Counter
 from pathlib import Path
 
 
+def kernels(run: Path, threads: int) -> None:
+    """The A/B timings behind the packed bf16 step's choices, at 8 rows of ``run``'s model (median of 50)."""
+    import torch
+    import torch.nn.functional as F
+
+    from hwlm.serve.engine.model_runner import ModelRunner
+    from hwlm.train.load import load_model
+
+    torch.set_num_threads(threads)
+
+    def ms(fn, n: int = 50) -> float:
+        for _ in range(5):
+            fn()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts) * 1e3
+
+    model = load_model(run).model.to(torch.bfloat16).eval()
+    packed = ModelRunner(model, 32)
+    with torch.inference_mode():
+        for name, layer in (("output layer", model.lm_head), ("c_fc", model.h[0].mlp.c_fc)):
+            w = packed.packed[layer]
+            xin = torch.randn(8, layer.in_features, dtype=torch.bfloat16)
+            plain = ms(lambda: F.linear(xin, layer.weight, layer.bias))
+            pre = ms(lambda: torch.ops.mkldnn._linear_pointwise(xin, w, layer.bias, "none", [], ""))
+            print(f"  {name} {tuple(layer.weight.shape)} at 8 rows: F.linear {plain:.3f} ms, packed {pre:.3f} ms")
+        H, D, L = model.cfg.n_head, model.cfg.head_dim, 80
+        q, k = torch.randn(8, H, 1, D), torch.randn(8, H, L, D)
+        mask = torch.ones(8, 1, 1, L, dtype=torch.bool)
+        qb, kb = q.bfloat16(), k.bfloat16()
+        bf16 = ms(lambda: F.scaled_dot_product_attention(qb, kb, kb, attn_mask=mask))
+        fp32 = ms(lambda: F.scaled_dot_product_attention(q, k, k, attn_mask=mask))
+        print(f"  SDPA 8 rows x {L} keys: bf16 {bf16:.3f} ms, fp32 {fp32:.3f} ms")
+        logits = torch.randn(8, model.cfg.vocab_size, dtype=torch.bfloat16)
+        print(f"  greedy over 8 x {model.cfg.vocab_size} bf16: argmax {ms(lambda: logits.argmax(-1)):.3f} ms, "
+              f"float().argmax {ms(lambda: logits.float().argmax(-1)):.3f} ms, max().indices "
+              f"{ms(lambda: logits.max(-1).indices):.3f} ms")
+        old = ModelRunner(model, 32)  # the module path with a bf16 cache, as before this session
+        old.packed, old.kv_dtype = {}, torch.bfloat16
+        from hwlm.model import KVCache
+
+        old.cache = KVCache(model.cfg, batch_size=32, dtype=torch.bfloat16)
+        old.views = [old._slot_view(s) for s in range(32)]
+        for r in (old, packed):
+            for s in range(8):
+                r.prefill([5] * 40, s, 0)
+        rows = [([7], s, 40) for s in range(8)]
+        print(f"  step of 8 rows: module path, bf16 cache {ms(lambda: old.step(rows), 30):.2f} ms; packed, fp32 cache "
+              f"{ms(lambda: packed.step(rows), 30):.2f} ms")
+        print(f"  lone row: decode_step {ms(lambda: old.step([([7], 0, 40)]), 30):.2f} ms; packed step "
+              f"{ms(lambda: packed.step([([7], 0, 40)]), 30):.2f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True)
@@ -40,7 +98,14 @@ def main() -> int:
     ap.add_argument("--round-trip-ms", type=float, default=3.0,
                     help="a client's next request arrives this long after its last one finished")
     ap.add_argument("--torch-profile", action="store_true")
+    ap.add_argument("--kernels", action="store_true", help="only the kernel A/B timings, at 1 and 2 threads")
     a = ap.parse_args()
+    if a.kernels:
+        for threads in (1, 2):
+            print(f"{threads} thread(s):")
+            kernels(a.run, threads)
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        return 0
 
     import torch
 
