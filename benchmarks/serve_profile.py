@@ -97,6 +97,7 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--round-trip-ms", type=float, default=3.0,
                     help="a client's next request arrives this long after its last one finished")
+    ap.add_argument("--engine-threads", type=int, default=0, help="hwlm serve --engine-threads (0: its default)")
     ap.add_argument("--torch-profile", action="store_true")
     ap.add_argument("--kernels", action="store_true", help="only the kernel A/B timings, at 1 and 2 threads")
     a = ap.parse_args()
@@ -113,8 +114,9 @@ def main() -> int:
     from hwlm.serve.engine.sequence import SamplingParams, Sequence
     from hwlm.serve.engine.worker import _build, event_tuple
 
+    threads = {"engine_threads": a.engine_threads} if a.engine_threads else {}  # 0: hwlm serve's default
     cfg = ServeConfig(run=a.run, backend=a.backend, dtype=a.dtype, onnx=a.onnx, max_num_seqs=a.slots,
-                      max_waiting=256, auth=False)
+                      max_waiting=256, auth=False, **threads)
     t0 = time.perf_counter()
     engine, recorder, info = _build(cfg)
     print(f"built in {time.perf_counter() - t0:.1f} s: {info['backend']} {info['dtype']}, {info['threads']} threads")
