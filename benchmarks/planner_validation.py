@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
 NOTES = """## How to read this
 
 - The model (see `hwlm/plan/efficiency.py`): training time = matrix products at `matmul_eff` of the dense
-  peak (lowered on parts whose ridge point peak/bandwidth exceeds the A100's, by `ridge_exponent`) +
+  peak (lowered on parts whose ridge point peak/bandwidth exceeds the A100's, by `ridge_exponent`, unless the
+  catalog's `no_balance_penalty` lists the dtype; an FP8 run's attention-score products at the 16-bit rate) +
   element-wise traffic at bandwidth + tensor/pipeline/data-parallel communication over the catalog's links +
   the pipeline bubble, divided by (1 - `train_overhead`) for whole runs; decode (`plan infer`) = the weight
   products and the attention over the KV cache, each at its own bound (the larger of its bytes at
