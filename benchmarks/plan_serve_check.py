@@ -135,8 +135,9 @@ def step_profile(steps: list, cal: Path, preset: str, prompt: int, gen: int) -> 
         b = len(dec)
         band = "0" if b == 0 else "1" if b == 1 else "2-4" if b <= 4 else "5-8" if b <= 8 else "9-16" if b <= 16 \
             else "17-32"
-        kinds.setdefault(f"{band} decode rows" + (" + prompt chunks" if chunks else ""), []).append(
-            (seconds, pred, whole - seconds))
+        # one prompt alone is the model's own forward; several are packed with padded attention
+        extra = "" if not chunks else " + 1 prompt chunk" if len(chunks) == 1 else " + 2+ prompt chunks"
+        kinds.setdefault(f"{band} decode rows{extra}", []).append((seconds, pred, whole - seconds))
     out = []
     for kind, v in sorted(kinds.items()):
         m, p = statistics.median(x for x, _, _ in v), statistics.median(y for _, y, _ in v)
