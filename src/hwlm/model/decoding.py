@@ -24,9 +24,12 @@ different summation order: logits agree to float round-off and greedy tokens are
 One row on a CPU (batch-1 decode, fp32): under ``torch.compile`` each float Linear is written as
 ``(W * x).sum(-1)`` (:func:`row_linear`), which inductor turns into one fused, vectorised reduction
 whose rows are split over the OpenMP threads. MKL's gemv, what ``F.linear`` / ``torch.mv`` call at
-one row, stays on one core: over gpt2-124m's weights it streams 12.8 GB/s at 1 or 2 threads, the
-reduction 23.9 GB/s at 2 (74% of the 32.2 GB/s copy bandwidth; benchmarks/gemv_bandwidth.py,
-docs/benchmarks.md). Quantized layers, several rows and GPUs keep their module call.
+one row, stays on one core (12-13 GB/s at 1 or 2 threads on the 2-core AMD EPYC of docs/benchmarks.md);
+two MKL calls on the two halves of the rows in parallel, inductor's CPP GEMM template under
+max-autotune and oneDNN's packed weight all stream less than the reduction, which on the large
+shapes (3072x768, the 50304x768 head) reads within a few percent of ATen's read-only ``sum`` of the
+same bytes (``benchmarks/gemv_bandwidth.py --per-shape``). Quantized layers, several rows and GPUs
+keep their module call.
 """
 
 from __future__ import annotations
