@@ -352,8 +352,8 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
                             f"{dev.id} with {engine.id}: no load meets it; raise it, or "
                             + _what_would_work(job, m, dev, engine, name))
     span = single_ttft + (job.gen_len - 1) * single_itl  # one request's duration: the users' start spread
-    # saturated: every one of the cap slots turns over a few times, whatever the requests simulated
-    sat = _run(job, sm, cap, chunk, max(job.requests // 2, 3 * cap), concurrency=cap, stagger=span)
+    # saturated: every one of the cap slots is filled at least once, whatever the requests simulated
+    sat = _run(job, sm, cap, chunk, max(job.requests // 2, cap), concurrency=cap, stagger=span)
     capacity = t.add("capacity", f"requests / time with {cap} always running (saturated)",
                      sat.done / sat.elapsed, "requests/s", "simulated continuous batching (this module)")
     if job.rate is not None:
