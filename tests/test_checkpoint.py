@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,18 +109,18 @@ def test_rng_round_trip() -> None:
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
-def test_ctrl_c_inside_torch_save_stays_an_interrupt(tmp_path: Path) -> None:
+def test_ctrl_c_inside_torch_save_stays_an_interrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second Ctrl-C lands in the middle of a checkpoint's torch.save: its handler raises KeyboardInterrupt
     inside the file's write, which torch's C++ writer turns into a RuntimeError; the run must still end as an
     interrupt (exit 130, "hwlm: interrupted"), not a traceback."""
 
     class InterruptedFile:
         def __init__(self) -> None:
-            self.calls = 0
+            self.calls, self.stop_at = 0, 3
 
         def write(self, data: bytes) -> int:
             self.calls += 1
-            if self.calls == 3:
+            if self.calls == self.stop_at:
                 raise KeyboardInterrupt  # what the signal handler does mid-write
             return len(data)
 
@@ -127,5 +129,23 @@ def test_ctrl_c_inside_torch_save_stays_an_interrupt(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         ckpt_io._torch_save({"w": torch.zeros(1024, 1024)}, InterruptedFile())
+    # interrupted where torch's writer has not finished the archive: a signal's KeyboardInterrupt raised at
+    # the first bytecode of its context manager's __exit__, before write_end_of_file. The unfinished writer's
+    # destructor writes the archive's end; it must run before _torch_save returns, while the caller's file
+    # is open: freed later, after `with open` closed it, that write raises inside C++ and the process aborts
+    # (SIGABRT, "write to closed file": found by a CI run of test_second_ctrl_c_stops_at_once).
+    def interrupted_exit(self: Any, *args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.serialization._open_zipfile_writer_buffer, "__exit__", interrupted_exit)
+    f = InterruptedFile()
+    f.stop_at = 0
+    with pytest.raises(KeyboardInterrupt) as caught:
+        ckpt_io._torch_save({"w": torch.zeros(1024, 1024)}, f)
+    monkeypatch.undo()
+    writes = f.calls
+    del caught
+    gc.collect()
+    assert f.calls == writes
     with pytest.raises(RuntimeError):  # any other failure of the writer is left as it was
         ckpt_io._torch_save({"w": torch.zeros(4)}, tmp_path)  # a folder is no file

@@ -40,6 +40,7 @@ paths from outside the process: ``HWLM_TEST_SLOW_CKPT_WRITE=SECONDS`` sleeps ins
 from __future__ import annotations
 
 import errno
+import gc
 import io
 import json
 import os
@@ -119,13 +120,32 @@ def test_fail(path: Path) -> None:
 def _torch_save(obj: Any, f: Any) -> None:
     """``torch.save(obj, f)``, except that a Ctrl-C during the write stays a KeyboardInterrupt: torch's C++
     writer turns the interrupt raised in its Python write call into a RuntimeError ("enforce fail at
-    inline_container.cc") whose context is the interrupt, which would end a run with a traceback."""
+    inline_container.cc") whose context is the interrupt, which would end a run with a traceback.
+
+    The interrupted writer is also destroyed here, while ``f`` is still open: the tracebacks hold torch.save's
+    frames and so its zip writer, whose destructor writes the archive's end into ``f``. Freed later, after the
+    caller's ``with open`` has closed the file, that write raises inside a C++ destructor and the process
+    aborts (SIGABRT, "write to closed file"; found by a CI run of test_second_ctrl_c_stops_at_once)."""
     try:
         torch.save(obj, f)
+        return
     except RuntimeError as exc:
-        if isinstance(exc.__context__, KeyboardInterrupt):
-            raise exc.__context__ from None
-        raise
+        if not isinstance(exc.__context__, KeyboardInterrupt):
+            raise
+        _drop_tracebacks(exc)
+    except KeyboardInterrupt as exc:
+        _drop_tracebacks(exc)
+    gc.collect()  # the writer, should a frame sit in a reference cycle: its end goes into the open (.tmp) file
+    raise KeyboardInterrupt
+
+
+def _drop_tracebacks(exc: BaseException | None) -> None:
+    """Clear the tracebacks of ``exc`` and the exceptions it chains, releasing the frames they hold."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__context__ or exc.__cause__
 
 
 def _save_torch(obj: Any, path: Path) -> None:
