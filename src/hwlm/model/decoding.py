@@ -39,7 +39,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from hwlm.model.transformer import KVCache, Transformer, apply_rope
+from hwlm.model.transformer import KVCache, Transformer, apply_rope, mlp_activation
 
 __all__ = ["StaticDecoder", "static_step", "cache_length", "compile_mode", "row_linear"]
 
@@ -91,13 +91,7 @@ def _mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` with its two Linears through :func:`row_linear` (``hwlm.model.transformer.MLP``'s math)."""
     if not _reduces(mlp.c_fc, x):
         return mlp(x)
-    h = row_linear(mlp.c_fc, x)
-    if mlp.gated:
-        gate, up = h.chunk(2, dim=-1)
-        h = F.silu(gate) * up
-    else:
-        h = F.gelu(h, approximate="tanh")
-    return row_linear(mlp.c_proj, h)
+    return row_linear(mlp.c_proj, mlp_activation(row_linear(mlp.c_fc, x), mlp.gated))
 
 
 def static_step(model: Transformer, kv: list[torch.Tensor], idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

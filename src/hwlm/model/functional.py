@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwlm.model.transformer import Transformer, apply_rope
+from hwlm.model.transformer import Transformer, apply_rope, mlp_activation
 
 __all__ = ["LayerWeights", "layer_weights", "forward_past", "empty_past"]
 
@@ -107,12 +107,7 @@ def _attention(x: torch.Tensor, lw: LayerWeights, rope: tuple[torch.Tensor, torc
 
 
 def _mlp(x: torch.Tensor, lw: LayerWeights, reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    h = F.linear(x, lw.fc_w, lw.fc_b)
-    if lw.gated:
-        gate, up = h.chunk(2, dim=-1)
-        h = F.silu(gate) * up
-    else:
-        h = F.gelu(h, approximate="tanh")
+    h = mlp_activation(F.linear(x, lw.fc_w, lw.fc_b), lw.gated)
     return _row_parallel(h, lw.mlp_proj_w, lw.mlp_proj_b, reduce)
 
 

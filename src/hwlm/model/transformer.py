@@ -247,6 +247,15 @@ class Attention(nn.Module):
         return y
 
 
+def mlp_activation(h: torch.Tensor, gated: bool) -> torch.Tensor:
+    """The MLP's activation between its two linears: SwiGLU (Shazeer 2020) on ``[gate, up]`` halves, or GPT-2's
+    tanh gelu (``gelu_new``). One rule for the module, the row-parallel decode, TP decoding and serve's packed step."""
+    if gated:
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.gelu(h, approximate="tanh")
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -257,12 +266,7 @@ class MLP(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = linear(x, self.c_fc)  # (B, T, d_ff) or (B, T, 2*d_ff)
-        if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up  # SwiGLU (Shazeer 2020)
-        else:
-            h = F.gelu(h, approximate="tanh")  # GPT-2's gelu_new
+        h = mlp_activation(linear(x, self.c_fc), self.gated)  # (B, T, d_ff)
         y = linear(h, self.c_proj)  # (B, T, C)
         if self.dropout and self.training:
             y = F.dropout(y, self.dropout, training=True)

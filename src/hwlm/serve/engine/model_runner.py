@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwlm.model import KVCache, Transformer
-from hwlm.model.transformer import apply_rope, linear
+from hwlm.model.transformer import apply_rope, linear, mlp_activation
 
 __all__ = ["ModelRunner", "Row"]
 
@@ -138,7 +138,7 @@ class ModelRunner:
                                                enable_gqa=K != H).to(x.dtype)  # (R, H, T, D)
             y = y.reshape(R, H * D) if T == 1 else y.transpose(1, 2)[row_of, t_of].reshape(N, H * D)
             x = x + lin(attn.c_proj, y)
-            x = x + lin(block.mlp.c_proj, _activation(block.mlp, lin(block.mlp.c_fc, block.ln_2(x))))
+            x = x + lin(block.mlp.c_proj, mlp_activation(lin(block.mlp.c_fc, block.ln_2(x)), block.mlp.gated))
         last = torch.tensor(lens, device=dev).cumsum(0) - 1  # (R,) each row's last token in the packing
         return lin(m.lm_head, m.ln_f(x[last]))  # (R, V)
 
@@ -168,10 +168,3 @@ def prepack_linears(model: nn.Module, batch_hint: int) -> dict[nn.Module, torch.
             packed[module] = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), batch_hint)
     return packed
 
-
-def _activation(mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """``MLP.forward``'s activation between its two linears (SwiGLU or GPT-2's tanh gelu)."""
-    if mlp.gated:
-        gate, up = h.chunk(2, dim=-1)
-        return F.silu(gate) * up
-    return F.gelu(h, approximate="tanh")
