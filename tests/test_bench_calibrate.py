@@ -129,3 +129,21 @@ def test_an_infer_grid_gives_a_curve_by_rows():
     pre = {e["rows"]: e["efficiency"] for e in doc["entries"] if e["phase"] == "prefill_rows"}
     assert pre == pytest.approx({128: 0.5, 256: 0.6, 1024: 0.8})
     assert _by(doc, "decode", "fp32")["efficiency"] == pytest.approx(0.4) and "rows" not in _by(doc, "decode", "fp32")
+
+
+def test_an_infer_record_names_its_engine_and_kv_cache_dtype():
+    """A compressed run's bench infer keeps its cache at --precision fp32 (config.kv_dtype); every entry the
+    record gives carries that and the engine (hwlm's own loop, or onnxruntime for --backend onnx)."""
+    peak = make_record("peak", {"device": "cpu"}, [], {"matmul_fp32_flops": 1e11, "matmul_bf16_flops": 2e11,
+                                                       "membw_bytes_per_s": 2e10}, machine=M)
+    cells = [{"name": "infer_cell", "batch": 1, "prompt_len": 128,
+              "summary": {"prefill_flops_per_s": 4e10, "decode_bytes_per_s": 5e9}}]
+    rate = {"max_prefill_flops_per_s": 4e10, "max_decode_bytes_per_s": 5e9}
+    w8a8 = make_record("infer", {"precision": "w8a8", "kv_dtype": "fp32", "backend": "torch"}, cells, rate, machine=M)
+    onnx = make_record("infer", {"precision": "fp32", "kv_dtype": "fp32", "backend": "onnx"}, [], rate, machine=M)
+    doc = calibrate([("peak.json", peak), ("w8a8.json", w8a8), ("onnx.json", onnx)], "this-machine")
+    mine = [e for e in doc["entries"] if e["dtype"] == "w8a8"]
+    assert {e["phase"] for e in mine} == {"prefill", "decode", "prefill_rows", "decode_rows"}
+    assert all((e["engine"], e["kv_dtype"]) == ("hwlm", "fp32") for e in mine)
+    assert (_by(doc, "decode", "fp32")["engine"], _by(doc, "decode", "fp32")["kv_dtype"]) == ("onnxruntime", "fp32")
+    assert "engine" not in _by(doc, "matmul", "fp32") and "kv_dtype" not in _by(doc, "membw", "fp32")

@@ -50,3 +50,12 @@ def test_a_curve_point_keeps_its_rows(tmp_path) -> None:
     got = read_calibration(write_calibration(calibration_document("this-machine", [ENTRY, point], machine={},
                                                                   notes=[]), tmp_path / "c.json"))
     assert [(e.phase, e.rows) for e in got.entries] == [("matmul", None), ("decode_rows", 4)]
+
+
+def test_an_inference_entry_keeps_its_engine_and_kv_dtype(tmp_path) -> None:
+    entry = {**ENTRY, "phase": "decode", "dtype": "w8a8", "efficiency": 0.4, "engine": "hwlm", "kv_dtype": "FP32"}
+    got = read_calibration(write_calibration(calibration_document("this-machine", [ENTRY, entry], machine={},
+                                                                  notes=[]), tmp_path / "c.json"))
+    assert [(e.engine, e.kv_dtype) for e in got.entries] == [(None, None), ("hwlm", "fp32")]
+    with pytest.raises(PlanError, match=r"entry 0 has kv_dtype 'fp33'; use one of fp64, fp32"):
+        calibration_document("this-machine", [{**entry, "kv_dtype": "fp33"}], machine={}, notes=[])

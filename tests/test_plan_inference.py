@@ -234,3 +234,49 @@ def test_a_calibrated_decode_rate_keeps_the_larger_total(tmp_path) -> None:
     t = {x.name: x.value for x in e.terms}
     assert "decode_linear_time" not in t
     assert e.tpot_s == pytest.approx(max(t["decode_memory_time"], t["decode_compute_time"]))
+
+
+def _machine_calibration(tmp_path, extra: list[dict]) -> str:
+    """A this-machine calibration: measured peaks plus ``extra`` entries."""
+    entries = [{"device": "this-machine", "dtype": d, "phase": "matmul", "efficiency": 1.0, "measured": 1.2e11}
+               for d in ("fp32", "bf16")]
+    entries += [{"device": "this-machine", "dtype": "fp32", "phase": "membw", "efficiency": 1.0, "measured": 2.7e10},
+                *extra]
+    p = tmp_path / f"machine{len(list(tmp_path.iterdir()))}.json"
+    p.write_text(json.dumps({"version": 1, "kind": "hwlm-calibration", "device": "this-machine", "entries": entries}))
+    return str(p)
+
+
+def _kv_bytes(e) -> float:
+    return {x.name: x for x in e.terms}["kv_elem_bytes"]
+
+
+def test_hwlm_engine_on_this_machine_prices_the_fp32_kv_cache_it_keeps(tmp_path) -> None:
+    # hwlm's engine keeps fp32 activations and an fp32 cache under the compressed formats (bench infer --run
+    # runs them at --precision fp32); the calibration records it, and the plan prices the cache at 4 B.
+    dec = {"device": "this-machine", "dtype": "w8a8", "phase": "decode", "efficiency": 0.4}
+    recorded = _machine_calibration(tmp_path, [{**dec, "engine": "hwlm", "kv_dtype": "fp32"}])
+    kw = dict(batch=1, prompt_len=512, gen_len=32, precision="w8a8")
+    e = estimate_inference("gpt2-124m", "this-machine", 1, calibration=recorded, **kw)
+    assert _kv_bytes(e).value == 4.0 and "calibration: hwlm kept its KV cache in fp32" in _kv_bytes(e).formula
+    assert e.kv_cache_bytes_per_device == pytest.approx(544 * kv_cache_bytes_per_token(get_model("gpt2-124m").spec, 4))
+    # an older calibration without the record: the engine's own rule, the same bytes
+    old = estimate_inference("gpt2-124m", "this-machine", 1, calibration=_machine_calibration(tmp_path, [dec]), **kw)
+    assert _kv_bytes(old).value == 4.0 and old.tpot_s == pytest.approx(e.tpot_s)
+    # a cache recorded by another engine (onnxruntime) is not hwlm's, nor is hwlm's rule another engine's
+    onnx = _machine_calibration(tmp_path, [{**dec, "engine": "onnxruntime", "kv_dtype": "bf16"}])
+    assert _kv_bytes(estimate_inference("gpt2-124m", "this-machine", 1, calibration=onnx, **kw)).value == 4.0
+    assert _kv_bytes(estimate_inference("gpt2-124m", "this-machine", 1, calibration=onnx, engine="hf", **kw)).value == 2.0
+    # a record in 16 bits is priced at 2 B
+    half = [{**dec, "engine": "hwlm", "kv_dtype": "bf16"}]
+    assert _kv_bytes(estimate_inference("gpt2-124m", "this-machine", 1,
+                                        calibration=_machine_calibration(tmp_path, half), **kw)).value == 2.0
+
+
+def test_catalog_hardware_keeps_a_16_bit_kv_cache_under_weight_only_formats() -> None:
+    # vLLM and TensorRT-LLM keep the cache in the model's dtype unless told fp8; the explain line says so.
+    for precision in ("w8a16", "w4a16", "w8a8"):
+        e = estimate_inference("llama-2-7b", "a100-80gb", 1, batch=4, prompt_len=1000, gen_len=24, precision=precision)
+        term = _kv_bytes(e)
+        assert term.value == 2.0 and "vLLM" in term.source and "TensorRT-LLM" in term.source
+    assert _kv_bytes(estimate_inference("llama-2-7b", "a100-80gb", 1, precision="fp8")).value == 1.0

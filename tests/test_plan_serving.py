@@ -305,3 +305,18 @@ def test_plan_serve_and_recommend_size_the_same_fleet(capsys) -> None:
     assert main(["plan", "serve", "--model", "deepseek-v3", "--hardware", "h200", "--devices", "8", "--precision",
                  "fp8", "--rate", "20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["replicas"] == 1
+
+
+def test_hwlm_serve_on_a_cpu_keeps_an_fp32_kv_cache_under_bf16(tmp_path) -> None:
+    """hwlm serve's packed CPU step keeps k/v in fp32 under bf16 weights (and the compressed formats); another
+    engine on the same machine keeps the cache in the serving precision."""
+    spec = get_model("mid").spec
+    for precision in ("bf16", "w8a8"):
+        sm, _ = _cpu_sm(tmp_path, precision=precision)
+        assert sm.kv_tok == pytest.approx(spec.n_layers * 2 * spec.d_model * 4.0)
+    sm, _ = _cpu_sm(tmp_path, engine="hf", precision="bf16")
+    assert sm.kv_tok == pytest.approx(spec.n_layers * 2 * spec.d_model * 2.0)
+    e = estimate_serving(ServingJob(model="mid", hardware="this-machine", calibration=str(tmp_path / "cal.json"),
+                                    concurrency=1, precision="bf16", prompt_len=128, gen_len=32))
+    kv = {t.name: t for t in e.terms}["kv_elem_bytes"]
+    assert kv.value == 4.0 and "serve on a CPU" in kv.formula and "model_runner" in kv.source

@@ -8,14 +8,18 @@ the schema is written once. Version 1:
      "created": "2026-11-28T10:00:00+00:00", "machine": {...hwlm.hw.detect()...}, "notes": ["..."],
      "entries": [{"device": ..., "dtype": "bf16", "phase": "train", "efficiency": 0.41,
                   "measured": 3.9e14, "unit": "FLOP/s", "reference": "datasheet" | "measured-peak",
-                  "reference_value": 9.89e14, "source": "bench record ..."}]}
+                  "reference_value": 9.89e14, "source": "bench record ...",
+                  "engine": "hwlm", "kv_dtype": "fp32"}]}
 
 ``efficiency`` is measured / reference in (0, 1.5]; ``device``, ``dtype``, ``phase`` and ``efficiency``
 are required in an entry, the rest optional; the phases ``decode_rows`` and ``prefill_rows`` are points of
 a curve and also need ``rows``: the rate of one ``hwlm bench infer`` cell, measured with that many rows
 through each matrix product (a decode step of ``rows`` sequences; a prefill of ``rows`` prompt tokens),
 so the planner sees how the rate moves from one row to many (a matrix-vector product at one row, a
-matrix product from two on, whose small-row kernels stream the weights more slowly on a CPU); ``kind``,
+matrix product from two on, whose small-row kernels stream the weights more slowly on a CPU); an entry from
+``hwlm bench infer`` also names the ``engine`` that ran it (``hwlm``: its own torch loop; ``onnxruntime``) and
+the ``kv_dtype`` it kept its KV cache in (fp32 under the compressed formats, whose activations stay fp32), so
+the planner prices the cache in what that engine really stores (:mod:`hwlm.plan.kv_cache`); ``kind``,
 ``version`` and ``entries`` in the document. A key the schema does not name is an error that names it (a
 typo must not silently drop a measurement).
 ``this-machine`` (:data:`THIS_MACHINE`) is the device id of a calibration of the machine it was measured
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from hwlm.errors import PlanError
+from hwlm.formulas import DTYPE_BYTES
 
 __all__ = ["KIND", "VERSION", "THIS_MACHINE", "THIS_MACHINE_ALIASES", "PHASES", "ROW_PHASES", "MAX_EFFICIENCY",
            "CalibrationEntry", "CalibrationFile", "calibration_document", "parse_calibration", "read_calibration",
@@ -53,7 +58,7 @@ PHASES = ("matmul", "train", "prefill", "decode", "membw", "decode_rows", "prefi
 ROW_PHASES = ("decode_rows", "prefill_rows")  # curve points: an entry of these phases carries its ``rows``
 MAX_EFFICIENCY = 1.5  # above it a "measurement" is a cache-resident toy beating DRAM, not an efficiency
 _REQUIRED = ("device", "dtype", "phase", "efficiency")
-_OPTIONAL = ("measured", "unit", "reference", "reference_value", "source", "rows")
+_OPTIONAL = ("measured", "unit", "reference", "reference_value", "source", "rows", "engine", "kv_dtype")
 _DOC_KEYS = ("kind", "version", "device", "created", "entries", "machine", "notes")
 # The data type the matrix units run in for each inference precision, in order of preference: weight-only
 # w8a16/w4a16 dequantise to 16 bits in the kernel; w8a8 and fp8 use the 8-bit units when the device has them.
@@ -90,6 +95,8 @@ class CalibrationEntry:
     reference: str | None = None
     reference_value: float | None = None
     rows: int | None = None  # a curve point's rows (ROW_PHASES); None for the other phases
+    engine: str | None = None  # the serving engine that measured an inference entry (hwlm, onnxruntime)
+    kv_dtype: str | None = None  # the data type that engine kept its KV cache in
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,11 @@ def _number(raw: dict[str, Any], key: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _name(raw: dict[str, Any], key: str) -> str | None:
+    v = raw.get(key)
+    return str(v).lower() if v is not None else None
+
+
 def _entry(where: str, i: int, raw: Any) -> CalibrationEntry:
     at = f"{where}: entry {i}"
     if not isinstance(raw, dict):
@@ -139,10 +151,14 @@ def _entry(where: str, i: int, raw: Any) -> CalibrationEntry:
             isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
         raise PlanError(f"{at} has phase {raw['phase']!r} and rows {rows!r}; the phases {', '.join(ROW_PHASES)} "
                         "need rows (a whole number >= 1), the others none")
+    kv = _name(raw, "kv_dtype")
+    if kv is not None and kv not in DTYPE_BYTES:
+        raise PlanError(f"{at} has kv_dtype {raw['kv_dtype']!r}; use one of {', '.join(DTYPE_BYTES)}")
     return CalibrationEntry(device=str(raw["device"]).lower(), dtype=str(raw["dtype"]).lower(), phase=raw["phase"],
                             efficiency=float(eff), source=str(raw.get("source") or f"{where}"),
                             measured=_number(raw, "measured"), unit=raw.get("unit"), reference=raw.get("reference"),
-                            reference_value=_number(raw, "reference_value"), rows=rows)
+                            reference_value=_number(raw, "reference_value"), rows=rows,
+                            engine=_name(raw, "engine"), kv_dtype=kv)
 
 
 def parse_calibration(data: Any, where: str) -> CalibrationFile:

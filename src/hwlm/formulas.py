@@ -286,11 +286,16 @@ def compute_bytes(precision: str) -> float:
     return 4.0 if precision in ("fp32", "tf32") else 2.0
 
 
-def kv_elem_bytes(precision: str) -> float:
+def kv_elem_bytes(precision: str, kv_dtype: str | None = None) -> float:
     """Bytes per cached key/value element when serving at ``precision``: fp8 serving stores its KV cache in fp8,
     fp32 (and tf32) engines in fp32 (the cache takes the model's dtype), the 16-bit and weight-only formats in 16
-    bits. hwlm's own CPU engine keeps fp32 activations under w8a8/w8a16/w4a16 and so an fp32 cache: pass 4."""
-    return 1.0 if precision == "fp8" else compute_bytes(precision)
+    bits. ``kv_dtype``, the data type an engine is known to keep its cache in, wins over that rule: hwlm's own
+    engine keeps fp32 activations and an fp32 cache under w8a8/w8a16/w4a16 (:mod:`hwlm.plan.kv_cache` decides).
+
+    >>> kv_elem_bytes("w8a8"), kv_elem_bytes("w8a8", "fp32"), kv_elem_bytes("fp8")
+    (2.0, 4.0, 1.0)
+    """
+    return dtype_bytes(kv_dtype) if kv_dtype is not None else 1.0 if precision == "fp8" else compute_bytes(precision)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,10 @@ An infer record of a compressed run (``hwlm bench infer --run``) names its weigh
 ``w8a16``, ``w4a16``) as its precision, and its entries carry that name as their dtype: the planner
 looks a format's own entries up first. Its prefill efficiency is relative to the matmul peak of the
 data type the format computes in (:func:`hwlm.calibration.compute_dtype`: int8 for w8a8 where it was
-measured, else 16-bit), its decode efficiency to memory bandwidth, like any other.
+measured, else 16-bit), its decode efficiency to memory bandwidth, like any other. Each entry an infer
+record gives also names its ``engine`` (``hwlm`` for ``--backend torch``, ``onnxruntime``) and the
+``kv_dtype`` its KV cache was kept in (the record's ``config.kv_dtype``: fp32 for a compressed run), so the
+planner prices the cache that engine really kept (:mod:`hwlm.plan.kv_cache`).
 
 ``efficiency`` = measured / reference, where the reference is
 
@@ -65,6 +68,15 @@ class Datasheet:
 
     def __init__(self, flops: dict[str, float], memory_bw: float | None, name: str = "") -> None:
         self.flops, self.memory_bw, self.name = dict(flops), memory_bw, name
+
+
+def _measured_by(rec: dict[str, Any]) -> dict[str, str]:
+    """An infer record's engine and the data type its KV cache was kept in (``config.kv_dtype``); {} otherwise.
+    ``hwlm bench infer`` runs hwlm's own loop (``--backend torch``) or onnxruntime (``--backend onnx``)."""
+    c = rec.get("config") or {}
+    if rec.get("benchmark") != "infer" or not c.get("kv_dtype"):
+        return {}
+    return {"engine": "hwlm" if c.get("backend", "torch") == "torch" else "onnxruntime", "kv_dtype": c["kv_dtype"]}
 
 
 def _rates(rec: dict[str, Any], label: str) -> list[tuple[str, str, float, str, int | None]]:
@@ -113,7 +125,7 @@ def calibrate(records: Sequence[tuple[str, dict[str, Any]]], device: str,
     keys = {_machine_key(r) for _, r in records}
     if len(keys) > 1:
         raise DataError(f"the records come from {len(keys)} different machines; calibrate one machine at a time")
-    best: dict[tuple[str, str, int | None], tuple[float, str, str]] = {}
+    best: dict[tuple[str, str, int | None], tuple[float, str, str, dict[str, str]]] = {}
     notes: list[str] = []
     for label, rec in records:
         found = _rates(rec, label)
@@ -126,9 +138,9 @@ def calibrate(records: Sequence[tuple[str, dict[str, Any]]], device: str,
                 at = phase if rows is None else f"{phase} at {rows} rows"
                 notes.append(f"{at}/{dtype}: kept the higher of {prev[0]:.4g} ({prev[2]}) and {rate:.4g} ({src})")
             if prev is None or rate > prev[0]:
-                best[(dtype, phase, rows)] = (rate, unit, src)
+                best[(dtype, phase, rows)] = (rate, unit, src, _measured_by(rec))
     entries = []
-    for (dtype, phase, rows), (rate, unit, src) in best.items():
+    for (dtype, phase, rows), (rate, unit, src, by) in best.items():
         ref, ref_kind = _reference(dtype, phase, best, datasheet)
         if ref is None:
             notes.append(f"{phase}/{dtype}: no {ref_kind} reference to divide by; not written")
@@ -144,7 +156,7 @@ def calibrate(records: Sequence[tuple[str, dict[str, Any]]], device: str,
         for dt in (MEMBW_DTYPES if dtype == "any" else (dtype,)):
             entries.append({"device": device, "dtype": dt, "phase": phase, "efficiency": eff, "measured": rate,
                             "unit": unit, "reference": ref_kind, "reference_value": ref, "source": src,
-                            **({} if rows is None else {"rows": rows})})
+                            **({} if rows is None else {"rows": rows}), **by})
     if not entries:
         raise DataError("none of the records yields a calibration entry; run 'hwlm bench peak' (and train/infer) first")
     return calibration_document(device, entries, records[0][1].get("machine", {}), notes)

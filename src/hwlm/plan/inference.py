@@ -22,7 +22,7 @@ from typing import Any
 from hwlm.calibration import compute_dtype
 from hwlm.errors import PlanError
 from hwlm.formulas import (WEIGHT_BYTES, attention_flops_per_pair, forward_flops_per_token, kv_cache_bytes_per_token,
-                           kv_elem_bytes, lm_head_flops_per_token)
+                           lm_head_flops_per_token)
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import allreduce_time, library_for
 from hwlm.plan.experts import EP_SOURCE, check_ep, ep_comm, moe_parts, weights_per_device, weights_read_per_step
@@ -31,6 +31,7 @@ from hwlm.plan.efficiency import (ACHIEVABLE_SOURCE, GRID_SOURCE, MXU_SOURCE, sh
                                   priors_for)
 from hwlm.plan.explain import Term, Terms
 from hwlm.plan.jobs import INFER_PRECISIONS, InferenceJob, missing_figure_notes, resolve_hardware
+from hwlm.plan.kv_cache import KVDtype, kv_cache_dtype
 from hwlm.plan.models import PAD_SOURCE, PADS_HEADS, Model, get_model, pad_heads
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION, link_bandwidth
 from hwlm.plan.software import ENGINES, Stack, default_engine, get_engine
@@ -238,10 +239,10 @@ def _host_time(j: _Job, t: Terms, phase: str) -> float:
                  ops * j.pri.infer_op_overhead_s, "s", INFER_OP_OVERHEAD_SOURCE)
 
 
-def _memory(j: _Job, t: Terms) -> dict[str, float]:
+def _memory(j: _Job, t: Terms, kvd: KVDtype) -> dict[str, float]:
     spec, tp, batch = j.m.spec, j.tp, j.batch
     bytes_w = WEIGHT_BYTES[j.precision]
-    kv_bytes = kv_elem_bytes(j.precision)  # fp8 serving stores the KV cache in fp8, fp32 serving in fp32
+    kv_bytes = t.add("kv_elem_bytes", kvd.why, kvd.bytes, "B", kvd.source)  # what the engine stores (plan.kv_cache)
     w_dev = t.add("weights_per_device", f"{j.m.params.total:.4g} params x {bytes_w} B / tp {tp}" if j.ep == 1 else
                   f"(dense / tp {tp} + routed experts / (tp {tp} x ep {j.ep})) x {bytes_w} B",
                   weights_per_device(j.m, bytes_w, tp, j.ep), "B", j.m.source)
@@ -429,7 +430,7 @@ def _estimate(job: InferenceJob) -> InferenceEstimate:
     j = _Job(m, dev, devices, tp, batch, prompt_len, gen_len, precision, cdtype, pri, mm_src, bw_src, bool(graphs),
              ew_eff, engine, ep)
     t = Terms()
-    mem = _memory(j, t)
+    mem = _memory(j, t, kv_cache_dtype(precision, engine, dev, calibration))
     ttft = _prefill(j, t, mem["weights"])
     tpot = _decode(j, t, mem["kv_tok"], mem["bytes_w"])
     replicas = devices // (tp * ep)

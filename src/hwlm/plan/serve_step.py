@@ -39,12 +39,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from hwlm.calibration import THIS_MACHINE
-from hwlm.formulas import WEIGHT_BYTES, attention_flops_per_pair, kv_elem_bytes, lm_head_flops_per_token
+from hwlm.formulas import WEIGHT_BYTES, attention_flops_per_pair, lm_head_flops_per_token
 from hwlm.plan.catalog import Device
 from hwlm.plan.efficiency import load_calibration, ops_per_forward, shape_efficiency
 from hwlm.plan.experts import ep_comm, moe_parts, weights_read_per_step
 from hwlm.plan.inference import _comm, _compute_dtype, _kv_per_token_device, _resolve, kv_read_factor
 from hwlm.plan.jobs import ServingJob
+from hwlm.plan.kv_cache import kv_cache_dtype
 from hwlm.plan.models import Model
 from hwlm.plan.software import Stack
 
@@ -210,7 +211,7 @@ def step_model(job: ServingJob, m: Model, dev: Device, engine: Stack) -> StepMod
     graphs = engine.cuda_graphs if job.cuda_graphs is None else bool(job.cuda_graphs)
     ep = job.ep or 1
     tp = job.devices // ep
-    kv_tok, _ = _kv_per_token_device(m, tp, kv_elem_bytes(job.precision))
+    kv_tok, _ = _kv_per_token_device(m, tp, kv_cache_dtype(job.precision, engine, dev, job.calibration, True).bytes)
     # + eager all-reduce (tp) and all-to-all (ep) launches
     ops = ops_per_forward(m.spec) + (2 * m.spec.n_layers if tp > 1 else 0) + (2 * moe_parts(m)[2] if ep > 1 else 0)
     host = 0.0 if graphs or dev.kind != "gpu" else ops * pri.infer_op_overhead_s

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hwlm.errors import PlanError
-from hwlm.formulas import WEIGHT_BYTES, kv_elem_bytes
+from hwlm.formulas import WEIGHT_BYTES
 from hwlm.plan.catalog import Device
 from hwlm.plan.collectives import library_for
 from hwlm.plan.efficiency import GRID_SOURCE, PUE_SOURCE
@@ -36,6 +36,7 @@ from hwlm.plan.experts import EP_SOURCE, check_ep, ep_comm, weights_per_device
 from hwlm.plan.explain import Term, Terms
 from hwlm.plan.inference import PADS_HEADS, _context_check, _kv_per_token_device, pad_heads
 from hwlm.plan.jobs import ServingJob, resolve_hardware
+from hwlm.plan.kv_cache import kv_cache_dtype
 from hwlm.plan.models import Model, get_model
 from hwlm.plan.parallel import USABLE_MEMORY_FRACTION
 from hwlm.plan.serve_step import StepModel, curve_at, step_model
@@ -229,7 +230,7 @@ def _capacity(job: ServingJob, m: Model, dev: Device, engine: Stack) -> tuple[in
     """(running-sequence cap, what limits it, KV capacity in tokens, free bytes)."""
     ep = job.ep or 1
     tp = job.devices // ep
-    sm_tok = _kv_per_token_device(m, tp, kv_elem_bytes(job.precision))[0]
+    sm_tok = _kv_per_token_device(m, tp, kv_cache_dtype(job.precision, engine, dev, job.calibration, True).bytes)[0]
     w = weights_per_device(m, WEIGHT_BYTES[job.precision], tp, ep)
     ws = engine.chunk_tokens * min(1.0, 2048 / engine.chunk_tokens) * (4 * m.spec.d_model + 3 * m.spec.ff / tp) * 2
     free = dev.memory_bytes * USABLE_MEMORY_FRACTION - w - ws
@@ -326,6 +327,8 @@ def estimate_serving(job: ServingJob) -> ServingEstimate:
     t = Terms()
     t.add("engine", f"{engine.name}: CUDA graphs {'on' if sm.graphs else 'off'}, max running sequences "
           f"{engine.max_batch}, prefill chunk {min(chunk, 1 << 30)} tokens per step", engine.max_batch, "", engine.source)
+    kvd = kv_cache_dtype(job.precision, engine, dev, job.calibration, serving=True)
+    t.add("kv_elem_bytes", kvd.why, kvd.bytes, "B", kvd.source)
     t.add("kv_capacity_tokens", f"(90% of {dev.memory_bytes:.4g} B - weights - workspace) / {sm.kv_tok:.4g} B per "
           "token", kv_tokens, "tokens", "hwlm.formulas.kv_cache_bytes_per_token (GQA: n_kv_heads, MLA: latent)")
     t.add("batch_limit", f"min(engine cap{f' x {ep} ep groups' if ep > 1 else ''}, kv capacity / "
