@@ -43,6 +43,61 @@ def test_holds_encrypted_looks_below_a_folder(tmp_path: Path, key: Path) -> None
     assert not holds_encrypted(tmp_path / "missing")
 
 
+def _data_folder(root: Path, shards: int, section: dict | None = None, first: bytes = b"\0" * 64) -> Path:
+    """A data folder as `hwlm prepare` lays it out: manifest.json (with ``section`` as its encryption) and
+    ``shards`` files under train/, the first of them holding ``first``."""
+    import json
+
+    (root / "train").mkdir(parents=True)
+    files = [f"train/shard-{i:05d}.bin" for i in range(shards)]
+    for i, name in enumerate(files):
+        (root / name).write_bytes(first if i == 0 else b"\0" * 64)
+    manifest = {"version": 1, "splits": {"train": {"shards": [{"file": f} for f in files]}},
+                **({"encryption": section} if section else {})}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_holds_encrypted_decides_an_indexed_folder_by_its_index(tmp_path: Path, key: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data folder (manifest.json) or checkpoint (COMPLETE) is decided by its index, whatever its number of
+    shards: no shard is opened. Readers decrypt by the index, so a shard that only looks encrypted under a
+    plain manifest is not opened by the key either."""
+    import hwlm.crypt as crypt
+    from hwlm.crypt import encryption_section
+
+    opened: list[Path] = []
+    real = crypt.is_encrypted
+    monkeypatch.setattr(crypt, "is_encrypted", lambda f: opened.append(Path(f)) or real(f))
+    plain = _data_folder(tmp_path / "plain", 200, first=b"HWLMENC1 looks encrypted")
+    assert not holds_encrypted(plain) and opened == []
+    enc = _data_folder(tmp_path / "enc", 200, section=encryption_section(load_key(key)))
+    assert holds_encrypted(enc) and opened == []
+    # a run: its top-level files are read (no index there), each checkpoint by its COMPLETE
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-1").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "step-1" / "model.safetensors").write_bytes(b"\0" * 64)
+    (run / "checkpoints" / "step-1" / "COMPLETE").write_text('{"version": 1, "step": 1, "files": {}}')
+    assert not holds_encrypted(run) and opened == [run / "config.json"]
+    (run / "checkpoints" / "step-1" / "COMPLETE").write_text(
+        '{"version": 1, "step": 1, "files": {}, "encryption": {"key_id": "x"}}')
+    assert holds_encrypted(run)
+
+
+def test_holds_encrypted_reads_the_files_where_no_hwlm_index_is(tmp_path: Path, key: Path) -> None:
+    """A manifest.json that is not hwlm's (no version and file list), or one that is not JSON, decides
+    nothing: the files are read, as in any folder hwlm did not write."""
+    for i, text in enumerate(('{"name": "my data"}', "not json")):
+        folder = tmp_path / f"f{i}"
+        folder.mkdir()
+        (folder / "manifest.json").write_text(text)
+        (folder / "a.bin").write_bytes(b"\0" * 8)
+        assert not holds_encrypted(folder)
+        write_encrypted(folder / "b.bin", b"secret", load_key(key))
+        assert holds_encrypted(folder)
+
+
 def test_warn_unused_key_says_why_in_one_line(tmp_path: Path, key: Path, capsys: pytest.CaptureFixture) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()

@@ -182,13 +182,45 @@ def is_encrypted(path: Path) -> bool:
         return False
 
 
+# The plain index an hwlm folder keeps of its files: a data folder's manifest.json, a checkpoint's COMPLETE.
+_INDEXES = ("manifest.json", "COMPLETE")
+
+
+def _index_says(folder: Path) -> bool | None:
+    """Whether ``folder``'s own index records an encryption section (True) or none (False: plain); None when
+    it has no readable hwlm index (a version and the files it lists, ``splits`` or ``files``)."""
+    for name in _INDEXES:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(data, dict) and "version" in data and ("splits" in data or "files" in data):
+            return bool(data.get("encryption"))
+    return None
+
+
 def holds_encrypted(path: Path | str) -> bool:
     """Whether ``path`` is an encrypted file or a folder holding one anywhere below it (a data folder's
-    shards, a run's checkpoints); only each file's first 8 bytes are read."""
+    shards, a run's checkpoints).
+
+    A folder with an hwlm index is decided by it, without opening its files: the writers encrypt all of a
+    folder's files under one key or none, and the readers decrypt by what the index records, so a plain
+    index means the key opens nothing there (a data folder of any number of shards costs one small read).
+    Elsewhere (a run's top level, a folder hwlm did not write) each file's first 8 bytes are read, and the
+    walk stops at the first encrypted one."""
     path = Path(path)
-    if path.is_dir():
-        return any(is_encrypted(f) for f in path.rglob("*") if f.is_file())
-    return is_encrypted(path)
+    if not path.is_dir():
+        return is_encrypted(path)
+    for root, dirs, files in os.walk(path):
+        says = _index_says(Path(root))
+        if says:
+            return True
+        if says is False:
+            dirs.clear()  # the index covers its folder and everything below it
+            continue
+        if any(is_encrypted(Path(root) / f) for f in files):
+            return True
+    return False
 
 
 def warn_unused_key(key_file: Path | str | None, reads: Iterable[Path | str | None],
