@@ -13,7 +13,9 @@
    the same thread count), beside hwlm and HF, for tiny and (with ``--hf-124m``) gpt2-124m.
 4. ``--compile``: hwlm's fixed-shape decode step under ``torch.compile`` (``generate(compile=True)``);
    on CUDA it is the CUDA-graph path (``--device cuda``), compared with eager decoding. On gpt2-124m
-   also the compiled step alone (``step_alone``: no prefill, no loop around it).
+   also the compiled step alone (``step_alone``: no prefill, no loop around it), with the weights in
+   2 MiB pages (what hwlm's CPU decoders do) against a copy in 4 KiB pages, each against the copy and
+   read rates of buffers in the same pages.
 5. ``--target RUN --draft RUN2``: speculative decoding (``hwlm.model.speculative``) against plain
    greedy decoding of the target, on a prompt from the runs' own validation tokens: tokens/s, the
    speed-up, the acceptance rate, and whether the tokens are identical (they must be).
@@ -45,18 +47,26 @@ import torch
 
 from hwlm.export.hf import hf_state_dict
 from hwlm.model import ModelConfig, Transformer, generate
+from hwlm.model.decoding import huge_pages
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_speed import cpu_model  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
 
-def copy_bandwidth(n_bytes: int = 512 << 20, repeats: int = 5) -> float:
+def _buffer(n_bytes: int, huge: bool) -> torch.Tensor:
+    """``n_bytes`` of fp32 ones, in 4 KiB pages (torch's default) or 2 MiB ones (``hwlm.model.decoding.huge_pages``)."""
+    t = torch.ones(n_bytes // 4)
+    if huge:
+        huge_pages([t])
+    return t
+
+
+def copy_bandwidth(n_bytes: int = 512 << 20, repeats: int = 5, huge: bool = False) -> float:
     """Median bytes/s of ``dst.copy_(src)`` counting bytes read plus bytes written.
 
     Both sides count, so a read-only stream (a decode step reading its weights) can pass 100% of it:
-    see :func:`read_bandwidth`."""
-    src = torch.ones(n_bytes // 4)
-    dst = torch.empty_like(src)
+    see :func:`read_bandwidth`. ``huge``: both buffers in 2 MiB pages, as hwlm's decoders keep weights."""
+    src, dst = _buffer(n_bytes, huge), _buffer(n_bytes, huge)
     dst.copy_(src)
     times = []
     for _ in range(repeats):
@@ -66,9 +76,9 @@ def copy_bandwidth(n_bytes: int = 512 << 20, repeats: int = 5) -> float:
     return 2 * n_bytes / statistics.median(times)
 
 
-def read_bandwidth(n_bytes: int = 512 << 20, repeats: int = 5) -> float:
+def read_bandwidth(n_bytes: int = 512 << 20, repeats: int = 5, huge: bool = False) -> float:
     """Median bytes/s of ``src.sum()`` over ``n_bytes`` of fp32: a read-only stream over the threads."""
-    src = torch.ones(n_bytes // 4)
+    src = _buffer(n_bytes, huge)
     src.sum()
     times = []
     for _ in range(repeats):
@@ -139,21 +149,39 @@ def extras(model: Transformer, prompt: list[int], new: int, onnx: bool, compile:
     return fns
 
 
-def step_alone(model: Transformer, prompt: list[int], new: int, repeats: int) -> float:
-    """Tokens/s of ``generate(compile=True)``'s compiled step alone: no prefill, no sampling loop around it.
+def step_alone(model: Transformer, prompt: list[int], new: int, repeats: int) -> dict[str, dict[str, float]]:
+    """The compiled step alone (no prefill, no sampling loop), weights in 2 MiB pages against 4 KiB pages.
 
-    The decoder has the cache length ``generate`` picks, so it reuses the graph ``generate`` compiled."""
+    ``generate(compile=True)`` moves the weights to huge pages (``hwlm.model.decoding.huge_pages``); the
+    other arm decodes a copy of them left in 4 KiB pages (``StaticDecoder(huge=False)``). The rounds
+    alternate, and each is followed by a copy and a read in buffers of its own page size, so every
+    fraction is one round's weights-read rate over the copy (read) measured right after it in the same
+    setting; the medians over the rounds are returned (the shared VM's bandwidth drifts between rounds).
+    The decoders have the cache length ``generate`` picks, so they reuse the graph ``generate`` compiled."""
+    import copy
+
     from hwlm.model.decoding import StaticDecoder, cache_length
 
-    dec = StaticDecoder(model, 1, cache_length(len(prompt) + new, model.cfg.block_size), compile=True)
-    dec.prefill(torch.tensor([prompt]))
-    idx, times = torch.tensor([0]), []
-    for _ in range(repeats + 1):  # the first round warms up
-        t = time.perf_counter()
-        for i in range(new - 1):
-            dec.step(idx, torch.tensor([len(prompt) + i]))
-        times.append(time.perf_counter() - t)
-    return (new - 1) / statistics.median(times[1:])
+    max_len = cache_length(len(prompt) + new, model.cfg.block_size)
+    arms = {"2 MiB pages": StaticDecoder(model, 1, max_len, compile=True),
+            "4 KiB pages": StaticDecoder(copy.deepcopy(model), 1, max_len, compile=True, huge=False)}
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    idx, rounds = torch.tensor([0]), {name: [] for name in arms}
+    for r in range(repeats + 1):  # the first round warms up
+        for name, dec in arms.items():
+            dec.prefill(torch.tensor([prompt]))
+            t = time.perf_counter()
+            for i in range(new - 1):
+                dec.step(idx, torch.tensor([len(prompt) + i]))
+            tps = (new - 1) / (time.perf_counter() - t)
+            huge = name.startswith("2")
+            bw, rd = copy_bandwidth(repeats=3, huge=huge), read_bandwidth(repeats=3, huge=huge)
+            if r:
+                rounds[name].append((tps, bw, rd))
+    med = statistics.median
+    return {name: {"tok/s": med(x[0] for x in v), "copy": med(x[1] for x in v), "read": med(x[2] for x in v),
+                   "of copy": med(weight_bytes * x[0] / x[1] for x in v),
+                   "of read": med(weight_bytes * x[0] / x[2] for x in v)} for name, v in rounds.items()}
 
 
 def _set_onnx_threads(fns: dict[str, Callable[[], list[int]]], threads: int) -> None:
@@ -288,7 +316,7 @@ def main() -> None:
     big = None if args.skip_124m else Transformer(ModelConfig.from_name("gpt2-124m")).eval()
     big_hf = hf_twin(big) if big is not None and args.hf_124m else None
     big_prompt = torch.randint(0, 50304, (args.prompt,)).tolist()
-    tiny_rows, big_rows = [], []
+    tiny_rows, big_rows, alone_rows = [], [], []
     tmp = tempfile.mkdtemp(prefix="hwlm-genbench-")
     tiny_extra = extras(tiny, prompt, args.new_tokens, args.onnx, args.compile, tmp)
     big_extra = extras(big, big_prompt, args.new_tokens, args.onnx, args.compile, tmp) if big is not None else {}
@@ -305,18 +333,22 @@ def main() -> None:
         if big is None:
             continue
         r = bench_pair(big, big_hf, big_prompt, args.new_tokens, max(3, args.repeats // 2), big_extra)
-        if "compiled" in big_extra:
-            r["compiled step alone"] = step_alone(big, big_prompt, args.new_tokens, max(3, args.repeats // 2))
         weight_bytes = sum(p.numel() * p.element_size() for p in big.parameters())  # tied matrix read once
         bw = max(copy_bandwidth() for _ in range(3))  # the best of three, as benchmarks/gemv_bandwidth.py takes
         rd = max(read_bandwidth() for _ in range(3))
-        for name in ("hwlm", *names, *(["compiled step alone"] if "compiled" in big_extra else [])):
+        bw2 = max(copy_bandwidth(huge=True) for _ in range(3))
+        for name in ("hwlm", *names):
             achieved = weight_bytes * r[name]
             hf_col = f"{r['HF']:,.1f}" if "HF" in r else "n/a"
             ratio = f"{r[name] / r['HF']:.2f}x" if "HF" in r else "n/a"
             big_rows.append(f"| {threads} | {name} | {r[name]:,.1f} | {hf_col} | {ratio} | {weight_bytes / 1e6:,.0f} MB | "
                             f"{achieved / 1e9:.1f} | {bw / 1e9:.1f} | {achieved / bw:.0%} | {rd / 1e9:.1f} | "
-                            f"{achieved / rd:.0%} |")
+                            f"{achieved / rd:.0%} | {bw2 / 1e9:.1f} | {achieved / bw2:.0%} |")
+        if "compiled" in big_extra:
+            for arm, a in step_alone(big, big_prompt, args.new_tokens, args.repeats).items():
+                alone_rows.append(f"| {threads} | {arm} | {a['tok/s']:,.1f} | {weight_bytes * a['tok/s'] / 1e9:.1f} | "
+                                  f"{a['copy'] / 1e9:.1f} | {a['of copy']:.0%} | {a['read'] / 1e9:.1f} | "
+                                  f"{a['of read']:.0%} |")
     print(f"\nBatch-1 greedy decode, prompt {args.prompt}, {args.new_tokens} new tokens, median of {args.repeats}\n")
     if tiny_rows:
         print("| model | threads | hwlm tok/s | HF tok/s | ratio |" + "".join(f" {n} tok/s |" for n in names) +
@@ -324,8 +356,15 @@ def main() -> None:
         print("\n".join(tiny_rows))
     if big_rows:
         print("\n| gpt2-124m fp32, threads | decoder | tok/s | HF tok/s | vs HF | weight bytes/token | achieved GB/s | "
-              "copy GB/s | of copy | read GB/s | of read |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "copy GB/s | of copy | read GB/s | of read | copy GB/s, 2 MiB pages | of it |\n"
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(big_rows))
+    if alone_rows:
+        print(f"\nThe compiled step alone (no prefill, no loop), {args.repeats} alternating rounds of {args.new_tokens - 1} "
+              "steps, each followed by a copy and a read in buffers of the same page size; medians over the rounds, "
+              "each fraction taken per round\n\n| threads | weights in | tok/s | achieved GB/s | copy GB/s | of copy | "
+              "read GB/s | of read |\n|---|---|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(alone_rows))
     if args.target and args.draft:
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)

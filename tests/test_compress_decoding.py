@@ -149,3 +149,42 @@ def test_compiled_step_writes_each_rows_key_and_value_in_place() -> None:
     for a, b in zip(decs[0].cache.kv, decs[1].cache.kv):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert decs[0].cache.kv[0][:, 1, :, 2:5].abs().sum() > 0  # row 1's new positions were written
+
+
+def _huge_kib(addr: int) -> int:
+    """AnonHugePages (KiB) of the mapping of this process that holds ``addr`` (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    return 0
+
+
+def _collapse_available() -> bool:
+    import platform
+
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+    major, minor = (int(v) for v in platform.release().split(".")[:2])
+    return "[never]" not in mode and (major, minor) >= (6, 1)
+
+
+@pytest.mark.skipif(not _collapse_available(), reason="needs Linux >= 6.1 with transparent huge pages")
+def test_huge_pages_backs_the_weights_by_2mib_pages_and_keeps_the_values() -> None:
+    from hwlm.model.decoding import huge_pages
+
+    torch.manual_seed(0)
+    w = torch.randn(3 << 20)  # 12 MiB: at least 4 whole 2 MiB pages inside, wherever it starts
+    before = w.clone()
+    assert _huge_kib(w.data_ptr() + (6 << 20)) == 0  # torch allocates 4 KiB pages by default
+    done = huge_pages([w, w[1:], torch.ones(10)])  # a view of the same storage counts once; 40 bytes: none
+    assert done >= 4 << 20 and done % (2 << 20) == 0 and done <= w.numel() * 4
+    assert _huge_kib(w.data_ptr() + (6 << 20)) >= 2048
+    assert torch.equal(w, before)
+    assert huge_pages([w]) == done  # already huge: the same bytes again, nothing moved

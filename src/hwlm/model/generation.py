@@ -99,6 +99,10 @@ class _Steps:
             self.max_len = self.static.max_len
             return
         self.max_len = model.cfg.block_size
+        if device.type == "cpu":  # a step streams every weight: 2 MiB pages (hwlm.model.decoding.huge_pages)
+            from hwlm.model.decoding import huge_pages
+
+            huge_pages(model.parameters())
         with torch.inference_mode():  # inference tensors: ops on them skip autograd's view/version tracking
             self.cache = KVCache(model.cfg, batch_size=1, device=device, dtype=dtype)
             self.state = model.decode_state()  # once per call: the token loop then reads no module attributes
