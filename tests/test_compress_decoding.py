@@ -151,17 +151,23 @@ def test_compiled_step_writes_each_rows_key_and_value_in_place() -> None:
     assert decs[0].cache.kv[0][:, 1, :, 2:5].abs().sum() > 0  # row 1's new positions were written
 
 
-def _huge_kib(addr: int) -> int:
-    """AnonHugePages (KiB) of the mapping of this process that holds ``addr`` (/proc/self/smaps)."""
-    inside = False
+def _mapping(addr: int) -> tuple[int, set[str]]:
+    """AnonHugePages (KiB) and VmFlags of the mapping of this process that holds ``addr`` (/proc/self/smaps).
+
+    The kernel merges neighbouring anonymous mappings with equal flags, so the KiB count can include
+    memory other tests made huge; the ``hg`` flag is set only by madvise(MADV_HUGEPAGE) on this range.
+    """
+    inside, kib = False, 0
     for line in open("/proc/self/smaps"):
         head = line.split()[0]
         if "-" in head and not head.endswith(":"):
             lo, hi = (int(v, 16) for v in head.split("-"))
             inside = lo <= addr < hi
         elif inside and head == "AnonHugePages:":
-            return int(line.split()[1])
-    return 0
+            kib = int(line.split()[1])
+        elif inside and head == "VmFlags:":
+            return kib, set(line.split()[1:])
+    return 0, set()
 
 
 def _collapse_available() -> bool:
@@ -182,9 +188,10 @@ def test_huge_pages_backs_the_weights_by_2mib_pages_and_keeps_the_values() -> No
     torch.manual_seed(0)
     w = torch.randn(3 << 20)  # 12 MiB: at least 4 whole 2 MiB pages inside, wherever it starts
     before = w.clone()
-    assert _huge_kib(w.data_ptr() + (6 << 20)) == 0  # torch allocates 4 KiB pages by default
+    assert "hg" not in _mapping(w.data_ptr() + (6 << 20))[1]  # torch does not ask for huge pages
     done = huge_pages([w, w[1:], torch.ones(10)])  # a view of the same storage counts once; 40 bytes: none
     assert done >= 4 << 20 and done % (2 << 20) == 0 and done <= w.numel() * 4
-    assert _huge_kib(w.data_ptr() + (6 << 20)) >= 2048
+    kib, flags = _mapping(w.data_ptr() + (6 << 20))
+    assert "hg" in flags and kib >= 2048
     assert torch.equal(w, before)
     assert huge_pages([w]) == done  # already huge: the same bytes again, nothing moved
