@@ -270,8 +270,8 @@ def cuda_main(args: argparse.Namespace) -> None:
         prompt = torch.randint(0, 50304, (args.prompt,)).tolist()
         fns = {"eager": lambda: list(generate(model, prompt, args.new_tokens, temperature=0)),
                "CUDA graphs": lambda: list(generate(model, prompt, args.new_tokens, temperature=0, compile=True))}
-        for fn in fns.values():
-            fn()  # warm-up and compile
+        outs = {name: fn() for name, fn in fns.items()}  # warm-up and compile
+        same = sum(a == b for a, b in zip(outs["eager"], outs["CUDA graphs"]))
         runs: dict[str, list[float]] = {}
         for _ in range(args.repeats):
             for name, fn in fns.items():
@@ -279,9 +279,10 @@ def cuda_main(args: argparse.Namespace) -> None:
                 timed(fn, args.repeats, runs, name)
         tps = {name: args.new_tokens / statistics.median(t) for name, t in runs.items()}
         rows.append(f"| {str(dtype).removeprefix('torch.')} | {tps['eager']:,.0f} | {tps['CUDA graphs']:,.0f} | "
-                    f"{tps['CUDA graphs'] / tps['eager']:.2f}x |")
+                    f"{tps['CUDA graphs'] / tps['eager']:.2f}x | {same}/{len(outs['eager'])} |")
     print(f"\ngpt2-124m batch-1 greedy decode on {torch.cuda.get_device_name(device)}, {args.new_tokens} new tokens\n")
-    print("| dtype | eager tok/s | compiled + CUDA graphs tok/s | speed-up |\n|---|---:|---:|---:|")
+    print("| dtype | eager tok/s | compiled + CUDA graphs tok/s | speed-up | greedy tokens equal |\n"
+          "|---|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 

@@ -8,12 +8,14 @@
 #   6. generate_speed.py         gpt2-124m batch-1 decode, eager against CUDA graphs (issue 9: >= 4x), fp32 and bf16
 #   7. gpu_compress.py           decode tokens/s of bf16 / w8a16 / w4a16 / w8a8 / 2:4 at batch 1, 8, 32 (eager;
 #                                batch 1 also as a CUDA graph) and dense against 2:4 sparse GEMMs
+#   8. pytest                    the tests that need a CUDA device
 # Records go to $OUT if set, else runs/bench. hwlm need not be installed: this runs
 # `PYTHONPATH=src python3 -m hwlm`. Each step has its own time limit, so one slow step cannot
 # eat the others' time; a failed step is reported and the rest still run.
 #
 #   bash benchmarks/gpu.sh                      # default
 #   OUT=/tmp/h200 CATALOG_ID=h200 bash benchmarks/gpu.sh
+#   STEPS="hw decode-graphs compress pytest" bash benchmarks/gpu.sh   # only these steps
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,6 +28,7 @@ failed=()
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log to $DEST/NAME.log, keep going on failure
     local name=$1 limit=$2; shift 2
+    if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then echo "== $name: not in STEPS"; return; fi
     echo "== $name (limit ${limit}s): $*"
     local t0=$SECONDS
     timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee "$DEST/$name.log"
@@ -58,6 +61,9 @@ if [ "${#records[@]}" -gt 0 ]; then
 fi
 
 step decode-graphs 150 "$PY" benchmarks/generate_speed.py --device cuda --new-tokens 64 --repeats 3
+
+step pytest 120 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or gpu" tests/test_model.py tests/test_distributed_gpu.py \
+    tests/test_compress_decoding.py
 
 step compress 240 "$PY" benchmarks/gpu_compress.py --device cuda --compile-batches 1 --out "$DEST/gpu-compress.json"
 

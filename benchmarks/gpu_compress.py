@@ -149,6 +149,14 @@ def main() -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     base = Transformer(ModelConfig.from_name(args.model)).to(device, dtype).eval()
     record["float_dtype"] = str(dtype).removeprefix("torch.")  # what "bf16" means here (fp32 on a CPU test)
+    if device.type == "cuda":
+        try:
+            cfg = base.cfg
+            shapes = [(4 * cfg.n_embd, cfg.n_embd), (cfg.n_embd, 4 * cfg.n_embd)]
+            record["sparse_gemm"] = sparse_gemm(device, shapes, [1, 32, 512, 4096])
+        except Exception as exc:
+            record["errors"].append({"stage": "sparse_gemm", "error": f"{type(exc).__name__}: {exc}"[:300]})
+        save()  # first: it compiles nothing, so a step cut short by its limit still has it
     batches = [int(b) for b in args.batches.split(",")]
     spec = args.compile_batches if args.compile_batches is not None else ("1,32" if device.type == "cuda" else "")
     compiled = [int(b) for b in spec.split(",") if b]
@@ -172,13 +180,6 @@ def main() -> int:
                     traceback.print_exc(limit=2)
                 save()
         del model
-    if device.type == "cuda":
-        try:
-            cfg = base.cfg
-            shapes = [(4 * cfg.n_embd, cfg.n_embd), (cfg.n_embd, 4 * cfg.n_embd)]
-            record["sparse_gemm"] = sparse_gemm(device, shapes, [1, 32, 512, 4096])
-        except Exception as exc:
-            record["errors"].append({"stage": "sparse_gemm", "error": f"{type(exc).__name__}: {exc}"[:300]})
     record["load_after"] = os.getloadavg()
     save()
     print(f"\n{args.model} decode on {record['device']} (tokens/s; prompt {args.prompt})\n")
