@@ -39,7 +39,7 @@ from hwlm.compress.prune import two_four_mask  # noqa: E402
 from hwlm.compress.quant import quantize_model  # noqa: E402
 from hwlm.model import ModelConfig, Transformer  # noqa: E402
 from hwlm.model.decoding import StaticDecoder  # noqa: E402
-from hwlm.model.quantized import linear_targets  # noqa: E402
+from hwlm.model.quantized import after_load, linear_targets  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -65,17 +65,33 @@ def build(form: str, base: Transformer) -> Transformer:
     model = copy.deepcopy(base)
     if form in ("w8a16", "w4a16", "w8a8"):
         return quantize_model(model, form, group_size=128, include_head=True)
-    if form == "bf16-2:4":
-        from torch.sparse import to_sparse_semi_structured
-
+    if form.startswith("bf16-2:4"):  # bf16-2:4 (torch's default backend, cuSPARSELt) or bf16-2:4-cutlass (sm 8.x)
         with torch.no_grad():
             for parent, name in linear_targets(model, False):
                 lin = getattr(parent, name)
-                w = lin.weight.detach() * two_four_mask(lin.weight.detach())
-                if w.device.type == "cuda":
-                    w = to_sparse_semi_structured(w)
-                lin.weight = torch.nn.Parameter(w, requires_grad=False)
+                lin.weight.mul_(two_four_mask(lin.weight.detach()))
+        if next(model.parameters()).device.type == "cuda":
+            with cutlass(form.endswith("-cutlass")):
+                after_load(model, {"pattern": "2:4", "sparse_kernels": "always"})  # hwlm's 2:4 modules
     return model
+
+
+class cutlass:
+    """Within: ``to_sparse_semi_structured`` makes CUTLASS tensors instead of cuSPARSELt ones (``on``)."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        from torch.sparse import SparseSemiStructuredTensor
+
+        self.before = SparseSemiStructuredTensor._FORCE_CUTLASS
+        SparseSemiStructuredTensor._FORCE_CUTLASS = self.on
+
+    def __exit__(self, *exc: object) -> None:
+        from torch.sparse import SparseSemiStructuredTensor
+
+        SparseSemiStructuredTensor._FORCE_CUTLASS = self.before
 
 
 def decode_rate(model: Transformer, batch: int, compile: bool, steps: int, prompt: int) -> float:
@@ -104,13 +120,17 @@ def sparse_gemm(device: torch.device, shapes: list[tuple[int, int]], tokens: lis
         for n, k in shapes:
             w = torch.randn(n, k, device=device, dtype=dtype)
             w = w * two_four_mask(w)
-            ws = to_sparse_semi_structured(w)
-            for m in tokens:
-                x = torch.randn(m, k, device=device, dtype=dtype)
-                dense = timed(lambda: F.linear(x, w), device, 20)
-                sparse = timed(lambda: F.linear(x, ws), device, 20)
-                rows.append({"dtype": str(dtype).removeprefix("torch."), "out": n, "in": k, "tokens": m,
-                             "dense_us": 1e6 * dense, "sparse_us": 1e6 * sparse, "speedup": dense / sparse})
+            for backend in ("cusparselt", "cutlass"):
+                with cutlass(backend == "cutlass"):
+                    ws = to_sparse_semi_structured(w)
+                for m in tokens:
+                    x = torch.randn(m, k, device=device, dtype=dtype)
+                    # 20 calls between synchronisations: the time of the kernels, not of one launch and a sync
+                    dense = timed(lambda: [F.linear(x, w) for _ in range(20)], device, 10) / 20
+                    sparse = timed(lambda: [F.linear(x, ws) for _ in range(20)], device, 10) / 20
+                    rows.append({"dtype": str(dtype).removeprefix("torch."), "backend": backend, "out": n, "in": k,
+                                 "tokens": m, "dense_us": 1e6 * dense, "sparse_us": 1e6 * sparse,
+                                 "speedup": dense / sparse})
     return rows
 
 
@@ -118,7 +138,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--model", default="gpt2-124m", help="a preset (tiny to test the script on a CPU)")
-    p.add_argument("--forms", default="bf16,w8a16,w4a16,w8a8,bf16-2:4")
+    p.add_argument("--forms", default="bf16,w8a16,w4a16,w8a8,bf16-2:4,bf16-2:4-cutlass")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--compile-batches", default=None,
                    help="batches also timed compiled (CUDA graphs on CUDA; each compiles); default 1,32 on CUDA, "
@@ -191,7 +211,7 @@ def main() -> int:
                 g = by.get((form, b, True))
                 print(f"| {form} | {b} | {by[(form, b, False)]:,.0f} | {'-' if g is None else f'{g:,.0f}'} |")
     for r in record["sparse_gemm"]:
-        print(f"2:4 {r['dtype']} {r['out']}x{r['in']} M={r['tokens']}: dense {r['dense_us']:.1f} us, "
+        print(f"2:4 {r['dtype']} {r.get('backend', '')} {r['out']}x{r['in']} M={r['tokens']}: dense {r['dense_us']:.1f} us, "
               f"sparse {r['sparse_us']:.1f} us, {r['speedup']:.2f}x")
     for e in record["errors"]:
         print("error:", json.dumps(e))

@@ -218,3 +218,22 @@ def test_cuda_graph_decode_gives_the_eager_tokens(precision: str) -> None:
         assert graphs == eager
     else:  # bf16 sums in another order: a near tie may flip late, never the first tokens
         assert graphs[:8] == eager[:8] and sum(a == b for a, b in zip(graphs, eager)) >= 20
+
+
+@CUDA
+def test_a_2_4_model_on_cuda_keeps_the_faster_kernels_and_says_which() -> None:
+    """after_load times 2:4 against dense at one row and keeps the faster (dense on an H200, torch 2.11)."""
+    from hwlm.compress.prune import two_four_mask
+    from hwlm.model.quantized import after_load, linear_targets
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny")).cuda().to(torch.bfloat16).eval()
+    with torch.no_grad():
+        for parent, name in linear_targets(model, False):
+            getattr(parent, name).weight.mul_(two_four_mask(getattr(parent, name).weight))
+    x = torch.randint(0, model.cfg.vocab_size, (3, 8), device="cuda")
+    with torch.no_grad():
+        before = model(x)[0]
+        after_load(model, {"pattern": "2:4"})
+        torch.testing.assert_close(model(x)[0], before, rtol=2e-2, atol=2e-2)  # (3, 8): 3-D input either way
+    assert model.sparse_kernels.split(":")[0] in ("2:4", "dense")

@@ -158,3 +158,18 @@ def test_compiled_decode_gives_the_same_greedy_tokens_across_a_window_slide() ->
     assert list(generate(model, prompt, n, temperature=0, compile=True)) == expected
     assert list(generate(model, [1, 2], 5, temperature=0, compile=True)) == list(generate(model, [1, 2], 5,
                                                                                         temperature=0))
+    # Each compiled call gives its cache back to the model's pool and the next call takes it (the same
+    # buffers: a CUDA graph recorded on their addresses replays); two calls running at once never share one.
+    from hwlm.model.decoding import _FREE_CACHES, cache_length
+
+    short = list(generate(model, [1, 2], 5, temperature=0))
+    pool = _FREE_CACHES[model]
+    (key,) = [k for k in pool if k[1] == cache_length(7, model.cfg.block_size)]
+    assert len(pool[key]) == 1
+    kept = pool[key][0]
+    a, b = generate(model, [1, 2], 5, temperature=0, compile=True), generate(model, [1, 2], 5, temperature=0,
+                                                                              compile=True)
+    first = [next(a), next(b)]  # both started: a holds the pooled cache, b a new one
+    assert pool[key] == [] and first == short[:1] * 2
+    assert first[:1] + list(a) == short and first[1:] + list(b) == short
+    assert len(pool[key]) == 2 and pool[key][0] is kept

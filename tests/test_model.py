@@ -259,7 +259,8 @@ def test_torch_compile_full_graph_matches_eager_loss_and_gradients(return_logits
     terms = 2 * idx.numel()
     for n, p in model.named_parameters():
         atol = 1e-6 if device == "cpu" else terms * torch.finfo(torch.float32).eps * float(expected[n].abs().max())
-        torch.testing.assert_close(p.grad, expected[n], atol=max(atol, 1e-6), rtol=1e-4, msg=n)
+        torch.testing.assert_close(p.grad, expected[n], atol=max(atol, 1e-6), rtol=1e-4,
+                                   msg=lambda m, n=n, a=atol: f"{n} (atol {a:.3g}): {m}")
 
 
 @pytest.mark.parametrize("name", ["debug", "llama-tiny"])

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import weakref
 from typing import Callable, Iterable
 
 import torch
@@ -188,13 +189,21 @@ class StaticDecoder:
     """
 
     def __init__(self, model: Transformer, batch_size: int = 1, max_len: int | None = None,
-                 compile: bool = False, huge: bool = True) -> None:
+                 compile: bool = False, huge: bool = True, pooled: bool = False) -> None:
         param = next(model.parameters())
         self.model, self.device = model, param.device
         self.max_len = max_len or model.cfg.block_size
         if not 0 < self.max_len <= model.cfg.block_size:
             raise ValueError(f"max_len {self.max_len} must be in [1, block_size {model.cfg.block_size}]")
-        self.cache = KVCache(model.cfg, batch_size, self.max_len, device=self.device, dtype=param.dtype)
+        # pooled: take a cache an earlier decoder of this model gave back (close()), so a CUDA graph
+        # recorded on its buffers' addresses replays instead of being recorded again (one generate call
+        # after another; cudagraph trees re-record on a new static address, and fall back to no graph
+        # after torch._inductor.config.triton.cudagraph_unexpected_rerecord_limit of them).
+        key = (batch_size, self.max_len, param.dtype, self.device)
+        free = _FREE_CACHES.setdefault(model, {}).get(key, []) if pooled else []
+        self.cache = free.pop() if free else KVCache(model.cfg, batch_size, self.max_len, device=self.device,
+                                                     dtype=param.dtype)
+        self._pool_key = key if pooled else None
         self.compiled = compile
         if huge and self.device.type == "cpu":
             huge_pages(model.parameters())
@@ -224,6 +233,12 @@ class StaticDecoder:
             buf[:, row, :, :n].copy_(src[:, 0, :, :n])
         return logits[0, -1]
 
+    def close(self) -> None:
+        """Give a pooled decoder's cache back for the model's next pooled decoder; the decoder is then spent."""
+        if self._pool_key is not None and self.cache is not None:
+            _FREE_CACHES.setdefault(self.model, {}).setdefault(self._pool_key, []).append(self.cache)
+        self.cache = None
+
     @torch.no_grad()
     def step(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Logits (B, V) for tokens ``idx`` (B,) at positions ``pos`` (B,) (int64 tensors on the model's device)."""
@@ -235,6 +250,8 @@ class StaticDecoder:
 
 
 _COMPILED: dict[str | None, Callable] = {}
+# Caches given back by pooled decoders, per model (weakly: a model's pool goes with it) and shape.
+_FREE_CACHES: weakref.WeakKeyDictionary[Transformer, dict[tuple, list[KVCache]]] = weakref.WeakKeyDictionary()
 
 
 def _compiled_step(model: Transformer, mode: str | None) -> Callable:

@@ -95,7 +95,8 @@ class _Steps:
         if compile:
             from hwlm.model.decoding import StaticDecoder, cache_length
 
-            self.static = StaticDecoder(model, 1, cache_length(needed, model.cfg.block_size), compile=True)
+            self.static = StaticDecoder(model, 1, cache_length(needed, model.cfg.block_size), compile=True,
+                                        pooled=True)
             self.max_len = self.static.max_len
             return
         self.max_len = model.cfg.block_size
@@ -106,6 +107,10 @@ class _Steps:
         with torch.inference_mode():  # inference tensors: ops on them skip autograd's view/version tracking
             self.cache = KVCache(model.cfg, batch_size=1, device=device, dtype=dtype)
             self.state = model.decode_state()  # once per call: the token loop then reads no module attributes
+
+    def close(self) -> None:
+        if self.static is not None:
+            self.static.close()
 
     def prefill(self, ids: list[int]) -> torch.Tensor:
         idx = torch.tensor([ids], device=self.device)
@@ -148,8 +153,11 @@ def generate(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int,
         if max_new_tokens == 0:
             return
         steps = _Steps(model, device, param.dtype, len(history) + max_new_tokens, compile)
-        yield from decode_loop(steps, history, max_new_tokens, keep,
-                               lambda logits: sample_next(logits, temperature, top_k, top_p, generator), eos_id)
+        try:
+            yield from decode_loop(steps, history, max_new_tokens, keep,
+                                   lambda logits: sample_next(logits, temperature, top_k, top_p, generator), eos_id)
+        finally:
+            steps.close()  # a compiled call's cache goes back to the model's pool for the next call
     finally:
         model.train(was_training)
 

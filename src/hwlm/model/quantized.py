@@ -203,7 +203,7 @@ class Int4Linear(nn.Module):
             self._packed = self._pack(x.device)
         kernel, packed, sz, bias = self._packed
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # the kernels are fast in bf16 (1.5 ms vs 64 us fp32)
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (a row slice is strided) the kernels are fast in bf16 (1.5 ms vs 64 us fp32)
         y = getattr(torch, kernel)(x2, packed, self.group_size, sz)
         if bias is not None:
             y = y.add_(bias)
@@ -266,15 +266,68 @@ def apply_compression(model: nn.Module, section: dict[str, Any]) -> nn.Module:
     return model
 
 
+class SemiSparseLinear(nn.Linear):
+    """An ``nn.Linear`` whose weight is a 2:4 ``SparseSemiStructuredTensor``: its kernels take 2-D
+    contiguous input (a (B, T, C) input fails with ``expand`` unsupported once B > 1, seen on an H200)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = F.linear(x.reshape(-1, self.in_features).contiguous(), self.weight, self.bias)
+        return y.view(*shape[:-1], self.out_features)
+
+
+def _sparse_pays(weight: torch.Tensor, rows: int = 1, calls: int = 20) -> tuple[bool, float, float]:
+    """Whether 2:4 ``F.linear`` on ``weight`` beats dense at ``rows`` rows here: (pays, dense us, sparse us).
+
+    Measured, not assumed: on an H200 with torch 2.11 cuSPARSELt took 500-700 us per call at every row
+    count against 22-50 us dense, and CUTLASS's 2:4 kernels run on compute capability 8.x only."""
+    import time
+
+    from torch.sparse import to_sparse_semi_structured
+
+    x = torch.randn(rows, weight.size(1), device=weight.device, dtype=weight.dtype)
+    ws = to_sparse_semi_structured(weight.detach())
+    us = []
+    for w in (weight.detach(), ws):
+        F.linear(x, w)
+        torch.cuda.synchronize(weight.device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            F.linear(x, w)
+        torch.cuda.synchronize(weight.device)
+        us.append(1e6 * (time.perf_counter() - t0) / calls)
+    return us[1] < us[0], us[0], us[1]
+
+
 def after_load(model: nn.Module, section: dict[str, Any]) -> nn.Module:
-    """What needs the weights and the device: 2:4 sparse kernels for pruned 2:4 models on CUDA."""
+    """What needs the weights and the device: 2:4 sparse kernels for pruned 2:4 models on CUDA, where
+    they measure faster than the dense product of the same (masked) weights at one row, else dense
+    (``model.sparse_kernels`` says which and why)."""
     if section.get("pattern") == "2:4" and next(model.parameters()).device.type == "cuda":
         from torch.sparse import to_sparse_semi_structured
 
-        for parent, name in linear_targets(model, False):
+        targets = [(p, n) for p, n in linear_targets(model, False)
+                   if isinstance(getattr(p, n), nn.Linear) and getattr(p, n).weight.dtype in (torch.float16,
+                                                                                             torch.bfloat16)]
+        if not targets:
+            return model
+        if section.get("sparse_kernels") == "always":  # an A/B measurement (benchmarks/gpu_compress.py)
+            pays = True
+            model.sparse_kernels = "2:4: asked for"
+        else:
+            try:
+                pays, dense, sparse = _sparse_pays(getattr(*targets[0]).weight)
+            except (RuntimeError, NotImplementedError) as exc:  # no 2:4 kernel for this device or dtype
+                model.sparse_kernels = f"dense: no 2:4 kernel here ({str(exc).splitlines()[0][:120]})"
+                return model
+            model.sparse_kernels = (f"{'2:4' if pays else 'dense'}: 2:4 {sparse:.1f} us vs dense {dense:.1f} "
+                                    f"us per one-row product, measured on loading")
+        if not pays:
+            return model
+        for parent, name in targets:
             lin = getattr(parent, name)
-            if isinstance(lin, nn.Linear) and lin.weight.dtype in (torch.float16, torch.bfloat16):
-                lin.weight = nn.Parameter(to_sparse_semi_structured(lin.weight.detach()), requires_grad=False)
+            lin.weight = nn.Parameter(to_sparse_semi_structured(lin.weight.detach()), requires_grad=False)
+            lin.__class__ = SemiSparseLinear  # the same module and parameters, a 2-D forward
     return model
 
 

@@ -138,9 +138,22 @@ class LinearCrossEntropy(torch.autograd.Function):
         rows = loss_chunk_rows(V, x.device.type)
         valid = targets != -1
         n = valid.sum().clamp(min=1)
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        if torch.compiler.is_compiling():
+            # Traced by torch.compile: the same chunks without ``out=`` into views of preallocated buffers
+            # (inductor allocates for itself). On CUDA those ``out=`` writes came back as a wrong weight
+            # gradient under compile (every entry of a tied embedding's, H200, torch 2.11; CPU was exact).
+            grads_x, grad_w = [], None
+            for s in range(0, N, rows):
+                logits = torch.mm(x[s:s + rows], weight.t())
+                loss = loss + _softmax_grad_(logits, targets[s:s + rows], valid[s:s + rows], n)
+                grads_x.append(torch.mm(logits, weight))
+                part = torch.mm(logits.t(), x[s:s + rows])
+                grad_w = part if grad_w is None else grad_w + part
+            ctx.save_for_backward(torch.cat(grads_x), grad_w)
+            return loss
         grad_x, grad_w = torch.empty_like(x), torch.empty_like(weight)
         buf = torch.empty(min(rows, N), V, dtype=x.dtype, device=x.device)
-        loss = torch.zeros((), dtype=torch.float32, device=x.device)
         for s in range(0, N, rows):
             e = min(s + rows, N)
             logits = torch.mm(x[s:e], weight.t(), out=buf[:e - s])  # (rows, V)
