@@ -98,6 +98,7 @@ def main() -> int:
     ap.add_argument("--round-trip-ms", type=float, default=3.0,
                     help="a client's next request arrives this long after its last one finished")
     ap.add_argument("--engine-threads", type=int, default=0, help="hwlm serve --engine-threads (0: its default)")
+    ap.add_argument("--lone-threads", type=int, default=0, help="hwlm serve --lone-threads (0: its default)")
     ap.add_argument("--torch-profile", action="store_true")
     ap.add_argument("--kernels", action="store_true", help="only the kernel A/B timings, at 1 and 2 threads")
     a = ap.parse_args()
@@ -115,11 +116,13 @@ def main() -> int:
     from hwlm.serve.engine.worker import _build, event_tuple
 
     threads = {"engine_threads": a.engine_threads} if a.engine_threads else {}  # 0: hwlm serve's default
+    threads |= {"lone_threads": a.lone_threads} if a.lone_threads else {}
     cfg = ServeConfig(run=a.run, backend=a.backend, dtype=a.dtype, onnx=a.onnx, max_num_seqs=a.slots,
                       max_waiting=256, auth=False, **threads)
     t0 = time.perf_counter()
     engine, recorder, info = _build(cfg)
-    print(f"built in {time.perf_counter() - t0:.1f} s: {info['backend']} {info['dtype']}, {info['threads']} threads")
+    print(f"built in {time.perf_counter() - t0:.1f} s: {info['backend']} {info['dtype']}, {info['threads']} threads, "
+          f"{info['lone_threads']} for a lone row")
     tok = engine.tokenizer
     prompts = [tok.encode(p) for p in ("The cat sat on the", "A dog ran to the park while",
                                        "Because it was a warm day", "The bird sang over")]
@@ -194,6 +197,7 @@ def main() -> int:
             v.clear()
         rows_seen.clear(), paths.clear()
         a.requests, issued[0] = a_requests, 0
+        switches0 = engine.thread_switches
         t = time.perf_counter()
         run_loop(a.requests)
         wall = time.perf_counter() - t
@@ -202,7 +206,11 @@ def main() -> int:
     print(f"{len(parts['step'])} steps, {a.requests * a.tokens / wall:.0f} tokens/s in-process, "
           f"steps by rows: {dict(sorted(rows_seen.items()))}")
     flips = sum(1 for p, q in zip(paths, paths[1:]) if p != q)
-    print(f"lone steps {paths.count('lone')}, batched {paths.count('batch')}, flips {flips}")
+    print(f"lone steps {paths.count('lone')}, batched {paths.count('batch')}, flips {flips}; engine thread "
+          f"switches {engine.thread_switches - switches0} ({(engine.thread_switches - switches0) / len(parts['step']):.1%}"
+          f" of steps)" + (f"; lone decode steps by threads {engine.lone.runs}, medians (ms) "
+                           f"{ {c: round(statistics.median(t) * 1e3, 2) for c, t in engine.lone.times.items() if t} }"
+                           if engine.lone else ""))
     for k, v in parts.items():
         print(f"  {k:8s} median {ms(v):6.2f} ms  share of step time {sum(v) / total:6.1%}")
     if a.torch_profile:

@@ -183,7 +183,14 @@ def load(url: str, model: str, concurrency: int, requests: int, tokens: int) -> 
 
 
 def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Path, levels: list[int],
-               requests: int, tokens: int, seq_requests: int, engine_threads: int = 0) -> list[dict]:
+               requests: int, tokens: int, seq_requests: int, engine_threads: int = 0,
+               lone_threads: int = 0) -> list[dict]:
+    lone = re.search(r"-lone(\d+)$", kind)  # e.g. hwlm-hybrid-lone1: that server with --lone-threads 1 (A/B runs)
+    if lone:
+        kind, lone_threads = kind[:lone.start()], int(lone.group(1))
+        label = f"{kind}-lone{lone_threads}"
+    else:
+        label = kind
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if kind.endswith("-spin"):
         env["HWLM_ONNX_SPIN"] = "always"
@@ -194,8 +201,9 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
                else ["--dtype", variant])
         cmd = [sys.executable, "-m", "hwlm", "serve", "--run", str(run), "--port", "0", "--no-auth",
                "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256", *how,
-               *(["--engine-threads", str(engine_threads)] if engine_threads else [])]
-        server, model = Proc(cmd, None, logs / f"{kind}.log", env), "m"
+               *(["--engine-threads", str(engine_threads)] if engine_threads else []),
+               *(["--lone-threads", str(lone_threads)] if lone_threads else [])]
+        server, model = Proc(cmd, None, logs / f"{label}.log", env), "m"
     else:
         exe = str(Path(sys.executable).parent / "transformers")
         cmd = [exe, "serve", "--continuous-batching", "--device", "cpu", "--dtype", "float32", "--port", str(port),
@@ -215,7 +223,7 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
             # CPU seconds per second of the run: 2.0 is both cores of this machine
             row["cpu_share"] = {k: (after[k] - before.get(k, 0.0)) / row["wall_s"] for k in after} | {
                 "client": (time.process_time() - client_before) / row["wall_s"]}
-            rows.append({"server": kind, "chosen": chosen, **row})
+            rows.append({"server": label, "chosen": chosen, **row})
         return rows
     finally:
         server.stop()
@@ -261,12 +269,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="OMP threads of each server (OMP_NUM_THREADS: "
                     "transformers' threads; for hwlm a cap on its engine's default, the cores less one)")
     ap.add_argument("--engine-threads", type=int, default=0, help="hwlm serve --engine-threads (0: its default)")
+    ap.add_argument("--lone-threads", type=int, default=0, help="hwlm serve --lone-threads (0: its default)")
     ap.add_argument("--no-peer", action="store_true", help="skip transformers serve")
     ap.add_argument("--hwlm-dtypes", default="fp32,bf16,auto",
                     help="precisions of hwlm serve (fp32 is like for like; auto: hwlm picks by timing)")
     ap.add_argument("--onnx", action="store_true", help="add hwlm serve --backend onnx and --backend auto --onnx")
     ap.add_argument("--servers", default="", help="these servers instead, in this order: hwlm (torch fp32), hwlm-bf16, "
-                    "hwlm-auto, hwlm-onnx, hwlm-hybrid, hwlm-hybrid-spin, transformers")
+                    "hwlm-auto, hwlm-onnx, hwlm-hybrid, hwlm-hybrid-spin, transformers; a suffix -loneN gives that hwlm "
+                    "server --lone-threads N (hwlm-hybrid-lone1)")
     ap.add_argument("--root", type=Path, default=ROOT / "runs" / "serve-bench")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "serve_speed.json")
     a = ap.parse_args()
@@ -286,7 +296,7 @@ def main() -> int:
         kinds += [] if a.no_peer else ["transformers"]
         for kind in a.servers.split(",") if a.servers else kinds:
             for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n,
-                                  a.sequential_requests, a.engine_threads):
+                                  a.sequential_requests, a.engine_threads, a.lone_threads):
                 row.update(model=name, new_tokens=n)
                 record["rows"].append(row)
                 print(f"{name:5s} {kind:12s} c={row['concurrency']:3d} {row['tokens_per_s']:8.1f} tok/s  TTFT p50 "

@@ -196,6 +196,7 @@ def test_metrics_follow_vllm_names(server: Server) -> None:
                  "hwlm:request_queue_time_seconds", "hwlm:request_success_total"):
         assert name in text, name
     assert server.metric("hwlm:generation_tokens_total") > 0
+    assert server.metric("hwlm:engine_threads") >= 1  # the engine's torch threads in its last step
 
 
 def test_audit_log_has_one_record_per_request_without_prompts_or_keys(server: Server) -> None:

@@ -247,3 +247,79 @@ def test_engine_threads_leave_a_core_to_the_http_process(monkeypatch) -> None:
     assert engine_threads(0) == 1  # OMP_NUM_THREADS caps the default
     monkeypatch.setenv("OMP_NUM_THREADS", f"{cores + 8},1")
     assert engine_threads(0) == max(1, cores - 1)  # never more than the cores less one
+
+
+def test_a_lone_row_runs_on_lone_threads_and_a_batch_goes_back(tiny_run) -> None:
+    """Lone -> batched -> lone: the engine's threads follow the batch (lone_threads while one row runs and
+    nothing waits, threads with two), and both sequences still equal ``generate`` (fp32)."""
+    from hwlm.train.load import load_model
+
+    loaded = load_model(tiny_run)
+    tok = loaded.tokenizer
+    first, second = tok.encode("The cat").ids, tok.encode("A dog ran to the park").ids
+    ref = [list(generate(loaded.model, p, n, temperature=0, eos_id=loaded.eot_id)) for p, n in ((first, 20), (second, 4))]
+    before = torch.get_num_threads()
+    engine = LLMEngine(loaded.model, tok, loaded.eot_id, EngineConfig(max_num_seqs=4, threads=1, lone_threads=2))
+    outs: list[list[int]] = [[], []]
+    done = threading.Semaphore(0)
+    seen: list[tuple[int, int]] = []  # (sequences running, the engine's threads) after each step
+
+    def emitter(i: int):
+        def emit(ev) -> None:
+            outs[i].extend(ev.token_ids)
+            if ev.finish_reason is not None:
+                done.release()
+        return emit
+
+    def after_step() -> None:
+        seen.append((len(engine.scheduler.running), engine.threads))
+        if len(seen) == 5:  # the first sequence has run alone for five steps: a second one joins
+            engine.submit([Sequence(second, SamplingParams(max_tokens=4, temperature=0.0), emitter(1), tok.decode)])
+
+    engine.after_step = after_step
+    engine.start()
+    try:
+        engine.submit([Sequence(first, SamplingParams(max_tokens=20, temperature=0.0), emitter(0), tok.decode)])
+        assert done.acquire(timeout=60) and done.acquire(timeout=60), "the engine did not finish both sequences"
+    finally:
+        engine.stop()
+        torch.set_num_threads(before)
+    assert outs == ref
+    threads = [t for _, t in seen]
+    assert threads[:5] == [2] * 5  # alone (its prefill too)
+    joined = threads.index(1)
+    assert joined == 5 and threads[joined:joined + 3] == [1] * 3  # the two run together on threads
+    assert threads[-1] == 2 and engine.thread_switches >= 3  # alone again: back to lone_threads
+    assert seen[-1][0] == 0  # the last step finished the first sequence
+
+
+def test_lone_threads_default_to_every_core(monkeypatch) -> None:
+    import os
+
+    from hwlm.serve.engine.worker import lone_threads
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert lone_threads(1) == 1 and lone_threads(0) == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert lone_threads(0) == 1  # OMP_NUM_THREADS caps it, as it caps --engine-threads
+
+
+def test_lone_threads_chooser_keeps_the_faster_count_and_looks_again() -> None:
+    from hwlm.serve.engine.threads import LoneThreads
+
+    fixed = LoneThreads(batch=1, lone=2, probe=False)
+    assert {fixed.pick() for _ in range(5)} == {2}
+    chooser = LoneThreads(batch=1, lone=2, probe=True, window=4, every=16, probe_steps=4)
+    cost = {1: 7.0, 2: 9.0}  # two threads stall here (a busy machine)
+    picks = []
+    for step in range(96):
+        if step == 48:
+            cost = {1: 7.0, 2: 5.0}  # the machine went quiet: two threads win
+        n = chooser.pick()
+        picks.append(n)
+        chooser.record(n, cost[n] * 1e-3)
+    assert picks[:4].count(1) == picks[:4].count(2) == 2  # measures both first
+    steady = picks[4:48]
+    assert steady.count(1) >= 32 and steady.count(2) >= 4  # mostly the faster, with looks at the other
+    assert picks[-32:].count(2) >= 24 and picks[-12:] == [2] * 12  # a look saw the change

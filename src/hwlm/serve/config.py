@@ -47,6 +47,10 @@ class ServeConfig:
     model_name: str | None = option(None, "model id shown by /v1/models (default: the run folder's name)")
     engine_threads: int = option(0, "the engine's torch threads; 0: the cores less one, at most OMP_NUM_THREADS "
                                     "when set, at least 1 (the HTTP process and the clients keep a core)")
+    lone_threads: int = option(0, "the engine's torch threads for a step of one row while nothing waits (a lone "
+                                  "stream: the HTTP process then needs little); 0: times lone steps on every core "
+                                  "(at most OMP_NUM_THREADS) and on --engine-threads, and keeps the faster; the "
+                                  "--engine-threads count turns the switch off")
     max_num_seqs: int = option(32, "sequences decoded together (KV-cache slots)")
     max_waiting: int = option(64, "requests queued beyond the running ones before 503")
     prefill_budget: int = option(512, "prompt tokens prefilled per engine step (chunked beyond it)")
@@ -65,7 +69,7 @@ class ServeConfig:
         for name in ("max_num_seqs", "prefill_budget", "max_request_bytes", "max_n"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("engine_threads", "max_waiting", "rate_requests", "rate_tokens", "key_concurrency", "max_logprobs"):
+        for name in ("engine_threads", "lone_threads", "max_waiting", "rate_requests", "rate_tokens", "key_concurrency", "max_logprobs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rate_window <= 0 or self.request_timeout <= 0:

@@ -2,6 +2,7 @@
 
     hwlm:num_requests_running / hwlm:num_requests_waiting   gauges, read from the engine at scrape time
     hwlm:kv_cache_usage_perc                                 fraction of slot-cache positions in use
+    hwlm:engine_threads                                      the engine's torch threads in its last step
     hwlm:prompt_tokens_total / hwlm:generation_tokens_total  counters
     hwlm:request_success_total{finished_reason}              counter
     hwlm:time_to_first_token_seconds, hwlm:inter_token_latency_seconds,
@@ -24,7 +25,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.2
 
 
 class ServeMetrics:
-    def __init__(self, model_name: str, counts: Callable[[], tuple[int, int]], kv_usage: Callable[[], float]) -> None:
+    def __init__(self, model_name: str, counts: Callable[[], tuple[int, int]], kv_usage: Callable[[], float],
+                 threads: Callable[[], int] | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
@@ -39,6 +41,9 @@ class ServeMetrics:
               lambda: counts()[0])
         gauge("hwlm:num_requests_waiting", "Sequences waiting for a slot.", lambda: counts()[1])
         gauge("hwlm:kv_cache_usage_perc", "Fraction of KV-cache positions in use (1 = full).", kv_usage)
+        if threads is not None:
+            gauge("hwlm:engine_threads", "The engine's torch threads in its last step (--lone-threads for a lone row).",
+                  threads)
         self.prompt_tokens = Counter("hwlm:prompt_tokens", "Prompt tokens prefilled.", ["model_name"],
                                      registry=r).labels(**labels)
         self.generation_tokens = Counter("hwlm:generation_tokens", "Tokens generated.", ["model_name"],

@@ -79,7 +79,7 @@ def build_state(cfg: ServeConfig) -> Any:
     eos = tok.id_to_token(eot_id) if eot_id is not None else ""
     template = load_chat_template([checkpoint, Path(cfg.run)], eos or "")
     name = cfg.model_name or Path(cfg.run).resolve().name
-    metrics = ServeMetrics(name, engine.counts, engine.kv_usage)
+    metrics = ServeMetrics(name, engine.counts, engine.kv_usage, engine.threads)
     engine.metrics = metrics
     limiter = RateLimiter(cfg.rate_window, cfg.rate_requests, cfg.rate_tokens, cfg.key_concurrency)
     return ServerState(cfg=cfg, engine=engine, tokenizer=tok, encode=encode, model_name=name,

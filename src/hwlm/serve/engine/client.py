@@ -3,7 +3,7 @@
     client = EngineClient.start(cfg)           # spawns worker_main, waits for ("ready", info)
     client.submit(seqs)                        # from the event loop; QueueFull / EngineDown
     client.abort(seqs)                         # the client went away
-    client.counts(), client.kv_usage()         # the engine's last reported numbers, for /metrics
+    client.counts(), client.kv_usage(), client.threads()  # the engine's last reported numbers, for /metrics
     client.stop()
 
 One reader thread receives the engine's per-step messages and hands each one to the event loop in a
@@ -40,7 +40,7 @@ class EngineClient:
         self.metrics: Any = None  # ServeMetrics, set by the server
         self.live: dict[int, Sequence] = {}
         self.error: str | None = None
-        self._snapshot: tuple[int, int, float] = (0, 0, 0.0)
+        self._snapshot: tuple[int, int, float, int] = (0, 0, 0.0, info.get("threads", 0))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._send_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="hwlm-engine-reader", daemon=True)
@@ -101,6 +101,10 @@ class EngineClient:
     def kv_usage(self) -> float:
         return self._snapshot[2]
 
+    def threads(self) -> int:
+        """The engine's torch threads in its last step (``--lone-threads`` while one row ran alone)."""
+        return self._snapshot[3]
+
     def stop(self) -> None:
         if self.proc.is_alive():
             try:
@@ -146,7 +150,7 @@ class EngineClient:
         except RuntimeError:  # the loop closed between the check and the call
             fn(*args)
 
-    def _dispatch(self, events: list[tuple], snapshot: tuple[int, int, float], ops: list[tuple]) -> None:
+    def _dispatch(self, events: list[tuple], snapshot: tuple[int, int, float, int], ops: list[tuple]) -> None:
         self._snapshot = snapshot
         if self.metrics is not None and ops:
             self.metrics.apply(ops)
@@ -162,7 +166,7 @@ class EngineClient:
     def _die(self, reason: str) -> None:
         if self.error is None:
             self.error = reason
-        self._snapshot = (0, 0, 0.0)
+        self._snapshot = (0, 0, 0.0, self._snapshot[3])
         for seq in list(self.live.values()):
             seq.emit(Event("", [], finish_reason="stop", error=self.error))
         self.live.clear()

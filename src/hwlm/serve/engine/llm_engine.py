@@ -28,6 +28,7 @@ from hwlm.model.generation import sample_next
 from hwlm.serve.engine.model_runner import ModelRunner
 from hwlm.serve.engine.scheduler import QueueFull, Scheduler
 from hwlm.serve.engine.sequence import Event, Sequence, SeqStatus
+from hwlm.serve.engine.threads import LoneThreads
 
 __all__ = ["LLMEngine", "EngineConfig", "QueueFull"]
 
@@ -39,6 +40,9 @@ class EngineConfig:
     max_num_seqs: int = 32
     max_waiting: int = 64
     prefill_budget: int = 512
+    threads: int = 0  # torch threads of a step of several rows (0: leave torch's setting alone)
+    lone_threads: int = 0  # torch threads of a step of one row while nothing waits (0: the same as threads)
+    lone_probe: bool = False  # time lone steps at threads and lone_threads and keep the faster (LoneThreads)
 
 
 class LLMEngine:
@@ -53,6 +57,9 @@ class LLMEngine:
         self._cond = threading.Condition()
         self._incoming: list[Sequence] = []
         self._stopped = False
+        self.threads = cfg.threads or torch.get_num_threads()  # the engine thread's torch threads now
+        self.thread_switches = 0
+        self.lone = LoneThreads(self.threads, cfg.lone_threads, cfg.lone_probe) if cfg.lone_threads else None
         self._thread = threading.Thread(target=self._loop, name="hwlm-engine", daemon=True)
 
     # ---- called from other threads -------------------------------------------------------------
@@ -86,6 +93,27 @@ class LLMEngine:
     def counts(self) -> tuple[int, int]:
         """(running, waiting) sequences, for metrics and 503 decisions."""
         return len(self.scheduler.running), len(self.scheduler.waiting) + len(self._incoming)
+
+    def alone(self, rows: int) -> bool:
+        """A step of ``rows`` rows is a lone row's: one row while nothing waits."""
+        return self.lone is not None and rows == 1 and not self.scheduler.waiting and not self._incoming
+
+    def step_threads(self, rows: int) -> int:
+        """Torch threads for a step of ``rows`` rows: the :class:`LoneThreads` choice for a lone row.
+
+        Why: a lone stream's step reads every weight for one row, and on one core that is the whole
+        inter-token latency; the HTTP process then needs a small part of a core (0.1-0.2 on ``mid``), so
+        the other core would idle. With a second sequence the step goes back to ``threads`` (the cores less
+        one), which won at 8 and 32 clients (docs/benchmarks.md). ``torch.set_num_threads`` costs well
+        under a microsecond, so the switch follows the batch step by step."""
+        if self.alone(rows):
+            return self.lone.pick()
+        return self.cfg.threads or self.threads
+
+    def _use_threads(self, n: int) -> None:
+        if n != self.threads:
+            torch.set_num_threads(n)
+            self.threads, self.thread_switches = n, self.thread_switches + 1
 
     def kv_usage(self) -> float:
         """Fraction of the slot cache's positions holding a live sequence's tokens."""
@@ -130,12 +158,17 @@ class LLMEngine:
         with torch.inference_mode():
             rows = []
             if work:
+                alone = self.alone(len(work))
+                self._use_threads(self.step_threads(len(work)))
+                t0 = time.perf_counter()
                 logits = self.runner.step([(tokens, seq.slot, seq.num_cached) for seq, tokens in work])
                 # Greedy rows' tokens in one reduction over the batch (the first maximum, as argmax row by row).
                 # max's indices, not argmax: CPU argmax over bf16 logits takes about 4x as long (1.56 against
                 # 0.36 ms for 8 x 50,304 on one core), and casting them to fp32 first copies 1.6 MB.
                 greedy = any(s.params.temperature < 1e-5 for s, _ in work)
                 best = logits.max(-1).indices.tolist() if greedy else None
+                if alone and len(work[0][1]) == 1:  # a lone decode step (not a prompt): its time at these threads
+                    self.lone.record(self.threads, time.perf_counter() - t0)
                 for i, ((seq, tokens), row) in enumerate(zip(work, logits)):
                     seq.num_cached += len(tokens)
                     if seq.prefilled:  # a prompt's last chunk, or a decode: sample the next token

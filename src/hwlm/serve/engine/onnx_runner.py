@@ -130,18 +130,29 @@ class HybridRunner:
         return past
 
 
-def single_row_faster_in_onnx(runner: Any, model: Any, steps: int = 16) -> bool:
+def single_row_faster_in_onnx(runner: Any, model: Any, torch_threads: int = 0, steps: int = 16) -> bool:
     """Time one-row decode steps from position 16 in torch and in onnxruntime (through the slot cache).
 
     Torch prefills slot 0 and onnxruntime slot 1 with 16 tokens; then each decodes ``steps`` tokens, one
     step each as a lone stream would, taking turns, so that a burst of other work on the machine lands
     on both alike (timed one after the other, the choice followed the load: two servers started a
     minute apart on a loaded machine chose differently). The medians after the first step (a warm-up)
-    are compared."""
+    are compared. ``torch_threads`` (0: as set) are torch's threads for its steps, the engine's for a lone
+    row; onnxruntime's session keeps its own."""
     import time
 
     hybrid = HybridRunner(runner, model)
-    runs = (("torch", runner.step, 0), ("onnx", hybrid.step, 1))
+    threads = torch.get_num_threads()
+    lone = torch_threads or threads
+
+    def torch_step(rows: list) -> torch.Tensor:
+        torch.set_num_threads(lone)
+        try:
+            return runner.step(rows)
+        finally:
+            torch.set_num_threads(threads)
+
+    runs = (("torch", torch_step, 0), ("onnx", hybrid.step, 1))
     times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
     with torch.inference_mode():
         for _, run, slot in runs:

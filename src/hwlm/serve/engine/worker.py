@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["worker_main", "fastest_dtype", "event_tuple", "engine_threads"]
+__all__ = ["worker_main", "fastest_dtype", "event_tuple", "engine_threads", "lone_threads"]
 
 
 def event_tuple(seq_id: int, ev: Any) -> tuple:
@@ -108,9 +108,9 @@ class _Worker:
     def _emitter(self, seq_id: int) -> Any:
         return lambda ev: self.pending.append(event_tuple(seq_id, ev))
 
-    def counts(self) -> tuple[int, int, float]:
+    def counts(self) -> tuple[int, int, float, int]:
         running, waiting = self.engine.counts()
-        return running, waiting, self.engine.kv_usage()
+        return running, waiting, self.engine.kv_usage(), self.engine.threads
 
     def flush(self) -> None:
         """After each engine step: that step's events, counts and metric observations in one message."""
@@ -134,17 +134,19 @@ def _build(cfg: Any) -> tuple[Any, Any, dict]:
     from hwlm.serve.metrics import MetricsRecorder
     from hwlm.train.load import load_model
 
-    torch.set_num_threads(engine_threads(cfg.engine_threads))
+    threads, lone = engine_threads(cfg.engine_threads), lone_threads(cfg.lone_threads)
+    torch.set_num_threads(threads)
     key = optional_key(cfg.key_file)  # read here: the key never crosses the pipe
     loaded = load_model(cfg.run, "cpu" if cfg.backend == "onnx" else select_device(cfg.device).device, key)
-    model, runner, dtype, backend = _runner(cfg, loaded)
+    model, runner, dtype, backend = _runner(cfg, loaded, lone)
     recorder = MetricsRecorder()
     engine = LLMEngine(model, loaded.tokenizer, loaded.eot_id,
-                       EngineConfig(cfg.max_num_seqs, cfg.max_waiting, cfg.prefill_budget), recorder, runner)
+                       EngineConfig(cfg.max_num_seqs, cfg.max_waiting, cfg.prefill_budget, threads, lone,
+                                    lone_probe=cfg.lone_threads == 0), recorder, runner)
     info = {"checkpoint": str(loaded.path), "eot_id": loaded.eot_id, "run_config": loaded.run_config,
             "context": engine.context, "vocab_size": loaded.model_cfg.vocab_size, "dtype": dtype,
             "backend": backend, "cache_bytes": engine.runner.cache_bytes, "pid": os.getpid(),
-            "threads": torch.get_num_threads()}
+            "threads": threads, "lone_threads": lone}
     return engine, recorder, info
 
 
@@ -160,13 +162,36 @@ def engine_threads(asked: int) -> int:
     """
     if asked > 0:
         return asked
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cap = int((os.environ.get("OMP_NUM_THREADS") or str(cores)).split(",")[0])  # "4,2" (nested levels): 4
+    cores, cap = _cores()
     return max(1, min(cores - 1, cap))
 
 
-def _runner(cfg: Any, loaded: Any) -> tuple[Any, Any, str, str]:
-    """(torch model or None, runner or None for the default ModelRunner, precision, back end as told)."""
+def lone_threads(asked: int) -> int:
+    """``asked``, or for 0 every core this process may use, at most ``OMP_NUM_THREADS``: a lone row's threads.
+
+    A step of one row while nothing waits may run on these (``LLMEngine.step_threads``); the HTTP process
+    then needs only a small part of a core. For 0 the engine also times lone steps at its batch threads
+    and keeps the faster (``hwlm.serve.engine.threads.LoneThreads``)."""
+    if asked > 0:
+        return asked
+    cores, cap = _cores()
+    return max(1, min(cores, cap))
+
+
+def _cores() -> tuple[int, int]:
+    """(cores this process may use, the ``OMP_NUM_THREADS`` cap or the cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cap = int((os.environ.get("OMP_NUM_THREADS") or str(cores)).split(",")[0])  # "4,2" (nested levels): 4
+    return cores, cap
+
+
+def _runner(cfg: Any, loaded: Any, lone: int) -> tuple[Any, Any, str, str]:
+    """(torch model or None, runner or None for the default ModelRunner, precision, back end as told).
+
+    A hybrid's start-up choice times torch's lone row on ``lone`` threads (as the engine runs one) and
+    onnxruntime's on the engine's threads: on this shared 2-core machine onnxruntime at 2 threads won that
+    timing and then served a lone stream at half the speed (docs/benchmarks.md, session 6), while torch's
+    lone step has ``LoneThreads`` to fall back to one thread when two stall."""
     import torch
 
     model = loaded.model
@@ -192,8 +217,9 @@ def _runner(cfg: Any, loaded: Any) -> tuple[Any, Any, str, str]:
     from hwlm.serve.engine.onnx_runner import HybridRunner, single_row_faster_in_onnx
 
     torch_runner = ModelRunner(model, cfg.max_num_seqs)
-    lone = single_row_faster_in_onnx(torch_runner, onnx_model)
-    return model, HybridRunner(torch_runner, onnx_model, lone), dtype, f"auto ({'lone rows in onnx' if lone else 'all torch'})"
+    in_onnx = single_row_faster_in_onnx(torch_runner, onnx_model, lone)
+    return (model, HybridRunner(torch_runner, onnx_model, in_onnx), dtype,
+            f"auto ({'lone rows in onnx' if in_onnx else 'all torch'})")
 
 
 def fastest_dtype(model: Any, slots: int, steps: int = 8) -> str:
