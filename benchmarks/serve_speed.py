@@ -34,7 +34,6 @@ import os
 import platform
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import threading
