@@ -188,7 +188,7 @@ def test_huge_pages_backs_the_weights_by_2mib_pages_and_keeps_the_values() -> No
     torch.manual_seed(0)
     w = torch.randn(3 << 20)  # 12 MiB: at least 4 whole 2 MiB pages inside, wherever it starts
     before = w.clone()
-    assert "hg" not in _mapping(w.data_ptr() + (6 << 20))[1]  # torch does not ask for huge pages
+    # no "hg"-absent precondition: malloc may hand out heap memory that an earlier test made huge (CI did)
     done = huge_pages([w, w[1:], torch.ones(10)])  # a view of the same storage counts once; 40 bytes: none
     assert done >= 4 << 20 and done % (2 << 20) == 0 and done <= w.numel() * 4
     kib, flags = _mapping(w.data_ptr() + (6 << 20))

@@ -122,6 +122,18 @@ def test_one_packed_step_mixes_prefills_chunks_and_decodes(flavour: str) -> None
             torch.testing.assert_close(after[row], full[0, -1], atol=1e-5, rtol=1e-5)
 
 
+def _emitters(outs: list[list[int]], done: threading.Semaphore):
+    """``emitter(i)``: an engine callback that collects sequence i's tokens into ``outs[i]`` and releases ``done``
+    when it finishes."""
+    def emitter(i: int):
+        def emit(ev) -> None:
+            outs[i].extend(ev.token_ids)
+            if ev.finish_reason is not None:
+                done.release()
+        return emit
+    return emitter
+
+
 def _run_engine(loaded, prompts: list[list[int]], max_tokens: int, prefill_budget: int = 512,
                 params: dict | None = None) -> list[list[int]]:
     engine = LLMEngine(loaded.model, loaded.tokenizer, loaded.eot_id,
@@ -129,14 +141,7 @@ def _run_engine(loaded, prompts: list[list[int]], max_tokens: int, prefill_budge
     engine.start()
     outs: list[list[int]] = [[] for _ in prompts]
     done = threading.Semaphore(0)
-
-    def emitter(i: int):
-        def emit(ev) -> None:
-            outs[i].extend(ev.token_ids)
-            if ev.finish_reason is not None:
-                done.release()
-        return emit
-
+    emitter = _emitters(outs, done)
     decode = lambda ids: loaded.tokenizer.decode(ids)  # noqa: E731
     try:
         engine.submit([Sequence(p, SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, **(params or {})}),
@@ -264,12 +269,7 @@ def test_a_lone_row_runs_on_lone_threads_and_a_batch_goes_back(tiny_run) -> None
     done = threading.Semaphore(0)
     seen: list[tuple[int, int]] = []  # (sequences running, the engine's threads) after each step
 
-    def emitter(i: int):
-        def emit(ev) -> None:
-            outs[i].extend(ev.token_ids)
-            if ev.finish_reason is not None:
-                done.release()
-        return emit
+    emitter = _emitters(outs, done)
 
     def after_step() -> None:
         seen.append((len(engine.scheduler.running), engine.threads))
