@@ -166,6 +166,31 @@ def test_greedy_equals_generate_alone_in_a_batch_and_with_chunked_prefill(tiny_r
     assert _run_engine(loaded, prompts, new, prefill_budget=3) == ref  # prompts split across steps
 
 
+def test_run_steps_the_model_in_the_calling_thread_until_stopped_from_another(tiny_run) -> None:
+    # The serve worker loads, times and steps the model in one thread (one OpenMP team: LLMEngine.run).
+    from hwlm.train.load import load_model
+
+    loaded = load_model(tiny_run)
+    engine = LLMEngine(loaded.model, loaded.tokenizer, loaded.eot_id, EngineConfig(max_num_seqs=2, max_waiting=4))
+    stepped_on, forward = set(), engine.runner.step
+    engine.runner.step = lambda rows: stepped_on.add(threading.get_ident()) or forward(rows)
+    outs, done = [[]], threading.Semaphore(0)
+    prompt = loaded.tokenizer.encode("The cat").ids
+    engine.submit([Sequence(prompt, SamplingParams(max_tokens=5, temperature=0.0), _emitters(outs, done)(0),
+                            loaded.tokenizer.decode)])
+
+    def stop_when_done() -> None:
+        done.acquire(timeout=60)
+        engine.stop()
+
+    stopper = threading.Thread(target=stop_when_done)
+    stopper.start()
+    engine.run()  # returns once the stopper's stop() lands
+    stopper.join(timeout=5)
+    assert stepped_on == {threading.get_ident()}
+    assert outs[0] == list(generate(loaded.model, prompt, 5, temperature=0, eos_id=loaded.eot_id))
+
+
 def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_run) -> None:
     from hwlm.train.load import load_model
 

@@ -1,7 +1,7 @@
 """The engine: one thread owns the model and runs scheduler steps while there is work.
 
     engine = LLMEngine(model, tokenizer, eot_id, EngineConfig(max_num_seqs=32))
-    engine.start()
+    engine.start()          # the loop in its own thread; or engine.run() to loop in this one
     engine.submit([Sequence(prompt_ids, SamplingParams(max_tokens=16), emit, decode)])
 
 Each step: drop cancelled and expired sequences (their slots are free at once), then one packed
@@ -64,13 +64,26 @@ class LLMEngine:
 
     # ---- called from other threads -------------------------------------------------------------
     def start(self) -> None:
+        """Run the engine loop in a thread of its own."""
         self._thread.start()
+
+    def run(self) -> None:
+        """Run the engine loop in the calling thread until :meth:`stop` (called from another thread).
+
+        Why a caller would: libgomp keeps one OpenMP thread team per thread that opens a parallel region,
+        and once the teams' threads outnumber the cores every team's threads stop spin-waiting between
+        regions (throttled spinning) and sleep, so each op of a step pays a futex wake. A model loaded and
+        timed in the main thread at 2 threads, then stepped in an engine thread at 2, used 1.2 cores and
+        decoded a lone ``mid`` bf16 row in 7.3-7.8 ms, against 4.1-4.2 ms on 2.0 cores with one team
+        (docs/benchmarks.md, serving, session 8). The serve worker loads, times and steps in one thread."""
+        self._loop()
 
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
             self._cond.notify()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
 
     def submit(self, seqs: list[Sequence]) -> None:
         """Queue the choices of one request together, or raise QueueFull if they do not fit."""

@@ -66,8 +66,13 @@ class _Worker:
             engine.after_step = lambda: (self.flush(), time.sleep(pause))
 
     def run(self) -> None:
+        """The engine loop in this (the main) thread, where ``_build`` loaded and timed the model, and the
+        commands in a thread of their own: one OpenMP team in the process (``LLMEngine.run`` says why)."""
         self.send(("ready", self.info))
-        self.engine.start()
+        threading.Thread(target=self._commands, name="hwlm-commands", daemon=True).start()
+        self.engine.run()
+
+    def _commands(self) -> None:
         try:
             while True:
                 msg = self.conn.recv()
