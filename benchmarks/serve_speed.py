@@ -184,12 +184,15 @@ def load(url: str, model: str, concurrency: int, requests: int, tokens: int) -> 
 def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Path, levels: list[int],
                requests: int, tokens: int, seq_requests: int, engine_threads: int = 0,
                lone_threads: int = 0) -> list[dict]:
-    lone = re.search(r"-lone(\d+)$", kind)  # e.g. hwlm-hybrid-lone1: that server with --lone-threads 1 (A/B runs)
+    label = kind
+    # Suffixes for A/B runs, in this order: -etN (--engine-threads N), -loneN (--lone-threads N);
+    # e.g. hwlm-hybrid-et2, hwlm-hybrid-lone1, hwlm-hybrid-et2-lone1.
+    lone = re.search(r"-lone(\d+)$", kind)
     if lone:
         kind, lone_threads = kind[:lone.start()], int(lone.group(1))
-        label = f"{kind}-lone{lone_threads}"
-    else:
-        label = kind
+    et = re.search(r"-et(\d+)$", kind)
+    if et:
+        kind, engine_threads = kind[:et.start()], int(et.group(1))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if kind.endswith("-spin"):
         env["HWLM_ONNX_SPIN"] = "always"
@@ -274,8 +277,8 @@ def main() -> int:
                     help="precisions of hwlm serve (fp32 is like for like; auto: hwlm picks by timing)")
     ap.add_argument("--onnx", action="store_true", help="add hwlm serve --backend onnx and --backend auto --onnx")
     ap.add_argument("--servers", default="", help="these servers instead, in this order: hwlm (torch fp32), hwlm-bf16, "
-                    "hwlm-auto, hwlm-onnx, hwlm-hybrid, hwlm-hybrid-spin, transformers; a suffix -loneN gives that hwlm "
-                    "server --lone-threads N (hwlm-hybrid-lone1)")
+                    "hwlm-auto, hwlm-onnx, hwlm-hybrid, hwlm-hybrid-spin, transformers; suffixes -etN and -loneN give that hwlm "
+                    "server --engine-threads N and --lone-threads N (hwlm-hybrid-et2, hwlm-hybrid-lone1)")
     ap.add_argument("--root", type=Path, default=ROOT / "runs" / "serve-bench")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "serve_speed.json")
     a = ap.parse_args()

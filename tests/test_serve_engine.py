@@ -264,7 +264,7 @@ def test_bf16_packed_rows_match_the_fp32_forward_and_do_not_depend_on_the_batch(
         assert int(one.argmax()) == int(batch[row].argmax())
 
 
-def test_engine_threads_leave_a_core_to_the_http_process(monkeypatch) -> None:
+def test_engine_threads_default_to_every_core(monkeypatch) -> None:
     import os
 
     from hwlm.serve.engine.worker import engine_threads
@@ -272,11 +272,11 @@ def test_engine_threads_leave_a_core_to_the_http_process(monkeypatch) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert engine_threads(3) == 3  # asked for: as asked
-    assert engine_threads(0) == max(1, cores - 1)
+    assert engine_threads(0) == cores
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert engine_threads(0) == 1  # OMP_NUM_THREADS caps the default
     monkeypatch.setenv("OMP_NUM_THREADS", f"{cores + 8},1")
-    assert engine_threads(0) == max(1, cores - 1)  # never more than the cores less one
+    assert engine_threads(0) == cores  # never more than the cores
 
 
 def test_a_lone_row_runs_on_lone_threads_and_a_batch_goes_back(tiny_run) -> None:

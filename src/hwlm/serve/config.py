@@ -45,12 +45,12 @@ class ServeConfig:
                                           "its head file <key>.head sits beside it")
     audit_prompts: bool = option(False, "also write prompt text into the audit log")
     model_name: str | None = option(None, "model id shown by /v1/models (default: the run folder's name)")
-    engine_threads: int = option(0, "the engine's torch threads; 0: the cores less one, at most OMP_NUM_THREADS "
-                                    "when set, at least 1 (the HTTP process and the clients keep a core)")
+    engine_threads: int = option(0, "the engine's torch threads; 0: every core this process may use, at most "
+                                    "OMP_NUM_THREADS when set")
     lone_threads: int = option(0, "the engine's torch threads for a step of one row while nothing waits (a lone "
-                                  "stream: the HTTP process then needs little); 0: times lone steps on every core "
-                                  "(at most OMP_NUM_THREADS) and on --engine-threads, and keeps the faster; the "
-                                  "--engine-threads count turns the switch off")
+                                  "stream: the HTTP process then needs little); 0: every core (at most "
+                                  "OMP_NUM_THREADS), and where that differs from --engine-threads the engine times "
+                                  "lone steps at both counts and keeps the faster")
     max_num_seqs: int = option(32, "sequences decoded together (KV-cache slots)")
     max_waiting: int = option(64, "requests queued beyond the running ones before 503")
     prefill_budget: int = option(512, "prompt tokens prefilled per engine step (chunked beyond it)")

@@ -115,10 +115,10 @@ class LLMEngine:
         """Torch threads for a step of ``rows`` rows: the :class:`LoneThreads` choice for a lone row.
 
         Why: a lone stream's step reads every weight for one row, and on one core that is the whole
-        inter-token latency; the HTTP process then needs a small part of a core (0.1-0.2 on ``mid``), so
-        the other core would idle. With a second sequence the step goes back to ``threads`` (the cores less
-        one), which won at 8 and 32 clients (docs/benchmarks.md). ``torch.set_num_threads`` costs well
-        under a microsecond, so the switch follows the batch step by step."""
+        inter-token latency; the HTTP process then needs a small part of a core (0.1-0.2 on ``mid``). With
+        a second sequence the step goes back to ``threads``. By default both are every core, so nothing
+        switches; an explicit ``--engine-threads`` below the cores makes the lone row's count differ.
+        ``torch.set_num_threads`` costs well under a microsecond, so the switch follows the batch step by step."""
         if self.alone(rows):
             return self.lone.pick()
         return self.cfg.threads or self.threads

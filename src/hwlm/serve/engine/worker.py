@@ -156,27 +156,29 @@ def _build(cfg: Any) -> tuple[Any, Any, dict]:
 
 
 def engine_threads(asked: int) -> int:
-    """``asked``, or for 0 the cores this process may use less one, at most ``OMP_NUM_THREADS``, at least 1.
+    """``asked``, or for 0 every core this process may use, at most ``OMP_NUM_THREADS``, at least 1.
 
-    Why one core less: the HTTP process (its event loop, JSON and SSE per token) and, on a benchmark
-    machine, the clients run beside the engine. An OpenMP op on every core stalls at its barrier
-    whenever one of its threads is preempted by them, so on 2 cores the engine at 2 threads used 1.0-1.15
-    cores and decoded slower than at 1 (mid bf16: 89 / 569 against 139 / 714 tokens/s at 1 / 8 clients,
-    docs/benchmarks.md). vLLM's CPU back end likewise keeps a core off its OpenMP threads for its
-    scheduler process (``VLLM_CPU_NUM_OF_RESERVED_CPU``).
+    Sessions 4-7 kept a core off the engine for the HTTP process and the clients (as vLLM's CPU back end
+    does, ``VLLM_CPU_NUM_OF_RESERVED_CPU``), because on 2 cores the engine at 2 threads used 1.0-1.15
+    cores and decoded slower than at 1. That was the worker's two OpenMP teams (``LLMEngine.run`` says
+    why), not the HTTP process: with the engine stepping in the thread that loaded the model, 2 threads
+    on 2 cores served ``mid`` bf16 at 170 / 858-1,017 / 1,424-1,592 tokens/s at 1 / 8 / 32 clients
+    against 159-160 / 742-870 / 1,297-1,403 with one core kept off, in the same run (docs/benchmarks.md,
+    serving, session 8). Measured on 2 cores only.
     """
     if asked > 0:
         return asked
     cores, cap = _cores()
-    return max(1, min(cores - 1, cap))
+    return max(1, min(cores, cap))
 
 
 def lone_threads(asked: int) -> int:
     """``asked``, or for 0 every core this process may use, at most ``OMP_NUM_THREADS``: a lone row's threads.
 
     A step of one row while nothing waits may run on these (``LLMEngine.step_threads``); the HTTP process
-    then needs only a small part of a core. For 0 the engine also times lone steps at its batch threads
-    and keeps the faster (``hwlm.serve.engine.threads.LoneThreads``)."""
+    then needs only a small part of a core. For 0, where this differs from the batch threads (an explicit
+    ``--engine-threads``), the engine also times lone steps at both and keeps the faster
+    (``hwlm.serve.engine.threads.LoneThreads``)."""
     if asked > 0:
         return asked
     cores, cap = _cores()
