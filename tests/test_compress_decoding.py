@@ -197,6 +197,24 @@ def test_huge_pages_backs_the_weights_by_2mib_pages_and_keeps_the_values() -> No
     assert huge_pages([w]) == done  # already huge: the same bytes again, nothing moved
 
 
+def test_greedy_ahead_gives_generates_tokens_and_stops_at_the_end_of_text() -> None:
+    """The queued-ahead greedy loop (what generate(compile=True) runs on CUDA) on CPU tensors: generate's tokens."""
+    from hwlm.model import generate
+    from hwlm.model.decoding import greedy_ahead
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("llama-debug")).eval()
+    prompt = torch.randint(0, model.cfg.vocab_size, (7,)).tolist()
+    ref = list(generate(model, prompt, 12, temperature=0))
+    assert list(greedy_ahead(StaticDecoder(model, 1, 32), prompt, 12)) == ref
+    eos = ref[4]
+    upto = ref[:ref.index(eos) + 1]  # generate yields the end-of-text token, then stops
+    assert list(greedy_ahead(StaticDecoder(model, 1, 32), prompt, 12, eos_id=eos)) == upto
+    assert list(greedy_ahead(StaticDecoder(model, 1, 32), prompt, 0)) == []
+    with pytest.raises(ValueError, match="must fit"):
+        list(greedy_ahead(StaticDecoder(model, 1, 16), prompt, 12))
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

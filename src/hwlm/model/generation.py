@@ -154,6 +154,13 @@ def generate(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int,
             return
         steps = _Steps(model, device, param.dtype, len(history) + max_new_tokens, compile)
         try:
+            if (steps.static is not None and device.type == "cuda" and temperature == 0
+                    and len(history) + max_new_tokens <= steps.max_len):
+                # Greedy CUDA graphs: the next step is queued before a token is read back (overlap).
+                from hwlm.model.decoding import greedy_ahead
+
+                yield from greedy_ahead(steps.static, history, max_new_tokens, eos_id)
+                return
             yield from decode_loop(steps, history, max_new_tokens, keep,
                                    lambda logits: sample_next(logits, temperature, top_k, top_p, generator), eos_id)
         finally:
