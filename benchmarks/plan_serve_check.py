@@ -81,7 +81,6 @@ def measure(model: Transformer, users: int, prompt: int, gen: int, requests: int
             steps[-1] = (*steps[-1][:2], time.perf_counter() - t0)
 
     engine.runner.step, engine.step = timed, timed_step
-    engine.start()
     lock, done_all = threading.Lock(), threading.Event()
     stats = {"issued": 0, "done": 0, "ttft": [], "itl": [], "t0": time.monotonic()}
     vocab = model.cfg.vocab_size
@@ -108,6 +107,7 @@ def measure(model: Transformer, users: int, prompt: int, gen: int, requests: int
             if finished:
                 stats["t1"] = time.monotonic()
                 done_all.set()
+                engine.stop()  # from the engine's own loop: it returns after this step
             else:
                 new_request()
 
@@ -115,8 +115,14 @@ def measure(model: Transformer, users: int, prompt: int, gen: int, requests: int
 
     for _ in range(users):
         new_request()
-    done_all.wait(timeout=600)
-    engine.stop()
+    # The engine loops in this thread, where the model was built, as in hwlm serve's worker: an engine
+    # thread beside a main thread that had run torch ops would be a second OpenMP team (LLMEngine.run).
+    watchdog = threading.Timer(600, engine.stop)
+    watchdog.start()
+    engine.run()
+    watchdog.cancel()
+    if not done_all.is_set():
+        raise SystemExit(f"{users} users: the engine did not finish {requests} requests in 600 s")
     elapsed = stats["t1"] - stats["t0"]
     return {"output_tokens_per_s": requests * gen / elapsed, "ttft_p50_s": statistics.median(stats["ttft"]),
             "itl_p50_s": statistics.median(stats["itl"]), "requests": requests, "steps": steps}
