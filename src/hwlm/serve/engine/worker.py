@@ -163,7 +163,7 @@ def engine_threads(asked: int) -> int:
     cores and decoded slower than at 1. That was the worker's two OpenMP teams (``LLMEngine.run`` says
     why), not the HTTP process: with the engine stepping in the thread that loaded the model, 2 threads
     on 2 cores served ``mid`` bf16 at 170 / 858-1,017 / 1,424-1,592 tokens/s at 1 / 8 / 32 clients
-    against 159-160 / 742-870 / 1,297-1,403 with one core kept off, in the same run (docs/benchmarks.md,
+    against 159-160 / 742-870 / 1,297-1,403 with one core kept off, in the same runs (docs/benchmarks.md,
     serving, session 8). Measured on 2 cores only.
     """
     if asked > 0:
