@@ -34,6 +34,7 @@ import os
 import platform
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -245,15 +246,17 @@ def export_onnx_once(run: Path) -> Path:
 
 def markdown(record: dict, levels: list[int]) -> str:
     """The docs/benchmarks.md table: per model and server, tokens/s, TTFT and ITL at each concurrency."""
-    rows = {(r["model"], r["server"], r["concurrency"]): r for r in record["rows"]}
+    rows = {(r["model"], r["server"], r.get("round", 0), r["concurrency"]): r for r in record["rows"]}
+    rounds = len({r.get("round", 0) for r in record["rows"]})
     head = " / ".join(str(c) for c in levels)
     out = [f"| model | server | tokens/s at {head} clients | TTFT p50/p95 ms at {head.replace(' / ', ' · ')} "
            f"| ITL p50 ms at {head} "
            f"| errors, truncated |", "|---|---|---|---|---|---|"]
-    for model, server in dict.fromkeys((r["model"], r["server"]) for r in record["rows"]):
-        cells = [rows[model, server, c] for c in levels if (model, server, c) in rows]
+    for model, server, rnd in dict.fromkeys((r["model"], r["server"], r.get("round", 0)) for r in record["rows"]):
+        cells = [rows[model, server, rnd, c] for c in levels if (model, server, rnd, c) in rows]
         fmt = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
         label = f"{server} ({cells[0]['chosen']})" if cells and cells[0].get("chosen") else server
+        label += f", round {rnd + 1}" if rounds > 1 else ""
         out.append(f"| {model} | {label} | {' / '.join(fmt(r['tokens_per_s']) for r in cells)} | "
                    f"{' · '.join(fmt(r['ttft_ms_p50']) + '/' + fmt(r['ttft_ms_p95']) for r in cells)} | "
                    f"{' / '.join(fmt(r['itl_ms_p50'], 1) for r in cells)} | "
@@ -279,6 +282,8 @@ def main() -> int:
     ap.add_argument("--servers", default="", help="these servers instead, in this order: hwlm (torch fp32), hwlm-bf16, "
                     "hwlm-auto, hwlm-onnx, hwlm-hybrid, hwlm-hybrid-spin, transformers; suffixes -etN and -loneN give that hwlm "
                     "server --engine-threads N and --lone-threads N (hwlm-hybrid-et2, hwlm-hybrid-lone1)")
+    ap.add_argument("--rounds", type=int, default=1, help="run the servers in turn this many times; ratios per "
+                    "round and their median")
     ap.add_argument("--root", type=Path, default=ROOT / "runs" / "serve-bench")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "serve_speed.json")
     a = ap.parse_args()
@@ -296,28 +301,30 @@ def main() -> int:
         kinds = ["hwlm"] + [f"hwlm-{d}" for d in a.hwlm_dtypes.split(",") if d and d != "fp32"]
         kinds += ["hwlm-onnx", "hwlm-hybrid"] if a.onnx else []
         kinds += [] if a.no_peer else ["transformers"]
-        for kind in a.servers.split(",") if a.servers else kinds:
-            for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n,
-                                  a.sequential_requests, a.engine_threads, a.lone_threads):
-                row.update(model=name, new_tokens=n)
-                record["rows"].append(row)
-                print(f"{name:5s} {kind:12s} c={row['concurrency']:3d} {row['tokens_per_s']:8.1f} tok/s  TTFT p50 "
-                      f"{row['ttft_ms_p50'] or 0:7.1f} p95 {row['ttft_ms_p95'] or 0:7.1f} ms  ITL p50 "
-                      f"{row['itl_ms_p50'] or 0:6.1f} ms  errors {row['errors']} truncated {row['truncated']}  cores: "
-                      + " ".join(f"{k} {v:.2f}" for k, v in row["cpu_share"].items()), flush=True)
+        for rnd in range(a.rounds):  # the servers in turn, round after round: a drift in the machine hits all
+            for kind in a.servers.split(",") if a.servers else kinds:
+                for row in run_server(kind, run, hf, a.threads, free_port(), a.root, levels, a.requests, n,
+                                      a.sequential_requests, a.engine_threads, a.lone_threads):
+                    row.update(model=name, new_tokens=n, round=rnd)
+                    record["rows"].append(row)
+                    print(f"{name:5s} {kind:12s} c={row['concurrency']:3d} {row['tokens_per_s']:8.1f} tok/s  TTFT p50 "
+                          f"{row['ttft_ms_p50'] or 0:7.1f} p95 {row['ttft_ms_p95'] or 0:7.1f} ms  ITL p50 "
+                          f"{row['itl_ms_p50'] or 0:6.1f} ms  errors {row['errors']} truncated {row['truncated']}  "
+                          "cores: " + " ".join(f"{k} {v:.2f}" for k, v in row["cpu_share"].items()), flush=True)
     record["load_after"] = os.getloadavg()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(record, indent=2) + "\n")
-    rows = {(r["model"], r["server"], r["concurrency"]): r for r in record["rows"]}
+    rows = {(r["model"], r["server"], r["concurrency"], r["round"]): r for r in record["rows"]}
     print(f"\nload average {load_before[0]:.2f} before, {record['load_after'][0]:.2f} after; {os.cpu_count()} cores")
     for name in a.models.split(","):
         for c in levels:
-            t = rows.get((name, "transformers", c))
             for kind in dict.fromkeys(r["server"] for r in record["rows"] if r["server"].startswith("hwlm")):
-                h = rows.get((name, kind, c))
-                if h and t:
-                    print(f"{name} c={c}: {kind}/transformers {h['tokens_per_s'] / t['tokens_per_s']:.2f}x")
-        h1, h32 = rows.get((name, "hwlm", levels[0])), rows.get((name, "hwlm", levels[-1]))
+                ratios = [h["tokens_per_s"] / t["tokens_per_s"] for rnd in range(a.rounds)
+                          if (h := rows.get((name, kind, c, rnd))) and (t := rows.get((name, "transformers", c, rnd)))]
+                if ratios:  # each round's ratio is of two servers run minutes apart; the median of the rounds
+                    each = f" (rounds: {', '.join(f'{x:.2f}x' for x in ratios)})" if len(ratios) > 1 else ""
+                    print(f"{name} c={c}: {kind}/transformers {statistics.median(ratios):.2f}x{each}")
+        h1, h32 = rows.get((name, "hwlm", levels[0], 0)), rows.get((name, "hwlm", levels[-1], 0))
         if h1 and h32:
             print(f"{name}: hwlm at {levels[-1]} clients / at {levels[0]}: {h32['tokens_per_s'] / h1['tokens_per_s']:.2f}x")
     print("\n" + markdown(record, levels))
