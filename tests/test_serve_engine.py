@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from hwlm.model import KVCache, ModelConfig, Transformer, generate
+from hwlm.model import ModelConfig, Transformer, generate
 from hwlm.serve.engine import EngineConfig, LLMEngine, SamplingParams, Sequence
 from hwlm.serve.engine.model_runner import ModelRunner
 from hwlm.serve.engine.sequence import TextStream
@@ -262,34 +262,6 @@ def test_bf16_packed_rows_match_the_fp32_forward_and_do_not_depend_on_the_batch(
         one = alone.decode([20], [s], [len(prompts[s])]).float()[0]
         torch.testing.assert_close(one, batch[row], atol=2e-2, rtol=2e-2)
         assert int(one.argmax()) == int(batch[row].argmax())
-
-
-@pytest.mark.parametrize("flavour", ["debug", "llama-debug"])
-def test_fp32_packed_rows_match_the_forward_and_do_not_depend_on_the_batch(flavour: str) -> None:
-    """In fp32 a step of several rows runs on packed oneDNN weights: each row equals the full forward to
-    fp32 round-off and its own logits when stepped in a batch of another size, exactly; a lone row keeps
-    the module path (decode_step), so it is generate's numbers exactly."""
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.from_name(flavour, vocab_size=300)).eval()
-    runner = ModelRunner(model, num_slots=6)
-    if not runner.packed:
-        pytest.skip("no oneDNN in this torch build: nothing is prepacked")
-    assert all(w.dtype == torch.float32 for w in runner.packed.values())
-    prompts = {0: [5, 9, 17], 2: [3], 3: [8, 8, 2, 30, 41, 7, 6]}
-    for slot, ids in prompts.items():
-        runner.prefill(ids, slot, 0)
-    slots = sorted(prompts)
-    batch = runner.decode([20] * 3, slots, [len(prompts[s]) for s in slots])
-    pair = runner.decode([20] * 2, slots[1:], [len(prompts[s]) for s in slots[1:]])  # the same positions again
-    assert torch.equal(pair, batch[1:])  # a row's packed outputs do not depend on the rows beside it
-    with torch.inference_mode():
-        for row, s in enumerate(slots):
-            full, _ = model(torch.tensor([prompts[s] + [20]]))
-            torch.testing.assert_close(batch[row], full[0, -1], atol=1e-5, rtol=1e-5)
-            cache = KVCache(model.cfg, 1)
-            model(torch.tensor([prompts[s]]), cache=cache)
-            alone = runner.decode([20], [s], [len(prompts[s])])[0]  # the lone row: decode_step's numbers
-            assert torch.equal(alone, model.decode_step(20, cache, len(prompts[s])))
 
 
 def test_engine_threads_default_to_every_core(monkeypatch) -> None:

@@ -16,9 +16,7 @@ Two cases keep exactly ``hwlm generate``'s numbers: one decoding row takes
 cache (the model's own bottom-right causal mask for a chunk that starts past 0). In bf16 on the CPU
 (``prepack_linears``) every step is the packed one, a lone row too: its linears run on weights
 packed once for oneDNN, and the cache and attention are fp32, about 1.7x faster than the module path at 1 and
-8 rows on ``mid`` (docs/benchmarks.md, "Where the time went"). In fp32 a step of several rows runs on
-packed weights too (oneDNN instead of MKL's sgemm, which streams a few rows' weights at a fraction of
-the memory's speed), and a lone row keeps the module path and generate's numbers.
+8 rows on ``mid`` (docs/benchmarks.md, "Where the time went").
 """
 
 from __future__ import annotations
@@ -79,8 +77,7 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, rows: list[Row]) -> torch.Tensor:
         """Logits (R, V) of each row's last token, after writing every row's tokens into its slot."""
-        # One row alone: the module path, generate's own numbers, except in bf16, where the packed step is faster
-        if len(rows) == 1 and (not self.packed or self.dtype != torch.bfloat16):
+        if len(rows) == 1 and not self.packed:  # bf16 with packed weights: the packed step is faster, even alone
             tokens, slot, start = rows[0]
             if len(tokens) == 1:
                 return self.model.decode_step(tokens[0], self.views[slot], start, self.state).view(1, -1)
@@ -154,27 +151,20 @@ class ModelRunner:
 
 
 def prepack_linears(model: nn.Module, batch_hint: int) -> dict[nn.Module, torch.Tensor]:
-    """Each plain bf16 or fp32 ``nn.Linear``'s weight reordered once into oneDNN's blocked layout, by module.
+    """Each plain bf16 ``nn.Linear``'s weight reordered once into oneDNN's blocked layout, by module.
 
-    Why, bf16: on the CPU ``F.linear`` in bf16 goes through oneDNN and reorders the whole weight on every
+    Why: on the CPU ``F.linear`` in bf16 goes through oneDNN and reorders the whole weight on every
     call; for the 50,304 x 384 output layer of ``mid`` at 8 rows that is 4.5-6 ms of a 12 ms step,
     against 1.4-2.8 ms with the weight packed once (what inductor's CPU freezing does with
-    ``mkldnn._reorder_linear_weight``; the same oneDNN kernel, so the same numbers: tested).
-    Why, fp32: ``F.linear`` is MKL's sgemm, which at a few rows streams the weight at 4-9 GB/s on the
-    2-core EPYC (the same output layer at 8 rows: 17.6 ms), against 20-24 GB/s for oneDNN on the packed
-    weight (3.2 ms), 2.5-5x on every shape of ``mid`` at 8 rows (docs/benchmarks.md, serving, session 8).
-    Its sums run in another order than sgemm's (outputs within 1e-6 relative), so the runner keeps a
-    lone fp32 row on the module path, whose numbers are ``hwlm generate``'s; a row's packed outputs do
-    not depend on how many rows share the step (tested). The price is a second copy of the weights.
-    Quantized and tensor-subclass weights are left alone. ``batch_hint`` is the row count the layout is
-    tuned for; any count works.
+    ``mkldnn._reorder_linear_weight``; the same oneDNN kernel, so the same numbers: tested). fp32
+    weights (MKL's sgemm, which reads them as they are), quantized and tensor-subclass weights are
+    left alone. ``batch_hint`` is the row count the layout is tuned for; any count works.
     """
-    if not torch.backends.mkldnn.is_available():
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return {}
-    dtypes = {torch.float32} | ({torch.bfloat16} if torch.ops.mkldnn._is_mkldnn_bf16_supported() else set())
     packed = {}
     for module in model.modules():
-        if type(module) is nn.Linear and type(module.weight) is nn.Parameter and module.weight.dtype in dtypes:
+        if type(module) is nn.Linear and type(module.weight) is nn.Parameter and module.weight.dtype == torch.bfloat16:
             packed[module] = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), batch_hint)
     return packed
 
