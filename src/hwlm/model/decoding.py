@@ -272,13 +272,13 @@ def greedy_ahead(dec: StaticDecoder, ids: list[int], max_new_tokens: int, eos_id
     pos = torch.tensor([len(ids)], device=dev)
     for i in range(max_new_tokens):
         host[i:i + 1].copy_(tok, non_blocking=cuda)
-        done = torch.cuda.Event() if cuda else None
-        if done is not None:
-            done.record()
+        copied = torch.cuda.Event() if cuda else None
+        if copied is not None:
+            copied.record()
         if i < max_new_tokens - 1:  # queue the next step behind the copy before waiting for it
             tok, pos = dec.step(tok, pos).argmax(-1), pos + 1
-        if done is not None:
-            done.synchronize()
+        if copied is not None:
+            copied.synchronize()  # the copy alone: the step queued behind it keeps running
         token = int(host[i])
         yield token
         if token == eos_id:

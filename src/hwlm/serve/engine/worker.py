@@ -178,11 +178,8 @@ def lone_threads(asked: int) -> int:
     A step of one row while nothing waits may run on these (``LLMEngine.step_threads``); the HTTP process
     then needs only a small part of a core. For 0, where this differs from the batch threads (an explicit
     ``--engine-threads``), the engine also times lone steps at both and keeps the faster
-    (``hwlm.serve.engine.threads.LoneThreads``)."""
-    if asked > 0:
-        return asked
-    cores, cap = _cores()
-    return max(1, min(cores, cap))
+    (``hwlm.serve.engine.threads.LoneThreads``). The same count as :func:`engine_threads`'s default."""
+    return engine_threads(asked)
 
 
 def _cores() -> tuple[int, int]:
