@@ -2,7 +2,8 @@
 
 1. **Speed** (``gpt2-124m`` shape, random weights, seed 0): batch-1 greedy decode, prompt 16, ``--new``
    tokens, ``--threads`` threads, against Hugging Face ``GPT2LMHeadModel.generate`` (fp32, KV cache) on
-   the *same* weights in the same run, rounds interleaved, median. Rows: hwlm fp32, int8 ``w8a8`` /
+   the *same* weights in the same run, rounds interleaved, median. Rows: hwlm fp32 (on weights packed
+   for oneDNN, as ``hwlm generate`` runs it on a CPU), hwlm fp32 gemv (unpacked), int8 ``w8a8`` /
    ``w8a16``, int4 ``w4a16`` (group 128), eager and (``--compile``) through the compiled fixed-shape
    decode step. Each row also gives the CPU time per token of this process (``time.process_time``):
    on a machine shared with other jobs wall time swings with their load, CPU time much less.
@@ -56,6 +57,7 @@ from train_speed import cpu_model  # noqa: E402
 from hwlm.compress import CompressConfig, compress, quantize_model, render_table  # noqa: E402
 from hwlm.compress.table import _decode, model_bytes  # noqa: E402
 from hwlm.model import ModelConfig, Transformer, generate  # noqa: E402
+from hwlm.model.packing import pack_linears  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -134,7 +136,9 @@ def speed(threads: int, new: int, rounds: int, use_compile: bool, batches: list[
     base = Transformer(ModelConfig.from_name("gpt2-124m")).eval()
     hf = hf_twin(base)
     prompt = list(range(16))
-    forms: dict[str, tuple[torch.nn.Module, bool]] = {"hwlm fp32": (base, False)}
+    packed = copy.deepcopy(base)  # what hwlm generate runs on a CPU: weights packed for oneDNN
+    pack_linears(packed)
+    forms: dict[str, tuple[torch.nn.Module, bool]] = {"hwlm fp32": (packed, False), "hwlm fp32 gemv": (base, False)}
     if use_compile:
         forms["hwlm fp32 compiled"] = (base, True)  # the Linears as fused row reductions (decoding.row_linear)
     for precision in precisions:

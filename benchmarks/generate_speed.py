@@ -3,7 +3,9 @@
 1. ``tiny`` (4L/4H/128): tokens/s of hwlm's KV-cache loop and of HF ``GPT2LMHeadModel.generate``
    (``use_cache=True``, greedy), with the *same weights* (copied through hwlm's HF export
    mapping), so the two must emit the same tokens, which is checked.
-2. ``gpt2-124m``: hwlm's decode tokens/s and the memory bandwidth it achieves: bytes of weights
+2. ``gpt2-124m``: hwlm's decode tokens/s (``hwlm``: the plain gemv path of ``hwlm.model.generate``;
+   ``packed``: the same on weights packed for oneDNN, :mod:`hwlm.model.packing`, what ``hwlm generate``
+   runs on a CPU) and the memory bandwidth it achieves: bytes of weights
    read per token (every parameter once, float32) x tokens/s, as a fraction of the copy
    bandwidth measured here (a 512 MB tensor copy, bytes read + written, the best of three) and of a
    read-only stream (``sum`` of 512 MB): a decode step only reads its weights, so it can pass 100% of
@@ -135,8 +137,16 @@ def bench_pair(model: Transformer, hf: torch.nn.Module | None, prompt: list[int]
 
 def extras(model: Transformer, prompt: list[int], new: int, onnx: bool, compile: bool,
            tmp: str) -> dict[str, Callable[[], list[int]]]:
-    """The other decoders of the same weights: onnxruntime (fp32) and hwlm's compiled static step."""
-    fns: dict[str, Callable[[], list[int]]] = {}
+    """The other decoders of the same weights: hwlm on weights packed for oneDNN (what ``hwlm generate`` runs on
+    a CPU, :mod:`hwlm.model.packing`), onnxruntime (fp32) and hwlm's compiled static step."""
+    import copy
+
+    from hwlm.model.packing import pack_linears
+
+    packed = copy.deepcopy(model)  # a copy: the "hwlm" row stays the plain (gemv) path
+    pack_linears(packed)
+    fns: dict[str, Callable[[], list[int]]] = {
+        "packed": lambda: list(generate(packed, prompt, new, temperature=0))}
     if onnx:
         from hwlm.export.onnx import OnnxModel, export_onnx
 
@@ -321,7 +331,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="hwlm-genbench-")
     tiny_extra = extras(tiny, prompt, args.new_tokens, args.onnx, args.compile, tmp)
     big_extra = extras(big, big_prompt, args.new_tokens, args.onnx, args.compile, tmp) if big is not None else {}
-    names = [n for n in ("onnx", "compiled") if n in tiny_extra]
+    names = [n for n in ("packed", "onnx", "compiled") if n in tiny_extra]
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         for fn_set in (tiny_extra, big_extra):  # onnxruntime sessions take the thread count at creation

@@ -19,6 +19,7 @@ the packed step at 8 rows and alone), at 1 and 2 threads.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import pickle
 import random
@@ -34,6 +35,7 @@ def kernels(run: Path, threads: int) -> None:
     import torch
     import torch.nn.functional as F
 
+    from hwlm.model.packing import packed_weight, unpack_linears
     from hwlm.serve.engine.model_runner import ModelRunner
     from hwlm.train.load import load_model
 
@@ -53,7 +55,7 @@ def kernels(run: Path, threads: int) -> None:
     packed = ModelRunner(model, 32)
     with torch.inference_mode():
         for name, layer in (("output layer", model.lm_head), ("c_fc", model.h[0].mlp.c_fc)):
-            w = packed.packed[layer]
+            w = packed_weight(layer)
             xin = torch.randn(8, layer.in_features, dtype=torch.bfloat16)
             plain = ms(lambda: F.linear(xin, layer.weight, layer.bias))
             pre = ms(lambda: torch.ops.mkldnn._linear_pointwise(xin, w, layer.bias, "none", [], ""))
@@ -69,8 +71,9 @@ def kernels(run: Path, threads: int) -> None:
         print(f"  greedy over 8 x {model.cfg.vocab_size} bf16: argmax {ms(lambda: logits.argmax(-1)):.3f} ms, "
               f"float().argmax {ms(lambda: logits.float().argmax(-1)):.3f} ms, max().indices "
               f"{ms(lambda: logits.max(-1).indices):.3f} ms")
-        old = ModelRunner(model, 32)  # the module path with a bf16 cache, as before this session
-        old.packed, old.kv_dtype = {}, torch.bfloat16
+        old = ModelRunner(copy.deepcopy(model), 32)  # the module path with a bf16 cache, as before session 5
+        unpack_linears(old.model)
+        old.packed, old.kv_dtype, old.state = 0, torch.bfloat16, old.model.decode_state()
         from hwlm.model import KVCache
 
         old.cache = KVCache(model.cfg, batch_size=32, dtype=torch.bfloat16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from hwlm.bench import workloads
 from hwlm.bench.records import load_record, make_record, write_record
@@ -74,6 +75,8 @@ def test_infer_grid_record():
                            repeats=2, energy="estimate", tdp_w=10)
     rec = run_infer_bench(cfg)
     assert [(s["batch"], s["prompt_len"]) for s in rec["samples"]] == [(1, 4), (1, 8), (2, 4), (2, 8)]
+    # the linears run packed for oneDNN, as in hwlm generate and serve (debug: 4 per block and the output layer)
+    assert rec["config"]["packed_layers"] == (4 * 2 + 1 if torch.backends.mkldnn.is_available() else 0)
     cell = rec["samples"][0]
     assert len(cell["ttft_seconds"]) == 2 and len(cell["tpot_seconds"]) == 2 * 2  # repeats x (new_tokens - 1)
     s = rec["summary"]

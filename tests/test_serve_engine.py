@@ -7,7 +7,8 @@ import threading
 import pytest
 import torch
 
-from hwlm.model import ModelConfig, Transformer, generate
+from hwlm.model import KVCache, ModelConfig, Transformer, generate
+from hwlm.model.packing import packed_weight, unpack_linears
 from hwlm.serve.engine import EngineConfig, LLMEngine, SamplingParams, Sequence
 from hwlm.serve.engine.model_runner import ModelRunner
 from hwlm.serve.engine.sequence import TextStream
@@ -234,10 +235,42 @@ def test_prepacked_bf16_linears_give_the_module_path_numbers(flavour: str) -> No
     model, runner = _bf16_packed_runner(flavour, 4)
     rows = [([5, 9, 17], 0, 0), ([3], 1, 0), ([8, 2, 30, 41], 3, 0)]
     packed = runner.step(rows)
-    runner.packed = {}
+    unpack_linears(model)
     with torch.inference_mode():
         unpacked = runner._packed(rows)  # the same step, each linear through the module (F.linear)
     assert torch.equal(packed, unpacked)
+
+
+@pytest.mark.parametrize("flavour", ["debug", "llama-debug"])
+def test_fp32_packed_rows_match_the_forward_and_do_not_depend_on_the_batch(flavour: str) -> None:
+    """In fp32 the runner packs too: a row of a batch equals the full unpacked forward to fp32 round-off and
+    its own logits in a batch of another size exactly; a lone row is ``decode_step`` on the packed model,
+    what ``hwlm generate`` (which packs) computes, exactly."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name(flavour, vocab_size=300)).eval()
+    with torch.inference_mode():
+        plain = {s: model(torch.tensor([ids + [20]]))[0][0, -1] for s, ids in PROMPTS.items()}
+    runner = ModelRunner(model, num_slots=6)
+    if not runner.packed:
+        pytest.skip("no oneDNN in this torch build: nothing is packed")
+    assert packed_weight(model.lm_head) is not None and runner.kv_dtype == torch.float32
+    for slot, ids in PROMPTS.items():
+        runner.prefill(ids, slot, 0)
+    slots = sorted(PROMPTS)
+    batch = runner.decode([20] * 3, slots, [len(PROMPTS[s]) for s in slots])
+    pair = runner.decode([20] * 2, slots[1:], [len(PROMPTS[s]) for s in slots[1:]])  # the same positions again
+    assert torch.equal(pair, batch[1:])  # a row's packed outputs do not depend on the rows beside it
+    with torch.inference_mode():
+        for row, s in enumerate(slots):
+            torch.testing.assert_close(batch[row], plain[s], atol=1e-5, rtol=1e-5)
+            cache = KVCache(model.cfg, 1)
+            model(torch.tensor([PROMPTS[s]]), cache=cache)
+            alone = runner.decode([20], [s], [len(PROMPTS[s])])[0]  # the lone row: decode_step's numbers
+            assert torch.equal(alone, model.decode_step(20, cache, len(PROMPTS[s])))
+            torch.testing.assert_close(alone, batch[row], atol=1e-5, rtol=1e-5)
+
+
+PROMPTS = {0: [5, 9, 17], 2: [3], 3: [8, 8, 2, 30, 41, 7, 6]}
 
 
 @pytest.mark.parametrize("flavour", ["debug", "llama-debug"])

@@ -54,6 +54,7 @@ def run_infer_bench(cfg: InferBenchConfig) -> dict[str, Any]:
     import torch
 
     from hwlm.device import select_device
+    from hwlm.model.packing import pack_linears
     choice = select_device(cfg.device)
     device, kind = choice.device, choice.type
     check_common(kind, cfg.precision, "infer")
@@ -73,9 +74,12 @@ def run_infer_bench(cfg: InferBenchConfig) -> dict[str, Any]:
         mcfg, model = build_model(cfg.model, device, max_len, cfg.seed, cfg.vocab_size)
         model, fmt = model.to(torch_dtype(cfg.precision)).eval(), {"precision": cfg.precision}
     onnx_model = _onnx_backend(model, cfg, kind) if cfg.backend != "torch" else None
+    # On a CPU the linears run on weights packed once for oneDNN, as in hwlm generate and hwlm serve, so the
+    # calibration learnt from this record describes them (hwlm.model.packing); elsewhere nothing is packed.
+    packed_layers = pack_linears(model) if onnx_model is None else 0
     params = param_count(mcfg.to_arch()).total  # the planner's count: quantized weights are buffers, not parameters
     config = {**asdict(cfg), "device": device, "device_reason": choice.reason, "block_size": mcfg.block_size,
-              "precision": fmt["precision"], "kv_dtype": cfg.precision}
+              "precision": fmt["precision"], "kv_dtype": cfg.precision, "packed_layers": packed_layers}
     if cfg.run is not None:
         config.update(model=_run_model_name(model, cfg.run), format=fmt, model_config=_config_dict(mcfg))
     # a decode step reads every weight once (in its stored format) and the whole KV cache of every sequence

@@ -308,6 +308,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if under_torchrun():
         return _tp_worker(args)
     loaded = load_model(args.run, "cpu" if args.backend == "onnx" else select_device(args.device).device, _key(args))
+    if args.backend == "torch" and not args.compile:  # a compiled step reads the plain weights
+        from hwlm.model.packing import pack_linears
+
+        pack_linears(loaded.model)  # on a CPU, oneDNN on packed weights, as serve and bench infer (else nothing)
     tokens, after = _token_source(args, loaded)
     _stream(args, loaded, tokens, show=True)
     if after is not None:
@@ -385,7 +389,10 @@ def _speculative_source(args: argparse.Namespace, loaded: Any, sample: tuple) ->
     from hwlm.model.speculative import SpecStats, check_draft, speculative_generate
     from hwlm.train.load import load_model
 
+    from hwlm.model.packing import pack_linears
+
     draft = load_model(args.draft, next(loaded.model.parameters()).device, _key(args))
+    pack_linears(draft.model)  # as the target (see generate)
     check_draft(loaded.model, draft.model, loaded.tokenizer.get_vocab(), draft.tokenizer.get_vocab(),
                 f"draft {args.draft}")
     stats, start = SpecStats(), time.perf_counter()

@@ -4,9 +4,10 @@ One row per model, each measured here and now, never assumed:
 
 * ``ppl`` on validation windows of the run's data and its change against the original, and the
   mean KL(original || compressed) per token on the same windows;
-* ``size_mb``: ``model.safetensors`` on disk; ``memory_mb``: bytes of the model's tensors plus a
-  batch-1 KV cache of the full context (computed from the tensors, not a process-wide RSS, which
-  would mix every row of the table);
+* ``size_mb``: ``model.safetensors`` on disk; ``memory_mb``: bytes of the model's tensors (and of their
+  copies packed for oneDNN, :mod:`hwlm.model.packing`: an fp32 model on a CPU runs packed, as
+  ``hwlm generate`` runs it) plus a batch-1 KV cache of the full context (computed from the tensors,
+  not a process-wide RSS, which would mix every row of the table);
 * decode tokens/s at each batch size (prompt of 16, ``steps`` greedy-shaped steps through the KV
   cache, after one warm-up step), TTFT (batch-1 prefill of the prompt to the first token's logits);
 * energy per token of batch-1 decoding, from an energy meter the caller passes in (``hwlm.bench``'s
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwlm.model.packing import pack_linears, packed_bytes
 from hwlm.model.transformer import KVCache
 
 __all__ = ["quality", "decode_seconds_per_token", "measure_row", "render_table", "model_bytes"]
@@ -106,12 +108,13 @@ def measure_row(name: str, model: nn.Module, *, weights_file: Path | None, quali
     """One row of the table for ``model`` (quality measured by the caller, see :func:`quality`)."""
     cfg = model.cfg
     device = model.wte.weight.device
+    pack_linears(model)  # timed as hwlm generate / bench infer / serve run it: fp32 on a CPU packed (else nothing)
     kv = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * cfg.block_size * model.wte.weight.element_size()
     row: dict[str, Any] = {
         "name": name, "ppl": quality_row["ppl"], "kl": quality_row["kl"],
         "ppl_delta_pct": None if baseline_ppl is None else 100.0 * (quality_row["ppl"] / baseline_ppl - 1.0),
         "size_mb": None if weights_file is None else weights_file.stat().st_size / 1e6,
-        "memory_mb": (model_bytes(model) + kv) / 1e6,
+        "memory_mb": (model_bytes(model) + packed_bytes(model) + kv) / 1e6,
     }
     prefill, _ = _decode(model, 1, 1, 16)  # first call pays one-time costs (kernel packing, allocations)
     prefill, _ = _decode(model, 1, 1, 16)

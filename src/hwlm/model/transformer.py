@@ -38,6 +38,7 @@ from torch import nn
 
 from hwlm.formulas import loss_chunk_rows
 from hwlm.model.config import ModelConfig
+from hwlm.model.packing import packed_weight
 
 __all__ = ["Transformer", "KVCache"]
 
@@ -184,7 +185,10 @@ def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
 
 
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)``, except that a single row (batch-1 decoding) goes through matrix-vector kernels.
+    """``layer(x)``, except on packed weights (CPU inference) and for a single row (matrix-vector kernels).
+
+    Without a gradient, a layer packed by :func:`hwlm.model.packing.pack_linears` runs oneDNN on its
+    packed weight, at any row count (2-3x MKL's gemv and sgemm at 1-8 rows on the EPYC; see there).
 
     With one row, gemm (``F.linear``) was measured 1.2-1.6x slower than gemv (``addmv``) on one
     core (gpt2-124m's q/k/v: 474 vs 301 us): decoding is bound by reading the weights, and gemv
@@ -192,8 +196,13 @@ def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     and so is autocast, which casts for ``linear`` but not for ``addmv``, and so is a weight held in a
     tensor subclass (torchao's quantized weights implement ``linear``, not ``mv``).
     """
-    if (x.numel() != x.size(-1) or x.dtype != layer.weight.dtype or torch.is_autocast_enabled(x.device.type)
-            or type(layer.weight) not in (nn.Parameter, torch.Tensor)):
+    if x.dtype != layer.weight.dtype or torch.is_autocast_enabled(x.device.type):
+        return layer(x)
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        packed = packed_weight(layer)
+        if packed is not None:  # CPU inference on weights packed once for oneDNN (hwlm.model.packing)
+            return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
+    if x.numel() != x.size(-1) or type(layer.weight) not in (nn.Parameter, torch.Tensor):
         return layer(x)
     row = x.reshape(-1)
     y = torch.mv(layer.weight, row) if layer.bias is None else torch.addmv(layer.bias, layer.weight, row)
@@ -417,7 +426,7 @@ class Transformer(nn.Module):
         separate k and v cache writes were half of it (benchmarks/generate_speed.py).
         """
         H, K, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
-        layers, ln_f = state or self.decode_state()
+        layers, ln_f, head = state or self.decode_state()
         if isinstance(token, int):
             x = self.wte.weight[token]  # (C,), a view of the weight: never written in place
         else:  # a (1, 1) tensor, read on its device (no host sync)
@@ -427,13 +436,10 @@ class Transformer(nn.Module):
             rope = None
         else:
             rope = (self.rope_cos[pos], self.rope_sin[pos])  # (D,) each
-        for (ln_1, qkv_w, qkv_b, qkv, q, new_kv, qk, c_proj, ln_2, c_fc, mlp_proj, gated), kv, k, v in zip(
+        for (ln_1, c_attn, q, new_kv, qk, c_proj, ln_2, c_fc, mlp_proj, gated), kv, k, v in zip(
                 layers, cache.kv, cache.k, cache.v):
-            # q, new_kv, qk: fixed views of this layer's reused qkv buffer, so no per-step slicing.
-            if qkv_b is None:
-                torch.mv(qkv_w, ln_1(x), out=qkv)
-            else:
-                torch.addmv(qkv_b, qkv_w, ln_1(x), out=qkv)
+            # q, new_kv, qk: fixed views of this layer's reused qkv buffer (c_attn writes it), so no per-step slicing.
+            c_attn(ln_1(x))
             if rope is not None:
                 qk_rot = apply_rope(qk, *rope)  # (H + K, D)
                 k.select(2, pos).copy_(qk_rot[H:].view(1, K, D))
@@ -452,35 +458,42 @@ class Transformer(nn.Module):
             else:
                 h = F.gelu(h, approximate="tanh")
             x = mlp_proj(h).add_(x)
-        return self.lm_head.weight.mv(ln_f(x))
+        return head(ln_f(x))
 
     def decode_state(self) -> DecodeState:
         """What ``decode_step`` reads per layer (weights bound as functions, a reused qkv buffer), built once.
 
-        Holds the current parameter tensors: build it again after replacing a parameter object
-        (in-place updates, ``load_state_dict`` and ``to()`` are seen). One state per concurrent
-        decoding loop (the qkv buffers are reused).
+        Holds the current parameter tensors, and the packed copies of packed layers
+        (:mod:`hwlm.model.packing`) as they are now: build it again after replacing a parameter object
+        or packing (in-place updates, ``load_state_dict`` and ``to()`` are seen on unpacked layers). One
+        state per concurrent decoding loop (the qkv buffers are reused).
         """
         H, K, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         layers = []
         for b in self.h:
             w = b.attn.c_attn.weight
             qkv = torch.empty(w.size(0), dtype=w.dtype, device=w.device)
-            layers.append((_vec_norm(b.ln_1), w, b.attn.c_attn.bias, qkv, qkv[:H * D].view(1, H, 1, D),
+            layers.append((_vec_norm(b.ln_1), _vec_linear(b.attn.c_attn, out=qkv), qkv[:H * D].view(1, H, 1, D),
                            qkv[H * D:].view(2, 1, K, D), qkv[:(H + K) * D].view(H + K, D),
                            _vec_linear(b.attn.c_proj), _vec_norm(b.ln_2), _vec_linear(b.mlp.c_fc),
                            _vec_linear(b.mlp.c_proj), b.mlp.gated))
-        return layers, _vec_norm(self.ln_f)
+        return layers, _vec_norm(self.ln_f), _vec_linear(self.lm_head)
 
 
 VecFn = Callable[[torch.Tensor], torch.Tensor]
-DecodeState = tuple[list[tuple], VecFn]
+DecodeState = tuple[list[tuple], VecFn, VecFn]
 
 
-def _vec_linear(layer: nn.Linear) -> VecFn:
-    """``layer`` for one vector (C,), as gemv (see ``linear``)."""
-    w, b = layer.weight, layer.bias
-    return partial(torch.mv, w) if b is None else partial(torch.addmv, b, w)
+def _vec_linear(layer: nn.Linear, out: torch.Tensor | None = None) -> VecFn:
+    """``layer`` for one vector (C,), as gemv (see ``linear``), or oneDNN on its packed weight; into ``out``."""
+    w, b, packed = layer.weight, layer.bias, packed_weight(layer)
+    if packed is not None:
+        def run(x: torch.Tensor) -> torch.Tensor:
+            y = torch.ops.mkldnn._linear_pointwise(x.view(1, -1), packed, b, "none", [], "").view(-1)
+            return y if out is None else out.copy_(y)
+        return run
+    kw = {} if out is None else {"out": out}
+    return partial(torch.mv, w, **kw) if b is None else partial(torch.addmv, b, w, **kw)
 
 
 def _vec_norm(norm: nn.Module) -> VecFn:

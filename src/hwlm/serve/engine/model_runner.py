@@ -13,19 +13,21 @@ The logits come back for the last token of each row only.
 
 Two cases keep exactly ``hwlm generate``'s numbers: one decoding row takes
 ``Transformer.decode_step``, and one prefill row ``Transformer.forward`` on a one-slot view of the
-cache (the model's own bottom-right causal mask for a chunk that starts past 0). In bf16 on the CPU
-(``prepack_linears``) every step is the packed one, a lone row too: its linears run on weights
-packed once for oneDNN, and the cache and attention are fp32, about 1.7x faster than the module path at 1 and
-8 rows on ``mid`` (docs/benchmarks.md, "Where the time went").
+cache (the model's own bottom-right causal mask for a chunk that starts past 0). On the CPU the runner
+packs the model's linear weights once for oneDNN (:mod:`hwlm.model.packing`, as ``hwlm generate`` and
+``hwlm bench infer`` do, so the three run the same kernels and the planner's calibration describes the
+engine): in fp32 2-3x MKL's gemv and sgemm at 1-8 rows. In bf16 every step is the packed one, a lone row
+too, with the cache and attention in fp32, about 1.7x faster than the module path at 1 and 8 rows on
+``mid`` (docs/benchmarks.md, "Where the time went").
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from hwlm.model import KVCache, Transformer
+from hwlm.model.packing import pack_linears
 from hwlm.model.transformer import apply_rope, linear, mlp_activation
 
 __all__ = ["ModelRunner", "Row"]
@@ -42,12 +44,12 @@ class ModelRunner:
         self.device, self.dtype = param.device, param.dtype
         self.num_slots, self.max_len = num_slots, self.cfg.block_size
         self.context, self.vocab_size = self.cfg.block_size, self.cfg.vocab_size
-        self.packed = prepack_linears(model, num_slots) if self.device.type == "cpu" else {}
+        self.packed = pack_linears(model) if self.device.type == "cpu" else 0  # how many layers
         # With packed bf16 weights every step is the packed one (a lone row too), and k/v stay in fp32: CPU
         # SDPA in bf16 takes about 5x its fp32 time at these sizes (0.39 against 0.07 ms for 8 rows x 80 keys
         # on the EPYC), and an fp32 cache spares casting every layer's keys and values every step (for twice
         # the bytes: 75 MB for mid's 32 slots, against 38).
-        self.kv_dtype = torch.float32 if self.packed else self.dtype
+        self.kv_dtype = torch.float32 if self.packed and self.dtype == torch.bfloat16 else self.dtype
         with torch.inference_mode():
             self.cache = KVCache(self.cfg, batch_size=num_slots, device=self.device, dtype=self.kv_dtype)
             self.state = model.decode_state()  # for decode_step at batch 1, built once
@@ -77,7 +79,7 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, rows: list[Row]) -> torch.Tensor:
         """Logits (R, V) of each row's last token, after writing every row's tokens into its slot."""
-        if len(rows) == 1 and not self.packed:  # bf16 with packed weights: the packed step is faster, even alone
+        if len(rows) == 1 and self.kv_dtype == self.dtype:  # not bf16 on an fp32 cache: the packed step for that
             tokens, slot, start = rows[0]
             if len(tokens) == 1:
                 return self.model.decode_step(tokens[0], self.views[slot], start, self.state).view(1, -1)
@@ -87,7 +89,7 @@ class ModelRunner:
         return self._packed(rows)
 
     def _packed(self, rows: list[Row]) -> torch.Tensor:
-        m, cfg, dev, lin = self.model, self.cfg, self.device, self._linear
+        m, cfg, dev = self.model, self.cfg, self.device
         H, K, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         R, T = len(rows), max(len(t) for t, _, _ in rows)
         lens = [len(t) for t, _, _ in rows]
@@ -116,7 +118,7 @@ class ModelRunner:
             rope = (m.rope_cos[pos].view(N, 1, D), m.rope_sin[pos].view(N, 1, D))  # (N, 1, D)
         for layer, block in enumerate(m.h):
             attn = block.attn
-            qkv = lin(attn.c_attn, block.ln_1(x)).view(N, H + 2 * K, D)
+            qkv = linear(block.ln_1(x), attn.c_attn).view(N, H + 2 * K, D)
             q, kv = qkv[:, :H], qkv[:, H:].view(N, 2, K, D)  # (N, H, D); k and v (N, 2, K, D)
             if rope is not None:
                 q, kv = apply_rope(q, *rope), torch.stack((apply_rope(kv[:, 0], *rope), kv[:, 1]), 1)
@@ -137,34 +139,7 @@ class ModelRunner:
             y = F.scaled_dot_product_attention(qp.to(keys.dtype), keys, values, attn_mask=mask,
                                                enable_gqa=K != H).to(x.dtype)  # (R, H, T, D)
             y = y.reshape(R, H * D) if T == 1 else y.transpose(1, 2)[row_of, t_of].reshape(N, H * D)
-            x = x + lin(attn.c_proj, y)
-            x = x + lin(block.mlp.c_proj, mlp_activation(lin(block.mlp.c_fc, block.ln_2(x)), block.mlp.gated))
+            x = x + linear(y, attn.c_proj)
+            x = x + linear(mlp_activation(linear(block.ln_2(x), block.mlp.c_fc), block.mlp.gated), block.mlp.c_proj)
         last = torch.tensor(lens, device=dev).cumsum(0) - 1  # (R,) each row's last token in the packing
-        return lin(m.lm_head, m.ln_f(x[last]))  # (R, V)
-
-    def _linear(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``layer(x)`` for packed tokens (N, C_in), through its prepacked oneDNN weight where there is one."""
-        w = self.packed.get(layer)
-        if w is None:
-            return linear(x, layer)
-        return torch.ops.mkldnn._linear_pointwise(x, w, layer.bias, "none", [], "")
-
-
-def prepack_linears(model: nn.Module, batch_hint: int) -> dict[nn.Module, torch.Tensor]:
-    """Each plain bf16 ``nn.Linear``'s weight reordered once into oneDNN's blocked layout, by module.
-
-    Why: on the CPU ``F.linear`` in bf16 goes through oneDNN and reorders the whole weight on every
-    call; for the 50,304 x 384 output layer of ``mid`` at 8 rows that is 4.5-6 ms of a 12 ms step,
-    against 1.4-2.8 ms with the weight packed once (what inductor's CPU freezing does with
-    ``mkldnn._reorder_linear_weight``; the same oneDNN kernel, so the same numbers: tested). fp32
-    weights (MKL's sgemm, which reads them as they are), quantized and tensor-subclass weights are
-    left alone. ``batch_hint`` is the row count the layout is tuned for; any count works.
-    """
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        return {}
-    packed = {}
-    for module in model.modules():
-        if type(module) is nn.Linear and type(module.weight) is nn.Parameter and module.weight.dtype == torch.bfloat16:
-            packed[module] = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), batch_hint)
-    return packed
-
+        return linear(m.ln_f(x[last]), m.lm_head)  # (R, V)
