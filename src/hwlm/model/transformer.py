@@ -244,7 +244,7 @@ class Attention(nn.Module):
             qkv = linear(x, self.c_attn).view(B, H + 2 * K, 1, self.head_dim)
             q, k, v = qkv[:, :H], qkv[:, H:H + K], qkv[:, H + K:]
         else:
-            q, k, v = self.c_attn(x).split((self.q_size, self.kv_size, self.kv_size), dim=2)
+            q, k, v = linear(x, self.c_attn).split((self.q_size, self.kv_size, self.kv_size), dim=2)
             q = q.view(B, T, H, self.head_dim).transpose(1, 2)  # (B, H, T, D)
             k = k.view(B, T, K, self.head_dim).transpose(1, 2)  # (B, K, T, D)
             v = v.view(B, T, K, self.head_dim).transpose(1, 2)  # (B, K, T, D)
