@@ -256,10 +256,14 @@ def test_fp32_packed_rows_match_the_forward_and_do_not_depend_on_the_batch(flavo
     assert packed_weight(model.lm_head) is not None and runner.kv_dtype == torch.float32
     for slot, ids in PROMPTS.items():
         runner.prefill(ids, slot, 0)
-    slots = sorted(PROMPTS)
-    batch = runner.decode([20] * 3, slots, [len(PROMPTS[s]) for s in slots])
-    pair = runner.decode([20] * 2, slots[1:], [len(PROMPTS[s]) for s in slots[1:]])  # the same positions again
-    assert torch.equal(pair, batch[1:])  # a row's packed outputs do not depend on the rows beside it
+    slots = sorted(PROMPTS)  # 0, 2, 3, 5: a span of 6 slots, read as one view (the gaps attend to key 0)
+    batch = runner.decode([20] * 4, slots, [len(PROMPTS[s]) for s in slots])
+    by_slot = dict(zip(slots, batch))
+    # The same positions again (the same k/v rewritten), a row's logits the same whatever rows step beside it:
+    # a run of slots in order (a view), out of order (the span), far apart (copied out by index_select).
+    for pick in ([2, 3], [3, 2], [0, 5], [5, 2, 0]):
+        got = runner.decode([20] * len(pick), pick, [len(PROMPTS[s]) for s in pick])
+        assert all(torch.equal(row, by_slot[s]) for row, s in zip(got, pick)), pick
     with torch.inference_mode():
         for row, s in enumerate(slots):
             torch.testing.assert_close(batch[row], plain[s], atol=1e-5, rtol=1e-5)
@@ -270,7 +274,7 @@ def test_fp32_packed_rows_match_the_forward_and_do_not_depend_on_the_batch(flavo
             torch.testing.assert_close(alone, batch[row], atol=1e-5, rtol=1e-5)
 
 
-PROMPTS = {0: [5, 9, 17], 2: [3], 3: [8, 8, 2, 30, 41, 7, 6]}
+PROMPTS = {0: [5, 9, 17], 2: [3], 3: [8, 8, 2, 30, 41, 7, 6], 5: [11, 4]}
 
 
 @pytest.mark.parametrize("flavour", ["debug", "llama-debug"])

@@ -107,9 +107,20 @@ class ModelRunner:
         # (t >= lens[r]) sees the same and is dropped afterwards.
         qpos = starts.view(R, 1) + torch.arange(T, device=dev).view(1, T)  # (R, T)
         mask = (torch.arange(L, device=dev).view(1, 1, L) <= qpos.view(R, T, 1)).view(R, 1, T, L)
-        # The engine hands out the lowest free slots, so the rows usually are a run of slots: a view.
-        first = slot_list[0]
-        contiguous = slot_list == list(range(first, first + R))
+        # The engine hands out the lowest free slots, so the rows usually are a run of slots, in order: attention
+        # reads them as a view. Rows with gaps between them (a slot just finished, or prefilling in another
+        # step) read the span from their lowest to their highest slot as a view too, while it is at most twice
+        # the rows: the gaps' slots attend to key 0 alone and are dropped. Copying the rows' keys and values
+        # out (index_select, any other case) reads and writes them: 5 ms of a 23 ms step at 32 rows of mid fp32.
+        lo = min(slot_list)
+        span = max(slot_list) + 1 - lo
+        in_order = slot_list == list(range(lo, lo + R))
+        in_span = not in_order and span <= 2 * R
+        if in_span:
+            at = slots - lo  # (R,) each row's place in the span
+            span_mask = mask.new_zeros(span, 1, T, L)
+            span_mask[..., 0] = True
+            span_mask[at] = mask
         x = m.wte(flat)  # (N, C)
         rope = None
         if m.wpe is not None:
@@ -126,8 +137,8 @@ class ModelRunner:
             # Token n's k and v at (slot_of[n], :, pos[n]) in one write (no padding is written): the layer's
             # buffer is (2, S, K, max_len, D), and indexing it at [:, slot_of, :, pos] is (N, 2, K, D).
             self.cache.kv[layer][:, slot_of, :, pos] = kv.to(ck.dtype)
-            if contiguous:
-                keys, values = ck[first:first + R, :, :L], cv[first:first + R, :, :L]
+            if in_order or in_span:
+                keys, values = ck[lo:lo + span, :, :L], cv[lo:lo + span, :, :L]
             else:
                 keys, values = ck[:, :, :L].index_select(0, slots), cv[:, :, :L].index_select(0, slots)
             if T == 1:
@@ -136,8 +147,12 @@ class ModelRunner:
                 qp = q.new_zeros(R, T, H, D)
                 qp[row_of, t_of] = q
                 qp = qp.transpose(1, 2)  # (R, H, T, D)
-            y = F.scaled_dot_product_attention(qp.to(keys.dtype), keys, values, attn_mask=mask,
-                                               enable_gqa=K != H).to(x.dtype)  # (R, H, T, D)
+            if in_span:
+                y = F.scaled_dot_product_attention(qp.new_zeros(span, H, T, D).index_copy_(0, at, qp).to(keys.dtype),
+                                                   keys, values, attn_mask=span_mask, enable_gqa=K != H)[at]
+            else:
+                y = F.scaled_dot_product_attention(qp.to(keys.dtype), keys, values, attn_mask=mask, enable_gqa=K != H)
+            y = y.to(x.dtype)  # (R, H, T, D)
             y = y.reshape(R, H * D) if T == 1 else y.transpose(1, 2)[row_of, t_of].reshape(N, H * D)
             x = x + linear(y, attn.c_proj)
             x = x + linear(mlp_activation(linear(block.ln_2(x), block.mlp.c_fc), block.mlp.gated), block.mlp.c_proj)
