@@ -75,8 +75,7 @@ def test_infer_grid_record():
                            repeats=2, energy="estimate", tdp_w=10)
     rec = run_infer_bench(cfg)
     assert [(s["batch"], s["prompt_len"]) for s in rec["samples"]] == [(1, 4), (1, 8), (2, 4), (2, 8)]
-    # the linears run packed for oneDNN, as in hwlm generate and serve (debug: 4 per block and the output layer)
-    assert rec["config"]["packed_layers"] == (4 * 2 + 1 if torch.backends.mkldnn.is_available() else 0)
+    assert rec["config"]["packed_layers"] == 0  # every fp32 weight of debug is under 512 KiB: MKL's gemv
     cell = rec["samples"][0]
     assert len(cell["ttft_seconds"]) == 2 and len(cell["tpot_seconds"]) == 2 * 2  # repeats x (new_tokens - 1)
     s = rec["summary"]
@@ -88,6 +87,14 @@ def test_infer_grid_record():
     assert s["b1_p4_tpot_ms_p50"] <= s["b1_p4_tpot_ms_p99"]
     assert s["max_decode_tokens_per_s"] >= s["b1_p4_decode_tokens_per_s"]
     assert "TTFT" in format_workload(rec)
+
+
+def test_infer_runs_large_fp32_linears_packed_as_generate_and_serve_do():
+    cfg = InferBenchConfig(model="debug", device="cpu", batch_sizes=[2], prompt_lens=[4], new_tokens=2, repeats=1,
+                           vocab_size=50304, energy="off")
+    rec = run_infer_bench(cfg)  # the output layer, 50,304 x 16 fp32 (3.2 MB), is packed for oneDNN
+    assert rec["config"]["packed_layers"] == (1 if torch.backends.mkldnn.is_available() else 0)
+    assert rec["samples"][0]["batch"] == 2
 
 
 def test_cli_train_and_infer(tmp_path, capsys):

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from hwlm.model import KVCache, ModelConfig, Transformer, generate
-from hwlm.model.packing import pack_linears, packable_dtypes, packed_bytes, packed_weight, unpack_linears
+from hwlm.model.packing import (PACK_MIN_BYTES, pack_linears, packable_dtypes, packed_bytes, packed_weight,
+                                unpack_linears)
 from hwlm.model.transformer import linear
 
 pytestmark = pytest.mark.skipif(torch.float32 not in packable_dtypes(), reason="no oneDNN in this torch build")
@@ -27,11 +28,26 @@ def make(name: str = "debug") -> Transformer:
 def test_pack_linears_packs_every_plain_linear_and_counts_their_bytes() -> None:
     model = make()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert pack_linears(model) == len(linears) and pack_linears(model) == len(linears)  # idempotent
+    assert pack_linears(model, 0) == len(linears) and pack_linears(model, 0) == len(linears)  # idempotent
     assert all(packed_weight(m) is not None for m in linears)
     assert packed_bytes(model) == sum(m.weight.numel() * 4 for m in linears)
     unpack_linears(model)
     assert packed_bytes(model) == 0 and all(packed_weight(m) is None for m in linears)
+
+
+def test_by_default_small_fp32_weights_stay_on_mkl_and_large_ones_are_packed() -> None:
+    """Below PACK_MIN_BYTES a gemv from cache beats oneDNN's call overhead (measured): only the large output layer
+    of this model packs, and its tied embedding is untouched."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("debug", vocab_size=50304)).eval()  # head: 50,304 x 16 fp32 = 3.2 MB
+    assert model.lm_head.weight.numel() * 4 >= PACK_MIN_BYTES > model.h[0].mlp.c_fc.weight.numel() * 4
+    assert pack_linears(model) == 1 and packed_weight(model.lm_head) is not None
+    assert packed_weight(model.h[0].mlp.c_fc) is None
+    idx = torch.randint(0, 50304, (1, 6))
+    with torch.inference_mode():
+        packed = model(idx)[0]
+        unpack_linears(model)
+        torch.testing.assert_close(packed, model(idx)[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 40])
@@ -41,7 +57,7 @@ def test_a_packed_linear_is_the_plain_one_to_round_off_and_a_row_does_not_depend
     x = torch.randn(rows, layer.in_features)
     with torch.inference_mode():
         plain = linear(x, layer)
-        pack_linears(model)
+        pack_linears(model, 0)
         packed = linear(x, layer)
         first_alone = linear(x[:1], layer)
     torch.testing.assert_close(packed, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
@@ -52,7 +68,7 @@ def test_a_packed_linear_is_the_plain_one_to_round_off_and_a_row_does_not_depend
 def test_a_changed_weight_is_never_read_through_its_stale_packed_copy() -> None:
     model = make()
     layer = model.h[0].attn.c_proj
-    pack_linears(model)
+    pack_linears(model, 0)
     x = torch.randn(2, layer.in_features)
     with torch.no_grad():
         layer.weight.mul_(2)  # an in-place update (an optimizer step, load_state_dict)
@@ -61,13 +77,13 @@ def test_a_changed_weight_is_never_read_through_its_stale_packed_copy() -> None:
     model.to(torch.float64)  # new storage
     assert packed_weight(layer) is None
     model.float()
-    pack_linears(model)  # repacked on the current weights
+    pack_linears(model, 0)  # repacked on the current weights
     assert packed_weight(layer) is not None
 
 
 def test_with_a_gradient_the_plain_path_runs_and_backpropagates() -> None:
     model = make()
-    pack_linears(model)
+    pack_linears(model, 0)
     idx = torch.randint(0, 300, (2, 8))
     _, loss = model(idx, targets=idx)
     loss.backward()
@@ -76,7 +92,7 @@ def test_with_a_gradient_the_plain_path_runs_and_backpropagates() -> None:
 
 def test_copies_and_pickles_of_a_packed_model_load_unpacked() -> None:
     model = make()
-    pack_linears(model)
+    pack_linears(model, 0)
     for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert packed_bytes(twin) == 0 and packed_weight(twin.lm_head) is None
         idx = torch.randint(0, 300, (1, 5))
@@ -90,7 +106,7 @@ def test_on_a_packed_model_decode_step_equals_forward_exactly_and_generate_match
     the unpacked model's."""
     plain = make(name)
     model = copy.deepcopy(plain)
-    pack_linears(model)
+    pack_linears(model, 0)
     idx = torch.randint(0, 300, (1, 12))
     fast, slow = KVCache(model.cfg, batch_size=1), KVCache(model.cfg, batch_size=1)
     state = model.decode_state()
@@ -111,7 +127,7 @@ def test_on_a_packed_model_decode_step_equals_forward_exactly_and_generate_match
 def test_bf16_weights_pack_and_decode_close_to_the_module_path() -> None:
     model = make().to(torch.bfloat16)
     plain = copy.deepcopy(model)
-    assert pack_linears(model) > 0
+    assert pack_linears(model, 0) > 0
     idx = torch.randint(0, 300, (1, 9))
     with torch.inference_mode():
         torch.testing.assert_close(model(idx)[0], plain(idx)[0], atol=2e-2, rtol=2e-2)

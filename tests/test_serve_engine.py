@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hwlm.model import KVCache, ModelConfig, Transformer, generate
-from hwlm.model.packing import packed_weight, unpack_linears
+from hwlm.model.packing import pack_linears, packed_weight, unpack_linears
 from hwlm.serve.engine import EngineConfig, LLMEngine, SamplingParams, Sequence
 from hwlm.serve.engine.model_runner import ModelRunner
 from hwlm.serve.engine.sequence import TextStream
@@ -243,13 +243,14 @@ def test_prepacked_bf16_linears_give_the_module_path_numbers(flavour: str) -> No
 
 @pytest.mark.parametrize("flavour", ["debug", "llama-debug"])
 def test_fp32_packed_rows_match_the_forward_and_do_not_depend_on_the_batch(flavour: str) -> None:
-    """In fp32 the runner packs too: a row of a batch equals the full unpacked forward to fp32 round-off and
-    its own logits in a batch of another size exactly; a lone row is ``decode_step`` on the packed model,
-    what ``hwlm generate`` (which packs) computes, exactly."""
+    """In fp32 the runner packs too (weights of 512 KiB or more; here all): a row of a batch equals the full
+    unpacked forward to fp32 round-off and its own logits in a batch of another size exactly; a lone row is
+    ``decode_step`` on the packed model, what ``hwlm generate`` (which packs) computes, exactly."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig.from_name(flavour, vocab_size=300)).eval()
     with torch.inference_mode():
         plain = {s: model(torch.tensor([ids + [20]]))[0][0, -1] for s, ids in PROMPTS.items()}
+    pack_linears(model, 0)  # every layer, small as they are here (the runner's default leaves fp32 under 512 KiB)
     runner = ModelRunner(model, num_slots=6)
     if not runner.packed:
         pytest.skip("no oneDNN in this torch build: nothing is packed")

@@ -1,12 +1,13 @@
 """Linear weights packed once for oneDNN: CPU inference reads them at memory speed.
 
-``pack_linears(model)`` reorders each plain fp32 (and, where the CPU has it, bf16) ``nn.Linear`` weight
-once into oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's CPU
-freezing does); afterwards :func:`hwlm.model.transformer.linear` and ``Transformer.decode_step`` run those
-layers through ``torch.ops.mkldnn._linear_pointwise`` on the packed copy whenever no gradient is
-recorded. Training, autocast, ``torch.compile`` and a weight changed since it was packed (an optimizer
-step, ``load_state_dict``, ``to()``) take the plain path: the packed copy is checked against the
-weight's storage and version on every call.
+``pack_linears(model)`` reorders each plain fp32 (of at least :data:`PACK_MIN_BYTES`) and, where the
+CPU has it, bf16 ``nn.Linear`` weight once into oneDNN's blocked layout
+(``torch.ops.mkldnn._reorder_linear_weight``, what inductor's CPU freezing does); afterwards
+:func:`hwlm.model.transformer.linear` and ``Transformer.decode_step`` run those layers through
+``torch.ops.mkldnn._linear_pointwise`` on the packed copy whenever no gradient is recorded. Training,
+autocast, ``torch.compile`` and a weight changed since it was packed (an optimizer step,
+``load_state_dict``, ``to()``) take the plain path: the packed copy is checked against the weight's
+storage and version on every call.
 
 Why (2-core AMD EPYC, 2 threads, every linear of a step in turn, docs/benchmarks.md "packed weights"):
 
@@ -33,9 +34,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["PACK_ROWS", "pack_linears", "unpack_linears", "packed_weight", "packed_bytes", "packable_dtypes"]
+__all__ = ["PACK_ROWS", "PACK_MIN_BYTES", "pack_linears", "unpack_linears", "packed_weight", "packed_bytes",
+           "packable_dtypes"]
 
 PACK_ROWS = 32  # the row count oneDNN's blocked layout is chosen for (fp32 at 1 row: 4.0 ms, hint 1: 4.4)
+# fp32 weights smaller than this stay on MKL: a oneDNN call costs about 15 us more than a gemv, which reads a
+# small weight from cache. Decode ms/token at thresholds 0 / 256 KiB / 1 MiB (none packed), 2 threads:
+# tiny (vocab 4096) 0.84 / 0.73 / 0.47 (0.45), mid 5.56 / 5.12 / 5.30 (12.2), gpt2-124m 17.7 / 16.3 / 17.3 (33.7).
+PACK_MIN_BYTES = 512 << 10
 
 
 class _Packed(NamedTuple):
@@ -65,24 +71,27 @@ def _version(w: torch.Tensor) -> int:
     return -1 if w.is_inference() else w._version
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Pack every plain CPU ``nn.Linear`` weight of ``model`` in a packable dtype; returns how many layers.
+def pack_linears(model: nn.Module, min_fp32_bytes: int = PACK_MIN_BYTES) -> int:
+    """Pack each plain CPU ``nn.Linear`` weight of ``model`` in a packable dtype; returns how many layers are packed.
 
-    Idempotent: a layer already packed on its current weight is kept. Call it again after changing the
-    weights (a stale packed copy is never used, but it still holds memory until repacked or unpacked).
+    fp32 weights under ``min_fp32_bytes`` are left to MKL (see :data:`PACK_MIN_BYTES`); bf16 weights are
+    packed at any size (``F.linear`` would reorder them on every call). Idempotent: a layer already packed
+    on its current weight is kept. Call it again after changing the weights (a stale packed copy is never
+    used, but it holds memory until repacked or unpacked).
     """
-    dtypes, count = packable_dtypes(), 0
+    dtypes = packable_dtypes()
     with torch.no_grad():
         for module in model.modules():
             w = getattr(module, "weight", None)
             if not (type(module) is nn.Linear and type(w) is nn.Parameter and w.device.type == "cpu"
-                    and w.dtype in dtypes):
+                    and w.dtype in dtypes and packed_weight(module) is None):
                 continue
-            if packed_weight(module) is None:
-                p = torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS)
-                module._hwlm_packed = _Packed(p, w.data_ptr(), _version(w), w.numel() * w.element_size())
-            count += 1
-    return count
+            nbytes = w.numel() * w.element_size()
+            if w.dtype == torch.float32 and nbytes < min_fp32_bytes:
+                continue
+            p = torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS)
+            module._hwlm_packed = _Packed(p, w.data_ptr(), _version(w), nbytes)
+    return sum(packed_weight(m) is not None for m in model.modules())
 
 
 def unpack_linears(model: nn.Module) -> None:
