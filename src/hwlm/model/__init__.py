@@ -7,7 +7,8 @@
 ``ModelConfig`` is torch-free (``hwlm.model.config``); the other names import torch on
 first use, so that ``from hwlm.model import ModelConfig`` stays cheap for the CLI and planner.
 Generation lives in ``generation.py``, not ``generate.py``: a submodule named like the
-function would replace ``hwlm.model.generate`` with the module once imported.
+function would replace ``hwlm.model.generate`` with the module once imported. ``pack_linears(model)``
+(``packing.py``) packs a CPU model's linear weights once for oneDNN, as ``hwlm generate`` does before decoding.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Any
 
 from hwlm.model.config import ModelConfig
 
-__all__ = ["ModelConfig", "Transformer", "KVCache", "generate"]
+__all__ = ["ModelConfig", "Transformer", "KVCache", "generate", "pack_linears"]
 
 _LAZY = {"Transformer": "hwlm.model.transformer", "KVCache": "hwlm.model.transformer",
-         "generate": "hwlm.model.generation"}
+         "generate": "hwlm.model.generation", "pack_linears": "hwlm.model.packing"}
 
 
 def __getattr__(name: str) -> Any:
