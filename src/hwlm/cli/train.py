@@ -386,10 +386,9 @@ def _token_source(args: argparse.Namespace, loaded: Any) -> tuple[Any, Any]:
 def _speculative_source(args: argparse.Namespace, loaded: Any, sample: tuple) -> tuple[Any, Any]:
     import time
 
+    from hwlm.model.packing import pack_linears
     from hwlm.model.speculative import SpecStats, check_draft, speculative_generate
     from hwlm.train.load import load_model
-
-    from hwlm.model.packing import pack_linears
 
     draft = load_model(args.draft, next(loaded.model.parameters()).device, _key(args))
     pack_linears(draft.model)  # as the target (see generate)

@@ -15,7 +15,8 @@ q/k/v projection and one fused gate/up projection (fewer, larger matmuls);
 matmul + softmax at these sizes); ``F.gelu(approximate="tanh")`` as one kernel instead of the
 six-op formula (a hand-fused autograd Function in eager ops measured slower still: each extra
 pass over the (B, T, d_ff) tensor costs more than the kernel's slow tanh); the output layer and
-loss fused in chunks (``LinearCrossEntropy``); gemv for single-row decoding (``linear``); no
+loss fused in chunks (``LinearCrossEntropy``); gemv for single-row decoding (``linear``), or for CPU
+inference oneDNN on weights packed once (``hwlm.model.packing``, at any row count); no
 dropout calls at all when ``dropout == 0``. Batch-1 decoding without a gradient takes a flat path
 (``decode_step``): no module calls, fixed views of a reused q/k/v buffer, k and v stored with one
 copy, the same kernels in the same order as the general path (equal numbers, tested). Nothing
@@ -420,7 +421,8 @@ class Transformer(nn.Module):
         ``forward``'s batch-1 decoding path (``forward(idx (1, 1), cache=..., start_pos=pos)``
         takes it without a gradient or autocast), callable directly by a generation loop with
         ``state = model.decode_state()`` built once. The same maths and kernels as the general
-        path (gemv, SDPA, the same additions in the same order, so the same numbers), written as
+        path (gemv, or oneDNN on packed weights; SDPA; the same additions in the same order, so the
+        same numbers), written as
         one flat loop: at batch 1 a tiny model's step costs the dispatch of its ops more than their
         arithmetic, and the general path's module calls, reshapes, transposes, q/k/v slices and
         separate k and v cache writes were half of it (benchmarks/generate_speed.py).
