@@ -280,8 +280,9 @@ PROMPTS = {0: [5, 9, 17], 2: [3], 3: [8, 8, 2, 30, 41, 7, 6], 5: [11, 4]}
 
 @pytest.mark.parametrize("flavour", ["debug", "llama-debug"])
 def test_bf16_packed_rows_match_the_fp32_forward_and_do_not_depend_on_the_batch(flavour: str) -> None:
-    """In bf16 every step is packed (a lone row too): each row is close to the fp32 full forward, and a
-    row's logits in a batch equal its logits stepped alone to bf16 rounding, with the same greedy token."""
+    """In bf16 every step of several rows is packed, and a lone decoding row is decode_step on the fp32 cache: each
+    row is close to the fp32 full forward, and a row's logits in a batch equal its logits stepped alone (either
+    way) to bf16 rounding, with the same greedy token."""
     model, runner = _bf16_packed_runner(flavour, 6)
     full_model = Transformer(model.cfg).eval()
     full_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
@@ -297,9 +298,12 @@ def test_bf16_packed_rows_match_the_fp32_forward_and_do_not_depend_on_the_batch(
     alone = ModelRunner(model, num_slots=6)
     for row, s in enumerate(slots):
         alone.prefill(prompts[s], s, 0)
-        one = alone.decode([20], [s], [len(prompts[s])]).float()[0]
+        one = alone.decode([20], [s], [len(prompts[s])]).float()[0]  # decode_step, bf16 weights on the fp32 cache
         torch.testing.assert_close(one, batch[row], atol=2e-2, rtol=2e-2)
         assert int(one.argmax()) == int(batch[row].argmax())
+        with torch.inference_mode():
+            stepped = alone._packed([([20], s, len(prompts[s]))]).float()[0]  # the packed step, the same row
+        torch.testing.assert_close(one, stepped, atol=2e-2, rtol=2e-2)
 
 
 def test_engine_threads_default_to_every_core(monkeypatch) -> None:

@@ -438,6 +438,7 @@ class Transformer(nn.Module):
             rope = None
         else:
             rope = (self.rope_cos[pos], self.rope_sin[pos])  # (D,) each
+        cast = cache.k[0].dtype != x.dtype  # bf16 weights on an fp32 cache (serve's packed bf16): attention in fp32
         for (ln_1, c_attn, q, new_kv, qk, c_proj, ln_2, c_fc, mlp_proj, gated), kv, k, v in zip(
                 layers, cache.kv, cache.k, cache.v):
             # q, new_kv, qk: fixed views of this layer's reused qkv buffer (c_attn writes it), so no per-step slicing.
@@ -450,8 +451,12 @@ class Transformer(nn.Module):
             else:
                 kv.select(3, pos).copy_(new_kv)  # k and v in one copy: (2, 1, K, D)
             L = pos + 1
+            if cast:
+                q = q.to(k.dtype)
             y = F.scaled_dot_product_attention(
                 q, k.narrow(2, 0, L), v.narrow(2, 0, L), enable_gqa=K != H)  # (1, H, 1, D)
+            if cast:
+                y = y.to(x.dtype)
             x = c_proj(y.view(-1)).add_(x)  # = x + attn: the general path's sum, in a fresh tensor
             h = c_fc(ln_2(x))
             if gated:

@@ -16,9 +16,10 @@ Two cases keep exactly ``hwlm generate``'s numbers: one decoding row takes
 cache (the model's own bottom-right causal mask for a chunk that starts past 0). On the CPU the runner
 packs the model's linear weights once for oneDNN (:mod:`hwlm.model.packing`, as ``hwlm generate`` and
 ``hwlm bench infer`` do, so the three run the same kernels and the planner's calibration describes the
-engine): in fp32 2-3x MKL's gemv and sgemm at 1-8 rows. In bf16 every step is the packed one, a lone row
-too, with the cache and attention in fp32, about 1.7x faster than the module path at 1 and 8 rows on
-``mid`` (docs/benchmarks.md, "Where the time went").
+engine): in fp32 2-3x MKL's gemv and sgemm at 1-8 rows. In bf16 the cache and attention are fp32, and
+every step but a lone decoding row is the packed one (about 1.7x faster than the module path at 1 and 8
+rows on ``mid``, docs/benchmarks.md, "Where the time went"); a lone decoding row is ``decode_step`` on the
+packed bf16 weights and the fp32 cache, 2.3-2.6 against 2.8-3.5 ms for the packed step on ``mid``.
 """
 
 from __future__ import annotations
@@ -79,10 +80,12 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, rows: list[Row]) -> torch.Tensor:
         """Logits (R, V) of each row's last token, after writing every row's tokens into its slot."""
-        if len(rows) == 1 and self.kv_dtype == self.dtype:  # not bf16 on an fp32 cache: the packed step for that
+        if len(rows) == 1:
             tokens, slot, start = rows[0]
-            if len(tokens) == 1:
+            if len(tokens) == 1:  # decode_step attends in the cache's dtype (fp32 under bf16 weights too)
                 return self.model.decode_step(tokens[0], self.views[slot], start, self.state).view(1, -1)
+            if self.kv_dtype != self.dtype:  # a bf16 prompt on the fp32 cache: the packed step
+                return self._packed(rows)
             idx = torch.tensor([tokens], device=self.device)
             logits, _ = self.model(idx, cache=self.views[slot], start_pos=start, last_only=True)
             return logits[0, -1:]
