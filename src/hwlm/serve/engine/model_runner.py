@@ -46,7 +46,7 @@ class ModelRunner:
         self.num_slots, self.max_len = num_slots, self.cfg.block_size
         self.context, self.vocab_size = self.cfg.block_size, self.cfg.vocab_size
         self.packed = pack_linears(model) if self.device.type == "cpu" else 0  # how many layers
-        # With packed bf16 weights every step is the packed one (a lone row too), and k/v stay in fp32: CPU
+        # With packed bf16 weights k/v stay in fp32 (a lone decoding row attends through decode_step, which casts): CPU
         # SDPA in bf16 takes about 5x its fp32 time at these sizes (0.39 against 0.07 ms for 8 rows x 80 keys
         # on the EPYC), and an fp32 cache spares casting every layer's keys and values every step (for twice
         # the bytes: 75 MB for mid's 32 slots, against 38).
