@@ -131,3 +131,16 @@ def test_bf16_weights_pack_and_decode_close_to_the_module_path() -> None:
     idx = torch.randint(0, 300, (1, 9))
     with torch.inference_mode():
         torch.testing.assert_close(model(idx)[0], plain(idx)[0], atol=2e-2, rtol=2e-2)
+
+
+def test_the_compress_table_times_an_fp32_model_packed_and_counts_the_packed_copy() -> None:
+    """``hwlm compress``'s table measures a model as hwlm generate runs it, and its memory holds both copies."""
+    from hwlm.compress.table import measure_row, model_bytes
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("debug", vocab_size=50304)).eval()  # its 3.2 MB head packs
+    plain_bytes = model_bytes(model)
+    row = measure_row("fp32", model, weights_file=None, quality_row={"ppl": 1.0, "kl": 0.0}, baseline_ppl=None,
+                      batches=[1], steps=1)
+    assert packed_weight(model.lm_head) is not None
+    assert row["memory_mb"] * 1e6 >= plain_bytes + model.lm_head.weight.numel() * 4

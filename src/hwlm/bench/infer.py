@@ -2,7 +2,9 @@
 
 Over the grid, prefill (time to first token, TTFT) and greedy decode with the KV cache (time per output
 token, TPOT p50/p90/p99), with throughputs and peak memory. Weights are cast to the inference data type,
-as servers do. ``--run RUN`` times a trained or compressed run instead of a preset's random weights: it
+as servers do, and on a CPU packed once for oneDNN (:mod:`hwlm.model.packing`) as ``hwlm generate`` and
+``hwlm serve`` run them; the record's ``packed_layers`` counts them, and its peak memory holds the packed
+copy. ``--run RUN`` times a trained or compressed run instead of a preset's random weights: it
 loads through ``hwlm.train.load_model`` (a w8a8 / w8a16 / w4a16 run into its quantized modules; an
 encrypted run with ``--key-file``), and the record's ``precision`` is the run's weight format, the name the
 planner and calibration use. ``--backend onnx`` runs the same weights through onnxruntime.
