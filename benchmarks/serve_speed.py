@@ -194,6 +194,9 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
     et = re.search(r"-et(\d+)$", kind)
     if et:
         kind, engine_threads = kind[:et.start()], int(et.group(1))
+    compiled = kind.endswith("-compile")  # hwlm-compile: torch fp32 with --compile (the lone row's compiled step)
+    if compiled:
+        kind = kind.removesuffix("-compile")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if kind.endswith("-spin"):
         env["HWLM_ONNX_SPIN"] = "always"
@@ -205,7 +208,8 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
         cmd = [sys.executable, "-m", "hwlm", "serve", "--run", str(run), "--port", "0", "--no-auth",
                "--model-name", "m", "--max-num-seqs", "32", "--max-waiting", "256", *how,
                *(["--engine-threads", str(engine_threads)] if engine_threads else []),
-               *(["--lone-threads", str(lone_threads)] if lone_threads else [])]
+               *(["--lone-threads", str(lone_threads)] if lone_threads else []),
+               *(["--compile"] if compiled else [])]
         server, model = Proc(cmd, None, logs / f"{label}.log", env), "m"
     else:
         exe = str(Path(sys.executable).parent / "transformers")
@@ -280,8 +284,9 @@ def main() -> int:
                     help="precisions of hwlm serve (fp32 is like for like; auto: hwlm picks by timing)")
     ap.add_argument("--onnx", action="store_true", help="add hwlm serve --backend onnx and --backend auto --onnx")
     ap.add_argument("--servers", default="", help="these servers instead, in this order: hwlm (torch fp32), hwlm-bf16, "
-                    "hwlm-auto, hwlm-onnx, hwlm-hybrid, hwlm-hybrid-spin, transformers; suffixes -etN and -loneN give that hwlm "
-                    "server --engine-threads N and --lone-threads N (hwlm-hybrid-et2, hwlm-hybrid-lone1)")
+                    "hwlm-auto, hwlm-onnx, hwlm-hybrid, hwlm-hybrid-spin, transformers; suffixes -compile, -etN and "
+                    "-loneN give that hwlm server --compile, --engine-threads N and --lone-threads N (hwlm-compile, "
+                    "hwlm-hybrid-et2, hwlm-hybrid-lone1)")
     ap.add_argument("--rounds", type=int, default=1, help="run the servers in turn this many times; ratios per "
                     "round and their median")
     ap.add_argument("--root", type=Path, default=ROOT / "runs" / "serve-bench")

@@ -30,6 +30,7 @@ class Server:
     key: str
     folder: Path
     verify: Any = True  # an ssl.SSLContext trusting a TLS server's certificate
+    ready: str = ""  # the line it printed with its address
 
     @property
     def base(self) -> str:
@@ -82,7 +83,7 @@ def start_server(run: Path, folder: Path, *args: str, key: str | None = None, ti
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()  # noqa: E741
     deadline = time.monotonic() + timeout
-    url = None
+    url = ready = None
     while url is None:
         if proc.poll() is not None:
             raise RuntimeError(f"hwlm serve exited {proc.returncode}: {(folder / 'server.err').read_text()[-2000:]}")
@@ -94,8 +95,8 @@ def start_server(run: Path, folder: Path, *args: str, key: str | None = None, ti
                 raise RuntimeError("hwlm serve printed no address in time") from None
             continue
         if " on http" in line:
-            url = line.rsplit(" on ", 1)[1].strip()
-    server = Server(proc, url, key, folder, verify)
+            url, ready = line.rsplit(" on ", 1)[1].strip(), line.strip()
+    server = Server(proc, url, key, folder, verify, ready)
     while True:
         try:
             if httpx.get(url + "/health", timeout=5, verify=verify).status_code == 200:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -390,3 +391,67 @@ def test_lone_threads_chooser_keeps_the_faster_count_and_looks_again() -> None:
     steady = picks[4:48]
     assert steady.count(1) >= 32 and steady.count(2) >= 4  # mostly the faster, with looks at the other
     assert picks[-32:].count(2) >= 24 and picks[-12:] == [2] * 12  # a look saw the change
+
+
+def test_fastest_chooser_over_named_options_starts_with_the_first_and_looks_at_the_others() -> None:
+    from hwlm.serve.engine.threads import Fastest
+
+    assert Fastest(("eager",)).pick() == "eager"
+    chooser = Fastest(("compiled", "eager", "other"), window=2, every=8, probe_steps=2)
+    cost = {"compiled": 5.0, "eager": 7.0, "other": 9.0}
+    picks = []
+    for _ in range(40):
+        n = chooser.pick()
+        picks.append(n)
+        chooser.record(n, cost[n] * 1e-3)
+    assert set(picks[:3]) == {"compiled", "eager", "other"}  # each timed once before any choice
+    assert picks[3:].count("compiled") >= 28 and {"eager", "other"} <= set(picks[8:])  # looks at both others
+    assert chooser.best() == "compiled"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", ["debug", "llama-debug"])
+def test_compiled_lone_row_matches_the_eager_row_in_every_bucket_and_slot(flavour: str) -> None:
+    """``compile_lone`` (``hwlm serve --compile``): a lone decoding row through the compiled step gives the eager
+    row's logits to round-off in each context bucket and slot, writes its key and value into its own slot only,
+    and a batched step after it sees them; one graph serves every slot."""
+    from torch._dynamo.utils import counters
+
+    from hwlm.serve.engine.threads import Fastest
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name(flavour, vocab_size=300, block_size=128)).eval()
+    eager = ModelRunner(copy.deepcopy(model), num_slots=4)
+    runner = ModelRunner(model, num_slots=4)
+    found = runner.compile_lone(steps=2)
+    assert found["compiled"] and found["buckets"] == [64, 128] and found["first"] in ("compiled", "eager")
+    assert set(found["lone_ms"]) == {"compiled", "eager"}
+    runner.lone_path = Fastest(("compiled",))  # the compiled path alone, to test it
+    graphs = counters["stats"]["unique_graphs"]  # compile_lone compiled each bucket on slot 0
+    prompt = [(7 * i) % 290 + 1 for i in range(80)]
+    for slot in (1, 3):
+        runner.prefill(prompt[:60], slot, 0)
+        eager.prefill(prompt[:60], slot, 0)
+    for pos in range(60, 70):  # 60-63 in the 64 bucket, 64-69 in the 128 one
+        for slot in (1, 3):
+            got = runner.decode([prompt[pos]], [slot], [pos])
+            torch.testing.assert_close(got, eager.decode([prompt[pos]], [slot], [pos]), atol=1e-4, rtol=1e-4)
+    both = runner.decode([5, 6], [1, 3], [70, 70])  # the batched step reads what the compiled steps wrote
+    torch.testing.assert_close(both, eager.decode([5, 6], [1, 3], [70, 70]), atol=1e-4, rtol=1e-4)
+    assert all(float(buf[:, 2].abs().sum()) == 0.0 for buf in runner.cache.kv)  # slot 2 was never written
+    assert counters["stats"]["unique_graphs"] == graphs  # slots 1 and 3 ran slot 0's graphs: none per slot
+
+
+def test_compile_lone_is_for_fp32_on_the_cpu_and_the_config_refuses_other_back_ends() -> None:
+    from hwlm.errors import ConfigError
+    from hwlm.serve.config import ServeConfig
+
+    model = Transformer(ModelConfig.from_name("debug", vocab_size=300)).eval().to(torch.bfloat16)
+    runner = ModelRunner(model, num_slots=2)
+    found = runner.compile_lone()
+    assert not found["compiled"] and "fp32 on the CPU" in found["why"] and runner.lone_step is None
+    with pytest.raises(ConfigError, match="torch back end"):
+        ServeConfig(run="r", compile=True, backend="onnx", onnx="m.onnx")
+    with pytest.raises(ConfigError, match="fp32 lone step"):
+        ServeConfig(run="r", compile=True, dtype="bf16")
+    assert ServeConfig(run="r", compile=True, dtype="auto").compile  # auto may pick fp32: the worker decides

@@ -158,3 +158,20 @@ def test_backend_auto_with_an_export_serves_the_same_greedy_text(serve_run: Path
             assert alone.choices[0].text == want.choices[0].text
     finally:
         auto.stop()
+
+
+def test_compile_serves_a_lone_stream_with_generate_s_greedy_text(tiny_run: Path, tmp_path: Path) -> None:
+    """``hwlm serve --compile``: the engine compiles the lone row's step at start-up (the ready line says so) and a
+    lone greedy stream gives the text ``hwlm.model.generate`` gives on the same weights."""
+    from hwlm.train.load import load_model, stream_text
+
+    server = start_server(tiny_run, tmp_path / "compiled", "--compile", "--max-num-seqs", "2")
+    try:
+        assert "lone row compiled in" in server.ready and "the faster of the two kept" in server.ready
+        loaded = load_model(tiny_run)
+        for prompt in ("The cat", "A dog ran"):
+            want = "".join(stream_text(loaded, prompt, 12, temperature=0))
+            got = server.client().completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+            assert got.choices[0].text == want, prompt
+    finally:
+        server.stop()

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 
 from hwlm.model.transformer import KVCache, Transformer, apply_rope, mlp_activation
 
-__all__ = ["StaticDecoder", "static_step", "cache_length", "compile_mode", "row_linear", "huge_pages", "greedy_ahead"]
+__all__ = ["StaticDecoder", "static_step", "cache_length", "compile_mode", "row_linear", "huge_pages", "greedy_ahead",
+           "compiled_step"]
 
 # Cache lengths are rounded up to a power of two from this size, so that generation with different
 # prompt lengths reuses a few compiled graphs instead of compiling one per length.
@@ -212,7 +213,7 @@ class StaticDecoder:
             # at a fixed address (as parameters are), else inductor skips the graph ("mutated inputs").
             for buf in self.cache.kv:
                 torch._dynamo.mark_static_address(buf)
-        self._step = _compiled_step(model, compile_mode(self.device)) if compile else static_step
+        self._step = compiled_step(model, compile_mode(self.device)) if compile else static_step
 
     @torch.no_grad()
     def prefill(self, idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
@@ -290,9 +291,11 @@ _COMPILED: dict[str | None, Callable] = {}
 _FREE_CACHES: weakref.WeakKeyDictionary[Transformer, dict[tuple, list[KVCache]]] = weakref.WeakKeyDictionary()
 
 
-def _compiled_step(model: Transformer, mode: str | None) -> Callable:
+def compiled_step(model: Transformer, mode: str | None) -> Callable:
     """One compiled ``static_step`` per mode; dynamo keeps a graph per model and cache shape under it,
-    so a new decoder (one per ``generate`` call) reuses what an earlier one compiled."""
+    so a new decoder (one per ``generate`` call, or the serve engine's lone row) reuses what an earlier one
+    compiled. The cache's strides are part of the shape; its storage offset is not (views of one buffer at
+    another offset run the same graph)."""
     if mode not in _COMPILED:
         _COMPILED[mode] = torch.compile(static_step, fullgraph=True, dynamic=False, mode=mode)
     return _COMPILED[mode]

@@ -36,6 +36,10 @@ class ServeConfig:
                                                             "oneDNN bf16 keeps the KV cache and attention in fp32); auto "
                                                             "times a few batched decode steps in each at start-up and "
                                                             "keeps the faster")
+    compile: bool = option(False, "a lone decoding row (one stream) runs a compiled step (torch.compile, fp32 on the "
+                                  "CPU; compiled at start-up, seconds per context bucket; whichever of it and the "
+                                  "eager step has timed faster lately runs); its sums run in another order, so after "
+                                  "a near tie its greedy token can differ from a batched step's")
     host: str = option("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = option(8000, "TCP port (0 picks a free one; the address is printed)")
     api_keys: Path | None = option(Path("hwlm-keys.json"), "API keys file written by `hwlm keys add`")
@@ -84,6 +88,10 @@ class ServeConfig:
             raise ConfigError("--backend onnx needs --onnx PATH (a folder made by `hwlm export --format onnx`)")
         if self.backend == "onnx" and self.dtype == "bf16":
             raise ConfigError("--backend onnx runs the export's own precision: drop --dtype bf16 (or use --backend torch)")
+        if self.compile and self.backend != "torch":
+            raise ConfigError("--compile is for the torch back end's lone row: use --backend torch, or drop --compile")
+        if self.compile and self.dtype == "bf16":
+            raise ConfigError("--compile runs the fp32 lone step: use --dtype fp32 or auto, or drop --compile")
         if self.onnx is not None and self.backend == "torch":
             raise ConfigError("--onnx is for --backend onnx or auto: add --backend onnx|auto, or drop --onnx")
         if not self.auth and self.host not in ("127.0.0.1", "localhost", "::1"):

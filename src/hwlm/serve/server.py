@@ -104,6 +104,17 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _compiled_note(found: dict | None) -> str:
+    """What ``--compile`` found at start-up, for the ready line ("" without it)."""
+    if not found:
+        return ""
+    if not found["compiled"]:
+        return f"; --compile not used: {found['why']}"
+    ms = found["lone_ms"]
+    return (f"; lone row compiled in {found['compile_s']:.0f} s, {ms['compiled']:.2f} against {ms['eager']:.2f} ms "
+            f"eager at start-up, the faster of the two kept as it runs")
+
+
 def serve(cfg: ServeConfig, ready: Callable[[str], None] | None = None) -> None:
     """Serve ``cfg.run`` until SIGINT/SIGTERM; ``ready(line)`` is called with the address once it listens."""
     _require_extra()  # before anything else: without hwlm[serve] one line, not a traceback
@@ -134,7 +145,7 @@ def serve(cfg: ServeConfig, ready: Callable[[str], None] | None = None) -> None:
     if ready is not None:
         info = state.engine.info
         ready(f"hwlm serve: {state.model_name} (context {state.context}, {info['backend']} {info['dtype']}, engine "
-              f"process {info['pid']} with {info['threads']} threads) on {url}")
+              f"process {info['pid']} with {info['threads']} threads{_compiled_note(info.get('compiled'))}) on {url}")
     try:
         server.run(sockets=[sock])
     except HwlmError:

@@ -20,16 +20,31 @@ engine): in fp32 2-3x MKL's gemv and sgemm at 1-8 rows. In bf16 the cache and at
 every step but a lone decoding row is the packed one (about 1.7x faster than the module path at 1 and 8
 rows on ``mid``, docs/benchmarks.md, "Where the time went"); a lone decoding row is ``decode_step`` on the
 packed bf16 weights and the fp32 cache, 2.3-2.6 against 2.8-3.5 ms for the packed step on ``mid``.
+
+``compile_lone()`` (``hwlm serve --compile``, fp32 on the CPU) gives a lone decoding row a compiled step
+instead: :func:`hwlm.model.decoding.static_step` under ``torch.compile`` on the slot's view of the cache,
+narrowed to a length bucket (at most three: a quarter, a half and all of the context, none under 64), so a
+graph serves every slot and a few graphs every position. Inductor writes each one-row linear as one fused
+reduction over both cores, which on the 2-core EPYC streamed the weights faster than oneDNN's packed gemv
+on some days and level on others (docs/benchmarks.md, serving, session 10), so a lone row runs whichever of
+the two has been faster lately. Its sums run in another order than the batched step's: logits agree to
+round-off (tested within 1e-4), so after a near tie a lone row's greedy token can differ from the one a
+batched step would give. Off by default for that reason.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from hwlm.model import KVCache, Transformer
+from hwlm.model.decoding import compiled_step
 from hwlm.model.packing import pack_linears
 from hwlm.model.transformer import apply_rope, linear, mlp_activation
+from hwlm.serve.engine.threads import Fastest
 
 __all__ = ["ModelRunner", "Row"]
 
@@ -55,6 +70,66 @@ class ModelRunner:
             self.cache = KVCache(self.cfg, batch_size=num_slots, device=self.device, dtype=self.kv_dtype)
             self.state = model.decode_state()  # for decode_step at batch 1, built once
         self.views = [self._slot_view(s) for s in range(num_slots)]
+        self.lone_step: Any = None  # the compiled lone decode step (compile_lone), or None: decode_step
+        self.lone_path: Fastest | None = None  # which of it and decode_step a lone row runs
+        self.buckets: list[int] = []  # its cache lengths, ascending
+
+    def compile_lone(self, steps: int = 8) -> dict:
+        """Compile the lone decoding row's step for each length bucket and time it against ``decode_step``
+        (``steps`` steps each, taking turns); returns what was found. From then on a lone decoding row runs
+        whichever of the two has been faster lately (:class:`Fastest`, which starts with the start-up
+        timing's winner and looks at the other every 128 lone steps): which one wins moved from day to day.
+
+        Only an fp32 model on the CPU: a bf16 model's cache is fp32 (the step attends in the weights' dtype),
+        and on CUDA a graph per slot address would be recorded (not built). Compiling takes seconds per bucket
+        on a CPU (about 10 s for ``mid`` on the 2-core EPYC), once per process; inductor's cache on disk
+        shortens later starts (5 s for ``mid``'s three). Slot 0's keys and values are written while timing:
+        call it before serving."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return {"compiled": False, "why": f"the compiled lone step is for fp32 on the CPU, not "
+                                              f"{str(self.dtype).removeprefix('torch.')} on {self.device.type}"}
+        n = self.max_len
+        self.buckets = sorted({max(min(64, n), n // d) for d in (4, 2, 1)})
+        step = compiled_step(self.model, None)  # the one hwlm generate --compile uses
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for b in self.buckets:  # the first call of each shape compiles it
+                self._compiled(step, 0, 0, b - 1)
+        seconds = time.perf_counter() - t0
+        times: dict[str, list[float]] = {"compiled": [], "eager": []}
+        with torch.inference_mode():
+            for i in range(steps + 1):
+                for name in times:
+                    t = time.perf_counter()
+                    if name == "compiled":
+                        self._compiled(step, 0, 0, i)
+                    else:
+                        self.model.decode_step(0, self.views[0], i, self.state)
+                    times[name].append(time.perf_counter() - t)
+        ms = {name: 1e3 * sorted(ts[1:])[len(ts[1:]) // 2] for name, ts in times.items()}  # the first warms up
+        first = min(ms, key=ms.get)
+        self.lone_step = step
+        self.lone_path = Fastest((first, "eager" if first == "compiled" else "compiled"))
+        return {"compiled": True, "compile_s": round(seconds, 1), "buckets": self.buckets,
+                "lone_ms": {k: round(v, 3) for k, v in ms.items()}, "first": first}
+
+    def _lone(self, token: int, slot: int, pos: int) -> torch.Tensor:
+        """A lone decoding row on the path :attr:`lone_path` picks, timed for it."""
+        path = self.lone_path.pick()
+        t = time.perf_counter()
+        if path == "compiled":
+            logits = self._compiled(self.lone_step, token, slot, pos)
+        else:
+            logits = self.model.decode_step(token, self.views[slot], pos, self.state).view(1, -1)
+        self.lone_path.record(path, time.perf_counter() - t)
+        return logits
+
+    def _compiled(self, step: Any, token: int, slot: int, pos: int) -> torch.Tensor:
+        """Logits (1, V) of the compiled lone step: ``token`` at ``pos`` of ``slot``, on the smallest bucket
+        holding ``pos``. The views share the slot cache's strides, so one graph serves every slot."""
+        b = next(b for b in self.buckets if b > pos)
+        kv = [buf.narrow(1, slot, 1).narrow(3, 0, b) for buf in self.cache.kv]
+        return step(self.model, kv, torch.tensor([token], device=self.device), torch.tensor([pos], device=self.device))
 
     def _slot_view(self, slot: int) -> KVCache:
         """A batch-1 KVCache whose buffers are views of slot ``slot``: writes land in the slot cache."""
@@ -82,6 +157,8 @@ class ModelRunner:
         """Logits (R, V) of each row's last token, after writing every row's tokens into its slot."""
         if len(rows) == 1:
             tokens, slot, start = rows[0]
+            if len(tokens) == 1 and self.lone_step is not None:
+                return self._lone(tokens[0], slot, start)
             if len(tokens) == 1:  # decode_step attends in the cache's dtype (fp32 under bf16 weights too)
                 return self.model.decode_step(tokens[0], self.views[slot], start, self.state).view(1, -1)
             if self.kv_dtype != self.dtype:  # a bf16 prompt on the fp32 cache: the packed step

@@ -148,10 +148,16 @@ def _build(cfg: Any) -> tuple[Any, Any, dict]:
     engine = LLMEngine(model, loaded.tokenizer, loaded.eot_id,
                        EngineConfig(cfg.max_num_seqs, cfg.max_waiting, cfg.prefill_budget, threads, lone,
                                     lone_probe=cfg.lone_threads == 0), recorder, runner)
+    compiled = None
+    if cfg.compile:
+        # at the lone row's threads: inductor fixes a kernel's OpenMP threads when it writes it
+        torch.set_num_threads(lone)
+        compiled = engine.runner.compile_lone()
+        torch.set_num_threads(threads)
     info = {"checkpoint": str(loaded.path), "eot_id": loaded.eot_id, "run_config": loaded.run_config,
             "context": engine.context, "vocab_size": loaded.model_cfg.vocab_size, "dtype": dtype,
             "backend": backend, "cache_bytes": engine.runner.cache_bytes, "pid": os.getpid(),
-            "threads": threads, "lone_threads": lone}
+            "threads": threads, "lone_threads": lone, "compiled": compiled}
     return engine, recorder, info
 
 
