@@ -185,13 +185,29 @@ def test_cpu_terms_add_and_hwlm_pads_attention_to_the_longest_row(tmp_path) -> N
         + attention_flops_per_pair(spec) * rows * 128 * longest
     ew = tokens * spec.n_layers * sm.act_traffic * 34 * spec.d_model * 2.0 / (dev.memory_bw * sm.ew_eff)
     want = t_mem + f / peak + ew + spec.n_layers * sm.layer_overhead_s
-    assert sm.seconds(B, ctx, [chunk], max_ctx=longest) == pytest.approx(want)
+    assert sm.forward_seconds(B, ctx, [chunk], max_ctx=longest) == pytest.approx(want)
     # A lone row is the model's own forward (no padding): its prompt's queries score their own prefix.
     alone = 2.0 * m.params.matmul_active * 128 - 127 * lm_head_flops_per_token(spec) \
         + attention_flops_per_pair(spec) * 128 * 64
-    assert sm.seconds(0, 0.0, [chunk]) == pytest.approx(
+    assert sm.forward_seconds(0, 0.0, [chunk]) == pytest.approx(
         (m.params.total * 4.0 + 128 * sm.kv_tok) / bw + alone / peak + 128 * ew / tokens
         + spec.n_layers * sm.layer_overhead_s)
+
+
+def test_hwlm_engine_adds_its_host_work_per_step_and_row_and_vllm_hides_it(tmp_path) -> None:
+    """hwlm's synchronous loop samples and sends events after each forward: a step costs its forward plus
+    ``step_host_s`` and ``row_host_s`` per row (decode rows and prompt chunks alike); vLLM overlaps it (0)."""
+    sm, _ = _cpu_sm(tmp_path, decode_eff=0.25)
+    hwlm = ENGINES["hwlm"]
+    assert hwlm.step_host_s > 0 and hwlm.row_host_s > 0
+    assert ENGINES["vllm"].step_host_s == ENGINES["vllm"].row_host_s == 0
+    for decode, chunks in ((1, []), (7, [(128, 0)]), (32, []), (0, [(64, 0), (64, 0)])):
+        ctx = 150.0 * decode
+        want = sm.forward_seconds(decode, ctx, chunks) + hwlm.step_host_s + hwlm.row_host_s * (decode + len(chunks))
+        assert sm.seconds(decode, ctx, chunks) == pytest.approx(want)
+    assert sm.seconds(0, 0.0) == sm.forward_seconds(0, 0.0)  # an empty step is nothing
+    vllm, _ = _cpu_sm(tmp_path, engine="vllm", decode_eff=0.25)
+    assert vllm.seconds(8, 1200.0) == vllm.forward_seconds(8, 1200.0)
 
 
 def test_a_calibrated_decode_rate_holds_the_first_row(tmp_path) -> None:
@@ -203,10 +219,10 @@ def test_a_calibrated_decode_rate_holds_the_first_row(tmp_path) -> None:
     assert sm.decode_calibrated and sm.layer_overhead_s == 0.0
     bw, peak = dev.memory_bw * sm.bw_eff, dev.peak_flops("fp32") * sm.mm_eff
     att = attention_flops_per_pair(spec) * 150  # one row's scores at 150 keys (counted for every row)
-    one = sm.seconds(1, 150.0)
+    one = sm.forward_seconds(1, 150.0)
     assert one == pytest.approx((m.params.total * 4.0 + 150 * sm.kv_tok) / bw + att / peak)
     ew = spec.n_layers * sm.act_traffic * 34 * spec.d_model * 2.0 / (dev.memory_bw * sm.ew_eff)
-    two = sm.seconds(2, 300.0, max_ctx=150.0)
+    two = sm.forward_seconds(2, 300.0, max_ctx=150.0)
     assert two - one == pytest.approx(150 * sm.kv_tok / bw + (2.0 * m.params.matmul_active + att) / peak + ew)
 
 
@@ -244,9 +260,9 @@ def test_a_calibrated_decode_curve_prices_each_batch_at_its_own_measured_rate(tm
         ctx = 150.0 * b
         t = (m.params.total * 4.0 + ctx * sm.kv_tok) / (dev.memory_bw * curve_at(sm.decode_curve, b)) \
             + attention_flops_per_pair(spec) * ctx / peak + max(0, b - 8) * (2.0 * m.params.matmul_active / peak + ew)
-        assert sm.seconds(b, ctx, max_ctx=150.0) == pytest.approx(t)
+        assert sm.forward_seconds(b, ctx, max_ctx=150.0) == pytest.approx(t)
     # two rows cost more than one here, as measured (a matrix product's small-row kernel)
-    assert sm.seconds(2, 300.0, max_ctx=150.0) > 1.9 * sm.seconds(1, 150.0)
+    assert sm.forward_seconds(2, 300.0, max_ctx=150.0) > 1.9 * sm.forward_seconds(1, 150.0)
     e = estimate_serving(ServingJob(model="mid", hardware="this-machine", calibration=str(tmp_path / "cal.json"),
                                     concurrency=4, prompt_len=64, gen_len=8, precision="fp32", engine="hwlm",
                                     requests=20))
@@ -266,10 +282,10 @@ def test_a_measured_prefill_rate_holds_its_weights_and_rides_the_decode_step(tmp
     for n in (64, 128, 256, 512):
         f = 2.0 * m.params.matmul_active * n - (n - 1) * lm_head_flops_per_token(spec)
         att = attention_flops_per_pair(spec) * n * n / 2
-        assert sm.seconds(0, 0.0, [(n, 0)]) == pytest.approx(f / (raw * curve_at(sm.prefill_curve, n)) + att / (
+        assert sm.forward_seconds(0, 0.0, [(n, 0)]) == pytest.approx(f / (raw * curve_at(sm.prefill_curve, n)) + att / (
             raw * sm.mm_eff))
-    one = sm.seconds(1, 150.0)
-    both = sm.seconds(1, 150.0, [(512, 0)], max_ctx=150.0)
+    one = sm.forward_seconds(1, 150.0)
+    both = sm.forward_seconds(1, 150.0, [(512, 0)], max_ctx=150.0)
     f = 2.0 * m.params.matmul_active * 512 - 511 * lm_head_flops_per_token(spec)
     pad = attention_flops_per_pair(spec) * 2 * 512 * 512 - attention_flops_per_pair(spec) * 150  # 2 rows x 512 x 512
     kv = (2 * 512 - 150 + 512) * sm.kv_tok / (dev.memory_bw * sm.bw_eff)  # both rows read to 512, the chunk writes

@@ -150,7 +150,14 @@ class StepModel:
                 max_ctx: float | None = None) -> float:
         """``decode`` rows of one new token each, whose contexts (that token included) sum to ``ctx_sum`` and
         reach ``max_ctx`` at the longest (default: their mean), plus prompt ``chunks`` of (tokens, start
-        position), all in one forward."""
+        position), all in one forward; and the engine's own work around it (``Stack.step_host_s``)."""
+        rows = decode + len(chunks)
+        host = self.engine.step_host_s + self.engine.row_host_s * rows if rows else 0.0
+        return self.forward_seconds(decode, ctx_sum, chunks, max_ctx) + host
+
+    def forward_seconds(self, decode: int, ctx_sum: float, chunks: Sequence[tuple[int, float]] = (),
+                        max_ctx: float | None = None) -> float:
+        """The step's forward alone (see :meth:`seconds`)."""
         spec, w = self.m.spec, self.tp * self.ep
         p_tok = sum(n for n, _ in chunks)
         tokens, rows = decode + p_tok, decode + len(chunks)

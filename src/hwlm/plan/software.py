@@ -32,6 +32,9 @@ planner models it (each a multiplier on a fitted prior, 1.0 = as fitted, or a sw
   ``hwlm bench infer`` (``last_only=True``); Hugging Face ``generate`` computes them for every position (llama.cpp
   is left out: not checked here). For a 128K vocabulary that is 6.5% of
   Llama 3.1 8B's prefill FLOPs (:func:`hwlm.formulas.lm_head_flops_per_token`);
+* **the engine's own host work** (serving, ``step_host_s`` + ``row_host_s`` a row): scheduling, sampling
+  and sending events between two forwards. An engine that overlaps it with the device (vLLM's async
+  scheduling, CUDA graphs queued ahead) hides it and keeps 0; hwlm's synchronous loop adds it to every step;
 * **where it runs** (``vendors``/``kinds``): TensorRT-LLM is NVIDIA-only, MaxText is JAX (TPU, GPU);
 * **activation memory** (training, ``activations``): which count of saved activations applies.
   ``"korthikanti"`` (:func:`hwlm.formulas.korthikanti_activation_bytes_per_layer`): stacks that hold 16-bit
@@ -80,6 +83,8 @@ class Stack:
     activations: str = "korthikanti"  # training: the saved-activation count (hwlm.formulas.ACTIVATION_COUNTS)
     kv_per_query_head: bool = False   # serving: decode attention reads each KV head once per query head (no GQA reuse)
     last_token_logits: bool = False   # serving: prefill computes the output layer for the last prompt token only
+    step_host_s: float = 0.0          # serving: the engine's own work per step outside the forward, in series with it
+    row_host_s: float = 0.0           # ... and per row of the step (scheduling, sampling, events)
     source: str = ""
 
     def runs_on(self, dev: Device) -> bool:
@@ -156,11 +161,16 @@ ENGINES: dict[str, Stack] = {s.id: s for s in (
           chunk_tokens=1 << 30, source="eager PyTorch modules, static batch (no continuous batching); 20% more "
           "element-wise traffic than fused assumed"),
     Stack("hwlm", "hwlm's own engine (eager; `hwlm serve`)", ("*",), _ALL_KINDS, max_batch=32, chunk_tokens=512,
-          budget_counts_decode=False, padded_attention=True, last_token_logits=True,
+          budget_counts_decode=False, padded_attention=True, last_token_logits=True, step_host_s=2.6e-4,
+          row_host_s=4e-5,
           source="hwlm.serve.engine (EngineConfig: max_num_seqs 32, prefill_budget 512 prompt tokens per step; "
           "ModelRunner.step packs the prompt chunks and decode rows into one forward, pads attention to (rows, "
           "heads, most queries, longest context) with a mask and runs the output layer on each row's last "
-          "token), eager as `hwlm bench infer` measures; the priors as fitted"),
+          "token), eager as `hwlm bench infer` measures; the priors as fitted. Its loop is synchronous: after each "
+          "forward it reads the tokens back, samples and sends each row's event in Python, 0.26 ms + 0.04 ms a row "
+          "(fitted to benchmarks/plan_serve_check.py's 'rest of the engine step' p50 on the 2-core AMD EPYC, "
+          "docs/benchmarks.md, session 10: 0.30 ms at 1 row, 0.46 at 2-4, 0.64 at 5-8, 0.75 at 9-16, 1.21 at "
+          "17-32; one host, measured, not a prior of other CPUs)"),
 )}
 
 
