@@ -419,11 +419,14 @@ def test_compiled_lone_row_matches_the_eager_row_in_every_bucket_and_slot(flavou
 
     from hwlm.serve.engine.threads import Fastest
 
+    torch._dynamo.reset()  # no other test's graphs count against dynamo's recompile limit here
     torch.manual_seed(0)
     model = Transformer(ModelConfig.from_name(flavour, vocab_size=300, block_size=128)).eval()
     eager = ModelRunner(copy.deepcopy(model), num_slots=4)
     runner = ModelRunner(model, num_slots=4)
+    before = counters["stats"]["unique_graphs"]
     found = runner.compile_lone(steps=2)
+    assert counters["stats"]["unique_graphs"] == before + 2  # compiled (not past dynamo's limit): a graph a bucket
     assert found["compiled"] and found["buckets"] == [64, 128] and found["first"] in ("compiled", "eager")
     assert set(found["lone_ms"]) == {"compiled", "eager"}
     runner.lone_path = Fastest(("compiled",))  # the compiled path alone, to test it
