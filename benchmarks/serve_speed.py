@@ -230,7 +230,7 @@ def run_server(kind: str, run: Path, hf: Path, threads: int, port: int, logs: Pa
             # CPU seconds per second of the run: 2.0 is both cores of this machine
             row["cpu_share"] = {k: (after[k] - before.get(k, 0.0)) / row["wall_s"] for k in after} | {
                 "client": (time.process_time() - client_before) / row["wall_s"]}
-            rows.append({"server": label, "chosen": chosen, **row})
+            rows.append({"server": label, "chosen": chosen, "ready": server.ready, **row})
         return rows
     finally:
         server.stop()

@@ -78,7 +78,7 @@ class ModelRunner:
         """Compile the lone decoding row's step for each length bucket and time it against ``decode_step``
         (``steps`` steps each, taking turns); returns what was found. From then on a lone decoding row runs
         whichever of the two has been faster lately (:class:`Fastest`, which starts with the start-up
-        timing's winner and looks at the other every 128 lone steps): which one wins moved from day to day.
+        timing's winner and looks at the other every 256 lone steps): which one wins moved from day to day.
 
         Only an fp32 model on the CPU: a bf16 model's cache is fp32 (the step attends in the weights' dtype),
         and on CUDA a graph per slot address would be recorded (not built). Compiling takes seconds per bucket
@@ -109,7 +109,10 @@ class ModelRunner:
         ms = {name: 1e3 * sorted(ts[1:])[len(ts[1:]) // 2] for name, ts in times.items()}  # the first warms up
         first = min(ms, key=ms.get)
         self.lone_step = step
-        self.lone_path = Fastest((first, "eager" if first == "compiled" else "compiled"))
+        # medians of 8 steps, and a look at the other path for 8 steps every 256 (3%): with windows of 4 the
+        # choice flipped on single slow steps and a fifth of the lone steps ran on the slower path
+        self.lone_path = Fastest((first, "eager" if first == "compiled" else "compiled"), window=8, every=256,
+                                 probe_steps=8)
         return {"compiled": True, "compile_s": round(seconds, 1), "buckets": self.buckets,
                 "lone_ms": {k: round(v, 3) for k, v in ms.items()}, "first": first}
 
