@@ -398,7 +398,7 @@ def write_docs(result: dict[str, Any], batches: list[int], args: argparse.Namesp
         parts += [f"`python benchmarks/compress_speed.py {' '.join(sys.argv[1:])}`: gpt2-124m shape, batch-1 greedy, "
                   f"{s['threads']} threads, median of {s['rounds']} interleaved rounds; copy bandwidth "
                   f"{s['copy_bandwidth_gb_s']:.1f} GB/s.", "", _speed_table(s, batches), ""]
-        parts += [f"{note}." for note in s.get("notes", [])]
+        parts += [f"{note}." for note in s.get("notes", [])] + ([""] if s.get("notes") else [])
     if "quality" in result:
         q = result["quality"]
         load = " before, ".join(f"{v:.2f}" for v in q.get("load", [])) or "?"

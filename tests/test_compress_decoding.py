@@ -197,6 +197,34 @@ def test_huge_pages_backs_the_weights_by_2mib_pages_and_keeps_the_values() -> No
     assert huge_pages([w]) == done  # already huge: the same bytes again, nothing moved
 
 
+class _Wrapper(torch.Tensor):
+    """A wrapper tensor subclass (as torchao's quantized weights are): its storage has no data pointer."""
+
+    @staticmethod
+    def __new__(cls, inner: torch.Tensor) -> "_Wrapper":
+        return torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype, device=inner.device)
+
+    def __init__(self, inner: torch.Tensor) -> None:
+        self.inner = inner
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(func)
+
+
+def test_huge_pages_skips_wrapper_subclasses_without_storage() -> None:
+    """torchao's weights are wrapper subclasses: ``untyped_storage()`` works but its ``data_ptr()`` raises. They are
+    skipped, and the plain tensors beside them still counted (``generate(compile=True)`` on such a model failed)."""
+    from hwlm.model.decoding import huge_pages
+
+    wrapped = _Wrapper(torch.zeros(3 << 20))
+    with pytest.raises(RuntimeError):
+        wrapped.untyped_storage().data_ptr()
+    plain = torch.randn(3 << 20)
+    assert huge_pages([wrapped]) == 0
+    assert huge_pages([wrapped, plain]) == huge_pages([plain])
+
+
 def test_greedy_ahead_gives_generates_tokens_and_stops_at_the_end_of_text() -> None:
     """The queued-ahead greedy loop (what generate(compile=True) runs on CUDA) on CPU tensors: generate's tokens."""
     from hwlm.model import generate

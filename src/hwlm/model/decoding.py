@@ -100,11 +100,11 @@ def huge_pages(tensors: Iterable[torch.Tensor]) -> int:
     for t in tensors:
         if t.device.type != "cpu" or t.layout != torch.strided:
             continue
-        try:
+        try:  # a wrapper subclass (torchao's quantized tensors) has no storage of its own: either call raises
             storage = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # a wrapper subclass (torchao): no storage of its own
+            start = storage.data_ptr()
+        except (RuntimeError, NotImplementedError):
             continue
-        start = storage.data_ptr()
         if start in seen:  # tied weights: one storage under two names
             continue
         seen.add(start)
