@@ -169,8 +169,8 @@ ENGINES: dict[str, Stack] = {s.id: s for s in (
           "token), eager as `hwlm bench infer` measures; the priors as fitted. Its loop is synchronous: after each "
           "forward it reads the tokens back, samples and sends each row's event in Python, 0.26 ms + 0.04 ms a row "
           "(fitted to benchmarks/plan_serve_check.py's 'rest of the engine step' p50 on the 2-core AMD EPYC, "
-          "docs/benchmarks.md, session 10, its first run: 0.30 ms at 1 row, 0.46 at 2-4, 0.64 at 5-8, 0.75 at 9-16, 1.21 at "
-          "17-32; one host, measured, not a prior of other CPUs)"),
+          "docs/benchmarks.md, session 10, its first run: 0.30 ms at 1 row, 0.46 at 2-4, 0.64 at 5-8, 0.75 at "
+          "9-16, 1.21 at 17-32; one host, measured, not a prior of other CPUs)"),
 )}
 
 
