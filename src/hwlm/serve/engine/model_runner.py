@@ -82,8 +82,8 @@ class ModelRunner:
 
         Only an fp32 model on the CPU: a bf16 model's cache is fp32 (the step attends in the weights' dtype),
         and on CUDA a graph per slot address would be recorded (not built). Compiling takes seconds per bucket
-        on a CPU (about 10 s for ``mid`` on the 2-core EPYC), once per process; inductor's cache on disk
-        shortens later starts (5 s for ``mid``'s three). Slot 0's keys and values are written while timing:
+        on a CPU (22 s for ``mid``'s three on the 2-core EPYC), once per process; inductor's cache on disk
+        shortens later starts (4-5 s for the same three). Slot 0's keys and values are written while timing:
         call it before serving."""
         if self.device.type != "cpu" or self.dtype != torch.float32:
             return {"compiled": False, "why": f"the compiled lone step is for fp32 on the CPU, not "
